@@ -1,0 +1,22 @@
+"""PPO / A2C agents that add a policy's auxiliary losses to the objective, and RL Zoo Atari presets."""
+
+from agents.a2c import HubA2C
+from agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, AuxiliaryTerms
+from agents.ppo import HubPPO
+from agents.presets import ALGOS, ATARI_PRESETS, load_overrides, preset, resolve_hyperparams
+
+AGENT_CLASSES = {"ppo": HubPPO, "a2c": HubA2C}
+
+__all__ = [
+    "AGENT_CLASSES",
+    "ALGOS",
+    "ATARI_PRESETS",
+    "AuxiliaryBatch",
+    "AuxiliaryLossPolicy",
+    "AuxiliaryTerms",
+    "HubA2C",
+    "HubPPO",
+    "load_overrides",
+    "preset",
+    "resolve_hyperparams",
+]

@@ -1,0 +1,49 @@
+"""The hook through which a policy adds auxiliary losses to the PPO/A2C objective.
+
+SB3 builds its loss inside ``train()`` with no extension point, so :class:`agents.ppo.HubPPO` and
+:class:`agents.a2c.HubA2C` reproduce SB3's ``train()`` and, right after
+``policy.evaluate_actions`` on each minibatch, ask the policy for extra loss terms computed from
+that same forward pass. A policy opts in by defining ``auxiliary_loss(batch)``; any other policy
+(SB3's own ``CnnPolicy`` included) trains exactly as in SB3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch as th
+
+__all__ = ["AuxiliaryBatch", "AuxiliaryLossPolicy", "AuxiliaryTerms"]
+
+
+@dataclass
+class AuxiliaryBatch:
+    """What the agent knows about the minibatch that the policy just evaluated.
+
+    :param actions: actions taken (long, shape ``(B,)``).
+    :param old_log_prob: log-probability of the actions under the behaviour policy.
+    :param advantages: advantages, normalised exactly as the main loss uses them.
+    :param returns: TD(lambda) value targets.
+    :param clip_range: PPO's current clip range; ``None`` for A2C (plain policy gradient).
+    """
+
+    actions: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    clip_range: float | None
+
+
+@dataclass
+class AuxiliaryTerms:
+    """Auxiliary loss (already weighted by its coefficients) and scalars to log under ``train/``."""
+
+    loss: th.Tensor
+    logs: dict[str, float]
+
+
+@runtime_checkable
+class AuxiliaryLossPolicy(Protocol):
+    def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:
+        """Extra loss for the minibatch evaluated by the latest ``evaluate_actions`` call."""

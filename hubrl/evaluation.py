@@ -1,0 +1,59 @@
+"""Evaluation on the raw game score, the way RL Zoo evaluates Atari agents.
+
+A separate env plays whole games (no life-loss termination, no reward clipping, sticky actions as
+in training) and the policy samples its actions (``deterministic=False``: RL Zoo's choice for
+Atari, where a greedy policy can loop forever). Scores come from ``info["episode"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from envs import make_atari_vec_env
+
+__all__ = ["EvalResult", "make_eval_env", "evaluate_model"]
+
+
+@dataclass
+class EvalResult:
+    """Raw game scores of ``episodes`` evaluation games."""
+
+    mean: float
+    std: float
+    episodes: int
+    scores: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.std:.1f} over {self.episodes} episodes"
+
+
+def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
+    """Env that plays whole games and reports raw scores (seeded apart from the training env)."""
+    options.setdefault("terminal_on_life_loss", False)
+    options.setdefault("clip_reward", False)
+    return make_atari_vec_env(game, n_envs, seed=seed, **options)
+
+
+def evaluate_model(model: BaseAlgorithm, env, n_episodes: int = 10, deterministic: bool = False) -> EvalResult:
+    """Play ``n_episodes`` games with ``model`` on ``env`` and return raw score statistics."""
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
+    scores, lengths = evaluate_policy(
+        model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
+    )
+    scores_arr = np.asarray(scores, dtype=np.float64)
+    return EvalResult(
+        mean=float(scores_arr.mean()),
+        std=float(scores_arr.std()),
+        episodes=len(scores),
+        scores=[float(s) for s in scores],
+        lengths=[int(n) for n in lengths],
+    )

@@ -1,0 +1,227 @@
+"""The model hub: load source experts as weights only and check that they fit the target env.
+
+Two sources of experts:
+
+* a hub folder written by ``scripts/pretrain_sources.py`` (``<hub>/<name>/expert.json`` +
+  ``weights.safetensors``; the checksum in the manifest is verified);
+* plain SB3 checkpoints (``.zip``), e.g. RL Zoo's published Atari agents. Only ``policy.pth``
+  (a state_dict) is read, with ``torch.load(weights_only=True)``; the ``data`` entry, whose
+  cloudpickled fields would execute code on load (stock ``PPO.load`` unpickles them), is read
+  as plain JSON for a few descriptive fields and never unpickled.
+
+Every expert must be an SB3 NatureCNN encoder (``features_extractor.cnn.{0,2,4}`` and
+``features_extractor.linear.0``); the ``pi_/vf_features_extractor`` duplicates of SB3 >= 1.7
+are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch as th
+
+from hubrl.checkpoint import sha256_file
+from hubrl.experts import MANIFEST_NAME, read_manifest
+
+__all__ = ["HubError", "Expert", "Hub", "load_hub", "load_sb3_zip", "load_sources", "default_hub_path", "resolve_hub"]
+
+ENCODER_PREFIX = "features_extractor."
+NATURE_CNN_KEYS = (
+    "cnn.0.weight", "cnn.0.bias", "cnn.2.weight", "cnn.2.bias", "cnn.4.weight", "cnn.4.bias",
+    "linear.0.weight", "linear.0.bias",
+)
+
+
+class HubError(ValueError):
+    """An expert or hub that cannot be used, with what is wrong and how to fix it."""
+
+
+@dataclass
+class Expert:
+    """One source expert: its NatureCNN encoder weights and what is known about it."""
+
+    name: str
+    encoder_state: dict[str, th.Tensor]
+    source: str
+    game: str | None = None
+    action_meanings: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.encoder_state["cnn.0.weight"].shape[1])
+
+    @property
+    def features_dim(self) -> int:
+        return int(self.encoder_state["linear.0.weight"].shape[0])
+
+
+@dataclass
+class Hub:
+    """An ordered set of experts with unique names."""
+
+    experts: list[Expert]
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise HubError(f"Two experts are named {', '.join(dupes)}: rename one (file or folder name).")
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __iter__(self):
+        return iter(self.experts)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def get(self, name: str) -> Expert:
+        for expert in self.experts:
+            if expert.name == name:
+                return expert
+        raise HubError(f"No expert named {name!r} in the hub; it has: {', '.join(self.names)}.")
+
+    def validate(self, observation_shape: Sequence[int]) -> None:
+        """Check that every expert can read the target's observations (frame stack, 84x84)."""
+        if not self.experts:
+            raise HubError("The hub is empty: give a hub folder with experts, or --sources ZIP ...")
+        channels = int(observation_shape[0])
+        dims = {e.features_dim for e in self.experts}
+        for e in self.experts:
+            if e.in_channels != channels:
+                raise HubError(
+                    f"Expert {e.name!r} reads {e.in_channels} stacked frames but the target env gives {channels} "
+                    f"(observation shape {tuple(observation_shape)}): use experts trained with frame_stack={channels}."
+                )
+        if len(dims) > 1:
+            raise HubError(f"Experts have different feature sizes {sorted(dims)}: a hub needs one NatureCNN width.")
+
+
+def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
+    if not isinstance(state, dict) or not all(isinstance(v, th.Tensor) for v in state.values()):
+        raise HubError(f"{where} does not hold a state_dict of tensors.")
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    missing = [k for k in NATURE_CNN_KEYS if k not in encoder]
+    if missing:
+        raise HubError(
+            f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
+        )
+    conv = encoder["cnn.0.weight"]
+    if conv.ndim != 4 or tuple(conv.shape[2:]) != (8, 8) or encoder["linear.0.weight"].shape[1] != 3136:
+        raise HubError(f"{where}: encoder is not NatureCNN on 84x84 frames (first conv {tuple(conv.shape)}).")
+    return {k: encoder[k].float() for k in NATURE_CNN_KEYS}
+
+
+def load_expert_folder(folder: str | Path) -> Expert:
+    """Load one ``pretrain_sources.py`` expert folder, verifying the weights checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        manifest = read_manifest(folder)
+    except ValueError as exc:
+        raise HubError(str(exc)) from exc
+    weights = folder / manifest.weights_file
+    if not weights.is_file():
+        raise HubError(f"Expert {manifest.name}: weights file {weights} is missing.")
+    if manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
+        raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest (corrupt or replaced).")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as exc:
+        raise HubError(f"Expert {manifest.name}: cannot read {weights} ({exc}).") from exc
+    meta = {"timesteps": manifest.timesteps, "algo": manifest.algo, "eval": manifest.eval, "format": "hubrl"}
+    return Expert(manifest.name, _encoder_from_state_dict(state, str(weights)), str(folder), manifest.game, list(manifest.action_meanings), meta)
+
+
+def load_hub(path: str | Path) -> Hub:
+    """Load every expert folder under ``path`` (sorted by name)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HubError(f"Hub folder {path} does not exist: make one with scripts/pretrain_sources.py --out {path}.")
+    if (path / MANIFEST_NAME).is_file():  # a single expert folder is a hub of one
+        return Hub([load_expert_folder(path)])
+    folders = sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not folders:
+        raise HubError(f"Hub folder {path} holds no finished expert (no */{MANIFEST_NAME}): train one with scripts/pretrain_sources.py --out {path}.")
+    return Hub([load_expert_folder(p) for p in folders])
+
+
+def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
+    """Read the encoder of an SB3 ``.zip`` checkpoint without unpickling anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise HubError(f"Checkpoint {path} does not exist.")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise HubError(f"{path} is not a zip file: expected an SB3 checkpoint (model.save output).") from exc
+    with archive:
+        if "policy.pth" not in archive.namelist():
+            raise HubError(f"{path} is not an SB3 checkpoint: it has no policy.pth.")
+        try:
+            raw = archive.read("policy.pth")
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise HubError(f"{path} is corrupt: cannot read policy.pth ({exc}).") from exc
+        try:
+            state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise HubError(f"{path}: policy.pth holds pickled objects beyond tensors; refusing to load it (it could run code).") from exc
+        except Exception as exc:  # truncated / not a torch file
+            raise HubError(f"{path} is corrupt: policy.pth is not a readable state_dict ({type(exc).__name__}).") from exc
+        meta: dict = {"format": "sb3-zip"}
+        if "data" in archive.namelist():
+            try:  # JSON only: the ':serialized:' fields are never decoded
+                data = json.loads(archive.read("data"))
+                space = data.get("observation_space", {})
+                shape = space.get("shape", space.get("_shape")) if isinstance(space, dict) else None
+                if isinstance(shape, str):
+                    shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
+                if isinstance(shape, list):
+                    meta["observation_shape"] = [int(n) for n in shape]
+                meta["num_timesteps"] = data.get("num_timesteps")
+            except (ValueError, UnicodeDecodeError):
+                pass
+    encoder = _encoder_from_state_dict(state, str(path))
+    return Expert(name or path.stem, encoder, str(path), None, None, meta)
+
+
+def load_sources(paths: Iterable[str | Path]) -> Hub:
+    """A hub made of SB3 checkpoints and/or expert folders, in the given order."""
+    experts = []
+    for p in paths:
+        p = Path(p)
+        experts.append(load_expert_folder(p) if p.is_dir() else load_sb3_zip(p))
+    return Hub(experts)
+
+
+def default_hub_path() -> Path:
+    """The hub shipped inside the package (``hubrl/default_hub``)."""
+    return Path(__file__).resolve().parent / "default_hub"
+
+
+def resolve_hub(hub: str | Path | None = None, sources: Sequence[str | Path] | None = None) -> Hub:
+    """``--hub DIR``, ``--sources ZIP ...``, or (neither) the package's default hub."""
+    if hub and sources:
+        raise HubError("Give either --hub DIR or --sources ZIP ..., not both.")
+    if sources:
+        return load_sources(sources)
+    if hub:
+        return load_hub(hub)
+    path = default_hub_path()
+    if not path.is_dir() or not any((p / MANIFEST_NAME).is_file() for p in path.iterdir()):
+        raise HubError(
+            "This installation has no trained default hub yet. Make one with "
+            "`python scripts/pretrain_sources.py --out hub` and pass --hub hub, or pass SB3 checkpoints with --sources a.zip b.zip."
+        )
+    return load_hub(path)

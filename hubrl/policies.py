@@ -1,0 +1,213 @@
+"""SB3 actor-critic policy for Hub-Pathway transfer.
+
+:class:`HubPathwayPolicy` is an ``ActorCriticPolicy`` whose features extractor is
+:class:`hubrl.pathway.HubPathwayExtractor`, with one small head (policy logits + value) per
+expert for the target's action set. Two aggregation forms:
+
+* ``aggregation="features"`` (design card): the extractor's aggregated features feed SB3's usual
+  ``action_net`` / ``value_net``; the per-expert heads serve the exploitation loss.
+* ``aggregation="heads"`` (the paper's form): each selected expert's head makes its own logits
+  and value, and these are aggregated with the pathway weights.
+
+The policy implements ``auxiliary_loss`` (see :mod:`agents.auxiliary`), so ``HubPPO``/``HubA2C``
+add ``exploration_coef * exploration_loss + exploitation_coef * exploitation_loss`` to the
+objective. During rollouts it accumulates per-expert gate usage for
+:class:`hubrl.callbacks.GateUsageCallback`. Its constructor takes plain kwargs only, and expert
+weights live in the state_dict, so stock ``PPO.load`` rebuilds it after ``import hubrl``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
+from hubrl.hub import Hub
+from hubrl.losses import exploitation_loss, exploration_loss
+from hubrl.pathway import HubPathwayExtractor, RoutedFeatures
+
+__all__ = ["AGGREGATIONS", "HubPathwayPolicy", "load_hub_weights"]
+
+AGGREGATIONS = ("features", "heads")
+
+
+class ExpertHead(nn.Module):
+    """Policy logits and value from one expert's features."""
+
+    def __init__(self, features_dim: int, n_actions: int) -> None:
+        super().__init__()
+        self.pi = nn.Linear(features_dim, n_actions)
+        self.vf = nn.Linear(features_dim, 1)
+        nn.init.orthogonal_(self.pi.weight, gain=0.01)
+        nn.init.orthogonal_(self.vf.weight, gain=1.0)
+        nn.init.zeros_(self.pi.bias)
+        nn.init.zeros_(self.vf.bias)
+
+    def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        return self.pi(features), self.vf(features)
+
+
+class HubPathwayPolicy(ActorCriticPolicy):
+    """Actor-critic over a hub of experts routed by a noisy top-k pathway generator.
+
+    :param expert_names: names of the hub's experts (K = their number).
+    :param top_k: experts per sample (default 1: the compute of one encoder plus the gate).
+    :param noise: gate noise in training: ``"learned"`` or a fixed std.
+    :param aggregation: ``"features"`` or ``"heads"`` (see module docstring).
+    :param exploration_coef: weight of the exploration loss.
+    :param exploitation_coef: weight of the exploitation loss.
+    :param exploitation_vf_coef: weight of the value term inside the exploitation loss.
+    :param freeze_experts: keep the expert encoders fixed (default: fine-tune them).
+    """
+
+    def __init__(
+        self,
+        observation_space,
+        action_space,
+        lr_schedule,
+        expert_names: list[str] | tuple[str, ...] = ("expert",),
+        top_k: int = 1,
+        noise: str | float = "learned",
+        aggregation: str = "features",
+        exploration_coef: float = 0.01,
+        exploitation_coef: float = 0.5,
+        exploitation_vf_coef: float = 0.5,
+        freeze_experts: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
+        self.expert_names = list(expert_names)
+        self.aggregation = aggregation
+        self.exploration_coef = float(exploration_coef)
+        self.exploitation_coef = float(exploitation_coef)
+        self.exploitation_vf_coef = float(exploitation_vf_coef)
+        self.freeze_experts = bool(freeze_experts)
+        kwargs.setdefault("net_arch", [])
+        kwargs["features_extractor_class"] = HubPathwayExtractor
+        kwargs["features_extractor_kwargs"] = {"expert_names": self.expert_names, "top_k": int(top_k), "noise": noise}
+        kwargs["share_features_extractor"] = True
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        self._last_routed: RoutedFeatures | None = None
+        self.reset_usage()
+
+    # --- construction ---------------------------------------------------------------------
+    def _build(self, lr_schedule) -> None:
+        # Heads must exist before SB3 creates the optimizer inside _build.
+        extractor: HubPathwayExtractor = self.features_extractor  # type: ignore[assignment]
+        self.expert_heads = nn.ModuleList(ExpertHead(extractor.features_dim, int(self.action_space.n)) for _ in extractor.experts)
+        super()._build(lr_schedule)
+        extractor.gate.reset_noise()  # SB3's orthogonal init touched it; start noise at softplus(0)
+        if self.freeze_experts:
+            extractor.experts.requires_grad_(False)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("features_extractor_class", "features_extractor_kwargs", "share_features_extractor"):
+            data.pop(key, None)
+        data.update(
+            expert_names=self.expert_names,
+            top_k=self.extractor.top_k,
+            noise=self.extractor.gate.noise_std if not self.extractor.gate.learned_noise else "learned",
+            aggregation=self.aggregation,
+            exploration_coef=self.exploration_coef,
+            exploitation_coef=self.exploitation_coef,
+            exploitation_vf_coef=self.exploitation_vf_coef,
+            freeze_experts=self.freeze_experts,
+        )
+        return data
+
+    @property
+    def extractor(self) -> HubPathwayExtractor:
+        return self.features_extractor  # type: ignore[return-value]
+
+    # --- forward passes ---------------------------------------------------------------------
+    def _head_outputs(self, routed: RoutedFeatures) -> dict[int, tuple[th.Tensor, th.Tensor, th.Tensor]]:
+        return {i: (idx, *self.expert_heads[i](feats)) for i, (idx, feats) in routed.per_expert.items()}
+
+    def _outputs(self, obs: th.Tensor) -> tuple[Distribution, th.Tensor, RoutedFeatures]:
+        routed = self.extractor.route(self.preprocess(obs))
+        if self.aggregation == "features":
+            logits = self.action_net(routed.aggregated)
+            values = self.value_net(routed.aggregated)
+        else:
+            batch = routed.aggregated.shape[0]
+            logits = routed.aggregated.new_zeros(batch, int(self.action_space.n))
+            values = routed.aggregated.new_zeros(batch, 1)
+            w = routed.routing.weights
+            for i, (idx, head_logits, head_values) in self._head_outputs(routed).items():
+                logits = logits.index_add(0, idx, w[idx, i : i + 1] * head_logits)
+                values = values.index_add(0, idx, w[idx, i : i + 1] * head_values)
+        return self.action_dist.proba_distribution(action_logits=logits), values, routed
+
+    def preprocess(self, obs: th.Tensor) -> th.Tensor:
+        from stable_baselines3.common.preprocessing import preprocess_obs
+
+        return preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)  # type: ignore[return-value]
+
+    def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        distribution, values, routed = self._outputs(obs)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        if not self.training:
+            self._record_usage(routed)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob
+
+    def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        distribution, values, routed = self._outputs(obs)
+        self._last_routed = routed  # consumed by auxiliary_loss on the same minibatch
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def get_distribution(self, obs: th.Tensor) -> Distribution:
+        return self._outputs(obs)[0]
+
+    def predict_values(self, obs: th.Tensor) -> th.Tensor:
+        return self._outputs(obs)[1]
+
+    # --- auxiliary losses -------------------------------------------------------------------
+    def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:
+        routed, self._last_routed = self._last_routed, None
+        if routed is None:
+            return None
+        explore = exploration_loss(routed.routing.probs)
+        exploit = exploitation_loss(
+            self._head_outputs(routed), batch.actions, batch.old_log_prob, batch.advantages, batch.returns,
+            batch.clip_range, self.exploitation_vf_coef,
+        )
+        loss = self.exploration_coef * explore + self.exploitation_coef * exploit
+        return AuxiliaryTerms(loss, {"exploration_loss": explore.item(), "exploitation_loss": exploit.item()})
+
+    # --- gate usage statistics --------------------------------------------------------------
+    def reset_usage(self) -> None:
+        k = len(self.expert_names)
+        self._usage_weight = np.zeros(k)
+        self._usage_selected = np.zeros(k)
+        self._usage_samples = 0
+
+    def _record_usage(self, routed: RoutedFeatures) -> None:
+        w = routed.routing.weights.detach()
+        self._usage_weight += w.sum(0).cpu().numpy()
+        self._usage_selected += (w > 0).sum(0).cpu().numpy()
+        self._usage_samples += w.shape[0]
+
+    def usage(self) -> dict[str, dict[str, float]]:
+        """Per expert: mean pathway weight and selection frequency since the last reset."""
+        n = max(self._usage_samples, 1)
+        return {
+            name: {"weight_mean": float(self._usage_weight[i] / n), "selection_freq": float(self._usage_selected[i] / n)}
+            for i, name in enumerate(self.expert_names)
+        }
+
+
+def load_hub_weights(policy: HubPathwayPolicy, hub: Hub) -> None:
+    """Copy each hub expert's encoder into the policy's extractor, in hub order."""
+    if policy.expert_names != hub.names:
+        raise ValueError(f"Policy experts {policy.expert_names} do not match the hub {hub.names}.")
+    for module, expert in zip(policy.extractor.experts, hub.experts):
+        state = {k: v.to(device=policy.device, dtype=th.float32) for k, v in expert.encoder_state.items()}
+        module.load_state_dict(state)

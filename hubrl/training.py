@@ -1,0 +1,191 @@
+"""The training loop shared by pretraining and transfer: evaluation, checkpoints, resume, stop.
+
+:func:`run_training` drives ``model.learn`` to a total step budget with
+
+* periodic evaluation on raw game scores, logged as ``eval/mean_reward`` (+ std, length);
+* a checkpoint every ``checkpoint_freq`` agent steps, and one when the run ends or is stopped
+  (Ctrl-C / SIGTERM): written atomically, holding weights, optimizer state, step counter and the
+  evaluation history;
+* resume from that checkpoint with the step counter, the schedules and the curves intact.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from hubrl.checkpoint import restore_training_state, save_training_checkpoint
+from hubrl.evaluation import EvalResult, evaluate_model
+
+__all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "TrainingOutcome", "run_training"]
+
+
+@dataclass
+class EvalHistory:
+    """Evaluation points ``(agent steps, mean, std, episodes)`` of one run."""
+
+    points: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, step: int, result: EvalResult) -> None:
+        self.points.append({"step": int(step), "mean": result.mean, "std": result.std, "episodes": result.episodes})
+
+
+class RawScoreEvalCallback(BaseCallback):
+    """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score."""
+
+    def __init__(self, eval_env, eval_freq: int, n_episodes: int, history: EvalHistory, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.eval_env = eval_env
+        self.eval_freq = int(eval_freq)
+        self.n_episodes = n_episodes
+        self.history = history
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        done = self.history.points[-1]["step"] if self.history.points else 0
+        self._next = (done // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else float("inf")
+
+    def evaluate(self) -> EvalResult:
+        result = evaluate_model(self.model, self.eval_env, self.n_episodes)
+        self.history.add(self.num_timesteps, result)
+        self.logger.record("eval/mean_reward", result.mean)
+        self.logger.record("eval/std_reward", result.std)
+        self.logger.record("eval/mean_ep_length", sum(result.lengths) / max(len(result.lengths), 1))
+        self.logger.dump(self.num_timesteps)
+        if self.verbose:
+            print(f"[eval] step {self.num_timesteps}: {result}")
+        return result
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self.evaluate()
+            self._next += self.eval_freq
+        return True
+
+
+class CheckpointEveryCallback(BaseCallback):
+    """Atomically checkpoint every ``save_freq`` agent steps."""
+
+    def __init__(self, path: Path, save_freq: int, extra: Any) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.save_freq = int(save_freq)
+        self.extra = extra  # callable returning the extra dict, evaluated at save time
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            save_training_checkpoint(self.model, self.path, self.extra())
+            self._next += self.save_freq
+        return True
+
+
+class StopOnSignal(BaseCallback):
+    """Turn SIGINT / SIGTERM into a clean stop at the next env step (the caller then checkpoints)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        if self.received is not None:  # second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\nReceived {signal.Signals(signum).name}: saving a checkpoint, then stopping (again to abort).", flush=True)
+
+    def __enter__(self) -> "StopOnSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_step(self) -> bool:
+        return self.received is None
+
+
+@dataclass
+class TrainingOutcome:
+    """How a call to :func:`run_training` ended."""
+
+    num_timesteps: int
+    completed: bool
+    interrupted_by: int | None
+    seconds: float
+    history: EvalHistory
+    final_eval: EvalResult | None = None
+
+
+def run_training(
+    model: BaseAlgorithm,
+    total_timesteps: int,
+    checkpoint_path: Path,
+    *,
+    eval_env=None,
+    eval_freq: int = 100_000,
+    eval_episodes: int = 10,
+    checkpoint_freq: int = 100_000,
+    resume_state: dict[str, Any] | None = None,
+    callbacks: list[BaseCallback] | None = None,
+    progress_bar: bool = True,
+    tb_log_name: str = "run",
+    extra_state: dict[str, Any] | None = None,
+    verbose: int = 1,
+) -> TrainingOutcome:
+    """Train ``model`` until it has taken ``total_timesteps`` agent steps in all, resumably.
+
+    With ``resume_state`` (from :func:`hubrl.checkpoint.load_training_checkpoint`) the weights,
+    optimizer and counters are restored first and only the remaining steps are run; SB3 then
+    computes the schedules' progress against the same total budget as the original run.
+    """
+    history = EvalHistory()
+    if resume_state is not None:
+        restore_training_state(model, resume_state)
+        history.points = list(resume_state.get("extra", {}).get("eval_history", []))
+
+    def extra() -> dict[str, Any]:
+        return {**(extra_state or {}), "eval_history": history.points, "total_timesteps": int(total_timesteps)}
+
+    remaining = int(total_timesteps) - int(model.num_timesteps)
+    start = time.time()
+    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose) if eval_env is not None else None
+    interrupted_by = None
+    if remaining > 0:
+        with StopOnSignal() as stopper:
+            cbs: list[BaseCallback] = [stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
+            if evaluator is not None:
+                cbs.append(evaluator)
+            cbs.extend(callbacks or [])
+            try:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=CallbackList(cbs),
+                    reset_num_timesteps=resume_state is None and model.num_timesteps == 0,
+                    tb_log_name=tb_log_name,
+                    progress_bar=progress_bar,
+                )
+            finally:
+                # Whatever ended learn() — done, signal, or an exception — keep what was learned.
+                save_training_checkpoint(model, checkpoint_path, extra())
+            interrupted_by = stopper.received
+    completed = interrupted_by is None and model.num_timesteps >= total_timesteps
+    final_eval = None
+    if completed and evaluator is not None:
+        final_eval = evaluator.evaluate() if not history.points or history.points[-1]["step"] != model.num_timesteps else None
+        save_training_checkpoint(model, checkpoint_path, extra())
+    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval)

@@ -1,0 +1,138 @@
+"""Fine-tune an agent on a target game from a hub (the library side of ``scripts/transfer.py``).
+
+A run folder holds ``model.zip`` (opens with stock ``PPO.load``/``A2C.load`` after
+``import hubrl``), ``config.yaml`` (everything resolved), ``checkpoint.pt`` (resume state) and
+TensorBoard events under ``tb/`` unless ``tensorboard_log`` says otherwise. Tags:
+``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``, ``pathway/weight_mean/<expert>``,
+``pathway/selection_freq/<expert>``, ``train/exploration_loss``, ``train/exploitation_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents import AGENT_CLASSES, resolve_hyperparams
+from envs import make_atari_vec_env, resolve_game
+from hubrl.callbacks import GateUsageCallback
+from hubrl.checkpoint import atomic_write, load_training_checkpoint
+from hubrl.evaluation import make_eval_env
+from hubrl.hub import Hub, HubError, resolve_hub
+from hubrl.policies import AGGREGATIONS, HubPathwayPolicy, load_hub_weights
+from hubrl.pretrain import UsageError
+from hubrl.training import TrainingOutcome, run_training
+
+__all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
+
+METHODS = ("hub-pathway",)
+
+
+@dataclass
+class TransferConfig:
+    """Settings of one transfer run (saved as ``config.yaml`` in the run folder)."""
+
+    env: str
+    method: str = "hub-pathway"
+    hub: str | None = None
+    sources: list[str] = field(default_factory=list)
+    algo: str = "ppo"
+    timesteps: int = 1_000_000
+    n_envs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # None: runs/<env>-<method>-<algo>-s<seed>
+    tensorboard_log: str | None = None
+    top_k: int = 1
+    noise: str | float = "learned"
+    aggregation: str = "features"
+    exploration_coef: float = 0.01
+    exploitation_coef: float = 0.5
+    freeze_experts: bool = False
+    eval_freq: int = 100_000
+    eval_episodes: int = 10
+    checkpoint_freq: int = 100_000
+    repeat_action_probability: float = 0.25
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TransferResult:
+    folder: Path
+    outcome: TrainingOutcome
+    hub: Hub | None
+
+
+def default_run_folder(cfg: TransferConfig) -> Path:
+    return Path("runs") / f"{resolve_game(cfg.env)}-{cfg.method}-{cfg.algo}-s{cfg.seed}"
+
+
+def _validate(cfg: TransferConfig) -> None:
+    resolve_game(cfg.env)
+    if cfg.method not in METHODS:
+        raise UsageError(f"Unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}.")
+    if cfg.algo not in AGENT_CLASSES:
+        raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
+    if cfg.aggregation not in AGGREGATIONS:
+        raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}.")
+    if cfg.timesteps <= 0 or (cfg.n_envs is not None and cfg.n_envs <= 0):
+        raise UsageError("--timesteps and --n-envs must be positive.")
+    if cfg.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {cfg.top_k}.")
+
+
+def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool = True, verbose: int = 1) -> TransferResult:
+    """Build the env, hub and agent for ``cfg``; train (or resume) it; save ``model.zip``."""
+    _validate(cfg)
+    folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
+    checkpoint = folder / "checkpoint.pt"
+    if resume:
+        if not checkpoint.is_file():
+            raise UsageError(f"Nothing to resume in {folder}: no checkpoint.pt.")
+    elif folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or choose another --out.")
+    game = resolve_game(cfg.env)
+    env_options = {"repeat_action_probability": cfg.repeat_action_probability}
+    hub = resolve_hub(cfg.hub, cfg.sources)
+    if cfg.top_k > len(hub):
+        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create run folder {folder}: {exc.strerror}.") from exc
+
+    plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
+    cfg.n_envs = int(plain["n_envs"])
+    env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
+    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
+    try:
+        hub.validate(env.observation_space.shape)
+        policy_kwargs = dict(kwargs.pop("policy_kwargs", {}))
+        policy_kwargs.update(
+            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, aggregation=cfg.aggregation,
+            exploration_coef=cfg.exploration_coef, exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
+        )
+        model = AGENT_CLASSES[cfg.algo](
+            HubPathwayPolicy, env, seed=cfg.seed, device=cfg.device, verbose=0,
+            tensorboard_log=cfg.tensorboard_log or str(folder / "tb"), policy_kwargs=policy_kwargs, **kwargs,
+        )
+        load_hub_weights(model.policy, hub)
+        resolved = {
+            "run": asdict(cfg),
+            "resolved_hyperparams": plain,
+            "hub": [{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub],
+        }
+        atomic_write(folder / "config.yaml", lambda h: yaml.safe_dump(resolved, h, sort_keys=False), mode="w")
+        outcome = run_training(
+            model, cfg.timesteps, checkpoint,
+            eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
+            resume_state=load_training_checkpoint(checkpoint) if resume else None,
+            callbacks=[GateUsageCallback()], progress_bar=progress_bar, tb_log_name=f"{game}-{cfg.method}", verbose=verbose,
+        )
+        atomic_write(folder / "model.zip", lambda h: model.save(h))
+    finally:
+        env.close()
+        eval_env.close()
+    return TransferResult(folder, outcome, hub)

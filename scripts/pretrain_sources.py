@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Pretrain the hub's source experts (default: PPO on Seaquest and Riverraid).
+
+Each game becomes ``<out>/<game>-<algo>/`` with a weights-only expert and its manifest once its
+budget is reached; training state is checkpointed atomically and ``--resume`` continues it.
+
+    python scripts/pretrain_sources.py --timesteps 10M --out hub
+    python scripts/pretrain_sources.py --resume --out hub      # after an interruption
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _cli  # noqa: F401  (puts the project on sys.path)
+from _cli import add_common_flags, main_guard, positive_int, steps
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"], help="Source games. Default: Seaquest Riverraid.")
+    parser.add_argument("--timesteps", type=steps, default=10_000_000, help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
+    parser.add_argument("--out", default="hub", help="Hub folder to write the experts into. Default: ./hub")
+    parser.add_argument("--resume", action="store_true", help="Continue each expert from its latest checkpoint.")
+    parser.add_argument("--force", action="store_true", help="Delete an existing expert of the same name and start over.")
+    parser.add_argument("--eval-freq", type=steps, default=250_000, help="Evaluate every N agent steps. Default: 250k.")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
+    parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability (ALE v5: 0.25). Default: 0.25.")
+    parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32", help="Precision of the exported weights.")
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    if args.resume and args.force:
+        parser.error("--resume and --force contradict each other: choose one.")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from agents import load_overrides
+    from envs import resolve_game
+    from hubrl.pretrain import PretrainConfig, pretrain_expert
+
+    games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
+    overrides = load_overrides(args.hyperparams) if args.hyperparams else {}
+    status = 0
+    for game in games:
+        cfg = PretrainConfig(
+            game=game,
+            algo=args.algo,
+            timesteps=args.timesteps,
+            n_envs=args.n_envs,
+            seed=args.seed,
+            device=args.device,
+            out=args.out,
+            tensorboard_log=args.tensorboard_log,
+            eval_freq=args.eval_freq,
+            eval_episodes=args.eval_episodes,
+            checkpoint_freq=args.checkpoint_freq,
+            repeat_action_probability=args.sticky_actions,
+            hyperparams=overrides,
+            export_dtype=args.export_dtype,
+        )
+        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar)
+        outcome = result.outcome
+        if outcome.interrupted_by is not None:
+            print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
+            return 128 + outcome.interrupted_by
+        print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
+    return status
+
+
+if __name__ == "__main__":
+    main_guard(main)

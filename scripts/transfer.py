@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Fine-tune an agent on a target Atari game by transfer from a hub of pretrained experts.
+
+    python scripts/transfer.py --env Alien                         # Hub-Pathway, PPO, the package's default hub
+    python scripts/transfer.py --env Gopher --hub hub --top-k 2
+    python scripts/transfer.py --env Alien --sources ppo-SeaquestNoFrameskip-v4.zip ppo-RiverraidNoFrameskip-v4.zip
+
+The run folder (--out, default runs/<game>-<method>-<algo>-s<seed>) gets model.zip, config.yaml,
+checkpoint.pt and TensorBoard events (raw score, per-expert gate usage, auxiliary losses).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _cli  # noqa: F401
+from _cli import add_common_flags, main_guard, positive_int, steps
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
+    parser.add_argument("--method", default="hub-pathway", help="Transfer method. Default: hub-pathway.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
+    parser.add_argument("--timesteps", type=steps, default=1_000_000, help="Agent steps, e.g. 1M, 100k. Default: 1M.")
+    parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
+    parser.add_argument("--resume", action="store_true", help="Continue the run in --out from its checkpoint.")
+    parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
+    parser.add_argument("--noise", default="learned", help="Gate noise in training: 'learned' (noisy top-k) or a fixed std like 1.0. Default: learned.")
+    parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
+                        help="Aggregate expert features into one head (features) or per-expert heads' outputs (heads, the paper's form).")
+    parser.add_argument("--exploration-coef", type=float, default=0.01, help="Weight of the exploration loss. Default: 0.01.")
+    parser.add_argument("--exploitation-coef", type=float, default=0.5, help="Weight of the exploitation loss. Default: 0.5.")
+    parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
+    parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
+    parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability. Default: 0.25.")
+    add_common_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from agents import load_overrides
+    from hubrl.transfer import TransferConfig, run_transfer
+
+    noise = args.noise if args.noise == "learned" else float(args.noise)
+    cfg = TransferConfig(
+        env=args.env, method=args.method, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
+        n_envs=args.n_envs, seed=args.seed, device=args.device, out=args.out, tensorboard_log=args.tensorboard_log,
+        top_k=args.top_k, noise=noise, aggregation=args.aggregation, exploration_coef=args.exploration_coef,
+        exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
+        eval_episodes=args.eval_episodes, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
+        hyperparams=load_overrides(args.hyperparams) if args.hyperparams else {},
+    )
+    result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar)
+    outcome = result.outcome
+    if outcome.interrupted_by is not None:
+        print(f"Stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume --out {result.folder}.")
+        return 128 + outcome.interrupted_by
+    last = outcome.history.points[-1] if outcome.history.points else None
+    score = f"; eval {last['mean']:.1f} ± {last['std']:.1f}" if last else ""
+    print(f"{outcome.num_timesteps} steps in {outcome.seconds:.0f}s{score} -> {result.folder}/model.zip")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny hyperparameters so that every training test runs in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch as th
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+th.set_num_threads(1)
+
+# PPO small enough for a few hundred steps to finish in seconds.
+TINY_PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 1}
+
+
+@pytest.fixture
+def tiny_ppo() -> dict:
+    return dict(TINY_PPO)
+
+
+def run_script(name: str, *args: str, timeout: float = 300, env: dict | None = None):
+    """Run ``scripts/<name>`` in a subprocess; return the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def make_tiny_hub(root: Path, names=("seaquest-ppo", "riverraid-ppo"), in_channels: int = 4) -> Path:
+    """A hub of untrained NatureCNN experts in pretrain_sources.py's format (no training: instant)."""
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    from hubrl.experts import ExpertManifest, save_expert
+
+    space = gym.spaces.Box(0, 255, (in_channels, 84, 84), np.uint8)
+    for i, name in enumerate(names):
+        th.manual_seed(i)
+        policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(18), lambda _: 1e-4)
+        manifest = ExpertManifest(name=name, game=name.split("-")[0], algo="ppo", timesteps=0,
+                                  observation_shape=[in_channels, 84, 84], action_meanings=["NOOP"] * 18)
+        save_expert(root / name, policy.state_dict(), manifest)
+    return root
+
+
+def make_sb3_zip(path: Path, seed: int = 0) -> Path:
+    """A stock SB3 PPO CnnPolicy checkpoint, as model.save writes it."""
+    from stable_baselines3 import PPO
+
+    from envs import make_atari_vec_env
+
+    env = make_atari_vec_env("Seaquest", 1, seed=seed)
+    PPO("CnnPolicy", env, n_steps=8, batch_size=8, seed=seed, device="cpu").save(path)
+    env.close()
+    return path
+
+
+@pytest.fixture
+def tiny_hub(tmp_path) -> Path:
+    return make_tiny_hub(tmp_path / "hub")

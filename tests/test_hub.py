@@ -1,0 +1,120 @@
+"""Loading experts as weights only, and refusing what cannot be used."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pytest
+import torch as th
+
+from hubrl.hub import HubError, load_hub, load_sb3_zip, load_sources, resolve_hub
+from tests.conftest import make_sb3_zip, make_tiny_hub
+
+
+def test_load_hub_folder(tiny_hub):
+    hub = load_hub(tiny_hub)
+    assert hub.names == ["riverraid-ppo", "seaquest-ppo"]
+    assert hub.experts[0].game == "riverraid" and hub.experts[0].features_dim == 512
+    hub.validate((4, 84, 84))
+
+
+def test_checksum_mismatch_is_refused(tiny_hub):
+    weights = tiny_hub / "seaquest-ppo" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(HubError, match="checksum"):
+        load_hub(tiny_hub)
+
+
+def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):
+    path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
+    expert = load_sb3_zip(path)
+    assert expert.name == "ppo-Seaquest" and expert.in_channels == 4
+    assert expert.meta["observation_shape"] == [4, 84, 84]
+    # an older SB3 layout: no pi_/vf_features_extractor keys
+    with zipfile.ZipFile(path) as z:
+        state = th.load(io.BytesIO(z.read("policy.pth")), weights_only=True)
+    stripped = {k: v for k, v in state.items() if not k.startswith(("pi_features", "vf_features"))}
+    assert len(stripped) < len(state)
+    old = tmp_path / "old.zip"
+    buf = io.BytesIO()
+    th.save(stripped, buf)
+    with zipfile.ZipFile(old, "w") as z:
+        z.writestr("policy.pth", buf.getvalue())
+    assert th.equal(load_sb3_zip(old).encoder_state["cnn.0.weight"], expert.encoder_state["cnn.0.weight"])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/hubrl-pwned",))
+
+
+def test_pickle_payload_is_refused_and_never_executed(tmp_path):
+    evil = tmp_path / "evil.zip"
+    buf = io.BytesIO()
+    th.save({"features_extractor.cnn.0.weight": _Payload()}, buf)
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("policy.pth", buf.getvalue())
+        z.writestr("data", json.dumps({"policy_class": {":serialized:": "gARjb3MKc3lzdGVtCg=="}}))
+    if os.path.exists("/tmp/hubrl-pwned"):
+        os.remove("/tmp/hubrl-pwned")
+    with pytest.raises(HubError, match="refusing to load"):
+        load_sb3_zip(evil)
+    assert not os.path.exists("/tmp/hubrl-pwned")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"not a zip", "not a zip file"),
+        ("no-policy", "no policy.pth"),
+        ("truncated", "corrupt"),
+        ("mlp", "not an SB3 CnnPolicy"),
+    ],
+)
+def test_bad_checkpoints(tmp_path, content, message):
+    path = tmp_path / "x.zip"
+    if content == "no-policy":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("data", "{}")
+    elif content == "truncated":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("policy.pth", b"PK\x03\x04 half a file")
+    elif content == "mlp":
+        buf = io.BytesIO()
+        th.save({"mlp_extractor.policy_net.0.weight": th.zeros(64, 4)}, buf)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("policy.pth", buf.getvalue())
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(HubError, match=message):
+        load_sb3_zip(path)
+
+
+def test_mismatched_observation_shape(tmp_path):
+    hub = load_hub(make_tiny_hub(tmp_path / "rgb", names=("three-ppo",), in_channels=3))
+    with pytest.raises(HubError, match="reads 3 stacked frames but the target env gives 4"):
+        hub.validate((4, 84, 84))
+
+
+def test_empty_hub_and_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HubError, match="no finished expert"):
+        load_hub(tmp_path / "empty")
+    with pytest.raises(HubError, match="does not exist"):
+        load_hub(tmp_path / "missing")
+    with pytest.raises(HubError, match="empty"):
+        load_sources([]).validate((4, 84, 84))
+
+
+def test_duplicate_names_and_both_sources(tmp_path, tiny_hub):
+    z = make_sb3_zip(tmp_path / "a.zip")
+    with pytest.raises(HubError, match="Two experts are named a"):
+        load_sources([z, z])
+    with pytest.raises(HubError, match="either --hub"):
+        resolve_hub(tiny_hub, [z])

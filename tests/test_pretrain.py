@@ -1,0 +1,149 @@
+"""Pretraining end to end: a tiny run makes a loadable hub; resume; crash safety; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch as th
+from safetensors.torch import load_file
+
+from hubrl.checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint, sha256_file
+from hubrl.experts import read_manifest
+from hubrl.pretrain import PretrainConfig, UsageError, pretrain_expert
+from tests.conftest import ROOT, run_script
+
+
+def _cfg(tmp_path, tiny_ppo, timesteps=256, **kw):
+    return PretrainConfig(
+        game="Seaquest", timesteps=timesteps, n_envs=2, out=str(tmp_path / "hub"), eval_freq=10**9,
+        eval_episodes=1, checkpoint_freq=128, hyperparams=tiny_ppo, device="cpu", **kw,
+    )
+
+
+def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
+    result = pretrain_expert(_cfg(tmp_path, tiny_ppo), progress_bar=False, verbose=0)
+    assert result.outcome.completed and result.outcome.num_timesteps == 256
+    folder = tmp_path / "hub" / "seaquest-ppo"
+    manifest = read_manifest(folder)
+    assert manifest.game == "seaquest" and manifest.algo == "ppo" and manifest.timesteps == 256
+    assert manifest.observation_shape == [4, 84, 84] and len(manifest.action_meanings) == 18
+    assert manifest.eval["episodes"] == 1 and "mean" in manifest.eval
+    assert manifest.weights_sha256 == sha256_file(folder / "weights.safetensors")
+    weights = load_file(folder / "weights.safetensors")
+    assert "features_extractor.cnn.0.weight" in weights and "action_net.weight" in weights
+    assert not any(k.startswith(("pi_features_extractor", "vf_features_extractor")) for k in weights)
+    assert list((folder / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
+
+
+def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
+    first = load_training_checkpoint(tmp_path / "hub" / "seaquest-ppo" / "train" / "checkpoint.pt")
+    assert first["num_timesteps"] == 128
+    result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=256), resume=True, progress_bar=False, verbose=0)
+    assert result.outcome.num_timesteps == 256
+    state = load_training_checkpoint(tmp_path / "hub" / "seaquest-ppo" / "train" / "checkpoint.pt")
+    assert state["num_timesteps"] == 256 and state["n_updates"] > first["n_updates"]
+    # The learning rate continued its linear decay against the 256-step budget: no restart at 2.5e-4.
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr < 2.5e-4 * 0.5
+
+
+def test_existing_expert_needs_resume_or_force(tmp_path, tiny_ppo):
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
+    with pytest.raises(UsageError, match="--resume .* or --force"):
+        pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
+    result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), force=True, progress_bar=False, verbose=0)
+    assert result.outcome.num_timesteps == 64
+
+
+def test_resume_with_nothing_to_resume(tmp_path, tiny_ppo):
+    with pytest.raises(UsageError, match="Nothing to resume"):
+        pretrain_expert(_cfg(tmp_path, tiny_ppo), resume=True, progress_bar=False, verbose=0)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    from stable_baselines3 import PPO
+
+    from envs import make_atari_vec_env
+
+    model = PPO("CnnPolicy", make_atari_vec_env("Seaquest", 1), n_steps=8, batch_size=8, device="cpu")
+    path = tmp_path / "checkpoint.pt"
+    save_training_checkpoint(model, path)
+    before = path.read_bytes()
+
+    real_save = th.save
+
+    def torn_save(obj, handle):
+        real_save(obj, handle)
+        handle.truncate(100)  # half-written file ...
+        raise KeyboardInterrupt  # ... and the process is killed
+
+    monkeypatch.setattr(th, "save", torn_save)
+    model.num_timesteps = 999
+    with pytest.raises(KeyboardInterrupt):
+        save_training_checkpoint(model, path)
+    assert path.read_bytes() == before
+    assert load_training_checkpoint(path)["num_timesteps"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temp file left behind"
+
+
+def test_corrupt_or_foreign_checkpoint(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_training_checkpoint(bad)
+    th.save({"hello": 1}, bad)
+    with pytest.raises(CheckpointError, match="not a hubrl training checkpoint"):
+        load_training_checkpoint(bad)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+    out = tmp_path / "hub"
+    hp = tmp_path / "hp.yaml"
+    hp.write_text("n_steps: 32\nbatch_size: 64\nn_epochs: 1\n")
+    args = [sys.executable, str(ROOT / "scripts" / "pretrain_sources.py"), "--games", "Seaquest", "--timesteps", "1M",
+            "--n-envs", "2", "--out", str(out), "--hyperparams", str(hp), "--eval-freq", "1M", "--checkpoint-freq", "1M",
+            "--no-progress-bar", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    events = out / "seaquest-ppo" / "tb"
+    deadline = time.time() + 120
+    while not list(events.rglob("events.out.tfevents*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # let it take some steps
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "Resume with --resume" in output
+    state = load_training_checkpoint(out / "seaquest-ppo" / "train" / "checkpoint.pt")
+    steps = state["num_timesteps"]
+    assert 0 < steps < 1_000_000
+    done = run_script("pretrain_sources.py", "--games", "Seaquest", "--timesteps", str(steps + 64), "--out", str(out),
+                      "--resume", "--no-progress-bar", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert load_training_checkpoint(out / "seaquest-ppo" / "train" / "checkpoint.pt")["num_timesteps"] >= steps + 64
+    assert json.loads((out / "seaquest-ppo" / "expert.json").read_text())["timesteps"] >= steps + 64
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--games", "Seaqest"], "Unknown Atari game 'Seaqest'. Did you mean Seaquest?"),
+        (["--timesteps", "0"], "--timesteps: must be positive"),
+        (["--n-envs", "-2"], "--n-envs: must be positive"),
+        (["--resume"], "Nothing to resume"),
+        (["--out", "/proc/hubrl-cannot-write-here"], "Cannot write to --out"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    defaults = [] if "--out" in args else ["--out", str(tmp_path / "hub")]
+    defaults += [] if "--games" in args else ["--games", "Seaquest"]
+    result = run_script("pretrain_sources.py", *defaults, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,110 @@
+"""Hub-Pathway transfer end to end: tiny runs, stock SB3 loading, TensorBoard tags, bad input."""
+
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import A2C, PPO
+
+import hubrl  # noqa: F401  (what users import before PPO.load)
+from envs import make_atari_vec_env
+from hubrl.hub import HubError
+from hubrl.pretrain import UsageError
+from hubrl.transfer import TransferConfig, run_transfer
+from tests.conftest import TINY_PPO, make_sb3_zip, make_tiny_hub, run_script
+
+
+def _cfg(tmp_path, env="Gopher", **kw):
+    base = dict(env=env, timesteps=128, n_envs=2, out=str(tmp_path / "run"), eval_freq=10**9, eval_episodes=1,
+                checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    base.update(kw)
+    return TransferConfig(**base)
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(glob.glob(f"{folder}/tb/*")[0])
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("aggregation", ["features", "heads"])
+def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tiny_hub, aggregation):
+    result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), aggregation=aggregation), progress_bar=False, verbose=0)
+    assert result.outcome.num_timesteps == 128
+    folder = result.folder
+    assert {p.name for p in folder.iterdir()} >= {"model.zip", "config.yaml", "checkpoint.pt", "tb"}
+    tags = _scalars(folder)
+    for name in ("riverraid-ppo", "seaquest-ppo"):
+        assert f"pathway/weight_mean/{name}" in tags and f"pathway/selection_freq/{name}" in tags
+    assert {"train/exploration_loss", "train/exploitation_loss", "eval/mean_reward"} <= tags
+
+    loaded = PPO.load(folder / "model.zip", device="cpu")
+    assert loaded.policy.aggregation == aggregation and loaded.action_space.n == 8
+    env = make_atari_vec_env("Gopher", 2, seed=1)
+    obs = env.reset()
+    for _ in range(5):
+        ours, _ = loaded.predict(obs, deterministic=True)
+        obs = env.step(ours)[0]
+    trained_state = th.load(folder / "checkpoint.pt", weights_only=True)["policy"]
+    for key, value in loaded.policy.state_dict().items():
+        assert th.equal(value, trained_state[key]), key
+    env.close()
+
+
+def test_tiny_transfer_to_alien_from_stock_sb3_zips_with_a2c(tmp_path):
+    zips = [make_sb3_zip(tmp_path / "ppo-Seaquest.zip", 0), make_sb3_zip(tmp_path / "ppo-Riverraid.zip", 1)]
+    result = run_transfer(_cfg(tmp_path, env="Alien", sources=[str(z) for z in zips], algo="a2c", top_k=2,
+                               hyperparams={"n_steps": 8}), progress_bar=False, verbose=0)
+    assert result.hub.names == ["ppo-Seaquest", "ppo-Riverraid"]
+    model = A2C.load(result.folder / "model.zip", device="cpu")
+    assert model.action_space.n == 18 and model.policy.extractor.top_k == 2
+
+
+def test_hub_weights_are_loaded_and_frozen_experts_stay_fixed(tmp_path, tiny_hub):
+    from hubrl.hub import load_hub
+
+    hub = load_hub(tiny_hub)
+    result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), freeze_experts=True), progress_bar=False, verbose=0)
+    model = PPO.load(result.folder / "model.zip", device="cpu")
+    for module, expert in zip(model.policy.extractor.experts, hub.experts):
+        assert th.equal(module.cnn[0].weight, expert.encoder_state["cnn.0.weight"])
+
+
+def test_transfer_resume(tmp_path, tiny_hub):
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False, verbose=0)
+    result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=256), resume=True, progress_bar=False, verbose=0)
+    assert result.outcome.num_timesteps == 256
+
+
+def test_bad_inputs(tmp_path, tiny_hub):
+    with pytest.raises(HubError, match="larger than the hub"):
+        run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=3), progress_bar=False)
+    with pytest.raises(UsageError, match="at least 1"):
+        run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=0), progress_bar=False)
+    rgb = make_tiny_hub(tmp_path / "rgb", names=("x-ppo",), in_channels=3)
+    with pytest.raises(HubError, match="stacked frames"):
+        run_transfer(_cfg(tmp_path, hub=str(rgb), out=str(tmp_path / "r2")), progress_bar=False)
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=64), progress_bar=False, verbose=0)
+    with pytest.raises(UsageError, match="already exists"):
+        run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "Alen"], "Did you mean Alien?"),
+        (["--env", "Alien", "--top-k", "5"], "larger than the hub"),
+        (["--env", "Alien", "--method", "magic"], "Unknown method 'magic'"),
+        (["--env", "Alien", "--sources", "/nonexistent.zip"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_one_line(tmp_path, tiny_hub, args, message):
+    extra = [] if "--sources" in args else ["--hub", str(tiny_hub)]
+    result = run_script("transfer.py", *args, *extra, "--out", str(tmp_path / "cli"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
