@@ -1,4 +1,4 @@
-"""TensorBoard logging of the pathway: which expert each game state routes to."""
+"""TensorBoard logging of the gates: how much each expert is used on the game states seen."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ __all__ = ["GateUsageCallback"]
 
 
 class GateUsageCallback(BaseCallback):
-    """After each rollout, log per-expert ``pathway/weight_mean/<name>`` and
-    ``pathway/selection_freq/<name>`` over the rollout's states, then reset the counters."""
+    """After each rollout, log the policy's per-expert gate statistics over the rollout's states
+    as ``<prefix>/<statistic>/<expert>`` (Hub-Pathway: ``pathway/weight_mean/<name>`` and
+    ``pathway/selection_freq/<name>``; Zoo-Tuning: ``zoo/weight_mean/<name>``), then reset them.
+
+    Works with any policy that has ``usage() -> {expert: {statistic: value}}`` and ``reset_usage()``.
+    """
+
+    def __init__(self, prefix: str = "pathway") -> None:
+        super().__init__()
+        self.prefix = prefix
 
     def _on_step(self) -> bool:
         return True
@@ -20,5 +28,5 @@ class GateUsageCallback(BaseCallback):
             return
         for name, stats in policy.usage().items():
             for key, value in stats.items():
-                self.logger.record(f"pathway/{key}/{name}", value)
+                self.logger.record(f"{self.prefix}/{key}/{name}", value)
         policy.reset_usage()

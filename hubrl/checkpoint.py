@@ -36,11 +36,16 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write ``path`` by calling ``write(fileobj)`` on a temp file, fsync, then rename over ``path``."""
+    """Write ``path`` by calling ``write(fileobj)`` on a temp file, fsync, then rename over ``path``.
+
+    The file gets the usual permissions of a new file (0666 minus the umask), not mkstemp's 0600,
+    so hubs and runs on shared storage stay readable by the team.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -53,6 +58,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.policies import BasePolicy
 
 from envs import make_atari_vec_env
 
@@ -42,8 +43,8 @@ def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
     return make_atari_vec_env(game, n_envs, seed=seed, **options)
 
 
-def evaluate_model(model: BaseAlgorithm, env, n_episodes: int = 10, deterministic: bool = False) -> EvalResult:
-    """Play ``n_episodes`` games with ``model`` on ``env`` and return raw score statistics."""
+def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False) -> EvalResult:
+    """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score statistics."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
     scores, lengths = evaluate_policy(

@@ -44,11 +44,12 @@ class ExpertManifest:
     name: str
     game: str
     algo: str
-    timesteps: int
+    timesteps: int  # agent steps the exported weights were trained for
     observation_shape: list[int]
     action_meanings: list[str]
     architecture: str = "NatureCNN"
     features_dim: int = 512
+    training_budget: int = 0  # steps the run was set to reach; above ``timesteps``: exported mid-training
     eval: dict[str, Any] = field(default_factory=dict)
     weights_file: str = WEIGHTS_NAME
     weights_sha256: str = ""

@@ -4,6 +4,10 @@ Everything a run needs lives in ``<hub>/<name>/``: the exported expert (``expert
 ``weights.safetensors``, written when training completes), the training state under ``train/``
 (``checkpoint.pt``, ``config.yaml``) and, unless told otherwise, TensorBoard events under ``tb/``.
 Interrupted runs resume from ``train/checkpoint.pt`` with their saved configuration.
+
+:func:`export_expert` also exports an expert whose training is not finished (its latest
+checkpoint), after evaluating exactly the weights it writes (rounded to float16 if asked), so a
+manifest's score always describes the file next to it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import yaml
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import action_meanings, make_atari_vec_env, resolve_game
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
-from hubrl.evaluation import make_eval_env
+from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
 from hubrl.training import TrainingOutcome, run_training
 
-__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "pretrain_expert", "UsageError"]
+__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "export_expert", "pretrain_expert", "UsageError"]
 
 
 class UsageError(ValueError):
@@ -100,8 +104,6 @@ def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Pat
 
 def pretrain_expert(cfg: PretrainConfig, resume: bool = False, force: bool = False, progress_bar: bool = True, verbose: int = 1) -> PretrainResult:
     """Train (or resume) one expert and export it when its budget is reached."""
-    from hubrl import __version__
-
     _validate(cfg)
     name = expert_name(cfg.game, cfg.algo)
     folder = prepare_folder(cfg.out, name, resume, force)
@@ -142,22 +144,72 @@ def pretrain_expert(cfg: PretrainConfig, resume: bool = False, force: bool = Fal
         )
         manifest = None
         if outcome.completed:
-            last = outcome.history.points[-1]
-            manifest = ExpertManifest(
-                name=name,
-                game=game,
-                algo=algo,
-                timesteps=outcome.num_timesteps,
-                observation_shape=list(env.observation_space.shape),
-                action_meanings=list(action_meanings(game)),
-                eval={"mean": last["mean"], "std": last["std"], "episodes": last["episodes"], "deterministic": False, "sticky_actions": cfg.repeat_action_probability},
-                env_options=env_options,
-                hyperparameters=plain,
-                seed=cfg.seed,
-                hubrl_version=__version__,
-            )
-            save_expert(folder, model.policy.state_dict(), manifest, dtype=getattr(th, cfg.export_dtype))
+            manifest = _write_expert(folder, cfg, plain, model.policy, outcome.num_timesteps, eval_env, seed=cfg.seed + 20_000)
     finally:
         env.close()
         eval_env.close()
     return PretrainResult(name, folder, outcome, manifest)
+
+
+def _write_expert(folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int) -> ExpertManifest:
+    """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest."""
+    from hubrl import __version__
+
+    dtype = getattr(th, cfg.export_dtype)
+    policy.set_training_mode(False)
+    state = {k: v.detach().to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in policy.state_dict().items()}
+    policy.load_state_dict(state)  # evaluate exactly what gets written
+    eval_env.seed(seed)
+    result = evaluate_model(policy, eval_env, cfg.eval_episodes)
+    game = resolve_game(cfg.game)
+    manifest = ExpertManifest(
+        name=expert_name(game, cfg.algo),
+        game=game,
+        algo=cfg.algo.lower(),
+        timesteps=int(num_timesteps),
+        training_budget=int(cfg.timesteps),
+        observation_shape=list(eval_env.observation_space.shape),
+        action_meanings=list(action_meanings(game)),
+        eval={
+            "mean": result.mean, "std": result.std, "episodes": result.episodes, "scores": result.scores,
+            "deterministic": False, "sticky_actions": cfg.repeat_action_probability, "seed": seed,
+        },
+        env_options={"repeat_action_probability": cfg.repeat_action_probability},
+        hyperparameters=plain,
+        seed=cfg.seed,
+        hubrl_version=__version__,
+    )
+    save_expert(folder, state, manifest, dtype=dtype)
+    return manifest
+
+
+def export_expert(folder: str | Path, dtype: str | None = None, eval_episodes: int | None = None, device: str = "cpu") -> ExpertManifest:
+    """Export ``<folder>/train/checkpoint.pt`` as the expert of ``folder``, finished or not.
+
+    The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
+    stochastic policy); ``expert.json`` records the agent steps, the run's budget and that score.
+    """
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    folder = Path(folder)
+    train_dir = folder / "train"
+    if not (train_dir / "checkpoint.pt").is_file() or not (train_dir / "config.yaml").is_file():
+        raise UsageError(f"Nothing to export in {folder}: no train/checkpoint.pt and train/config.yaml.")
+    state = load_training_checkpoint(train_dir / "checkpoint.pt")
+    saved = yaml.safe_load((train_dir / "config.yaml").read_text())
+    cfg = PretrainConfig(**saved["run"])
+    if dtype:
+        cfg.export_dtype = dtype
+    if eval_episodes:
+        cfg.eval_episodes = eval_episodes
+    game = resolve_game(cfg.game)
+    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 20_000, repeat_action_probability=cfg.repeat_action_probability)
+    try:
+        policy = ActorCriticCnnPolicy(eval_env.observation_space, eval_env.action_space, lambda _: 0.0).to(device)
+        try:
+            policy.load_state_dict(state["policy"])
+        except RuntimeError as exc:
+            raise UsageError(f"{train_dir / 'checkpoint.pt'} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
+        return _write_expert(folder, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]), eval_env, seed=cfg.seed + 20_000)
+    finally:
+        eval_env.close()

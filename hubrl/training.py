@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from hubrl.checkpoint import restore_training_state, save_training_checkpoint
+from hubrl.checkpoint import atomic_write, restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
 
 __all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "TrainingOutcome", "run_training"]
@@ -28,19 +29,30 @@ __all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "St
 
 @dataclass
 class EvalHistory:
-    """Evaluation points ``(agent steps, mean, std, episodes)`` of one run."""
+    """Evaluation points of one run: agent steps, mean, std, episodes and every game's raw score.
 
-    points: list[dict[str, float]] = field(default_factory=list)
+    Saved in the checkpoint (for resume) and as ``evaluations.json`` beside it, the plain file
+    that reports and plots read (the counterpart of SB3's ``evaluations.npz``).
+    """
+
+    points: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, step: int, result: EvalResult) -> None:
-        self.points.append({"step": int(step), "mean": result.mean, "std": result.std, "episodes": result.episodes})
+        self.points.append(
+            {"step": int(step), "mean": result.mean, "std": result.std, "episodes": result.episodes, "scores": list(result.scores)}
+        )
+
+    def save(self, path: Path) -> None:
+        """Write ``{"points": [...]}`` atomically."""
+        atomic_write(Path(path), lambda h: json.dump({"points": self.points}, h, indent=1), mode="w")
 
 
 class RawScoreEvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score."""
 
-    def __init__(self, eval_env, eval_freq: int, n_episodes: int, history: EvalHistory, verbose: int = 0) -> None:
+    def __init__(self, eval_env, eval_freq: int, n_episodes: int, history: EvalHistory, verbose: int = 0, history_path: Path | None = None) -> None:
         super().__init__(verbose)
+        self.history_path = history_path
         self.eval_env = eval_env
         self.eval_freq = int(eval_freq)
         self.n_episodes = n_episodes
@@ -54,6 +66,8 @@ class RawScoreEvalCallback(BaseCallback):
     def evaluate(self) -> EvalResult:
         result = evaluate_model(self.model, self.eval_env, self.n_episodes)
         self.history.add(self.num_timesteps, result)
+        if self.history_path is not None:
+            self.history.save(self.history_path)
         self.logger.record("eval/mean_reward", result.mean)
         self.logger.record("eval/std_reward", result.std)
         self.logger.record("eval/mean_ep_length", sum(result.lengths) / max(len(result.lengths), 1))
@@ -163,7 +177,8 @@ def run_training(
 
     remaining = int(total_timesteps) - int(model.num_timesteps)
     start = time.time()
-    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose) if eval_env is not None else None
+    history_path = Path(checkpoint_path).with_name("evaluations.json")
+    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path) if eval_env is not None else None
     interrupted_by = None
     if remaining > 0:
         with StopOnSignal() as stopper:

@@ -1,10 +1,14 @@
 """Fine-tune an agent on a target game from a hub (the library side of ``scripts/transfer.py``).
 
-A run folder holds ``model.zip`` (opens with stock ``PPO.load``/``A2C.load`` after
-``import hubrl``), ``config.yaml`` (everything resolved), ``checkpoint.pt`` (resume state) and
-TensorBoard events under ``tb/`` unless ``tensorboard_log`` says otherwise. Tags:
-``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``, ``pathway/weight_mean/<expert>``,
-``pathway/selection_freq/<expert>``, ``train/exploration_loss``, ``train/exploitation_loss``.
+All methods (:mod:`hubrl.methods`: ``hub-pathway``, ``scratch``, ``finetune``, ``zoo-tuning``,
+``select``) run through :func:`run_transfer`: same envs, agent presets, evaluation, checkpoints,
+resume and logging, so their runs compare one to one. A run folder holds ``model.zip`` (opens
+with stock ``PPO.load``/``A2C.load`` after ``import hubrl``), ``config.yaml`` (everything
+resolved), ``checkpoint.pt`` (resume state), ``evaluations.json`` (every evaluation's raw scores)
+and TensorBoard events under ``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all
+methods: ``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds
+``pathway/weight_mean/<expert>``, ``pathway/selection_freq/<expert>``,
+``train/exploration_loss``, ``train/exploitation_loss``; Zoo-Tuning adds ``zoo/weight_mean/<expert>``.
 """
 
 from __future__ import annotations
@@ -17,17 +21,15 @@ import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import make_atari_vec_env, resolve_game
-from hubrl.callbacks import GateUsageCallback
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
 from hubrl.evaluation import make_eval_env
-from hubrl.hub import Hub, HubError, resolve_hub
-from hubrl.policies import AGGREGATIONS, HubPathwayPolicy, load_hub_weights
+from hubrl.hub import Hub, resolve_hub
+from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
+from hubrl.policies import AGGREGATIONS
 from hubrl.pretrain import UsageError
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
-
-METHODS = ("hub-pathway",)
 
 
 @dataclass
@@ -36,6 +38,9 @@ class TransferConfig:
 
     env: str
     method: str = "hub-pathway"
+    source: str | None = None  # finetune: the expert whose encoder initialises the agent
+    lite: bool = False  # zoo-tuning: batch-mean gates, merged into one NatureCNN for model.zip
+    select_frames: int = 20_000  # select: target frames the proxy ranks experts on
     hub: str | None = None
     sources: list[str] = field(default_factory=list)
     algo: str = "ppo"
@@ -66,13 +71,19 @@ class TransferResult:
 
 
 def default_run_folder(cfg: TransferConfig) -> Path:
-    return Path("runs") / f"{resolve_game(cfg.env)}-{cfg.method}-{cfg.algo}-s{cfg.seed}"
+    return Path("runs") / f"{resolve_game(cfg.env)}-{method_label(cfg)}-{cfg.algo}-s{cfg.seed}"
 
 
 def _validate(cfg: TransferConfig) -> None:
     resolve_game(cfg.env)
     if cfg.method not in METHODS:
         raise UsageError(f"Unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}.")
+    if cfg.lite and cfg.method != "zoo-tuning":
+        raise UsageError(f"--lite is an option of --method zoo-tuning, not of {cfg.method}.")
+    if cfg.source is not None and cfg.method != "finetune":
+        raise UsageError(f"--source picks the expert of --method finetune; {cfg.method} does not take it.")
+    if cfg.method == "scratch" and (cfg.hub or cfg.sources):
+        raise UsageError("--method scratch uses no hub: drop --hub/--sources.")
     if cfg.algo not in AGENT_CLASSES:
         raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
     if cfg.aggregation not in AGGREGATIONS:
@@ -88,51 +99,61 @@ def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool =
     _validate(cfg)
     folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
     checkpoint = folder / "checkpoint.pt"
+    previous: dict[str, Any] | None = None
     if resume:
         if not checkpoint.is_file():
             raise UsageError(f"Nothing to resume in {folder}: no checkpoint.pt.")
+        if (folder / "config.yaml").is_file():
+            previous = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("method")
     elif folder.exists() and any(folder.iterdir()):
         raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or choose another --out.")
     game = resolve_game(cfg.env)
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
-    hub = resolve_hub(cfg.hub, cfg.sources)
-    if cfg.top_k > len(hub):
-        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"Cannot create run folder {folder}: {exc.strerror}.") from exc
-
+    hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
     cfg.n_envs = int(plain["n_envs"])
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
-    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
+    eval_env = None
     try:
-        hub.validate(env.observation_space.shape)
-        policy_kwargs = dict(kwargs.pop("policy_kwargs", {}))
-        policy_kwargs.update(
-            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, aggregation=cfg.aggregation,
-            exploration_coef=cfg.exploration_coef, exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
-        )
-        model = AGENT_CLASSES[cfg.algo](
-            HubPathwayPolicy, env, seed=cfg.seed, device=cfg.device, verbose=0,
-            tensorboard_log=cfg.tensorboard_log or str(folder / "tb"), policy_kwargs=policy_kwargs, **kwargs,
-        )
-        load_hub_weights(model.policy, hub)
+        if hub is not None:
+            hub.validate(env.observation_space.shape)
+        plan = plan_method(cfg, hub, game, previous)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"Cannot create run folder {folder}: {exc.strerror}.") from exc
+        eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
+        preset_policy_kwargs = kwargs.pop("policy_kwargs", {})
+        tensorboard_log = cfg.tensorboard_log or str(folder / "tb")
+
+        def make_agent(policy_class):
+            """The agent for ``policy_class`` with the run's preset (the plan's kwargs for its own policy)."""
+            extra = plan.policy_kwargs if policy_class is plan.policy else {}
+            return AGENT_CLASSES[cfg.algo](
+                policy_class, env, seed=cfg.seed, device=cfg.device, verbose=0,
+                tensorboard_log=tensorboard_log, policy_kwargs={**preset_policy_kwargs, **extra}, **kwargs,
+            )
+
+        model = make_agent(plan.policy)
+        if not resume:
+            plan.init(model.policy)
         resolved = {
             "run": asdict(cfg),
             "resolved_hyperparams": plain,
-            "hub": [{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub],
+            "method": plan.notes,
+            "hub": [{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub] if hub is not None else [],
         }
         atomic_write(folder / "config.yaml", lambda h: yaml.safe_dump(resolved, h, sort_keys=False), mode="w")
         outcome = run_training(
             model, cfg.timesteps, checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
             resume_state=load_training_checkpoint(checkpoint) if resume else None,
-            callbacks=[GateUsageCallback()], progress_bar=progress_bar, tb_log_name=f"{game}-{cfg.method}", verbose=verbose,
+            callbacks=plan.callbacks, progress_bar=progress_bar, tb_log_name=f"{game}-{method_label(cfg)}", verbose=verbose,
         )
-        atomic_write(folder / "model.zip", lambda h: model.save(h))
+        final = plan.finalize(model, make_agent) if plan.finalize is not None else model
+        atomic_write(folder / "model.zip", lambda h: final.save(h))
     finally:
         env.close()
-        eval_env.close()
+        if eval_env is not None:
+            eval_env.close()
     return TransferResult(folder, outcome, hub)

@@ -3,7 +3,8 @@
 
     python scripts/benchmark_speed.py envs    # env steps/s: hubrl's AtariVecEnv vs SB3's make_atari_env + VecFrameStack
     python scripts/benchmark_speed.py train   # agent steps/s of PPO and A2C training (RL Zoo presets)
-    python scripts/benchmark_speed.py transfer  # Hub-Pathway training wall time vs scratch PPO, same run
+    python scripts/benchmark_speed.py transfer  # every method's training wall time and inference speed vs scratch, same run
+    python scripts/benchmark_speed.py rank      # wall time of ranking the default hub (--method select's first step)
 
 The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
 """
@@ -71,40 +72,111 @@ def bench_train(game: str, steps: int) -> None:
         env.close()
 
 
-def bench_transfer(game: str, steps: int, repeats: int) -> None:
-    """Same PPO preset and step count: scratch CnnPolicy vs HubPathwayPolicy over synthetic hubs."""
-    from agents import HubPPO, resolve_hyperparams
-    from envs import make_atari_vec_env
-    from hubrl.policies import HubPathwayPolicy
+def _synthetic_hub(n_experts: int):
+    """A hub of randomly initialised NatureCNN experts: the speed of a method does not depend on the weights."""
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.torch_layers import NatureCNN
 
-    _, kwargs = resolve_hyperparams("ppo")
-    variants = [("scratch (CnnPolicy)", None, 0), ("hub-pathway 2 experts k=1", 2, 1),
-                ("hub-pathway 2 experts k=2", 2, 2), ("hub-pathway 8 experts k=2", 8, 2)]
-    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    for r in range(repeats):  # interleaved repeats
-        for name, n_experts, k in variants:
-            env = make_atari_vec_env(game, 8, seed=r)
-            if n_experts is None:
-                model = HubPPO("CnnPolicy", env, seed=r, device="cpu", **kwargs)
-            else:
-                names = [f"expert{i}" for i in range(n_experts)]
-                model = HubPPO(HubPathwayPolicy, env, seed=r, device="cpu", policy_kwargs={"expert_names": names, "top_k": k}, **kwargs)
+    from hubrl.hub import Expert, Hub
+
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    experts = []
+    for i in range(n_experts):
+        th.manual_seed(i)
+        experts.append(Expert(f"expert{i}", {k: v.clone() for k, v in NatureCNN(space).state_dict().items()}, "synthetic"))
+    return Hub(experts)
+
+
+TRANSFER_VARIANTS = [  # (label, method, experts, TransferConfig overrides)
+    ("scratch (CnnPolicy)", "scratch", 0, {}),
+    ("finetune (= select after ranking)", "finetune", 2, {"source": "expert0"}),
+    ("zoo-tuning 2 experts", "zoo-tuning", 2, {}),
+    ("zoo-tuning lite 2 experts", "zoo-tuning", 2, {"lite": True}),
+    ("hub-pathway 2 experts k=1", "hub-pathway", 2, {"top_k": 1}),
+    ("hub-pathway 2 experts k=2", "hub-pathway", 2, {"top_k": 2}),
+    ("hub-pathway 8 experts k=2", "hub-pathway", 8, {"top_k": 2}),
+]
+
+
+def _inference_steps_per_second(model, env, calls: int = 300) -> float:
+    """``predict`` on the rollout batch (n_envs observations), as when playing: agent steps/s."""
+    obs = env.reset()
+    model.predict(obs)
+    start = time.perf_counter()
+    for _ in range(calls):
+        model.predict(obs)
+    return calls * env.num_envs / (time.perf_counter() - start)
+
+
+def bench_transfer(game: str, steps: int, repeats: int) -> None:
+    """Same PPO preset and step count for every method: training wall time and inference speed vs scratch."""
+    import resource
+
+    import torch as th
+
+    from agents import HubPPO, resolve_hyperparams
+    from envs import make_atari_vec_env, resolve_game
+    from hubrl.methods import plan_method
+    from hubrl.transfer import TransferConfig
+
+    plain, kwargs = resolve_hyperparams("ppo")
+    policy_kwargs = kwargs.pop("policy_kwargs", {})
+    train: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
+    infer: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
+    params: dict[str, int] = {}
+    for r in range(repeats):  # interleaved repeats, so every method sees the same machine state
+        for label, method, n_experts, overrides in TRANSFER_VARIANTS:
+            env = make_atari_vec_env(game, plain["n_envs"], seed=r)
+            cfg = TransferConfig(env=game, method=method, seed=r, **overrides)
+            plan = plan_method(cfg, _synthetic_hub(n_experts) if n_experts else None, resolve_game(game))
+
+            def make_agent(policy_class, plan=plan, env=env):
+                extra = plan.policy_kwargs if policy_class is plan.policy else {}
+                return HubPPO(policy_class, env, seed=r, device="cpu", policy_kwargs={**policy_kwargs, **extra}, **kwargs)
+
+            model = make_agent(plan.policy)
+            plan.init(model.policy)
             start = time.perf_counter()
             model.learn(steps)
-            times[name].append(time.perf_counter() - start)
+            train[label].append(time.perf_counter() - start)
+            final = plan.finalize(model, make_agent) if plan.finalize else model
+            infer[label].append(_inference_steps_per_second(final, env))
+            params[label] = sum(p.numel() for p in final.policy.parameters())  # unique tensors (state_dict repeats shared ones)
             env.close()
-    base = float(np.median(times[variants[0][0]]))
-    two_k2 = float(np.median(times[variants[2][0]]))
-    print(f"| variant | seconds (median of {repeats}) | vs scratch |\n|---|---|---|")
-    for name, _, _ in variants:
-        t = float(np.median(times[name]))
-        print(f"| {name} | {t:.1f} | {t / base:.2f}x |")
-    print(f"\n8 experts k=2 vs 2 experts k=2: {float(np.median(times[variants[3][0]])) / two_k2:.2f}x ({steps} agent steps each, {game})")
+            del model, final
+    base_t = float(np.median(train[TRANSFER_VARIANTS[0][0]]))
+    base_i = float(np.median(infer[TRANSFER_VARIANTS[0][0]]))
+    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s | vs scratch | parameters of model.zip |")
+    print("|---|---|---|---|---|---|")
+    for label, *_ in TRANSFER_VARIANTS:
+        t, i = float(np.median(train[label])), float(np.median(infer[label]))
+        print(f"| {label} | {t:.1f} | {t / base_t:.2f}x | {i:,.0f} | {i / base_i:.2f}x | {params[label]:,} |")
+    two_k2 = float(np.median(train["hub-pathway 2 experts k=2"]))
+    eight_k2 = float(np.median(train["hub-pathway 8 experts k=2"]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n8 experts k=2 vs 2 experts k=2: {eight_k2 / two_k2:.2f}x. {steps} agent steps per run, {game}, "
+          f"{plain['n_envs']} envs, torch threads {th.get_num_threads()}, peak RSS {peak:.0f} MB, {platform.machine()}")
+
+
+def bench_rank(game: str, frames: int) -> None:
+    """Wall time of ranking the default hub's experts for ``game`` (what ``--method select`` spends first)."""
+    from hubrl.hub import resolve_hub
+    from hubrl.selection import rank_experts
+
+    hub = resolve_hub()
+    start = time.perf_counter()
+    rankings = rank_experts(hub, game, frames=frames)
+    total = time.perf_counter() - start
+    print("| expert | proxy (R²) | seconds |\n|---|---|---|")
+    for r in rankings:
+        print(f"| {r.name} | {r.proxy:.3f} | {r.seconds:.1f} |")
+    print(f"\nrank_experts: {total:.1f}s in all ({frames} frames of {game}, {len(hub)} experts)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["envs", "train", "transfer"])
+    parser.add_argument("what", choices=["envs", "train", "transfer", "rank"])
     parser.add_argument("--game", default="Seaquest")
     parser.add_argument("--n-envs", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
@@ -114,8 +186,10 @@ def main() -> int:
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
         bench_train(args.game, args.steps or 10_240)
-    else:
+    elif args.what == "transfer":
         bench_transfer(args.game, args.steps or 4096, args.repeats)
+    else:
+        bench_rank(args.game, args.steps or 20_000)
     return 0
 
 

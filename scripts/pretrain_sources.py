@@ -6,6 +6,7 @@ budget is reached; training state is checkpointed atomically and ``--resume`` co
 
     python scripts/pretrain_sources.py --timesteps 10M --out hub
     python scripts/pretrain_sources.py --resume --out hub      # after an interruption
+    python scripts/pretrain_sources.py --export --out hub      # export the latest checkpoints now (evaluated)
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability (ALE v5: 0.25). Default: 0.25.")
+    parser.add_argument("--export", action="store_true",
+                        help="Do not train: evaluate each game's latest checkpoint and export it as the expert now (mid-training is fine).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32", help="Precision of the exported weights.")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     if args.resume and args.force:
         parser.error("--resume and --force contradict each other: choose one.")
+    if args.export and (args.resume or args.force):
+        parser.error("--export only exports existing checkpoints: drop --resume/--force.")
     return args
 
 
@@ -43,6 +48,17 @@ def main(argv=None) -> int:
 
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
     overrides = load_overrides(args.hyperparams) if args.hyperparams else {}
+    if args.export:
+        from pathlib import Path
+
+        from hubrl.pretrain import expert_name, export_expert
+
+        for game in games:
+            folder = Path(args.out) / expert_name(game, args.algo)
+            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu")
+            print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
+                  f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games -> {folder}")
+        return 0
     status = 0
     for game in games:
         cfg = PretrainConfig(

@@ -4,6 +4,10 @@
     python scripts/transfer.py --env Alien                         # Hub-Pathway, PPO, the package's default hub
     python scripts/transfer.py --env Gopher --hub hub --top-k 2
     python scripts/transfer.py --env Alien --sources ppo-SeaquestNoFrameskip-v4.zip ppo-RiverraidNoFrameskip-v4.zip
+    python scripts/transfer.py --env Alien --method scratch                # the baselines, same harness:
+    python scripts/transfer.py --env Alien --method finetune --source seaquest-ppo
+    python scripts/transfer.py --env Alien --method zoo-tuning [--lite]
+    python scripts/transfer.py --env Alien --method select                 # rank experts by a proxy, fine-tune the best
 
 The run folder (--out, default runs/<game>-<method>-<algo>-s<seed>) gets model.zip, config.yaml,
 checkpoint.pt and TensorBoard events (raw score, per-expert gate usage, auxiliary losses).
@@ -20,7 +24,11 @@ from _cli import add_common_flags, main_guard, positive_int, steps
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
-    parser.add_argument("--method", default="hub-pathway", help="Transfer method. Default: hub-pathway.")
+    parser.add_argument("--method", default="hub-pathway",
+                        help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
+    parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
+    parser.add_argument("--lite", action="store_true", help="zoo-tuning: batch-mean gates; model.zip is one merged NatureCNN.")
+    parser.add_argument("--select-frames", type=steps, default=20_000, help="select: random-policy target frames for the proxy. Default: 20k.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
@@ -49,7 +57,7 @@ def main(argv=None) -> int:
 
     noise = args.noise if args.noise == "learned" else float(args.noise)
     cfg = TransferConfig(
-        env=args.env, method=args.method, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
+        env=args.env, method=args.method, source=args.source, lite=args.lite, select_frames=args.select_frames, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
         n_envs=args.n_envs, seed=args.seed, device=args.device, out=args.out, tensorboard_log=args.tensorboard_log,
         top_k=args.top_k, noise=noise, aggregation=args.aggregation, exploration_coef=args.exploration_coef,
         exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,

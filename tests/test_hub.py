@@ -118,3 +118,16 @@ def test_duplicate_names_and_both_sources(tmp_path, tiny_hub):
         load_sources([z, z])
     with pytest.raises(HubError, match="either --hub"):
         resolve_hub(tiny_hub, [z])
+
+
+def test_the_shipped_default_hub_loads_and_is_trained():
+    from hubrl.experts import read_manifest
+    from hubrl.hub import default_hub_path
+
+    hub = resolve_hub()  # no flag: the package's own hub, checksums verified
+    assert hub.names == ["riverraid-ppo", "seaquest-ppo"]
+    hub.validate((4, 84, 84))
+    for expert in hub:
+        manifest = read_manifest(default_hub_path() / expert.name)
+        assert manifest.timesteps >= 500_000 and manifest.eval["episodes"] >= 10
+        assert manifest.eval["sticky_actions"] == 0.25 and manifest.eval["deterministic"] is False

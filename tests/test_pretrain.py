@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from hubrl.checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint, sha256_file
 from hubrl.experts import read_manifest
-from hubrl.pretrain import PretrainConfig, UsageError, pretrain_expert
+from hubrl.pretrain import PretrainConfig, UsageError, export_expert, pretrain_expert
 from tests.conftest import ROOT, run_script
 
 
@@ -39,6 +39,27 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     assert "features_extractor.cnn.0.weight" in weights and "action_net.weight" in weights
     assert not any(k.startswith(("pi_features_extractor", "vf_features_extractor")) for k in weights)
     assert list((folder / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
+
+
+def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tiny_ppo):
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
+    folder = tmp_path / "hub" / "seaquest-ppo"
+    (folder / "expert.json").unlink()
+    # a longer budget, stopped half-way: the checkpoint is at 128 of 1M steps
+    result = run_script("pretrain_sources.py", "--games", "Seaquest", "--out", str(tmp_path / "hub"), "--export",
+                        "--export-dtype", "float16", "--eval-episodes", "1")
+    assert result.returncode == 0, result.stderr
+    assert "exported 128 steps (float16)" in result.stdout
+    manifest = read_manifest(folder)
+    assert manifest.timesteps == 128 and manifest.weights_dtype == "float16" and manifest.training_budget == 128
+    assert manifest.eval["episodes"] == 1 and len(manifest.eval["scores"]) == 1
+    weights = load_file(folder / "weights.safetensors")
+    assert weights["action_net.weight"].dtype == th.float16
+    from hubrl.hub import load_hub
+
+    assert load_hub(tmp_path / "hub").names == ["seaquest-ppo"]  # a float16 expert loads as float32 encoders
+    with pytest.raises(UsageError, match="Nothing to export"):
+        export_expert(tmp_path / "hub" / "riverraid-ppo")
 
 
 def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
@@ -147,3 +168,14 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_atomic_write_gives_normal_file_permissions(tmp_path):
+    from hubrl.checkpoint import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,574 @@
+"""Benchmark grid: every game × method × seed trained to one step budget, resumably, in parallel.
+
+Each trial is one :func:`hubrl.transfer.run_transfer` call in its own folder
+``<root>/<Game>/<method>/s<seed>/`` (the usual run folder: ``model.zip``, ``config.yaml``,
+``checkpoint.pt``, ``evaluations.json``, ``tb/``) plus ``status.json``, the record of its last
+attempt. Rerunning the same command continues the grid where it stopped:
+
+* **finished** (``model.zip`` and ``evaluations.json`` whose last point reached the budget): skipped;
+* **started** (a ``checkpoint.pt``): resumed from the checkpoint, with the same curves;
+* **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
+  cleared first).
+
+A failing trial never stops the grid: its exception (message and the tail of the traceback) goes to
+its ``status.json`` and to ``<root>/trials.jsonl``, one JSON line per trial and attempt, along with
+the wall time, agent steps per second and peak resident memory (``resource.getrusage``). The next
+rerun retries it. ``<root>/grid.json`` records the grid, the code commit and the machine.
+
+Where trials run:
+
+* ``workers=0``: in this process, one after another (debugging; peak memory is then the
+  process's high-water mark so far, not the trial's: ``rss_isolated`` is false);
+* ``workers=1`` (default) .. N: a pool of N spawned processes, each trial in a fresh process
+  (``max_tasks_per_child=1``), so peak memory is the trial's own and a crash costs one trial;
+  torch gets ``cpu_count // N`` threads per worker unless ``threads`` says otherwise;
+* ``ray_address`` (``"auto"``, ``"ray://host:10001"`` ...): each trial is a Ray task asking for
+  ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, in a fresh worker process (``max_calls=1``).
+  The grid root must be on a file system that every node sees. Needs ``pip install "hubrl[ray]"``.
+
+The trial function is a plain top-level function taking a plain ``dict`` (the *spec*), so that both
+pools can pickle it by reference; :func:`run_trial` is the real one and tests inject fakes.
+This module imports only the standard library at import time: torch loads inside the trials.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = [
+    "GridError",
+    "TrialSpec",
+    "GridSummary",
+    "TRIAL_STATES",
+    "trial_folder",
+    "trial_state",
+    "read_evaluations",
+    "make_specs",
+    "run_trial",
+    "execute_trial",
+    "run_grid",
+    "iter_trial_folders",
+    "machine_info",
+    "git_commit",
+]
+
+TrialSpec = dict[str, Any]
+TrialFn = Callable[[TrialSpec], dict[str, Any]]
+
+#: Files a hubrl run leaves in its folder; only these are cleared before a fresh attempt.
+_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "model.zip", "tb"})
+TRIAL_STATES = ("finished", "resume", "fresh")
+_TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
+
+
+class GridError(ValueError):
+    """A grid that cannot run as asked (bad names, unknown settings, Ray missing)."""
+
+
+# ----------------------------------------------------------------------------- folder state
+
+
+def trial_folder(root: str | Path, game: str, method: str, seed: int) -> Path:
+    """``<root>/<Game>/<method>/s<seed>`` (``game`` as given: pass the display name, e.g. ``Alien``)."""
+    return Path(root) / game / method / f"s{int(seed)}"
+
+
+def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
+    """Points of ``<folder>/evaluations.json`` (``[]`` when it is missing or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / "evaluations.json").read_text())
+    except (OSError, ValueError):
+        return []
+    points = data.get("points") if isinstance(data, dict) else None
+    return points if isinstance(points, list) else []
+
+
+def trial_state(folder: str | Path, budget: int) -> str:
+    """``finished``, ``resume`` or ``fresh`` (see the module docstring)."""
+    folder = Path(folder)
+    points = read_evaluations(folder)
+    if (folder / "model.zip").is_file() and points and int(points[-1].get("step", -1)) >= budget:
+        return "finished"
+    if (folder / "checkpoint.pt").is_file():
+        return "resume"
+    return "fresh"
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename): a killed process never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the hubrl checkout (``+dirty`` when it has changes), or None."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, OS, Python, CPU count and the torch device ``auto`` resolves to (torch imported only here)."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch as th
+
+        info["torch"] = th.__version__
+        info["cuda"] = th.cuda.get_device_name(0) if th.cuda.is_available() else None
+        info["torch_device"] = "cuda" if th.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        info["torch_device"] = None
+    return info
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+def make_specs(
+    root: str | Path,
+    games: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    budget: int,
+    settings: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> list[TrialSpec]:
+    """One spec per trial, seed-major (all of seed 0 first, so a stopped grid has whole seeds)."""
+    specs = []
+    for seed in seeds:
+        for game in games:
+            for method in methods:
+                specs.append(
+                    {
+                        "trial": f"{game}/{method}/s{int(seed)}",
+                        "game": game,
+                        "method": method,
+                        "seed": int(seed),
+                        "budget": int(budget),
+                        "folder": str(trial_folder(root, game, method, seed)),
+                        "settings": dict(settings or {}),
+                        "threads": threads,
+                    }
+                )
+    return specs
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove what an attempt that died before its first checkpoint left, so run_transfer can start."""
+    if not folder.exists():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
+    if foreign:
+        raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): move them away.")
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_trial(spec: TrialSpec) -> dict[str, Any]:
+    """The real trial: ``run_transfer`` of ``spec`` (fresh or resumed); returns the step counters.
+
+    ``spec["settings"]`` holds the extra :class:`~hubrl.transfer.TransferConfig` fields (hub,
+    sources, algo, n_envs, device, eval_freq, eval_episodes, hyperparams, ...).
+    """
+    import torch as th
+    from stable_baselines3.common.utils import get_device
+
+    from hubrl.checkpoint import load_training_checkpoint
+    from hubrl.transfer import TransferConfig, run_transfer
+
+    if spec.get("threads"):
+        th.set_num_threads(int(spec["threads"]))
+    folder = Path(spec["folder"])
+    cfg = TransferConfig(
+        env=spec["game"], method=spec["method"], seed=spec["seed"], timesteps=spec["budget"], out=str(folder), **spec["settings"]
+    )
+    resume = (folder / "checkpoint.pt").is_file()
+    start = int(load_training_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
+    if not resume:
+        _clear_leftovers(folder)
+    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)))
+    outcome = result.outcome
+    return {
+        "num_timesteps": outcome.num_timesteps,
+        "steps": outcome.num_timesteps - start,
+        "resumed": resume,
+        "completed": outcome.completed,
+        "interrupted_by": outcome.interrupted_by,
+        "train_seconds": outcome.seconds,
+        "device": str(get_device(cfg.device)),
+    }
+
+
+def _record(spec: TrialSpec, status: str, **fields: Any) -> dict[str, Any]:
+    base = {k: spec[k] for k in ("trial", "game", "method", "seed", "budget", "folder")}
+    return {**base, "status": status, **fields}
+
+
+def _failure_fields(exc: BaseException) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-_TRACEBACK_TAIL:]}
+
+
+def _save_status(spec: TrialSpec, record: dict[str, Any]) -> None:
+    """``status.json`` = this attempt's record + a summary of the earlier attempts (for totals)."""
+    history = list(spec.get("history") or [])
+    _write_json(Path(spec["folder"]) / "status.json", {**record, "history": history})
+
+
+def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, Any]:
+    """Run ``trial_fn(spec)``, time it, catch its exception, measure memory; write ``status.json``.
+
+    Returns the trial's record (status ``ok``, ``failed`` or ``interrupted``). Never raises for
+    a failing trial: that is what lets the rest of the grid run.
+    """
+    started, t0 = _now(), time.perf_counter()
+    Path(spec["folder"]).mkdir(parents=True, exist_ok=True)
+    try:
+        out = dict(trial_fn(spec) or {})
+        status = "interrupted" if out.get("interrupted_by") is not None else "ok"
+        extra: dict[str, Any] = {"error": None, "traceback": None}
+    except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, not raised
+        out, status, extra = {}, "failed", _failure_fields(exc)
+    seconds = time.perf_counter() - t0
+    steps = int(out.get("steps", 0) or 0)
+    fields = {**extra, **out}
+    fields.update(
+        seconds=round(seconds, 3),
+        steps=steps,
+        steps_per_s=round(steps / seconds, 2) if seconds > 0 and steps else None,
+        peak_rss_mb=round(_peak_rss_mb(), 1),
+        rss_isolated=bool(spec.get("isolated", False)),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=started,
+        finished=_now(),
+    )
+    record = _record(spec, status, **fields)
+    _save_status(spec, record)
+    return record
+
+
+def _init_worker(threads: int | None) -> None:
+    """Pool initializer: cap BLAS/OpenMP threads before torch is imported in the worker."""
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class GridSummary:
+    """What one :func:`run_grid` call did: a record per trial (skipped ones included)."""
+
+    root: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.records)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+    def __str__(self) -> str:
+        parts = [f"{self.count(s)} {s}" for s in ("ok", "skipped", "failed", "interrupted") if self.count(s)]
+        return f"{len(self.records)} trials: {', '.join(parts) or 'none'}"
+
+
+def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], check_methods: bool) -> list[str]:
+    """Resolve game names to display names; check methods and settings against hubrl.transfer."""
+    from dataclasses import fields
+
+    from envs.games import display_name
+    from hubrl.transfer import METHODS, TransferConfig
+
+    if not games or not methods:
+        raise GridError("A grid needs at least one game and one method.")
+    try:
+        names = [display_name(g) for g in games]
+    except ValueError as exc:
+        raise GridError(str(exc)) from None
+    if check_methods:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise GridError(f"Unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
+    reserved = {"env", "method", "seed", "timesteps", "out"}
+    known = {f.name for f in fields(TransferConfig)} - reserved
+    bad = sorted(set(settings) - known)
+    if bad:
+        raise GridError(f"Unknown transfer setting(s) {', '.join(bad)}: the grid sets env/method/seed/timesteps/out itself; "
+                        f"others are {', '.join(sorted(known))}.")
+    return names
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def run_grid(
+    root: str | Path,
+    games: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    budget: int,
+    *,
+    settings: dict[str, Any] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    trial_fn: TrialFn = run_trial,
+    validate: bool | None = None,
+    log: Callable[[str], None] | None = print,
+) -> GridSummary:
+    """Run (or continue) the grid ``games × methods × seeds`` at ``budget`` agent steps per trial.
+
+    :param settings: extra :class:`~hubrl.transfer.TransferConfig` fields for every trial.
+    :param workers: 0 = in this process; N >= 1 = a pool of N spawned processes, one fresh process per trial.
+    :param threads: torch threads per trial (default: ``cpu_count // workers`` in the pool; untouched in-process).
+    :param ray_address: run the trials as Ray tasks on this cluster (``"auto"``, an address, or ``"local"``
+        for a fresh local instance); an already initialised Ray is used as it is.
+    :param trial_fn: top-level function ``spec -> dict`` doing one trial (tests inject fakes).
+    :param validate: check games, methods (against ``hubrl.transfer.METHODS``) and settings;
+        default: games always, methods and settings only with the real :func:`run_trial`.
+    :param log: where progress lines go (None: silent).
+    :returns: the records of this call, skipped trials included.
+    """
+    root = Path(root)
+    settings = dict(settings or {})
+    if budget <= 0:
+        raise GridError(f"The step budget must be positive, got {budget}.")
+    if workers < 0:
+        raise GridError(f"--workers must be 0 (in-process) or more, got {workers}.")
+    check = trial_fn is run_trial if validate is None else validate
+    games, methods, seeds = (list(dict.fromkeys(x)) for x in (games, methods, seeds))  # no duplicate trials
+    if check:
+        game_names = _validate(games, methods, settings, check_methods=True)
+    else:
+        from envs.games import display_name
+
+        try:
+            game_names = [display_name(g) for g in games]
+        except ValueError as exc:
+            raise GridError(str(exc)) from None
+    if ray_address is None and workers >= 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    if ray_address is not None:
+        threads = threads or max(1, int(cpus_per_trial))
+    specs = make_specs(root, game_names, methods, seeds, budget, settings, threads)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        root / "grid.json",
+        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget),
+         "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
+         "machine": machine_info(), "updated": _now()},
+    )
+    summary = GridSummary(root)
+    journal = root / "trials.jsonl"
+    say = log or (lambda _msg: None)
+    total = len(specs)
+
+    def record(rec: dict[str, Any]) -> None:
+        summary.records.append(rec)
+        _append_line(journal, rec)
+        done = len(summary.records)
+        if rec["status"] == "skipped":
+            say(f"[{done}/{total}] {rec['trial']}: finished already, skipped")
+        elif rec["status"] == "failed":
+            say(f"[{done}/{total}] {rec['trial']}: FAILED after {rec['seconds']:.0f}s: {rec['error']}")
+        else:
+            rate = f", {rec['steps_per_s']:,.0f} steps/s" if rec.get("steps_per_s") else ""
+            say(f"[{done}/{total}] {rec['trial']}: {rec['status']} in {rec['seconds']:.0f}s{rate}, peak {rec['peak_rss_mb']:.0f} MiB")
+
+    todo = []
+    for spec in specs:
+        if trial_state(spec["folder"], budget) == "finished":
+            record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now()))
+            continue
+        previous = _read_json(Path(spec["folder"]) / "status.json")
+        if previous:
+            keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished")
+            spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]
+        todo.append(spec)
+
+    if not todo:
+        return summary
+    if ray_address is not None:
+        _run_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record)
+    elif workers == 0:
+        for spec in todo:
+            rec = execute_trial(spec, trial_fn)
+            record(rec)
+            if rec["status"] == "interrupted":
+                say("Stopped by a signal: rerun the same command to continue the grid.")
+                break
+    else:
+        _run_pool(todo, trial_fn, workers, threads, record, say)
+    return summary
+
+
+def _new_pool(workers: int, threads: int | None) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("spawn")
+    try:
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,), max_tasks_per_child=1)
+    except TypeError:  # Python < 3.11: workers are reused, so peak memory spans several trials
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+
+
+def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: int | None,
+              record: Callable[[dict[str, Any]], None], say: Callable[[str], None]) -> None:
+    """At most ``workers`` trials in flight; a pool broken by a dead worker is replaced.
+
+    When a worker dies (killed for memory, a segfault), ``concurrent.futures`` fails every trial
+    running in that pool: they are recorded as failed and retried by the next rerun.
+    """
+    pending = list(todo)
+    isolated = sys.version_info >= (3, 11)
+    for spec in pending:
+        spec["isolated"] = isolated
+    pool = _new_pool(workers, threads)
+    running: dict[Future, tuple[TrialSpec, ProcessPoolExecutor]] = {}
+    stopping = False
+
+    def failed(spec: TrialSpec, **fields: Any) -> dict[str, Any]:
+        rec = _record(spec, "failed", **fields, seconds=0.0, steps=0, finished=_now())
+        _save_status(spec, rec)
+        return rec
+
+    try:
+        while pending or running:
+            while pending and len(running) < workers and not stopping:
+                spec = pending.pop(0)
+                running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, its_pool = running.pop(future)
+                try:
+                    rec = future.result()
+                except BrokenProcessPool as exc:
+                    rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or crashed): {exc}", traceback=None)
+                    if its_pool is pool:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool = _new_pool(workers, threads)
+                except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                    rec = failed(spec, **_failure_fields(exc))
+                record(rec)
+                if rec["status"] == "interrupted":
+                    stopping = True
+            if stopping and pending:
+                say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to continue.")
+                pending.clear()
+    except KeyboardInterrupt:
+        # The workers got the signal too (same process group): they checkpoint and return.
+        say("Interrupted: waiting for the running trials to save their checkpoints (Ctrl-C again to abort).")
+        for future, (spec, _) in running.items():
+            try:
+                record(future.result())
+            except Exception as exc:  # noqa: BLE001
+                record(failed(spec, **_failure_fields(exc)))
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float, gpus: float,
+             record: Callable[[dict[str, Any]], None]) -> None:
+    """Each trial a Ray task in a fresh worker process; records are collected as tasks finish."""
+    try:
+        import ray
+    except ImportError:
+        raise GridError('Running on Ray needs the ray package: pip install "hubrl[ray]".') from None
+    started_here = False
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False)
+        started_here = True
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=0)(execute_trial)
+    for spec in todo:
+        spec["isolated"] = True
+    refs = {remote.remote(spec, trial_fn): spec for spec in todo}
+    try:
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                spec = refs.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
+                    rec = _record(spec, "failed", **_failure_fields(exc), seconds=0.0, steps=0, finished=_now())
+                    _save_status(spec, rec)
+                record(rec)
+    except KeyboardInterrupt:
+        for ref in refs:
+            ray.cancel(ref)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def iter_trial_folders(root: str | Path) -> Iterable[Path]:
+    """Every ``<root>/<Game>/<method>/s<seed>`` folder (whatever its state)."""
+    yield from sorted(p for p in Path(root).glob("*/*/s*") if p.is_dir() and p.name[1:].isdigit())

@@ -1,0 +1,168 @@
+"""The transfer methods that run in one harness: what each one builds before training starts.
+
+Every method turns (run settings, hub) into a :class:`MethodPlan`: the SB3 policy class and its
+kwargs, how to put the hub's weights into the fresh policy, the TensorBoard callbacks it adds, a
+note for ``config.yaml``, and optionally a ``finalize`` step that decides what ``model.zip``
+holds. :func:`hubrl.transfer.run_transfer` does everything else (envs, agent, evaluation,
+checkpoints, resume) the same way for all of them, so their curves share tags and overlay in one
+TensorBoard view.
+
+============  ===========================================================================
+method        what it trains
+============  ===========================================================================
+scratch       RL Zoo's NatureCNN ``CnnPolicy`` from random weights; no hub
+finetune      ``CnnPolicy`` whose encoder starts from one expert (``--source NAME``); new heads
+select        ranks the hub's experts with a cheap proxy on target data (``hubrl.selection``),
+              then fine-tunes the winner
+zoo-tuning    every encoder layer aggregates the experts' layers with per-sample gates and
+              channel alignment (``hubrl.zoo_tuning``); ``--lite`` merges them into one NatureCNN
+hub-pathway   noisy top-k routing through the experts (``hubrl.pathway``), exploration and
+              exploitation losses (the default)
+============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
+
+from hubrl.callbacks import GateUsageCallback
+from hubrl.hub import Expert, Hub, HubError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hubrl.transfer import TransferConfig
+
+__all__ = ["METHODS", "HUB_METHODS", "MethodPlan", "plan_method", "load_encoder", "method_label"]
+
+METHODS = ("hub-pathway", "scratch", "finetune", "zoo-tuning", "select")
+HUB_METHODS = ("hub-pathway", "finetune", "zoo-tuning", "select")
+
+
+@dataclass
+class MethodPlan:
+    """What one method contributes to a transfer run.
+
+    :param policy: SB3 policy class for the agent.
+    :param policy_kwargs: extra kwargs of that policy (merged over the preset's).
+    :param init: called once on a new policy (not on resume) to load the hub's weights.
+    :param callbacks: extra training callbacks (e.g. gate usage in TensorBoard).
+    :param notes: recorded in ``config.yaml`` under ``method`` (chosen source, ranking ...).
+    :param finalize: given the trained model and a factory that builds a fresh agent of the
+        same algorithm and hyperparameters for a policy class, returns the model to save as
+        ``model.zip`` (default: the trained model itself).
+    """
+
+    policy: type[BasePolicy]
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: Callable[[BasePolicy], None] = lambda policy: None
+    callbacks: list[BaseCallback] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+    finalize: Callable[[BaseAlgorithm, Callable[[type[BasePolicy]], BaseAlgorithm]], BaseAlgorithm] | None = None
+
+
+def method_label(cfg: "TransferConfig") -> str:
+    """Name of a run's method in folder names and TensorBoard run names (``finetune-seaquest-ppo``)."""
+    if cfg.method == "finetune" and cfg.source:
+        return f"finetune-{cfg.source}"
+    if cfg.method == "zoo-tuning" and cfg.lite:
+        return "zoo-tuning-lite"
+    return cfg.method
+
+
+def load_encoder(policy: BasePolicy, expert: Expert) -> None:
+    """Copy one expert's NatureCNN weights into a ``CnnPolicy``'s (shared) features extractor."""
+    state = {k: v.to(device=policy.device, dtype=th.float32) for k, v in expert.encoder_state.items()}
+    policy.features_extractor.load_state_dict(state)
+
+
+def _scratch(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    return MethodPlan(ActorCriticCnnPolicy)
+
+
+def _finetune_plan(expert: Expert, notes: dict[str, Any]) -> MethodPlan:
+    return MethodPlan(ActorCriticCnnPolicy, init=lambda policy: load_encoder(policy, expert), notes={"source": expert.name, **notes})
+
+
+def _finetune(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    if cfg.source is None:
+        if len(hub) == 1:
+            return _finetune_plan(hub.experts[0], {})
+        raise HubError(f"--method finetune needs --source NAME, one of the hub's experts: {', '.join(hub.names)}.")
+    return _finetune_plan(hub.get(cfg.source), {})
+
+
+def _select(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    if previous and previous.get("source"):  # resuming: keep the expert chosen when the run started
+        return _finetune_plan(hub.get(previous["source"]), {k: v for k, v in previous.items() if k != "source"})
+    if len(hub) == 1:
+        print(f"The hub has only one expert ({hub.names[0]}): nothing to select, fine-tuning it.")
+        return _finetune_plan(hub.experts[0], {"ranking": None})
+    from hubrl.selection import rank_experts
+
+    rankings = rank_experts(hub, game, frames=cfg.select_frames, seed=cfg.seed)
+    table = [{"expert": r.name, "proxy": float(r.proxy), "seconds": float(r.seconds)} for r in rankings]
+    print("Expert ranking for " + game + ": " + ", ".join(f"{r['expert']} {r['proxy']:.3f}" for r in table))
+    return _finetune_plan(hub.get(rankings[0].name), {"ranking": table, "proxy_frames": cfg.select_frames})
+
+
+def _zoo_tuning(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    from hubrl.zoo_tuning import ZooTuningPolicy, load_zoo_weights, merge_lite
+
+    def finalize(model: BaseAlgorithm, make_agent: Callable[[type[BasePolicy]], BaseAlgorithm]) -> BaseAlgorithm:
+        """Lite: save a plain NatureCNN ``CnnPolicy`` holding the merged experts (scratch's cost)."""
+        model.policy.set_training_mode(False)
+        plain = make_agent(ActorCriticCnnPolicy)
+        plain.num_timesteps = model.num_timesteps
+        policy = plain.policy
+        policy.features_extractor.load_state_dict(merge_lite(model.policy.features_extractor))
+        policy.action_net.load_state_dict(model.policy.action_net.state_dict())
+        policy.value_net.load_state_dict(model.policy.value_net.state_dict())
+        return plain
+
+    return MethodPlan(
+        ZooTuningPolicy,
+        policy_kwargs={"expert_names": hub.names, "lite": cfg.lite},
+        init=lambda policy: load_zoo_weights(policy.features_extractor, hub),
+        callbacks=[GateUsageCallback(prefix="zoo")],
+        notes={"lite": cfg.lite},
+        finalize=finalize if cfg.lite else None,
+    )
+
+
+def _hub_pathway(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    from hubrl.policies import HubPathwayPolicy, load_hub_weights
+
+    if cfg.top_k > len(hub):
+        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+    return MethodPlan(
+        HubPathwayPolicy,
+        policy_kwargs=dict(
+            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, aggregation=cfg.aggregation,
+            exploration_coef=cfg.exploration_coef, exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
+        ),
+        init=lambda policy: load_hub_weights(policy, hub),
+        callbacks=[GateUsageCallback(prefix="pathway")],
+    )
+
+
+_BUILDERS: dict[str, Callable[..., MethodPlan]] = {
+    "scratch": _scratch,
+    "finetune": _finetune,
+    "select": _select,
+    "zoo-tuning": _zoo_tuning,
+    "hub-pathway": _hub_pathway,
+}
+
+
+def plan_method(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+    """The :class:`MethodPlan` of ``cfg.method`` (``hub`` is ``None`` only for scratch).
+
+    :param previous: the ``method`` notes of the run being resumed, so that choices made when it
+        started (``select``'s expert) are kept rather than made again.
+    """
+    return _BUILDERS[cfg.method](cfg, hub, game, previous)

@@ -1,0 +1,644 @@
+"""Report of a benchmark grid: scores, robust aggregates with confidence intervals, compute, plots.
+
+:func:`write_report` reads every trial folder of a grid made by :mod:`hubrl.benchmark`
+(``evaluations.json``, ``config.yaml``, ``status.json``, ``model.zip``) and writes ``<root>/report/``:
+
+* ``results.csv`` / ``.md``: per game and method, over the seeds that reached the budget, the
+  final raw score (mean ± sample std over seeds; a seed's final score is the mean of its last
+  evaluation's games), its human-normalised score (HNS) and the area under the learning curve;
+* ``compute.csv`` / ``.md``: agent steps per second, peak resident memory and parameter count,
+  each also as a ratio to the baseline method (``scratch``) on the same game;
+* ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
+  per-run HNS with 95% stratified-bootstrap confidence intervals;
+* ``runs.csv``: one row per trial (the raw data of the tables);
+* ``curves_<Game>.png``: learning curves of all methods on one game; ``aggregate_iqm.png``;
+* ``report.md``: the index: budget, seeds, commit, machine, the tables and links to the files.
+
+Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"):
+
+* **HNS** = (score − random) / (human − random), DQN Zoo reference scores
+  (:func:`envs.games.human_normalized_score`); games without reference scores are left out of the
+  aggregates.
+* **IQM** = mean of the middle 50% of all runs' scores pooled over games: scipy's
+  ``trim_mean(x, 0.25)``, which drops ``int(0.25 * n)`` values at each end (rliable's
+  ``aggregate_iqm``). Implemented in numpy here: rliable pulls in scipy, arch and pandas.
+* **CIs** follow rliable's ``get_interval_estimates`` with its ``StratifiedBootstrap`` and the
+  ``percentile`` method: each replicate resamples the runs *within* each game with replacement
+  (keeping every game's run count), the statistic is recomputed on the pooled replicate, and the
+  interval is the 2.5th / 97.5th percentile of the replicates. The generator is numpy's
+  ``default_rng(seed)`` with a fixed seed, so a report is reproducible; its draws are not
+  rliable's (``RandomState``), so the numbers agree with rliable's only up to Monte-Carlo error.
+* **AUC** = trapezoid integral of the mean evaluation score over agent steps, divided by the
+  step span between the first and the last evaluation: a time-averaged score in raw score units
+  (a single evaluation gives its own score). It rewards learning early, which the final score ignores.
+* **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score at each evaluation step (seeds evaluated at
+  other steps are linearly interpolated onto the union of steps, never extrapolated), with a 95%
+  percentile-bootstrap band of that mean over seeds (no band with a single seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "TrialResult",
+    "trim_mean",
+    "iqm",
+    "stratified_bootstrap_ci",
+    "bootstrap_curve_band",
+    "learning_curve_auc",
+    "final_score",
+    "count_parameters",
+    "load_trials",
+    "score_table",
+    "compute_table",
+    "aggregate_table",
+    "plot_curves",
+    "plot_aggregate",
+    "write_report",
+]
+
+Statistic = Callable[..., np.ndarray]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None) -> np.ndarray | float:
+    """Mean after cutting ``int(proportion * n)`` values off each end (scipy.stats.trim_mean's rule).
+
+    ``axis=None`` flattens; otherwise the cut is applied along ``axis`` (vectorised over the rest).
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        a, axis = a.ravel(), 0
+    n = a.shape[axis]
+    if n == 0:
+        raise ValueError("trim_mean of an empty array.")
+    cut = int(proportion * n)
+    if cut >= n - cut:
+        raise ValueError(f"proportion {proportion} cuts all {n} values.")
+    a = np.sort(a, axis=axis)
+    kept = np.take(a, np.arange(cut, n - cut), axis=axis)
+    result = kept.mean(axis=axis)
+    return float(result) if np.ndim(result) == 0 else result
+
+
+def iqm(values: Any, axis: int | None = None) -> np.ndarray | float:
+    """Interquartile mean: :func:`trim_mean` with 25% cut at each end (rliable's ``aggregate_iqm``)."""
+    return trim_mean(values, 0.25, axis=axis)
+
+
+def _mean(values: Any, axis: int | None = None) -> np.ndarray | float:
+    result = np.mean(np.asarray(values, dtype=np.float64), axis=axis)
+    return float(result) if np.ndim(result) == 0 else result
+
+
+def stratified_bootstrap_ci(
+    scores_by_task: Sequence[Sequence[float]],
+    statistic: Statistic = iqm,
+    reps: int = 50_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Point estimate and percentile CI of ``statistic`` over runs pooled across tasks (games).
+
+    ``scores_by_task[g]`` holds the per-run scores of task ``g`` (tasks may have different run
+    counts). Each of the ``reps`` replicates draws, for every task independently, as many runs as
+    it has, with replacement, pools the draws and applies ``statistic(pooled, axis=1)``, vectorised
+    over replicates: rliable's ``StratifiedBootstrap`` (``task_bootstrap=False``).
+
+    :returns: ``(point, low, high)``.
+    """
+    tasks = [np.asarray(s, dtype=np.float64).ravel() for s in scores_by_task]
+    tasks = [t for t in tasks if t.size]
+    if not tasks:
+        raise ValueError("No scores to bootstrap.")
+    point = float(statistic(np.concatenate(tasks)))
+    rng = np.random.default_rng(seed)
+    replicates = np.concatenate([t[rng.integers(0, t.size, size=(reps, t.size))] for t in tasks], axis=1)
+    values = np.asarray(statistic(replicates, axis=1), dtype=np.float64)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return point, float(low), float(high)
+
+
+def bootstrap_curve_band(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap band of the mean over seeds at each step.
+
+    ``curves`` is ``(seeds, steps)`` with NaN where a seed has no value; a step with fewer than
+    two seeds gets NaN bounds.
+    """
+    curves = np.asarray(curves, dtype=np.float64)
+    n_seeds, n_steps = curves.shape
+    low = np.full(n_steps, np.nan)
+    high = np.full(n_steps, np.nan)
+    if n_seeds < 2:
+        return low, high
+    rng = np.random.default_rng(seed)
+    draws = curves[rng.integers(0, n_seeds, size=(reps, n_seeds))]  # (reps, seeds, steps)
+    valid = ~np.isnan(draws)
+    counts = valid.sum(axis=1)
+    means = np.where(counts > 0, np.where(valid, draws, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
+    tail = 100 * (1 - confidence) / 2
+    enough = (~np.isnan(curves)).sum(axis=0) >= 2
+    if enough.any():
+        low[enough] = np.nanpercentile(means[:, enough], tail, axis=0)
+        high[enough] = np.nanpercentile(means[:, enough], 100 - tail, axis=0)
+    return low, high
+
+
+def learning_curve_auc(steps: Sequence[float], values: Sequence[float]) -> float:
+    """Trapezoid area under ``values`` over ``steps``, divided by the step span (a mean score)."""
+    x = np.asarray(steps, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.size == 0 or x.size != y.size:
+        raise ValueError("learning_curve_auc needs as many values as steps, at least one.")
+    if x.size == 1 or x[-1] == x[0]:
+        return float(y[-1])
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+
+
+def final_score(point: dict[str, Any]) -> float:
+    """Mean raw score of one evaluation point (its ``scores`` when recorded, else its ``mean``)."""
+    scores = point.get("scores")
+    return float(np.mean(scores)) if scores else float(point["mean"])
+
+
+def count_parameters(model_zip: str | Path) -> int | None:
+    """Tensor elements in ``policy.pth`` of an SB3 ``model.zip`` (trainable and frozen alike).
+
+    Only that member is read, with ``torch.load(weights_only=True)``: the zip's ``data`` entry
+    (which can hold pickled code) is never touched.
+    """
+    import torch as th
+
+    try:
+        with zipfile.ZipFile(model_zip) as archive:
+            raw = archive.read("policy.pth")
+        state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return None
+    return int(sum(t.numel() for t in state.values() if isinstance(t, th.Tensor)))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class TrialResult:
+    """One trial folder of a grid, read back."""
+
+    game: str
+    method: str
+    seed: int
+    folder: Path
+    steps: np.ndarray
+    means: np.ndarray
+    budget: int | None
+    final: float | None = None
+    hns: float | None = None
+    auc: float | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Reached the budget (any trial with evaluations counts when the budget is unknown)."""
+        return bool(self.steps.size) and (self.budget is None or self.steps[-1] >= self.budget)
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        return [*self.status.get("history", []), self.status] if self.status else []
+
+    @property
+    def steps_per_s(self) -> float | None:
+        """Agent steps per wall-clock second over all attempts (env setup and evaluations included)."""
+        steps = sum(a.get("steps") or 0 for a in self.attempts)
+        seconds = sum(a.get("seconds") or 0 for a in self.attempts if a.get("steps"))
+        return steps / seconds if steps and seconds else None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        peaks = [a["peak_rss_mb"] for a in self.attempts if a.get("peak_rss_mb") and a.get("status") != "skipped"]
+        return max(peaks) if peaks else None
+
+
+def _hns(game: str, score: float) -> float | None:
+    from envs.games import human_normalized_score
+
+    try:
+        return float(human_normalized_score(game, score))
+    except KeyError:
+        return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult]:
+    """Every trial folder under ``root`` that has at least one evaluation point.
+
+    Game, method and seed come from ``config.yaml`` (the folder names otherwise); the budget from
+    ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
+    """
+    from envs.games import display_name
+    from hubrl.benchmark import iter_trial_folders, read_evaluations
+
+    root = Path(root)
+    if budget is None:
+        budget = _read_json(root / "grid.json").get("budget")
+    trials = []
+    for folder in iter_trial_folders(root):
+        points = sorted(read_evaluations(folder), key=lambda p: p["step"])
+        run = _read_yaml(folder / "config.yaml").get("run", {})
+        game = folder.parent.parent.name
+        if run.get("env"):
+            try:
+                game = display_name(run["env"])
+            except ValueError:
+                pass
+        trial = TrialResult(
+            game=game, method=str(run.get("method", folder.parent.name)), seed=int(run.get("seed", folder.name[1:])),
+            folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
+            means=np.array([final_score(p) for p in points], dtype=np.float64),
+            budget=budget if budget is not None else run.get("timesteps"), status=_read_json(folder / "status.json"),
+        )
+        if points:
+            trial.final = float(trial.means[-1])
+            trial.hns = _hns(game, trial.final)
+            trial.auc = learning_curve_auc(trial.steps, trial.means)
+        trials.append(trial)
+    return trials
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _group(trials: Sequence[TrialResult]) -> dict[tuple[str, str], list[TrialResult]]:
+    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        if t.finished:
+            groups.setdefault((t.game, t.method), []).append(t)
+    return groups
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    if vals.size == 0:
+        return math.nan, math.nan
+    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+
+
+def score_table(trials: Sequence[TrialResult]) -> list[dict[str, Any]]:
+    """Rows ``game, method, runs, final_mean, final_std, hns_mean, hns_std, auc_mean, auc_std`` (finished trials)."""
+    rows = []
+    for (game, method), group in _group(trials).items():
+        final = _mean_std([t.final for t in group])
+        hns = _mean_std([t.hns for t in group])
+        auc = _mean_std([t.auc for t in group])
+        rows.append({
+            "game": game, "method": method, "runs": len(group), "seeds": " ".join(str(t.seed) for t in group),
+            "final_mean": final[0], "final_std": final[1], "hns_mean": hns[0], "hns_std": hns[1],
+            "auc_mean": auc[0], "auc_std": auc[1],
+        })
+    return rows
+
+
+def _ratio(value: float | None, base: float | None) -> float:
+    return value / base if value is not None and base and not math.isnan(value) and not math.isnan(base) else math.nan
+
+
+def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> list[dict[str, Any]]:
+    """Rows ``game, method, steps_per_s, peak_rss_mb, params`` and their ratios to ``baseline`` on the same game.
+
+    Steps/s is the mean over seeds, peak memory the maximum over seeds (whole-process peak RSS:
+    Python, torch and the envs included), parameters those of the first seed's ``model.zip``.
+    """
+    rows = []
+    for (game, method), group in _group(trials).items():
+        rates = [t.steps_per_s for t in group if t.steps_per_s is not None]
+        peaks = [t.peak_rss_mb for t in group if t.peak_rss_mb is not None]
+        params = next((n for n in (count_parameters(t.folder / "model.zip") for t in group if (t.folder / "model.zip").is_file()) if n), None)
+        rows.append({
+            "game": game, "method": method, "runs": len(group),
+            "steps_per_s": float(np.mean(rates)) if rates else math.nan,
+            "peak_rss_mb": float(max(peaks)) if peaks else math.nan,
+            "params": params if params is not None else math.nan,
+            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts if a.get("status") != "skipped"),
+        })
+    base = {r["game"]: r for r in rows if r["method"] == baseline}
+    for r in rows:
+        b = base.get(r["game"], {})
+        r["steps_per_s_ratio"] = _ratio(r["steps_per_s"], b.get("steps_per_s"))
+        r["peak_rss_ratio"] = _ratio(r["peak_rss_mb"], b.get("peak_rss_mb"))
+        r["params_ratio"] = _ratio(r["params"], b.get("params"))
+    return rows
+
+
+def aggregate_table(
+    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0, compute: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs.
+
+    With ``compute`` rows (from :func:`compute_table`), the medians over games of the ratios to
+    the baseline are added.
+    """
+    by_method: dict[str, dict[str, list[float]]] = {}
+    for (game, method), group in _group(trials).items():
+        scores = [t.hns for t in group if t.hns is not None]
+        if scores:
+            by_method.setdefault(method, {})[game] = scores
+    rows = []
+    for method, per_game in sorted(by_method.items()):
+        tasks = [per_game[g] for g in sorted(per_game)]
+        point, low, high = stratified_bootstrap_ci(tasks, iqm, reps, confidence, seed)
+        mean, mean_low, mean_high = stratified_bootstrap_ci(tasks, _mean, reps, confidence, seed)
+        row = {
+            "method": method, "games": len(tasks), "runs": sum(len(t) for t in tasks),
+            "iqm_hns": point, "iqm_low": low, "iqm_high": high, "mean_hns": mean, "mean_low": mean_low, "mean_high": mean_high,
+        }
+        for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio"):
+            vals = [c[key] for c in compute if c["method"] == method and not math.isnan(c[key])]
+            row[key] = float(np.median(vals)) if vals else math.nan
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "–"
+    return _fmt(mean, digits) if math.isnan(std) else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+
+def _score_md(rows: Sequence[dict[str, Any]]) -> str:
+    return _md_table(
+        ["game", "method", "runs", "final score", "HNS", "AUC (mean score)"],
+        [[r["game"], r["method"], r["runs"], _pm(r["final_mean"], r["final_std"]), _pm(r["hns_mean"], r["hns_std"], 3),
+          _pm(r["auc_mean"], r["auc_std"])] for r in rows],
+    )
+
+
+def _compute_md(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+    return _md_table(
+        ["game", "method", "steps/s", f"× {baseline}", "peak RSS (MiB)", f"× {baseline}", "parameters", f"× {baseline}"],
+        [[r["game"], r["method"], _fmt(r["steps_per_s"], 0), _fmt(r["steps_per_s_ratio"], 2), _fmt(r["peak_rss_mb"], 0),
+          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params"]), _fmt(r["params_ratio"], 2)] for r in rows],
+    )
+
+
+def _aggregate_md(rows: Sequence[dict[str, Any]], baseline: str, confidence: float) -> str:
+    pct = f"{100 * confidence:g}%"
+    return _md_table(
+        ["method", "games", "runs", f"IQM HNS [{pct} CI]", f"mean HNS [{pct} CI]", f"steps/s × {baseline}",
+         f"peak RSS × {baseline}", f"params × {baseline}"],
+        [[r["method"], r["games"], r["runs"], f"{r['iqm_hns']:.3f} [{r['iqm_low']:.3f}, {r['iqm_high']:.3f}]",
+          f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", _fmt(r["steps_per_s_ratio"], 2),
+          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params_ratio"], 2)] for r in rows],
+    )
+
+
+def _curve_matrix(group: Sequence[TrialResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds' curves on the union of their steps (interpolated inside each seed's range, NaN outside)."""
+    grid = np.unique(np.concatenate([t.steps for t in group]))
+    curves = np.full((len(group), grid.size), np.nan)
+    for i, t in enumerate(group):
+        inside = (grid >= t.steps[0]) & (grid <= t.steps[-1])
+        curves[i, inside] = np.interp(grid[inside], t.steps, t.means)
+    return grid, curves
+
+
+def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed: int = 0) -> list[Path]:
+    """One PNG per game: every method's mean curve over seeds with its bootstrap band (all trials with evaluations)."""
+    from matplotlib.figure import Figure  # object API: no pyplot state, renders with Agg
+
+    by_game: dict[str, dict[str, list[TrialResult]]] = {}
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        if t.steps.size:
+            by_game.setdefault(t.game, {}).setdefault(t.method, []).append(t)
+    paths = []
+    for game, methods in by_game.items():
+        fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+        ax = fig.subplots()
+        for method, group in methods.items():
+            grid, curves = _curve_matrix(group)
+            with np.errstate(invalid="ignore"):
+                mean = np.nanmean(curves, axis=0)
+            (line,) = ax.plot(grid, mean, marker="o", markersize=3, label=f"{method} ({len(group)} seed{'s' * (len(group) > 1)})")
+            low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
+            if not np.all(np.isnan(low)):
+                ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)")
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("raw game score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        path = out / f"curves_{game}.png"
+        fig.savefig(path)
+        paths.append(path)
+    return paths
+
+
+def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Horizontal IQM bars with their CIs, rliable style (None when no method has HNS)."""
+    if not rows:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 0.6 * len(rows) + 1.2), dpi=120, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    points = np.array([r["iqm_hns"] for r in rows])
+    errors = np.array([[r["iqm_hns"] - r["iqm_low"] for r in rows], [r["iqm_high"] - r["iqm_hns"] for r in rows]])
+    ax.barh(y, points, xerr=errors, capsize=4, alpha=0.8)
+    ax.set_yticks(y, [r["method"] for r in rows])
+    ax.set_xlabel("IQM of human-normalised score (95% stratified bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[str]:
+    from hubrl.benchmark import machine_info
+
+    lines = []
+    info = grid.get("machine") or {}
+    if info:
+        lines.append(
+            f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, {info.get('cpu_count')} CPUs, "
+            f"Python {info.get('python')}, torch {info.get('torch')}, device `{info.get('torch_device')}`"
+            + (f" ({info['cuda']})" if info.get("cuda") else "")
+        )
+    hosts = sorted({(a.get("host"), a.get("device")) for t in trials for a in t.attempts if a.get("host")}, key=str)
+    if hosts:
+        lines.append("- Trials ran on: " + ", ".join(f"`{h}` ({d or 'device not recorded'})" for h, d in hosts))
+    now = machine_info()
+    lines.append(f"- Report made on `{now['host']}` ({platform.platform()}, {now['cpu_count']} CPUs)")
+    return lines
+
+
+def write_report(
+    root: str | Path,
+    out: str | Path | None = None,
+    *,
+    budget: int | None = None,
+    baseline: str = "scratch",
+    reps: int = 50_000,
+    curve_reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Path:
+    """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``); return ``report.md``.
+
+    :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
+    """
+    from hubrl.benchmark import git_commit
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No grid folder {root}.")
+    trials = load_trials(root, budget)
+    if not any(t.steps.size for t in trials):
+        raise FileNotFoundError(f"No trial with evaluations under {root} (expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
+    grid = _read_json(root / "grid.json")
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    scores = score_table(trials)
+    compute = compute_table(trials, baseline)
+    aggregate = aggregate_table(trials, reps, confidence, seed, compute)
+    _write_csv(out / "results.csv", scores)
+    (out / "results.md").write_text(_score_md(scores))
+    _write_csv(out / "compute.csv", compute)
+    (out / "compute.md").write_text(_compute_md(compute, baseline))
+    _write_csv(out / "aggregate.csv", aggregate)
+    (out / "aggregate.md").write_text(_aggregate_md(aggregate, baseline, confidence))
+    runs = [
+        {"game": t.game, "method": t.method, "seed": t.seed, "finished": t.finished,
+         "last_step": int(t.steps[-1]) if t.steps.size else "", "evaluations": int(t.steps.size),
+         "final": t.final, "hns": t.hns, "auc": t.auc, "steps_per_s": t.steps_per_s, "peak_rss_mb": t.peak_rss_mb,
+         "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
+        for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
+    ]
+    _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc",
+                                        "steps_per_s", "peak_rss_mb", "status", "folder"])
+    curves = plot_curves(trials, out, curve_reps, seed)
+    agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
+
+    from hubrl.benchmark import iter_trial_folders
+
+    left_out: dict[str, list[str]] = {}  # trial folder -> why it is not in the tables
+    for t in trials:
+        if not t.finished:
+            left_out.setdefault(str(t.folder.relative_to(root)), []).append(
+                f"last evaluation at {int(t.steps[-1]) if t.steps.size else 0:,} steps")
+    for folder in iter_trial_folders(root):
+        status = _read_json(folder / "status.json")
+        name = str(folder.relative_to(root))
+        if status.get("status") in ("failed", "interrupted"):
+            error = (status.get("error") or "").splitlines()
+            left_out.setdefault(name, []).insert(0, f"{status['status']}" + (f": {error[0]}" if error else ""))
+        elif not (folder / "evaluations.json").is_file():
+            left_out.setdefault(name, []).append("no evaluations")
+    coverage = {r["method"]: r["games"] for r in aggregate}
+    eff_budget = budget or grid.get("budget")
+    seeds = sorted({t.seed for t in trials})
+    lines = [
+        "# Benchmark report",
+        "",
+        f"- Grid: `{root}`",
+        f"- Budget: {_fmt(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial",
+        f"- Games: {', '.join(sorted({t.game for t in trials}))}",
+        f"- Methods: {', '.join(sorted({t.method for t in trials}))} (ratios against `{baseline}`)",
+        f"- Seeds: {', '.join(map(str, seeds))}",
+        f"- Commit of the runs: `{grid.get('commit') or 'unknown'}`; of this report: `{git_commit() or 'unknown'}`",
+        *_machine_lines(grid, trials),
+        f"- Made {datetime.now(timezone.utc).isoformat(timespec='seconds')}; bootstrap: {reps:,} replicates, seed {seed}",
+        "",
+        "Tables count the trials that reached the budget. A seed's final score is the mean raw score of its last",
+        "evaluation's games; ± is the sample std over seeds. HNS = (score − random) / (human − random) with DQN Zoo",
+        "references. AUC = trapezoid area under the evaluation curve divided by its step span (a time-averaged",
+        f"score). IQM = mean of the middle 50% of per-run HNS pooled over games; {100 * confidence:g}% CIs by stratified",
+        "bootstrap (runs resampled within each game, rliable's `get_interval_estimates`, percentile method).",
+        "Steps/s = agent steps per wall second of the trial (env setup and evaluations included), mean over seeds;",
+        "peak RSS = the trial process's peak resident memory (Python and torch included), max over seeds;",
+        "parameters = tensor elements in `model.zip`'s `policy.pth`.",
+        "",
+        "## Aggregate across games",
+        "",
+        _aggregate_md(aggregate, baseline, confidence) if aggregate else "No game with reference scores among the finished trials.\n",
+    ]
+    if len(set(coverage.values())) > 1:
+        lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]
+    if agg_png:
+        lines += [f"![IQM]({agg_png.name})", ""]
+    lines += ["## Scores per game", "", _score_md(scores), "## Compute", "", _compute_md(compute, baseline)]
+    if not all(r["rss_isolated"] for r in compute):
+        lines.append("Some trials ran in the grid's own process (`--workers 0`): their peak memory spans earlier trials.\n")
+    lines += ["## Learning curves", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in curves]
+    lines += ["", "## Files", ""]
+    for name in ("results.csv", "results.md", "compute.csv", "compute.md", "aggregate.csv", "aggregate.md", "runs.csv"):
+        lines.append(f"- [{name}]({name})")
+    lines += [f"- [{p.name}]({p.name})" for p in [*curves, *([agg_png] if agg_png else [])]]
+    if left_out:
+        lines += ["", "## Not in the tables", ""]
+        lines += [f"- `{name}`: {'; '.join(why)}" for name, why in sorted(left_out.items())]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

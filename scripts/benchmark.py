@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Benchmark transfer methods: a grid of games × methods × seeds, then a report with robust statistics.
+
+    python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
+    python scripts/benchmark.py run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
+    python scripts/benchmark.py run --root bench --games Alien Gopher --ray-address auto --cpus-per-trial 4 --gpus-per-trial 0.25
+    python scripts/benchmark.py report bench
+
+`run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
+started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
+it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a trial failed.
+`report` writes <root>/report/: report.md (index), CSV + Markdown tables (scores, HNS, AUC,
+IQM with stratified-bootstrap CIs, steps/s, memory, parameters) and PNG learning curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _cli  # noqa: F401
+import yaml
+from _cli import main_guard, positive_int, steps
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a TransferConfig field), got {text!r}")
+    return key.strip().replace("-", "_"), yaml.safe_load(value)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
+    run.add_argument("--root", required=True, help="Grid folder: trials go to <root>/<Game>/<method>/s<seed>/.")
+    run.add_argument("--games", nargs="+", required=True, help="Target games: Alien Gopher Jamesbond ...")
+    run.add_argument("--methods", nargs="+", default=None, help="Transfer methods (default: all of hubrl.transfer.METHODS).")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
+    run.add_argument("--budget", type=steps, required=True, help="Agent steps per trial, e.g. 1M, 100k.")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1,
+                       help="Trials at once, each in a fresh process (0: in this process, for debugging). Default: 1.")
+    where.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="Run trials as Ray tasks: auto, ray://host:10001, or local (needs pip install \"hubrl[ray]\").")
+    run.add_argument("--threads", type=positive_int, default=None, help="Torch threads per trial (default: CPUs / workers).")
+    run.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs each trial asks for. Default: 1.")
+    run.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=None, metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts.")
+    run.add_argument("--algo", choices=["ppo", "a2c"], default=None, help="RL algorithm. Default: ppo.")
+    run.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games per trial (default: the preset's).")
+    run.add_argument("--device", default=None, help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
+    run.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides.")
+    run.add_argument("--eval-freq", type=steps, default=None, help="Evaluate every N agent steps. Default: 100k.")
+    run.add_argument("--eval-episodes", type=positive_int, default=None, help="Games per evaluation. Default: 10.")
+    run.add_argument("--checkpoint-freq", type=steps, default=None, help="Checkpoint every N agent steps. Default: 100k.")
+    run.add_argument("--set", dest="extra", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="Any other TransferConfig field for every trial, e.g. --set top_k=2 --set aggregation=heads.")
+    run.add_argument("--verbose", type=int, default=0, help="Verbosity of each trial's training. Default: 0.")
+    run.add_argument("--report", action="store_true", help="Write the report when the grid is done.")
+
+    report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
+    report.add_argument("root", help="Grid folder (the --root of run).")
+    report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
+    report.add_argument("--budget", type=steps, default=None, help="Count trials that reached this many steps (default: the grid's).")
+    report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
+    report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
+    report.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap. Default: 0.")
+    return parser.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    from agents import load_overrides
+
+    settings = {
+        "hub": args.hub, "sources": args.sources, "algo": args.algo, "n_envs": args.n_envs, "device": args.device,
+        "eval_freq": args.eval_freq, "eval_episodes": args.eval_episodes, "checkpoint_freq": args.checkpoint_freq,
+        "hyperparams": load_overrides(args.hyperparams) if args.hyperparams else None,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings.update(dict(args.extra))
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hubrl.benchmark import run_grid
+    from hubrl.transfer import METHODS
+
+    summary = run_grid(
+        args.root, args.games, args.methods or list(METHODS), args.seeds, args.budget, settings=_settings(args),
+        workers=args.workers, threads=args.threads, ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    print(f"{summary} -> {summary.root}/trials.jsonl")
+    for rec in summary.failed:
+        print(f"  failed: {rec['trial']}: {rec['error']}")
+    if args.report:
+        from hubrl.report import write_report
+
+        print(f"report: {write_report(args.root)}")
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hubrl.report import write_report
+
+    path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed)
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return cmd_run(args) if args.command == "run" else cmd_report(args)
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Rank a hub's experts for a target Atari game before training ("select", Puigcerver et al. 2021).
+
+    python scripts/rank_hub.py --env Alien                              # the package's default hub
+    python scripts/rank_hub.py --env Gopher --hub hub --frames 10k --json ranking.json
+    python scripts/rank_hub.py --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
+
+Plays --frames steps of the target game with a random policy (once, shared by all experts), then
+scores each expert by how well a cross-validated ridge probe on its frozen features predicts the
+discounted return (held-out R², higher is better). Fine-tune the expert ranked first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import _cli  # noqa: F401
+from _cli import main_guard, positive_int, steps
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) or expert folders to rank.")
+    parser.add_argument("--frames", type=steps, default=20_000, help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
+    parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
+    parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge", help="Probe on the frozen features. Default: ridge.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the games and the random policy. Default: 0.")
+    parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from envs import display_name, resolve_game
+    from hubrl.hub import resolve_hub
+    from hubrl.selection import collect_target_data, rank_experts
+
+    start = time.perf_counter()
+    game = resolve_game(args.env)
+    hub = resolve_hub(args.hub, args.sources)
+    summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe, "data": None}
+    if len(hub) == 1:
+        rankings = rank_experts(hub, game)
+        print(f"Only one expert ({rankings[0].name}): nothing to rank; fine-tune it.")
+    else:
+        data = collect_target_data(game, frames=args.frames, seed=args.seed, n_envs=args.n_envs)
+        summary["data"] = {**data.info, "episodes": data.n_episodes}
+        print(
+            f"{display_name(game)}: {data.info['steps']} random-policy frames in {data.info['seconds']:.1f}s, "
+            f"{len(data)} labelled ({data.n_episodes} episodes, {data.info['rewarded_steps']} rewarded steps). "
+            f"Scoring {len(hub)} experts ({args.probe} probe, held-out R²) ...",
+            flush=True,
+        )
+        rankings = rank_experts(hub, game, probe=args.probe, data=data)
+    width = max(len("expert"), *(len(r.name) for r in rankings))
+    print(f"{'rank':>4}  {'expert':<{width}}  {'proxy (R²)':>10}  {'seconds':>7}")
+    for i, r in enumerate(rankings, 1):
+        proxy = "-" if r.proxy is None else f"{r.proxy:.4f}"
+        print(f"{i:>4}  {r.name:<{width}}  {proxy:>10}  {r.seconds:>7.1f}")
+    total = time.perf_counter() - start
+    print(f"Best: {rankings[0].name}. Total {total:.1f}s.")
+    if args.json:
+        summary["rankings"] = [
+            {"rank": i, "name": r.name, "proxy": r.proxy if r.proxy is None or math.isfinite(r.proxy) else None, "seconds": round(r.seconds, 3)}
+            for i, r in enumerate(rankings, 1)
+        ]
+        summary["total_seconds"] = round(total, 3)
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+            fh.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,240 @@
+"""Benchmark grid: skip / resume / retry logic, failure records, process pool, Ray, one real tiny grid.
+
+The fake trial functions live at module level so that spawned pool workers and Ray workers can
+import them by reference, and this module imports nothing heavy at the top for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hubrl.benchmark import GridError, run_grid, trial_folder, trial_state
+
+
+def _root_of(spec: dict) -> Path:
+    return Path(spec["folder"]).parents[2]
+
+
+def fake_trial(spec: dict) -> dict:
+    """Writes what a finished run leaves; fails while ``<root>/fail-<Game>-<method>-s<seed>`` exists."""
+    root, folder = _root_of(spec), Path(spec["folder"])
+    with open(root / "calls.txt", "a") as handle:
+        handle.write(f"{spec['trial']} resume={(folder / 'checkpoint.pt').is_file()}\n")
+    if (root / f"fail-{spec['game']}-{spec['method']}-s{spec['seed']}").exists():
+        raise RuntimeError(f"boom in {spec['trial']}")
+    if (root / f"die-{spec['game']}-{spec['method']}-s{spec['seed']}").exists():
+        os._exit(9)  # as if the OS killed the worker (out of memory)
+    budget = spec["budget"]
+    points = [{"step": budget // 2, "mean": 1.0, "std": 0.0, "episodes": 1, "scores": [1.0]},
+              {"step": budget, "mean": 2.0, "std": 0.0, "episodes": 1, "scores": [2.0]}]
+    (folder / "evaluations.json").write_text(json.dumps({"points": points}))
+    (folder / "model.zip").write_bytes(b"fake")
+    return {"steps": budget, "num_timesteps": budget, "pid_seen": os.getpid()}
+
+
+def slow_fake_trial(spec: dict) -> dict:
+    time.sleep(0.5)
+    return fake_trial(spec)
+
+
+def _calls(root: Path) -> list[str]:
+    path = root / "calls.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _journal(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "trials.jsonl").read_text().splitlines()]
+
+
+def test_trial_state(tmp_path):
+    folder = tmp_path / "t"
+    assert trial_state(folder, 100) == "fresh"
+    folder.mkdir()
+    (folder / "evaluations.json").write_text(json.dumps({"points": [{"step": 50, "mean": 0.0}]}))
+    (folder / "model.zip").write_bytes(b"x")
+    assert trial_state(folder, 100) == "fresh"  # budget not reached, nothing to resume from
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    assert trial_state(folder, 100) == "resume"
+    assert trial_state(folder, 50) == "finished"
+    (folder / "model.zip").unlink()
+    assert trial_state(folder, 50) == "resume"  # the final save is missing: resume finishes it
+    (folder / "evaluations.json").write_text("{torn")
+    assert trial_state(folder, 50) == "resume"
+
+
+def test_grid_skips_finished_records_failures_and_retries(tmp_path):
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "fail-Gopher-hub-pathway-s1").touch()
+    kw = dict(trial_fn=fake_trial, workers=0, log=None)
+    first = run_grid(root, ["Alien", "gopher"], ["hub-pathway", "scratch"], [0, 1], 100, **kw)
+    assert (first.count("ok"), first.count("failed"), first.count("skipped")) == (7, 1, 0)
+    failed = trial_folder(root, "Gopher", "hub-pathway", 1)
+    status = json.loads((failed / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: boom in Gopher/hub-pathway/s1"
+    assert "fake_trial" in status["traceback"] and status["seconds"] >= 0 and status["peak_rss_mb"] > 0
+    assert status["rss_isolated"] is False  # in-process: the process's high-water mark
+    ok = json.loads((trial_folder(root, "Alien", "scratch", 0) / "status.json").read_text())
+    assert ok["status"] == "ok" and ok["steps"] == 100 and ok["steps_per_s"] > 0 and ok["error"] is None
+    assert [r["status"] for r in _journal(root)].count("ok") == 7
+    assert _calls(root)[0].startswith("Alien/hub-pathway/s0")  # seed-major order
+    grid = json.loads((root / "grid.json").read_text())
+    assert grid["budget"] == 100 and grid["games"] == ["Alien", "Gopher"] and grid["machine"]["cpu_count"]
+
+    second = run_grid(root, ["Alien", "Gopher"], ["hub-pathway", "scratch"], [0, 1], 100, **kw)
+    assert (second.count("skipped"), second.count("failed")) == (7, 1)
+    (failed / "checkpoint.pt").write_bytes(b"x")  # as if the failure came after a checkpoint
+    (root / "fail-Gopher-hub-pathway-s1").unlink()
+    third = run_grid(root, ["Alien", "Gopher"], ["hub-pathway", "scratch"], [0, 1], 100, **kw)
+    assert (third.count("skipped"), third.count("ok")) == (7, 1)
+    calls = _calls(root)
+    assert len(calls) == 8 + 1 + 1 and calls[-1] == "Gopher/hub-pathway/s1 resume=True"
+    status = json.loads((failed / "status.json").read_text())
+    assert status["status"] == "ok" and [h["status"] for h in status["history"]] == ["failed", "failed"]
+    assert len(_journal(root)) == 24
+
+    # A bigger budget makes every trial unfinished again.
+    fourth = run_grid(root, ["Alien"], ["scratch"], [0], 200, **kw)
+    assert fourth.count("ok") == 1
+
+
+def test_process_pool_runs_trials_in_fresh_processes(tmp_path):
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "fail-Alien-scratch-s1").touch()
+    summary = run_grid(root, ["Alien"], ["scratch"], [0, 1, 2], 64, trial_fn=slow_fake_trial, workers=2, log=None)
+    assert (summary.count("ok"), summary.count("failed")) == (2, 1)
+    ok = [r for r in summary.records if r["status"] == "ok"]
+    assert len({r["pid"] for r in ok}) == 2 and os.getpid() not in {r["pid"] for r in ok}
+    assert all(r["rss_isolated"] == (sys.version_info >= (3, 11)) for r in summary.records)
+    assert summary.failed[0]["error"] == "RuntimeError: boom in Alien/scratch/s1"
+
+
+def test_a_dead_worker_fails_its_trial_and_the_grid_goes_on(tmp_path):
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "die-Alien-scratch-s1").touch()
+    summary = run_grid(root, ["Alien"], ["scratch"], [0, 1, 2], 64, trial_fn=fake_trial, workers=1, log=None)
+    assert [r["status"] for r in summary.records] == ["ok", "failed", "ok"]
+    assert "worker process died" in summary.records[1]["error"]
+    status = json.loads((trial_folder(root, "Alien", "scratch", 1) / "status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_bad_grids(tmp_path):
+    with pytest.raises(GridError, match="budget must be positive"):
+        run_grid(tmp_path, ["Alien"], ["scratch"], [0], 0, trial_fn=fake_trial)
+    with pytest.raises(GridError, match="Did you mean Alien"):
+        run_grid(tmp_path, ["Alen"], ["hub-pathway"], [0], 10)
+    with pytest.raises(GridError, match="Unknown method.*magic"):
+        run_grid(tmp_path, ["Alien"], ["magic"], [0], 10)
+    with pytest.raises(GridError, match="Unknown transfer setting.*bogus"):
+        run_grid(tmp_path, ["Alien"], ["hub-pathway"], [0], 10, settings={"bogus": 1})
+
+
+def test_ray_missing_gives_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(GridError, match=r'pip install "hubrl\[ray\]"'):
+        run_grid(tmp_path, ["Alien"], ["scratch"], [0], 10, trial_fn=fake_trial, ray_address="auto", log=None)
+
+
+def test_ray_runs_trials_as_tasks(tmp_path):
+    ray = pytest.importorskip("ray")
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "fail-Alien-scratch-s1").touch()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+    try:
+        summary = run_grid(root, ["Alien"], ["scratch"], [0, 1], 64, trial_fn=fake_trial, ray_address="auto", log=None)
+    finally:
+        ray.shutdown()
+    assert (summary.count("ok"), summary.count("failed")) == (1, 1)
+    assert summary.failed[0]["error"] == "RuntimeError: boom in Alien/scratch/s1"
+    assert all(r["pid"] != os.getpid() and r["rss_isolated"] for r in summary.records)
+    assert trial_state(trial_folder(root, "Alien", "scratch", 0), 64) == "finished"
+
+
+def test_real_trials_in_process_clear_leftovers_then_resume_to_a_bigger_budget(tmp_path):
+    from tests.conftest import TINY_PPO, make_tiny_hub
+
+    settings = dict(hub=str(make_tiny_hub(tmp_path / "hub")), n_envs=2, eval_freq=10**9, eval_episodes=1,
+                    checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    root = tmp_path / "grid"
+    folder = trial_folder(root, "Gopher", "hub-pathway", 0)
+    folder.mkdir(parents=True)  # an attempt that failed before its first checkpoint
+    (folder / "config.yaml").write_text("run: {}\n")
+    (folder / "status.json").write_text(json.dumps({"status": "failed", "steps": 0, "seconds": 1.0}))
+    first = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 64, settings=settings, workers=0, log=None)
+    assert first.records[0]["status"] == "ok", first.records[0].get("traceback")
+    assert first.records[0]["resumed"] is False and first.records[0]["num_timesteps"] == 64
+    second = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
+    rec = second.records[0]
+    assert rec["status"] == "ok" and rec["resumed"] is True and rec["steps"] == 64 and rec["num_timesteps"] == 128
+    points = json.loads((folder / "evaluations.json").read_text())["points"]
+    assert [p["step"] for p in points] == [64, 128] and trial_state(folder, 128) == "finished"
+    history = json.loads((folder / "status.json").read_text())["history"]
+    assert [h["status"] for h in history] == ["failed", "ok"]
+
+
+def _script_main():
+    """``main`` of scripts/benchmark.py, loaded from its path (scripts/ is not a package)."""
+    import importlib.util
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmark_script", scripts / "benchmark.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(scripts))
+    return module.main
+
+
+def test_tiny_real_grid_run_then_report(tmp_path):
+    """scripts/benchmark.py run + report on 1 game, hub-pathway, 1 seed, 128 steps of tiny PPO."""
+    import yaml
+
+    from tests.conftest import TINY_PPO, make_tiny_hub, run_script
+
+    hub = make_tiny_hub(tmp_path / "hub")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_PPO))
+    root = tmp_path / "bench"
+    result = run_script(
+        "benchmark.py", "run", "--root", str(root), "--games", "Gopher", "--methods", "hub-pathway", "--seeds", "0",
+        "--budget", "128", "--hub", str(hub), "--n-envs", "2", "--eval-freq", "1M", "--eval-episodes", "1",
+        "--checkpoint-freq", "1M", "--hyperparams", str(tmp_path / "tiny.yaml"), "--device", "cpu", "--threads", "1",
+        "--set", "top_k=2",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 trials: 1 ok" in result.stdout
+    folder = root / "Gopher" / "hub-pathway" / "s0"
+    assert {"model.zip", "evaluations.json", "config.yaml", "checkpoint.pt", "status.json"} <= {p.name for p in folder.iterdir()}
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "ok" and status["num_timesteps"] == 128 and status["device"] == "cpu" and status["rss_isolated"]
+    assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["top_k"] == 2
+    assert trial_state(folder, 128) == "finished"
+
+    assert _script_main()(["report", str(root), "--reps", "1000"]) == 0  # in-process: torch and SB3 are loaded already
+    out = root / "report"
+    assert {"report.md", "results.csv", "compute.csv", "aggregate.csv", "runs.csv", "curves_Gopher.png", "aggregate_iqm.png"} <= {
+        p.name for p in out.iterdir()}
+    text = (out / "report.md").read_text()
+    assert "Budget: 128 agent steps" in text and "Seeds: 0" in text and "hub-pathway" in text
+    compute = (out / "compute.csv").read_text().splitlines()
+    params = int(compute[1].split(",")[compute[0].split(",").index("params")])
+    assert params > 100_000  # two NatureCNN experts and the heads
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    from tests.conftest import run_script
+
+    result = run_script("benchmark.py", "run", "--root", str(tmp_path), "--games", "Alen", "--budget", "1k")
+    assert result.returncode == 2 and "Did you mean Alien?" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,232 @@
+"""Report statistics against hand-computed values, and the tables and plots of a synthetic grid."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.games import REFERENCE_SCORES, human_normalized_score
+from hubrl.report import (
+    count_parameters,
+    iqm,
+    learning_curve_auc,
+    load_trials,
+    stratified_bootstrap_ci,
+    trim_mean,
+    write_report,
+)
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_human_normalized_score():
+    ref = REFERENCE_SCORES["alien"]
+    assert human_normalized_score("Alien", ref.random) == 0.0
+    assert human_normalized_score("ALE/Alien-v5", ref.human) == pytest.approx(1.0)
+    assert human_normalized_score("Gopher", 257.6 + 0.5 * (2412.5 - 257.6)) == pytest.approx(0.5)
+
+
+def test_iqm_matches_trim_mean_convention():
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(np.mean([3, 4, 5, 6]))  # middle 4 of 8
+    # int(0.25 * n) cut at each end, as scipy.stats.trim_mean(x, 0.25):
+    assert iqm([1, 2, 3, 4, 100]) == pytest.approx(3.0)  # n=5: cut 1 -> mean(2, 3, 4)
+    assert iqm([10, 1, 2, 3, 4, -50]) == pytest.approx(2.5)  # n=6: cut 1 -> mean(1, 2, 3, 4)
+    assert iqm([1, 2, 30]) == pytest.approx(11.0)  # n=3: cut 0 -> plain mean
+    assert iqm(np.arange(10.0)) == pytest.approx(4.5)  # n=10: cut 2 -> mean(2..7)
+    assert iqm([[1, 2], [3, 4], [5, 100]]) == pytest.approx(3.5)  # axis=None flattens: n=6, cut 1
+    assert trim_mean(np.arange(1.0, 11.0), 0.1) == pytest.approx(5.5)  # cut 1 of 10
+    rows = np.array([[4, 3, 2, 1], [1, 1, 1, 50.0]])
+    assert np.allclose(iqm(rows, axis=1), [2.5, 1.0])
+    with pytest.raises(ValueError):
+        iqm([])
+
+
+def _reference_stratified_ci(tasks, reps, seed, confidence=0.95):
+    """Plain-Python stratified bootstrap of the IQM, written independently of hubrl.report."""
+    rng = random.Random(seed)
+    values = []
+    for _ in range(reps):
+        pooled = sorted(x for task in tasks for x in (rng.choice(task) for _ in task))
+        cut = len(pooled) // 4
+        middle = pooled[cut:len(pooled) - cut]
+        values.append(sum(middle) / len(middle))
+    values.sort()
+    k_low, k_high = (1 - confidence) / 2 * (reps - 1), (1 + confidence) / 2 * (reps - 1)
+
+    def at(k):  # linear interpolation between order statistics, like np.percentile
+        lo = math.floor(k)
+        return values[lo] + (k - lo) * (values[min(lo + 1, reps - 1)] - values[lo])
+
+    return at(k_low), at(k_high)
+
+
+def test_stratified_bootstrap_ci():
+    tasks = [[0.1, 0.5, 0.9, 1.3], [2.0, 2.2, 3.0], [-0.5, 0.0, 0.4, 0.8, 1.0]]
+    point, low, high = stratified_bootstrap_ci(tasks, iqm, reps=20_000, seed=3)
+    pooled = sorted(x for t in tasks for x in t)  # n=12: cut 3 at each end
+    assert point == pytest.approx(np.mean(pooled[3:9]))
+    assert low < point < high
+    assert stratified_bootstrap_ci(tasks, iqm, reps=20_000, seed=3) == (point, low, high)  # fixed seed: deterministic
+    assert stratified_bootstrap_ci(tasks, iqm, reps=101, seed=4) != stratified_bootstrap_ci(tasks, iqm, reps=101, seed=5)
+    ref_low, ref_high = _reference_stratified_ci(tasks, 20_000, seed=11)
+    assert low == pytest.approx(ref_low, abs=0.03) and high == pytest.approx(ref_high, abs=0.03)
+
+
+def test_bootstrap_is_stratified():
+    """Every game keeps its own run count: constant games give a zero-width interval.
+
+    Resampling the 7 pooled runs instead would vary how many 0s and 1s a replicate holds.
+    """
+    assert stratified_bootstrap_ci([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], np.mean, reps=2000) == (
+        pytest.approx(4 / 7), pytest.approx(4 / 7), pytest.approx(4 / 7))
+    # One task [0, 1], mean: replicate means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4.
+    point, low, high = stratified_bootstrap_ci([[0.0, 1.0]], np.mean, reps=4000, seed=0)
+    assert (point, low, high) == (0.5, 0.0, 1.0)
+    point, low, high = stratified_bootstrap_ci([[0.0, 1.0]], np.mean, reps=4000, confidence=0.4, seed=0)
+    assert low == high == 0.5  # the middle 40% is all 0.5
+
+
+def test_learning_curve_auc():
+    assert learning_curve_auc([100, 200, 400], [0, 10, 10]) == pytest.approx((100 * 5 + 200 * 10) / 300)
+    assert learning_curve_auc([0, 50, 100], [3, 3, 3]) == pytest.approx(3)
+    assert learning_curve_auc([500], [7]) == 7
+    with pytest.raises(ValueError):
+        learning_curve_auc([], [])
+
+
+# ----------------------------------------------------------------------------- tables from a synthetic grid
+
+
+def _model_zip(path: Path, sizes) -> None:
+    import torch as th
+
+    buffer = io.BytesIO()
+    th.save({f"w{i}": th.zeros(n) for i, n in enumerate(sizes)}, buffer)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data", "this is not JSON and must never be read")
+        archive.writestr("policy.pth", buffer.getvalue())
+
+
+def _trial(root, game, method, seed, curve, *, steps=(500, 1000), status=None, config=None, params=(10, 5)):
+    folder = root / game / method / f"s{seed}"
+    folder.mkdir(parents=True)
+    points = [{"step": s, "mean": float(np.mean(sc)), "std": float(np.std(sc)), "episodes": len(sc), "scores": list(sc)}
+              for s, sc in zip(steps, curve)]
+    (folder / "evaluations.json").write_text(json.dumps({"points": points}))
+    _model_zip(folder / "model.zip", params)
+    if status:
+        (folder / "status.json").write_text(json.dumps(status))
+    if config:
+        import yaml
+
+        (folder / "config.yaml").write_text(yaml.safe_dump({"run": config}))
+    return folder
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _st(steps, seconds, peak, **kw):
+    return {"status": "ok", "steps": steps, "seconds": seconds, "peak_rss_mb": peak, "rss_isolated": True, "host": "h", "device": "cpu", **kw}
+
+
+@pytest.fixture
+def grid(tmp_path) -> Path:
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0, 1], "commit": "abc123", "machine": {"host": "h", "cpu_count": 2}}))
+    a = REFERENCE_SCORES["alien"]
+    # Alien, scratch: final scores 1000 and 2000 (means of the last evaluation's games).
+    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0))
+    _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0))
+    # Alien, hub-pathway: finals 3000 and 5000; seed 1 resumed once (two attempts: 400 + 600 steps).
+    _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0), params=(10, 5, 15),
+           config={"env": "ALE/Alien-v5", "method": "hub-pathway", "seed": 0})
+    _trial(root, "Alien", "hub-pathway", 1, [[2000], [5000]], params=(10, 5, 15),
+           status=_st(600, 15, 700.0, history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
+    # Gopher, hub-pathway: one finished run, one that stopped at 500 steps (left out of the tables).
+    _trial(root, "Gopher", "hub-pathway", 0, [[400], [1000]], status=_st(1000, 20, 800.0))
+    _trial(root, "Gopher", "hub-pathway", 1, [[300]], steps=(500,), status={"status": "failed", "error": "RuntimeError: boom\nmore"})
+    assert a.random < 1000
+    return root
+
+
+def test_load_trials(grid):
+    trials = {(t.game, t.method, t.seed): t for t in load_trials(grid)}
+    assert len(trials) == 6
+    t = trials[("Alien", "scratch", 0)]
+    assert t.finished and t.final == 1000 and t.auc == pytest.approx(500)
+    assert t.hns == pytest.approx(human_normalized_score("Alien", 1000))
+    assert not trials[("Gopher", "hub-pathway", 1)].finished
+    resumed = trials[("Alien", "hub-pathway", 1)]
+    assert resumed.steps_per_s == pytest.approx(1000 / 20) and resumed.peak_rss_mb == 900.0
+
+
+def test_report_tables_and_plots(grid):
+    report = write_report(grid, reps=2000)
+    out = grid / "report"
+    assert report == out / "report.md"
+
+    results = {(r["game"], r["method"]): r for r in _rows(out / "results.csv")}
+    assert set(results) == {("Alien", "scratch"), ("Alien", "hub-pathway"), ("Gopher", "hub-pathway")}
+    scratch = results[("Alien", "scratch")]
+    assert int(scratch["runs"]) == 2
+    assert float(scratch["final_mean"]) == pytest.approx(1500)
+    assert float(scratch["final_std"]) == pytest.approx(np.std([1000, 2000], ddof=1))
+    hns = [human_normalized_score("Alien", s) for s in (1000, 2000)]
+    assert float(scratch["hns_mean"]) == pytest.approx(np.mean(hns))
+    assert float(scratch["auc_mean"]) == pytest.approx(np.mean([(0 + 1000) / 2, (100 + 2000) / 2]))
+    gopher = results[("Gopher", "hub-pathway")]
+    assert int(gopher["runs"]) == 1 and gopher["final_std"] == ""  # no std from one seed
+
+    compute = {(r["game"], r["method"]): r for r in _rows(out / "compute.csv")}
+    hub = compute[("Alien", "hub-pathway")]
+    assert float(hub["steps_per_s"]) == pytest.approx(np.mean([1000 / 20, 1000 / 20]))
+    assert float(hub["steps_per_s_ratio"]) == pytest.approx(50 / 100)
+    assert float(hub["peak_rss_mb"]) == 900.0 and float(hub["peak_rss_ratio"]) == pytest.approx(900 / 500)
+    assert int(hub["params"]) == 30 and float(hub["params_ratio"]) == pytest.approx(2.0)
+    assert compute[("Gopher", "hub-pathway")]["steps_per_s_ratio"] == ""  # no scratch on Gopher
+
+    aggregate = {r["method"]: r for r in _rows(out / "aggregate.csv")}
+    pooled = [human_normalized_score("Alien", s) for s in (3000, 5000)] + [human_normalized_score("Gopher", 1000)]
+    assert float(aggregate["hub-pathway"]["iqm_hns"]) == pytest.approx(iqm(pooled))
+    assert int(aggregate["hub-pathway"]["games"]) == 2 and int(aggregate["hub-pathway"]["runs"]) == 3
+    assert float(aggregate["hub-pathway"]["iqm_low"]) <= float(aggregate["hub-pathway"]["iqm_hns"]) <= float(aggregate["hub-pathway"]["iqm_high"])
+    assert float(aggregate["scratch"]["mean_hns"]) == pytest.approx(np.mean(hns))
+
+    runs = _rows(out / "runs.csv")
+    assert len(runs) == 6 and {r["finished"] for r in runs} == {"True", "False"}
+
+    text = report.read_text()
+    assert "Budget: 1,000 agent steps" in text and "Seeds: 0, 1" in text and "`abc123`" in text
+    assert "Gopher/hub-pathway/s1`: failed: RuntimeError: boom; last evaluation at 500 steps" in text
+    assert "not comparable" in text  # scratch ran on Alien only
+    for name in ("results.csv", "compute.md", "aggregate.md", "curves_Alien.png", "curves_Gopher.png", "aggregate_iqm.png"):
+        assert f"]({name})" in text
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_count_parameters_reads_only_policy_pth(tmp_path):
+    _model_zip(tmp_path / "m.zip", (3, 4))
+    assert count_parameters(tmp_path / "m.zip") == 7
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
+        archive.writestr("data", "{}")
+    assert count_parameters(tmp_path / "bad.zip") is None
+
+
+def test_report_of_an_empty_grid_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No trial with evaluations"):
+        write_report(tmp_path)
