@@ -1,6 +1,11 @@
-"""Atari environments for hubrl: fast vectorised ALE behind SB3's ``VecEnv`` API, and a game registry."""
+"""Atari environments for hubrl: fast vectorised ALE behind SB3's ``VecEnv`` API, and a game registry.
 
-from envs.atari import AtariVecEnv, make_atari_vec_env
+The env classes load on first use (PEP 562), so tools that only need the game registry (the
+benchmark report) do not pay for importing ale-py and stable-baselines3.
+"""
+
+from typing import Any
+
 from envs.games import (
     REFERENCE_SCORES,
     UnknownGameError,
@@ -22,3 +27,11 @@ __all__ = [
     "human_normalized_score",
     "resolve_game",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AtariVecEnv", "make_atari_vec_env"):
+        from envs import atari
+
+        return getattr(atari, name)
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")

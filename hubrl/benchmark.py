@@ -26,6 +26,13 @@ Where trials run:
   ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, in a fresh worker process (``max_calls=1``).
   The grid root must be on a file system that every node sees. Needs ``pip install "hubrl[ray]"``.
 
+**Method variants.** A grid method is ``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE]`` with
+:class:`~hubrl.transfer.TransferConfig` fields, e.g. ``hub-pathway:aggregation=heads``,
+``zoo-tuning:lite`` (a bare key means ``true``) or ``finetune:source=seaquest-ppo``; its folder
+and its name in the report are a label such as ``hub-pathway-heads`` or ``zoo-tuning-lite``.
+A bare ``finetune`` in a grid of real trials becomes one variant per hub expert (single-source
+fine-tuning from each source), unless a ``source`` setting names one.
+
 The trial function is a plain top-level function taking a plain ``dict`` (the *spec*), so that both
 pools can pickle it by reference; :func:`run_trial` is the real one and tests inject fakes.
 This module imports only the standard library at import time: torch loads inside the trials.
@@ -37,6 +44,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -61,6 +69,7 @@ __all__ = [
     "trial_state",
     "read_evaluations",
     "make_specs",
+    "parse_method",
     "run_trial",
     "execute_trial",
     "run_grid",
@@ -181,6 +190,34 @@ def machine_info() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- trials
 
 
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method(token: str) -> tuple[str, str, dict[str, Any]]:
+    """``NAME[:KEY=VALUE,...]`` -> ``(label, method, overrides)``.
+
+    ``"hub-pathway:aggregation=heads"`` -> ``("hub-pathway-heads", "hub-pathway", {"aggregation": "heads"})``;
+    ``"zoo-tuning:lite"`` -> ``("zoo-tuning-lite", "zoo-tuning", {"lite": True})``.
+    """
+    method, _, options = token.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (o.strip() for o in options.split(","))):
+        key, sep, value = item.partition("=")
+        overrides[key.strip().replace("-", "_")] = _parse_value(value.strip()) if sep else True
+    parts = [method.strip()] + [key if value is True else str(value) for key, value in overrides.items() if value is not False]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+    return label, method.strip(), overrides
+
+
 def make_specs(
     root: str | Path,
     games: Sequence[str],
@@ -194,15 +231,18 @@ def make_specs(
     specs = []
     for seed in seeds:
         for game in games:
-            for method in methods:
+            for token in methods:
+                label, method, overrides = parse_method(token)
                 specs.append(
                     {
-                        "trial": f"{game}/{method}/s{int(seed)}",
+                        "trial": f"{game}/{label}/s{int(seed)}",
                         "game": game,
-                        "method": method,
+                        "method": label,
+                        "base_method": method,
+                        "overrides": overrides,
                         "seed": int(seed),
                         "budget": int(budget),
-                        "folder": str(trial_folder(root, game, method, seed)),
+                        "folder": str(trial_folder(root, game, label, seed)),
                         "settings": dict(settings or {}),
                         "threads": threads,
                     }
@@ -237,7 +277,8 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         th.set_num_threads(int(spec["threads"]))
     folder = Path(spec["folder"])
     cfg = TransferConfig(
-        env=spec["game"], method=spec["method"], seed=spec["seed"], timesteps=spec["budget"], out=str(folder), **spec["settings"]
+        env=spec["game"], method=spec.get("base_method", spec["method"]), seed=spec["seed"], timesteps=spec["budget"],
+        out=str(folder), **{**spec["settings"], **spec.get("overrides", {})},
     )
     resume = (folder / "checkpoint.pt").is_file()
     start = int(load_training_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
@@ -347,17 +388,31 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
         names = [display_name(g) for g in games]
     except ValueError as exc:
         raise GridError(str(exc)) from None
+    parsed = [parse_method(m) for m in methods]
     if check_methods:
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for _, m, _ in parsed if m not in METHODS]
         if unknown:
             raise GridError(f"Unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}.")
     reserved = {"env", "method", "seed", "timesteps", "out"}
     known = {f.name for f in fields(TransferConfig)} - reserved
-    bad = sorted(set(settings) - known)
+    bad = sorted((set(settings) | {k for _, _, o in parsed for k in o}) - known)
     if bad:
         raise GridError(f"Unknown transfer setting(s) {', '.join(bad)}: the grid sets env/method/seed/timesteps/out itself; "
                         f"others are {', '.join(sorted(known))}.")
     return names
+
+
+def _expand_finetune(methods: Sequence[str], settings: dict[str, Any]) -> list[str]:
+    """A bare ``finetune`` (no ``source``) -> ``finetune:source=<expert>`` for every expert of the hub."""
+    if "finetune" not in methods or "source" in settings:
+        return list(methods)
+    from hubrl.hub import resolve_hub
+
+    names = resolve_hub(settings.get("hub"), settings.get("sources") or []).names
+    out: list[str] = []
+    for token in methods:
+        out.extend([f"finetune:source={name}" for name in names] if token == "finetune" else [token])
+    return list(dict.fromkeys(out))
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -405,6 +460,7 @@ def run_grid(
     games, methods, seeds = (list(dict.fromkeys(x)) for x in (games, methods, seeds))  # no duplicate trials
     if check:
         game_names = _validate(games, methods, settings, check_methods=True)
+        methods = _expand_finetune(methods, settings)
     else:
         from envs.games import display_name
 

@@ -66,6 +66,7 @@ __all__ = [
     "aggregate_table",
     "plot_curves",
     "plot_aggregate",
+    "plot_expert_curve",
     "write_report",
 ]
 
@@ -177,7 +178,9 @@ def final_score(point: dict[str, Any]) -> float:
 
 
 def count_parameters(model_zip: str | Path) -> int | None:
-    """Tensor elements in ``policy.pth`` of an SB3 ``model.zip`` (trainable and frozen alike).
+    """Parameters of the policy in an SB3 ``model.zip``: tensor elements of ``policy.pth``
+    (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
+    extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
 
     Only that member is read, with ``torch.load(weights_only=True)``: the zip's ``data`` entry
     (which can hold pickled code) is never touched.
@@ -190,7 +193,16 @@ def count_parameters(model_zip: str | Path) -> int | None:
         state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, ValueError):
         return None
-    return int(sum(t.numel() for t in state.values() if isinstance(t, th.Tensor)))
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    total = 0
+    for tensor in state.values():
+        if not isinstance(tensor, th.Tensor):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
+    return int(total)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -264,7 +276,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult]:
     """Every trial folder under ``root`` that has at least one evaluation point.
 
-    Game, method and seed come from ``config.yaml`` (the folder names otherwise); the budget from
+    Game and seed come from ``config.yaml`` (the folder names otherwise); the method is the grid's
+    label, i.e. the folder name (``hub-pathway-heads`` for ``hub-pathway:aggregation=heads``); the budget from
     ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
     """
     from envs.games import display_name
@@ -284,7 +297,7 @@ def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult
             except ValueError:
                 pass
         trial = TrialResult(
-            game=game, method=str(run.get("method", folder.parent.name)), seed=int(run.get("seed", folder.name[1:])),
+            game=game, method=folder.parent.name, seed=int(run.get("seed", folder.name[1:])),
             folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
             means=np.array([final_score(p) for p in points], dtype=np.float64),
             budget=budget if budget is not None else run.get("timesteps"), status=_read_json(folder / "status.json"),
@@ -492,6 +505,61 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
         fig.savefig(path)
         paths.append(path)
     return paths
+
+
+def _expert_eval_points(train_dir: Path) -> list[dict[str, Any]]:
+    """Evaluation points of a pretraining run: ``evaluations.json``, else the checkpoint's copy."""
+    if (train_dir / "evaluations.json").is_file():
+        return list(_read_json(train_dir / "evaluations.json").get("points", []))
+    from hubrl.checkpoint import load_training_checkpoint
+
+    return list(load_training_checkpoint(train_dir / "checkpoint.pt").get("extra", {}).get("eval_history", []))
+
+
+def _tensorboard_scalars(folder: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ``tag`` points of the TensorBoard event files under ``folder`` (several runs = resumes), by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted(folder.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags().get("scalars", []):
+            points.update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+    steps = np.array(sorted(points), dtype=np.int64)
+    return steps, np.array([points[k] for k in steps], dtype=np.float64)
+
+
+def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None) -> Path:
+    """Learning curve of one pretrained expert: training episodes' raw score and evaluations.
+
+    Reads ``<expert>/tb`` (``rollout/ep_rew_mean``, every resume included) and the evaluation
+    history under ``<expert>/train``; writes ``<expert>/learning_curve.png`` unless ``path`` says.
+    """
+    from matplotlib.figure import Figure
+
+    folder = Path(expert_folder)
+    train_dir = folder / "train"
+    if not (train_dir / "checkpoint.pt").is_file() and not (train_dir / "evaluations.json").is_file():
+        raise ValueError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
+    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+    ax = fig.subplots()
+    steps, values = _tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir() else (np.array([]), np.array([]))
+    if steps.size:
+        ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
+    evals = _expert_eval_points(train_dir)
+    if evals:
+        x = np.array([p["step"] for p in evals])
+        mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=f"evaluation ({evals[-1]['episodes']} games, mean ± std)")
+    ax.set_title(f"{folder.name}: raw game score (sticky actions 0.25)")
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("raw game score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    out = Path(path) if path else folder / "learning_curve.png"
+    fig.savefig(out)
+    return out
 
 
 def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:

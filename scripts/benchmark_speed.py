@@ -99,14 +99,13 @@ TRANSFER_VARIANTS = [  # (label, method, experts, TransferConfig overrides)
 ]
 
 
-def _inference_steps_per_second(model, env, calls: int = 300) -> float:
-    """``predict`` on the rollout batch (n_envs observations), as when playing: agent steps/s."""
-    obs = env.reset()
-    model.predict(obs)
+def _inference_steps_per_second(policy, obs, calls: int = 200) -> float:
+    """``policy.predict`` on a rollout batch (n_envs observations), as when playing: agent steps/s."""
+    policy.predict(obs)
     start = time.perf_counter()
     for _ in range(calls):
-        model.predict(obs)
-    return calls * env.num_envs / (time.perf_counter() - start)
+        policy.predict(obs)
+    return calls * len(obs) / (time.perf_counter() - start)
 
 
 def bench_transfer(game: str, steps: int, repeats: int) -> None:
@@ -125,6 +124,7 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
     train: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
     infer: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
     params: dict[str, int] = {}
+    finals: dict[str, object] = {}
     for r in range(repeats):  # interleaved repeats, so every method sees the same machine state
         for label, method, n_experts, overrides in TRANSFER_VARIANTS:
             env = make_atari_vec_env(game, plain["n_envs"], seed=r)
@@ -141,13 +141,20 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
             model.learn(steps)
             train[label].append(time.perf_counter() - start)
             final = plan.finalize(model, make_agent) if plan.finalize else model
-            infer[label].append(_inference_steps_per_second(final, env))
             params[label] = sum(p.numel() for p in final.policy.parameters())  # unique tensors (state_dict repeats shared ones)
+            finals[label] = final.policy  # the saved model's policy, as deployed
             env.close()
             del model, final
+    # Inference: the saved policies, interleaved rounds on the same observations, median per policy.
+    env = make_atari_vec_env(game, plain["n_envs"], seed=0)
+    obs = env.reset()
+    env.close()
+    for _ in range(7):
+        for label, policy in finals.items():
+            infer[label].append(_inference_steps_per_second(policy, obs))
     base_t = float(np.median(train[TRANSFER_VARIANTS[0][0]]))
     base_i = float(np.median(infer[TRANSFER_VARIANTS[0][0]]))
-    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s | vs scratch | parameters of model.zip |")
+    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch | parameters of model.zip |")
     print("|---|---|---|---|---|---|")
     for label, *_ in TRANSFER_VARIANTS:
         t, i = float(np.median(train[label])), float(np.median(infer[label]))

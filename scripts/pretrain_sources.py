@@ -7,6 +7,7 @@ budget is reached; training state is checkpointed atomically and ``--resume`` co
     python scripts/pretrain_sources.py --timesteps 10M --out hub
     python scripts/pretrain_sources.py --resume --out hub      # after an interruption
     python scripts/pretrain_sources.py --export --out hub      # export the latest checkpoints now (evaluated)
+    python scripts/pretrain_sources.py --plot --out hub        # learning_curve.png of each expert
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability (ALE v5: 0.25). Default: 0.25.")
     parser.add_argument("--export", action="store_true",
                         help="Do not train: evaluate each game's latest checkpoint and export it as the expert now (mid-training is fine).")
+    parser.add_argument("--plot", action="store_true", help="Do not train: write each expert's learning_curve.png (training and evaluation scores).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32", help="Precision of the exported weights.")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     if args.resume and args.force:
         parser.error("--resume and --force contradict each other: choose one.")
-    if args.export and (args.resume or args.force):
-        parser.error("--export only exports existing checkpoints: drop --resume/--force.")
+    if (args.export or args.plot) and (args.resume or args.force):
+        parser.error("--export and --plot read existing checkpoints: drop --resume/--force.")
     return args
 
 
@@ -48,6 +50,15 @@ def main(argv=None) -> int:
 
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
     overrides = load_overrides(args.hyperparams) if args.hyperparams else {}
+    if args.plot:
+        from pathlib import Path
+
+        from hubrl.pretrain import expert_name
+        from hubrl.report import plot_expert_curve
+
+        for game in games:
+            print(plot_expert_curve(Path(args.out) / expert_name(game, args.algo)))
+        return 0
     if args.export:
         from pathlib import Path
 

@@ -230,3 +230,13 @@ def test_count_parameters_reads_only_policy_pth(tmp_path):
 def test_report_of_an_empty_grid_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="No trial with evaluations"):
         write_report(tmp_path)
+
+
+def test_count_parameters_counts_a_shared_extractor_once(tmp_path):
+    from stable_baselines3 import PPO
+
+    from tests.conftest import make_sb3_zip
+
+    path = make_sb3_zip(tmp_path / "ppo.zip")
+    model = PPO.load(path, device="cpu")
+    assert count_parameters(path) == sum(p.numel() for p in model.policy.parameters())
