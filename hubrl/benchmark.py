@@ -50,7 +50,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -60,6 +59,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from hubrl.atomic import atomic_write
+
 __all__ = [
     "GridError",
     "TrialSpec",
@@ -68,6 +69,7 @@ __all__ = [
     "trial_folder",
     "trial_state",
     "read_evaluations",
+    "read_json_object",
     "make_specs",
     "parse_method",
     "run_trial",
@@ -124,19 +126,12 @@ def trial_state(folder: str | Path, budget: int) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename): a killed process never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic JSON write: a killed process never leaves a torn file."""
+    atomic_write(path, lambda handle: json.dump(data, handle, indent=1, default=str), mode="w")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -502,7 +497,7 @@ def run_grid(
         if trial_state(spec["folder"], budget) == "finished":
             record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now()))
             continue
-        previous = _read_json(Path(spec["folder"]) / "status.json")
+        previous = read_json_object(Path(spec["folder"]) / "status.json")
         if previous:
             keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished")
             spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]

@@ -8,14 +8,13 @@ back with ``torch.load(weights_only=True)``: a checkpoint cannot run code when l
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+
+from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
 
 __all__ = [
     "CheckpointError",
@@ -33,49 +32,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or was not written by hubrl."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write ``path`` by calling ``write(fileobj)`` on a temp file, fsync, then rename over ``path``.
-
-    The file gets the usual permissions of a new file (0666 minus the umask), not mkstemp's 0600,
-    so hubs and runs on shared storage stay readable by the team.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

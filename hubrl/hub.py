@@ -53,6 +53,10 @@ class Expert:
     action_meanings: list[str] | None = None
     meta: dict = field(default_factory=dict)
 
+    def encoder_tensors(self, device: th.device | str = "cpu") -> dict[str, th.Tensor]:
+        """The encoder's state_dict as float32 on ``device`` (shipped weights may be float16)."""
+        return {k: v.to(device=device, dtype=th.float32) for k, v in self.encoder_state.items()}
+
     @property
     def in_channels(self) -> int:
         return int(self.encoder_state["cnn.0.weight"].shape[1])

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
@@ -76,8 +75,7 @@ def method_label(cfg: "TransferConfig") -> str:
 
 def load_encoder(policy: BasePolicy, expert: Expert) -> None:
     """Copy one expert's NatureCNN weights into a ``CnnPolicy``'s (shared) features extractor."""
-    state = {k: v.to(device=policy.device, dtype=th.float32) for k, v in expert.encoder_state.items()}
-    policy.features_extractor.load_state_dict(state)
+    policy.features_extractor.load_state_dict(expert.encoder_tensors(policy.device))
 
 
 def _scratch(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:

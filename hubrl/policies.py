@@ -212,5 +212,4 @@ def load_hub_weights(policy: HubPathwayPolicy, hub: Hub) -> None:
     if policy.expert_names != hub.names:
         raise ValueError(f"Policy experts {policy.expert_names} do not match the hub {hub.names}.")
     for module, expert in zip(policy.extractor.experts, hub.experts):
-        state = {k: v.to(device=policy.device, dtype=th.float32) for k, v in expert.encoder_state.items()}
-        module.load_state_dict(state)
+        module.load_state_dict(expert.encoder_tensors(policy.device))

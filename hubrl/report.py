@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import platform
 import zipfile
@@ -266,11 +265,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    from hubrl.benchmark import read_json_object
+
+    return read_json_object(path) or {}
 
 
 def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult]:
