@@ -5,7 +5,10 @@ Each trial is one :func:`hubrl.transfer.run_transfer` call in its own folder
 ``checkpoint.pt``, ``evaluations.json``, ``tb/``) plus ``status.json``, the record of its last
 attempt. Rerunning the same command continues the grid where it stopped:
 
-* **finished** (``model.zip`` and ``evaluations.json`` whose last point reached the budget): skipped;
+* **finished** (``evaluations.json`` whose last point reached the budget, and ``model.zip`` or a
+  ``status.json`` recording the completed run): skipped. A grid archived without its weights
+  (``model.zip``, ``checkpoint.pt`` deleted to keep a repository small) therefore still counts
+  as done, and the report reads the parameter count and inference speed each trial recorded;
 * **started** (a ``checkpoint.pt``): resumed from the checkpoint, with the same curves;
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
@@ -115,8 +118,11 @@ def trial_state(folder: str | Path, budget: int) -> str:
     """``finished``, ``resume`` or ``fresh`` (see the module docstring)."""
     folder = Path(folder)
     points = read_evaluations(folder)
-    if (folder / "model.zip").is_file() and points and int(points[-1].get("step", -1)) >= budget:
-        return "finished"
+    if points and int(points[-1].get("step", -1)) >= budget:
+        status = read_json_object(folder / "status.json") or {}
+        recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
+        if (folder / "model.zip").is_file() or recorded:
+            return "finished"
     if (folder / "checkpoint.pt").is_file():
         return "resume"
     return "fresh"
@@ -266,6 +272,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     from stable_baselines3.common.utils import get_device
 
     from hubrl.checkpoint import load_training_checkpoint
+    from hubrl.report import count_parameters
     from hubrl.transfer import TransferConfig, run_transfer
 
     if spec.get("threads"):
@@ -289,7 +296,32 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "interrupted_by": outcome.interrupted_by,
         "train_seconds": outcome.seconds,
         "device": str(get_device(cfg.device)),
+        "inference_steps_per_s": _saved_model_inference(result.folder, cfg) if outcome.completed else None,
+        "params": count_parameters(result.folder / "model.zip") if outcome.completed else None,
     }
+
+
+def _saved_model_inference(folder: Path, cfg: Any) -> float | None:
+    """Agent steps/s of ``policy.predict`` of the trial's ``model.zip`` (what a user deploys) on a
+    vector step of real observations of the game (median of 5 rounds of 100 calls).
+
+    Measured here, in the process that wrote the file, rather than by the report: loading an SB3
+    zip unpickles its ``data`` entry, which the report must not do for a grid it did not make.
+    """
+    from agents import AGENT_CLASSES
+    from envs import make_atari_vec_env, resolve_game
+    from hubrl.evaluation import inference_steps_per_second
+
+    path = folder / "model.zip"
+    if not path.is_file():
+        return None
+    model = AGENT_CLASSES[cfg.algo.lower()].load(path, device=cfg.device)
+    env = make_atari_vec_env(resolve_game(cfg.env), model.n_envs or 8, seed=cfg.seed)
+    try:
+        obs = env.reset()
+    finally:
+        env.close()
+    return round(inference_steps_per_second(model.policy, obs, calls=100, rounds=5), 1)
 
 
 def _record(spec: TrialSpec, status: str, **fields: Any) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Atari, where a greedy policy can loop forever). Scores come from ``info["episode
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -16,7 +18,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs import make_atari_vec_env
 
-__all__ = ["EvalResult", "make_eval_env", "evaluate_model"]
+__all__ = ["EvalResult", "make_eval_env", "evaluate_model", "inference_steps_per_second"]
 
 
 @dataclass
@@ -58,3 +60,24 @@ def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10,
         scores=[float(s) for s in scores],
         lengths=[int(n) for n in lengths],
     )
+
+
+def inference_steps_per_second(policy: BaseAlgorithm | BasePolicy, observations: np.ndarray, calls: int = 100, rounds: int = 1) -> float:
+    """Agent steps per second of ``policy.predict`` on one batch of observations, as when playing.
+
+    One call acts for ``len(observations)`` envs (a rollout's vector step), so the rate is
+    ``calls * len(observations) / seconds``. One untimed call warms up first; with ``rounds > 1``
+    the median over rounds of ``calls`` calls each is returned (robust to a busy moment).
+    Use real observations of the game: routing methods pick experts per observation, so their
+    cost depends on what they see.
+    """
+    if calls < 1 or rounds < 1:
+        raise ValueError(f"calls and rounds must be positive, got {calls} and {rounds}.")
+    policy.predict(observations)
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            policy.predict(observations)
+        rates.append(calls * len(observations) / (time.perf_counter() - start))
+    return float(np.median(rates))

@@ -102,8 +102,19 @@ def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Pat
     return folder
 
 
-def pretrain_expert(cfg: PretrainConfig, resume: bool = False, force: bool = False, progress_bar: bool = True, verbose: int = 1) -> PretrainResult:
-    """Train (or resume) one expert and export it when its budget is reached."""
+def pretrain_expert(
+    cfg: PretrainConfig,
+    resume: bool = False,
+    force: bool = False,
+    progress_bar: bool = True,
+    verbose: int = 1,
+    pause_at: int | None = None,
+) -> PretrainResult:
+    """Train (or resume) one expert and export it when its budget is reached.
+
+    ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
+    ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
+    """
     _validate(cfg)
     name = expert_name(cfg.game, cfg.algo)
     folder = prepare_folder(cfg.out, name, resume, force)
@@ -141,6 +152,7 @@ def pretrain_expert(cfg: PretrainConfig, resume: bool = False, force: bool = Fal
             progress_bar=progress_bar,
             tb_log_name=name,
             verbose=verbose,
+            pause_at=pause_at,
         )
         manifest = None
         if outcome.completed:

@@ -6,8 +6,10 @@
 * ``results.csv`` / ``.md``: per game and method, over the seeds that reached the budget, the
   final raw score (mean ± sample std over seeds; a seed's final score is the mean of its last
   evaluation's games), its human-normalised score (HNS) and the area under the learning curve;
-* ``compute.csv`` / ``.md``: agent steps per second, peak resident memory and parameter count,
-  each also as a ratio to the baseline method (``scratch``) on the same game;
+* ``compute.csv`` / ``.md``: agent steps per second of training, peak resident memory, parameter
+  count and inference speed of the saved policy (``predict`` on a vector step of real
+  observations, measured by each trial when it finished), each also as a ratio to the baseline
+  method (``scratch``) on the same game;
 * ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
   per-run HNS with 95% stratified-bootstrap confidence intervals;
 * ``runs.csv``: one row per trial (the raw data of the tables);
@@ -240,6 +242,21 @@ class TrialResult:
         return steps / seconds if steps and seconds else None
 
     @property
+    def params(self) -> int | None:
+        """Parameters of the saved policy: counted in ``model.zip``, else as the trial recorded them
+        (a grid archived without its weights)."""
+        if (self.folder / "model.zip").is_file():
+            return count_parameters(self.folder / "model.zip")
+        recorded = [a["params"] for a in self.attempts if a.get("params")]
+        return int(recorded[-1]) if recorded else None
+
+    @property
+    def inference_steps_per_s(self) -> float | None:
+        """Inference speed of the saved policy, as measured by the attempt that finished the trial."""
+        rates = [a["inference_steps_per_s"] for a in self.attempts if a.get("inference_steps_per_s")]
+        return float(rates[-1]) if rates else None
+
+    @property
     def peak_rss_mb(self) -> float | None:
         peaks = [a["peak_rss_mb"] for a in self.attempts if a.get("peak_rss_mb") and a.get("status") != "skipped"]
         return max(peaks) if peaks else None
@@ -345,21 +362,26 @@ def _ratio(value: float | None, base: float | None) -> float:
 
 
 def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> list[dict[str, Any]]:
-    """Rows ``game, method, steps_per_s, peak_rss_mb, params`` and their ratios to ``baseline`` on the same game.
+    """Rows ``game, method, steps_per_s, peak_rss_mb, params, inference_steps_per_s`` and their
+    ratios to ``baseline`` on the same game.
 
     Steps/s is the mean over seeds, peak memory the maximum over seeds (whole-process peak RSS:
-    Python, torch and the envs included), parameters those of the first seed's ``model.zip``.
+    Python, torch and the envs included), parameters those of the first seed's ``model.zip`` (or
+    its recorded count),
+    inference the median over seeds of each trial's own measurement.
     """
     rows = []
     for (game, method), group in _group(trials).items():
         rates = [t.steps_per_s for t in group if t.steps_per_s is not None]
         peaks = [t.peak_rss_mb for t in group if t.peak_rss_mb is not None]
-        params = next((n for n in (count_parameters(t.folder / "model.zip") for t in group if (t.folder / "model.zip").is_file()) if n), None)
+        inference = [t.inference_steps_per_s for t in group if t.inference_steps_per_s is not None]
+        params = next((n for n in (t.params for t in group) if n), None)
         rows.append({
             "game": game, "method": method, "runs": len(group),
             "steps_per_s": float(np.mean(rates)) if rates else math.nan,
             "peak_rss_mb": float(max(peaks)) if peaks else math.nan,
             "params": params if params is not None else math.nan,
+            "inference_steps_per_s": float(np.median(inference)) if inference else math.nan,
             "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts if a.get("status") != "skipped"),
         })
     base = {r["game"]: r for r in rows if r["method"] == baseline}
@@ -368,6 +390,7 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
         r["steps_per_s_ratio"] = _ratio(r["steps_per_s"], b.get("steps_per_s"))
         r["peak_rss_ratio"] = _ratio(r["peak_rss_mb"], b.get("peak_rss_mb"))
         r["params_ratio"] = _ratio(r["params"], b.get("params"))
+        r["inference_ratio"] = _ratio(r["inference_steps_per_s"], b.get("inference_steps_per_s"))
     return rows
 
 
@@ -393,7 +416,7 @@ def aggregate_table(
             "method": method, "games": len(tasks), "runs": sum(len(t) for t in tasks),
             "iqm_hns": point, "iqm_low": low, "iqm_high": high, "mean_hns": mean, "mean_low": mean_low, "mean_high": mean_high,
         }
-        for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio"):
+        for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio", "inference_ratio"):
             vals = [c[key] for c in compute if c["method"] == method and not math.isnan(c[key])]
             row[key] = float(np.median(vals)) if vals else math.nan
         rows.append(row)
@@ -446,9 +469,11 @@ def _score_md(rows: Sequence[dict[str, Any]]) -> str:
 
 def _compute_md(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     return _md_table(
-        ["game", "method", "steps/s", f"× {baseline}", "peak RSS (MiB)", f"× {baseline}", "parameters", f"× {baseline}"],
+        ["game", "method", "steps/s", f"× {baseline}", "peak RSS (MiB)", f"× {baseline}", "parameters", f"× {baseline}",
+         "inference steps/s", f"× {baseline}"],
         [[r["game"], r["method"], _fmt(r["steps_per_s"], 0), _fmt(r["steps_per_s_ratio"], 2), _fmt(r["peak_rss_mb"], 0),
-          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params"]), _fmt(r["params_ratio"], 2)] for r in rows],
+          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params"]), _fmt(r["params_ratio"], 2),
+          _fmt(r["inference_steps_per_s"], 0), _fmt(r["inference_ratio"], 2)] for r in rows],
     )
 
 
@@ -456,10 +481,10 @@ def _aggregate_md(rows: Sequence[dict[str, Any]], baseline: str, confidence: flo
     pct = f"{100 * confidence:g}%"
     return _md_table(
         ["method", "games", "runs", f"IQM HNS [{pct} CI]", f"mean HNS [{pct} CI]", f"steps/s × {baseline}",
-         f"peak RSS × {baseline}", f"params × {baseline}"],
+         f"peak RSS × {baseline}", f"params × {baseline}", f"inference × {baseline}"],
         [[r["method"], r["games"], r["runs"], f"{r['iqm_hns']:.3f} [{r['iqm_low']:.3f}, {r['iqm_high']:.3f}]",
           f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", _fmt(r["steps_per_s_ratio"], 2),
-          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params_ratio"], 2)] for r in rows],
+          _fmt(r["peak_rss_ratio"], 2), _fmt(r["params_ratio"], 2), _fmt(r["inference_ratio"], 2)] for r in rows],
     )
 
 
@@ -637,11 +662,12 @@ def write_report(
         {"game": t.game, "method": t.method, "seed": t.seed, "finished": t.finished,
          "last_step": int(t.steps[-1]) if t.steps.size else "", "evaluations": int(t.steps.size),
          "final": t.final, "hns": t.hns, "auc": t.auc, "steps_per_s": t.steps_per_s, "peak_rss_mb": t.peak_rss_mb,
+         "inference_steps_per_s": t.inference_steps_per_s,
          "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
         for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
     ]
     _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc",
-                                        "steps_per_s", "peak_rss_mb", "status", "folder"])
+                                        "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "status", "folder"])
     curves = plot_curves(trials, out, curve_reps, seed)
     agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
 

@@ -46,6 +46,10 @@ Choices and why:
   expert first on Seaquest (ridge R² 0.20 vs 0.17 vs 0.15) and Riverraid (0.55 vs 0.42 vs 0.39);
   on Gopher kNN's R² was negative for every encoder (-0.12 to -0.13, worse than the mean) while
   ridge gave 0.07-0.09, and on Alien kNN's order changed with the seed more than ridge's.
+  ``python scripts/rank_hub.py --env <Game> --probe ridge|knn --random-baseline`` reproduces
+  these figures for Game in Seaquest, Riverraid, Gopher, Alien (``--seed`` for the seed
+  dependence; the random-init encoder is :func:`random_baseline`); the numbers above were
+  measured before that flag existed and will be refreshed from its output.
   ``probe="knn"`` (cosine kNN regression, k=20) is kept as a cross-check.
 * **Frames.** 20k by default: Alien gives ~19.3k labelled frames in ~85 episodes. Held-out R²
   differences between experts are small (a few hundredths on Alien and Gopher) and move with the
@@ -78,14 +82,20 @@ __all__ = [
     "Ranking",
     "collect_target_data",
     "discounted_returns",
+    "RANDOM_BASELINE",
+    "encoder_features",
     "expert_features",
+    "random_encoder",
     "ridge_cv_r2",
     "knn_cv_r2",
+    "encoder_score",
     "proxy_score",
+    "random_baseline",
     "rank_experts",
 ]
 
 PROBES = ("ridge", "knn")
+RANDOM_BASELINE = "random-init (reference)"
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 8))
 
 
@@ -147,11 +157,16 @@ class TargetData:
 
 @dataclass
 class Ranking:
-    """One expert's place: its proxy (held-out R², higher is better) and the seconds it took."""
+    """One expert's place: its proxy (held-out R², higher is better) and the seconds it took.
+
+    ``baseline`` marks the random-init reference (:func:`random_baseline`), which is not an expert
+    and is never the one to fine-tune.
+    """
 
     name: str
     proxy: float | None
     seconds: float
+    baseline: bool = False
 
 
 def discounted_returns(
@@ -294,33 +309,76 @@ def collect_target_data(
     return TargetData(frames_array, stack_index, returns[keep].astype(np.float32), episodes[keep], game, info)
 
 
-def _encoder(expert: Expert, observation_shape: Sequence[int]) -> th.nn.Module:
+def _nature_cnn(observation_shape: Sequence[int], features_dim: int) -> th.nn.Module:
     import gymnasium as gym
     from stable_baselines3.common.torch_layers import NatureCNN
 
     space = gym.spaces.Box(0, 255, tuple(int(n) for n in observation_shape), np.uint8)
-    encoder = NatureCNN(space, features_dim=expert.features_dim)
+    return NatureCNN(space, features_dim=features_dim)
+
+
+def _encoder(expert: Expert, observation_shape: Sequence[int]) -> th.nn.Module:
+    encoder = _nature_cnn(observation_shape, expert.features_dim)
     encoder.load_state_dict(expert.encoder_state, strict=True)
     return encoder.eval()
 
 
-def expert_features(expert: Expert, data: TargetData, batch_size: int = 256) -> np.ndarray:
-    """The expert's frozen NatureCNN features of every observation, float32 ``(N, features_dim)``.
+def random_encoder(observation_shape: Sequence[int], seed: int = 0, features_dim: int = 512) -> th.nn.Module:
+    """The NatureCNN that training from scratch starts from, seeded by ``seed``.
 
-    Frames are scaled to [0, 1] as SB3's ``preprocess_obs`` does before the extractor.
+    SB3's ``ActorCriticPolicy`` re-initialises its features extractor orthogonally with gain
+    sqrt(2) (``ortho_init=True``), so that is done here too: the reference is what the
+    ``scratch`` method's encoder knows before any training. The global torch RNG is left as it was.
     """
+    from functools import partial
+
+    from stable_baselines3.common.policies import BasePolicy
+
+    with th.random.fork_rng(devices=[]):
+        th.manual_seed(seed)
+        encoder = _nature_cnn(observation_shape, features_dim)
+        encoder.apply(partial(BasePolicy.init_weights, gain=float(np.sqrt(2))))
+    return encoder.eval()
+
+
+def _check_channels(expert: Expert, data: TargetData) -> None:
     if expert.in_channels != data.observation_shape[0]:
         raise HubError(
             f"Expert {expert.name!r} reads {expert.in_channels} stacked frames but the target data have "
             f"{data.observation_shape[0]}: use experts trained with frame_stack={data.observation_shape[0]}."
         )
-    encoder = _encoder(expert, data.observation_shape)
-    out = np.empty((len(data), expert.features_dim), dtype=np.float32)
-    with th.inference_mode():
-        for start in range(0, len(data), batch_size):
-            batch = th.from_numpy(data.observations(slice(start, start + batch_size))).float().div_(255.0)
-            out[start : start + len(batch)] = encoder(batch).numpy()
-    return out
+
+
+def _check_probe(probe: str) -> None:
+    if probe not in PROBES:
+        raise ValueError(f"Unknown probe {probe!r}: choose one of {', '.join(PROBES)}.")
+
+
+def encoder_features(encoder: th.nn.Module, data: TargetData, batch_size: int = 256) -> np.ndarray:
+    """Frozen features of every observation from any encoder of ``(B, C, 84, 84)`` floats, float32 ``(N, d)``.
+
+    The encoder runs in eval mode (its mode is restored after) without grad, in batches; frames
+    are scaled to [0, 1] as SB3's ``preprocess_obs`` does before the extractor.
+    """
+    was_training, out = encoder.training, None
+    encoder.eval()
+    try:
+        with th.inference_mode():
+            for start in range(0, len(data), batch_size):
+                batch = th.from_numpy(data.observations(slice(start, start + batch_size))).float().div_(255.0)
+                features = encoder(batch).float().numpy()
+                if out is None:
+                    out = np.empty((len(data), features.shape[1]), dtype=np.float32)
+                out[start : start + len(features)] = features
+    finally:
+        encoder.train(was_training)
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def expert_features(expert: Expert, data: TargetData, batch_size: int = 256) -> np.ndarray:
+    """The expert's frozen NatureCNN features of every observation, float32 ``(N, features_dim)``."""
+    _check_channels(expert, data)
+    return encoder_features(_encoder(expert, data.observation_shape), data, batch_size=batch_size)
 
 
 def _folds(groups: np.ndarray, folds: int) -> np.ndarray:
@@ -422,19 +480,36 @@ def knn_cv_r2(
     return float(_r2(y[queries], preds))
 
 
-def proxy_score(expert: Expert, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256) -> float:
-    """The expert's transfer proxy on the target data: held-out R² of ``probe`` on frozen features.
+def encoder_score(encoder: th.nn.Module, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256) -> float:
+    """Held-out R² of ``probe`` on any encoder's frozen features (:func:`encoder_features`).
 
     :param probe: ``"ridge"`` (default: closed-form ridge, all frames) or ``"knn"`` (cosine kNN, a
         subsample of query frames).
     """
-    if probe not in PROBES:
-        raise ValueError(f"Unknown probe {probe!r}: choose one of {', '.join(PROBES)}.")
+    _check_probe(probe)
     _check_targets(np.asarray(data.returns, dtype=np.float64))
-    features = expert_features(expert, data, batch_size=batch_size)
+    features = encoder_features(encoder, data, batch_size=batch_size)
     if probe == "knn":
         return knn_cv_r2(features, data.returns, data.episodes, folds=folds)
     return ridge_cv_r2(features, data.returns, data.episodes, folds=folds)[0]
+
+
+def proxy_score(expert: Expert, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256) -> float:
+    """The expert's transfer proxy on the target data: :func:`encoder_score` of its NatureCNN encoder."""
+    _check_probe(probe)
+    _check_channels(expert, data)
+    return encoder_score(_encoder(expert, data.observation_shape), data, probe=probe, folds=folds, batch_size=batch_size)
+
+
+def random_baseline(data: TargetData, probe: str = "ridge", seed: int = 0, features_dim: int = 512) -> Ranking:
+    """The reference score: :func:`encoder_score` of a :func:`random_encoder` on the same data.
+
+    A proxy only tells experts apart when they beat it: features of an untrained NatureCNN already
+    predict some of the return (a frame's brightness, how many objects it shows ...).
+    """
+    t0 = time.perf_counter()
+    score = encoder_score(random_encoder(data.observation_shape, seed, features_dim), data, probe=probe)
+    return Ranking(RANDOM_BASELINE, score, time.perf_counter() - t0, baseline=True)
 
 
 def rank_experts(
@@ -460,8 +535,7 @@ def rank_experts(
     from envs import resolve_game
 
     game = resolve_game(game)
-    if probe not in PROBES:
-        raise ValueError(f"Unknown probe {probe!r}: choose one of {', '.join(PROBES)}.")
+    _check_probe(probe)
     if len(hub) == 0:
         raise HubError("The hub is empty: give a hub folder with experts, or --sources ZIP ...")
     if len(hub) == 1:

@@ -24,7 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from hubrl.checkpoint import atomic_write, restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
 
-__all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "TrainingOutcome", "run_training"]
+__all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "run_training"]
 
 
 @dataclass
@@ -48,10 +48,26 @@ class EvalHistory:
 
 
 class RawScoreEvalCallback(BaseCallback):
-    """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score."""
+    """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score.
 
-    def __init__(self, eval_env, eval_freq: int, n_episodes: int, history: EvalHistory, verbose: int = 0, history_path: Path | None = None) -> None:
+    With ``budget`` set, an evaluation due at or past the budget is left to the caller's final
+    evaluation: ``learn()`` overshoots the budget to the end of its last rollout and then updates
+    the policy once more, so an evaluation inside that rollout would score weights that are not
+    the ones saved, and cost a second evaluation a few hundred steps later.
+    """
+
+    def __init__(
+        self,
+        eval_env,
+        eval_freq: int,
+        n_episodes: int,
+        history: EvalHistory,
+        verbose: int = 0,
+        history_path: Path | None = None,
+        budget: int | None = None,
+    ) -> None:
         super().__init__(verbose)
+        self.budget = budget
         self.history_path = history_path
         self.eval_env = eval_env
         self.eval_freq = int(eval_freq)
@@ -78,8 +94,11 @@ class RawScoreEvalCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
-            self.evaluate()
-            self._next += self.eval_freq
+            if self.budget is not None and self._next >= self.budget:
+                self._next = float("inf")  # the final evaluation after learn() scores the saved weights
+            else:
+                self.evaluate()
+                self._next += self.eval_freq
         return True
 
 
@@ -133,6 +152,26 @@ class StopOnSignal(BaseCallback):
         return self.received is None
 
 
+class PauseAtStepCallback(BaseCallback):
+    """Stop ``learn()`` once ``pause_at`` agent steps are reached, without touching the budget.
+
+    Calling ``learn()`` with a smaller ``total_timesteps`` would also stop early, but SB3 computes
+    the schedules' progress (learning rate, clip range) against that total, so a run trained in
+    sessions would decay its schedule differently from one trained in one go. This callback keeps
+    the full budget and simply returns ``False`` at the pause point (checked once per env step).
+    """
+
+    def __init__(self, pause_at: int) -> None:
+        super().__init__()
+        self.pause_at = int(pause_at)
+        self.reached = False
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.pause_at:
+            self.reached = True
+        return not self.reached
+
+
 @dataclass
 class TrainingOutcome:
     """How a call to :func:`run_training` ended."""
@@ -143,6 +182,7 @@ class TrainingOutcome:
     seconds: float
     history: EvalHistory
     final_eval: EvalResult | None = None
+    paused: bool = False
 
 
 def run_training(
@@ -160,12 +200,17 @@ def run_training(
     tb_log_name: str = "run",
     extra_state: dict[str, Any] | None = None,
     verbose: int = 1,
+    pause_at: int | None = None,
 ) -> TrainingOutcome:
     """Train ``model`` until it has taken ``total_timesteps`` agent steps in all, resumably.
 
     With ``resume_state`` (from :func:`hubrl.checkpoint.load_training_checkpoint`) the weights,
     optimizer and counters are restored first and only the remaining steps are run; SB3 then
     computes the schedules' progress against the same total budget as the original run.
+
+    ``pause_at`` ends this call once the model has taken that many agent steps in all (with a
+    checkpoint, ``paused=True`` and ``completed=False``), for budgets trained over several
+    sessions: resuming later continues the same schedules as one uninterrupted run would.
     """
     history = EvalHistory()
     if resume_state is not None:
@@ -176,13 +221,20 @@ def run_training(
         return {**(extra_state or {}), "eval_history": history.points, "total_timesteps": int(total_timesteps)}
 
     remaining = int(total_timesteps) - int(model.num_timesteps)
+    if pause_at is not None and pause_at <= 0:
+        raise ValueError(f"pause_at must be positive, got {pause_at}.")
+    pauser = PauseAtStepCallback(pause_at) if pause_at is not None and pause_at < total_timesteps else None
+    if pauser is not None and model.num_timesteps >= pauser.pause_at:
+        remaining, pauser.reached = 0, True  # already there: nothing to train in this call
     start = time.time()
     history_path = Path(checkpoint_path).with_name("evaluations.json")
-    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path) if eval_env is not None else None
+    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path, budget=int(total_timesteps)) if eval_env is not None else None
     interrupted_by = None
     if remaining > 0:
         with StopOnSignal() as stopper:
             cbs: list[BaseCallback] = [stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
+            if pauser is not None:
+                cbs.append(pauser)
             if evaluator is not None:
                 cbs.append(evaluator)
             cbs.extend(callbacks or [])
@@ -199,8 +251,9 @@ def run_training(
                 save_training_checkpoint(model, checkpoint_path, extra())
             interrupted_by = stopper.received
     completed = interrupted_by is None and model.num_timesteps >= total_timesteps
+    paused = not completed and interrupted_by is None and pauser is not None and pauser.reached
     final_eval = None
     if completed and evaluator is not None:
         final_eval = evaluator.evaluate() if not history.points or history.points[-1]["step"] != model.num_timesteps else None
         save_training_checkpoint(model, checkpoint_path, extra())
-    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval)
+    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval, paused)

@@ -24,8 +24,12 @@ bias-0 start (gates ~ 0.5) would scale every layer by ~K/2, i.e. the features by
 ``conv(x, sum_k a_k A_k W_k) = sum_k a_k A_k conv(x, W_k)``. For the convolutions this module
 builds one kernel per sample (``sum_k alpha_bk (A_k W_k)``, with ``A_k W_k`` formed once per
 batch) and runs one grouped convolution with ``groups=B`` (as the official implementation
-does). Measured on the development CPU (1 thread of a 2-core VM whose other core ran training,
-torch 2.13; min over repetitions, the three convolutions with ReLU, ms):
+does). ``python scripts/benchmark_speed.py zoo-conv`` times this against the output-space
+alternative and plain NatureCNN convolutions (after checking that the three give the same
+output) and prints the table below; the numbers here were measured before that command existed,
+on the development CPU (1 thread of a 2-core VM whose other core ran training, torch 2.13; min
+over repetitions, the three convolutions with ReLU, ms), and will be refreshed from its output
+on an idle machine:
 
 ==============================  ==========  ===============  ======================
 case                            grouped     output-space     plain NatureCNN convs

@@ -5,6 +5,7 @@
     python scripts/benchmark_speed.py train   # agent steps/s of PPO and A2C training (RL Zoo presets)
     python scripts/benchmark_speed.py transfer  # every method's training wall time and inference speed vs scratch, same run
     python scripts/benchmark_speed.py rank      # wall time of ranking the default hub (--method select's first step)
+    python scripts/benchmark_speed.py zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
 
 The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
 """
@@ -12,12 +13,31 @@ The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import platform
 import time
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import _cli  # noqa: F401
 import numpy as np
 from _cli import main_guard, positive_int
+
+if TYPE_CHECKING:
+    import torch as th
+
+    from hubrl.zoo_tuning import AdaptiveConv2d
+
+
+def _machine() -> str:
+    """CPU model and core count, for the record under a table."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def _env_steps_per_second(env, steps: int, seed: int = 0) -> float:
@@ -99,15 +119,6 @@ TRANSFER_VARIANTS = [  # (label, method, experts, TransferConfig overrides)
 ]
 
 
-def _inference_steps_per_second(policy, obs, calls: int = 200) -> float:
-    """``policy.predict`` on a rollout batch (n_envs observations), as when playing: agent steps/s."""
-    policy.predict(obs)
-    start = time.perf_counter()
-    for _ in range(calls):
-        policy.predict(obs)
-    return calls * len(obs) / (time.perf_counter() - start)
-
-
 def bench_transfer(game: str, steps: int, repeats: int) -> None:
     """Same PPO preset and step count for every method: training wall time and inference speed vs scratch."""
     import resource
@@ -116,6 +127,7 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
 
     from agents import HubPPO, resolve_hyperparams
     from envs import make_atari_vec_env, resolve_game
+    from hubrl.evaluation import inference_steps_per_second
     from hubrl.methods import plan_method
     from hubrl.transfer import TransferConfig
 
@@ -151,7 +163,7 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
     env.close()
     for _ in range(7):
         for label, policy in finals.items():
-            infer[label].append(_inference_steps_per_second(policy, obs))
+            infer[label].append(inference_steps_per_second(policy, obs, calls=200))
     base_t = float(np.median(train[TRANSFER_VARIANTS[0][0]]))
     base_i = float(np.median(infer[TRANSFER_VARIANTS[0][0]]))
     print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch | parameters of model.zip |")
@@ -181,13 +193,152 @@ def bench_rank(game: str, frames: int) -> None:
     print(f"\nrank_experts: {total:.1f}s in all ({frames} frames of {game}, {len(hub)} experts)")
 
 
+def _positive_ints(text: str) -> list[int]:
+    """Parse a comma-separated list of positive integers: ``8,256``."""
+    try:
+        values = [positive_int(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers: {exc}") from None
+    return values
+
+
+def _min_ms(fns: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.2) -> dict[str, float]:
+    """Per function: the least mean time of one call over ``repeats`` repetitions, in ms.
+
+    As ``timeit`` does, each repetition runs enough calls to last about ``min_seconds`` (counted
+    from a warm-up call); repetitions of the functions are interleaved, so all see the same
+    machine state.
+    """
+    number = {}
+    for label, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        number[label] = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-9)))
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number[label]):
+                fn()
+            best[label] = min(best[label], (time.perf_counter() - start) / number[label])
+    return {label: 1e3 * seconds for label, seconds in best.items()}
+
+
+def _output_space_conv(layer: AdaptiveConv2d, x: th.Tensor) -> th.Tensor:
+    """The alternative to the grouped conv: one conv with K*out channels, then ``sum_k alpha_bk A_k``.
+
+    ``layer`` is a :class:`hubrl.zoo_tuning.AdaptiveConv2d`; its gate and parameters are used as
+    its own forward uses them, only the per-sample kernels are applied in output space.
+    """
+    from torch.nn import functional as F
+
+    alpha = layer.mixing(x.mean((2, 3)))  # (B, K), as in AdaptiveConv2d.forward
+    k, out = layer.n_experts, layer.out_features
+    z = F.conv2d(x, layer.weight.flatten(0, 1), layer.bias.flatten(), stride=layer.stride)  # (B, K*out, h, w)
+    h, w = z.shape[2:]
+    z = (z.view(-1, k, out, h * w) * alpha[:, :, None, None]).view(-1, k * out, h * w)
+    align = layer.align.permute(1, 0, 2).reshape(out, k * out)  # [A_1 ... A_K]
+    return (align @ z).view(-1, out, h, w)
+
+
+def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: int, repeats: int) -> None:
+    """Zoo-Tuning's three convolutions (with ReLU) applied three ways, in ms: the table of ``hubrl/zoo_tuning.py``.
+
+    * grouped: the module's own :class:`~hubrl.zoo_tuning.AdaptiveConv2d` forward (one kernel per
+      sample, one grouped conv with ``groups=B``), gate included;
+    * output-space: the same layers' gates and parameters, one conv with K*out channels, then the
+      per-sample mix ``sum_k alpha_bk A_k`` (:func:`_output_space_conv`);
+    * plain NatureCNN convs: SB3's ``NatureCNN`` convolutions, holding the kernels the adaptive
+      layers built for sample 0.
+
+    The three are checked to give the same output before timing. ``forward (no_grad)`` is timed
+    for batches of at most ``n_envs`` (rollouts run without grad on one observation per env),
+    ``forward+backward`` (of the output's sum, into every parameter) for every batch size.
+    Random experts, alignment and input-dependent gates: the speed does not depend on the weights.
+    """
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.torch_layers import NatureCNN
+    from torch import nn
+
+    from hubrl.zoo_tuning import NATURE_CONVS, AdaptiveConv2d
+
+    th.set_num_threads(1)
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    print("| case | grouped | output-space | plain NatureCNN convs |\n|---|---|---|---|")
+    for k in experts:
+        th.manual_seed(k)
+        layers, channels = [], space.shape[0]
+        for out, size, stride in NATURE_CONVS:
+            layer = AdaptiveConv2d(k, channels, out, size, stride)
+            with th.no_grad():  # aligned experts and gates that differ per sample: every path really mixes
+                layer.align.add_(0.1 * th.randn_like(layer.align))
+                nn.init.normal_(layer.gate[-1].weight, std=1.0)
+            layers.append(layer)
+            channels = out
+        plain = nn.Sequential(*list(NatureCNN(space).cnn)[:-1])  # its three convs with ReLU, without Flatten
+        convs = [m for m in plain if isinstance(m, nn.Conv2d)]
+
+        def grouped(x):
+            for layer in layers:
+                x = th.relu(layer(x)[0])
+            return x
+
+        def output_space(x):
+            for layer in layers:
+                x = th.relu(_output_space_conv(layer, x))
+            return x
+
+        paths = {"grouped": grouped, "output-space": output_space, "plain": plain}
+        for batch in batch_sizes:
+            gen = th.Generator().manual_seed(batch)  # frames of different brightness, so the gates differ per sample
+            x = th.rand(batch, *space.shape, generator=gen) * th.rand(batch, 1, 1, 1, generator=gen)
+            with th.no_grad():
+                h, gates = x, []
+                for layer in layers:
+                    y, alpha = layer(h)
+                    h = th.relu(y)
+                    gates.append(alpha[0])
+                for conv, layer, alpha in zip(convs, layers, gates):
+                    weight, bias = layer.merged(alpha)
+                    conv.weight.copy_(weight)
+                    conv.bias.copy_(bias)
+                ref = grouped(x)
+                checks = {"output-space": (output_space(x), ref), "plain": (plain(x[:1]), ref[:1])}
+            for label, (got, want) in checks.items():
+                if not th.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
+                    raise RuntimeError(f"zoo-conv: the {label} path differs from the grouped one "
+                                       f"(K={k}, B={batch}, max |diff| {float((got - want).abs().max()):.3g}).")
+
+            def forward(path, x=x):
+                with th.no_grad():
+                    path(x)
+
+            def forward_backward(path, x=x):
+                for module in (*layers, plain):
+                    module.zero_grad(set_to_none=True)
+                path(x).sum().backward()
+
+            modes = [("forward (no_grad)", forward)] if batch <= n_envs else []
+            for mode, run in modes + [("forward+backward", forward_backward)]:
+                ms = _min_ms({label: (lambda path=path, run=run: run(path)) for label, path in paths.items()}, repeats)
+                cells = " | ".join(f"{ms[label]:.1f}" if ms[label] < 100 else f"{ms[label]:.0f}" for label in paths)
+                print(f"| K={k}, B={batch} {mode} | {cells} |", flush=True)
+    print(f"\nms per call, min over {repeats} repetitions (each >= 0.2 s of calls, paths interleaved); the three "
+          f"NatureCNN convolutions with ReLU, gates included in the adaptive paths. torch {th.__version__}, "
+          f"{th.get_num_threads()} thread, {_machine()}.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["envs", "train", "transfer", "rank"])
+    parser.add_argument("what", choices=["envs", "train", "transfer", "rank", "zoo-conv"])
     parser.add_argument("--game", default="Seaquest")
     parser.add_argument("--n-envs", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
     parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...", help="zoo-conv: expert counts. Default: 2,4.")
+    parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
+                        help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
     args = parser.parse_args()
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
@@ -195,8 +346,10 @@ def main() -> int:
         bench_train(args.game, args.steps or 10_240)
     elif args.what == "transfer":
         bench_transfer(args.game, args.steps or 4096, args.repeats)
-    else:
+    elif args.what == "rank":
         bench_rank(args.game, args.steps or 20_000)
+    else:
+        bench_zoo_conv(args.experts, args.batch_sizes, args.n_envs, args.repeats)
     return 0
 
 

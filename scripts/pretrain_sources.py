@@ -24,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=steps, default=10_000_000, help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
     parser.add_argument("--out", default="hub", help="Hub folder to write the experts into. Default: ./hub")
     parser.add_argument("--resume", action="store_true", help="Continue each expert from its latest checkpoint.")
+    parser.add_argument("--pause-at", type=steps, default=None,
+                        help="Stop (with a checkpoint) once an expert has this many steps in all; the schedules still follow "
+                             "--timesteps, so --resume later continues as if uninterrupted. E.g. train a 10M budget 2M at a time.")
     parser.add_argument("--force", action="store_true", help="Delete an existing expert of the same name and start over.")
     parser.add_argument("--eval-freq", type=steps, default=250_000, help="Evaluate every N agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
@@ -37,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.force:
         parser.error("--resume and --force contradict each other: choose one.")
-    if (args.export or args.plot) and (args.resume or args.force):
-        parser.error("--export and --plot read existing checkpoints: drop --resume/--force.")
+    if (args.export or args.plot) and (args.resume or args.force or args.pause_at):
+        parser.error("--export and --plot read existing checkpoints: drop --resume/--force/--pause-at.")
     return args
 
 
@@ -88,11 +91,15 @@ def main(argv=None) -> int:
             hyperparams=overrides,
             export_dtype=args.export_dtype,
         )
-        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar)
+        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
         outcome = result.outcome
         if outcome.interrupted_by is not None:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
             return 128 + outcome.interrupted_by
+        if outcome.paused:
+            print(f"{result.name}: paused at {outcome.num_timesteps} of {args.timesteps} steps (--pause-at); checkpoint saved. "
+                  f"Continue with --resume; --export ships it as it is.")
+            continue
         print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
     return status
 

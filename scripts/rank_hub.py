@@ -4,10 +4,12 @@
     python scripts/rank_hub.py --env Alien                              # the package's default hub
     python scripts/rank_hub.py --env Gopher --hub hub --frames 10k --json ranking.json
     python scripts/rank_hub.py --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
+    python scripts/rank_hub.py --env Seaquest --probe knn --random-baseline  # the table of hubrl/selection.py
 
 Plays --frames steps of the target game with a random policy (once, shared by all experts), then
 scores each expert by how well a cross-validated ridge probe on its frozen features predicts the
 discounted return (held-out R², higher is better). Fine-tune the expert ranked first.
+With --random-baseline, a randomly initialised encoder is scored too, as a reference row.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=steps, default=20_000, help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
     parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
     parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge", help="Probe on the frozen features. Default: ridge.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the games and the random policy. Default: 0.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the games, the random policy and the random encoder. Default: 0.")
+    parser.add_argument(
+        "--random-baseline", action="store_true",
+        help="Also score a randomly initialised NatureCNN (seeded by --seed) on the same frames, shown as the row "
+             "'random-init (reference)' and never chosen as best: the proxy is only informative if the experts "
+             "beat a random encoder (random features already predict some of the return).",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
     return parser.parse_args(argv)
 
@@ -39,15 +47,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from envs import display_name, resolve_game
     from hubrl.hub import resolve_hub
-    from hubrl.selection import collect_target_data, rank_experts
+    from hubrl.selection import Ranking, collect_target_data, random_baseline, rank_experts
 
     start = time.perf_counter()
     game = resolve_game(args.env)
     hub = resolve_hub(args.hub, args.sources)
     summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe, "data": None}
+    reference = None
     if len(hub) == 1:
         rankings = rank_experts(hub, game)
-        print(f"Only one expert ({rankings[0].name}): nothing to rank; fine-tune it.")
+        print(f"Only one expert ({rankings[0].name}): nothing to rank; fine-tune it."
+              + (" (--random-baseline skipped: no data are collected for one expert.)" if args.random_baseline else ""))
     else:
         data = collect_target_data(game, frames=args.frames, seed=args.seed, n_envs=args.n_envs)
         summary["data"] = {**data.info, "episodes": data.n_episodes}
@@ -58,18 +68,32 @@ def main(argv=None) -> int:
             flush=True,
         )
         rankings = rank_experts(hub, game, probe=args.probe, data=data)
-    width = max(len("expert"), *(len(r.name) for r in rankings))
+        if args.random_baseline:
+            reference = random_baseline(data, probe=args.probe, seed=args.seed)
+    rows = [(str(i), r) for i, r in enumerate(rankings, 1)]
+    if reference is not None:  # in score order, so the experts above it are those that beat it
+        at = next((j for j, (_, r) in enumerate(rows) if not r.proxy > reference.proxy), len(rows))
+        rows.insert(at, ("ref", reference))
+    width = max(len("expert"), *(len(r.name) for _, r in rows))
     print(f"{'rank':>4}  {'expert':<{width}}  {'proxy (R²)':>10}  {'seconds':>7}")
-    for i, r in enumerate(rankings, 1):
+    for rank, r in rows:
         proxy = "-" if r.proxy is None else f"{r.proxy:.4f}"
-        print(f"{i:>4}  {r.name:<{width}}  {proxy:>10}  {r.seconds:>7.1f}")
+        print(f"{rank:>4}  {r.name:<{width}}  {proxy:>10}  {r.seconds:>7.1f}")
     total = time.perf_counter() - start
     print(f"Best: {rankings[0].name}. Total {total:.1f}s.")
+    if reference is not None:
+        beat = sum(r.proxy > reference.proxy for r in rankings)
+        print(f"{beat} of {len(rankings)} experts beat the random-init reference (R² {reference.proxy:.4f})."
+              + ("" if beat else " The proxy cannot tell these experts from an untrained encoder on this game."))
     if args.json:
-        summary["rankings"] = [
-            {"rank": i, "name": r.name, "proxy": r.proxy if r.proxy is None or math.isfinite(r.proxy) else None, "seconds": round(r.seconds, 3)}
-            for i, r in enumerate(rankings, 1)
-        ]
+        def entry(rank: int | None, r: Ranking) -> dict:
+            proxy = r.proxy if r.proxy is None or math.isfinite(r.proxy) else None
+            return {"rank": rank, "name": r.name, "proxy": proxy, "seconds": round(r.seconds, 3), "baseline": r.baseline}
+
+        # Experts best first (rankings[0] is the one to fine-tune), then the reference (rank null).
+        summary["rankings"] = [entry(i, r) for i, r in enumerate(rankings, 1)]
+        if reference is not None:
+            summary["rankings"].append(entry(None, reference))
         summary["total_seconds"] = round(total, 3)
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=2)

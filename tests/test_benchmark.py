@@ -66,6 +66,14 @@ def test_trial_state(tmp_path):
     assert trial_state(folder, 50) == "resume"  # the final save is missing: resume finishes it
     (folder / "evaluations.json").write_text("{torn")
     assert trial_state(folder, 50) == "resume"
+    # Archived without weights: the evaluations and a status recording the completed run suffice.
+    (folder / "evaluations.json").write_text(json.dumps({"points": [{"step": 50, "mean": 0.0}]}))
+    (folder / "checkpoint.pt").unlink()
+    (folder / "status.json").write_text(json.dumps({"status": "ok", "completed": True, "num_timesteps": 50}))
+    assert trial_state(folder, 50) == "finished"
+    assert trial_state(folder, 60) == "fresh"
+    (folder / "status.json").write_text(json.dumps({"status": "failed", "completed": False, "num_timesteps": 50}))
+    assert trial_state(folder, 50) == "fresh"
 
 
 def test_grid_skips_finished_records_failures_and_retries(tmp_path):
@@ -177,6 +185,8 @@ def test_real_trials_in_process_clear_leftovers_then_resume_to_a_bigger_budget(t
     second = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
     rec = second.records[0]
     assert rec["status"] == "ok" and rec["resumed"] is True and rec["steps"] == 64 and rec["num_timesteps"] == 128
+    assert first.records[0]["inference_steps_per_s"] > 0 and rec["inference_steps_per_s"] > 0  # the saved model.zip, timed
+    assert rec["params"] > 0
     points = json.loads((folder / "evaluations.json").read_text())["points"]
     assert [p["step"] for p in points] == [64, 128] and trial_state(folder, 128) == "finished"
     history = json.loads((folder / "status.json").read_text())["history"]

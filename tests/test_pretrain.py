@@ -79,6 +79,35 @@ def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     assert lr < 2.5e-4 * 0.5
 
 
+def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_ppo):
+    folder = tmp_path / "hub" / "seaquest-ppo"
+    paused = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), progress_bar=False, verbose=0, pause_at=128)
+    assert paused.outcome.paused and not paused.outcome.completed and paused.manifest is None
+    assert paused.outcome.num_timesteps == 128 and not (folder / "expert.json").exists()
+    state = load_training_checkpoint(folder / "train" / "checkpoint.pt")
+    assert state["num_timesteps"] == 128
+    # The rate decays against the 512-step budget, not the 128-step pause: still above 2.5e-4 * 3/4
+    # (a 128-step budget would have taken it below 2.5e-4 / 2 by now).
+    assert state["optimizer"]["param_groups"][0]["lr"] > 2.5e-4 * 0.74
+    again = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), resume=True, progress_bar=False, verbose=0, pause_at=128)
+    assert again.outcome.paused and again.outcome.num_timesteps == 128  # already there: nothing trained
+    done = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), resume=True, progress_bar=False, verbose=0)
+    assert done.outcome.completed and not done.outcome.paused and done.outcome.num_timesteps == 512
+    assert (folder / "expert.json").exists()
+
+
+def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
+    import dataclasses
+
+    # 2 envs x 32 steps: learn() overshoots a 100-step budget to 128 and then updates once more.
+    cfg = dataclasses.replace(_cfg(tmp_path, tiny_ppo, timesteps=100), eval_freq=50)
+    result = pretrain_expert(cfg, progress_bar=False, verbose=0)
+    # Due at 50: evaluated then. Due at 100 (the budget): only the final evaluation of the saved weights.
+    assert [p["step"] for p in result.outcome.history.points] == [50, 128]
+    saved = json.loads((tmp_path / "hub" / "seaquest-ppo" / "train" / "evaluations.json").read_text())
+    assert [p["step"] for p in saved["points"]] == [50, 128]
+
+
 def test_existing_expert_needs_resume_or_force(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
     with pytest.raises(UsageError, match="--resume .* or --force"):

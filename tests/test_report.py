@@ -147,10 +147,10 @@ def grid(tmp_path) -> Path:
     (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0, 1], "commit": "abc123", "machine": {"host": "h", "cpu_count": 2}}))
     a = REFERENCE_SCORES["alien"]
     # Alien, scratch: final scores 1000 and 2000 (means of the last evaluation's games).
-    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0))
-    _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0))
+    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0, inference_steps_per_s=3000.0))
+    _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0, inference_steps_per_s=2000.0))
     # Alien, hub-pathway: finals 3000 and 5000; seed 1 resumed once (two attempts: 400 + 600 steps).
-    _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0), params=(10, 5, 15),
+    _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0, inference_steps_per_s=1000.0), params=(10, 5, 15),
            config={"env": "ALE/Alien-v5", "method": "hub-pathway", "seed": 0})
     _trial(root, "Alien", "hub-pathway", 1, [[2000], [5000]], params=(10, 5, 15),
            status=_st(600, 15, 700.0, history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
@@ -196,6 +196,9 @@ def test_report_tables_and_plots(grid):
     assert float(hub["peak_rss_mb"]) == 900.0 and float(hub["peak_rss_ratio"]) == pytest.approx(900 / 500)
     assert int(hub["params"]) == 30 and float(hub["params_ratio"]) == pytest.approx(2.0)
     assert compute[("Gopher", "hub-pathway")]["steps_per_s_ratio"] == ""  # no scratch on Gopher
+    # Inference: median over the seeds that measured it (seed 1 did not); scratch's median is 2500.
+    assert float(hub["inference_steps_per_s"]) == 1000.0 and float(hub["inference_ratio"]) == pytest.approx(1000 / 2500)
+    assert compute[("Gopher", "hub-pathway")]["inference_steps_per_s"] == ""
 
     aggregate = {r["method"]: r for r in _rows(out / "aggregate.csv")}
     pooled = [human_normalized_score("Alien", s) for s in (3000, 5000)] + [human_normalized_score("Gopher", 1000)]
@@ -203,6 +206,7 @@ def test_report_tables_and_plots(grid):
     assert int(aggregate["hub-pathway"]["games"]) == 2 and int(aggregate["hub-pathway"]["runs"]) == 3
     assert float(aggregate["hub-pathway"]["iqm_low"]) <= float(aggregate["hub-pathway"]["iqm_hns"]) <= float(aggregate["hub-pathway"]["iqm_high"])
     assert float(aggregate["scratch"]["mean_hns"]) == pytest.approx(np.mean(hns))
+    assert float(aggregate["hub-pathway"]["inference_ratio"]) == pytest.approx(0.4)  # Alien's; Gopher has no scratch
 
     runs = _rows(out / "runs.csv")
     assert len(runs) == 6 and {r["finished"] for r in runs} == {"True", "False"}
@@ -240,3 +244,14 @@ def test_count_parameters_counts_a_shared_extractor_once(tmp_path):
     path = make_sb3_zip(tmp_path / "ppo.zip")
     model = PPO.load(path, device="cpu")
     assert count_parameters(path) == sum(p.numel() for p in model.policy.parameters())
+
+
+def test_report_of_a_grid_archived_without_weights(grid):
+    for path in grid.glob("*/*/s*/model.zip"):
+        path.unlink()
+    status = grid / "Alien" / "scratch" / "s0" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "params": 15}))
+    write_report(grid, reps=200)
+    compute = {(r["game"], r["method"]): r for r in _rows(grid / "report" / "compute.csv")}
+    assert int(compute[("Alien", "scratch")]["params"]) == 15  # recorded by the trial
+    assert compute[("Alien", "hub-pathway")]["params"] == ""  # nothing recorded, nothing to count

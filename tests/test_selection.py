@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -12,11 +13,14 @@ from stable_baselines3.common.torch_layers import NatureCNN
 
 from envs import make_atari_vec_env
 from hubrl.hub import Expert, Hub, HubError, load_hub
+from hubrl import selection
 from hubrl.selection import (
+    RANDOM_BASELINE,
     TargetData,
     collect_target_data,
     discounted_returns,
     proxy_score,
+    random_baseline,
     rank_experts,
     ridge_cv_r2,
 )
@@ -173,6 +177,59 @@ def test_rank_hub_script_bad_input_is_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_random_baseline_is_a_seeded_nature_cnn_scored_like_an_expert():
+    data = _patch_data(n=400)
+    rng_state = th.random.get_rng_state()
+    reference = random_baseline(data, seed=3)
+    assert th.equal(th.random.get_rng_state(), rng_state)  # seeded without touching the global RNG
+    assert reference.baseline and reference.name == RANDOM_BASELINE and reference.seconds > 0
+    # The encoder scratch starts from (NatureCNN, then SB3's orthogonal init with gain sqrt(2)) under
+    # manual_seed(3), scored through the expert path: the same score.
+    from functools import partial
+
+    from stable_baselines3.common.policies import BasePolicy
+
+    th.manual_seed(3)
+    scratch = NatureCNN(SPACE)
+    scratch.apply(partial(BasePolicy.init_weights, gain=np.sqrt(2)))
+    assert not th.equal(scratch.cnn[0].weight, NatureCNN(SPACE).cnn[0].weight)
+    assert reference.proxy == pytest.approx(proxy_score(Expert("seed3", scratch.state_dict(), "constructed"), data))
+    assert random_baseline(data, seed=3).proxy == reference.proxy
+    with pytest.raises(ValueError, match="probe"):
+        random_baseline(data, probe="svm")
+
+
+def _blind_hub(root: Path) -> Path:
+    """A tiny hub whose experts' encoders are all zeros: constant features, which any random encoder beats."""
+    from safetensors.torch import load_file
+
+    from hubrl.experts import read_manifest, save_expert
+
+    make_tiny_hub(root)
+    for folder in root.iterdir():
+        manifest = read_manifest(folder)
+        state = load_file(folder / manifest.weights_file)
+        save_expert(folder, {k: th.zeros_like(v) if "features_extractor" in k else v for k, v in state.items()}, manifest)
+    return root
+
+
+def test_rank_hub_script_random_baseline_is_a_marked_reference_never_best(tmp_path):
+    assert "rank_hub.py --env <Game> --probe ridge|knn --random-baseline" in selection.__doc__
+    out = tmp_path / "ranking.json"
+    proc = run_script("rank_hub.py", "--env", "Alien", "--hub", str(_blind_hub(tmp_path / "hub")), "--frames", "1.5k",
+                      "--n-envs", "3", "--seed", "1", "--random-baseline", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if "-ppo" in line or RANDOM_BASELINE in line]
+    assert [row[0] for row in rows[:3]] == ["ref", "1", "2"]  # in score order: the reference outscores both experts
+    assert "Best: " in proc.stdout and "Best: random" not in proc.stdout
+    assert "0 of 2 experts beat the random-init reference" in proc.stdout
+    report = json.loads(out.read_text())
+    experts, reference = report["rankings"][:2], report["rankings"][2]
+    assert [(r["rank"], r["baseline"]) for r in experts] == [(1, False), (2, False)]
+    assert reference["name"] == RANDOM_BASELINE and reference["baseline"] is True and reference["rank"] is None
+    assert reference["proxy"] > max(r["proxy"] for r in experts)
 
 
 def test_rank_hub_script_single_expert(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 
-import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO

@@ -19,7 +19,7 @@ from agents import HubPPO
 from envs import make_atari_vec_env
 from hubrl.hub import Hub, load_hub
 from hubrl.zoo_tuning import ZooTuningExtractor, ZooTuningPolicy, load_zoo_weights, merge_lite
-from tests.conftest import TINY_PPO, make_tiny_hub
+from tests.conftest import TINY_PPO, make_tiny_hub, run_script
 
 SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 NAMES = ["seaquest-ppo", "riverraid-ppo", "pong-ppo"]
@@ -296,3 +296,19 @@ def test_lite_eval_kernel_cache_follows_parameter_changes(hub):
     assert cached is not None and ext.linear._frozen is cached
     ext.train()
     assert ext.linear._frozen is None
+
+
+def test_zoo_conv_benchmark_prints_the_docstring_table_rows():
+    """``benchmark_speed.py zoo-conv`` (cited by the module docstring) checks its three paths agree, then
+    prints one row per case: forward (no_grad) only for rollout-sized batches (<= --n-envs)."""
+    assert "benchmark_speed.py zoo-conv" in hubrl.zoo_tuning.__doc__
+    proc = run_script("benchmark_speed.py", "zoo-conv", "--experts", "2", "--batch-sizes", "2,8", "--n-envs", "4",
+                      "--repeats", "1", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| case | grouped | output-space | plain NatureCNN convs |" in proc.stdout
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| K=")}
+    assert list(rows) == ["K=2, B=2 forward (no_grad)", "K=2, B=2 forward+backward", "K=2, B=8 forward+backward"]
+    for line in rows.values():
+        cells = [float(cell) for cell in line.strip().strip("|").split("|")[1:]]
+        assert len(cells) == 3 and all(ms > 0 for ms in cells), line
+    assert "torch " in proc.stdout and "1 thread" in proc.stdout and "min over 1 repetitions" in proc.stdout
