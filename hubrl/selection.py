@@ -41,15 +41,29 @@ Choices and why:
   for a ridge fit on all ~19k frames) and its score depends on ``k`` and the feature scale. The
   ridge probe is one 512x512 eigendecomposition per fold, scores every frame, and its regulariser
   is picked from a small grid on the same folds (slightly optimistic, by about the same amount
-  for every expert). Measured on partly trained experts (Seaquest PPO 750k steps, Riverraid PPO
-  800k steps) plus a random-init encoder, 20k frames, seed 0: both probes put the in-domain
-  expert first on Seaquest (ridge R² 0.20 vs 0.17 vs 0.15) and Riverraid (0.55 vs 0.42 vs 0.39);
-  on Gopher kNN's R² was negative for every encoder (-0.12 to -0.13, worse than the mean) while
-  ridge gave 0.07-0.09, and on Alien kNN's order changed with the seed more than ridge's.
-  ``python scripts/rank_hub.py --env <Game> --probe ridge|knn --random-baseline`` reproduces
-  these figures for Game in Seaquest, Riverraid, Gopher, Alien (``--seed`` for the seed
-  dependence; the random-init encoder is :func:`random_baseline`); the numbers above were
-  measured before that flag existed and will be refreshed from its output.
+  for every expert). Held-out R² of the shipped hub's experts (Seaquest PPO 850k steps,
+  Riverraid PPO 2M steps) and of :func:`random_encoder` (what ``scratch`` starts from), 20k
+  frames, seed 0, commit ``7197766``, from
+  ``python scripts/rank_hub.py --env <Game> --probe ridge|knn --random-baseline``:
+
+  ==========  =====  ============  =============  ===========
+  target      probe  seaquest-ppo  riverraid-ppo  random-init
+  ==========  =====  ============  =============  ===========
+  Seaquest    ridge      0.201         0.139          0.158
+  Seaquest    knn        0.125         0.156          0.089
+  Riverraid   ridge      0.414         0.429          0.410
+  Riverraid   knn        0.464         0.571          0.449
+  Gopher      ridge      0.095         0.077          0.062
+  Gopher      knn       -0.070        -0.135         -0.083
+  Alien       ridge      0.012         0.114          0.208
+  Alien       knn        0.087         0.005          0.020
+  ==========  =====  ============  =============  ===========
+
+  Ridge puts the in-domain expert first on both source games, kNN only on Riverraid. On the
+  targets the proxy is weak: on Gopher both probes prefer Seaquest's expert by a few hundredths
+  (kNN's R² is negative for every encoder: worse than predicting the mean); on Alien the probes
+  disagree, and under ridge the random encoder beats both experts. ``select`` therefore is close
+  to a coin flip between these two experts on Alien; the benchmark grid shows what it costs.
   ``probe="knn"`` (cosine kNN regression, k=20) is kept as a cross-check.
 * **Frames.** 20k by default: Alien gives ~19.3k labelled frames in ~85 episodes. Held-out R²
   differences between experts are small (a few hundredths on Alien and Gopher) and move with the
@@ -61,7 +75,9 @@ Choices and why:
 Measured cost (2-core CPU VM shared with two training processes, ``OMP_NUM_THREADS=1``), Alien,
 20k frames, 2 experts, ``scripts/rank_hub.py``: data collection 20-25 s, 7-8 s per expert
 (features ~7 s, ridge <1 s), 37-40 s in all, peak memory ~640 MB (of which ~250 MB is
-torch/SB3/ALE themselves). The cost grows linearly in frames and in experts.
+torch/SB3/ALE themselves). On the idle VM (the table's runs, 2 torch threads) each of the eight
+runs took 28-38 s in all, the random reference included (~6 s). The cost grows linearly in
+frames and in experts.
 """
 
 from __future__ import annotations
