@@ -12,6 +12,9 @@
   method (``scratch``) on the same game;
 * ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
   per-run HNS with 95% stratified-bootstrap confidence intervals;
+* ``head_to_head.csv`` / ``.md``: one method (default ``hub-pathway``) against each other one,
+  per game (difference of final scores and of AUC with bootstrap CIs, win / tie / loss) and
+  across games (probability of improvement with its CI);
 * ``runs.csv``: one row per trial (the raw data of the tables);
 * ``curves_<Game>.png``: learning curves of all methods on one game; ``aggregate_iqm.png``;
 * ``report.md``: the index: budget, seeds, commit, machine, the tables and links to the files.
@@ -33,6 +36,14 @@ Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precip
 * **AUC** = trapezoid integral of the mean evaluation score over agent steps, divided by the
   step span between the first and the last evaluation: a time-averaged score in raw score units
   (a single evaluation gives its own score). It rewards learning early, which the final score ignores.
+* **Head-to-head** (:func:`head_to_head`), one method (``hub-pathway``) against each other:
+  per game, the difference of the mean final scores with a 95% bootstrap CI (each method's seeds
+  resampled independently) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
+  otherwise; across games, rliable's **probability of improvement** P(X > Y): per game the
+  Mann-Whitney statistic over all pairs of runs (ties count ½), averaged over games, with a
+  stratified *independent* bootstrap CI (both methods' runs resampled within each game).
+  With 3 seeds these intervals are wide and, being percentile intervals of 3 values, optimistic:
+  a *tie* means "not separable at this budget and seed count", not "equal".
 * **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score at each evaluation step (seeds evaluated at
   other steps are linearly interpolated onto the union of steps, never extrapolated), with a 95%
   percentile-bootstrap band of that mean over seeds (no band with a single seed).
@@ -65,6 +76,9 @@ __all__ = [
     "score_table",
     "compute_table",
     "aggregate_table",
+    "probability_of_improvement",
+    "difference_ci",
+    "head_to_head",
     "plot_curves",
     "plot_aggregate",
     "plot_expert_curve",
@@ -134,6 +148,66 @@ def stratified_bootstrap_ci(
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return point, float(low), float(high)
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+    """P(X > Y) of one task: the share of run pairs ``(x_i, y_j)`` with ``x_i > y_j``, ties counting ½
+    (the Mann-Whitney U statistic over ``len(x) * len(y)``; rliable's ``probability_of_improvement``)."""
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if not a.size or not b.size:
+        raise ValueError("probability_of_improvement needs at least one run of each method.")
+    diff = a[:, None] - b[None, :]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+def _poi_replicates(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) of each replicate row: ``x`` is (reps, n), ``y`` (reps, m)."""
+    diff = x[:, :, None] - y[:, None, :]
+    return np.mean((diff > 0) + 0.5 * (diff == 0), axis=(1, 2))
+
+
+def _independent_draws(values: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
+    return values[rng.integers(0, values.size, size=(reps, values.size))]
+
+
+def difference_ci(
+    x: Sequence[float], y: Sequence[float], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> tuple[float, float, float]:
+    """``mean(x) - mean(y)`` and its percentile-bootstrap CI, ``x`` and ``y`` resampled independently.
+
+    :returns: ``(point, low, high)``.
+    """
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if not a.size or not b.size:
+        raise ValueError("difference_ci needs at least one run of each method.")
+    rng = np.random.default_rng(seed)
+    values = _independent_draws(a, reps, rng).mean(axis=1) - _independent_draws(b, reps, rng).mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def _poi_ci(
+    pairs: Sequence[tuple[Sequence[float], Sequence[float]]], reps: int, confidence: float, seed: int,
+) -> tuple[float, float, float]:
+    """Mean over tasks of P(X > Y) with a stratified independent bootstrap CI (rliable's
+    ``StratifiedIndependentBootstrap``: both methods' runs resampled within each task)."""
+    rng = np.random.default_rng(seed)
+    point, values = [], np.zeros(reps)
+    for x, y in pairs:
+        a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+        point.append(probability_of_improvement(a, b))
+        values += _poi_replicates(_independent_draws(a, reps, rng), _independent_draws(b, reps, rng))
+    values /= len(pairs)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(np.mean(point)), float(low), float(high)
+
+
+def _verdict(low: float, high: float) -> str:
+    return "win" if low > 0 else "loss" if high < 0 else "tie"
 
 
 def bootstrap_curve_band(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -423,6 +497,54 @@ def aggregate_table(
     return rows
 
 
+HEAD_TO_HEAD_METRICS = {"final": "final score", "auc": "AUC"}
+
+
+def head_to_head(
+    trials: Sequence[TrialResult], focus: str = "hub-pathway", reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``focus`` against every other method, on each metric of :data:`HEAD_TO_HEAD_METRICS`.
+
+    One row per (metric, other method, game) with the difference of mean raw scores
+    ``focus - other``, its bootstrap CI and verdict (:func:`difference_ci`, :func:`_verdict`) and
+    the game's P(focus > other); then one row per (metric, other method) with ``game="all"``: the
+    probability of improvement averaged over the games both methods finished, with its stratified
+    independent bootstrap CI, and the counts of wins, ties and losses. Empty when ``focus`` has no
+    finished trial.
+    """
+    groups = _group(trials)
+    methods = sorted({m for _, m in groups})
+    if focus not in methods:
+        return []
+    rows: list[dict[str, Any]] = []
+    for metric in HEAD_TO_HEAD_METRICS:
+        for other in [m for m in methods if m != focus]:
+            pairs, verdicts = [], []
+            for game in sorted({g for g, _ in groups}):
+                if (game, focus) not in groups or (game, other) not in groups:
+                    continue
+                x = [getattr(t, metric) for t in groups[game, focus]]
+                y = [getattr(t, metric) for t in groups[game, other]]
+                diff, low, high = difference_ci(x, y, reps, confidence, seed)
+                verdict = _verdict(low, high)
+                pairs.append((x, y))
+                verdicts.append(verdict)
+                rows.append({
+                    "metric": metric, "method": focus, "versus": other, "game": game, "runs": f"{len(x)} vs {len(y)}",
+                    "difference": diff, "low": low, "high": high, "verdict": verdict,
+                    "p_improvement": probability_of_improvement(x, y), "p_low": math.nan, "p_high": math.nan,
+                })
+            if pairs:
+                point, low, high = _poi_ci(pairs, reps, confidence, seed)
+                rows.append({
+                    "metric": metric, "method": focus, "versus": other, "game": "all", "runs": f"{len(pairs)} games",
+                    "difference": math.nan, "low": math.nan, "high": math.nan,
+                    "verdict": f"{verdicts.count('win')} win, {verdicts.count('tie')} tie, {verdicts.count('loss')} loss",
+                    "p_improvement": point, "p_low": low, "p_high": high,
+                })
+    return rows
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -486,6 +608,38 @@ def _aggregate_md(rows: Sequence[dict[str, Any]], baseline: str, confidence: flo
           f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", _fmt(r["steps_per_s_ratio"], 2),
           _fmt(r["peak_rss_ratio"], 2), _fmt(r["params_ratio"], 2), _fmt(r["inference_ratio"], 2)] for r in rows],
     )
+
+
+def _signed(value: float) -> str:
+    return f"{value:+,.0f}"
+
+
+def _head_to_head_md(rows: Sequence[dict[str, Any]], confidence: float) -> str:
+    """Per metric a table: one line per other method, a cell per game, and P(focus > other) over games."""
+    pct = f"{100 * confidence:g}%"
+    games = sorted({r["game"] for r in rows if r["game"] != "all"})
+    parts = []
+    for metric, name in HEAD_TO_HEAD_METRICS.items():
+        mine = [r for r in rows if r["metric"] == metric]
+        if not mine:
+            continue
+        focus = mine[0]["method"]
+        table = []
+        for other in dict.fromkeys(r["versus"] for r in mine):
+            cells = {r["game"]: r for r in mine if r["versus"] == other}
+            line = [other]
+            for game in games:
+                r = cells.get(game)
+                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**" if r else "–")
+            total = cells.get("all")
+            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})" if total else "–")
+            table.append(line)
+        parts.append(
+            f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
+            f"verdict win / loss when the CI excludes 0:\n\n"
+            + _md_table(["versus", *games, f"P({focus} > versus) over games [{pct} CI]"], table)
+        )
+    return "\n".join(parts)
 
 
 def _curve_matrix(group: Sequence[TrialResult]) -> tuple[np.ndarray, np.ndarray]:
@@ -632,8 +786,11 @@ def write_report(
     curve_reps: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    focus: str = "hub-pathway",
 ) -> Path:
     """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``); return ``report.md``.
+
+    ``focus`` is the method the head-to-head section compares with every other one.
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
@@ -658,6 +815,10 @@ def write_report(
     (out / "compute.md").write_text(_compute_md(compute, baseline))
     _write_csv(out / "aggregate.csv", aggregate)
     (out / "aggregate.md").write_text(_aggregate_md(aggregate, baseline, confidence))
+    versus = head_to_head(trials, focus, reps, confidence, seed)
+    _write_csv(out / "head_to_head.csv", versus, ["metric", "method", "versus", "game", "runs", "difference", "low", "high",
+                                                   "verdict", "p_improvement", "p_low", "p_high"])
+    (out / "head_to_head.md").write_text(_head_to_head_md(versus, confidence))
     runs = [
         {"game": t.game, "method": t.method, "seed": t.seed, "finished": t.finished,
          "last_step": int(t.steps[-1]) if t.steps.size else "", "evaluations": int(t.steps.size),
@@ -718,13 +879,17 @@ def write_report(
         lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]
     if agg_png:
         lines += [f"![IQM]({agg_png.name})", ""]
-    lines += ["## Scores per game", "", _score_md(scores), "## Compute", "", _compute_md(compute, baseline)]
+    lines += ["## Scores per game", "", _score_md(scores)]
+    if versus:
+        lines += [f"## Head-to-head: `{focus}` against each method", "", _head_to_head_md(versus, confidence)]
+    lines += ["## Compute", "", _compute_md(compute, baseline)]
     if not all(r["rss_isolated"] for r in compute):
         lines.append("Some trials ran in the grid's own process (`--workers 0`): their peak memory spans earlier trials.\n")
     lines += ["## Learning curves", ""]
     lines += [f"![{p.stem}]({p.name})" for p in curves]
     lines += ["", "## Files", ""]
-    for name in ("results.csv", "results.md", "compute.csv", "compute.md", "aggregate.csv", "aggregate.md", "runs.csv"):
+    for name in ("results.csv", "results.md", "compute.csv", "compute.md", "aggregate.csv", "aggregate.md",
+                 "head_to_head.csv", "head_to_head.md", "runs.csv"):
         lines.append(f"- [{name}]({name})")
     lines += [f"- [{p.name}]({p.name})" for p in [*curves, *([agg_png] if agg_png else [])]]
     if left_out:

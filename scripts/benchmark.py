@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
     report.add_argument("--budget", type=steps, default=None, help="Count trials that reached this many steps (default: the grid's).")
     report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
+    report.add_argument("--focus", default="hub-pathway",
+                        help="Method the head-to-head section compares with each other one. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
     report.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap. Default: 0.")
     return parser.parse_args(argv)
@@ -107,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from hubrl.report import write_report
 
-    path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed)
+    path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
+                        focus=args.focus)
     print(f"report: {path}")
     return 0
 

@@ -16,9 +16,12 @@ import pytest
 from envs.games import REFERENCE_SCORES, human_normalized_score
 from hubrl.report import (
     count_parameters,
+    difference_ci,
+    head_to_head,
     iqm,
     learning_curve_auc,
     load_trials,
+    probability_of_improvement,
     stratified_bootstrap_ci,
     trim_mean,
     write_report,
@@ -92,6 +95,28 @@ def test_bootstrap_is_stratified():
     assert (point, low, high) == (0.5, 0.0, 1.0)
     point, low, high = stratified_bootstrap_ci([[0.0, 1.0]], np.mean, reps=4000, confidence=0.4, seed=0)
     assert low == high == 0.5  # the middle 40% is all 0.5
+
+
+def test_probability_of_improvement():
+    # Pairs (x, y): 3>1, 3>2, 3=3 (½), 1=1 (½), 1<2, 1<3 -> (2 + ½ + ½) / 6.
+    assert probability_of_improvement([3, 1], [1, 2, 3]) == pytest.approx(3 / 6)
+    assert probability_of_improvement([5, 6], [1, 2]) == 1.0
+    assert probability_of_improvement([1, 2], [5, 6]) == 0.0
+    assert probability_of_improvement([4], [4]) == 0.5
+    with pytest.raises(ValueError):
+        probability_of_improvement([], [1])
+
+
+def test_difference_ci():
+    # Each side is constant: every replicate's difference is 10 - 4.
+    assert difference_ci([10, 10, 10], [4, 4]) == (6.0, 6.0, 6.0)
+    # x = [0, 1] resampled gives means 0, ½, 1 with probabilities ¼, ½, ¼; y constant 0.
+    point, low, high = difference_ci([0.0, 1.0], [0.0, 0.0], reps=4000, seed=0)
+    assert (point, low, high) == (0.5, 0.0, 1.0)
+    # Independent resampling: x - y with both [0, 1] spans -1 .. 1.
+    point, low, high = difference_ci([0.0, 1.0], [0.0, 1.0], reps=4000, seed=0)
+    assert (point, low, high) == (0.0, -1.0, 1.0)
+    assert difference_ci([1, 2, 3], [0, 1, 5], reps=500, seed=7) == difference_ci([1, 2, 3], [0, 1, 5], reps=500, seed=7)
 
 
 def test_learning_curve_auc():
@@ -221,6 +246,40 @@ def test_report_tables_and_plots(grid):
         assert path.is_file() and path.stat().st_size > 0
         if name.endswith(".png"):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_head_to_head(tmp_path):
+    """Win, loss and tie verdicts and the probability of improvement over games, by hand."""
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "grid.json").write_text(json.dumps({"budget": 1000}))
+    finals = {  # (game, method) -> final score per seed
+        ("Alien", "hub-pathway"): [300, 310, 320], ("Alien", "scratch"): [100, 110, 120],  # win: every replicate > 0
+        ("Gopher", "hub-pathway"): [100, 105, 110], ("Gopher", "scratch"): [400, 410, 420],  # loss
+        ("Jamesbond", "hub-pathway"): [100, 300, 200], ("Jamesbond", "scratch"): [150, 250, 200],  # tie
+    }
+    for (game, method), scores in finals.items():
+        for seed, score in enumerate(scores):
+            _trial(root, game, method, seed, [[score / 2], [score]], status=_st(1000, 10, 100.0))
+    rows = head_to_head(load_trials(root), reps=4000)
+    final = {r["game"]: r for r in rows if r["metric"] == "final" and r["versus"] == "scratch"}
+    assert [final[g]["verdict"] for g in ("Alien", "Gopher", "Jamesbond")] == ["win", "loss", "tie"]
+    assert final["Alien"]["difference"] == pytest.approx(200) and final["Alien"]["runs"] == "3 vs 3"
+    assert final["Alien"]["low"] > 0 > final["Gopher"]["high"] and final["Jamesbond"]["low"] < 0 < final["Jamesbond"]["high"]
+    # Jamesbond pairs: 100 loses 3; 300 wins 3; 200 beats 150, ties 200, loses to 250 -> (0 + 3 + 1.5) / 9.
+    assert final["Jamesbond"]["p_improvement"] == pytest.approx(4.5 / 9)
+    overall = final["all"]
+    assert overall["p_improvement"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert overall["p_low"] <= overall["p_improvement"] <= overall["p_high"]
+    assert overall["verdict"] == "1 win, 1 tie, 1 loss" and overall["runs"] == "3 games"
+    assert {r["metric"] for r in rows} == {"final", "auc"}
+    assert head_to_head(load_trials(root), focus="zoo-tuning") == []  # no such method: no section
+
+    report = write_report(root, reps=2000).read_text()
+    assert "## Head-to-head: `hub-pathway` against each method" in report
+    assert "+200 [+" in report and "**win**" in report and "**loss**" in report and "1 win, 1 tie, 1 loss" in report
+    table = _rows(root / "report" / "head_to_head.csv")
+    assert len(table) == 2 * (3 + 1)
 
 
 def test_count_parameters_reads_only_policy_pth(tmp_path):
