@@ -39,7 +39,7 @@ Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precip
 * **Head-to-head** (:func:`head_to_head`), one method (``hub-pathway``) against each other:
   per game, the difference of the mean final scores with a 95% bootstrap CI (each method's seeds
   resampled independently) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
-  otherwise; across games, rliable's **probability of improvement** P(X > Y): per game the
+  otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of improvement** P(X > Y): per game the
   Mann-Whitney statistic over all pairs of runs (ties count ½), averaged over games, with a
   stratified *independent* bootstrap CI (both methods' runs resampled within each game).
   With 3 seeds these intervals are wide and, being percentile intervals of 3 values, optimistic:
@@ -206,7 +206,14 @@ def _poi_ci(
     return float(np.mean(point)), float(low), float(high)
 
 
-def _verdict(low: float, high: float) -> str:
+MIN_SEEDS_FOR_VERDICT = 2  # one seed per side gives a zero-width "interval": no verdict from it
+
+
+def _verdict(low: float, high: float, runs: int = MIN_SEEDS_FOR_VERDICT) -> str:
+    """win / loss when the CI excludes 0, else tie; ``"n/a"`` when a side has fewer than
+    :data:`MIN_SEEDS_FOR_VERDICT` runs (a bootstrap of one value cannot separate anything)."""
+    if runs < MIN_SEEDS_FOR_VERDICT:
+        return "n/a"
     return "win" if low > 0 else "loss" if high < 0 else "tie"
 
 
@@ -526,7 +533,7 @@ def head_to_head(
                 x = [getattr(t, metric) for t in groups[game, focus]]
                 y = [getattr(t, metric) for t in groups[game, other]]
                 diff, low, high = difference_ci(x, y, reps, confidence, seed)
-                verdict = _verdict(low, high)
+                verdict = _verdict(low, high, min(len(x), len(y)))
                 pairs.append((x, y))
                 verdicts.append(verdict)
                 rows.append({
@@ -539,7 +546,8 @@ def head_to_head(
                 rows.append({
                     "metric": metric, "method": focus, "versus": other, "game": "all", "runs": f"{len(pairs)} games",
                     "difference": math.nan, "low": math.nan, "high": math.nan,
-                    "verdict": f"{verdicts.count('win')} win, {verdicts.count('tie')} tie, {verdicts.count('loss')} loss",
+                    "verdict": f"{verdicts.count('win')} win, {verdicts.count('tie')} tie, {verdicts.count('loss')} loss"
+                               + (f", {verdicts.count('n/a')} n/a" if "n/a" in verdicts else ""),
                     "p_improvement": point, "p_low": low, "p_high": high,
                 })
     return rows
@@ -636,7 +644,7 @@ def _head_to_head_md(rows: Sequence[dict[str, Any]], confidence: float) -> str:
             table.append(line)
         parts.append(
             f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
-            f"verdict win / loss when the CI excludes 0:\n\n"
+            f"verdict win / loss when the CI excludes 0, n/a with fewer than {MIN_SEEDS_FOR_VERDICT} seeds on a side:\n\n"
             + _md_table(["versus", *games, f"P({focus} > versus) over games [{pct} CI]"], table)
         )
     return "\n".join(parts)

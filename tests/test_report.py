@@ -274,12 +274,17 @@ def test_head_to_head(tmp_path):
     assert overall["verdict"] == "1 win, 1 tie, 1 loss" and overall["runs"] == "3 games"
     assert {r["metric"] for r in rows} == {"final", "auc"}
     assert head_to_head(load_trials(root), focus="zoo-tuning") == []  # no such method: no section
+    # One seed of a method: its difference is reported, but no verdict comes from a one-value "interval".
+    _trial(root, "Alien", "select", 0, [[50], [100]], status=_st(1000, 10, 100.0))
+    single = [r for r in head_to_head(load_trials(root), reps=500) if r["metric"] == "final" and r["versus"] == "select"]
+    assert single[0]["verdict"] == "n/a" and single[0]["difference"] == pytest.approx(210)
+    assert single[1]["verdict"] == "0 win, 0 tie, 0 loss, 1 n/a"
 
     report = write_report(root, reps=2000).read_text()
     assert "## Head-to-head: `hub-pathway` against each method" in report
     assert "+200 [+" in report and "**win**" in report and "**loss**" in report and "1 win, 1 tie, 1 loss" in report
     table = _rows(root / "report" / "head_to_head.csv")
-    assert len(table) == 2 * (3 + 1)
+    assert len(table) == 2 * ((3 + 1) + (1 + 1))  # scratch on 3 games, select on Alien only
 
 
 def test_count_parameters_reads_only_policy_pth(tmp_path):
