@@ -121,6 +121,18 @@ def _mean(values: Any, axis: int | None = None) -> np.ndarray | float:
     return float(result) if np.ndim(result) == 0 else result
 
 
+def _resample(values: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """``reps`` bootstrap draws of ``values`` (1-D), one per row, with replacement."""
+    return values[rng.integers(0, values.size, size=(reps, values.size))]
+
+
+def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of bootstrap replicates."""
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def stratified_bootstrap_ci(
     scores_by_task: Sequence[Sequence[float]],
     statistic: Statistic = iqm,
@@ -143,11 +155,9 @@ def stratified_bootstrap_ci(
         raise ValueError("No scores to bootstrap.")
     point = float(statistic(np.concatenate(tasks)))
     rng = np.random.default_rng(seed)
-    replicates = np.concatenate([t[rng.integers(0, t.size, size=(reps, t.size))] for t in tasks], axis=1)
+    replicates = np.concatenate([_resample(t, reps, rng) for t in tasks], axis=1)
     values = np.asarray(statistic(replicates, axis=1), dtype=np.float64)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return point, float(low), float(high)
+    return (point, *_percentile_interval(values, confidence))
 
 
 def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
@@ -167,10 +177,6 @@ def _poi_replicates(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.mean((diff > 0) + 0.5 * (diff == 0), axis=(1, 2))
 
 
-def _independent_draws(values: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
-    return values[rng.integers(0, values.size, size=(reps, values.size))]
-
-
 def difference_ci(
     x: Sequence[float], y: Sequence[float], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
 ) -> tuple[float, float, float]:
@@ -183,10 +189,8 @@ def difference_ci(
     if not a.size or not b.size:
         raise ValueError("difference_ci needs at least one run of each method.")
     rng = np.random.default_rng(seed)
-    values = _independent_draws(a, reps, rng).mean(axis=1) - _independent_draws(b, reps, rng).mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(a.mean() - b.mean()), float(low), float(high)
+    values = _resample(a, reps, rng).mean(axis=1) - _resample(b, reps, rng).mean(axis=1)
+    return (float(a.mean() - b.mean()), *_percentile_interval(values, confidence))
 
 
 def _poi_ci(
@@ -199,11 +203,9 @@ def _poi_ci(
     for x, y in pairs:
         a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
         point.append(probability_of_improvement(a, b))
-        values += _poi_replicates(_independent_draws(a, reps, rng), _independent_draws(b, reps, rng))
+        values += _poi_replicates(_resample(a, reps, rng), _resample(b, reps, rng))
     values /= len(pairs)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(np.mean(point)), float(low), float(high)
+    return (float(np.mean(point)), *_percentile_interval(values, confidence))
 
 
 MIN_SEEDS_FOR_VERDICT = 2  # one seed per side gives a zero-width "interval": no verdict from it
