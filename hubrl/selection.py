@@ -41,29 +41,32 @@ Choices and why:
   for a ridge fit on all ~19k frames) and its score depends on ``k`` and the feature scale. The
   ridge probe is one 512x512 eigendecomposition per fold, scores every frame, and its regulariser
   is picked from a small grid on the same folds (slightly optimistic, by about the same amount
-  for every expert). Held-out R² of the shipped hub's experts (Seaquest PPO 850k steps,
-  Riverraid PPO 2M steps) and of :func:`random_encoder` (what ``scratch`` starts from), 20k
-  frames, seed 0, commit ``7197766``, from
+  for every expert). Held-out R² of the shipped hub's experts (Seaquest and Riverraid PPO,
+  2M steps each) and of :func:`random_encoder` (what ``scratch`` starts from), 20k frames,
+  seed 0, commit ``be8d801``, from
   ``python scripts/rank_hub.py --env <Game> --probe ridge|knn --random-baseline``:
 
   ==========  =====  ============  =============  ===========
   target      probe  seaquest-ppo  riverraid-ppo  random-init
   ==========  =====  ============  =============  ===========
-  Seaquest    ridge      0.201         0.139          0.158
-  Seaquest    knn        0.125         0.156          0.089
-  Riverraid   ridge      0.414         0.429          0.410
-  Riverraid   knn        0.464         0.571          0.449
-  Gopher      ridge      0.095         0.077          0.062
-  Gopher      knn       -0.070        -0.135         -0.083
-  Alien       ridge      0.012         0.114          0.208
-  Alien       knn        0.087         0.005          0.020
+  Seaquest    ridge      0.183         0.139          0.158
+  Seaquest    knn        0.135         0.157          0.089
+  Riverraid   ridge      0.443         0.429          0.410
+  Riverraid   knn        0.470         0.571          0.449
+  Gopher      ridge      0.087         0.077          0.062
+  Gopher      knn       -0.115        -0.135         -0.084
+  Alien       ridge      0.175         0.114          0.208
+  Alien       knn        0.112         0.005          0.020
   ==========  =====  ============  =============  ===========
 
-  Ridge puts the in-domain expert first on both source games, kNN only on Riverraid. On the
-  targets the proxy is weak: on Gopher both probes prefer Seaquest's expert by a few hundredths
-  (kNN's R² is negative for every encoder: worse than predicting the mean); on Alien the probes
-  disagree, and under ridge the random encoder beats both experts. ``select`` therefore is close
-  to a coin flip between these two experts on Alien; the benchmark grid shows what it costs.
+  Each probe puts the in-domain expert first on one source game only (ridge on Seaquest, kNN on
+  Riverraid), by 0.01-0.1. On the targets the proxy is weak: both probes prefer Seaquest's
+  expert on Gopher and Alien, on Gopher by a few hundredths (kNN's R² is negative for every
+  encoder: worse than predicting the mean), and under ridge the random encoder beats both
+  experts on Alien. ``select``'s choice therefore carries little information on these targets;
+  the benchmark grid shows what it costs. (With the earlier 850k-step Seaquest expert ridge
+  preferred Riverraid's expert on Alien, 0.114 vs 0.012: the ranking moves with the experts'
+  training as much as with the target.)
   ``probe="knn"`` (cosine kNN regression, k=20) is kept as a cross-check.
 * **Frames.** 20k by default: Alien gives ~19.3k labelled frames in ~85 episodes. Held-out R²
   differences between experts are small (a few hundredths on Alien and Gopher) and move with the
