@@ -15,8 +15,10 @@ attempt. Rerunning the same command continues the grid where it stopped:
 
 A failing trial never stops the grid: its exception (message and the tail of the traceback) goes to
 its ``status.json`` and to ``<root>/trials.jsonl``, one JSON line per trial and attempt, along with
-the wall time, agent steps per second and peak resident memory (``resource.getrusage``). The next
-rerun retries it. ``<root>/grid.json`` records the grid, the code commit and the machine.
+the wall time, agent steps per second, peak resident memory (``resource.getrusage``) and the
+system it ran on (:func:`hubrl.provenance.system_info`: commit, CPU, package versions; earlier
+attempts keep theirs in ``history``). The next rerun retries it. ``<root>/grid.json`` records the
+grid, the code commit and the machine that launched it.
 
 Where trials run:
 
@@ -46,12 +48,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
 import re
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from hubrl.atomic import atomic_write
+from hubrl.provenance import git_commit, machine_info, system_info
 
 __all__ = [
     "GridError",
@@ -153,39 +154,6 @@ def _peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def git_commit(path: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the hubrl checkout (``+dirty`` when it has changes), or None."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def machine_info() -> dict[str, Any]:
-    """Host, OS, Python, CPU count and the torch device ``auto`` resolves to (torch imported only here)."""
-    info: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch as th
-
-        info["torch"] = th.__version__
-        info["cuda"] = th.cuda.get_device_name(0) if th.cuda.is_available() else None
-        info["torch_device"] = "cuda" if th.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        info["torch_device"] = None
-    return info
 
 
 # ----------------------------------------------------------------------------- trials
@@ -367,6 +335,7 @@ def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, A
         pid=os.getpid(),
         started=started,
         finished=_now(),
+        system=system_info(),
     )
     record = _record(spec, status, **fields)
     _save_status(spec, record)
@@ -531,7 +500,7 @@ def run_grid(
             continue
         previous = read_json_object(Path(spec["folder"]) / "status.json")
         if previous:
-            keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished")
+            keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
             spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]
         todo.append(spec)
 

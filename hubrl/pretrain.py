@@ -25,6 +25,7 @@ from envs import action_meanings, make_atari_vec_env, resolve_game
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
+from hubrl.provenance import system_info
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "export_expert", "pretrain_expert", "UsageError"]
@@ -134,7 +135,7 @@ def pretrain_expert(
     cfg.hyperparams = {k: v for k, v in plain.items() if k != "n_envs"}
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
     tb_dir = cfg.tensorboard_log or str(folder / "tb")
-    atomic_write(train_dir / "config.yaml", lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain}, h, sort_keys=False), mode="w")
+    atomic_write(train_dir / "config.yaml", lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain, "system": system_info()}, h, sort_keys=False), mode="w")
 
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
     eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)

@@ -768,7 +768,7 @@ def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
 
 def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[str]:
-    from hubrl.benchmark import machine_info
+    from hubrl.provenance import machine_info, system_label
 
     lines = []
     info = grid.get("machine") or {}
@@ -781,6 +781,20 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
     hosts = sorted({(a.get("host"), a.get("device")) for t in trials for a in t.attempts if a.get("host")}, key=str)
     if hosts:
         lines.append("- Trials ran on: " + ", ".join(f"`{h}` ({d or 'device not recorded'})" for h, d in hosts))
+    systems: dict[str, int] = {}
+    unrecorded = 0
+    for attempt in (a for t in trials for a in t.attempts if a.get("steps")):
+        if attempt.get("system"):
+            label = system_label(attempt["system"])
+            systems[label] = systems.get(label, 0) + 1
+        else:
+            unrecorded += 1
+    if systems:
+        lines.append(
+            f"- Systems of the attempts that trained ({len(systems)}; runs agree evaluation for evaluation only on one system): "
+            + "; ".join(f"{label} ({n} attempt{'s' * (n != 1)})" for label, n in systems.items())
+            + (f"; {unrecorded} attempt{'s' * (unrecorded != 1)} made before systems were recorded" if unrecorded else "")
+        )
     now = machine_info()
     lines.append(f"- Report made on `{now['host']}` ({platform.platform()}, {now['cpu_count']} CPUs)")
     return lines
@@ -804,7 +818,7 @@ def write_report(
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
-    from hubrl.benchmark import git_commit
+    from hubrl.provenance import git_commit
 
     root = Path(root)
     if not root.is_dir():

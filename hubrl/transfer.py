@@ -4,9 +4,10 @@ All methods (:mod:`hubrl.methods`: ``hub-pathway``, ``scratch``, ``finetune``, `
 ``select``) run through :func:`run_transfer`: same envs, agent presets, evaluation, checkpoints,
 resume and logging, so their runs compare one to one. A run folder holds ``model.zip`` (opens
 with stock ``PPO.load``/``A2C.load`` after ``import hubrl``), ``config.yaml`` (everything
-resolved), ``checkpoint.pt`` (resume state), ``evaluations.json`` (every evaluation's raw scores)
-and TensorBoard events under ``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all
-methods: ``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds
+resolved, and the system it ran on: :mod:`hubrl.provenance`), ``checkpoint.pt`` (resume
+state), ``evaluations.json`` (every evaluation's raw scores) and TensorBoard events under
+``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all methods:
+``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds
 ``pathway/weight_mean/<expert>``, ``pathway/selection_freq/<expert>``,
 ``train/exploration_loss``, ``train/exploitation_loss``; Zoo-Tuning adds ``zoo/weight_mean/<expert>``.
 """
@@ -27,6 +28,7 @@ from hubrl.hub import Hub, resolve_hub
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.policies import AGGREGATIONS
 from hubrl.pretrain import UsageError
+from hubrl.provenance import system_info
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
@@ -142,6 +144,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool =
             "resolved_hyperparams": plain,
             "method": plan.notes,
             "hub": [{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub] if hub is not None else [],
+            "system": system_info(),
         }
         atomic_write(folder / "config.yaml", lambda h: yaml.safe_dump(resolved, h, sort_keys=False), mode="w")
         outcome = run_training(

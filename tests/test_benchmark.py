@@ -90,6 +90,7 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     assert status["rss_isolated"] is False  # in-process: the process's high-water mark
     ok = json.loads((trial_folder(root, "Alien", "scratch", 0) / "status.json").read_text())
     assert ok["status"] == "ok" and ok["steps"] == 100 and ok["steps_per_s"] > 0 and ok["error"] is None
+    assert ok["system"]["packages"]["torch"] and ok["system"]["cpu_model"]  # what decides the run's floats
     assert [r["status"] for r in _journal(root)].count("ok") == 7
     assert _calls(root)[0].startswith("Alien/hub-pathway/s0")  # seed-major order
     grid = json.loads((root / "grid.json").read_text())
@@ -105,6 +106,7 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     assert len(calls) == 8 + 1 + 1 and calls[-1] == "Gopher/hub-pathway/s1 resume=True"
     status = json.loads((failed / "status.json").read_text())
     assert status["status"] == "ok" and [h["status"] for h in status["history"]] == ["failed", "failed"]
+    assert all(h["system"]["packages"] for h in status["history"])  # each attempt keeps its system
     assert len(_journal(root)) == 24
 
     # A bigger budget makes every trial unfinished again.

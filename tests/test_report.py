@@ -171,14 +171,16 @@ def grid(tmp_path) -> Path:
     root.mkdir()
     (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0, 1], "commit": "abc123", "machine": {"host": "h", "cpu_count": 2}}))
     a = REFERENCE_SCORES["alien"]
+    amd = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "packages": {"torch": "2.13.0"}}
+    intel = {"cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "packages": {"torch": "2.13.0"}}
     # Alien, scratch: final scores 1000 and 2000 (means of the last evaluation's games).
-    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0, inference_steps_per_s=3000.0))
-    _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0, inference_steps_per_s=2000.0))
+    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0, inference_steps_per_s=3000.0, system=amd))
+    _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0, inference_steps_per_s=2000.0, system=amd))
     # Alien, hub-pathway: finals 3000 and 5000; seed 1 resumed once (two attempts: 400 + 600 steps).
     _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0, inference_steps_per_s=1000.0), params=(10, 5, 15),
            config={"env": "ALE/Alien-v5", "method": "hub-pathway", "seed": 0})
     _trial(root, "Alien", "hub-pathway", 1, [[2000], [5000]], params=(10, 5, 15),
-           status=_st(600, 15, 700.0, history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
+           status=_st(600, 15, 700.0, system=intel, history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
     # Gopher, hub-pathway: one finished run, one that stopped at 500 steps (left out of the tables).
     _trial(root, "Gopher", "hub-pathway", 0, [[400], [1000]], status=_st(1000, 20, 800.0))
     _trial(root, "Gopher", "hub-pathway", 1, [[300]], steps=(500,), status={"status": "failed", "error": "RuntimeError: boom\nmore"})
@@ -240,6 +242,9 @@ def test_report_tables_and_plots(grid):
     assert "Budget: 1,000 agent steps" in text and "Seeds: 0, 1" in text and "`abc123`" in text
     assert "Gopher/hub-pathway/s1`: failed: RuntimeError: boom; last evaluation at 500 steps" in text
     assert "not comparable" in text  # scratch ran on Alien only
+    # Which systems trained: 2 attempts on one, 1 on another, 3 (hub s0, hub s1's first, Gopher s0) unrecorded.
+    assert "Systems of the attempts that trained (2;" in text and "AMD EPYC (AVX2), torch 2.13.0 (2 attempts)" in text
+    assert "Intel Xeon (AVX512), torch 2.13.0 (1 attempt)" in text and "3 attempts made before systems were recorded" in text
     for name in ("results.csv", "compute.md", "aggregate.md", "curves_Alien.png", "curves_Gopher.png", "aggregate_iqm.png"):
         assert f"]({name})" in text
         path = out / name
