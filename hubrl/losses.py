@@ -1,6 +1,6 @@
 """Hub-Pathway's auxiliary losses.
 
-* :func:`exploration_loss` keeps the pathway generator from collapsing onto one expert: it is
+* :func:`exploration_loss` works against the pathway generator collapsing onto one expert: it is
   ``log K - H(p_bar)``, where ``p_bar`` is the batch mean of the gate's (noise-free) softmax over
   all K experts. It is 0 exactly when the batch uses the experts equally and grows to ``log K``
   when every sample prefers the same expert; per-sample routing can still be sharp, since only the
