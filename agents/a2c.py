@@ -14,11 +14,12 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubA2C"]
 
 
-class HubA2C(A2C):
+class HubA2C(RoutedOnPolicyMixin, A2C):
     """SB3 A2C + auxiliary losses from the policy, logged under ``train/<name>``."""
 
     def train(self) -> None:
@@ -30,7 +31,7 @@ class HubA2C(A2C):
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.long().flatten()
 
-            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+            values, log_prob, entropy = self._evaluate(rollout_data, actions)
             values = values.flatten()
             advantages = rollout_data.advantages
             if self.normalize_advantage:

@@ -18,11 +18,12 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubPPO"]
 
 
-class HubPPO(PPO):
+class HubPPO(RoutedOnPolicyMixin, PPO):
     """SB3 PPO + auxiliary losses from the policy, logged under ``train/<name>``."""
 
     def train(self) -> None:
@@ -43,7 +44,7 @@ class HubPPO(PPO):
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
 
-                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                values, log_prob, entropy = self._evaluate(rollout_data, actions)
                 values = values.flatten()
                 advantages = rollout_data.advantages
                 if self.normalize_advantage and len(advantages) > 1:

@@ -9,9 +9,19 @@ attempt. Rerunning the same command continues the grid where it stopped:
   ``status.json`` recording the completed run): skipped. A grid archived without its weights
   (``model.zip``, ``checkpoint.pt`` deleted to keep a repository small) therefore still counts
   as done, and the report reads the parameter count and inference speed each trial recorded;
+* **paused** (``--pause-at``: its ``status.json`` records a pause at or past this call's
+  ``pause_at``, and a ``checkpoint.pt``): skipped until a later stage is asked for;
 * **started** (a ``checkpoint.pt``): resumed from the checkpoint, with the same curves;
+* **refused**: a trial started with another budget (its schedules run over that one), or a
+  finished or paused one whose checkpoint is gone, is never retrained or deleted: the grid says
+  why (``trials.jsonl``, the log, exit code 1) and leaves its folder as it is;
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
+
+**Stages.** ``--budget 1M --pause-at 250k`` trains every trial with schedules over 1M and pauses
+it at 250k; the same command with ``--pause-at 500k`` (or none) continues each trial from its
+checkpoint. Evaluations at the pause points exist in every trial, so the report can read the grid
+at each stage (``benchmark.py report --stages 250k 500k 1M``).
 
 A failing trial never stops the grid: its exception (message and the tail of the traceback) goes to
 its ``status.json`` and to ``<root>/trials.jsonl``, one JSON line per trial and attempt, along with
@@ -72,6 +82,7 @@ __all__ = [
     "TRIAL_STATES",
     "trial_folder",
     "trial_state",
+    "refusal_reason",
     "read_evaluations",
     "read_json_object",
     "make_specs",
@@ -88,8 +99,8 @@ TrialSpec = dict[str, Any]
 TrialFn = Callable[[TrialSpec], dict[str, Any]]
 
 #: Files a hubrl run leaves in its folder; only these are cleared before a fresh attempt.
-_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "model.zip", "tb"})
-TRIAL_STATES = ("finished", "resume", "fresh")
+_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb"})
+TRIAL_STATES = ("finished", "paused", "resume", "refused", "fresh")
 _TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
 
 
@@ -115,18 +126,43 @@ def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
     return points if isinstance(points, list) else []
 
 
-def trial_state(folder: str | Path, budget: int) -> str:
-    """``finished``, ``resume`` or ``fresh`` (see the module docstring)."""
+def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
+    """``finished``, ``paused``, ``resume``, ``refused`` or ``fresh`` (see the module docstring)."""
     folder = Path(folder)
     points = read_evaluations(folder)
+    status = read_json_object(folder / "status.json") or {}
     if points and int(points[-1].get("step", -1)) >= budget:
-        status = read_json_object(folder / "status.json") or {}
         recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
         if (folder / "model.zip").is_file() or recorded:
             return "finished"
+    if refusal_reason(folder, budget) is not None:
+        return "refused"
     if (folder / "checkpoint.pt").is_file():
+        reached = int(status.get("num_timesteps") or 0)
+        if pause_at is not None and status.get("status") == "paused" and reached >= pause_at:
+            return "paused"
         return "resume"
     return "fresh"
+
+
+def refusal_reason(folder: str | Path, budget: int) -> str | None:
+    """Why the trial in ``folder`` must not be trained to ``budget`` (None: it may).
+
+    A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
+    continues only to that budget; and a finished or paused trial is never restarted from scratch,
+    which would delete its recorded results.
+    """
+    folder = Path(folder)
+    status = read_json_object(folder / "status.json") or {}
+    done = status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
+    started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
+    if started_with is not None and int(started_with) != int(budget) and (done or (folder / "checkpoint.pt").is_file()):
+        return (f"it was started with a {int(started_with):,}-step budget (its schedules run over that), not {int(budget):,}: "
+                f"rerun with --budget {int(started_with)}, or use another --root for the new budget")
+    if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
+        return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
+                "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
+    return None
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -195,6 +231,7 @@ def make_specs(
     budget: int,
     settings: dict[str, Any] | None = None,
     threads: int | None = None,
+    pause_at: int | None = None,
 ) -> list[TrialSpec]:
     """One spec per trial, seed-major (all of seed 0 first, so a stopped grid has whole seeds)."""
     specs = []
@@ -214,6 +251,7 @@ def make_specs(
                         "folder": str(trial_folder(root, game, label, seed)),
                         "settings": dict(settings or {}),
                         "threads": threads,
+                        "pause_at": pause_at,
                     }
                 )
     return specs
@@ -236,28 +274,26 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     ``spec["settings"]`` holds the extra :class:`~hubrl.transfer.TransferConfig` fields (hub,
     sources, algo, n_envs, device, eval_freq, eval_episodes, hyperparams, ...).
     """
-    import torch as th
     from stable_baselines3.common.utils import get_device
 
     from hubrl.checkpoint import load_training_checkpoint
     from hubrl.report import count_parameters
     from hubrl.transfer import TransferConfig, run_transfer
 
-    if spec.get("threads"):
-        th.set_num_threads(int(spec["threads"]))
     folder = Path(spec["folder"])
     cfg = TransferConfig(
         env=spec["game"], method=spec.get("base_method", spec["method"]), seed=spec["seed"], timesteps=spec["budget"],
-        out=str(folder), **{**spec["settings"], **spec.get("overrides", {})},
+        out=str(folder), **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"], **spec.get("overrides", {})},
     )
     resume = (folder / "checkpoint.pt").is_file()
     start = int(load_training_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
     if not resume:
         _clear_leftovers(folder)
-    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)))
+    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)), pause_at=spec.get("pause_at"))
     outcome = result.outcome
     return {
         "num_timesteps": outcome.num_timesteps,
+        "paused": outcome.paused,
         "steps": outcome.num_timesteps - start,
         "resumed": resume,
         "completed": outcome.completed,
@@ -318,7 +354,7 @@ def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, A
     Path(spec["folder"]).mkdir(parents=True, exist_ok=True)
     try:
         out = dict(trial_fn(spec) or {})
-        status = "interrupted" if out.get("interrupted_by") is not None else "ok"
+        status = "interrupted" if out.get("interrupted_by") is not None else "paused" if out.get("paused") else "ok"
         extra: dict[str, Any] = {"error": None, "traceback": None}
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, not raised
         out, status, extra = {}, "failed", _failure_fields(exc)
@@ -364,10 +400,11 @@ class GridSummary:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["status"] == "failed"]
+        """Trials that failed, or that the grid refused to train (their ``error`` says why)."""
+        return [r for r in self.records if r["status"] in ("failed", "refused")]
 
     def __str__(self) -> str:
-        parts = [f"{self.count(s)} {s}" for s in ("ok", "skipped", "failed", "interrupted") if self.count(s)]
+        parts = [f"{self.count(s)} {s}" for s in ("ok", "paused", "skipped", "failed", "refused", "interrupted") if self.count(s)]
         return f"{len(self.records)} trials: {', '.join(parts) or 'none'}"
 
 
@@ -432,8 +469,14 @@ def run_grid(
     trial_fn: TrialFn = run_trial,
     validate: bool | None = None,
     log: Callable[[str], None] | None = print,
+    pause_at: int | None = None,
 ) -> GridSummary:
     """Run (or continue) the grid ``games × methods × seeds`` at ``budget`` agent steps per trial.
+
+    With ``pause_at``, every trial trains with its schedules over ``budget`` but stops cleanly at
+    ``pause_at`` agent steps (checkpointed, status ``paused``); the same call with a later
+    ``pause_at`` (or none) continues each trial from its checkpoint. Trials already paused at or
+    past ``pause_at`` are skipped, so a grid advances stage by stage, all trials together.
 
     :param settings: extra :class:`~hubrl.transfer.TransferConfig` fields for every trial.
     :param workers: 0 = in this process; N >= 1 = a pool of N spawned processes, one fresh process per trial.
@@ -450,6 +493,10 @@ def run_grid(
     settings = dict(settings or {})
     if budget <= 0:
         raise GridError(f"The step budget must be positive, got {budget}.")
+    if pause_at is not None and not 0 < pause_at:
+        raise GridError(f"--pause-at must be positive, got {pause_at}.")
+    if pause_at is not None and pause_at >= budget:
+        pause_at = None  # pausing at or past the budget is finishing
     if workers < 0:
         raise GridError(f"--workers must be 0 (in-process) or more, got {workers}.")
     check = trial_fn is run_trial if validate is None else validate
@@ -468,11 +515,11 @@ def run_grid(
         threads = max(1, (os.cpu_count() or 1) // workers)
     if ray_address is not None:
         threads = threads or max(1, int(cpus_per_trial))
-    specs = make_specs(root, game_names, methods, seeds, budget, settings, threads)
+    specs = make_specs(root, game_names, methods, seeds, budget, settings, threads, pause_at)
     root.mkdir(parents=True, exist_ok=True)
     _write_json(
         root / "grid.json",
-        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget),
+        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget), "pause_at": pause_at,
          "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
          "machine": machine_info(), "updated": _now()},
     )
@@ -486,7 +533,9 @@ def run_grid(
         _append_line(journal, rec)
         done = len(summary.records)
         if rec["status"] == "skipped":
-            say(f"[{done}/{total}] {rec['trial']}: finished already, skipped")
+            say(f"[{done}/{total}] {rec['trial']}: {rec.get('reason', 'finished already')}, skipped")
+        elif rec["status"] == "refused":
+            say(f"[{done}/{total}] {rec['trial']}: REFUSED, nothing deleted: {rec['error']}")
         elif rec["status"] == "failed":
             say(f"[{done}/{total}] {rec['trial']}: FAILED after {rec['seconds']:.0f}s: {rec['error']}")
         else:
@@ -495,8 +544,13 @@ def run_grid(
 
     todo = []
     for spec in specs:
-        if trial_state(spec["folder"], budget) == "finished":
-            record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now()))
+        state = trial_state(spec["folder"], budget, pause_at)
+        if state in ("finished", "paused"):
+            reason = "finished already" if state == "finished" else f"paused at or past {pause_at:,} steps already"
+            record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now(), reason=reason))
+            continue
+        if state == "refused":  # recorded in trials.jsonl only: the trial's own status.json stays as it was
+            record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(), error=refusal_reason(spec["folder"], budget)))
             continue
         previous = read_json_object(Path(spec["folder"]) / "status.json")
         if previous:

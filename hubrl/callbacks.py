@@ -1,10 +1,20 @@
-"""TensorBoard logging of the gates: how much each expert is used on the game states seen."""
+"""Gate logging: how much each expert is used on the game states seen, per rollout.
+
+:class:`GateUsageCallback` writes the statistics to TensorBoard and, when given a path, appends them
+to a JSON-lines file in the run folder (``gates.jsonl``), which is small, survives the removal of
+TensorBoard logs (benchmark grids are committed without them) and is what the report's routing
+section and plots read (:func:`read_gate_history`).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["GateUsageCallback"]
+__all__ = ["GateUsageCallback", "read_gate_history"]
 
 
 class GateUsageCallback(BaseCallback):
@@ -12,12 +22,19 @@ class GateUsageCallback(BaseCallback):
     as ``<prefix>/<statistic>/<expert>`` (Hub-Pathway: ``pathway/weight_mean/<name>`` and
     ``pathway/selection_freq/<name>``; Zoo-Tuning: ``zoo/weight_mean/<name>``), then reset them.
 
-    Works with any policy that has ``usage() -> {expert: {statistic: value}}`` and ``reset_usage()``.
+    Works with any policy that has ``usage() -> {expert: {statistic: value}}`` and ``reset_usage()``;
+    a policy with ``gate_stats() -> {statistic: value}`` also gets ``<prefix>/<statistic>``
+    (Hub-Pathway: ``noise_std``, ``logit_spread``, ``logit_drift``).
+
+    :param prefix: TensorBoard tag prefix.
+    :param history_path: JSON-lines file that gets one ``{"step": ..., "<tag>": value}`` line per
+        rollout (tags without the prefix); ``None``: TensorBoard only.
     """
 
-    def __init__(self, prefix: str = "pathway") -> None:
+    def __init__(self, prefix: str = "pathway", history_path: str | Path | None = None) -> None:
         super().__init__()
         self.prefix = prefix
+        self.history_path = Path(history_path) if history_path is not None else None
 
     def _on_step(self) -> bool:
         return True
@@ -26,7 +43,33 @@ class GateUsageCallback(BaseCallback):
         policy = self.model.policy
         if not hasattr(policy, "usage"):
             return
+        row: dict[str, Any] = {"step": int(self.num_timesteps)}
         for name, stats in policy.usage().items():
             for key, value in stats.items():
-                self.logger.record(f"{self.prefix}/{key}/{name}", value)
+                row[f"{key}/{name}"] = float(value)
+        for key, value in (policy.gate_stats() if hasattr(policy, "gate_stats") else {}).items():
+            row[key] = float(value)
+        for key, value in row.items():
+            if key != "step":
+                self.logger.record(f"{self.prefix}/{key}", value)
+        if self.history_path is not None:
+            with open(self.history_path, "a") as handle:  # one short line per rollout: a torn last line is skipped on read
+                handle.write(json.dumps(row) + "\n")
         policy.reset_usage()
+
+
+def read_gate_history(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``gates.jsonl`` by step; for a step logged twice (a resumed run re-does the steps
+    after its checkpoint) the last line wins. Unreadable lines are skipped; a missing file gives ``[]``."""
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [rows[step] for step in sorted(rows)]

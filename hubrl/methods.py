@@ -140,8 +140,9 @@ def _hub_pathway(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str,
     return MethodPlan(
         HubPathwayPolicy,
         policy_kwargs=dict(
-            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, aggregation=cfg.aggregation,
-            exploration_coef=cfg.exploration_coef, exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
+            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, noise_floor=cfg.noise_floor, k1_weight=cfg.k1_weight,
+            aggregation=cfg.aggregation, exploration_loss=cfg.exploration_loss, exploration_coef=cfg.exploration_coef,
+            exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
         ),
         init=lambda policy: load_hub_weights(policy, hub),
         callbacks=[GateUsageCallback(prefix="pathway")],

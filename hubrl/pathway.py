@@ -1,18 +1,30 @@
 """Hub-Pathway (Shu et al., NeurIPS 2022): a noisy pathway generator routes each observation to
 the top-k experts of the hub, and only those experts' encoders run on it.
 
-* :class:`PathwayGenerator` — a light CNN on the observation gives one logit per expert; during
-  training Gaussian noise is added (noisy top-k gating, Shazeer et al. 2017: fixed scale or a
-  learned, input-dependent ``softplus`` scale); at evaluation the gate is noise-free. The top-k
-  logits go through a softmax over the selected experts. With k = 1 that softmax is constantly 1
-  and the gate would get no gradient from the task, so for k = 1 the selected expert's weight is
-  its probability under the softmax over all experts (Switch Transformer routing).
+* :class:`PathwayGenerator` — a light CNN on the observation gives one clean logit per expert.
+  When the agent *acts* in training, Gaussian noise is added (noisy top-k gating, Shazeer et al.
+  2017: a learned, input-dependent ``softplus`` scale with a floor that keeps it alive, or a fixed
+  scale) and the top-k noisy logits pick the experts. Evaluation and ``predict`` are noise-free.
+* **Routes are replayable.** The standard-normal draw and the selected experts of each acting step
+  form a :class:`Route`; the rollout buffer stores it (:mod:`agents.routing`), and the update
+  recomputes the logits with the current parameters *plus the stored draw* and keeps the stored
+  selection. The PPO ratio therefore compares the same pathway before and after the update (it is
+  exactly 1 before the first gradient step, as for a plain CNN policy) while the gate still gets
+  gradient through the weights.
+* **Pathway weights.** For k > 1, a softmax over the selected experts' noisy logits. For k = 1 that
+  softmax is constantly 1, so the selected expert's weight is either its probability under the
+  softmax over all experts (``k1_weight="prob"``, Switch Transformer) or 1 in the forward pass with
+  that probability's gradient (``"straight-through"``), which keeps the expert's features at their
+  pretrained scale.
+* **Even start.** The gate's output layer starts at zero bias and tiny weights, *after* SB3's
+  orthogonal init of the features extractor (which otherwise gives a fixed logit gap, and routing
+  decided before any training): :meth:`PathwayGenerator.reset_parameters`.
 * :class:`HubPathwayExtractor` — an SB3 ``BaseFeaturesExtractor`` holding one NatureCNN encoder
   per expert. **Input-level routing**: each expert runs only on the samples routed to it (an
-  index-select per expert, so compute grows with k, not with hub size). **Output-level
-  aggregation**: the selected experts' features are summed with the pathway weights.
-  :meth:`HubPathwayExtractor.route` also returns each expert's own features, which the policy
-  uses for per-expert heads (paper form) and the exploitation loss.
+  index-select per expert, so compute grows with k, not with hub size; when one expert takes the
+  whole batch it runs on the batch as is). **Output-level aggregation**: the selected experts'
+  features are summed with the pathway weights. :meth:`HubPathwayExtractor.route` also returns each
+  expert's own features, which the policy uses for per-expert heads and the exploitation loss.
 """
 
 from __future__ import annotations
@@ -25,7 +37,11 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Routing", "RoutedFeatures", "PathwayGenerator", "HubPathwayExtractor"]
+from agents.routing import Route
+
+__all__ = ["K1_WEIGHTS", "Route", "Routing", "RoutedFeatures", "PathwayGenerator", "HubPathwayExtractor"]
+
+K1_WEIGHTS = ("prob", "straight-through")
 
 
 @dataclass
@@ -34,14 +50,25 @@ class Routing:
 
     :param weights: (B, K) pathway weights, zero for unselected experts.
     :param selected: (B, k) indices of the selected experts.
-    :param probs: (B, K) softmax of the noise-free logits (what the exploration loss balances).
-    :param logits: (B, K) logits used for selection (noisy in training).
+    :param probs: (B, K) softmax of the noise-free logits (what balancing losses look at).
+    :param logits: (B, K) logits the selection and weights come from (noisy when noise was drawn).
+    :param clean: (B, K) noise-free logits.
+    :param noise_std: (B, K) noise scale, or ``None`` for a gate without noise.
+    :param noise: (B, K) standard-normal draw used, or ``None`` when none was (evaluation).
     """
 
     weights: th.Tensor
     selected: th.Tensor
     probs: th.Tensor
     logits: th.Tensor
+    clean: th.Tensor
+    noise_std: th.Tensor | None = None
+    noise: th.Tensor | None = None
+
+    def route(self) -> Route:
+        """The replayable part (detached); requires that noise was drawn or is zero."""
+        noise = self.noise if self.noise is not None else th.zeros_like(self.clean)
+        return Route(noise.detach(), self.selected.detach())
 
 
 @dataclass
@@ -61,13 +88,31 @@ class PathwayGenerator(nn.Module):
     :param n_experts: hub size K.
     :param top_k: experts selected per sample (1 <= k <= K).
     :param noise: ``"learned"`` (input-dependent std, Shazeer et al.), a float (fixed std), or 0.
+    :param noise_floor: added to the learned std, so exploration of routes never dies out.
+    :param k1_weight: weight of the single selected expert when k = 1 (see the module docstring).
     """
 
-    def __init__(self, n_input_channels: int, n_experts: int, top_k: int, noise: str | float = "learned") -> None:
+    def __init__(
+        self,
+        n_input_channels: int,
+        n_experts: int,
+        top_k: int,
+        noise: str | float = "learned",
+        noise_floor: float = 0.0,
+        k1_weight: str = "prob",
+    ) -> None:
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be between 1 and the hub size {n_experts}, got {top_k}.")
-        self.n_experts, self.top_k = n_experts, top_k
+        if k1_weight not in K1_WEIGHTS:
+            raise ValueError(f"k1_weight must be one of {K1_WEIGHTS}, got {k1_weight!r}.")
+        self.learned_noise = noise == "learned"
+        self.noise_std = 0.0 if self.learned_noise else float(noise)
+        self.noise_floor = float(noise_floor)
+        for name, value in (("noise", self.noise_std), ("noise_floor", self.noise_floor)):
+            if not (value >= 0 and value < float("inf")):  # also rejects nan
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        self.n_experts, self.top_k, self.k1_weight = n_experts, top_k, k1_weight
         self.body = nn.Sequential(
             # about a tenth of NatureCNN's multiply-adds: the gate must stay cheap next to an expert
             nn.Conv2d(n_input_channels, 8, 8, stride=4), nn.ReLU(),
@@ -76,47 +121,79 @@ class PathwayGenerator(nn.Module):
         )
         hidden = 16 * 9 * 9
         self.w_gate = nn.Linear(hidden, n_experts)
-        self.learned_noise = noise == "learned"
-        self.noise_std = 0.0 if self.learned_noise else float(noise)
         self.w_noise = nn.Linear(hidden, n_experts) if self.learned_noise else None
-        self.reset_noise()
+        self.reset_parameters()
 
-    def reset_noise(self) -> None:
-        """Start the learned noise at softplus(0) ~ 0.69, independent of the input."""
+    @property
+    def has_noise(self) -> bool:
+        return self.learned_noise or self.noise_std > 0
+
+    def reset_parameters(self) -> None:
+        """All experts start (almost) equal: zero bias, weights 100x smaller than SB3's policy head's
+        gain, so the logits differ between states only enough to break ties; the learned noise
+        starts at softplus(0) ~ 0.69 (plus the floor), independent of the input.
+
+        Call after SB3's orthogonal init of the features extractor (``HubPathwayPolicy._build``).
+        """
+        nn.init.orthogonal_(self.w_gate.weight, gain=1e-4)
+        nn.init.zeros_(self.w_gate.bias)
         if self.w_noise is not None:
             nn.init.zeros_(self.w_noise.weight)
             nn.init.zeros_(self.w_noise.bias)
 
-    def forward(self, obs: th.Tensor) -> Routing:
+    def sample_noise(self, clean: th.Tensor) -> th.Tensor:
+        """A fresh standard-normal draw shaped like the logits."""
+        return th.randn_like(clean)
+
+    def forward(
+        self,
+        obs: th.Tensor,
+        noise: th.Tensor | None = None,
+        selected: th.Tensor | None = None,
+        explore: bool | None = None,
+    ) -> Routing:
+        """Route a batch.
+
+        :param noise: a stored standard-normal draw to replay (shape (B, K)).
+        :param selected: stored expert indices to use instead of re-selecting (shape (B, k)).
+        :param explore: with no ``noise`` given, draw fresh noise (default: in training mode only).
+        """
         hidden = self.body(obs)
         clean = self.w_gate(hidden)
-        logits = clean
-        if self.training:
+        std = None
+        if self.has_noise:
             if self.w_noise is not None:
-                logits = clean + th.randn_like(clean) * F.softplus(self.w_noise(hidden))
-            elif self.noise_std > 0:
-                logits = clean + th.randn_like(clean) * self.noise_std
-        probs = th.softmax(clean, dim=-1)
-        top_logits, selected = logits.topk(self.top_k, dim=-1)
+                std = F.softplus(self.w_noise(hidden)) + self.noise_floor
+            else:
+                std = th.full_like(clean, self.noise_std)
+        if noise is None and std is not None and (self.training if explore is None else explore):
+            noise = self.sample_noise(clean)
+        logits = clean if noise is None or std is None else clean + noise * std
+        if selected is None:
+            selected = logits.topk(self.top_k, dim=-1).indices
         if self.top_k == 1:
-            top_weights = th.softmax(logits, dim=-1).gather(1, selected)
+            prob = th.softmax(logits, dim=-1).gather(1, selected)
+            top_weights = prob if self.k1_weight == "prob" else (prob - prob.detach()) + 1.0
         else:
-            top_weights = th.softmax(top_logits, dim=-1)
+            top_weights = th.softmax(logits.gather(1, selected), dim=-1)
         weights = th.zeros_like(logits).scatter(1, selected, top_weights)
-        return Routing(weights=weights, selected=selected, probs=probs, logits=logits)
+        return Routing(weights, selected, th.softmax(clean, dim=-1), logits, clean, std, noise)
 
 
 class HubPathwayExtractor(BaseFeaturesExtractor):
     """SB3 features extractor: route each observation to its top-k experts and aggregate.
 
     Use inside any ``ActorCriticPolicy`` (``features_extractor_class=HubPathwayExtractor``);
-    :class:`hubrl.policies.HubPathwayPolicy` adds per-expert heads and the auxiliary losses.
-    Expert weights are loaded after construction (:func:`hubrl.policies.load_hub_weights`), so a
-    saved model holds them in its state_dict and rebuilds from these plain kwargs.
+    :class:`hubrl.policies.HubPathwayPolicy` adds per-expert heads, replayed routes and the
+    auxiliary losses. Expert weights are loaded after construction
+    (:func:`hubrl.policies.load_hub_weights`), so a saved model holds them in its state_dict and
+    rebuilds from these plain kwargs.
 
     :param expert_names: one name per expert (used for logging; the count fixes K).
     :param top_k: experts per sample.
     :param noise: gate noise, see :class:`PathwayGenerator`.
+    :param noise_floor: minimum learned noise std.
+    :param k1_weight: weight of the selected expert when k = 1.
     :param features_dim: NatureCNN output width (512 for SB3's CnnPolicy).
     """
 
@@ -126,12 +203,14 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         expert_names: list[str] | tuple[str, ...] = ("expert",),
         top_k: int = 1,
         noise: str | float = "learned",
+        noise_floor: float = 0.0,
+        k1_weight: str = "prob",
         features_dim: int = 512,
     ) -> None:
         super().__init__(observation_space, features_dim)
         self.expert_names = list(expert_names)
         self.experts = nn.ModuleList(NatureCNN(observation_space, features_dim) for _ in self.expert_names)
-        self.gate = PathwayGenerator(observation_space.shape[0], len(self.expert_names), top_k, noise)
+        self.gate = PathwayGenerator(observation_space.shape[0], len(self.expert_names), top_k, noise, noise_floor, k1_weight)
 
     @property
     def n_experts(self) -> int:
@@ -141,16 +220,23 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     def top_k(self) -> int:
         return self.gate.top_k
 
-    def route(self, observations: th.Tensor) -> RoutedFeatures:
-        routing = self.gate(observations)
+    def route(self, observations: th.Tensor, route: Route | None = None, explore: bool | None = None) -> RoutedFeatures:
+        """Gate, dispatch and aggregate. ``route`` replays a stored acting route; ``explore`` draws
+        fresh gate noise (default: in training mode) when no route is given."""
+        if route is None:
+            routing = self.gate(observations, explore=explore)
+        else:
+            routing = self.gate(observations, noise=route.noise, selected=route.selected)
         batch = observations.shape[0]
         aggregated = observations.new_zeros(batch, self.features_dim)
         per_expert: dict[int, tuple[th.Tensor, th.Tensor]] = {}
         for i, expert in enumerate(self.experts):
-            idx = (routing.selected == i).any(dim=1).nonzero(as_tuple=True)[0]
+            mask = (routing.selected == i).any(dim=1)
+            idx = mask.nonzero(as_tuple=True)[0]
             if idx.numel() == 0:
                 continue
-            features = expert(observations.index_select(0, idx))
+            # the whole batch on one expert (common at k = 1): skip the gather
+            features = expert(observations if idx.numel() == batch else observations.index_select(0, idx))
             per_expert[i] = (idx, features)
             aggregated = aggregated.index_add(0, idx, routing.weights[idx, i : i + 1] * features)
         return RoutedFeatures(routing, aggregated, per_expert)

@@ -31,12 +31,15 @@ from torch import nn
 
 from agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
 from hubrl.hub import Hub
-from hubrl.losses import exploitation_loss, exploration_loss
-from hubrl.pathway import HubPathwayExtractor, RoutedFeatures
+from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
+from hubrl.pathway import HubPathwayExtractor, Route, RoutedFeatures
 
-__all__ = ["AGGREGATIONS", "HubPathwayPolicy", "load_hub_weights"]
+__all__ = ["AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy", "load_hub_weights"]
 
 AGGREGATIONS = ("features", "heads")
+#: Defaults chosen by the stage-A measurement of issue 14 (BENCHMARKS.md, "Hub-Pathway routing").
+DEFAULT_EXPLORATION_COEF = 0.1
+DEFAULT_NOISE_FLOOR = 0.3
 
 
 class ExpertHead(nn.Module):
@@ -58,10 +61,20 @@ class ExpertHead(nn.Module):
 class HubPathwayPolicy(ActorCriticPolicy):
     """Actor-critic over a hub of experts routed by a noisy top-k pathway generator.
 
+    **Acting vs updating.** ``forward`` (SB3 calls it to act in ``collect_rollouts``) draws the
+    gate noise and keeps the resulting :class:`~hubrl.pathway.Route` for the rollout buffer
+    (:func:`pop_acting_route`, read by :class:`agents.routing.RoutedRolloutBuffer`).
+    ``evaluate_actions(obs, actions, route=...)`` replays it in the update, so PPO's ratio and
+    both auxiliary losses see the pathway that acted. ``predict`` / evaluation are noise-free.
+    Without a stored route (e.g. trained by stock SB3 PPO) the update draws fresh noise.
+
     :param expert_names: names of the hub's experts (K = their number).
     :param top_k: experts per sample (default 1: the compute of one encoder plus the gate).
-    :param noise: gate noise in training: ``"learned"`` or a fixed std.
+    :param noise: gate noise when acting in training: ``"learned"`` or a fixed std.
+    :param noise_floor: minimum std of the learned noise (keeps route exploration alive).
+    :param k1_weight: ``"prob"`` or ``"straight-through"`` weight of the expert at k = 1.
     :param aggregation: ``"features"`` or ``"heads"`` (see module docstring).
+    :param exploration_loss: load-balancing form, one of :data:`hubrl.losses.EXPLORATION_LOSSES`.
     :param exploration_coef: weight of the exploration loss.
     :param exploitation_coef: weight of the exploitation loss.
     :param exploitation_vf_coef: weight of the value term inside the exploitation loss.
@@ -76,8 +89,11 @@ class HubPathwayPolicy(ActorCriticPolicy):
         expert_names: list[str] | tuple[str, ...] = ("expert",),
         top_k: int = 1,
         noise: str | float = "learned",
+        noise_floor: float = DEFAULT_NOISE_FLOOR,
+        k1_weight: str = "prob",
         aggregation: str = "features",
-        exploration_coef: float = 0.01,
+        exploration_loss: str = "switch",
+        exploration_coef: float = DEFAULT_EXPLORATION_COEF,
         exploitation_coef: float = 0.5,
         exploitation_vf_coef: float = 0.5,
         freeze_experts: bool = False,
@@ -85,18 +101,26 @@ class HubPathwayPolicy(ActorCriticPolicy):
     ) -> None:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
+        if exploration_loss not in EXPLORATION_LOSSES:
+            raise ValueError(f"exploration_loss must be one of {EXPLORATION_LOSSES}, got {exploration_loss!r}.")
         self.expert_names = list(expert_names)
         self.aggregation = aggregation
+        self.exploration_kind = exploration_loss
         self.exploration_coef = float(exploration_coef)
         self.exploitation_coef = float(exploitation_coef)
         self.exploitation_vf_coef = float(exploitation_vf_coef)
         self.freeze_experts = bool(freeze_experts)
         kwargs.setdefault("net_arch", [])
         kwargs["features_extractor_class"] = HubPathwayExtractor
-        kwargs["features_extractor_kwargs"] = {"expert_names": self.expert_names, "top_k": int(top_k), "noise": noise}
+        kwargs["features_extractor_kwargs"] = {
+            "expert_names": self.expert_names, "top_k": int(top_k), "noise": noise,
+            "noise_floor": float(noise_floor), "k1_weight": k1_weight,
+        }
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self._last_routed: RoutedFeatures | None = None
+        self._acting_route: Route | None = None
+        self._previous_logit_mean: np.ndarray | None = None
         self.reset_usage()
 
     # --- construction ---------------------------------------------------------------------
@@ -105,7 +129,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
         extractor: HubPathwayExtractor = self.features_extractor  # type: ignore[assignment]
         self.expert_heads = nn.ModuleList(ExpertHead(extractor.features_dim, int(self.action_space.n)) for _ in extractor.experts)
         super()._build(lr_schedule)
-        extractor.gate.reset_noise()  # SB3's orthogonal init touched it; start noise at softplus(0)
+        # SB3's orthogonal init (gain sqrt 2) also hit the gate: without this reset its output layer
+        # starts with a fixed logit gap and routing is decided before any training (issue 14).
+        extractor.gate.reset_parameters()
         if self.freeze_experts:
             extractor.experts.requires_grad_(False)
 
@@ -113,11 +139,15 @@ class HubPathwayPolicy(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         for key in ("features_extractor_class", "features_extractor_kwargs", "share_features_extractor"):
             data.pop(key, None)
+        gate = self.extractor.gate
         data.update(
             expert_names=self.expert_names,
             top_k=self.extractor.top_k,
-            noise=self.extractor.gate.noise_std if not self.extractor.gate.learned_noise else "learned",
+            noise=gate.noise_std if not gate.learned_noise else "learned",
+            noise_floor=gate.noise_floor,
+            k1_weight=gate.k1_weight,
             aggregation=self.aggregation,
+            exploration_loss=self.exploration_kind,
             exploration_coef=self.exploration_coef,
             exploitation_coef=self.exploitation_coef,
             exploitation_vf_coef=self.exploitation_vf_coef,
@@ -129,12 +159,17 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def extractor(self) -> HubPathwayExtractor:
         return self.features_extractor  # type: ignore[return-value]
 
+    @property
+    def route_shape(self) -> tuple[int, int]:
+        """(K, k): widths of a stored route's noise draw and selection."""
+        return self.extractor.n_experts, self.extractor.top_k
+
     # --- forward passes ---------------------------------------------------------------------
     def _head_outputs(self, routed: RoutedFeatures) -> dict[int, tuple[th.Tensor, th.Tensor, th.Tensor]]:
         return {i: (idx, *self.expert_heads[i](feats)) for i, (idx, feats) in routed.per_expert.items()}
 
-    def _outputs(self, obs: th.Tensor) -> tuple[Distribution, th.Tensor, RoutedFeatures]:
-        routed = self.extractor.route(self.preprocess(obs))
+    def _outputs(self, obs: th.Tensor, route: Route | None = None, explore: bool | None = None) -> tuple[Distribution, th.Tensor, RoutedFeatures]:
+        routed = self.extractor.route(self.preprocess(obs), route=route, explore=explore)
         if self.aggregation == "features":
             logits = self.action_net(routed.aggregated)
             values = self.value_net(routed.aggregated)
@@ -154,36 +189,53 @@ class HubPathwayPolicy(ActorCriticPolicy):
         return preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)  # type: ignore[return-value]
 
     def forward(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        distribution, values, routed = self._outputs(obs)
+        """Act as the behaviour policy: draw gate noise, keep the route for the rollout buffer."""
+        distribution, values, routed = self._outputs(obs, explore=True)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
-        if not self.training:
-            self._record_usage(routed)
+        self._acting_route = routed.routing.route()
+        self._record_usage(routed)
         return actions.reshape((-1, *self.action_space.shape)), values, log_prob
 
-    def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        distribution, values, routed = self._outputs(obs)
+    def pop_acting_route(self) -> Route:
+        """The route of the latest ``forward`` call (once): what the rollout buffer stores."""
+        route, self._acting_route = self._acting_route, None
+        if route is None:
+            raise RuntimeError("No acting route to store: the rollout buffer must be filled right after policy.forward().")
+        return route
+
+    def evaluate_actions(
+        self, obs: th.Tensor, actions: th.Tensor, route: Route | None = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """Values, log-probabilities and entropy under the stored acting ``route`` when given."""
+        distribution, values, routed = self._outputs(obs, route=route)
         self._last_routed = routed  # consumed by auxiliary_loss on the same minibatch
         return values, distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs: th.Tensor) -> Distribution:
-        return self._outputs(obs)[0]
+        return self._outputs(obs, explore=False)[0]
 
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
-        return self._outputs(obs)[1]
+        return self._outputs(obs, explore=False)[1]
 
     # --- auxiliary losses -------------------------------------------------------------------
     def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:
         routed, self._last_routed = self._last_routed, None
         if routed is None:
             return None
-        explore = exploration_loss(routed.routing.probs)
+        routing = routed.routing
+        explore = exploration_loss(routing, self.exploration_kind)
         exploit = exploitation_loss(
             self._head_outputs(routed), batch.actions, batch.old_log_prob, batch.advantages, batch.returns,
             batch.clip_range, self.exploitation_vf_coef,
         )
         loss = self.exploration_coef * explore + self.exploitation_coef * exploit
-        return AuxiliaryTerms(loss, {"exploration_loss": explore.item(), "exploitation_loss": exploit.item()})
+        with th.no_grad():
+            # how far the gate moved since acting: samples the current gate (same noise) would reroute
+            current = routing.logits.topk(routing.selected.shape[1], dim=1).indices.sort(1).values
+            reroute = (current != routing.selected.sort(1).values).any(1).float().mean().item()
+        logs = {"exploration_loss": explore.item(), "exploitation_loss": exploit.item(), "gate_reroute_frac": reroute}
+        return AuxiliaryTerms(loss, logs)
 
     # --- gate usage statistics --------------------------------------------------------------
     def reset_usage(self) -> None:
@@ -191,12 +243,21 @@ class HubPathwayPolicy(ActorCriticPolicy):
         self._usage_weight = np.zeros(k)
         self._usage_selected = np.zeros(k)
         self._usage_samples = 0
+        self._noise_std_sum = 0.0
+        self._logit_sum = np.zeros(k)
+        self._logit_sq_sum = np.zeros(k)
 
     def _record_usage(self, routed: RoutedFeatures) -> None:
-        w = routed.routing.weights.detach()
+        routing = routed.routing
+        w = routing.weights.detach()
         self._usage_weight += w.sum(0).cpu().numpy()
-        self._usage_selected += (w > 0).sum(0).cpu().numpy()
+        self._usage_selected += (w != 0).sum(0).cpu().numpy()
         self._usage_samples += w.shape[0]
+        centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().double().cpu().numpy()
+        self._logit_sum += centred.sum(0)
+        self._logit_sq_sum += (centred**2).sum(0)
+        if routing.noise_std is not None:
+            self._noise_std_sum += float(routing.noise_std.detach().mean(1).sum())
 
     def usage(self) -> dict[str, dict[str, float]]:
         """Per expert: mean pathway weight and selection frequency since the last reset."""
@@ -205,6 +266,26 @@ class HubPathwayPolicy(ActorCriticPolicy):
             name: {"weight_mean": float(self._usage_weight[i] / n), "selection_freq": float(self._usage_selected[i] / n)}
             for i, name in enumerate(self.expert_names)
         }
+
+    def gate_stats(self) -> dict[str, float]:
+        """Gate diagnostics over the states acted on since the last reset (logged per rollout).
+
+        * ``noise_std``: mean gate noise std;
+        * ``logit_spread``: how much the (expert-centred) clean logits vary *across states*
+          (std over states, averaged over experts) — routing that specialises by state;
+        * ``logit_drift``: how far their batch mean moved *since the previous rollout* — routing
+          that drifts in time instead. Spread above drift is what input-level routing looks like.
+        """
+        n = self._usage_samples
+        if n == 0:
+            return {}
+        mean = self._logit_sum / n
+        spread = float(np.sqrt(np.maximum(self._logit_sq_sum / n - mean**2, 0.0)).mean())
+        stats = {"noise_std": self._noise_std_sum / n, "logit_spread": spread}
+        if self._previous_logit_mean is not None:
+            stats["logit_drift"] = float(np.abs(mean - self._previous_logit_mean).mean())
+        self._previous_logit_mean = mean
+        return stats
 
 
 def load_hub_weights(policy: HubPathwayPolicy, hub: Hub) -> None:

@@ -25,6 +25,7 @@ from envs import action_meanings, make_atari_vec_env, resolve_game
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
+from hubrl.runtime import configure_threads
 from hubrl.provenance import system_info
 from hubrl.training import TrainingOutcome, run_training
 
@@ -45,6 +46,7 @@ class PretrainConfig:
     n_envs: int | None = None  # None: the preset's
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
     out: str = "hub"
     tensorboard_log: str | None = None  # None: <out>/<name>/tb
     eval_freq: int = 250_000
@@ -126,9 +128,11 @@ def pretrain_expert(
         resume_state = load_training_checkpoint(checkpoint)
         saved = yaml.safe_load((train_dir / "config.yaml").read_text())
         # The saved config wins, except for the budget and where things run / are logged.
-        keep = {"timesteps": cfg.timesteps, "device": cfg.device, "out": cfg.out, "tensorboard_log": cfg.tensorboard_log}
+        keep = {"timesteps": cfg.timesteps, "device": cfg.device, "threads": cfg.threads, "out": cfg.out,
+                "tensorboard_log": cfg.tensorboard_log}
         cfg = PretrainConfig(**{**saved["run"], **{k: v for k, v in keep.items() if v is not None}})
     game = resolve_game(cfg.game)
+    configure_threads(cfg.threads)
     algo = cfg.algo.lower()
     plain, kwargs = resolve_hyperparams(algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
     cfg.n_envs = int(plain["n_envs"])

@@ -370,12 +370,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path) or {}
 
 
-def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult]:
+def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None) -> list[TrialResult]:
     """Every trial folder under ``root`` that has at least one evaluation point.
 
     Game and seed come from ``config.yaml`` (the folder names otherwise); the method is the grid's
     label, i.e. the folder name (``hub-pathway-heads`` for ``hub-pathway:aggregation=heads``); the budget from
     ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
+
+    ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
+    dropped and a trial counts as finished once it was evaluated at ``stage`` (a grid trained with a
+    1M budget and ``--pause-at 250k`` reports its 250k stage this way, from the same runs).
     """
     from envs.games import display_name
     from hubrl.benchmark import iter_trial_folders, read_evaluations
@@ -383,9 +387,13 @@ def load_trials(root: str | Path, budget: int | None = None) -> list[TrialResult
     root = Path(root)
     if budget is None:
         budget = _read_json(root / "grid.json").get("budget")
+    if stage is not None:
+        budget = int(stage)
     trials = []
     for folder in iter_trial_folders(root):
         points = sorted(read_evaluations(folder), key=lambda p: p["step"])
+        if stage is not None:
+            points = [p for p in points if p["step"] <= stage]
         run = _read_yaml(folder / "config.yaml").get("run", {})
         game = folder.parent.parent.name
         if run.get("env"):
@@ -693,6 +701,86 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
     return paths
 
 
+#: A rollout whose top-k sends at least this share of its states to one expert counts as collapsed.
+COLLAPSE_SHARE = 0.95
+#: Rollouts before this many agent steps are left out of the routing statistics (the gate's start).
+ROUTING_WARMUP = 2048
+
+
+def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial with a ``gates.jsonl``: what its gate did over the rollouts (after
+    :data:`ROUTING_WARMUP` steps, up to ``stage``).
+
+    ``collapsed`` = share of rollouts with >= :data:`COLLAPSE_SHARE` of the states on one expert;
+    ``share/<expert>`` = mean selection frequency; ``logit_spread`` (variation across states) and
+    ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std.
+    """
+    from hubrl.callbacks import read_gate_history
+
+    rows = []
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        history = [r for r in read_gate_history(t.folder / "gates.jsonl")
+                   if r["step"] > ROUTING_WARMUP and (stage is None or r["step"] <= stage)]
+        if not history:
+            continue
+        experts = sorted(k.split("/", 1)[1] for k in history[0] if k.startswith("selection_freq/"))
+        shares = np.array([[r.get(f"selection_freq/{e}", np.nan) for e in experts] for r in history])
+        row: dict[str, Any] = {"game": t.game, "method": t.method, "seed": t.seed, "rollouts": len(history),
+                               "last_step": int(history[-1]["step"]),
+                               "collapsed": float(np.mean(np.nanmax(shares, axis=1) >= COLLAPSE_SHARE))}
+        for i, name in enumerate(experts):
+            row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
+        for key in ("logit_spread", "logit_drift", "noise_std"):
+            values = [r[key] for r in history if key in r]
+            row[key] = float(np.mean(values)) if values else None
+        rows.append(row)
+    return rows
+
+
+def _routing_md(rows: Sequence[dict[str, Any]]) -> str:
+    shares = sorted({k for r in rows for k in r if k.startswith("share/")})
+    headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
+               "logit spread (states)", "logit drift (rollouts)", "noise std"]
+    body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
+             *[_fmt(r.get(s), 2) for s in shares], _fmt(r["logit_spread"], 3), _fmt(r["logit_drift"], 3), _fmt(r["noise_std"], 2)]
+            for r in rows]
+    return _md_table(headers, body)
+
+
+def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = None) -> list[Path]:
+    """One PNG per game: each routed trial's selection share of each expert (but the last) per rollout."""
+    from matplotlib.figure import Figure
+
+    from hubrl.callbacks import read_gate_history
+
+    by_game: dict[str, list[tuple[TrialResult, list[dict[str, Any]]]]] = {}
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        history = [r for r in read_gate_history(t.folder / "gates.jsonl") if stage is None or r["step"] <= stage]
+        if history:
+            by_game.setdefault(t.game, []).append((t, history))
+    paths = []
+    for game, runs in by_game.items():
+        fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+        ax = fig.subplots()
+        for t, history in runs:
+            experts = sorted(k.split("/", 1)[1] for k in history[0] if k.startswith("selection_freq/"))
+            steps = [r["step"] for r in history]
+            for name in experts[:-1]:
+                ax.plot(steps, [r.get(f"selection_freq/{name}", np.nan) for r in history], linewidth=0.8,
+                        label=f"{t.method} s{t.seed}: {name}")
+        ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{game}: share of states routed to an expert, per rollout")
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("selection frequency")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+        path = out / f"routing_{game}.png"
+        fig.savefig(path)
+        paths.append(path)
+    return paths
+
+
 def _expert_eval_points(train_dir: Path) -> list[dict[str, Any]]:
     """Evaluation points of a pretraining run: ``evaluations.json``, else the checkpoint's copy."""
     if (train_dir / "evaluations.json").is_file():
@@ -767,6 +855,16 @@ def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def step_label(steps: int | None) -> str:
+    """``250000`` -> ``250k``, ``1000000`` -> ``1M`` (folder names and titles of stages)."""
+    if steps is None:
+        return ""
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if steps >= size and steps % size == 0:
+            return f"{steps // size}{unit}"
+    return str(steps)
+
+
 def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[str]:
     from hubrl.provenance import machine_info, system_label
 
@@ -811,10 +909,13 @@ def write_report(
     confidence: float = 0.95,
     seed: int = 0,
     focus: str = "hub-pathway",
+    stage: int | None = None,
 ) -> Path:
-    """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``); return ``report.md``.
+    """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``, or
+    ``<root>/report/at-<stage>`` for a stage); return ``report.md``.
 
-    ``focus`` is the method the head-to-head section compares with every other one.
+    ``focus`` is the method the head-to-head section compares with every other one; ``stage``
+    reports the grid as it stood at that many agent steps (see :func:`load_trials`).
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
@@ -823,11 +924,11 @@ def write_report(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"No grid folder {root}.")
-    trials = load_trials(root, budget)
+    trials = load_trials(root, budget, stage)
     if not any(t.steps.size for t in trials):
         raise FileNotFoundError(f"No trial with evaluations under {root} (expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = _read_json(root / "grid.json")
-    out = Path(out) if out else root / "report"
+    out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
 
     scores = score_table(trials)
@@ -855,6 +956,10 @@ def write_report(
                                         "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "status", "folder"])
     curves = plot_curves(trials, out, curve_reps, seed)
     agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
+    routing = routing_table(trials, stage)
+    routing_pngs = plot_routing(trials, out, stage) if routing else []
+    if routing:
+        _write_csv(out / "routing.csv", routing, list(dict.fromkeys(k for r in routing for k in r)))
 
     from hubrl.benchmark import iter_trial_folders
 
@@ -874,11 +979,15 @@ def write_report(
     coverage = {r["method"]: r["games"] for r in aggregate}
     eff_budget = budget or grid.get("budget")
     seeds = sorted({t.seed for t in trials})
+    grid_budget = grid.get("budget")
     lines = [
-        "# Benchmark report",
+        "# Benchmark report" + (f" at {step_label(stage)} agent steps" if stage else ""),
         "",
         f"- Grid: `{root}`",
-        f"- Budget: {_fmt(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial",
+        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) of a {_fmt(grid_budget)}-step budget"
+         if stage else f"- Budget: {_fmt(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial"),
+        "- Trials: " + ", ".join(f"{t.game}/{t.method}/s{t.seed} at {int(t.steps[-1]):,}" for t in sorted(
+            trials, key=lambda t: (t.game, t.method, t.seed)) if t.steps.size),
         f"- Games: {', '.join(sorted({t.game for t in trials}))}",
         f"- Methods: {', '.join(sorted({t.method for t in trials}))} (ratios against `{baseline}`)",
         f"- Seeds: {', '.join(map(str, seeds))}",
@@ -906,6 +1015,14 @@ def write_report(
     lines += ["## Scores per game", "", _score_md(scores)]
     if versus:
         lines += [f"## Head-to-head: `{focus}` against each method", "", _head_to_head_md(versus, confidence)]
+    if routing:
+        lines += ["## Routing: what the gates did", "",
+                  f"Per rollout after the first {ROUTING_WARMUP:,} steps (`gates.jsonl` of each trial): `collapsed` = share of "
+                  f"rollouts that sent >= {100 * COLLAPSE_SHARE:.0f}% of their states to one expert; expert columns = mean "
+                  "selection frequency; logit spread = variation of the gate's logits across states, drift = their change "
+                  "between rollouts (spread above drift: routing by state rather than by time).", "",
+                  _routing_md(routing)]
+        lines += [f"![{p.stem}]({p.name})" for p in routing_pngs] + [""]
     lines += ["## Compute", "", _compute_md(compute, baseline)]
     if not all(r["rss_isolated"] for r in compute):
         lines.append("Some trials ran in the grid's own process (`--workers 0`): their peak memory spans earlier trials.\n")

@@ -5,7 +5,8 @@ All methods (:mod:`hubrl.methods`: ``hub-pathway``, ``scratch``, ``finetune``, `
 resume and logging, so their runs compare one to one. A run folder holds ``model.zip`` (opens
 with stock ``PPO.load``/``A2C.load`` after ``import hubrl``), ``config.yaml`` (everything
 resolved, and the system it ran on: :mod:`hubrl.provenance`), ``checkpoint.pt`` (resume
-state), ``evaluations.json`` (every evaluation's raw scores) and TensorBoard events under
+state), ``evaluations.json`` (every evaluation's raw scores), for hub methods ``gates.jsonl``
+(gate statistics per rollout: :class:`hubrl.callbacks.GateUsageCallback`) and TensorBoard events under
 ``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all methods:
 ``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds
 ``pathway/weight_mean/<expert>``, ``pathway/selection_freq/<expert>``,
@@ -22,13 +23,17 @@ import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import make_atari_vec_env, resolve_game
+from hubrl.callbacks import GateUsageCallback
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
 from hubrl.evaluation import make_eval_env
 from hubrl.hub import Hub, resolve_hub
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
-from hubrl.policies import AGGREGATIONS
+from hubrl.losses import EXPLORATION_LOSSES
+from hubrl.pathway import K1_WEIGHTS
+from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_NOISE_FLOOR
 from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
+from hubrl.runtime import configure_threads
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
@@ -50,12 +55,16 @@ class TransferConfig:
     n_envs: int | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
     out: str | None = None  # None: runs/<env>-<method>-<algo>-s<seed>
     tensorboard_log: str | None = None
     top_k: int = 1
     noise: str | float = "learned"
+    noise_floor: float = DEFAULT_NOISE_FLOOR
+    k1_weight: str = "prob"
     aggregation: str = "features"
-    exploration_coef: float = 0.01
+    exploration_loss: str = "switch"
+    exploration_coef: float = DEFAULT_EXPLORATION_COEF
     exploitation_coef: float = 0.5
     freeze_experts: bool = False
     eval_freq: int = 100_000
@@ -94,10 +103,22 @@ def _validate(cfg: TransferConfig) -> None:
         raise UsageError("--timesteps and --n-envs must be positive.")
     if cfg.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {cfg.top_k}.")
+    if cfg.exploration_loss not in EXPLORATION_LOSSES:
+        raise UsageError(f"--exploration-loss must be one of {', '.join(EXPLORATION_LOSSES)}, got {cfg.exploration_loss!r}.")
+    if cfg.k1_weight not in K1_WEIGHTS:
+        raise UsageError(f"--k1-weight must be one of {', '.join(K1_WEIGHTS)}, got {cfg.k1_weight!r}.")
+    if not 0 <= cfg.noise_floor < float("inf"):
+        raise UsageError(f"--noise-floor must be a finite number >= 0, got {cfg.noise_floor}.")
 
 
-def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool = True, verbose: int = 1) -> TransferResult:
-    """Build the env, hub and agent for ``cfg``; train (or resume) it; save ``model.zip``."""
+def run_transfer(
+    cfg: TransferConfig, resume: bool = False, progress_bar: bool = True, verbose: int = 1, pause_at: int | None = None
+) -> TransferResult:
+    """Build the env, hub and agent for ``cfg``; train (or resume) it; save ``model.zip``.
+
+    ``pause_at`` stops at that many agent steps in all, with a checkpoint, while the schedules
+    still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have.
+    """
     _validate(cfg)
     folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
     checkpoint = folder / "checkpoint.pt"
@@ -110,6 +131,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool =
     elif folder.exists() and any(folder.iterdir()):
         raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or choose another --out.")
     game = resolve_game(cfg.env)
+    configure_threads(cfg.threads)
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
     hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
@@ -136,6 +158,9 @@ def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool =
                 tensorboard_log=tensorboard_log, policy_kwargs={**preset_policy_kwargs, **extra}, **kwargs,
             )
 
+        for callback in plan.callbacks:
+            if isinstance(callback, GateUsageCallback):
+                callback.history_path = folder / "gates.jsonl"
         model = make_agent(plan.policy)
         if not resume:
             plan.init(model.policy)
@@ -152,6 +177,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False, progress_bar: bool =
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
             resume_state=load_training_checkpoint(checkpoint) if resume else None,
             callbacks=plan.callbacks, progress_bar=progress_bar, tb_log_name=f"{game}-{method_label(cfg)}", verbose=verbose,
+            pause_at=pause_at,
         )
         final = plan.finalize(model, make_agent) if plan.finalize is not None else model
         atomic_write(folder / "model.zip", lambda h: final.save(h))

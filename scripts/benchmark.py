@@ -4,7 +4,8 @@
     python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
     python scripts/benchmark.py run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
     python scripts/benchmark.py run --root bench --games Alien Gopher --ray-address auto --cpus-per-trial 4 --gpus-per-trial 0.25
-    python scripts/benchmark.py report bench
+    python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --budget 1M --pause-at 250k  # a stage
+    python scripts/benchmark.py report bench --stages 250k 500k 1M
 
 `run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
 started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
@@ -39,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--methods", nargs="+", default=None, help="Transfer methods (default: all of hubrl.transfer.METHODS).")
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
     run.add_argument("--budget", type=steps, required=True, help="Agent steps per trial, e.g. 1M, 100k.")
+    run.add_argument("--pause-at", type=steps, default=None,
+                     help="Stop every trial at N steps (schedules still follow --budget); rerun with a later --pause-at or none to continue.")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1,
                        help="Trials at once, each in a fresh process (0: in this process, for debugging). Default: 1.")
@@ -66,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     report.add_argument("root", help="Grid folder (the --root of run).")
     report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
     report.add_argument("--budget", type=steps, default=None, help="Count trials that reached this many steps (default: the grid's).")
+    report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
+                        help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), in report/at-<steps>/.")
     report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
     report.add_argument("--focus", default="hub-pathway",
                         help="Method the head-to-head section compares with each other one. Default: hub-pathway.")
@@ -94,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_grid(
         args.root, args.games, args.methods or list(METHODS), args.seeds, args.budget, settings=_settings(args),
         workers=args.workers, threads=args.threads, ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, pause_at=args.pause_at,
     )
     print(f"{summary} -> {summary.root}/trials.jsonl")
     for rec in summary.failed:
@@ -112,6 +117,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
                         focus=args.focus)
     print(f"report: {path}")
+    for stage in args.stages or []:
+        try:
+            staged = write_report(args.root, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
+                                  focus=args.focus, stage=stage)
+        except FileNotFoundError as exc:
+            print(f"stage {stage}: {exc}")
+            continue
+        print(f"report at {stage} steps: {staged}")
     return 0
 
 

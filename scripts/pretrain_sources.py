@@ -82,6 +82,7 @@ def main(argv=None) -> int:
             n_envs=args.n_envs,
             seed=args.seed,
             device=args.device,
+            threads=args.threads,
             out=args.out,
             tensorboard_log=args.tensorboard_log,
             eval_freq=args.eval_freq,

@@ -35,11 +35,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timesteps", type=steps, default=1_000_000, help="Agent steps, e.g. 1M, 100k. Default: 1M.")
     parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true", help="Continue the run in --out from its checkpoint.")
+    parser.add_argument("--pause-at", type=steps, default=None,
+                        help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); continue later with --resume.")
     parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
-    parser.add_argument("--noise", default="learned", help="Gate noise in training: 'learned' (noisy top-k) or a fixed std like 1.0. Default: learned.")
+    parser.add_argument("--noise", default="learned", help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std like 1.0. Default: learned.")
+    parser.add_argument("--noise-floor", type=float, default=None,
+                        help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
+    parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default="prob",
+                        help="Weight of the chosen expert at --top-k 1: its gate probability, or 1 with that probability's gradient. Default: prob.")
+    parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
+                        help="Load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), entropy of the batch-mean "
+                             "probabilities, or Shazeer's importance+load. Default: switch.")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
                         help="Aggregate expert features into one head (features) or per-expert heads' outputs (heads, the paper's form).")
-    parser.add_argument("--exploration-coef", type=float, default=0.01, help="Weight of the exploration loss. Default: 0.01.")
+    parser.add_argument("--exploration-coef", type=float, default=None, help="Weight of the exploration loss. Default: 0.1.")
     parser.add_argument("--exploitation-coef", type=float, default=0.5, help="Weight of the exploitation loss. Default: 0.5.")
     parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
     parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
@@ -58,14 +67,20 @@ def main(argv=None) -> int:
     noise = args.noise if args.noise == "learned" else float(args.noise)
     cfg = TransferConfig(
         env=args.env, method=args.method, source=args.source, lite=args.lite, select_frames=args.select_frames, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
-        n_envs=args.n_envs, seed=args.seed, device=args.device, out=args.out, tensorboard_log=args.tensorboard_log,
-        top_k=args.top_k, noise=noise, aggregation=args.aggregation, exploration_coef=args.exploration_coef,
+        n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, out=args.out, tensorboard_log=args.tensorboard_log,
+        top_k=args.top_k, noise=noise, k1_weight=args.k1_weight, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
         exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
         hyperparams=load_overrides(args.hyperparams) if args.hyperparams else {},
+        # flags whose default lives in the library (None here: not given)
+        **{k: v for k, v in (("noise_floor", args.noise_floor), ("exploration_coef", args.exploration_coef)) if v is not None},
     )
-    result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar)
+    result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
+    if outcome.paused:
+        print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
+              f"Continue with --resume --out {result.folder}.")
+        return 0
     if outcome.interrupted_by is not None:
         print(f"Stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume --out {result.folder}.")
         return 128 + outcome.interrupted_by

@@ -71,9 +71,18 @@ def test_trial_state(tmp_path):
     (folder / "checkpoint.pt").unlink()
     (folder / "status.json").write_text(json.dumps({"status": "ok", "completed": True, "num_timesteps": 50}))
     assert trial_state(folder, 50) == "finished"
-    assert trial_state(folder, 60) == "fresh"
+    assert trial_state(folder, 60) == "refused"  # a finished, archived trial is never restarted (it would be deleted)
     (folder / "status.json").write_text(json.dumps({"status": "failed", "completed": False, "num_timesteps": 50}))
     assert trial_state(folder, 50) == "fresh"
+    # stages: paused at 50 of a 100 budget
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    (folder / "status.json").write_text(json.dumps({"status": "paused", "budget": 100, "num_timesteps": 50}))
+    assert trial_state(folder, 100, pause_at=50) == "paused"
+    assert trial_state(folder, 100, pause_at=75) == "resume"
+    assert trial_state(folder, 100) == "resume"
+    assert trial_state(folder, 200) == "refused"  # its schedules run over 100
+    (folder / "checkpoint.pt").unlink()
+    assert trial_state(folder, 100) == "refused"  # paused, checkpoint gone: never a fresh start over its results
 
 
 def test_grid_skips_finished_records_failures_and_retries(tmp_path):
@@ -171,7 +180,7 @@ def test_ray_runs_trials_as_tasks(tmp_path):
     assert trial_state(trial_folder(root, "Alien", "scratch", 0), 64) == "finished"
 
 
-def test_real_trials_in_process_clear_leftovers_then_resume_to_a_bigger_budget(tmp_path):
+def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_another_budget(tmp_path):
     from tests.conftest import TINY_PPO, make_tiny_hub
 
     settings = dict(hub=str(make_tiny_hub(tmp_path / "hub")), n_envs=2, eval_freq=10**9, eval_episodes=1,
@@ -181,18 +190,28 @@ def test_real_trials_in_process_clear_leftovers_then_resume_to_a_bigger_budget(t
     folder.mkdir(parents=True)  # an attempt that failed before its first checkpoint
     (folder / "config.yaml").write_text("run: {}\n")
     (folder / "status.json").write_text(json.dumps({"status": "failed", "steps": 0, "seconds": 1.0}))
-    first = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 64, settings=settings, workers=0, log=None)
-    assert first.records[0]["status"] == "ok", first.records[0].get("traceback")
+    settings["eval_freq"] = 64  # an evaluation at the pause point, as a staged grid has
+    first = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None, pause_at=64)
+    assert first.records[0]["status"] == "paused", first.records[0].get("traceback")
     assert first.records[0]["resumed"] is False and first.records[0]["num_timesteps"] == 64
+    assert json.loads((root / "grid.json").read_text())["pause_at"] == 64
+    again = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None, pause_at=64)
+    assert again.records[0]["status"] == "skipped"  # this stage is done: nothing retrained
     second = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
     rec = second.records[0]
     assert rec["status"] == "ok" and rec["resumed"] is True and rec["steps"] == 64 and rec["num_timesteps"] == 128
-    assert first.records[0]["inference_steps_per_s"] > 0 and rec["inference_steps_per_s"] > 0  # the saved model.zip, timed
-    assert rec["params"] > 0
+    assert rec["inference_steps_per_s"] > 0 and rec["params"] > 0  # the saved model.zip, timed
     points = json.loads((folder / "evaluations.json").read_text())["points"]
     assert [p["step"] for p in points] == [64, 128] and trial_state(folder, 128) == "finished"
     history = json.loads((folder / "status.json").read_text())["history"]
-    assert [h["status"] for h in history] == ["failed", "ok"]
+    assert [h["status"] for h in history] == ["failed", "paused"]
+    # another budget is refused, and the trial's files stay as they were
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    (folder / "model.zip").unlink()
+    before.pop("model.zip")
+    third = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 256, settings=settings, workers=0, log=None)
+    assert third.records[0]["status"] == "refused" and "128-step budget" in third.records[0]["error"]
+    assert third.failed and {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 
 def _script_main():

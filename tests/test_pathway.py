@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 
-from hubrl.losses import exploitation_loss, exploration_loss
+from hubrl.losses import entropy_balance_loss, exploitation_loss
 from hubrl.pathway import HubPathwayExtractor, PathwayGenerator
 
 SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
@@ -92,18 +92,18 @@ def test_gradients_reach_gate_and_selected_experts_only():
         assert all(g is None or g.abs().sum() == 0 for g in grads)
 
 
-def test_exploration_loss_minimal_when_balanced():
+def test_entropy_balance_loss_minimal_when_balanced():
     k = 4
     uniform = th.full((10, k), 1 / k)
-    assert exploration_loss(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_balance_loss(uniform).item() == pytest.approx(0.0, abs=1e-6)
     # sharp per-sample routing that is balanced over the batch is also optimal
     balanced = th.eye(k).repeat(3, 1)
-    assert exploration_loss(balanced).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_balance_loss(balanced).item() == pytest.approx(0.0, abs=1e-6)
     collapsed = th.zeros(10, k)
     collapsed[:, 0] = 1
-    assert exploration_loss(collapsed).item() == pytest.approx(math.log(k), abs=1e-5)
+    assert entropy_balance_loss(collapsed).item() == pytest.approx(math.log(k), abs=1e-5)
     skewed = th.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(10, 1)
-    assert 0 < exploration_loss(skewed).item() < math.log(k)
+    assert 0 < entropy_balance_loss(skewed).item() < math.log(k)
 
 
 def test_exploitation_loss_uses_only_routed_samples():

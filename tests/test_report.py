@@ -324,3 +324,37 @@ def test_report_of_a_grid_archived_without_weights(grid):
     compute = {(r["game"], r["method"]): r for r in _rows(grid / "report" / "compute.csv")}
     assert int(compute[("Alien", "scratch")]["params"]) == 15  # recorded by the trial
     assert compute[("Alien", "hub-pathway")]["params"] == ""  # nothing recorded, nothing to count
+
+
+def test_report_at_a_stage_reads_the_grid_as_it_stood_then(grid):
+    """A paused grid reports each stage from the same runs: points after the stage are dropped."""
+    trials = {(t.game, t.method, t.seed): t for t in load_trials(grid, stage=500)}
+    t = trials[("Alien", "scratch", 0)]
+    assert t.finished and t.final == 0 and list(t.steps) == [500]
+    assert trials[("Gopher", "hub-pathway", 1)].finished  # evaluated at 500: in this stage's tables
+    report = write_report(grid, reps=200, stage=500)
+    assert report.parent == grid / "report" / "at-500"
+    text = report.read_text()
+    assert text.startswith("# Benchmark report at 500 agent steps") and "as it stood at 500 agent steps" in text
+    finals = {(r["game"], r["method"], r["seed"]): float(r["final"]) for r in _rows(report.parent / "runs.csv")}
+    assert finals[("Alien", "hub-pathway", "1")] == 2000 and finals[("Gopher", "hub-pathway", "1")] == 300
+    # the full report says how far each trial got
+    assert "Gopher/hub-pathway/s1 at 500" in write_report(grid, reps=200).read_text()
+
+
+def test_routing_section_reads_each_trials_gate_history(grid):
+    folder = grid / "Alien" / "hub-pathway" / "s0"
+    rows = [{"step": 1024, "selection_freq/a": 1.0, "selection_freq/b": 0.0}]  # inside the warm-up: ignored
+    rows += [{"step": 1024 * i, "selection_freq/a": share, "selection_freq/b": 1 - share, "logit_spread": 0.2,
+              "logit_drift": 0.1, "noise_std": 0.9} for i, share in ((3, 0.97), (4, 0.5), (5, 0.6), (6, 0.02))]
+    (folder / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
+    from hubrl.report import routing_table
+
+    (row,) = routing_table(load_trials(grid))
+    assert (row["method"], row["seed"], row["rollouts"]) == ("hub-pathway", 0, 4)
+    assert row["collapsed"] == pytest.approx(0.5) and row["share/a"] == pytest.approx((0.97 + 0.5 + 0.6 + 0.02) / 4)
+    assert row["logit_spread"] == pytest.approx(0.2)
+    (staged,) = routing_table(load_trials(grid), stage=4096)
+    assert staged["rollouts"] == 2
+    report = write_report(grid, reps=200)
+    assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()

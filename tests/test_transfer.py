@@ -40,7 +40,13 @@ def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tin
     tags = _scalars(folder)
     for name in ("riverraid-ppo", "seaquest-ppo"):
         assert f"pathway/weight_mean/{name}" in tags and f"pathway/selection_freq/{name}" in tags
-    assert {"train/exploration_loss", "train/exploitation_loss", "eval/mean_reward"} <= tags
+    assert {"train/exploration_loss", "train/exploitation_loss", "train/gate_reroute_frac", "eval/mean_reward"} <= tags
+    assert {"pathway/noise_std", "pathway/logit_spread", "pathway/logit_drift"} <= tags  # gate diagnostics per rollout
+    from hubrl.callbacks import read_gate_history
+
+    gates = read_gate_history(folder / "gates.jsonl")  # the same, kept in the run folder
+    assert [r["step"] for r in gates] == [64, 128]
+    assert sum(gates[-1][f"selection_freq/{n}"] for n in ("riverraid-ppo", "seaquest-ppo")) == pytest.approx(1.0)
 
     loaded = PPO.load(folder / "model.zip", device="cpu")
     assert loaded.policy.aggregation == aggregation and loaded.action_space.n == 8

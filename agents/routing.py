@@ -1,0 +1,172 @@
+"""Routes are part of the rollout: a rollout buffer that stores each acting step's gate route.
+
+A routing policy (Hub-Pathway) draws gate noise when it acts. For PPO's ratio, and for the
+auxiliary losses, to judge the policy that acted, the update must use the same pathway: the same
+noise draw (re-scaled by the gate's *current* noise std, so the gate keeps its gradient) and the
+same selected experts. :class:`RoutedRolloutBuffer` keeps them beside the observations and hands
+them out with each minibatch as ``samples.route``; :class:`RoutedOnPolicyMixin` installs it for
+any policy that implements :class:`RoutedPolicy`, and passes ``route=`` to ``evaluate_actions``.
+
+SB3 fills the buffer in ``collect_rollouts`` right after ``policy(obs)``: the buffer reads the
+route of that call from the policy (``pop_acting_route``), so SB3's loop is used unchanged.
+The buffer is not saved with the model (SB3 excludes it), so stock ``PPO.load`` still opens a
+routed model; a stock agent then trains it with fresh noise in the update, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
+
+
+__all__ = ["Route", "RoutedPolicy", "RoutedRolloutBuffer", "RoutedRolloutBufferSamples", "RoutedOnPolicyMixin"]
+
+
+@dataclass
+class Route:
+    """What rebuilds one batch's acting routing exactly: the noise draw and the chosen experts.
+
+    :param noise: (B, K) standard-normal draw that was scaled by the gate's noise std and added to
+        the clean logits when acting.
+    :param selected: (B, k) long indices of the experts that acted.
+    """
+
+    noise: th.Tensor
+    selected: th.Tensor
+
+
+@runtime_checkable
+class RoutedPolicy(Protocol):
+    """A policy whose acting routes must be replayed in the update."""
+
+    route_shape: tuple[int, int]  # (K experts, k selected per sample)
+
+    def pop_acting_route(self) -> Route:
+        """The route of the latest acting ``forward`` call."""
+
+    def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor, route: Route | None = None) -> Any:
+        """SB3's ``evaluate_actions`` under a stored route."""
+
+
+class RoutedRolloutBufferSamples(NamedTuple):
+    """SB3's ``RolloutBufferSamples`` plus the minibatch's acting routes."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    route: Route
+
+
+class RoutedRolloutBuffer(RolloutBuffer):
+    """SB3 ``RolloutBuffer`` that also stores each step's gate noise draw and selected experts.
+
+    :param n_experts: K (width of the noise draw).
+    :param top_k: k (width of the selection).
+    :param route_source: returns the route of the policy call that produced the step being added.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space,
+        action_space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        *,
+        n_experts: int = 1,
+        top_k: int = 1,
+        route_source: Callable[[], Route] | None = None,
+    ) -> None:
+        self.n_experts, self.top_k = int(n_experts), int(top_k)
+        self.route_source = route_source
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+
+    def reset(self) -> None:
+        self.gate_noise = np.zeros((self.buffer_size, self.n_envs, self.n_experts), dtype=np.float32)
+        self.gate_selected = np.zeros((self.buffer_size, self.n_envs, self.top_k), dtype=np.int64)
+        self._routes_flat = False
+        super().reset()
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        if self.route_source is None:
+            raise RuntimeError("RoutedRolloutBuffer needs a route_source (the policy's pop_acting_route).")
+        route = self.route_source()
+        self.gate_noise[self.pos] = route.noise.cpu().numpy().reshape(self.n_envs, self.n_experts)
+        self.gate_selected[self.pos] = route.selected.cpu().numpy().reshape(self.n_envs, self.top_k)
+        super().add(*args, **kwargs)
+
+    def get(self, batch_size: int | None = None) -> Generator[RoutedRolloutBufferSamples, None, None]:  # type: ignore[override]
+        if not self._routes_flat:
+            self.gate_noise = self.swap_and_flatten(self.gate_noise)
+            self.gate_selected = self.swap_and_flatten(self.gate_selected)
+            self._routes_flat = True
+        yield from super().get(batch_size)  # type: ignore[misc]
+
+    def _get_samples(self, batch_inds: np.ndarray, env=None) -> RoutedRolloutBufferSamples:  # type: ignore[override]
+        base: RolloutBufferSamples = super()._get_samples(batch_inds, env)
+        route = Route(self.to_torch(self.gate_noise[batch_inds]), th.as_tensor(self.gate_selected[batch_inds], device=self.device))
+        return RoutedRolloutBufferSamples(*base, route=route)
+
+
+class RoutedOnPolicyMixin:
+    """For ``OnPolicyAlgorithm`` subclasses (HubPPO, HubA2C): a routed buffer for routed policies,
+    and ``evaluate_actions`` under the stored routes.
+
+    It also gives Adam torch's fused implementation where this torch offers it (one kernel for the
+    whole step instead of one per tensor; same arithmetic up to rounding).
+    """
+
+    def _setup_model(self) -> None:
+        super()._setup_model()  # type: ignore[misc]
+        policy = self.policy  # type: ignore[attr-defined]
+        if isinstance(policy, RoutedPolicy):
+            n_experts, top_k = policy.route_shape
+            self.rollout_buffer = RoutedRolloutBuffer(  # type: ignore[attr-defined]
+                self.n_steps, self.observation_space, self.action_space,  # type: ignore[attr-defined]
+                device=self.device, gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs,  # type: ignore[attr-defined]
+                n_experts=n_experts, top_k=top_k, route_source=policy.pop_acting_route,
+            )
+        fuse_adam(policy)
+
+    def _evaluate(self, rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """``policy.evaluate_actions`` on a minibatch, under its acting routes when it has them."""
+        route = getattr(rollout_data, "route", None)
+        if route is not None:
+            return self.policy.evaluate_actions(rollout_data.observations, actions, route=route)  # type: ignore[attr-defined]
+        return self.policy.evaluate_actions(rollout_data.observations, actions)  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=None)
+def fused_adam_available(device_type: str) -> bool:
+    """Whether this torch runs a fused Adam step on ``device_type`` (CPU: torch >= 2.4)."""
+    try:
+        probe = th.zeros(1, device=device_type, requires_grad=True)
+        probe.grad = th.ones_like(probe)
+        th.optim.Adam([probe], fused=True).step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def fuse_adam(policy: Any) -> bool:
+    """Rebuild ``policy.optimizer`` as fused Adam when it is a plain one-group Adam and torch supports
+    fused Adam on the policy's device; hyperparameters are kept. Returns whether it did."""
+    optimizer = getattr(policy, "optimizer", None)
+    if type(optimizer) is not th.optim.Adam or optimizer.defaults.get("fused") or len(optimizer.param_groups) != 1:
+        return False
+    if not fused_adam_available(next(policy.parameters()).device.type):
+        return False
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+    policy.optimizer = th.optim.Adam(optimizer.param_groups[0]["params"], fused=True, **defaults)
+    return True

@@ -1,0 +1,210 @@
+"""Hub-Pathway really routes (issue 14): even start, acting routes replayed in the update,
+balancing on actual assignments, routes surviving save/load, gate diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
+
+import hubrl  # noqa: F401
+from agents import HubA2C, HubPPO
+from agents.routing import RoutedRolloutBuffer, fuse_adam
+from envs import make_atari_vec_env
+from hubrl.hub import resolve_hub
+from hubrl.losses import entropy_balance_loss, exploration_loss, importance_load_loss, switch_balance_loss
+from hubrl.pathway import PathwayGenerator, Routing
+from hubrl.policies import HubPathwayPolicy, load_hub_weights
+
+TINY = {HubPPO: dict(n_steps=32, batch_size=64, n_epochs=2), HubA2C: dict(n_steps=8)}
+
+
+def _agent(algo, hub, tmp_path, lr=0.0, n_envs=4, **policy_kwargs):
+    env = make_atari_vec_env("Gopher", n_envs, seed=0)
+    model = algo(HubPathwayPolicy, env, learning_rate=lr, seed=0, device="cpu",
+                 policy_kwargs=dict(expert_names=hub.names, **policy_kwargs), **TINY[algo])
+    load_hub_weights(model.policy, hub)
+    model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
+    return model
+
+
+def _collect(model):
+    """One rollout into the model's buffer, as learn() does it."""
+    model._setup_learn(total_timesteps=10**6)
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Nothing(BaseCallback):
+        def _on_step(self):
+            return True
+
+    callback = Nothing()
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+@pytest.fixture
+def hub(tiny_hub):
+    return resolve_hub(str(tiny_hub), [])
+
+
+@pytest.mark.parametrize("algo", [HubPPO, HubA2C])
+@pytest.mark.parametrize("policy_kwargs", [{}, {"top_k": 2}, {"noise": 1.0, "aggregation": "heads"}])
+def test_update_sees_exactly_the_acting_policy(algo, policy_kwargs, hub, tmp_path):
+    """Before any gradient step, the update's log-probabilities are the acting ones (ratio exactly 1)."""
+    model = _agent(algo, hub, tmp_path, **policy_kwargs)
+    _collect(model)
+    assert isinstance(model.rollout_buffer, RoutedRolloutBuffer)
+    model.policy.set_training_mode(True)  # as train() does: noise on, so only the stored route can match
+    for data in model.rollout_buffer.get(64):
+        _, log_prob, _ = model._evaluate(data, data.actions.long().flatten())
+        # equal up to float32 rounding of different batch sizes (a plain CnnPolicy shows the same)
+        assert th.allclose(log_prob, data.old_log_prob, rtol=0, atol=2e-6)
+        # and this is the stored route's doing: fresh noise in the update gives other pathways
+        _, fresh, _ = model.policy.evaluate_actions(data.observations, data.actions.long().flatten())
+        assert (fresh - data.old_log_prob).abs().max() > 1e-4
+
+
+def test_ppo_with_learning_rate_zero_logs_kl_and_clip_fraction_zero(hub, tmp_path):
+    model = _agent(HubPPO, hub, tmp_path, top_k=1)
+    model.learn(256)
+    import csv
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "log" / "progress.csv")) if r.get("train/approx_kl")]
+    assert rows and all(float(r["train/approx_kl"]) == 0.0 and float(r["train/clip_fraction"]) == 0.0 for r in rows)
+    assert all(float(r["train/gate_reroute_frac"]) == 0.0 for r in rows)
+
+
+def test_acting_draws_noise_and_predict_is_noise_free(hub, tmp_path):
+    policy = _agent(HubPPO, hub, tmp_path).policy.eval()
+    obs = th.randint(0, 255, (64, 4, 84, 84), dtype=th.uint8)
+    with th.no_grad():
+        policy(obs)
+        first = policy.pop_acting_route()
+        policy(obs)
+        second = policy.pop_acting_route()
+    assert not th.equal(first.noise, second.noise)
+    assert (first.selected != second.selected).any()  # the noise decides routes at an even start
+    a, _ = policy.predict(obs.numpy(), deterministic=True)
+    b, _ = policy.predict(obs.numpy(), deterministic=True)
+    assert np.array_equal(a, b)
+    with pytest.raises(RuntimeError, match="acting route"):
+        policy.pop_acting_route()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gate_starts_even_after_sb3_init(hub, tmp_path, seed):
+    """SB3's orthogonal init used to leave a fixed logit gap (>= 96.9% of frames to one expert)."""
+    th.manual_seed(seed)
+    policy = _agent(HubPPO, hub, tmp_path).policy.eval()
+    obs = th.randint(0, 255, (512, 4, 84, 84), dtype=th.uint8)
+    with th.no_grad():
+        routing = policy.extractor.gate(policy.preprocess(obs))
+        policy(obs)
+    assert (routing.clean.max(1).values - routing.clean.min(1).values).max() < 1e-2
+    assert th.allclose(routing.probs, th.full_like(routing.probs, 0.5), atol=1e-2)
+    share = [stats["selection_freq"] for stats in policy.usage().values()]
+    assert all(0.4 < s < 0.6 for s in share), share
+
+
+def test_switch_loss_sees_collapsed_assignments_that_entropy_misses():
+    batch = 100
+    probs = th.tensor([[0.6, 0.4]]).repeat(batch, 1)
+    collapsed = th.zeros(batch, 1, dtype=th.long)
+    balanced = th.arange(batch).remainder(2).unsqueeze(1)
+    assert entropy_balance_loss(probs).item() < 0.05
+    assert switch_balance_loss(probs, collapsed).item() == pytest.approx(1.2)
+    assert switch_balance_loss(th.full((batch, 2), 0.5), balanced).item() == pytest.approx(1.0)
+    # its gradient pushes probability away from the over-used expert
+    logits = th.log(probs).clone().requires_grad_(True)
+    switch_balance_loss(th.softmax(logits, 1), collapsed).backward()
+    assert logits.grad[:, 0].sum() > 0 > logits.grad[:, 1].sum()
+
+
+def test_importance_load_loss_is_larger_for_a_collapsed_gate():
+    gate = PathwayGenerator(4, 3, 1, noise="learned")
+    obs = th.rand(64, 4, 84, 84)
+    even = gate(obs, explore=True)
+    with th.no_grad():
+        gate.w_gate.bias.copy_(th.tensor([5.0, 0.0, 0.0]))
+    collapsed = gate(obs, explore=True)
+    assert importance_load_loss(collapsed).item() > importance_load_loss(even).item() + 0.5
+    importance_load_loss(collapsed).backward()
+    assert gate.w_gate.bias.grad.abs().sum() > 0 and gate.w_noise.bias.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="choose one of"):
+        exploration_loss(collapsed, "nope")
+
+
+def test_replayed_route_keeps_selection_and_gradient():
+    gate = PathwayGenerator(4, 4, 2, noise="learned", noise_floor=0.3)
+    obs = th.rand(16, 4, 84, 84)
+    acted = gate(obs, explore=True)
+    with th.no_grad():
+        gate.w_gate.bias.add_(th.tensor([3.0, 0.0, 0.0, -3.0]))  # the gate moves in the update
+    replay = gate(obs, noise=acted.noise, selected=acted.selected)
+    assert th.equal(replay.selected, acted.selected)
+    (replay.weights * th.randn_like(replay.weights)).sum().backward()
+    assert gate.w_gate.weight.grad.abs().sum() > 0 and gate.w_noise.weight.grad.abs().sum() > 0
+    # the noise std never falls below the floor
+    with th.no_grad():
+        gate.w_noise.bias.fill_(-50.0)
+    assert gate(obs, explore=True).noise_std.min().item() == pytest.approx(0.3, abs=1e-6)
+
+
+def test_straight_through_weight_is_one_with_the_gate_gradient():
+    gate = PathwayGenerator(4, 2, 1, noise=0.0, k1_weight="straight-through")
+    routing = gate(th.rand(8, 4, 84, 84))
+    assert th.equal(routing.weights.sum(1), th.ones(8))
+    (routing.weights * th.randn_like(routing.weights)).sum().backward()
+    assert gate.w_gate.weight.grad.abs().sum() > 0
+
+
+def test_routes_survive_save_load_and_stock_ppo_still_opens(hub, tmp_path):
+    model = _agent(HubPPO, hub, tmp_path, top_k=2, noise_floor=0.5, k1_weight="straight-through", exploration_loss="importance-load")
+    model.learn(128)
+    model.save(tmp_path / "model.zip")
+    loaded = HubPPO.load(tmp_path / "model.zip", env=make_atari_vec_env("Gopher", 4, seed=3), device="cpu")
+    assert isinstance(loaded.rollout_buffer, RoutedRolloutBuffer) and loaded.rollout_buffer.top_k == 2
+    gate = loaded.policy.extractor.gate
+    assert (gate.noise_floor, gate.k1_weight, loaded.policy.exploration_kind) == (0.5, "straight-through", "importance-load")
+    loaded.learning_rate = 0.0
+    loaded._setup_lr_schedule()
+    loaded.set_logger(configure(str(tmp_path / "log2"), ["csv"]))
+    loaded.learn(256, reset_num_timesteps=False)
+    import csv
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "log2" / "progress.csv")) if r.get("train/approx_kl")]
+    assert rows and all(float(r["train/approx_kl"]) == 0.0 for r in rows)
+    stock = PPO.load(tmp_path / "model.zip", device="cpu")
+    assert type(stock.policy) is HubPathwayPolicy
+
+
+def test_gate_stats_measure_spread_across_states_and_drift_in_time(hub, tmp_path):
+    policy = _agent(HubPPO, hub, tmp_path).policy.eval()
+    obs = th.randint(0, 255, (32, 4, 84, 84), dtype=th.uint8)
+    with th.no_grad():
+        policy(obs)
+    first = policy.gate_stats()
+    assert set(first) == {"noise_std", "logit_spread"}
+    assert first["noise_std"] == pytest.approx(math.log(2) + policy.extractor.gate.noise_floor, rel=1e-4)
+    policy.reset_usage()
+    with th.no_grad():
+        policy.extractor.gate.w_gate.bias.copy_(th.tensor([1.0, -1.0]))
+        policy(obs)
+    second = policy.gate_stats()
+    assert second["logit_drift"] == pytest.approx(1.0, abs=1e-3)  # each centred logit moved by 1
+    assert second["logit_spread"] == pytest.approx(first["logit_spread"], abs=1e-6)  # a bias moves no state apart
+
+
+def test_adam_is_fused_where_torch_offers_it(hub, tmp_path):
+    model = _agent(HubPPO, hub, tmp_path)
+    optimizer = model.policy.optimizer
+    assert optimizer.defaults["eps"] == 1e-5  # SB3's Adam epsilon kept
+    from agents.routing import fused_adam_available
+
+    assert optimizer.defaults.get("fused") is (True if fused_adam_available("cpu") else None)
+    assert fuse_adam(model.policy) is False  # idempotent
