@@ -25,7 +25,7 @@ from envs import action_meanings, make_atari_vec_env, resolve_game
 from hubrl.checkpoint import atomic_write, load_training_checkpoint
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
-from hubrl.runtime import configure_threads
+from hubrl.runtime import apply_precision, configure_threads
 from hubrl.provenance import system_info
 from hubrl.training import TrainingOutcome, run_training
 
@@ -47,6 +47,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
+    precision: str = "fp32"  # "bf16": the encoder under bfloat16 autocast (hubrl.runtime.apply_precision)
     out: str = "hub"
     tensorboard_log: str | None = None  # None: <out>/<name>/tb
     eval_freq: int = 250_000
@@ -144,6 +145,7 @@ def pretrain_expert(
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
     eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
     model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir, verbose=0, **kwargs)
+    apply_precision(model.policy, cfg.precision)
     try:
         outcome = run_training(
             model,

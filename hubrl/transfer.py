@@ -33,7 +33,7 @@ from hubrl.pathway import K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_NOISE_FLOOR
 from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
-from hubrl.runtime import configure_threads
+from hubrl.runtime import PRECISIONS, apply_precision, configure_threads
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
@@ -56,6 +56,7 @@ class TransferConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
+    precision: str = "fp32"  # "bf16": encoders under bfloat16 autocast (hubrl.runtime.apply_precision)
     out: str | None = None  # None: runs/<env>-<method>-<algo>-s<seed>
     tensorboard_log: str | None = None
     top_k: int = 1
@@ -107,6 +108,8 @@ def _validate(cfg: TransferConfig) -> None:
         raise UsageError(f"--exploration-loss must be one of {', '.join(EXPLORATION_LOSSES)}, got {cfg.exploration_loss!r}.")
     if cfg.k1_weight not in K1_WEIGHTS:
         raise UsageError(f"--k1-weight must be one of {', '.join(K1_WEIGHTS)}, got {cfg.k1_weight!r}.")
+    if cfg.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}.")
     if not 0 <= cfg.noise_floor < float("inf"):
         raise UsageError(f"--noise-floor must be a finite number >= 0, got {cfg.noise_floor}.")
 
@@ -164,6 +167,7 @@ def run_transfer(
         model = make_agent(plan.policy)
         if not resume:
             plan.init(model.policy)
+        apply_precision(model.policy, cfg.precision)
         resolved = {
             "run": asdict(cfg),
             "resolved_hyperparams": plain,

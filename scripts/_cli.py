@@ -43,6 +43,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; not yet validated "
+                             "by learning curves). Default: fp32.")
     parser.add_argument("--tensorboard-log", default=None, help="TensorBoard folder (default: inside the run folder).")
     parser.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides (keys as in agents/presets.py).")
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the progress bar (e.g. in logs).")

@@ -2,7 +2,7 @@
 """Throughput on this machine, measured side by side in one run.
 
     python scripts/benchmark_speed.py envs    # env steps/s: hubrl's AtariVecEnv vs SB3's make_atari_env + VecFrameStack
-    python scripts/benchmark_speed.py train   # agent steps/s of PPO and A2C training (RL Zoo presets)
+    python scripts/benchmark_speed.py train   # agent steps/s of hubrl's PPO training against stock SB3's, whole processes
     python scripts/benchmark_speed.py transfer  # every method's training wall time and inference speed vs scratch, same run
     python scripts/benchmark_speed.py rank      # wall time of ranking the default hub (--method select's first step)
     python scripts/benchmark_speed.py zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
@@ -60,36 +60,112 @@ def bench_envs(game: str, n_envs: int, steps: int, repeats: int) -> None:
     from envs import display_name, make_atari_vec_env
 
     gym.register_envs(ale_py)
-    ours, theirs = [], []
-    for r in range(repeats):  # interleaved, so both see the same machine state
+    try:
+        import envpool  # optional: pip install -e ".[bench]"
+    except ImportError:
+        envpool = None
+    ours, theirs, pool = [], [], []
+    for r in range(repeats):  # interleaved, so all see the same machine state
         env = make_atari_vec_env(game, n_envs, seed=r)
         ours.append(_env_steps_per_second(env, steps, r))
         env.close()
         sb3 = VecFrameStack(make_atari_env(f"{display_name(game)}NoFrameskip-v4", n_envs=n_envs, seed=r), 4)
         theirs.append(_env_steps_per_second(sb3, steps, r))
         sb3.close()
+        if envpool is not None:  # the same protocol as ours: v5 sticky actions 0.25, 84x84 gray, 4 stacked, 4 frames/step
+            pool.append(_envpool_steps_per_second(envpool, game, n_envs, steps, r))
     o, t = np.median(ours), np.median(theirs)
-    print(f"| env | n_envs | steps/s (median of {repeats}) |\n|---|---|---|")
-    print(f"| hubrl AtariVecEnv (C++ ALE vector) | {n_envs} | {o:,.0f} |")
-    print(f"| SB3 make_atari_env + VecFrameStack | {n_envs} | {t:,.0f} |")
-    print(f"\nratio: {o / t:.2f}x  ({game}, {steps} vector steps per repeat, {platform.processor() or platform.machine()})")
+    print(f"| env | n_envs | steps/s (median of {repeats}) | vs hubrl |\n|---|---|---|---|")
+    print(f"| hubrl AtariVecEnv (C++ ALE vector) | {n_envs} | {o:,.0f} | 1.00x |")
+    print(f"| SB3 make_atari_env + VecFrameStack | {n_envs} | {t:,.0f} | {t / o:.2f}x |")
+    if pool:
+        e = np.median(pool)
+        print(f"| envpool {envpool.__version__} (C++ thread pool) | {n_envs} | {e:,.0f} | {e / o:.2f}x |")
+    print(f"\nhubrl vs SB3: {o / t:.2f}x  ({game}, {steps} vector steps per repeat, random actions, {_machine()})")
 
 
-def bench_train(game: str, steps: int) -> None:
+def _envpool_steps_per_second(envpool, game: str, n_envs: int, steps: int, seed: int) -> float:
+    """envpool's Atari with hubrl's protocol (sticky 0.25, episodic life, noop 30, 84x84, 4 frames)."""
+    env = envpool.make(f"{display_name_of(game)}-v5", env_type="gymnasium", num_envs=n_envs, seed=seed,
+                       repeat_action_probability=0.25, episodic_life=True, reward_clip=True, noop_max=30)
+    rng = np.random.default_rng(seed)
+    env.reset()
+    actions = [rng.integers(0, env.action_space.n, size=n_envs) for _ in range(steps)]
+    start = time.perf_counter()
+    for a in actions:
+        env.step(a)
+    rate = steps * n_envs / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def display_name_of(game: str) -> str:
+    from envs import display_name
+
+    return display_name(game)
+
+
+TRAIN_VARIANTS = {  # label -> (implementation, torch threads (None: torch's default), precision)
+    "stock SB3 (make_atari_env + VecFrameStack, CnnPolicy, torch default threads)": ("sb3", None, "fp32"),
+    "hubrl defaults (AtariVecEnv, 1 thread, fused Adam)": ("hubrl", 1, "fp32"),
+    "hubrl, 2 threads": ("hubrl", 2, "fp32"),
+    "hubrl, bf16 encoders": ("hubrl", 1, "bf16"),
+}
+
+
+def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None, precision: str) -> dict:
+    """One whole training process: agent steps/s of ``learn(steps)`` after a one-rollout warm-up."""
+    import torch as th
+
     from agents import AGENT_CLASSES, resolve_hyperparams
-    from envs import make_atari_vec_env
+    from envs import display_name, make_atari_vec_env
+    from hubrl.runtime import apply_precision
 
-    print("| algo | n_envs | agent steps | seconds | agent steps/s |\n|---|---|---|---|---|")
-    for algo in ("ppo", "a2c"):
-        plain, kwargs = resolve_hyperparams(algo)
+    if threads:
+        th.set_num_threads(threads)
+    plain, kwargs = resolve_hyperparams(algo)
+    if impl == "sb3":
+        from stable_baselines3 import A2C, PPO
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack
+
+        env = VecFrameStack(make_atari_env(f"ALE/{display_name(game)}-v5", n_envs=plain["n_envs"], seed=0,
+                                           env_kwargs={"frameskip": 1}), n_stack=4)
+        model = {"ppo": PPO, "a2c": A2C}[algo]("CnnPolicy", env, seed=0, device="cpu", **kwargs)
+    else:
         env = make_atari_vec_env(game, plain["n_envs"], seed=0)
         model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=0, device="cpu", **kwargs)
-        model.learn(plain["n_envs"] * kwargs["n_steps"])  # warm-up: one rollout + update
-        start = time.perf_counter()
-        model.learn(steps, reset_num_timesteps=False)
-        seconds = time.perf_counter() - start
-        print(f"| {algo} | {plain['n_envs']} | {steps} | {seconds:.1f} | {steps / seconds:.0f} |")
-        env.close()
+        apply_precision(model.policy, precision)
+    model.learn(plain["n_envs"] * kwargs["n_steps"])  # warm-up: one rollout + update
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    env.close()
+    return {"steps_per_s": steps / seconds, "threads": th.get_num_threads(),
+            "fused": bool(getattr(model.policy.optimizer, "defaults", {}).get("fused"))}
+
+
+def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("ppo",)) -> None:
+    """hubrl's training against stock SB3's on SB3's standard Atari pipeline, whole processes,
+    variants alternated ``repeats`` times (each round sees the same machine state); medians."""
+    import json
+    import subprocess
+    import sys
+
+    print(f"| algo | setup | agent steps/s (median of {repeats}) | vs stock SB3 |\n|---|---|---|---|")
+    for algo in algos:
+        rates: dict[str, list[float]] = {label: [] for label in TRAIN_VARIANTS}
+        for _ in range(repeats):
+            for label, (impl, threads, precision) in TRAIN_VARIANTS.items():
+                cmd = [sys.executable, __file__, "train-one", "--impl", impl, "--algo", algo, "--game", game,
+                       "--steps", str(steps), "--precision", precision] + (["--threads", str(threads)] if threads else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                rates[label].append(json.loads(out)["steps_per_s"])
+        base = float(np.median(rates[next(iter(TRAIN_VARIANTS))]))
+        for label, values in rates.items():
+            rate = float(np.median(values))
+            print(f"| {algo} | {label} | {rate:.0f} | {rate / base:.2f}x |")
+    print(f"\n{game}, RL Zoo Atari presets, {steps} agent steps per process after a one-rollout warm-up, CPU; {_machine()}")
 
 
 def _synthetic_hub(n_experts: int):
@@ -331,7 +407,11 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["envs", "train", "transfer", "rank", "zoo-conv"])
+    parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv"])
+    parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
+    parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
+    parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
     parser.add_argument("--game", default="Seaquest")
     parser.add_argument("--n-envs", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
@@ -343,7 +423,11 @@ def main() -> int:
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
-        bench_train(args.game, args.steps or 10_240)
+        bench_train(args.game, args.steps or 10_240, args.repeats, args.algo)
+    elif args.what == "train-one":
+        import json
+
+        print(json.dumps(train_once(args.impl, args.algo[0], args.game, args.steps or 10_240, args.threads, args.precision)))
     elif args.what == "transfer":
         bench_transfer(args.game, args.steps or 4096, args.repeats)
     elif args.what == "rank":

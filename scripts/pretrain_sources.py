@@ -83,6 +83,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             device=args.device,
             threads=args.threads,
+            precision=args.precision,
             out=args.out,
             tensorboard_log=args.tensorboard_log,
             eval_freq=args.eval_freq,

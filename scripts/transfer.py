@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     noise = args.noise if args.noise == "learned" else float(args.noise)
     cfg = TransferConfig(
         env=args.env, method=args.method, source=args.source, lite=args.lite, select_frames=args.select_frames, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
-        n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, out=args.out, tensorboard_log=args.tensorboard_log,
+        n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, out=args.out, tensorboard_log=args.tensorboard_log,
         top_k=args.top_k, noise=noise, k1_weight=args.k1_weight, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
         exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,

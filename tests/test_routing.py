@@ -208,3 +208,24 @@ def test_adam_is_fused_where_torch_offers_it(hub, tmp_path):
 
     assert optimizer.defaults.get("fused") is (True if fused_adam_available("cpu") else None)
     assert fuse_adam(model.policy) is False  # idempotent
+
+
+def test_bf16_precision_autocasts_only_the_encoders(hub, tmp_path):
+    from hubrl.runtime import apply_precision
+
+    model = _agent(HubPPO, hub, tmp_path)
+    policy = model.policy.eval()
+    obs = th.randint(0, 255, (8, 4, 84, 84), dtype=th.uint8)
+    x = policy.preprocess(obs)
+    expert = policy.extractor.experts[0]
+    fp32 = expert(x)
+    assert apply_precision(policy, "fp32") == 0
+    assert apply_precision(policy, "bf16") == 2 and apply_precision(policy, "bf16") == 0  # once per encoder
+    bf16 = expert(x)
+    assert bf16.dtype == th.float32 and not th.equal(bf16, fp32)  # computed in bf16, handed on as float32
+    assert th.allclose(bf16, fp32, atol=0.05, rtol=0.05)
+    assert policy.extractor.gate(x).logits.dtype == th.float32
+    assert all(v.dtype == th.float32 for v in policy.state_dict().values() if v.is_floating_point())
+    model.learn(64)  # trains end to end
+    with pytest.raises(ValueError, match="--precision"):
+        apply_precision(policy, "fp8")
