@@ -32,6 +32,7 @@ from hubrl.experts import MANIFEST_NAME, read_manifest
 __all__ = ["HubError", "Expert", "Hub", "load_hub", "load_sb3_zip", "load_sources", "default_hub_path", "resolve_hub"]
 
 ENCODER_PREFIX = "features_extractor."
+HEAD_PREFIXES = ("action_net.", "value_net.")  # a CnnPolicy's heads (its mlp_extractor is empty)
 NATURE_CNN_KEYS = (
     "cnn.0.weight", "cnn.0.bias", "cnn.2.weight", "cnn.2.bias", "cnn.4.weight", "cnn.4.bias",
     "linear.0.weight", "linear.0.bias",
@@ -52,6 +53,18 @@ class Expert:
     game: str | None = None
     action_meanings: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    heads: dict[str, th.Tensor] = field(default_factory=dict)  # ``action_net.*``/``value_net.*`` when stored
+
+    def policy_state(self) -> dict[str, th.Tensor]:
+        """The whole ``CnnPolicy`` state_dict (encoder + heads, float32) to play the expert's own game.
+
+        Transfer uses only the encoder; playing needs the heads, which hub folders and SB3 zips
+        store beside it. Raises :class:`HubError` when this expert has none.
+        """
+        if not all(any(k.startswith(p) for k in self.heads) for p in HEAD_PREFIXES):
+            raise HubError(f"Expert {self.name!r} stores only its encoder (no action_net/value_net): it cannot play on its own.")
+        state = {ENCODER_PREFIX + k: v.float() for k, v in self.encoder_state.items()}
+        return {**state, **{k: v.float() for k, v in self.heads.items()}}
 
     def encoder_tensors(self, device: th.device | str = "cpu") -> dict[str, th.Tensor]:
         """The encoder's state_dict as float32 on ``device`` (shipped weights may be float16)."""
@@ -89,10 +102,39 @@ class Hub:
         return [e.name for e in self.experts]
 
     def get(self, name: str) -> Expert:
+        """The expert called ``name``, or else the only expert trained on game ``name``.
+
+        ``Seaquest``, ``seaquest`` and ``ALE/Seaquest-v5`` all find ``seaquest-ppo`` in a hub where
+        it is the one Seaquest expert; a game with several experts is an error listing them.
+        """
         for expert in self.experts:
             if expert.name == name:
                 return expert
-        raise HubError(f"No expert named {name!r} in the hub; it has: {', '.join(self.names)}.")
+        matches = self.experts_for_game(name)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise HubError(
+                f"{name!r} names the game of {len(matches)} experts ({', '.join(e.name for e in matches)}): give one of these names."
+            )
+        raise HubError(f"No expert named {name!r} in the hub and none trained on that game; it has: {', '.join(self.names)}.")
+
+    def experts_for_game(self, game: str) -> list[Expert]:
+        """Experts whose manifest says they were trained on ``game`` (any spelling resolve_game takes)."""
+        from envs.games import UnknownGameError, resolve_game
+
+        try:
+            wanted = resolve_game(game)
+        except UnknownGameError:
+            return []
+        found = []
+        for expert in self.experts:
+            try:
+                if expert.game is not None and resolve_game(expert.game) == wanted:
+                    found.append(expert)
+            except UnknownGameError:
+                continue
+        return found
 
     def validate(self, observation_shape: Sequence[int]) -> None:
         """Check that every expert can read the target's observations (frame stack, 84x84)."""
@@ -108,6 +150,11 @@ class Hub:
                 )
         if len(dims) > 1:
             raise HubError(f"Experts have different feature sizes {sorted(dims)}: a hub needs one NatureCNN width.")
+
+
+def _heads_from_state_dict(state: dict) -> dict[str, th.Tensor]:
+    """The policy heads stored beside the encoder (empty for an encoder-only file)."""
+    return {k: v for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
 
 
 def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
@@ -145,7 +192,8 @@ def load_expert_folder(folder: str | Path) -> Expert:
     except (SafetensorError, OSError) as exc:
         raise HubError(f"Expert {manifest.name}: cannot read {weights} ({exc}).") from exc
     meta = {"timesteps": manifest.timesteps, "algo": manifest.algo, "eval": manifest.eval, "format": "hubrl"}
-    return Expert(manifest.name, _encoder_from_state_dict(state, str(weights)), str(folder), manifest.game, list(manifest.action_meanings), meta)
+    return Expert(manifest.name, _encoder_from_state_dict(state, str(weights)), str(folder), manifest.game, list(manifest.action_meanings), meta,
+                  _heads_from_state_dict(state))
 
 
 def load_hub(path: str | Path) -> Hub:
@@ -197,7 +245,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
             except (ValueError, UnicodeDecodeError):
                 pass
     encoder = _encoder_from_state_dict(state, str(path))
-    return Expert(name or path.stem, encoder, str(path), None, None, meta)
+    return Expert(name or path.stem, encoder, str(path), None, None, meta, _heads_from_state_dict(state))
 
 
 def load_sources(paths: Iterable[str | Path]) -> Hub:

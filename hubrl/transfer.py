@@ -123,6 +123,9 @@ def run_transfer(
     still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have.
     """
     _validate(cfg)
+    hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
+    if hub is not None and cfg.source is not None:
+        cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
     folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
     checkpoint = folder / "checkpoint.pt"
     previous: dict[str, Any] | None = None
@@ -136,7 +139,6 @@ def run_transfer(
     game = resolve_game(cfg.env)
     configure_threads(cfg.threads)
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
-    hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
     cfg.n_envs = int(plain["n_envs"])
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)

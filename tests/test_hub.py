@@ -131,3 +131,23 @@ def test_the_shipped_default_hub_loads_and_is_trained():
         manifest = read_manifest(default_hub_path() / expert.name)
         assert manifest.timesteps >= 500_000 and manifest.eval["episodes"] >= 10
         assert manifest.eval["sticky_actions"] == 0.25 and manifest.eval["deterministic"] is False
+
+
+def test_get_finds_the_one_expert_of_a_game_and_refuses_an_ambiguous_game(tmp_path):
+    hub = load_hub(make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo", "seaquest-a2c", "riverraid-ppo")))
+    for name in ("Riverraid", "riverraid", "ALE/Riverraid-v5", "riverraid-ppo"):
+        assert hub.get(name).name == "riverraid-ppo"
+    with pytest.raises(HubError, match=r"2 experts \(seaquest-a2c, seaquest-ppo\): give one of these names"):
+        hub.get("Seaquest")
+    with pytest.raises(HubError, match="none trained on that game; it has: riverraid-ppo, seaquest-a2c, seaquest-ppo"):
+        hub.get("Alien")
+
+
+def test_experts_keep_their_heads_to_play(tmp_path, tiny_hub):
+    expert = load_hub(tiny_hub).get("seaquest-ppo")
+    state = expert.policy_state()
+    assert state["action_net.weight"].shape == (18, 512) and "features_extractor.cnn.0.weight" in state
+    assert load_sb3_zip(make_sb3_zip(tmp_path / "ppo.zip")).policy_state()["value_net.weight"].shape == (1, 512)
+    expert.heads = {}
+    with pytest.raises(HubError, match="stores only its encoder"):
+        expert.policy_state()

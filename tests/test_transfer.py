@@ -6,6 +6,7 @@ import glob
 
 import pytest
 import torch as th
+import yaml
 from stable_baselines3 import A2C, PPO
 
 import hubrl  # noqa: F401  (what users import before PPO.load)
@@ -130,3 +131,11 @@ def test_same_seed_same_system_same_run(tmp_path, tiny_hub):
     a, b, c = (weights(r.folder) for r in runs)
     assert a.keys() == b.keys() and all(th.equal(a[k], b[k]) for k in a)
     assert any(not th.equal(a[k], c[k]) for k in a)
+
+
+def test_source_by_game_name_runs_like_the_expert_name(tmp_path, tiny_hub, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is relative: runs/<game>-<label>-<algo>-s<seed>
+    result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), method="finetune", source="Seaquest", out=None, timesteps=64),
+                          progress_bar=False, verbose=0)
+    assert result.folder.name == "gopher-finetune-seaquest-ppo-ppo-s0"
+    assert yaml.safe_load((result.folder / "config.yaml").read_text())["method"]["source"] == "seaquest-ppo"
