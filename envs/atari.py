@@ -44,6 +44,12 @@ class AtariVecEnv(VecEnv):
     :param noop_max: up to this many no-ops after a reset.
     :param max_episode_frames: emulator frames after which a game is truncated (108k = 30 min).
     :param num_threads: C++ worker threads; 0 lets ale-py choose.
+    :param render_mode: ``"rgb_array"`` to also keep each game's screen as a person sees it
+        (210x160 RGB, the last two emulator frames max-pooled so flickering sprites show), for
+        ``get_images()`` / ``render()`` and video. ale-py's vector env gives no screen beside the
+        84x84 observation, so a second vector env with the same settings and seeds is stepped
+        with the same actions: the emulator is deterministic given its seed, so both play the
+        same game frame for frame, and the agent's observations stay exactly those of training.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class AtariVecEnv(VecEnv):
         noop_max: int = 30,
         max_episode_frames: int = 108_000,
         num_threads: int = 0,
+        render_mode: str | None = None,
     ) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
@@ -70,22 +77,26 @@ class AtariVecEnv(VecEnv):
         self.terminal_on_life_loss = terminal_on_life_loss
         self.clip_reward = clip_reward
         self.full_action_space = full_action_space
-        self._ale = AtariVectorEnv(
-            self.game,
-            int(n_envs),
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}.")
+        emulator = dict(
             num_threads=num_threads,
             max_num_frames_per_episode=max_episode_frames,
             repeat_action_probability=repeat_action_probability,
             full_action_space=full_action_space,
             autoreset_mode="SameStep",
-            stack_num=frame_stack,
             frameskip=frame_skip,
             noop_max=noop_max,
             reward_clipping=False,  # clip here: the raw score is needed for logging
             episodic_life=False,  # life loss handled here, so the game is never reset early
             use_fire_reset=True,
         )
-        self.render_mode = None
+        self._ale = AtariVectorEnv(self.game, int(n_envs), stack_num=frame_stack, **emulator)
+        self._screen = None if render_mode is None else AtariVectorEnv(
+            self.game, int(n_envs), stack_num=1, img_height=210, img_width=160, grayscale=False, **emulator
+        )
+        self._screens: np.ndarray | None = None
+        self.render_mode = render_mode
         super().__init__(int(n_envs), self._ale.single_observation_space, self._ale.single_action_space)
         self._actions: np.ndarray | None = None
         self._lives = np.zeros(self.num_envs, dtype=np.int64)
@@ -101,6 +112,8 @@ class AtariVecEnv(VecEnv):
         seeds = self._seeds
         seed = None if seeds[0] is None else np.asarray(seeds, dtype=np.int64)
         obs, info = self._ale.reset(seed=seed)
+        if self._screen is not None:
+            self._screens = self._screen.reset(seed=seed)[0][:, -1]
         self._reset_seeds()
         self._lives[:] = info["lives"]
         self._ep_return[:] = 0.0
@@ -117,6 +130,8 @@ class AtariVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         assert self._actions is not None, "step_async() must come before step_wait()"
         obs, raw_reward, terminated, truncated, info = self._ale.step(self._actions)
+        if self._screen is not None:
+            self._screens = self._screen.step(self._actions)[0][:, -1]
         self._actions = None
         raw_reward = raw_reward.astype(np.float64)
         self._ep_return += raw_reward
@@ -149,6 +164,8 @@ class AtariVecEnv(VecEnv):
 
     def close(self) -> None:
         self._ale.close()
+        if self._screen is not None:
+            self._screen.close()
 
     # The C++ env exposes no per-game gym.Env, so the attribute API answers from this object.
     def get_attr(self, attr_name: str, indices: Iterable[int] | int | None = None) -> list[Any]:
@@ -170,7 +187,10 @@ class AtariVecEnv(VecEnv):
         return [wrapper_class is Monitor for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None for _ in range(self.num_envs)]
+        """Each game's current screen, ``(210, 160, 3)`` uint8, with ``render_mode="rgb_array"``; else ``None``s."""
+        if self._screens is None:
+            return [None for _ in range(self.num_envs)]
+        return [frame.copy() for frame in self._screens]
 
     # --- extras -----------------------------------------------------------------------------
     def get_action_meanings(self) -> tuple[str, ...]:

@@ -164,3 +164,36 @@ def test_sb3_evaluate_policy_reads_raw_scores():
     scores, lengths = evaluate_policy(Random(), env, n_eval_episodes=2, return_episode_rewards=True)
     assert len(scores) == 2 and all(s % 20 == 0 for s in scores)
     assert all(n > 50 for n in lengths)  # whole games, not single lives
+
+
+def test_rgb_screen_plays_the_same_game_as_the_agent_observation():
+    """render_mode="rgb_array" keeps a person's view (210x160 RGB) in lockstep with the agent's
+    84x84 frames, and leaves those frames exactly as without it."""
+    from PIL import Image
+
+    def agent_view(rgb):  # the agent's preprocessing, approximately: luminance, area resize
+        gray = Image.fromarray((rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.float32), mode="F")
+        return np.asarray(gray.resize((84, 84), Image.BOX), dtype=np.float64)
+
+    env = make_atari_vec_env("Seaquest", 2, seed=3, render_mode="rgb_array", terminal_on_life_loss=False)
+    plain = make_atari_vec_env("Seaquest", 2, seed=3, terminal_on_life_loss=False)
+    assert plain.get_images() == [None, None]
+    np.testing.assert_array_equal(env.reset(), plain.reset())
+    rng = np.random.default_rng(0)
+    before, games, compared = env.get_images(), 0, 0
+    for _ in range(400):
+        actions = _random_actions(env, rng)
+        obs, _, dones, infos = env.step(actions)
+        np.testing.assert_array_equal(obs, plain.step(actions)[0])
+        games += sum("episode" in info for info in infos)
+        now = env.get_images()
+        assert now[0].shape == (210, 160, 3) and now[0].dtype == np.uint8
+        for k in range(2):  # the current screen explains the newest frame better than the last one does
+            err_now, err_before = (np.abs(agent_view(s[k]) - obs[k, -1]).mean() for s in (now, before))
+            if err_now != err_before:
+                compared += 1
+                assert err_now < err_before
+        before = now
+    assert games >= 1 and compared > 300  # across an automatic reset too
+    env.close()
+    plain.close()
