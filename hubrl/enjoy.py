@@ -1,0 +1,236 @@
+"""Watch an agent play: a run folder's model, a hub expert or an SB3 checkpoint; scores and video.
+
+The library side of ``scripts/enjoy.py`` (RL Zoo's ``enjoy.py`` + ``record_video`` in one).
+
+What can play (:func:`load_player`):
+
+* a **run folder** of ``scripts/transfer.py`` (or its ``model.zip``): loaded with the algorithm's
+  stock ``load``, which unpickles the code stored in the zip's ``data``. That is fine for your
+  own runs, and needed for hubrl's own policy classes (Hub-Pathway, Zoo-Tuning);
+* a **hub expert** by name or by game (``seaquest-ppo``, ``Seaquest``) from the shipped hub or
+  ``hub=DIR``: its NatureCNN encoder and its policy/value heads (hub folders store the whole
+  ``CnnPolicy`` state_dict) are put into a fresh SB3 ``CnnPolicy``;
+* any other **SB3 zip** (e.g. RL Zoo's published Atari agents): read as weights only, as
+  ``--sources`` does (:func:`hubrl.hub.load_sb3_zip`: ``policy.pth`` with ``weights_only=True``,
+  ``data`` never unpickled), so a third-party file cannot run code. It must be a NatureCNN
+  ``CnnPolicy``; an SB3 zip does not say which game it plays, so ``env`` is needed.
+
+The agent sees exactly what it saw in training and evaluation: hubrl's :class:`envs.AtariVecEnv`
+with the evaluation settings (whole games, raw rewards, sticky actions). The video shows the
+game as a person sees it: ``render_mode="rgb_array"`` keeps the 210x160 RGB screen of the same
+game in lockstep (see :class:`envs.AtariVecEnv`), one frame per agent step, i.e. 15 frames per
+second of play (60 Hz emulator, frame skip 4).
+
+Video files: MP4 through ``imageio-ffmpeg`` (the optional ``[video]`` extra: a small Python
+wrapper around a static ffmpeg binary it ships, no system ffmpeg and no moviepy, which
+gymnasium's ``RecordVideo`` and SB3's ``VecVideoRecorder`` require); without it, or for a
+``.gif`` file name, an animated GIF through Pillow, which matplotlib already installs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+from envs import make_atari_vec_env, resolve_game
+from hubrl.hub import HubError, load_sb3_zip, resolve_hub
+from hubrl.pretrain import UsageError
+
+__all__ = ["Player", "PlayResult", "load_player", "play", "VideoWriter", "mp4_available", "FRAMES_PER_SECOND"]
+
+FRAMES_PER_SECOND = 15  # agent steps per second of real play: 60 Hz / frame skip 4
+
+
+@dataclass
+class Player:
+    """Something that acts (``predict(obs, deterministic=...)``) on one game, and where it came from."""
+
+    policy: Any
+    game: str
+    label: str
+    repeat_action_probability: float = 0.25
+
+
+@dataclass
+class PlayResult:
+    """Raw game scores of the finished games, and what was played in all."""
+
+    scores: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    steps: int = 0
+    unfinished_score: float | None = None  # the game still running when the step limit came
+    video: Path | None = None
+
+
+def _expert_policy(expert, game: str, device: str) -> Any:
+    """A stock SB3 ``CnnPolicy`` holding ``expert``'s encoder and heads, for ``game``'s actions."""
+    import gymnasium as gym
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    from envs import action_meanings
+
+    state = expert.policy_state()
+    n_actions = int(state["action_net.weight"].shape[0])
+    wanted = len(action_meanings(game))
+    if n_actions != wanted:
+        raise HubError(f"Expert {expert.name!r} has {n_actions} actions but {game} has {wanted}: play it on a game with {n_actions} actions.")
+    space = gym.spaces.Box(0, 255, (expert.in_channels, 84, 84), np.uint8)
+    policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(n_actions), lambda _: 0.0)
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("pi_features_extractor.", "vf_features_extractor."))]
+    if missing or unexpected:
+        raise HubError(f"Expert {expert.name!r} does not fit a NatureCNN CnnPolicy (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    return policy.to(device).eval()
+
+
+def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
+    from agents import AGENT_CLASSES
+
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    run = config.get("run", {})
+    algo = run.get("algo", "ppo")
+    if not (folder / "model.zip").is_file():
+        raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
+    model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)
+    game = resolve_game(env or run["env"])
+    return Player(model, game, f"{folder.name} ({algo})", float(run.get("repeat_action_probability", 0.25)))
+
+
+def load_player(model: str | Path | None = None, *, expert: str | None = None, hub: str | Path | None = None,
+                env: str | None = None, device: str = "cpu") -> Player:
+    """What plays: a run folder / SB3 zip (``model``) or a hub expert (``expert``, from ``hub``).
+
+    :param env: the game to play; default: the run's or the expert's own game (needed for a zip).
+    """
+    if (model is None) == (expert is None):
+        raise UsageError("Give what plays: a run folder or .zip, or --expert NAME (not both).")
+    if expert is not None:
+        found = resolve_hub(hub).get(expert)
+        game = resolve_game(env or found.game or "")
+        sticky = (found.meta.get("eval") or {}).get("sticky_actions", 0.25)  # as the expert was evaluated
+        return Player(_expert_policy(found, game, device), game, f"expert {found.name}", float(sticky))
+    path = Path(model)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return _run_folder_player(path, env, device)
+    if path.name == "model.zip" and (path.parent / "config.yaml").is_file():
+        return _run_folder_player(path.parent, env, device)  # your own run: its zip may hold hubrl's policies
+    if path.is_dir():
+        raise UsageError(f"{path} is not a run folder (no config.yaml): give a transfer run folder, a .zip or --expert NAME.")
+    source = load_sb3_zip(path)  # weights only: a third-party zip cannot run code
+    if env is None:
+        raise UsageError(f"An SB3 zip does not say which game it plays: add --env GAME for {path.name}.")
+    game = resolve_game(env)
+    return Player(_expert_policy(source, game, device), game, f"{path.name} (weights only)")
+
+
+def mp4_available() -> bool:
+    """Whether MP4 can be written (the ``[video]`` extra, ``imageio-ffmpeg``, is installed)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class VideoWriter:
+    """Stream RGB frames into an MP4 (imageio-ffmpeg) or collect them into an animated GIF (Pillow).
+
+    MP4 frames go straight to ffmpeg (constant memory) at ``scale`` x the screen size (nearest
+    neighbour, 420x320 for 2); a GIF keeps every frame in memory as a palette image (about
+    34 kB per agent step) until :meth:`close` writes it, at the screen's own size.
+    A ``.mp4`` path without ``imageio-ffmpeg`` is written as a GIF next to it (``.gif``).
+    """
+
+    def __init__(self, path: str | Path, fps: int = FRAMES_PER_SECOND, scale: int = 2) -> None:
+        path = Path(path)
+        if path.suffix.lower() not in (".mp4", ".gif"):
+            raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
+        self.fell_back = path.suffix.lower() == ".mp4" and not mp4_available()
+        self.path = path.with_suffix(".gif") if self.fell_back else path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.frames = fps, 0
+        self.gif = self.path.suffix.lower() == ".gif"
+        self.scale = 1 if self.gif else max(int(scale), 1)
+        self._images: list[Any] = []
+        self._mp4: Iterator | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        """Append one ``(H, W, 3)`` uint8 frame."""
+        if self.scale > 1:
+            frame = frame.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
+        if self.gif:
+            from PIL import Image
+
+            # Atari screens have far fewer than 256 colours: the palette is exact, no dithering needed.
+            self._images.append(Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE))
+        else:
+            if self._mp4 is None:
+                import imageio_ffmpeg
+
+                height, width = frame.shape[:2]
+                self._mp4 = imageio_ffmpeg.write_frames(str(self.path), (width, height), fps=self.fps, macro_block_size=2, quality=7)
+                self._mp4.send(None)
+            self._mp4.send(np.ascontiguousarray(frame))
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file; returns its path."""
+        if self._mp4 is not None:
+            self._mp4.close()
+            self._mp4 = None
+        if self.gif and self._images:
+            first, *rest = self._images
+            first.save(self.path, save_all=True, append_images=rest, duration=round(1000 / self.fps), loop=0, optimize=False)
+            self._images = []
+        return self.path
+
+
+def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, seed: int = 0, deterministic: bool = False,
+         video: str | Path | None = None, repeat_action_probability: float | None = None,
+         on_game_end: Callable[[int, float, int], None] | None = None) -> PlayResult:
+    """Play ``player`` on its game until ``episodes`` games end or ``steps`` agent steps pass (the first).
+
+    Evaluation settings (:func:`hubrl.evaluation.make_eval_env`): whole games, raw rewards,
+    sticky actions as the player was trained with (or ``repeat_action_probability``), actions sampled unless ``deterministic``
+    (RL Zoo's choice for Atari). ``on_game_end(index, score, length)`` is called as each game ends.
+    """
+    if steps is None and episodes is None:
+        raise UsageError("Give a number of --steps or --episodes to play.")
+    if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
+        raise UsageError("--steps and --episodes must be positive.")
+    env = make_atari_vec_env(player.game, 1, seed=seed, terminal_on_life_loss=False, clip_reward=False,
+                             repeat_action_probability=player.repeat_action_probability if repeat_action_probability is None else repeat_action_probability,
+                             render_mode="rgb_array" if video is not None else None)
+    writer = VideoWriter(video) if video is not None else None
+    result = PlayResult()
+    try:
+        obs = env.reset()
+        running, game_over = 0.0, False
+        if writer is not None:
+            writer.add(env.get_images()[0])
+        while (steps is None or result.steps < steps) and (episodes is None or len(result.scores) < episodes):
+            action, _ = player.policy.predict(obs, deterministic=deterministic)
+            obs, reward, _, infos = env.step(action)
+            result.steps += 1
+            running += float(reward[0])
+            if writer is not None:
+                writer.add(env.get_images()[0])
+            episode = infos[0].get("episode")
+            game_over = episode is not None
+            if game_over:
+                result.scores.append(float(episode["r"]))
+                result.lengths.append(int(episode["l"]))
+                running = 0.0
+                if on_game_end is not None:
+                    on_game_end(len(result.scores), result.scores[-1], result.lengths[-1])
+        if result.steps and not game_over:
+            result.unfinished_score = running
+    finally:
+        env.close()
+        if writer is not None:
+            result.video = writer.close()
+    return result

@@ -1,0 +1,71 @@
+"""Watching agents: hub experts, run folders and SB3 zips play; raw scores printed; MP4 / GIF written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hubrl import enjoy
+from hubrl.enjoy import load_player, play
+from hubrl.pretrain import UsageError
+from tests.conftest import TINY_PPO, make_sb3_zip, run_script
+
+
+def test_cli_plays_a_hub_expert_by_game_and_prints_each_game_score(tiny_hub):
+    result = run_script("enjoy.py", "--expert", "Seaquest", "--hub", str(tiny_hub), "--episodes", "1", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Playing Seaquest with expert seaquest-ppo" in result.stdout
+    assert "Seaquest game 1: score " in result.stdout and "Seaquest: 1 game(s), raw score mean" in result.stdout
+
+
+def test_cli_records_an_mp4_of_the_rgb_screen(tmp_path, tiny_hub):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the [video] extra: pip install -e '.[video]'")
+    video = tmp_path / "out" / "seaquest.mp4"
+    result = run_script("enjoy.py", "--expert", "seaquest-ppo", "--hub", str(tiny_hub), "--steps", "200", "--video", str(video), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "game unfinished after 200 steps, score so far" in result.stdout and f"Video: {video}" in result.stdout
+    frames = imageio_ffmpeg.read_frames(str(video))
+    meta = next(frames)
+    assert tuple(meta["size"]) == (320, 420) and meta["fps"] == 15  # 2x the 160x210 screen, 15 steps per second
+    assert sum(1 for _ in frames) == 201  # the reset screen and one per agent step
+
+
+def test_mp4_falls_back_to_a_gif_without_imageio_ffmpeg(tmp_path, tiny_hub, monkeypatch):
+    monkeypatch.setattr(enjoy, "mp4_available", lambda: False)
+    player = load_player(expert="Riverraid", hub=tiny_hub)
+    result = play(player, steps=120, video=tmp_path / "rr.mp4")
+    assert result.video == tmp_path / "rr.gif" and not (tmp_path / "rr.mp4").exists()
+    assert result.steps == 120 and result.unfinished_score is not None
+    with Image.open(result.video) as gif:
+        assert gif.format == "GIF" and gif.size == (160, 210) and gif.n_frames > 10
+        gif.seek(gif.n_frames - 1)
+        frame = np.asarray(gif.convert("RGB"))
+    assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 4  # a game screen in colour, not a blank frame
+
+
+def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
+    from hubrl.transfer import TransferConfig, run_transfer
+
+    cfg = TransferConfig(env="Gopher", method="scratch", timesteps=64, n_envs=2, out=str(tmp_path / "run"), eval_freq=10**9,
+                         eval_episodes=1, checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    folder = run_transfer(cfg, progress_bar=False, verbose=0).folder
+    for target in (folder, folder / "model.zip"):
+        player = load_player(target)
+        assert player.game == "gopher" and type(player.policy).__name__ == "HubPPO"
+        assert play(player, steps=30).steps == 30
+
+
+def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
+    path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("the zip's data was unpickled")
+
+    monkeypatch.setattr("cloudpickle.loads", no_unpickling)
+    monkeypatch.setattr("pickle.loads", no_unpickling)
+    with pytest.raises(UsageError, match="add --env GAME"):
+        load_player(path)
+    player = load_player(path, env="Alien")
+    assert player.label == "ppo-Seaquest.zip (weights only)" and player.game == "alien"
+    assert play(player, steps=20).steps == 20
