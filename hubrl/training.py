@@ -2,11 +2,15 @@
 
 :func:`run_training` drives ``model.learn`` to a total step budget with
 
-* periodic evaluation on raw game scores, logged as ``eval/mean_reward`` (+ std, length);
+* periodic evaluation on raw game scores, logged as ``eval/mean_reward`` (+ std, length), and
+  optionally one early evaluation on a few games (:func:`early_eval_step`) so a long run shows a
+  score within minutes;
 * a checkpoint every ``checkpoint_freq`` agent steps, and one when the run ends or is stopped
   (Ctrl-C / SIGTERM): written atomically, holding weights, optimizer state, step counter and the
   evaluation history;
-* resume from that checkpoint with the step counter, the schedules and the curves intact.
+* resume from that checkpoint with the step counter, the schedules and the curves intact;
+* a progress bar in absolute steps of the budget (:class:`hubrl.progress.StepProgressBar`) and,
+  on resume, one line saying from which step.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from hubrl.checkpoint import atomic_write, restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
+from hubrl.progress import StepProgressBar
 
-__all__ = ["EvalHistory", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "run_training"]
+__all__ = ["EvalHistory", "early_eval_step", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "run_training"]
 
 
 @dataclass
@@ -47,8 +53,25 @@ class EvalHistory:
         atomic_write(Path(path), lambda h: json.dump({"points": self.points}, h, indent=1), mode="w")
 
 
+EARLY_EVAL_FRACTION = 0.1  # of the budget
+EARLY_EVAL_MAX_STEP = 25_000  # ~3 min of PPO on 2 CPU cores: a 10M run still shows a score early
+EARLY_EVAL_EPISODES = 3
+
+
+def early_eval_step(budget: int, eval_freq: int) -> int | None:
+    """When a run's early evaluation comes: 10% of the budget, at most 25k steps; ``None`` when
+    the first regular evaluation (``eval_freq``) would come no later, or the budget is tiny."""
+    step = min(int(budget * EARLY_EVAL_FRACTION), EARLY_EVAL_MAX_STEP)
+    return step if 0 < step < eval_freq else None
+
+
 class RawScoreEvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score.
+
+    With ``first_eval_at``, one extra evaluation on ``first_eval_episodes`` games comes at that
+    step, if the run has no evaluation yet: feedback minutes into a long run. It is an extra
+    point in the history (its ``episodes`` says how many games); the regular points stay at the
+    multiples of ``eval_freq``, on resume too.
 
     With ``budget`` set, an evaluation due at or past the budget is left to the caller's final
     evaluation: ``learn()`` overshoots the budget to the end of its last rollout and then updates
@@ -65,9 +88,14 @@ class RawScoreEvalCallback(BaseCallback):
         verbose: int = 0,
         history_path: Path | None = None,
         budget: int | None = None,
+        first_eval_at: int | None = None,
+        first_eval_episodes: int = EARLY_EVAL_EPISODES,
     ) -> None:
         super().__init__(verbose)
         self.budget = budget
+        self.first_eval_at = first_eval_at
+        self.first_eval_episodes = min(first_eval_episodes, n_episodes)
+        self._early: int | None = None
         self.history_path = history_path
         self.eval_env = eval_env
         self.eval_freq = int(eval_freq)
@@ -78,9 +106,13 @@ class RawScoreEvalCallback(BaseCallback):
     def _on_training_start(self) -> None:
         done = self.history.points[-1]["step"] if self.history.points else 0
         self._next = (done // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else float("inf")
+        early = self.first_eval_at
+        due = early is not None and not self.history.points and self.num_timesteps < early < min(self._next, self.budget or early + 1)
+        self._early = early if due else None
 
-    def evaluate(self) -> EvalResult:
-        result = evaluate_model(self.model, self.eval_env, self.n_episodes)
+    def evaluate(self, n_episodes: int | None = None) -> EvalResult:
+        """Play ``n_episodes`` games (default: the run's), record and log their raw scores."""
+        result = evaluate_model(self.model, self.eval_env, n_episodes or self.n_episodes)
         self.history.add(self.num_timesteps, result)
         if self.history_path is not None:
             self.history.save(self.history_path)
@@ -89,10 +121,13 @@ class RawScoreEvalCallback(BaseCallback):
         self.logger.record("eval/mean_ep_length", sum(result.lengths) / max(len(result.lengths), 1))
         self.logger.dump(self.num_timesteps)
         if self.verbose:
-            print(f"[eval] step {self.num_timesteps}: {result}")
+            print(f"[eval] step {self.num_timesteps}: {result}", flush=True)
         return result
 
     def _on_step(self) -> bool:
+        if self._early is not None and self.num_timesteps >= self._early:
+            self._early = None
+            self.evaluate(self.first_eval_episodes)
         if self.num_timesteps >= self._next:
             if self.budget is not None and self._next >= self.budget:
                 self._next = float("inf")  # the final evaluation after learn() scores the saved weights
@@ -201,6 +236,7 @@ def run_training(
     extra_state: dict[str, Any] | None = None,
     verbose: int = 1,
     pause_at: int | None = None,
+    first_eval_at: int | None = None,
 ) -> TrainingOutcome:
     """Train ``model`` until it has taken ``total_timesteps`` agent steps in all, resumably.
 
@@ -211,11 +247,19 @@ def run_training(
     ``pause_at`` ends this call once the model has taken that many agent steps in all (with a
     checkpoint, ``paused=True`` and ``completed=False``), for budgets trained over several
     sessions: resuming later continues the same schedules as one uninterrupted run would.
+
+    ``first_eval_at`` adds one early evaluation on a few games (see :func:`early_eval_step`).
+    With ``verbose``, the start prints the device, torch threads and precision, and on resume
+    the step it resumes from, one line each.
     """
     history = EvalHistory()
     if resume_state is not None:
         restore_training_state(model, resume_state)
         history.points = list(resume_state.get("extra", {}).get("eval_history", []))
+        if verbose:
+            print(f"Resuming at step {model.num_timesteps:,} of {int(total_timesteps):,}", flush=True)
+    if verbose:
+        print(f"Device: {model.device}, torch threads: {th.get_num_threads()}, precision: {str(th.get_default_dtype()).replace('torch.', '')}", flush=True)
 
     def extra() -> dict[str, Any]:
         return {**(extra_state or {}), "eval_history": history.points, "total_timesteps": int(total_timesteps)}
@@ -228,7 +272,8 @@ def run_training(
         remaining, pauser.reached = 0, True  # already there: nothing to train in this call
     start = time.time()
     history_path = Path(checkpoint_path).with_name("evaluations.json")
-    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path, budget=int(total_timesteps)) if eval_env is not None else None
+    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path, budget=int(total_timesteps),
+                                     first_eval_at=first_eval_at) if eval_env is not None else None
     interrupted_by = None
     if remaining > 0:
         with StopOnSignal() as stopper:
@@ -238,15 +283,20 @@ def run_training(
             if evaluator is not None:
                 cbs.append(evaluator)
             cbs.extend(callbacks or [])
+            bar = StepProgressBar(int(total_timesteps)) if progress_bar else None  # SB3's counts this call's steps only
+            if bar is not None:
+                cbs.append(bar)
             try:
                 model.learn(
                     total_timesteps=remaining,
                     callback=CallbackList(cbs),
                     reset_num_timesteps=resume_state is None and model.num_timesteps == 0,
                     tb_log_name=tb_log_name,
-                    progress_bar=progress_bar,
+                    progress_bar=False,
                 )
             finally:
+                if bar is not None:
+                    bar.close()
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
                 save_training_checkpoint(model, checkpoint_path, extra())
             interrupted_by = stopper.received
