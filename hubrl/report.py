@@ -82,6 +82,7 @@ __all__ = [
     "plot_curves",
     "plot_aggregate",
     "plot_expert_curve",
+    "plot_run_curve",
     "write_report",
 ]
 
@@ -790,18 +791,31 @@ def _expert_eval_points(train_dir: Path) -> list[dict[str, Any]]:
     return list(load_training_checkpoint(train_dir / "checkpoint.pt").get("extra", {}).get("eval_history", []))
 
 
-def _tensorboard_scalars(folder: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """All ``tag`` points of the TensorBoard event files under ``folder`` (several runs = resumes), by step."""
+def _tensorboard_series(folders: Sequence[Path], keep: Callable[[str], bool]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar tag that ``keep`` accepts, from the event files under ``folders``, by step.
+
+    Files are read in name order (SB3 numbers a run's sessions ``_1``, ``_2``, ...), so where a
+    resumed session logs a step again its value wins over the interrupted session's.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    points: dict[int, float] = {}
-    for events in sorted(folder.rglob("events.out.tfevents*")):
+    points: dict[str, dict[int, float]] = {}
+    for events in sorted(e for folder in folders for e in Path(folder).rglob("events.out.tfevents*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
-        if tag in acc.Tags().get("scalars", []):
-            points.update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
-    steps = np.array(sorted(points), dtype=np.int64)
-    return steps, np.array([points[k] for k in steps], dtype=np.float64)
+        for tag in acc.Tags().get("scalars", []):
+            if keep(tag):
+                points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+    series = {}
+    for tag, by_step in sorted(points.items()):
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        series[tag] = (steps, np.array([by_step[k] for k in steps], dtype=np.float64))
+    return series
+
+
+def _tensorboard_scalars(folder: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ``tag`` points of the TensorBoard event files under ``folder`` (several runs = resumes), by step."""
+    return _tensorboard_series([folder], lambda t: t == tag).get(tag, (np.array([], dtype=np.int64), np.array([])))
 
 
 def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None) -> Path:
@@ -831,6 +845,80 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
     ax.set_ylabel("raw game score")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    out = Path(path) if path else folder / "learning_curve.png"
+    fig.savefig(out)
+    return out
+
+
+GATE_PREFIXES = ("pathway/", "zoo/")  # per-expert gate tags of Hub-Pathway and Zoo-Tuning (hubrl.callbacks)
+
+
+def _run_tensorboard_dirs(folder: Path, run: dict[str, Any]) -> list[Path]:
+    """Where a transfer run's TensorBoard events are: ``<run>/tb``, or its own runs under ``--tensorboard-log``."""
+    if not run.get("tensorboard_log"):
+        return [folder / "tb"]
+    from types import SimpleNamespace
+
+    from envs import resolve_game
+    from hubrl.methods import method_label
+
+    name = f"{resolve_game(run['env'])}-{method_label(SimpleNamespace(**run))}"
+    return sorted(Path(run["tensorboard_log"]).glob(f"{name}_*"))
+
+
+def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Path:
+    """Learning curve of one transfer run, written to ``<run>/learning_curve.png`` unless ``path`` says.
+
+    Top: the raw score of every evaluation (``evaluations.json``: mean with a ±std band, the
+    early few-game evaluation included) and of the training games (``rollout/ep_rew_mean``,
+    mean of the last 100 games, from TensorBoard). Below, for methods with gates (Hub-Pathway,
+    Zoo-Tuning): each expert's gate usage over training, per rollout (``selection_freq``: share
+    of observations routed to the expert, solid; ``weight_mean``: its mean gate weight, dashed).
+    """
+    from matplotlib.figure import Figure
+
+    folder = Path(run_folder)
+    if not (folder / "config.yaml").is_file():
+        raise ValueError(f"{folder} is not a transfer run folder (no config.yaml): give the --out of a run.")
+    config = _read_yaml(folder / "config.yaml")
+    has_history = (folder / "evaluations.json").is_file() or (folder / "checkpoint.pt").is_file()
+    evals = _expert_eval_points(folder) if has_history else []
+    series = _tensorboard_series(_run_tensorboard_dirs(folder, config.get("run", {})),
+                                 lambda t: t == "rollout/ep_rew_mean" or t.startswith(GATE_PREFIXES))
+    rollout = series.pop("rollout/ep_rew_mean", None)
+    if not evals and rollout is None:
+        raise ValueError(f"{folder} has nothing to plot yet: no evaluations.json and no rollout/ep_rew_mean in its TensorBoard events.")
+    fig = Figure(figsize=(6.4, 6.4 if series else 4.2), dpi=120, layout="constrained")
+    axes = fig.subplots(2 if series else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
+    if rollout is not None:
+        ax.plot(*rollout, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
+    if evals:
+        x = np.array([p["step"] for p in evals])
+        mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])
+        games = sorted({int(p["episodes"]) for p in evals})
+        (line,) = ax.plot(x, mean, marker="o", markersize=4, label=f"evaluation ({'-'.join(map(str, games))} games, mean ± std)")
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    run = config.get("run", {})
+    sticky = run.get("repeat_action_probability", 0.25)
+    ax.set_title(f"{folder.name}: raw game score (sticky actions {sticky})")
+    ax.set_ylabel("raw game score")
+    ax.legend(fontsize="small")
+    if series:
+        gate = axes[1]
+        experts = sorted({tag.rsplit("/", 1)[1] for tag in series})
+        colors = {name: f"C{i % 10}" for i, name in enumerate(experts)}
+        for tag, (steps, values) in series.items():
+            statistic, name = tag.split("/")[1], tag.rsplit("/", 1)[1]
+            gate.plot(steps, values, color=colors[name], linestyle="-" if statistic == "selection_freq" else "--", linewidth=1,
+                      label=f"{name} {statistic}")
+        gate.set_ylim(-0.02, 1.02)
+        gate.set_ylabel("gate usage")
+        gate.set_title("gate usage per expert (solid: share of observations routed, dashed: mean weight)", fontsize="small")
+        gate.legend(fontsize="x-small", ncol=2)
+    for a in axes:
+        a.grid(alpha=0.3)
+    axes[-1].set_xlabel("agent steps")
     out = Path(path) if path else folder / "learning_curve.png"
     fig.savefig(out)
     return out

@@ -6,7 +6,8 @@ resume and logging, so their runs compare one to one. A run folder holds ``model
 with stock ``PPO.load``/``A2C.load`` after ``import hubrl``), ``config.yaml`` (everything
 resolved, and the system it ran on: :mod:`hubrl.provenance`), ``checkpoint.pt`` (resume
 state), ``evaluations.json`` (every evaluation's raw scores), for hub methods ``gates.jsonl``
-(gate statistics per rollout: :class:`hubrl.callbacks.GateUsageCallback`) and TensorBoard events under
+(gate statistics per rollout: :class:`hubrl.callbacks.GateUsageCallback`), ``learning_curve.png``
+(:func:`hubrl.report.plot_run_curve`, redrawn when a run ends or stops) and TensorBoard events under
 ``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all methods:
 ``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds
 ``pathway/weight_mean/<expert>``, ``pathway/selection_freq/<expert>``,
@@ -34,7 +35,7 @@ from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_NOISE
 from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads
-from hubrl.training import TrainingOutcome, run_training
+from hubrl.training import TrainingOutcome, early_eval_step, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
 
@@ -70,6 +71,7 @@ class TransferConfig:
     freeze_experts: bool = False
     eval_freq: int = 100_000
     eval_episodes: int = 10
+    early_eval: bool = False  # one extra evaluation on 3 games at 10% of the budget (<= 25k steps); the CLI's default
     checkpoint_freq: int = 100_000
     repeat_action_probability: float = 0.25
     hyperparams: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +138,8 @@ def run_transfer(
             previous = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("method")
     elif folder.exists() and any(folder.iterdir()):
         raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or choose another --out.")
+    if verbose:
+        print(f"Run folder: {folder}", flush=True)
     game = resolve_game(cfg.env)
     configure_threads(cfg.threads)
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
@@ -184,6 +188,7 @@ def run_transfer(
             resume_state=load_training_checkpoint(checkpoint) if resume else None,
             callbacks=plan.callbacks, progress_bar=progress_bar, tb_log_name=f"{game}-{method_label(cfg)}", verbose=verbose,
             pause_at=pause_at,
+            first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,
         )
         final = plan.finalize(model, make_agent) if plan.finalize is not None else model
         atomic_write(folder / "model.zip", lambda h: final.save(h))
@@ -191,4 +196,18 @@ def run_transfer(
         env.close()
         if eval_env is not None:
             eval_env.close()
+    _plot(folder, verbose)
     return TransferResult(folder, outcome, hub)
+
+
+def _plot(folder: Path, verbose: int) -> None:
+    """Redraw ``learning_curve.png``; a plot that fails costs a warning, never the finished run."""
+    from hubrl.report import plot_run_curve
+
+    try:
+        path = plot_run_curve(folder)
+    except Exception as exc:  # noqa: BLE001  (the model and checkpoint are saved already)
+        print(f"warning: could not draw {folder / 'learning_curve.png'}: {exc}", flush=True)
+        return
+    if verbose:
+        print(f"Learning curve {path}", flush=True)

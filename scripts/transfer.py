@@ -8,9 +8,11 @@
     python scripts/transfer.py --env Alien --method finetune --source seaquest-ppo
     python scripts/transfer.py --env Alien --method zoo-tuning [--lite]
     python scripts/transfer.py --env Alien --method select                 # rank experts by a proxy, fine-tune the best
+    python scripts/transfer.py --plot --out runs/alien-hub-pathway-ppo-s0  # redraw a run's learning_curve.png
 
 The run folder (--out, default runs/<game>-<method>-<algo>-s<seed>) gets model.zip, config.yaml,
-checkpoint.pt and TensorBoard events (raw score, per-expert gate usage, auxiliary losses).
+checkpoint.pt, evaluations.json, learning_curve.png (scores; gate usage per expert) and TensorBoard
+events (raw score, per-expert gate usage, auxiliary losses).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from _cli import add_common_flags, main_guard, positive_int, steps
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
+    parser.add_argument("--env", default=None, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... (required to train)")
     parser.add_argument("--method", default="hub-pathway",
                         help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
@@ -53,14 +55,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
     parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
+    parser.add_argument("--early-eval", action=argparse.BooleanOptionalAction, default=True,
+                        help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), for a score early. Default: on.")
+    parser.add_argument("--plot", action="store_true", help="Only redraw learning_curve.png of the run in --out, then exit.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability. Default: 0.25.")
     add_common_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.plot and not args.out:
+        parser.error("--plot needs --out RUN_FOLDER")
+    if not args.plot and not args.env:
+        parser.error("the following arguments are required: --env")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot:
+        from hubrl.report import plot_run_curve
+
+        print(plot_run_curve(args.out))
+        return 0
     from agents import load_overrides
     from hubrl.transfer import TransferConfig, run_transfer
 
@@ -70,7 +85,7 @@ def main(argv=None) -> int:
         n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, out=args.out, tensorboard_log=args.tensorboard_log,
         top_k=args.top_k, noise=noise, k1_weight=args.k1_weight, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
         exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
-        eval_episodes=args.eval_episodes, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
+        eval_episodes=args.eval_episodes, early_eval=args.early_eval, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
         hyperparams=load_overrides(args.hyperparams) if args.hyperparams else {},
         # flags whose default lives in the library (None here: not given)
         **{k: v for k, v in (("noise_floor", args.noise_floor), ("exploration_coef", args.exploration_coef)) if v is not None},
