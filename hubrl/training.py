@@ -69,7 +69,7 @@ class RawScoreEvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score.
 
     With ``first_eval_at``, one extra evaluation on ``first_eval_episodes`` games comes at that
-    step, if the run has no evaluation yet: feedback minutes into a long run. It is an extra
+    step, unless a resumed run is past it: feedback minutes into a long run. It is an extra
     point in the history (its ``episodes`` says how many games); the regular points stay at the
     multiples of ``eval_freq``, on resume too.
 
@@ -107,7 +107,7 @@ class RawScoreEvalCallback(BaseCallback):
         done = self.history.points[-1]["step"] if self.history.points else 0
         self._next = (done // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else float("inf")
         early = self.first_eval_at
-        due = early is not None and not self.history.points and self.num_timesteps < early < min(self._next, self.budget or early + 1)
+        due = early is not None and self.num_timesteps < early < min(self._next, self.budget or early + 1)
         self._early = early if due else None
 
     def evaluate(self, n_episodes: int | None = None) -> EvalResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 
 import pytest
 import torch as th
@@ -139,3 +140,106 @@ def test_source_by_game_name_runs_like_the_expert_name(tmp_path, tiny_hub, monke
                           progress_bar=False, verbose=0)
     assert result.folder.name == "gopher-finetune-seaquest-ppo-ppo-s0"
     assert yaml.safe_load((result.folder / "config.yaml").read_text())["method"]["source"] == "seaquest-ppo"
+
+
+def test_early_eval_step():
+    from hubrl.training import early_eval_step
+
+    assert early_eval_step(100_000, 100_000) == 10_000  # the README's quick start: a score after 10k steps
+    assert early_eval_step(10_000_000, 250_000) == 25_000  # capped: minutes into a long run, not 1M steps
+    assert early_eval_step(100_000, 5_000) is None  # the regular evaluation comes first anyway
+    assert early_eval_step(5, 100) is None
+
+
+@pytest.fixture
+def played(monkeypatch):
+    """Evaluations answer at once (step, games) instead of playing: for tests of when they come."""
+    import hubrl.training
+    from hubrl.evaluation import EvalResult
+
+    calls = []
+
+    def fake_evaluate(model, env, n_episodes=10, deterministic=False):
+        calls.append((model.num_timesteps, n_episodes))
+        return EvalResult(100.0 + len(calls), 10.0, n_episodes, [1.0] * n_episodes, [1] * n_episodes)
+
+    monkeypatch.setattr(hubrl.training, "evaluate_model", fake_evaluate)
+    return calls
+
+
+def test_early_evaluation_on_few_games_keeps_the_regular_schedule_and_resume(tmp_path, tiny_hub, played):
+    cfg = dict(hub=str(tiny_hub), timesteps=256, eval_freq=128, eval_episodes=10)
+    run_transfer(_cfg(tmp_path, out=str(tmp_path / "grid"), **cfg), progress_bar=False, verbose=0)
+    assert played == [(128, 10), (256, 10)]  # off by default: a grid's evaluation points stay where they were
+    played.clear()
+    run_transfer(_cfg(tmp_path, early_eval=True, **{**cfg, "timesteps": 128}), progress_bar=False, verbose=0)
+    assert played == [(12, 3), (128, 10)]  # 10% of the 128-step budget, 3 games; then every 128
+    played.clear()
+    run_transfer(_cfg(tmp_path, early_eval=True, **cfg), resume=True, progress_bar=False, verbose=0)
+    assert played == [(256, 10)]  # resumed past it: no second early evaluation
+    steps = [p["step"] for p in json.loads((tmp_path / "run" / "evaluations.json").read_text())["points"]]
+    assert steps == [12, 128, 256]
+
+
+def test_resume_prints_where_it_starts_and_the_bar_counts_absolute_steps(tmp_path, tiny_hub, monkeypatch, capsys, played):
+    import hubrl.training
+    from hubrl.progress import StepProgressBar
+
+    bars = []
+
+    class Recorded(StepProgressBar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(hubrl.training, "StepProgressBar", Recorded)
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False, verbose=0)
+    capsys.readouterr()
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=256), resume=True, progress_bar=True, verbose=1)
+    out = capsys.readouterr().out
+    assert f"Run folder: {tmp_path / 'run'}\n" in out and "Resuming at step 128 of 256\n" in out
+    assert "Device: cpu, torch threads: 1, precision: float32\n" in out
+    (task,) = bars[0].progress.tasks
+    assert (task.fields["initial"], task.completed, task.total) == (128, 256, 256)
+    assert not bars[0].progress.live.is_started  # the terminal is released
+
+
+def _png_size(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.format, image.size
+
+
+def test_every_run_draws_its_learning_curve_and_plot_redraws_it(tmp_path, tiny_hub, played):
+    hub_run = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), eval_freq=64), progress_bar=False, verbose=0).folder
+    scratch = run_transfer(_cfg(tmp_path, method="scratch", out=str(tmp_path / "scratch")), progress_bar=False, verbose=0).folder
+    assert _png_size(hub_run / "learning_curve.png") == ("PNG", (768, 768))  # scores + gate usage panels
+    assert _png_size(scratch / "learning_curve.png") == ("PNG", (768, 504))  # no gates: scores only
+    (hub_run / "learning_curve.png").unlink()
+    result = run_script("transfer.py", "--plot", "--out", str(hub_run), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(hub_run / "learning_curve.png"), result.stderr
+    assert _png_size(hub_run / "learning_curve.png") == ("PNG", (768, 768))
+    result = run_script("transfer.py", "--plot", "--out", str(tmp_path / "nothing"), timeout=120)
+    assert result.returncode == 2 and "is not a transfer run folder" in result.stderr
+
+
+def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
+    """The curve's data: evaluations.json and TensorBoard tags of all sessions (a resume logs a new one)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hubrl.report import GATE_PREFIXES, _run_tensorboard_dirs, _tensorboard_series
+
+    folder = tmp_path / "run"
+    for session, steps in (("Gopher-hub-pathway_1", (10, 20)), ("Gopher-hub-pathway_2", (20, 30))):
+        writer = SummaryWriter(str(folder / "tb" / session))
+        for step in steps:
+            writer.add_scalar("rollout/ep_rew_mean", step + len(session), step)
+            writer.add_scalar("pathway/selection_freq/seaquest-ppo", 0.5, step)
+            writer.add_scalar("train/loss", 1.0, step)
+        writer.close()
+    series = _tensorboard_series(_run_tensorboard_dirs(folder, {"env": "Gopher", "method": "hub-pathway"}),
+                                 lambda t: t == "rollout/ep_rew_mean" or t.startswith(GATE_PREFIXES))
+    assert set(series) == {"rollout/ep_rew_mean", "pathway/selection_freq/seaquest-ppo"}
+    steps, values = series["rollout/ep_rew_mean"]
+    assert steps.tolist() == [10, 20, 30] and values.tolist() == [30, 40, 50]  # step 20: the resumed session's value
