@@ -123,6 +123,7 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     assert fourth.count("ok") == 1
 
 
+@pytest.mark.slow
 def test_process_pool_runs_trials_in_fresh_processes(tmp_path):
     root = tmp_path / "grid"
     root.mkdir()
@@ -135,6 +136,7 @@ def test_process_pool_runs_trials_in_fresh_processes(tmp_path):
     assert summary.failed[0]["error"] == "RuntimeError: boom in Alien/scratch/s1"
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_its_trial_and_the_grid_goes_on(tmp_path):
     root = tmp_path / "grid"
     root.mkdir()
@@ -164,7 +166,7 @@ def test_ray_missing_gives_the_install_hint(tmp_path, monkeypatch):
 
 
 def test_ray_runs_trials_as_tasks(tmp_path):
-    ray = pytest.importorskip("ray")
+    ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install -e '.[ray]'")
     root = tmp_path / "grid"
     root.mkdir()
     (root / "fail-Alien-scratch-s1").touch()
@@ -180,6 +182,7 @@ def test_ray_runs_trials_as_tasks(tmp_path):
     assert trial_state(trial_folder(root, "Alien", "scratch", 0), 64) == "finished"
 
 
+@pytest.mark.slow
 def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_another_budget(tmp_path):
     from tests.conftest import TINY_PPO, make_tiny_hub
 
@@ -229,6 +232,7 @@ def _script_main():
     return module.main
 
 
+@pytest.mark.slow
 def test_tiny_real_grid_run_then_report(tmp_path):
     """scripts/benchmark.py run + report on 1 game, hub-pathway, 1 seed, 128 steps of tiny PPO."""
     import yaml

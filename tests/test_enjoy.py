@@ -12,6 +12,7 @@ from hubrl.pretrain import UsageError
 from tests.conftest import TINY_PPO, make_sb3_zip, run_script
 
 
+@pytest.mark.slow
 def test_cli_plays_a_hub_expert_by_game_and_prints_each_game_score(tiny_hub):
     result = run_script("enjoy.py", "--expert", "Seaquest", "--hub", str(tiny_hub), "--episodes", "1", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -19,6 +20,7 @@ def test_cli_plays_a_hub_expert_by_game_and_prints_each_game_score(tiny_hub):
     assert "Seaquest game 1: score " in result.stdout and "Seaquest: 1 game(s), raw score mean" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_records_an_mp4_of_the_rgb_screen(tmp_path, tiny_hub):
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the [video] extra: pip install -e '.[video]'")
     video = tmp_path / "out" / "seaquest.mp4"
@@ -44,6 +46,7 @@ def test_mp4_falls_back_to_a_gif_without_imageio_ffmpeg(tmp_path, tiny_hub, monk
     assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 4  # a game screen in colour, not a blank frame
 
 
+@pytest.mark.slow
 def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
     from hubrl.transfer import TransferConfig, run_transfer
 

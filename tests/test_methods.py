@@ -93,6 +93,7 @@ def test_cli_finetune_unknown_source_one_line(tmp_path, tiny_hub):
     assert "No expert named 'nope'" in result.stderr and "seaquest-ppo" in result.stderr
 
 
+@pytest.mark.slow
 def test_zoo_tuning_runs_and_logs_its_gates(tmp_path, tiny_hub):
     from hubrl.zoo_tuning import ZooTuningPolicy
     from tests.test_transfer import _scalars
@@ -104,6 +105,7 @@ def test_zoo_tuning_runs_and_logs_its_gates(tmp_path, tiny_hub):
     assert {"zoo/weight_mean/seaquest-ppo", "zoo/weight_mean/riverraid-ppo", "eval/mean_reward"} <= tags
 
 
+@pytest.mark.slow
 def test_zoo_tuning_lite_saves_one_merged_nature_cnn(tmp_path, tiny_hub):
     from hubrl.zoo_tuning import ZooTuningPolicy
 
@@ -123,6 +125,7 @@ def test_zoo_tuning_lite_saves_one_merged_nature_cnn(tmp_path, tiny_hub):
         assert (lite.predict_values(obs) - merged.policy.predict_values(obs)).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_select_ranks_the_hub_then_keeps_its_choice_on_resume(tmp_path, tiny_hub):
     cfg = _cfg(tmp_path, "select", env="Alien", hub=str(tiny_hub), select_frames=4000)
     result = run_transfer(cfg, progress_bar=False, verbose=0)

@@ -26,6 +26,7 @@ def _cfg(tmp_path, tiny_ppo, timesteps=256, **kw):
     )
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     result = pretrain_expert(_cfg(tmp_path, tiny_ppo), progress_bar=False, verbose=0)
     assert result.outcome.completed and result.outcome.num_timesteps == 256
@@ -41,6 +42,7 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     assert list((folder / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
 
 
+@pytest.mark.slow
 def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
     folder = tmp_path / "hub" / "seaquest-ppo"
@@ -66,6 +68,7 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
     assert png == folder / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
     first = load_training_checkpoint(tmp_path / "hub" / "seaquest-ppo" / "train" / "checkpoint.pt")
@@ -79,6 +82,7 @@ def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     assert lr < 2.5e-4 * 0.5
 
 
+@pytest.mark.slow
 def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_ppo):
     folder = tmp_path / "hub" / "seaquest-ppo"
     paused = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), progress_bar=False, verbose=0, pause_at=128)
@@ -96,6 +100,7 @@ def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_
     assert (folder / "expert.json").exists()
 
 
+@pytest.mark.slow
 def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
     import dataclasses
 
@@ -108,6 +113,7 @@ def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_p
     assert [p["step"] for p in saved["points"]] == [50, 128]
 
 
+@pytest.mark.slow
 def test_existing_expert_needs_resume_or_force(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
     with pytest.raises(UsageError, match="--resume .* or --force"):
@@ -157,6 +163,7 @@ def test_corrupt_or_foreign_checkpoint(tmp_path):
         load_training_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     out = tmp_path / "hub"
     hp = tmp_path / "hp.yaml"
@@ -194,6 +201,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         (["--out", "/proc/hubrl-cannot-write-here"], "Cannot write to --out"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     defaults = [] if "--out" in args else ["--out", str(tmp_path / "hub")]
     defaults += [] if "--games" in args else ["--games", "Seaquest"]

@@ -72,6 +72,7 @@ def test_discounted_returns_by_hand():
     assert (to_end[:3] < 0).all()  # a time-limit truncation leaves the return unknown too
 
 
+@pytest.mark.slow
 def test_collected_frames_rebuild_the_exact_observations():
     """The de-duplicated frame store gives back, bit for bit, the stacks the env produced."""
     game, frames, n_envs, seed = "Alien", 1200, 3, 5
@@ -136,6 +137,7 @@ def test_constant_returns_and_bad_probe_are_clear_errors():
         proxy_score(expert, data, probe="svm")
 
 
+@pytest.mark.slow
 def test_rank_experts_scores_every_expert_best_first(tmp_path):
     hub = load_hub(make_tiny_hub(tmp_path / "hub", names=("a-ppo", "b-ppo", "c-ppo")))
     rankings = rank_experts(hub, "Alien", frames=1500, seed=1, n_envs=3)
@@ -154,6 +156,7 @@ def test_rank_experts_hub_of_one_and_wrong_frame_stack(tmp_path):
         rank_experts(three, "Alien")
 
 
+@pytest.mark.slow
 def test_rank_hub_script_lists_every_expert(tmp_path):
     hub = make_tiny_hub(tmp_path / "hub")
     out = tmp_path / "ranking.json"
@@ -172,6 +175,7 @@ def test_rank_hub_script_lists_every_expert(tmp_path):
     (["--env", "NotAGame"], "Unknown Atari game"),
     (["--env", "Alien", "--hub", "/nonexistent/hub"], "does not exist"),
 ])
+@pytest.mark.slow
 def test_rank_hub_script_bad_input_is_one_line(tmp_path, args, message):
     proc = run_script("rank_hub.py", *args)
     assert proc.returncode == 2
@@ -215,6 +219,7 @@ def _blind_hub(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_rank_hub_script_random_baseline_is_a_marked_reference_never_best(tmp_path):
     assert "rank_hub.py --env <Game> --probe ridge|knn --random-baseline" in selection.__doc__
     out = tmp_path / "ranking.json"

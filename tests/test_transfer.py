@@ -33,6 +33,7 @@ def _scalars(folder):
     return set(acc.Tags()["scalars"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregation", ["features", "heads"])
 def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tiny_hub, aggregation):
     result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), aggregation=aggregation), progress_bar=False, verbose=0)
@@ -63,6 +64,7 @@ def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tin
     env.close()
 
 
+@pytest.mark.slow
 def test_tiny_transfer_to_alien_from_stock_sb3_zips_with_a2c(tmp_path):
     zips = [make_sb3_zip(tmp_path / "ppo-Seaquest.zip", 0), make_sb3_zip(tmp_path / "ppo-Riverraid.zip", 1)]
     result = run_transfer(_cfg(tmp_path, env="Alien", sources=[str(z) for z in zips], algo="a2c", top_k=2,
@@ -72,6 +74,7 @@ def test_tiny_transfer_to_alien_from_stock_sb3_zips_with_a2c(tmp_path):
     assert model.action_space.n == 18 and model.policy.extractor.top_k == 2
 
 
+@pytest.mark.slow
 def test_hub_weights_are_loaded_and_frozen_experts_stay_fixed(tmp_path, tiny_hub):
     from hubrl.hub import load_hub
 
@@ -82,12 +85,14 @@ def test_hub_weights_are_loaded_and_frozen_experts_stay_fixed(tmp_path, tiny_hub
         assert th.equal(module.cnn[0].weight, expert.encoder_state["cnn.0.weight"])
 
 
+@pytest.mark.slow
 def test_transfer_resume(tmp_path, tiny_hub):
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False, verbose=0)
     result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=256), resume=True, progress_bar=False, verbose=0)
     assert result.outcome.num_timesteps == 256
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path, tiny_hub):
     with pytest.raises(HubError, match="larger than the hub"):
         run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=3), progress_bar=False)
@@ -110,6 +115,7 @@ def test_bad_inputs(tmp_path, tiny_hub):
         (["--env", "Alien", "--sources", "/nonexistent.zip"], "does not exist"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_input_one_line(tmp_path, tiny_hub, args, message):
     extra = [] if "--sources" in args else ["--hub", str(tiny_hub)]
     result = run_script("transfer.py", *args, *extra, "--out", str(tmp_path / "cli"))
@@ -117,6 +123,7 @@ def test_cli_bad_input_one_line(tmp_path, tiny_hub, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_system_same_run(tmp_path, tiny_hub):
     """A seed repeats its run exactly on one system (noisy gate, sampling, sticky actions all
     seeded): the trained weights agree bit for bit; another seed gives other weights."""
@@ -167,6 +174,7 @@ def played(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_early_evaluation_on_few_games_keeps_the_regular_schedule_and_resume(tmp_path, tiny_hub, played):
     cfg = dict(hub=str(tiny_hub), timesteps=256, eval_freq=128, eval_episodes=10)
     run_transfer(_cfg(tmp_path, out=str(tmp_path / "grid"), **cfg), progress_bar=False, verbose=0)
@@ -181,6 +189,7 @@ def test_early_evaluation_on_few_games_keeps_the_regular_schedule_and_resume(tmp
     assert steps == [12, 128, 256]
 
 
+@pytest.mark.slow
 def test_resume_prints_where_it_starts_and_the_bar_counts_absolute_steps(tmp_path, tiny_hub, monkeypatch, capsys, played):
     import hubrl.training
     from hubrl.progress import StepProgressBar
@@ -211,6 +220,7 @@ def _png_size(path):
         return image.format, image.size
 
 
+@pytest.mark.slow
 def test_every_run_draws_its_learning_curve_and_plot_redraws_it(tmp_path, tiny_hub, played):
     hub_run = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), eval_freq=64), progress_bar=False, verbose=0).folder
     scratch = run_transfer(_cfg(tmp_path, method="scratch", out=str(tmp_path / "scratch")), progress_bar=False, verbose=0).folder

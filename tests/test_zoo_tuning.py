@@ -230,6 +230,7 @@ def test_merge_lite_refuses_the_full_version():
         merge_lite(_fresh())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lite", [False, True])
 def test_tiny_ppo_learns_saves_and_loads_with_stock_sb3(tmp_path, hub, lite):
     env = make_atari_vec_env("Gopher", 2)
@@ -298,6 +299,7 @@ def test_lite_eval_kernel_cache_follows_parameter_changes(hub):
     assert ext.linear._frozen is None
 
 
+@pytest.mark.slow
 def test_zoo_conv_benchmark_prints_the_docstring_table_rows():
     """``benchmark_speed.py zoo-conv`` (cited by the module docstring) checks its three paths agree, then
     prints one row per case: forward (no_grad) only for rollout-sized batches (<= --n-envs)."""
