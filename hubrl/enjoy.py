@@ -21,10 +21,12 @@ game as a person sees it: ``render_mode="rgb_array"`` keeps the 210x160 RGB scre
 game in lockstep (see :class:`envs.AtariVecEnv`), one frame per agent step, i.e. 15 frames per
 second of play (60 Hz emulator, frame skip 4).
 
-Video files: MP4 through ``imageio-ffmpeg`` (the optional ``[video]`` extra: a small Python
-wrapper around a static ffmpeg binary it ships, no system ffmpeg and no moviepy, which
-gymnasium's ``RecordVideo`` and SB3's ``VecVideoRecorder`` require); without it, or for a
-``.gif`` file name, an animated GIF through Pillow, which matplotlib already installs.
+Video files: MP4 through ``imageio-ffmpeg``, the optional ``[video]`` extra: a small Python
+wrapper around the static ffmpeg binary it ships (about 170 MB installed, hence optional), so no
+system ffmpeg is needed, and without moviepy, which gymnasium's ``RecordVideo`` and SB3's
+``VecVideoRecorder`` pull in on top of it and which wrap one ``gym.Env`` rather than ale-py's
+vector env. Without it, or for a ``.gif`` file name, an animated GIF through Pillow (a core
+dependency, matplotlib's too).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
     model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)
     game = resolve_game(env or run["env"])
-    return Player(model, game, f"{folder.name} ({algo})", float(run.get("repeat_action_probability", 0.25)))
+    label = f"{folder.name} ({run.get('method', '?')}, {algo}, {model.num_timesteps:,} steps)"
+    return Player(model, game, label, float(run.get("repeat_action_probability", 0.25)))
 
 
 def load_player(model: str | Path | None = None, *, expert: str | None = None, hub: str | Path | None = None,
