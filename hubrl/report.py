@@ -83,6 +83,7 @@ __all__ = [
     "plot_aggregate",
     "plot_expert_curve",
     "plot_run_curve",
+    "NothingToPlot",
     "write_report",
 ]
 
@@ -850,6 +851,10 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
     return out
 
 
+class NothingToPlot(ValueError):
+    """A run folder without an evaluation or a finished training game yet (e.g. stopped in its first minutes)."""
+
+
 GATE_PREFIXES = ("pathway/", "zoo/")  # per-expert gate tags of Hub-Pathway and Zoo-Tuning (hubrl.callbacks)
 
 
@@ -887,7 +892,7 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
                                  lambda t: t == "rollout/ep_rew_mean" or t.startswith(GATE_PREFIXES))
     rollout = series.pop("rollout/ep_rew_mean", None)
     if not evals and rollout is None:
-        raise ValueError(f"{folder} has nothing to plot yet: no evaluations.json and no rollout/ep_rew_mean in its TensorBoard events.")
+        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game (rollout/ep_rew_mean).")
     fig = Figure(figsize=(6.4, 6.4 if series else 4.2), dpi=120, layout="constrained")
     axes = fig.subplots(2 if series else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]

@@ -202,10 +202,14 @@ def run_transfer(
 
 def _plot(folder: Path, verbose: int) -> None:
     """Redraw ``learning_curve.png``; a plot that fails costs a warning, never the finished run."""
-    from hubrl.report import plot_run_curve
+    from hubrl.report import NothingToPlot, plot_run_curve
 
     try:
         path = plot_run_curve(folder)
+    except NothingToPlot:
+        if verbose:
+            print("No learning curve yet: no evaluation and no finished game so far.", flush=True)
+        return
     except Exception as exc:  # noqa: BLE001  (the model and checkpoint are saved already)
         print(f"warning: could not draw {folder / 'learning_curve.png'}: {exc}", flush=True)
         return

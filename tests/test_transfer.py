@@ -253,3 +253,14 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
     assert set(series) == {"rollout/ep_rew_mean", "pathway/selection_freq/seaquest-ppo"}
     steps, values = series["rollout/ep_rew_mean"]
     assert steps.tolist() == [10, 20, 30] and values.tolist() == [30, 40, 50]  # step 20: the resumed session's value
+
+
+def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
+    from hubrl.report import NothingToPlot, plot_run_curve
+    from hubrl.transfer import _plot
+
+    (tmp_path / "config.yaml").write_text("run: {env: Alien, method: scratch}\n")
+    with pytest.raises(NothingToPlot, match="nothing to plot yet"):
+        plot_run_curve(tmp_path)
+    _plot(tmp_path, verbose=1)
+    assert capsys.readouterr().out == "No learning curve yet: no evaluation and no finished game so far.\n"
