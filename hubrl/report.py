@@ -856,6 +856,26 @@ class NothingToPlot(ValueError):
 
 
 GATE_PREFIXES = ("pathway/", "zoo/")  # per-expert gate tags of Hub-Pathway and Zoo-Tuning (hubrl.callbacks)
+GATE_STATISTICS = ("selection_freq", "weight_mean")  # the per-expert ones: <prefix>/<statistic>/<expert>
+
+
+def _is_gate_tag(tag: str) -> bool:
+    parts = tag.split("/")
+    return len(parts) == 3 and parts[0] + "/" in GATE_PREFIXES and parts[1] in GATE_STATISTICS
+
+
+def _run_gate_series(folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-expert gate usage of a run as ``{"<statistic>/<expert>": (steps, values)}``: from
+    ``gates.jsonl`` where the run wrote one (it outlives deleted TensorBoard logs), else from the
+    ``<prefix>/<statistic>/<expert>`` TensorBoard tags."""
+    from hubrl.callbacks import read_gate_history
+
+    history = read_gate_history(folder / "gates.jsonl")
+    if history:
+        keys = sorted({k for row in history for k in row if k.count("/") == 1 and k.split("/")[0] in GATE_STATISTICS})
+        return {k: (np.array([r["step"] for r in history if k in r]), np.array([r[k] for r in history if k in r], dtype=np.float64))
+                for k in keys}
+    return {tag.split("/", 1)[1]: points for tag, points in tensorboard.items() if _is_gate_tag(tag)}
 
 
 def _run_tensorboard_dirs(folder: Path, run: dict[str, Any]) -> list[Path]:
@@ -878,7 +898,8 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     early few-game evaluation included) and of the training games (``rollout/ep_rew_mean``,
     mean of the last 100 games, from TensorBoard). Below, for methods with gates (Hub-Pathway,
     Zoo-Tuning): each expert's gate usage over training, per rollout (``selection_freq``: share
-    of observations routed to the expert, solid; ``weight_mean``: its mean gate weight, dashed).
+    of observations routed to the expert, solid; ``weight_mean``: its mean gate weight, dashed),
+    from ``gates.jsonl`` or else TensorBoard.
     """
     from matplotlib.figure import Figure
 
@@ -888,9 +909,10 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     config = _read_yaml(folder / "config.yaml")
     has_history = (folder / "evaluations.json").is_file() or (folder / "checkpoint.pt").is_file()
     evals = _expert_eval_points(folder) if has_history else []
-    series = _tensorboard_series(_run_tensorboard_dirs(folder, config.get("run", {})),
-                                 lambda t: t == "rollout/ep_rew_mean" or t.startswith(GATE_PREFIXES))
-    rollout = series.pop("rollout/ep_rew_mean", None)
+    tensorboard = _tensorboard_series(_run_tensorboard_dirs(folder, config.get("run", {})),
+                                      lambda t: t == "rollout/ep_rew_mean" or _is_gate_tag(t))
+    rollout = tensorboard.get("rollout/ep_rew_mean")
+    series = _run_gate_series(folder, tensorboard)
     if not evals and rollout is None:
         raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game (rollout/ep_rew_mean).")
     fig = Figure(figsize=(6.4, 6.4 if series else 4.2), dpi=120, layout="constrained")
@@ -911,10 +933,10 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     ax.legend(fontsize="small")
     if series:
         gate = axes[1]
-        experts = sorted({tag.rsplit("/", 1)[1] for tag in series})
+        experts = sorted({key.split("/")[1] for key in series})
         colors = {name: f"C{i % 10}" for i, name in enumerate(experts)}
-        for tag, (steps, values) in series.items():
-            statistic, name = tag.split("/")[1], tag.rsplit("/", 1)[1]
+        for key, (steps, values) in series.items():
+            statistic, name = key.split("/")
             gate.plot(steps, values, color=colors[name], linestyle="-" if statistic == "selection_freq" else "--", linewidth=1,
                       label=f"{name} {statistic}")
         gate.set_ylim(-0.02, 1.02)

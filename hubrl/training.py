@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
@@ -249,8 +248,7 @@ def run_training(
     sessions: resuming later continues the same schedules as one uninterrupted run would.
 
     ``first_eval_at`` adds one early evaluation on a few games (see :func:`early_eval_step`).
-    With ``verbose``, the start prints the device, torch threads and precision, and on resume
-    the step it resumes from, one line each.
+    With ``verbose``, a resumed run prints the step it resumes from.
     """
     history = EvalHistory()
     if resume_state is not None:
@@ -258,8 +256,6 @@ def run_training(
         history.points = list(resume_state.get("extra", {}).get("eval_history", []))
         if verbose:
             print(f"Resuming at step {model.num_timesteps:,} of {int(total_timesteps):,}", flush=True)
-    if verbose:
-        print(f"Device: {model.device}, torch threads: {th.get_num_threads()}, precision: {str(th.get_default_dtype()).replace('torch.', '')}", flush=True)
 
     def extra() -> dict[str, Any]:
         return {**(extra_state or {}), "eval_history": history.points, "total_timesteps": int(total_timesteps)}

@@ -34,7 +34,7 @@ from hubrl.pathway import K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_NOISE_FLOOR
 from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
-from hubrl.runtime import PRECISIONS, apply_precision, configure_threads
+from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
 from hubrl.training import TrainingOutcome, early_eval_step, run_training
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
@@ -174,6 +174,9 @@ def run_transfer(
         if not resume:
             plan.init(model.policy)
         apply_precision(model.policy, cfg.precision)
+        if verbose:
+            line = runtime_line(model.device, cfg.precision)
+            print(line[0].upper() + line[1:], flush=True)  # Device cpu, 1 torch thread, fp32 encoders
         resolved = {
             "run": asdict(cfg),
             "resolved_hyperparams": plain,

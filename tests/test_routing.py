@@ -163,6 +163,7 @@ def test_straight_through_weight_is_one_with_the_gate_gradient():
     assert gate.w_gate.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_routes_survive_save_load_and_stock_ppo_still_opens(hub, tmp_path):
     model = _agent(HubPPO, hub, tmp_path, top_k=2, noise_floor=0.5, k1_weight="straight-through", exploration_loss="importance-load")
     model.learn(128)

@@ -207,7 +207,7 @@ def test_resume_prints_where_it_starts_and_the_bar_counts_absolute_steps(tmp_pat
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=256), resume=True, progress_bar=True, verbose=1)
     out = capsys.readouterr().out
     assert f"Run folder: {tmp_path / 'run'}\n" in out and "Resuming at step 128 of 256\n" in out
-    assert "Device: cpu, torch threads: 1, precision: float32\n" in out
+    assert "Device cpu, 1 torch thread, fp32 encoders\n" in out
     (task,) = bars[0].progress.tasks
     assert (task.fields["initial"], task.completed, task.total) == (128, 256, 256)
     assert not bars[0].progress.live.is_started  # the terminal is released
@@ -235,10 +235,11 @@ def test_every_run_draws_its_learning_curve_and_plot_redraws_it(tmp_path, tiny_h
 
 
 def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
-    """The curve's data: evaluations.json and TensorBoard tags of all sessions (a resume logs a new one)."""
+    """The curve's data: TensorBoard tags of all sessions (a resume logs a new one), per-expert gate
+    statistics only, and gates.jsonl over TensorBoard where the run wrote one."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from hubrl.report import GATE_PREFIXES, _run_tensorboard_dirs, _tensorboard_series
+    from hubrl.report import _is_gate_tag, _run_gate_series, _run_tensorboard_dirs, _tensorboard_series
 
     folder = tmp_path / "run"
     for session, steps in (("Gopher-hub-pathway_1", (10, 20)), ("Gopher-hub-pathway_2", (20, 30))):
@@ -246,13 +247,20 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
         for step in steps:
             writer.add_scalar("rollout/ep_rew_mean", step + len(session), step)
             writer.add_scalar("pathway/selection_freq/seaquest-ppo", 0.5, step)
+            writer.add_scalar("pathway/noise_std", 0.3, step)  # gate diagnostics, not an expert's usage
+            writer.add_scalar("pathway/logit_mean/seaquest-ppo", 3.0, step)
             writer.add_scalar("train/loss", 1.0, step)
         writer.close()
     series = _tensorboard_series(_run_tensorboard_dirs(folder, {"env": "Gopher", "method": "hub-pathway"}),
-                                 lambda t: t == "rollout/ep_rew_mean" or t.startswith(GATE_PREFIXES))
+                                 lambda t: t == "rollout/ep_rew_mean" or _is_gate_tag(t))
     assert set(series) == {"rollout/ep_rew_mean", "pathway/selection_freq/seaquest-ppo"}
     steps, values = series["rollout/ep_rew_mean"]
     assert steps.tolist() == [10, 20, 30] and values.tolist() == [30, 40, 50]  # step 20: the resumed session's value
+    gates = _run_gate_series(folder, series)
+    assert list(gates) == ["selection_freq/seaquest-ppo"] and gates["selection_freq/seaquest-ppo"][0].tolist() == [10, 20, 30]
+    (folder / "gates.jsonl").write_text('{"step": 8, "selection_freq/a": 0.25, "weight_mean/a": 0.5, "noise_std": 0.3}\n')
+    gates = _run_gate_series(folder, series)
+    assert sorted(gates) == ["selection_freq/a", "weight_mean/a"] and gates["weight_mean/a"][1].tolist() == [0.5]
 
 
 def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
