@@ -34,12 +34,13 @@ from hubrl.hub import Hub
 from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
 from hubrl.pathway import HubPathwayExtractor, Route, RoutedFeatures
 
-__all__ = ["AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy", "load_hub_weights"]
+__all__ = ["AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy", "load_hub_weights"]
 
 AGGREGATIONS = ("features", "heads")
 #: Defaults chosen by the stage-A measurement of issue 14 (BENCHMARKS.md, "Hub-Pathway routing").
 DEFAULT_EXPLORATION_COEF = 0.1
 DEFAULT_NOISE_FLOOR = 0.3
+DEFAULT_K1_WEIGHT = "straight-through"
 
 
 class ExpertHead(nn.Module):
@@ -90,7 +91,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         top_k: int = 1,
         noise: str | float = "learned",
         noise_floor: float = DEFAULT_NOISE_FLOOR,
-        k1_weight: str = "prob",
+        k1_weight: str = DEFAULT_K1_WEIGHT,
         aggregation: str = "features",
         exploration_loss: str = "switch",
         exploration_coef: float = DEFAULT_EXPLORATION_COEF,

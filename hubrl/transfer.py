@@ -31,7 +31,7 @@ from hubrl.hub import Hub, resolve_hub
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.pathway import K1_WEIGHTS
-from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_NOISE_FLOOR
+from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
@@ -63,7 +63,7 @@ class TransferConfig:
     top_k: int = 1
     noise: str | float = "learned"
     noise_floor: float = DEFAULT_NOISE_FLOOR
-    k1_weight: str = "prob"
+    k1_weight: str = DEFAULT_K1_WEIGHT
     aggregation: str = "features"
     exploration_loss: str = "switch"
     exploration_coef: float = DEFAULT_EXPLORATION_COEF

@@ -43,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", default="learned", help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std like 1.0. Default: learned.")
     parser.add_argument("--noise-floor", type=float, default=None,
                         help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
-    parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default="prob",
-                        help="Weight of the chosen expert at --top-k 1: its gate probability, or 1 with that probability's gradient. Default: prob.")
+    parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
+                        help="Weight of the chosen expert at --top-k 1: its gate probability, or 1 with that probability's gradient "
+                             "(keeps the expert's features at their pretrained scale). Default: straight-through.")
     parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
                         help="Load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), entropy of the batch-mean "
                              "probabilities, or Shazeer's importance+load. Default: switch.")
@@ -83,12 +84,13 @@ def main(argv=None) -> int:
     cfg = TransferConfig(
         env=args.env, method=args.method, source=args.source, lite=args.lite, select_frames=args.select_frames, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
         n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, out=args.out, tensorboard_log=args.tensorboard_log,
-        top_k=args.top_k, noise=noise, k1_weight=args.k1_weight, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
+        top_k=args.top_k, noise=noise, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
         exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, early_eval=args.early_eval, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
         hyperparams=load_overrides(args.hyperparams) if args.hyperparams else {},
         # flags whose default lives in the library (None here: not given)
-        **{k: v for k, v in (("noise_floor", args.noise_floor), ("exploration_coef", args.exploration_coef)) if v is not None},
+        **{k: v for k, v in (("noise_floor", args.noise_floor), ("exploration_coef", args.exploration_coef),
+                                                ("k1_weight", args.k1_weight)) if v is not None},
     )
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
