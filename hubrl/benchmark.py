@@ -301,6 +301,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "train_seconds": outcome.seconds,
         "device": str(get_device(cfg.device)),
         "inference_steps_per_s": _saved_model_inference(result.folder, cfg) if outcome.completed else None,
+        "rollout_score": outcome.rollout_score,
         "params": count_parameters(result.folder / "model.zip") if outcome.completed else None,
     }
 

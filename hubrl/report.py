@@ -346,6 +346,18 @@ class TrialResult:
         peaks = [a["peak_rss_mb"] for a in self.attempts if a.get("peak_rss_mb") and a.get("status") != "skipped"]
         return max(peaks) if peaks else None
 
+    @property
+    def rollout_score(self) -> float | None:
+        """Mean raw score of the last (up to 100) training games when the trial last stopped, as the
+        trial recorded it, else the last ``rollout/ep_rew_mean`` of its TensorBoard logs (if kept)."""
+        recorded = [a["rollout_score"] for a in self.attempts if a.get("rollout_score") is not None]
+        if recorded:
+            return float(recorded[-1])
+        if (self.folder / "tb").is_dir():
+            _, values = _tensorboard_scalars(self.folder / "tb", "rollout/ep_rew_mean")
+            return float(values[-1]) if values.size else None
+        return None
+
 
 def _hns(game: str, score: float) -> float | None:
     from envs.games import human_normalized_score
@@ -1063,12 +1075,12 @@ def write_report(
         {"game": t.game, "method": t.method, "seed": t.seed, "finished": t.finished,
          "last_step": int(t.steps[-1]) if t.steps.size else "", "evaluations": int(t.steps.size),
          "final": t.final, "hns": t.hns, "auc": t.auc, "steps_per_s": t.steps_per_s, "peak_rss_mb": t.peak_rss_mb,
-         "inference_steps_per_s": t.inference_steps_per_s,
+         "inference_steps_per_s": t.inference_steps_per_s, "rollout_score": t.rollout_score,
          "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
         for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
     ]
     _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc",
-                                        "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "status", "folder"])
+                                        "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "rollout_score", "status", "folder"])
     curves = plot_curves(trials, out, curve_reps, seed)
     agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
     routing = routing_table(trials, stage)

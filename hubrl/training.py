@@ -217,6 +217,7 @@ class TrainingOutcome:
     history: EvalHistory
     final_eval: EvalResult | None = None
     paused: bool = False
+    rollout_score: float | None = None  # mean raw score of the last (up to 100) training games
 
 
 def run_training(
@@ -302,4 +303,7 @@ def run_training(
     if completed and evaluator is not None:
         final_eval = evaluator.evaluate() if not history.points or history.points[-1]["step"] != model.num_timesteps else None
         save_training_checkpoint(model, checkpoint_path, extra())
-    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval, paused)
+    games = [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
+    rollout_score = sum(games) / len(games) if games else None
+    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval, paused,
+                           rollout_score)

@@ -204,6 +204,7 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
     rec = second.records[0]
     assert rec["status"] == "ok" and rec["resumed"] is True and rec["steps"] == 64 and rec["num_timesteps"] == 128
     assert rec["inference_steps_per_s"] > 0 and rec["params"] > 0  # the saved model.zip, timed
+    assert "rollout_score" in rec  # mean raw score of the last training games (None before any game ended)
     points = json.loads((folder / "evaluations.json").read_text())["points"]
     assert [p["step"] for p in points] == [64, 128] and trial_state(folder, 128) == "finished"
     history = json.loads((folder / "status.json").read_text())["history"]
