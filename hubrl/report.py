@@ -704,15 +704,20 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
             low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
             if not np.all(np.isnan(low)):
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_title(f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)")
-        ax.set_xlabel("agent steps")
-        ax.set_ylabel("raw game score")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        path = out / f"curves_{game}.png"
-        fig.savefig(path)
-        paths.append(path)
+        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)", "raw game score",
+                                     out / f"curves_{game}.png", "small"))
     return paths
+
+
+def _save_step_plot(fig: Any, ax: Any, title: str, ylabel: str, path: Path, legend_size: str) -> Path:
+    """Title, axes labels (x: agent steps), grid and legend of a per-game plot; saved to ``path``."""
+    ax.set_title(title)
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.savefig(path)
+    return path
 
 
 #: A rollout whose top-k sends at least this share of its states to one expert counts as collapsed.
@@ -784,14 +789,8 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
                         label=f"{t.method} s{t.seed}: {name}")
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{game}: share of states routed to an expert, per rollout")
-        ax.set_xlabel("agent steps")
-        ax.set_ylabel("selection frequency")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
-        path = out / f"routing_{game}.png"
-        fig.savefig(path)
-        paths.append(path)
+        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout", "selection frequency",
+                                     out / f"routing_{game}.png", "x-small"))
     return paths
 
 
