@@ -8,12 +8,15 @@ as RL Zoo writes them, ``"lin_2.5e-4"`` for a linear decay to zero, and turned i
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-__all__ = ["ATARI_PRESETS", "ALGOS", "preset", "load_overrides", "resolve_hyperparams", "linear_schedule"]
+from hubrl.errors import UsageError
+
+__all__ = ["ATARI_PRESETS", "ALGOS", "preset", "load_overrides", "check_hyperparams", "resolve_hyperparams", "linear_schedule"]
 
 ALGOS = ("ppo", "a2c")
 
@@ -50,23 +53,92 @@ def preset(algo: str) -> dict[str, Any]:
     """A fresh copy of the Atari preset for ``algo`` (``ppo`` or ``a2c``)."""
     algo = algo.lower()
     if algo not in ATARI_PRESETS:
-        raise ValueError(f"Unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
+        raise UsageError(f"Unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
     return copy.deepcopy(ATARI_PRESETS[algo])
 
 
-def load_overrides(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping of hyperparameter overrides (same keys as the presets)."""
+def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
+    """Read a YAML mapping of hyperparameter overrides (same keys as the presets), checked by
+    :func:`check_hyperparams` (for ``algo``, or against every algorithm's keys when ``None``)."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise ValueError(f"Cannot read hyperparameter file {path}: {exc.strerror}.") from exc
-    except yaml.YAMLError as exc:
-        raise ValueError(f"Hyperparameter file {path} is not valid YAML: {exc}.") from exc
+        raise UsageError(f"Cannot read hyperparameter file {path}: {exc.strerror}.") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Hyperparameter file {path} is not valid YAML: {exc}.") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"Hyperparameter file {path} must hold a mapping of name: value.")
+        raise UsageError(f"Hyperparameter file {path} must hold a mapping of name: value.")
+    check_hyperparams(data, algo, where=f"hyperparameter file {path}")
     return data
+
+
+# Arguments of the SB3 constructors that the run sets itself, not the hyperparameters.
+_RUN_ARGUMENTS = frozenset({"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "kwargs", "args"})
+
+
+def _known_keys(algo: str | None) -> set[str]:
+    """Hyperparameters ``algo`` takes (all algorithms' when None): its SB3 constructor's and ``n_envs``."""
+    import inspect
+
+    from agents import AGENT_CLASSES
+
+    classes = [AGENT_CLASSES[algo]] if algo in AGENT_CLASSES else list(AGENT_CLASSES.values())
+    keys = {"n_envs"}
+    for cls in classes:
+        keys |= set(inspect.signature(cls.__init__).parameters) - _RUN_ARGUMENTS
+    return keys
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _check_value(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the hyperparameter ``key`` (None when it can, or is not checked here)."""
+    if key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        return None if ok else "a positive integer"
+    if key in ("learning_rate", "clip_range"):
+        number = _number(value) if not (isinstance(value, str) and value.startswith("lin_")) else _number(_float_or_none(value[4:]))
+        return None if number is not None and math.isfinite(number) and number > 0 else "a positive number or lin_<positive number>"
+    if key in ("ent_coef", "vf_coef"):
+        number = _number(value)
+        return None if number is not None and math.isfinite(number) and number >= 0 else "a number >= 0"
+    if key in ("gamma", "gae_lambda"):
+        number = _number(value)
+        return None if number is not None and 0 < number <= 1 else "a number in (0, 1]"
+    if key == "max_grad_norm":
+        number = _number(value)
+        return None if number is not None and math.isfinite(number) and number > 0 else "a positive number"
+    if key == "policy_kwargs":
+        return None if isinstance(value, dict) else "a mapping"
+    number = _number(value)
+    return None if number is None or math.isfinite(number) else "a finite number"
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def check_hyperparams(overrides: dict[str, Any], algo: str | None = None, where: str = "hyperparameters") -> None:
+    """Refuse an unknown hyperparameter or a value no run can use (``n_steps: -64``), in one line
+    naming ``where`` they came from, before anything is built."""
+    known = _known_keys(algo)
+    unknown = sorted(str(k) for k in overrides if k not in known)
+    if unknown:
+        raise UsageError(f"Unknown hyperparameter(s) {', '.join(unknown)} in {where}"
+                         f"{f' for {algo}' if algo else ''}: known are {', '.join(sorted(known))}.")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        expected = _check_value(key, value)
+        if expected:
+            raise UsageError(f"Hyperparameter {key}: {value!r} in {where} is not valid: expected {expected}.")
 
 
 def linear_schedule(initial: float) -> Callable[[float], float]:
@@ -101,6 +173,7 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None) -> t
     the config but not in the kwargs (it sizes the env, not the algorithm).
     """
     config = preset(algo)
+    check_hyperparams(overrides or {}, algo.lower())
     for key, value in (overrides or {}).items():
         if key == "policy_kwargs" and isinstance(value, dict):
             config.setdefault("policy_kwargs", {}).update(value)

@@ -13,6 +13,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from hubrl.errors import UsageError
+
 __all__ = [
     "UnknownGameError",
     "ReferenceScore",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class UnknownGameError(ValueError):
+class UnknownGameError(UsageError):
     """Raised for a game name that ale-py does not ship a ROM for."""
 
 

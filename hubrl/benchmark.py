@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from hubrl.atomic import atomic_write
+from hubrl.errors import GridError
 from hubrl.provenance import git_commit, machine_info, system_info
 
 __all__ = [
@@ -102,10 +103,6 @@ TrialFn = Callable[[TrialSpec], dict[str, Any]]
 _RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb"})
 TRIAL_STATES = ("finished", "paused", "resume", "refused", "fresh")
 _TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
-
-
-class GridError(ValueError):
-    """A grid that cannot run as asked (bad names, unknown settings, Ray missing)."""
 
 
 # ----------------------------------------------------------------------------- folder state

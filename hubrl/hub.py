@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import torch as th
 
 from hubrl.checkpoint import sha256_file
+from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 
 __all__ = ["HubError", "Expert", "Hub", "load_hub", "load_sb3_zip", "load_sources", "default_hub_path", "resolve_hub"]
@@ -37,10 +38,6 @@ NATURE_CNN_KEYS = (
     "cnn.0.weight", "cnn.0.bias", "cnn.2.weight", "cnn.2.bias", "cnn.4.weight", "cnn.4.bias",
     "linear.0.weight", "linear.0.bias",
 )
-
-
-class HubError(ValueError):
-    """An expert or hub that cannot be used, with what is wrong and how to fix it."""
 
 
 @dataclass

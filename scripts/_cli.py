@@ -1,46 +1,144 @@
-"""Shared command-line plumbing: flags every script has, and one-line errors instead of tracebacks."""
+"""Shared command-line plumbing: flags every script has, checked values, and one error boundary.
+
+Every script runs its ``main`` through :func:`main_guard`: a mistake the user can fix (a bad
+flag, a broken hub or checkpoint, a full or read-only disk, bad YAML) ends as one line
+``error: ...`` on stderr with exit code 2; anything else is a bug and keeps its traceback.
+Numeric flags are checked when parsed (finite, in range), so ``--timesteps inf`` or
+``--noise nan`` never reach the library.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 # Scripts run from a clone without installation too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+from hubrl.errors import HubrlError, UsageError  # noqa: E402
+
+MAX_STEPS = 10**15  # far beyond any budget, and within int64 (SB3 and numpy count steps in it)
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What the boundary reports as one line: hubrl's errors, file-system errors, YAML errors."""
+    import yaml
+
+    return (HubrlError, OSError, yaml.YAMLError)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose mistakes end as one ``error:`` line (exit code 2), like
+    every other user error, instead of the usage block plus a message."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def parse_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """Parse ``argv``; also return the destinations the user gave explicitly.
+
+    A flag given with its default value still counts as given (``--timesteps 1M`` on a resumed
+    100k run is a request, not a no-op), which comparing values with the defaults cannot tell.
+    """
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=namespace)
+    given = {dest for dest, value in vars(namespace).items() if value is not unset}
+    for dest in set(vars(namespace)) - given:
+        setattr(namespace, dest, parser.get_default(dest))
+    return namespace, given
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Destination -> the flag that sets it (``repeat_action_probability`` -> ``--sticky-actions``)."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != argparse.SUPPRESS}
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r} (not a finite number)")
+    return value
+
+
+def _integer(value: float, text: str, low: int, high: int, what: str) -> int:
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r} (not a whole number)")
+    if value < low and low == 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: expected {what} from {low:,} to {high:,}")
+    return int(value)
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+    """A whole number >= 1 (``8``, ``1e3``); rejects inf, nan, fractions and overflow."""
+    return _integer(_number(text, "a positive integer"), text, 1, MAX_STEPS, "a positive integer")
+
+
+def seed(text: str) -> int:
+    """A random seed: a whole number in numpy's range 0 .. 2**32 - 1."""
+    return _integer(_number(text, "a seed (a whole number)"), text, 0, MAX_SEED, "a seed")
 
 
 def steps(text: str) -> int:
-    """Parse 10M / 500k / 2e6 / 1000 into an int."""
+    """Parse 10M / 500k / 2e6 / 1000 into a positive int (finite, at most 10**15)."""
+    what = "a step count like 10M, 500k or 2e6"
     scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
-    number = text[:-1] if scale != 1 else text
-    try:
-        value = int(float(number) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a step count like 10M, 500k or 2e6, got {text!r}") from None
-    if value <= 0:
+    number = _number(text[:-1] if scale != 1 else text, what) * scale
+    if number < 1:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+    return _integer(float(round(number)), text, 1, MAX_STEPS, what)
+
+
+def bounded_float(low: float = 0.0, high: float = math.inf, *, low_open: bool = False) -> Callable[[str], float]:
+    """A type for a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    if math.isinf(high):
+        span = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        span = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        value = _number(text, f"a number {span}")
+        if value < low or value > high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: expected a number {span}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+non_negative_float = bounded_float(0.0)
+probability = bounded_float(0.0, 1.0)
+
+
+def device(text: str) -> str:
+    """A torch device string (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...), checked by torch."""
+    from hubrl.runconfig import check_device
+
+    try:
+        return check_device(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"], help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games (default: the preset's, 8 for PPO, 16 for A2C).")
-    parser.add_argument("--seed", type=int, default=0, help="Random seed of agent and envs. Default: 0.")
-    parser.add_argument("--device", default="auto", help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
+    parser.add_argument("--seed", type=seed, default=0, help="Random seed of agent and envs. Default: 0.")
+    parser.add_argument("--device", type=device, default="auto", help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -51,10 +149,40 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the progress bar (e.g. in logs).")
 
 
-def main_guard(main: Callable[[], int]) -> None:
-    """Run ``main``; turn user errors into one line on stderr and exit code 2."""
+# ----------------------------------------------------------------------------- the boundary
+
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space and rerun (--resume continues from the last checkpoint)",
+    errno.EDQUOT: "the disk quota is exceeded: free some space and rerun (--resume continues from the last checkpoint)",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a folder you can write to, or fix its permissions",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "this is a folder, not a file: give a file name",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.EEXIST: "this already exists: choose another path",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a user error: the message, with the file and what to do for an ``OSError``."""
+    if isinstance(exc, OSError) and not isinstance(exc, HubrlError):
+        advice = _OS_ADVICE.get(exc.errno or -1) or exc.strerror or str(exc)
+        text = f"{exc.filename}: {advice}" if exc.filename is not None else advice
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__  # one line, whatever the message held
+
+
+def run_guarded(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """``main(argv)``'s exit code; a user error prints ``error: ...`` (one line) and gives 2."""
     try:
-        sys.exit(main())
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return int(main(argv) or 0)
+    except _user_errors() as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 2
+
+
+def main_guard(main: Callable[..., int]) -> None:
+    """Run a script's ``main`` behind the error boundary and exit with its code."""
+    sys.exit(run_guarded(main))

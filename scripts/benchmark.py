@@ -20,7 +20,7 @@ import argparse
 
 import _cli  # noqa: F401
 import yaml
-from _cli import main_guard, positive_int, steps
+from _cli import ArgumentParser, bounded_float, device, main_guard, non_negative_float, positive_int, seed, steps
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -31,14 +31,14 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
     run.add_argument("--root", required=True, help="Grid folder: trials go to <root>/<Game>/<method>/s<seed>/.")
     run.add_argument("--games", nargs="+", required=True, help="Target games: Alien Gopher Jamesbond ...")
     run.add_argument("--methods", nargs="+", default=None, help="Transfer methods (default: all of hubrl.transfer.METHODS).")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
+    run.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
     run.add_argument("--budget", type=steps, required=True, help="Agent steps per trial, e.g. 1M, 100k.")
     run.add_argument("--pause-at", type=steps, default=None,
                      help="Stop every trial at N steps (schedules still follow --budget); rerun with a later --pause-at or none to continue.")
@@ -48,14 +48,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     where.add_argument("--ray-address", default=None, metavar="ADDRESS",
                        help="Run trials as Ray tasks: auto, ray://host:10001, or local (needs pip install \"hubrl[ray]\").")
     run.add_argument("--threads", type=positive_int, default=None, help="Torch threads per trial (default: CPUs / workers).")
-    run.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs each trial asks for. Default: 1.")
-    run.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
+    run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1, help="Ray: CPUs each trial asks for. Default: 1.")
+    run.add_argument("--gpus-per-trial", type=non_negative_float, default=0, help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts.")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None, help="RL algorithm. Default: ppo.")
     run.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games per trial (default: the preset's).")
-    run.add_argument("--device", default=None, help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
+    run.add_argument("--device", type=device, default=None, help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
     run.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides.")
     run.add_argument("--eval-freq", type=steps, default=None, help="Evaluate every N agent steps. Default: 100k.")
     run.add_argument("--eval-episodes", type=positive_int, default=None, help="Games per evaluation. Default: 10.")
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     report.add_argument("--focus", default="hub-pathway",
                         help="Method the head-to-head section compares with each other one. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
-    report.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap. Default: 0.")
+    report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
     return parser.parse_args(argv)
 
 
@@ -85,7 +85,7 @@ def _settings(args: argparse.Namespace) -> dict:
     settings = {
         "hub": args.hub, "sources": args.sources, "algo": args.algo, "n_envs": args.n_envs, "device": args.device,
         "eval_freq": args.eval_freq, "eval_episodes": args.eval_episodes, "checkpoint_freq": args.checkpoint_freq,
-        "hyperparams": load_overrides(args.hyperparams) if args.hyperparams else None,
+        "hyperparams": load_overrides(args.hyperparams, algo=args.algo) if args.hyperparams else None,
     }
     settings = {k: v for k, v in settings.items() if v is not None}
     settings.update(dict(args.extra))

@@ -18,13 +18,14 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import _cli  # noqa: F401
-from _cli import main_guard, positive_int, steps
+from _cli import ArgumentParser, main_guard, positive_int, seed, steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
@@ -32,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=steps, default=20_000, help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
     parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
     parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge", help="Probe on the frozen features. Default: ridge.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the games, the random policy and the random encoder. Default: 0.")
+    parser.add_argument("--seed", type=seed, default=0, help="Seed of the games, the random policy and the random encoder. Default: 0.")
     parser.add_argument(
         "--random-baseline", action="store_true",
         help="Also score a randomly initialised NatureCNN (seeded by --seed) on the same frames, shown as the row "
@@ -40,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
              "beat a random encoder (random features already predict some of the return).",
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.json is not None and Path(args.json).is_dir():  # found out before the ranking's work, not after
+        parser.error(f"--json {args.json} is a folder: give a file name, e.g. {Path(args.json) / 'ranking.json'}")
+    return args
 
 
 def main(argv=None) -> int:
