@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -16,11 +17,15 @@ from typing import Any, Callable
 __all__ = ["atomic_write", "atomic_write_bytes", "sha256_file"]
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: str | Path | None = None) -> Path:
     """Write ``path`` by calling ``write(fileobj)`` on a temp file, fsync, then rename over ``path``.
 
     The file gets the usual permissions of a new file (0666 minus the umask), not mkstemp's 0600,
     so hubs and runs on shared storage stay readable by the team.
+
+    With ``keep_previous``, the file being replaced is kept under that name (itself replaced
+    atomically, just before the new file goes in), so a reader that finds ``path`` damaged
+    has the version before it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +36,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.is_file():
+            _keep(path, Path(keep_previous))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -39,6 +46,25 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             pass
         raise
     return path
+
+
+def _keep(path: Path, previous: Path) -> None:
+    """Atomically make ``previous`` a copy of ``path`` (a hard link where the file system allows)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{previous.name}.", suffix=".tmp", dir=previous.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems): copy
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _umask() -> int:

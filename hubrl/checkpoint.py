@@ -2,12 +2,17 @@
 
 A checkpoint is one file written to a temporary name in the same folder, flushed to disk and
 renamed over the old one (``os.replace`` is atomic on POSIX and Windows), so killing the process
-at any moment leaves either the previous checkpoint or the new one, never a torn file. It is read
-back with ``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+at any moment leaves either the previous checkpoint or the new one, never a torn file. The one it
+replaces is kept as ``checkpoint.prev.pt`` (:func:`previous_checkpoint`), so a checkpoint
+damaged later (a bad disk, a partial copy) still has a fallback: :func:`load_resume_checkpoint`
+names the damaged file and continues from the previous one. It is read back with
+``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
 """
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+from hubrl.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -22,16 +28,14 @@ __all__ = [
     "atomic_write_bytes",
     "save_training_checkpoint",
     "load_training_checkpoint",
+    "load_resume_checkpoint",
+    "previous_checkpoint",
     "restore_training_state",
     "sha256_file",
 ]
 
 FORMAT = "hubrl-training-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or was not written by hubrl."""
 
 
 def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -51,7 +55,18 @@ def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict
         "episode_returns": [float(ep["r"]) for ep in (model.ep_info_buffer or [])],
         "extra": extra or {},
     }
-    return atomic_write(path, lambda handle: th.save(state, handle))
+    # Serialise in memory first: torch's zip writer turns a full disk into an opaque
+    # "unexpected pos" RuntimeError, while a plain write raises OSError(ENOSPC) naming the cause.
+    buffer = io.BytesIO()
+    th.save(state, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_checkpoint(path))
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where the checkpoint that ``path`` replaced is kept: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -61,11 +76,37 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"No checkpoint at {path}.")
     try:
         state = th.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"Checkpoint {path} is corrupt or not a hubrl checkpoint ({type(exc).__name__}).") from exc
+    except (PermissionError, IsADirectoryError):
+        raise
+    except Exception as exc:  # torch raises several types for truncated / empty / foreign files
+        size = path.stat().st_size
+        raise CheckpointError(f"Checkpoint {path} is corrupt ({'empty' if size == 0 else 'torn or not a torch file'}, "
+                              f"{size:,} bytes: {type(exc).__name__}).") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a hubrl training checkpoint.")
+    if not isinstance(state.get("policy"), dict) or not isinstance(state.get("num_timesteps"), int) or state["num_timesteps"] < 0:
+        raise CheckpointError(f"Checkpoint {path} is corrupt (no policy weights or step counter).")
     return state
+
+
+def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint to resume from: ``path``, or the previous one kept beside it when ``path``
+    is missing or damaged (saying so on stderr, with the steps that are trained again)."""
+    path = Path(path)
+    previous = previous_checkpoint(path)
+    try:
+        return load_training_checkpoint(path)
+    except CheckpointError as exc:
+        if not previous.is_file():
+            raise CheckpointError(f"{exc} No previous checkpoint ({previous.name}) is kept beside it: "
+                                  f"start the run again without --resume (in a new --out).") from exc
+        try:
+            state = load_training_checkpoint(previous)
+        except CheckpointError as older:
+            raise CheckpointError(f"{exc} The previous one is damaged too: {older}") from exc
+        print(f"warning: {exc} Resuming from the previous checkpoint {previous} "
+              f"({int(state['num_timesteps']):,} steps) instead.", file=sys.stderr)
+        return state
 
 
 def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
