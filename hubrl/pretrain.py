@@ -15,30 +15,34 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import torch as th
 import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import action_meanings, make_atari_vec_env, resolve_game
-from hubrl.checkpoint import atomic_write, load_training_checkpoint
+from hubrl.checkpoint import atomic_write, load_resume_checkpoint, load_training_checkpoint
+from hubrl.errors import UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
 from hubrl.runtime import apply_precision, configure_threads
 from hubrl.provenance import system_info
+from hubrl.runconfig import read_saved_run, resume_config
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "export_expert", "pretrain_expert", "UsageError"]
 
 
-class UsageError(ValueError):
-    """A user mistake that the command line reports as one line (no traceback)."""
-
-
 @dataclass
 class PretrainConfig:
-    """Settings of one pretraining run (the resolved form is saved as ``train/config.yaml``)."""
+    """Settings of one pretraining run (the resolved form is saved as ``train/config.yaml``).
+
+    Resuming continues these settings as saved (:mod:`hubrl.runconfig`); only those in
+    ``RESUME_MAY_CHANGE`` may differ: the step budget, and where the run runs and logs.
+    """
+
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
 
     game: str
     algo: str = "ppo"
@@ -113,11 +117,16 @@ def pretrain_expert(
     progress_bar: bool = True,
     verbose: int = 1,
     pause_at: int | None = None,
+    given: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
     """Train (or resume) one expert and export it when its budget is reached.
 
     ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
     ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
+
+    On resume the saved run wins: ``given`` holds the settings asked for explicitly (the
+    command line's flags), and one that contradicts the saved run is refused. Without
+    ``given``, ``cfg``'s budget, device and folders (those not None) are applied.
     """
     _validate(cfg)
     name = expert_name(cfg.game, cfg.algo)
@@ -126,12 +135,11 @@ def pretrain_expert(
     checkpoint = train_dir / "checkpoint.pt"
     resume_state = None
     if resume:
-        resume_state = load_training_checkpoint(checkpoint)
-        saved = yaml.safe_load((train_dir / "config.yaml").read_text())
-        # The saved config wins, except for the budget and where things run / are logged.
-        keep = {"timesteps": cfg.timesteps, "device": cfg.device, "threads": cfg.threads, "out": cfg.out,
-                "tensorboard_log": cfg.tensorboard_log}
-        cfg = PretrainConfig(**{**saved["run"], **{k: v for k, v in keep.items() if v is not None}})
+        read_saved_run(train_dir / "config.yaml")  # a missing or corrupt config names itself before the checkpoint is read
+        resume_state = load_resume_checkpoint(checkpoint)
+        if given is None:
+            given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
+        cfg = resume_config(PretrainConfig, train_dir / "config.yaml", given)
     game = resolve_game(cfg.game)
     configure_threads(cfg.threads)
     algo = cfg.algo.lower()

@@ -18,31 +18,41 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import make_atari_vec_env, resolve_game
 from hubrl.callbacks import GateUsageCallback
-from hubrl.checkpoint import atomic_write, load_training_checkpoint
+from hubrl.checkpoint import atomic_write, load_resume_checkpoint, previous_checkpoint
+from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.hub import Hub, resolve_hub
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.pathway import K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
-from hubrl.pretrain import UsageError
 from hubrl.provenance import system_info
+from hubrl.runconfig import check_device, check_finite, check_resume, read_saved_run
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
 from hubrl.training import TrainingOutcome, early_eval_step, run_training
 
-__all__ = ["METHODS", "TransferConfig", "TransferResult", "run_transfer"]
+__all__ = ["METHODS", "TransferConfig", "TransferResult", "check_resumable", "run_transfer"]
 
 
 @dataclass
 class TransferConfig:
-    """Settings of one transfer run (saved as ``config.yaml`` in the run folder)."""
+    """Settings of one transfer run (saved as ``config.yaml`` in the run folder).
+
+    Resuming a run continues these settings as saved (:mod:`hubrl.runconfig`); only those in
+    ``RESUME_MAY_CHANGE`` may differ (where and on how many threads it runs, where it logs, and
+    the step budget).
+    """
+
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
+    #: Fields whose command-line flag is not ``--field-name`` (for messages).
+    FLAGS: ClassVar[dict[str, str]] = {"repeat_action_probability": "--sticky-actions"}
 
     env: str
     method: str = "hub-pathway"
@@ -102,10 +112,26 @@ def _validate(cfg: TransferConfig) -> None:
         raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
     if cfg.aggregation not in AGGREGATIONS:
         raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}.")
-    if cfg.timesteps <= 0 or (cfg.n_envs is not None and cfg.n_envs <= 0):
-        raise UsageError("--timesteps and --n-envs must be positive.")
-    if cfg.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {cfg.top_k}.")
+    check_finite(cfg, TransferConfig.FLAGS)
+    for name in ("timesteps", "select_frames", "eval_freq", "eval_episodes", "checkpoint_freq"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    for name in ("n_envs", "threads"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**32 - 1, got {cfg.seed!r}.")
+    if cfg.noise != "learned" and (isinstance(cfg.noise, (str, bool)) or cfg.noise < 0):
+        raise UsageError(f"--noise must be 'learned' or a standard deviation >= 0, got {cfg.noise!r}.")
+    for name in ("exploration_coef", "exploitation_coef"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}.")
+    if not 0 <= cfg.repeat_action_probability <= 1:
+        raise UsageError(f"--sticky-actions is a probability in [0, 1], got {cfg.repeat_action_probability}.")
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {cfg.top_k!r}.")
     if cfg.exploration_loss not in EXPLORATION_LOSSES:
         raise UsageError(f"--exploration-loss must be one of {', '.join(EXPLORATION_LOSSES)}, got {cfg.exploration_loss!r}.")
     if cfg.k1_weight not in K1_WEIGHTS:
@@ -114,6 +140,16 @@ def _validate(cfg: TransferConfig) -> None:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}.")
     if not 0 <= cfg.noise_floor < float("inf"):
         raise UsageError(f"--noise-floor must be a finite number >= 0, got {cfg.noise_floor}.")
+    check_device(cfg.device)
+
+
+def check_resumable(folder: Path) -> None:
+    """Refuse ``--resume`` of a folder that holds no run to continue."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a run folder.")
+    checkpoint = folder / "checkpoint.pt"
+    if not checkpoint.is_file() and not previous_checkpoint(checkpoint).is_file():
+        raise UsageError(f"Nothing to resume in {folder}: no checkpoint.pt. Run without --resume to start it.")
 
 
 def run_transfer(
@@ -129,22 +165,26 @@ def run_transfer(
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
     folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a folder: choose a folder for the run.")
     checkpoint = folder / "checkpoint.pt"
+    game = resolve_game(cfg.env)
+    plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
+    cfg.n_envs = int(plain["n_envs"])
     previous: dict[str, Any] | None = None
+    resume_state = None
     if resume:
-        if not checkpoint.is_file():
-            raise UsageError(f"Nothing to resume in {folder}: no checkpoint.pt.")
-        if (folder / "config.yaml").is_file():
-            previous = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("method")
+        check_resumable(folder)
+        # The run continues as it was saved: refuse, before writing anything, what would change it.
+        check_resume(cfg, read_saved_run(folder / "config.yaml"), folder / "config.yaml", TransferConfig.FLAGS)
+        previous = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("method")
+        resume_state = load_resume_checkpoint(checkpoint)
     elif folder.exists() and any(folder.iterdir()):
         raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or choose another --out.")
     if verbose:
         print(f"Run folder: {folder}", flush=True)
-    game = resolve_game(cfg.env)
     configure_threads(cfg.threads)
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
-    plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
-    cfg.n_envs = int(plain["n_envs"])
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
     eval_env = None
     try:
@@ -188,7 +228,7 @@ def run_transfer(
         outcome = run_training(
             model, cfg.timesteps, checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
-            resume_state=load_training_checkpoint(checkpoint) if resume else None,
+            resume_state=resume_state,
             callbacks=plan.callbacks, progress_bar=progress_bar, tb_log_name=f"{game}-{method_label(cfg)}", verbose=verbose,
             pause_at=pause_at,
             first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,

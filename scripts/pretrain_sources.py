@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 
 import _cli  # noqa: F401  (puts the project on sys.path)
-from _cli import add_common_flags, main_guard, positive_int, steps
+from _cli import ArgumentParser, add_common_flags, main_guard, parse_given, positive_int, probability, steps
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"], help="Source games. Default: Seaquest Riverraid.")
     parser.add_argument("--timesteps", type=steps, default=10_000_000, help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
     parser.add_argument("--out", default="hub", help="Hub folder to write the experts into. Default: ./hub")
@@ -31,28 +31,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-freq", type=steps, default=250_000, help="Evaluate every N agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
-    parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability (ALE v5: 0.25). Default: 0.25.")
+    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
+                        help="Repeat-action probability in [0, 1] (ALE v5: 0.25). Default: 0.25.")
     parser.add_argument("--export", action="store_true",
                         help="Do not train: evaluate each game's latest checkpoint and export it as the expert now (mid-training is fine).")
     parser.add_argument("--plot", action="store_true", help="Do not train: write each expert's learning_curve.png (training and evaluation scores).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32", help="Precision of the exported weights.")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    return _check(parser, *parse_given(parser, argv))[0]
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> tuple[argparse.Namespace, set[str]]:
     if args.resume and args.force:
         parser.error("--resume and --force contradict each other: choose one.")
     if (args.export or args.plot) and (args.resume or args.force or args.pause_at):
         parser.error("--export and --plot read existing checkpoints: drop --resume/--force/--pause-at.")
-    return args
+    return args, given
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args, given = _check(parser, *parse_given(parser, argv))
     from agents import load_overrides
     from envs import resolve_game
     from hubrl.pretrain import PretrainConfig, pretrain_expert
 
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
-    overrides = load_overrides(args.hyperparams) if args.hyperparams else {}
+    overrides = load_overrides(args.hyperparams, algo=args.algo) if args.hyperparams else {}
     if args.plot:
         from pathlib import Path
 
@@ -89,11 +99,12 @@ def main(argv=None) -> int:
             eval_freq=args.eval_freq,
             eval_episodes=args.eval_episodes,
             checkpoint_freq=args.checkpoint_freq,
-            repeat_action_probability=args.sticky_actions,
+            repeat_action_probability=args.repeat_action_probability,
             hyperparams=overrides,
             export_dtype=args.export_dtype,
         )
-        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
+        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar, pause_at=args.pause_at,
+                                 given=_requested(cfg, given) if args.resume else None)
         outcome = result.outcome
         if outcome.interrupted_by is not None:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
@@ -104,6 +115,20 @@ def main(argv=None) -> int:
             continue
         print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
     return status
+
+
+def _requested(cfg, given: set[str]) -> dict:
+    """The settings of ``cfg`` the user gave as flags (a resumed run keeps the others as saved)."""
+    from dataclasses import fields
+
+    from agents import resolve_hyperparams
+
+    requested = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in given}
+    requested["out"] = cfg.out  # the hub being resumed is where it is now
+    if "hyperparams" in requested:  # saved resolved (the preset included): compare like with like
+        plain = resolve_hyperparams(cfg.algo, cfg.hyperparams)[0]
+        requested["hyperparams"] = {k: v for k, v in plain.items() if k != "n_envs"}
+    return requested
 
 
 if __name__ == "__main__":

@@ -13,19 +13,38 @@
 The run folder (--out, default runs/<game>-<method>-<algo>-s<seed>) gets model.zip, config.yaml,
 checkpoint.pt, evaluations.json, learning_curve.png (scores; gate usage per expert) and TensorBoard
 events (raw score, per-expert gate usage, auxiliary losses).
+
+    python scripts/transfer.py --resume --out runs/alien-hub-pathway-ppo-s0   # continue a run exactly as it was started
+
+Errors a user can fix (bad flags, hubs, checkpoints, a full disk) end as one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+from pathlib import Path
 
 import _cli  # noqa: F401
-from _cli import add_common_flags, main_guard, positive_int, steps
+from _cli import (ArgumentParser, add_common_flags, flag_names, main_guard, non_negative_float, parse_given, positive_int,
+                  probability, steps)
+from hubrl.errors import UsageError
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default=None, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... (required to train)")
+def noise(text: str) -> str | float:
+    """``learned`` or a fixed gate-noise standard deviation >= 0 (finite)."""
+    if text == "learned":
+        return text
+    try:
+        return non_negative_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'learned' or a finite standard deviation >= 0, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default=None, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... (required to train, except to resume a run).")
     parser.add_argument("--method", default="hub-pathway",
                         help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
@@ -36,12 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, help="Agent steps, e.g. 1M, 100k. Default: 1M.")
     parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
-    parser.add_argument("--resume", action="store_true", help="Continue the run in --out from its checkpoint.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue the run in --out from its checkpoint, with the settings it was started with "
+                             "(a flag that contradicts them is refused; --timesteps, --device, --threads and --tensorboard-log may change).")
     parser.add_argument("--pause-at", type=steps, default=None,
                         help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); continue later with --resume.")
     parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
-    parser.add_argument("--noise", default="learned", help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std like 1.0. Default: learned.")
-    parser.add_argument("--noise-floor", type=float, default=None,
+    parser.add_argument("--noise", type=noise, default="learned",
+                        help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std >= 0 like 1.0. Default: learned.")
+    parser.add_argument("--noise-floor", type=non_negative_float, default=None,
                         help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
     parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
                         help="Weight of the chosen expert at --top-k 1: its gate probability, or 1 with that probability's gradient "
@@ -51,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "probabilities, or Shazeer's importance+load. Default: switch.")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
                         help="Aggregate expert features into one head (features) or per-expert heads' outputs (heads, the paper's form).")
-    parser.add_argument("--exploration-coef", type=float, default=None, help="Weight of the exploration loss. Default: 0.1.")
-    parser.add_argument("--exploitation-coef", type=float, default=0.5, help="Weight of the exploitation loss. Default: 0.5.")
+    parser.add_argument("--exploration-coef", type=non_negative_float, default=None, help="Weight of the exploration loss (>= 0). Default: 0.1.")
+    parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5, help="Weight of the exploitation loss (>= 0). Default: 0.5.")
     parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
     parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
@@ -60,46 +82,69 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), for a score early. Default: on.")
     parser.add_argument("--plot", action="store_true", help="Only redraw learning_curve.png of the run in --out, then exit.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
-    parser.add_argument("--sticky-actions", type=float, default=0.25, help="Repeat-action probability. Default: 0.25.")
+    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
+                        help="Repeat-action probability in [0, 1]. Default: 0.25.")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
-    if args.plot and not args.out:
-        parser.error("--plot needs --out RUN_FOLDER")
-    if not args.plot and not args.env:
-        parser.error("the following arguments are required: --env")
-    return args
+    return parser
+
+
+def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]):
+    """The run's :class:`~hubrl.transfer.TransferConfig`: the flags (defaults included) for a new
+    run; for ``--resume``, the saved run with only the explicitly given flags laid over it."""
+    from dataclasses import fields
+
+    from agents import load_overrides
+    from hubrl.runconfig import resume_config
+    from hubrl.transfer import TransferConfig, check_resumable, default_run_folder
+
+    names = {f.name: f for f in fields(TransferConfig)}
+    # A flag whose default lives in the library is None when not given: the library's default applies.
+    chosen = {name: getattr(args, name) for name, f in names.items() if hasattr(args, name) and (name in given or not args.resume)
+              and not (getattr(args, name) is None and f.default is not None and name not in given)}
+    if "hyperparams" in chosen:
+        chosen["hyperparams"] = load_overrides(chosen["hyperparams"], algo=chosen.get("algo")) if chosen["hyperparams"] else {}
+    if "sources" in chosen:
+        chosen["sources"] = list(chosen["sources"])
+    if not args.resume:
+        if args.env is None:
+            raise UsageError("--env is required (the target game), except with --resume --out DIR.")
+        return TransferConfig(**chosen)
+    if args.out is None:
+        if args.env is None:
+            raise UsageError("--resume needs the run folder: --resume --out DIR.")
+        defaults = {name: getattr(args, name) for name, f in names.items()
+                    if hasattr(args, name) and name != "hyperparams" and (getattr(args, name) is not None or f.default is None)}
+        chosen["out"] = str(default_run_folder(TransferConfig(**defaults)))
+    check_resumable(Path(chosen["out"]))
+    flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
+    return resume_config(TransferConfig, Path(chosen["out"]) / "config.yaml", chosen, flags)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args, given = parse_given(parser, argv)
     if args.plot:
+        if not args.out:
+            parser.error("--plot needs --out RUN_FOLDER")
         from hubrl.report import plot_run_curve
 
         print(plot_run_curve(args.out))
         return 0
-    from agents import load_overrides
-    from hubrl.transfer import TransferConfig, run_transfer
+    from hubrl.transfer import run_transfer
 
-    noise = args.noise if args.noise == "learned" else float(args.noise)
-    cfg = TransferConfig(
-        env=args.env, method=args.method, source=args.source, lite=args.lite, select_frames=args.select_frames, hub=args.hub, sources=list(args.sources), algo=args.algo, timesteps=args.timesteps,
-        n_envs=args.n_envs, seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, out=args.out, tensorboard_log=args.tensorboard_log,
-        top_k=args.top_k, noise=noise, aggregation=args.aggregation, exploration_loss=args.exploration_loss,
-        exploitation_coef=args.exploitation_coef, freeze_experts=args.freeze_experts, eval_freq=args.eval_freq,
-        eval_episodes=args.eval_episodes, early_eval=args.early_eval, checkpoint_freq=args.checkpoint_freq, repeat_action_probability=args.sticky_actions,
-        hyperparams=load_overrides(args.hyperparams) if args.hyperparams else {},
-        # flags whose default lives in the library (None here: not given)
-        **{k: v for k, v in (("noise_floor", args.noise_floor), ("exploration_coef", args.exploration_coef),
-                                                ("k1_weight", args.k1_weight)) if v is not None},
-    )
+    cfg = transfer_config(parser, args, given)
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
+    resume = f"python {shlex.quote(os.path.relpath(__file__))} --resume --out {shlex.quote(str(result.folder))}"
     if outcome.paused:
-        print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
-              f"Continue with --resume --out {result.folder}.")
+        print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. Continue with: {resume}")
         return 0
     if outcome.interrupted_by is not None:
-        print(f"Stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume --out {result.folder}.")
+        print(f"Stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with: {resume}")
         return 128 + outcome.interrupted_by
     last = outcome.history.points[-1] if outcome.history.points else None
     score = f"; eval {last['mean']:.1f} ± {last['std']:.1f}" if last else ""

@@ -1,0 +1,133 @@
+"""Run settings as saved in a run folder, and resuming them: the saved run wins.
+
+A run (a transfer run folder, a pretraining ``train/`` folder) saves its resolved settings, a
+dataclass such as :class:`hubrl.transfer.TransferConfig`, under ``run:`` in ``config.yaml``.
+Resuming continues *that* run: :func:`resume_config` rebuilds the dataclass from the file and
+lays over it only what the user asked for explicitly. A setting that would change what is being
+trained (another game, method, seed, top-k ...) is refused, naming both values, before anything
+is written; settings listed in the dataclass's ``RESUME_MAY_CHANGE`` (where it runs, where it
+logs, the step budget) may differ. Everything here is generic over the dataclass's fields, so a
+new setting is covered by adding the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from hubrl.errors import CheckpointError, UsageError
+
+__all__ = ["read_saved_run", "resume_conflicts", "check_resume", "resume_config", "check_device", "check_finite"]
+
+C = TypeVar("C")
+
+
+def read_saved_run(config_path: str | Path) -> dict[str, Any]:
+    """The ``run`` section of a run's ``config.yaml``; a missing or corrupt file names itself."""
+    path = Path(config_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the run's settings are unknown, so it cannot be resumed "
+                              f"(start a new run with another --out).") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}): the run's settings are unknown, "
+                              f"so it cannot be resumed.") from exc
+    run = data.get("run") if isinstance(data, dict) else None
+    if not isinstance(run, dict):
+        raise CheckpointError(f"{path} has no 'run' section: it was not written by a hubrl run.")
+    return run
+
+
+def _flag(name: str, flags: Mapping[str, str] | None) -> str:
+    return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as saved in YAML: tuples read back as lists, ``1`` equals ``1.0``."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    """``saved`` completed with the defaults of fields it predates; unknown keys are refused."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{source} has settings this version of hubrl does not know ({', '.join(unknown)}): "
+                              f"resume the run with the version that started it.")
+    values = dict(saved)
+    for name, f in fields.items():
+        if name not in values:  # a run saved before the field existed ran with its default
+            if f.default is not dataclasses.MISSING:
+                values[name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                values[name] = f.default_factory()  # type: ignore[misc]
+    return values
+
+
+def resume_conflicts(cls: type, saved: Mapping[str, Any], wanted: Mapping[str, Any], source: Path) -> list[tuple[str, Any, Any]]:
+    """``(field, wanted, saved)`` for every wanted value that would change the saved run."""
+    may_change = getattr(cls, "RESUME_MAY_CHANGE", frozenset())
+    values = _saved_values(cls, saved, source)
+    return [(name, value, values.get(name)) for name, value in wanted.items()
+            if name not in may_change and not _same(value, values.get(name))]
+
+
+def _refuse(conflicts: list[tuple[str, Any, Any]], source: Path, flags: Mapping[str, str] | None) -> None:
+    if conflicts:
+        parts = "; ".join(f"{_flag(n, flags)} {w!r} but the run has {s!r}" for n, w, s in conflicts)
+        raise UsageError(f"Resuming {source.parent}: {parts} (saved in {source}). Drop the flag to continue the run as saved, "
+                         f"or start a new run with another --out.")
+
+
+def check_resume(cfg: Any, saved: Mapping[str, Any], source: Path, flags: Mapping[str, str] | None = None) -> None:
+    """Refuse a resumed ``cfg`` (a full dataclass) that differs from the ``saved`` run it continues."""
+    _refuse(resume_conflicts(type(cfg), saved, dataclasses.asdict(cfg), Path(source)), Path(source), flags)
+
+
+def resume_config(cls: type[C], source: str | Path, given: Mapping[str, Any] | None = None,
+                  flags: Mapping[str, str] | None = None) -> C:
+    """The saved run of ``source`` (a ``config.yaml``) with the explicitly ``given`` settings on top.
+
+    :param given: field -> value the user asked for (command-line flags given explicitly).
+    :param flags: field -> flag name for messages (default ``--field-name``).
+    :raises UsageError: when a given value contradicts the saved run (both values named).
+    """
+    source = Path(source)
+    saved = read_saved_run(source)
+    given = dict(given or {})
+    _refuse(resume_conflicts(cls, saved, given, source), source, flags)
+    values = {**_saved_values(cls, saved, source), **given}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise CheckpointError(f"{source}: its run settings do not fit this version of hubrl ({exc}).") from exc
+
+
+def check_device(text: str) -> str:
+    """``text`` if torch knows the device (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...)."""
+    if text == "auto":
+        return text
+    import torch as th
+
+    try:
+        th.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {text!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps.") from None
+    return text
+
+
+def check_finite(cfg: Any, flags: Mapping[str, str] | None = None) -> None:
+    """Refuse a float field of ``cfg`` that is inf or nan (a setting no run can use)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{_flag(f.name, flags)} must be a finite number, got {value}.")
