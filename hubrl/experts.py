@@ -12,7 +12,11 @@ parallel (one process per game) never race to update a shared file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 import torch as th
 
 from hubrl.checkpoint import atomic_write, atomic_write_bytes, sha256_file
+from hubrl.errors import HubError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -99,18 +104,78 @@ def save_expert(folder: str | Path, state_dict: dict[str, th.Tensor], manifest: 
 
 
 def read_manifest(folder: str | Path) -> ExpertManifest:
-    """Parse ``<folder>/expert.json``; raises ``ValueError`` naming the problem."""
-    path = Path(folder) / MANIFEST_NAME
+    """Parse and check ``<folder>/expert.json``; raises :class:`~hubrl.errors.HubError` naming the file.
+
+    The file is untrusted: every field's type is checked against :class:`ExpertManifest`, the
+    format and its version against what this version of hubrl reads, the observation shape
+    against the frames its experts read (NatureCNN on 84x84), and ``weights_file`` must name a
+    file inside ``folder``.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise HubError(f"{path} is {path.stat().st_size:,} bytes: too big for a manifest (a damaged or hostile file).")
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ValueError(f"{folder} is not an expert folder: no {MANIFEST_NAME}.") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is corrupt: not valid JSON ({exc.msg}).") from exc
+        raise HubError(f"{folder} is not an expert folder: no {MANIFEST_NAME}.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HubError(f"{path} is corrupt: not valid JSON ({getattr(exc, 'msg', exc)}).") from exc
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a hubrl expert manifest.")
-    known = set(ExpertManifest.__dataclass_fields__)
-    try:
-        return ExpertManifest(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as exc:
-        raise ValueError(f"{path} is missing fields: {exc}.") from exc
+        raise HubError(f"{path} is not a hubrl expert manifest.")
+    version = raw.get("format_version")
+    if not _fits(version, int) or version > MANIFEST_VERSION or version < 1:
+        raise HubError(f"{path} has format_version {version!r}; this version of hubrl reads {MANIFEST_VERSION}: "
+                       f"{'upgrade hubrl' if _fits(version, int) and version > MANIFEST_VERSION else 'the manifest is damaged'}.")
+    hints = typing.get_type_hints(ExpertManifest)
+    missing = [f.name for f in dataclasses.fields(ExpertManifest)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw]
+    if missing:
+        raise HubError(f"{path} is missing fields: {', '.join(missing)}.")
+    for name, value in raw.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise HubError(f"{path}: field {name} is {value!r} ({type(value).__name__}), expected {_type_name(hints[name])}.")
+    manifest = ExpertManifest(**{k: v for k, v in raw.items() if k in hints})
+    shape = manifest.observation_shape
+    if len(shape) != 3 or shape[1:] != [84, 84] or not 1 <= shape[0] <= 64:
+        raise HubError(f"{path}: observation_shape {shape} is not what its NatureCNN reads: (frames, 84, 84).")
+    if manifest.architecture != "NatureCNN" or manifest.features_dim != 512:
+        raise HubError(f"{path}: architecture {manifest.architecture} with {manifest.features_dim} features; "
+                       f"this version of hubrl reads NatureCNN with 512.")
+    weights = Path(manifest.weights_file)
+    inside = not weights.is_absolute() and (folder / weights).resolve().parent == folder.resolve()
+    if not manifest.weights_file or not inside:
+        raise HubError(f"{path}: weights_file {manifest.weights_file!r} is not a file name inside {folder}: refusing it.")
+    return manifest
+
+
+#: Most bytes an ``expert.json`` may have (a real one is a few kB).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON ``value`` has the type ``hint`` (str, int, float, bool, list[...], dict[...], X | None, Any)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()) if args else isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")

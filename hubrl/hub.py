@@ -10,8 +10,12 @@ Two sources of experts:
   as plain JSON for a few descriptive fields and never unpickled.
 
 Every expert must be an SB3 NatureCNN encoder (``features_extractor.cnn.{0,2,4}`` and
-``features_extractor.linear.0``); the ``pi_/vf_features_extractor`` duplicates of SB3 >= 1.7
-are accepted and ignored.
+``features_extractor.linear.0``, with NatureCNN's shapes and 512 features); the
+``pi_/vf_features_extractor`` duplicates of SB3 >= 1.7 are accepted and ignored.
+
+Files are untrusted: a zip member is read only up to :data:`MAX_MEMBER_BYTES` inflated bytes
+(checked against its header, then enforced while inflating, so a lying header cannot exceed
+it), a manifest's fields are type-checked and its weights file must lie inside its folder.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from hubrl.checkpoint import sha256_file
 from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 
-__all__ = ["HubError", "Expert", "Hub", "load_hub", "load_sb3_zip", "load_sources", "default_hub_path", "resolve_hub"]
+__all__ = [
+    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "load_hub", "load_sb3_zip", "load_sources",
+    "default_hub_path", "resolve_hub",
+]
 
 ENCODER_PREFIX = "features_extractor."
 HEAD_PREFIXES = ("action_net.", "value_net.")  # a CnnPolicy's heads (its mlp_extractor is empty)
@@ -38,6 +45,17 @@ NATURE_CNN_KEYS = (
     "cnn.0.weight", "cnn.0.bias", "cnn.2.weight", "cnn.2.bias", "cnn.4.weight", "cnn.4.bias",
     "linear.0.weight", "linear.0.bias",
 )
+NATURE_CNN_FEATURES = 512  # SB3 CnnPolicy's features_dim, which hubrl's extractors are built with
+#: NatureCNN's tensor shapes on 84x84 frames; ``C`` is the frame stack (checked against the env later).
+NATURE_CNN_SHAPES = {
+    "cnn.0.weight": (32, "C", 8, 8), "cnn.0.bias": (32,), "cnn.2.weight": (64, 32, 4, 4), "cnn.2.bias": (64,),
+    "cnn.4.weight": (64, 64, 3, 3), "cnn.4.bias": (64,),
+    "linear.0.weight": (NATURE_CNN_FEATURES, 3136), "linear.0.bias": (NATURE_CNN_FEATURES,),
+}
+#: Most bytes a zip member may inflate to. An SB3 NatureCNN policy.pth is ~7 MB (optimizer state
+#: ~14 MB); this leaves room for much bigger policies and refuses zip bombs before inflating them.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+_MAX_DATA_BYTES = 16 * 1024 * 1024  # an SB3 zip's JSON ``data`` entry: tens of kB
 
 
 @dataclass
@@ -151,21 +169,58 @@ class Hub:
 
 def _heads_from_state_dict(state: dict) -> dict[str, th.Tensor]:
     """The policy heads stored beside the encoder (empty for an encoder-only file)."""
-    return {k: v for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
+    return {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(HEAD_PREFIXES)}
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of member ``name``, refused (HubError) when it would inflate past ``limit``.
+
+    The header's size is checked first (a zip bomb costs nothing), then at most ``limit + 1``
+    bytes are inflated, so a header that lies about the size cannot get past the limit either.
+    """
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise HubError(f"{where} has no {name}.") from None
+    if info.file_size > limit:
+        raise HubError(f"{where}: {name} would inflate to {info.file_size:,} bytes, more than the {limit:,} this "
+                       f"reader allows (a NatureCNN policy is about 7 MB): refusing it (a damaged or hostile file).")
+    try:
+        with archive.open(info) as member:
+            data = member.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise HubError(f"{where} is corrupt: cannot read {name} ({exc}).") from exc
+    if len(data) > limit:
+        raise HubError(f"{where}: {name} inflates past {limit:,} bytes although its header says {info.file_size:,}: "
+                       f"refusing it (a damaged or hostile file).")
+    return data
 
 
 def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
+    """The NatureCNN encoder in ``state`` (an SB3 policy state_dict), every shape checked."""
     if not isinstance(state, dict) or not all(isinstance(v, th.Tensor) for v in state.values()):
         raise HubError(f"{where} does not hold a state_dict of tensors.")
-    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(ENCODER_PREFIX)}
     missing = [k for k in NATURE_CNN_KEYS if k not in encoder]
     if missing:
         raise HubError(
             f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
         )
     conv = encoder["cnn.0.weight"]
-    if conv.ndim != 4 or tuple(conv.shape[2:]) != (8, 8) or encoder["linear.0.weight"].shape[1] != 3136:
-        raise HubError(f"{where}: encoder is not NatureCNN on 84x84 frames (first conv {tuple(conv.shape)}).")
+    channels = int(conv.shape[1]) if conv.ndim == 4 else -1
+    for key, expected in NATURE_CNN_SHAPES.items():
+        want = tuple(channels if d == "C" else d for d in expected)
+        got = tuple(encoder[key].shape)
+        if got != want:
+            raise HubError(f"{where}: {ENCODER_PREFIX}{key} has shape {got}, NatureCNN on 84x84 frames with "
+                           f"{NATURE_CNN_FEATURES} features has {want}: not an encoder this version of hubrl reads.")
+        if not encoder[key].is_floating_point():
+            raise HubError(f"{where}: {ENCODER_PREFIX}{key} holds {encoder[key].dtype}, not floating-point weights.")
+    if channels < 1:
+        raise HubError(f"{where}: {ENCODER_PREFIX}cnn.0.weight reads {channels} channels.")
+    bad = [k for k in NATURE_CNN_KEYS if not th.isfinite(encoder[k]).all()]
+    if bad:
+        raise HubError(f"{where}: {ENCODER_PREFIX}{bad[0]} holds inf or nan values: the expert is broken.")
     return {k: encoder[k].float() for k in NATURE_CNN_KEYS}
 
 
@@ -175,13 +230,13 @@ def load_expert_folder(folder: str | Path) -> Expert:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    try:
-        manifest = read_manifest(folder)
-    except ValueError as exc:
-        raise HubError(str(exc)) from exc
+    manifest = read_manifest(folder)  # fields type-checked, weights_file inside the folder
     weights = folder / manifest.weights_file
     if not weights.is_file():
         raise HubError(f"Expert {manifest.name}: weights file {weights} is missing.")
+    if weights.stat().st_size > MAX_MEMBER_BYTES:
+        raise HubError(f"Expert {manifest.name}: {weights} is {weights.stat().st_size:,} bytes, more than the "
+                       f"{MAX_MEMBER_BYTES:,} this reader allows (a NatureCNN policy is about 7 MB).")
     if manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
         raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest (corrupt or replaced).")
     try:
@@ -189,8 +244,11 @@ def load_expert_folder(folder: str | Path) -> Expert:
     except (SafetensorError, OSError) as exc:
         raise HubError(f"Expert {manifest.name}: cannot read {weights} ({exc}).") from exc
     meta = {"timesteps": manifest.timesteps, "algo": manifest.algo, "eval": manifest.eval, "format": "hubrl"}
-    return Expert(manifest.name, _encoder_from_state_dict(state, str(weights)), str(folder), manifest.game, list(manifest.action_meanings), meta,
-                  _heads_from_state_dict(state))
+    encoder = _encoder_from_state_dict(state, str(weights))
+    if manifest.observation_shape[0] != encoder["cnn.0.weight"].shape[1]:
+        raise HubError(f"{folder / MANIFEST_NAME}: observation_shape {manifest.observation_shape} does not match its weights, "
+                       f"which read {encoder['cnn.0.weight'].shape[1]} stacked frames.")
+    return Expert(manifest.name, encoder, str(folder), manifest.game, list(manifest.action_meanings), meta, _heads_from_state_dict(state))
 
 
 def load_hub(path: str | Path) -> Hub:
@@ -218,10 +276,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     with archive:
         if "policy.pth" not in archive.namelist():
             raise HubError(f"{path} is not an SB3 checkpoint: it has no policy.pth.")
-        try:
-            raw = archive.read("policy.pth")
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise HubError(f"{path} is corrupt: cannot read policy.pth ({exc}).") from exc
+        raw = read_zip_member(archive, "policy.pth", path)
         try:
             state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -231,7 +286,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
         meta: dict = {"format": "sb3-zip"}
         if "data" in archive.namelist():
             try:  # JSON only: the ':serialized:' fields are never decoded
-                data = json.loads(archive.read("data"))
+                data = json.loads(read_zip_member(archive, "data", path, limit=_MAX_DATA_BYTES))
                 space = data.get("observation_space", {})
                 shape = space.get("shape", space.get("_shape")) if isinstance(space, dict) else None
                 if isinstance(shape, str):
@@ -239,7 +294,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
                 if isinstance(shape, list):
                     meta["observation_shape"] = [int(n) for n in shape]
                 meta["num_timesteps"] = data.get("num_timesteps")
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, TypeError, AttributeError):  # HubError is a ValueError
                 pass
     encoder = _encoder_from_state_dict(state, str(path))
     return Expert(name or path.stem, encoder, str(path), None, None, meta, _heads_from_state_dict(state))

@@ -268,16 +268,21 @@ def count_parameters(model_zip: str | Path) -> int | None:
     (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
     extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
 
-    Only that member is read, with ``torch.load(weights_only=True)``: the zip's ``data`` entry
-    (which can hold pickled code) is never touched.
+    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it, with
+    ``torch.load(weights_only=True)``: the zip's ``data`` entry (which can hold pickled code) is
+    never touched. An unreadable or hostile file gives None.
     """
     import torch as th
 
+    from hubrl.hub import read_zip_member
+
     try:
         with zipfile.ZipFile(model_zip) as archive:
-            raw = archive.read("policy.pth")
+            raw = read_zip_member(archive, "policy.pth", model_zip)
         state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, ValueError):
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):  # HubError is a ValueError
+        return None
+    if not isinstance(state, dict):
         return None
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     total = 0
