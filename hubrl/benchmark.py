@@ -55,6 +55,7 @@ This module imports only the standard library at import time: torch loads inside
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -74,6 +75,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from hubrl.atomic import atomic_write
 from hubrl.errors import GridError
+from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 
 __all__ = [
@@ -451,6 +453,27 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, default=str) + "\n")
 
 
+def _holding_grid_lock(run: Callable[..., GridSummary]) -> Callable[..., GridSummary]:
+    """Run a grid only while holding ``<root>/.lock``: two runners on one root would train the
+    same trials twice into the same folders, so a second one is refused, naming the first."""
+
+    @functools.wraps(run)
+    def locked(root: str | Path, *args: Any, **kwargs: Any) -> GridSummary:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise GridError(f"--root {root} is a file, not a grid folder: choose a folder.")
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with exclusive_lock(root / ".lock"):
+                return run(root, *args, **kwargs)
+        except LockHeld as exc:
+            raise GridError(f"Another runner holds the grid {root} ({exc.holder or 'pid unknown'}; lock {exc.path}): "
+                            f"wait for it to finish, or stop it, then rerun.") from None
+
+    return locked
+
+
+@_holding_grid_lock
 def run_grid(
     root: str | Path,
     games: Sequence[str],
