@@ -389,7 +389,55 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path) or {}
 
 
-def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None) -> list[TrialResult]:
+class TrialUnreadable(ValueError):
+    """A trial folder whose records cannot be read (corrupt, foreign or hostile files)."""
+
+
+def _number_or_none(value: Any, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
+        raise TrialUnreadable(f"{what} is {value!r}, not a number")
+
+
+def _check_points(points: list[Any]) -> None:
+    """Refuse evaluation points that are not what a hubrl run writes (objects with a numeric step
+    and a numeric mean or a list of numeric scores)."""
+    for point in points:
+        if not isinstance(point, dict):
+            raise TrialUnreadable(f"evaluations.json holds {type(point).__name__} points, not objects")
+        if point.get("step") is None:
+            raise TrialUnreadable("evaluations.json: a point has no step")
+        _number_or_none(point["step"], "evaluations.json: a point's step")
+        scores = point.get("scores")
+        if scores is not None and (not isinstance(scores, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
+            raise TrialUnreadable("evaluations.json: a point's scores are not a list of numbers")
+        if not scores:
+            _number_or_none(point.get("mean"), "evaluations.json: a point's mean")
+
+
+def _check_trial(trial: TrialResult) -> None:
+    """Refuse a trial whose records are not what a hubrl run writes, before any table reads them.
+
+    Each attempt's counters in ``status.json`` are checked, the figures computed from them are
+    computed once here, and a ``model.zip`` must be readable as weights: a damaged or hostile
+    trial is then listed as skipped instead of failing the report.
+    """
+    history = trial.status.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
+        raise TrialUnreadable("status.json: history is not a list of attempts")
+    for attempt in trial.attempts:
+        for key in ("steps", "seconds", "peak_rss_mb", "params", "inference_steps_per_s"):
+            _number_or_none(attempt.get(key), f"status.json: {key}")
+        if attempt.get("system") is not None and not isinstance(attempt["system"], dict):
+            raise TrialUnreadable("status.json: system is not an object")
+    if not np.all(np.isfinite(trial.means)):
+        raise TrialUnreadable("evaluations.json: scores are not finite")
+    trial.steps_per_s, trial.peak_rss_mb, trial.inference_steps_per_s  # noqa: B018  (computed once: any error shows here)
+    if (trial.folder / "model.zip").is_file() and count_parameters(trial.folder / "model.zip") is None:
+        raise TrialUnreadable("model.zip is not a readable SB3 policy (damaged, foreign or hostile)")
+
+
+def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None,
+                skipped: dict[str, str] | None = None) -> list[TrialResult]:
     """Every trial folder under ``root`` that has at least one evaluation point.
 
     Game and seed come from ``config.yaml`` (the folder names otherwise); the method is the grid's
@@ -399,39 +447,62 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
     ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
     dropped and a trial counts as finished once it was evaluated at ``stage`` (a grid trained with a
     1M budget and ``--pause-at 250k`` reports its 250k stage this way, from the same runs).
+
+    A trial whose files cannot be read (:func:`_check_trial`) is left out; ``skipped``, when
+    given, receives its folder (relative to ``root``) and the reason.
     """
-    from envs.games import display_name
-    from hubrl.benchmark import iter_trial_folders, read_evaluations
+    from hubrl.benchmark import iter_trial_folders
 
     root = Path(root)
     if budget is None:
         budget = _read_json(root / "grid.json").get("budget")
     if stage is not None:
         budget = int(stage)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+        budget = None  # a damaged grid.json: each trial's own budget
     trials = []
     for folder in iter_trial_folders(root):
-        points = sorted(read_evaluations(folder), key=lambda p: p["step"])
-        if stage is not None:
-            points = [p for p in points if p["step"] <= stage]
-        run = _read_yaml(folder / "config.yaml").get("run", {})
-        game = folder.parent.parent.name
-        if run.get("env"):
-            try:
-                game = display_name(run["env"])
-            except ValueError:
-                pass
-        trial = TrialResult(
-            game=game, method=folder.parent.name, seed=int(run.get("seed", folder.name[1:])),
-            folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
-            means=np.array([final_score(p) for p in points], dtype=np.float64),
-            budget=budget if budget is not None else run.get("timesteps"), status=_read_json(folder / "status.json"),
-        )
-        if points:
-            trial.final = float(trial.means[-1])
-            trial.hns = _hns(game, trial.final)
-            trial.auc = learning_curve_auc(trial.steps, trial.means)
-        trials.append(trial)
+        try:
+            trials.append(_load_trial(folder, budget, stage))
+        except (TrialUnreadable, TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            if skipped is not None:
+                skipped[str(folder.relative_to(root))] = str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})"
     return trials
+
+
+def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:
+    """One trial folder read back (its points up to ``stage``); :class:`TrialUnreadable` (or a
+    type error) when its records are damaged."""
+    from envs.games import display_name
+    from hubrl.benchmark import read_evaluations
+
+    points = read_evaluations(folder)
+    _check_points(points)
+    points = sorted(points, key=lambda p: p["step"])
+    if stage is not None:
+        points = [p for p in points if p["step"] <= stage]
+    run = _read_yaml(folder / "config.yaml").get("run", {})
+    if not isinstance(run, dict):
+        raise TrialUnreadable("config.yaml: run is not a mapping")
+    _number_or_none(run.get("timesteps"), "config.yaml: timesteps")
+    game = folder.parent.parent.name
+    if run.get("env"):
+        try:
+            game = display_name(run["env"])
+        except (ValueError, TypeError):
+            pass
+    trial = TrialResult(
+        game=game, method=folder.parent.name, seed=int(run.get("seed", folder.name[1:])),
+        folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
+        means=np.array([final_score(p) for p in points], dtype=np.float64),
+        budget=budget if budget is not None else run.get("timesteps"), status=_read_json(folder / "status.json"),
+    )
+    _check_trial(trial)
+    if points:
+        trial.final = float(trial.means[-1])
+        trial.hns = _hns(game, trial.final)
+        trial.auc = learning_curve_auc(trial.steps, trial.means)
+    return trial
 
 
 # ----------------------------------------------------------------------------- tables
@@ -1055,7 +1126,8 @@ def write_report(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"No grid folder {root}.")
-    trials = load_trials(root, budget, stage)
+    skipped: dict[str, str] = {}
+    trials = load_trials(root, budget, stage, skipped=skipped)
     if not any(t.steps.size for t in trials):
         raise FileNotFoundError(f"No trial with evaluations under {root} (expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = _read_json(root / "grid.json")
@@ -1099,11 +1171,15 @@ def write_report(
         if not t.finished:
             left_out.setdefault(str(t.folder.relative_to(root)), []).append(
                 f"last evaluation at {int(t.steps[-1]) if t.steps.size else 0:,} steps")
+    for name, why in skipped.items():
+        left_out[name] = [f"skipped: {why}"]
     for folder in iter_trial_folders(root):
         status = _read_json(folder / "status.json")
         name = str(folder.relative_to(root))
+        if name in skipped:
+            continue
         if status.get("status") in ("failed", "interrupted"):
-            error = (status.get("error") or "").splitlines()
+            error = str(status.get("error") or "").splitlines()
             left_out.setdefault(name, []).insert(0, f"{status['status']}" + (f": {error[0]}" if error else ""))
         elif not (folder / "evaluations.json").is_file():
             left_out.setdefault(name, []).append("no evaluations")
