@@ -11,6 +11,15 @@
 * resume from that checkpoint with the step counter, the schedules and the curves intact;
 * a progress bar in absolute steps of the budget (:class:`hubrl.progress.StepProgressBar`) and,
   on resume, one line saying from which step.
+
+Checkpoints hold a rollout boundary. SB3's ``learn`` alternates ``collect_rollouts`` (the
+callbacks' ``on_step`` runs here, and returning ``False`` stops ``learn`` before the update) and
+``train()``. A periodic checkpoint is therefore written at the start of the next rollout, after
+the update of the one that crossed ``checkpoint_freq``; a run stopped inside a rollout (signal,
+pause, crash) is saved with the step counter of that rollout's start, because its steps were
+never learned from. Resuming then collects that rollout again and makes its update: a run
+stopped and resumed any number of times makes the same updates, at the same step counts, as
+one run in one go.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ from hubrl.checkpoint import atomic_write, restore_training_state, save_training
 from hubrl.evaluation import EvalResult, evaluate_model
 from hubrl.progress import StepProgressBar
 
-__all__ = ["EvalHistory", "early_eval_step", "RawScoreEvalCallback", "CheckpointEveryCallback", "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "run_training"]
+__all__ = [
+    "EvalHistory", "early_eval_step", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback", "StopOnSignal",
+    "PauseAtStepCallback", "TrainingOutcome", "run_training",
+]
 
 
 @dataclass
@@ -136,8 +148,32 @@ class RawScoreEvalCallback(BaseCallback):
         return True
 
 
+class RolloutBoundary(BaseCallback):
+    """Track the step counter at the start of the current rollout and whether ``learn`` is
+    inside a rollout (its steps taken, its update not made yet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_timesteps = 0
+        self.inside = False
+
+    def _on_training_start(self) -> None:
+        self.start_timesteps = int(self.model.num_timesteps)
+
+    def _on_rollout_start(self) -> None:
+        self.start_timesteps = int(self.model.num_timesteps)
+        self.inside = True
+
+    def _on_rollout_end(self) -> None:
+        self.inside = False
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class CheckpointEveryCallback(BaseCallback):
-    """Atomically checkpoint every ``save_freq`` agent steps."""
+    """Atomically checkpoint every ``save_freq`` agent steps, after the update of the rollout
+    that crossed the mark (at the start of the next rollout), so no update is lost on resume."""
 
     def __init__(self, path: Path, save_freq: int, extra: Any) -> None:
         super().__init__()
@@ -145,15 +181,22 @@ class CheckpointEveryCallback(BaseCallback):
         self.save_freq = int(save_freq)
         self.extra = extra  # callable returning the extra dict, evaluated at save time
         self._next = 0
+        self._due = False
 
     def _on_training_start(self) -> None:
         self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
-            save_training_checkpoint(self.model, self.path, self.extra())
-            self._next += self.save_freq
+            self._due = True
         return True
+
+    def _on_rollout_start(self) -> None:
+        # Called by collect_rollouts after the previous rollout's train(): weights and counter agree.
+        if self._due:
+            save_training_checkpoint(self.model, self.path, self.extra())
+            self._next = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
+            self._due = False
 
 
 class StopOnSignal(BaseCallback):
@@ -187,12 +230,14 @@ class StopOnSignal(BaseCallback):
 
 
 class PauseAtStepCallback(BaseCallback):
-    """Stop ``learn()`` once ``pause_at`` agent steps are reached, without touching the budget.
+    """Stop ``learn()`` at the first rollout boundary at or after ``pause_at`` agent steps,
+    without touching the budget.
 
     Calling ``learn()`` with a smaller ``total_timesteps`` would also stop early, but SB3 computes
     the schedules' progress (learning rate, clip range) against that total, so a run trained in
     sessions would decay its schedule differently from one trained in one go. This callback keeps
-    the full budget and simply returns ``False`` at the pause point (checked once per env step).
+    the full budget: the rollout that crosses ``pause_at`` is completed and trained on, and the
+    next one is stopped at its first step (``run_training`` saves the counter of its start).
     """
 
     def __init__(self, pause_at: int) -> None:
@@ -200,9 +245,11 @@ class PauseAtStepCallback(BaseCallback):
         self.pause_at = int(pause_at)
         self.reached = False
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self.pause_at:
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps >= self.pause_at:
             self.reached = True
+
+    def _on_step(self) -> bool:
         return not self.reached
 
 
@@ -273,8 +320,9 @@ def run_training(
                                      first_eval_at=first_eval_at) if eval_env is not None else None
     interrupted_by = None
     if remaining > 0:
+        boundary = RolloutBoundary()
         with StopOnSignal() as stopper:
-            cbs: list[BaseCallback] = [stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
+            cbs: list[BaseCallback] = [boundary, stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
             if pauser is not None:
                 cbs.append(pauser)
             if evaluator is not None:
@@ -295,6 +343,8 @@ def run_training(
                 if bar is not None:
                     bar.close()
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
+                if boundary.inside:  # stopped inside a rollout: its steps were never trained on
+                    model.num_timesteps = boundary.start_timesteps
                 save_training_checkpoint(model, checkpoint_path, extra())
             interrupted_by = stopper.received
     completed = interrupted_by is None and model.num_timesteps >= total_timesteps
