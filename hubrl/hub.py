@@ -172,12 +172,14 @@ def _heads_from_state_dict(state: dict) -> dict[str, th.Tensor]:
     return {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(HEAD_PREFIXES)}
 
 
-def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
-    """The bytes of member ``name``, refused (HubError) when it would inflate past ``limit``.
+def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of member ``name``, refused (HubError) when it would inflate past ``limit``
+    (default :data:`MAX_MEMBER_BYTES`).
 
     The header's size is checked first (a zip bomb costs nothing), then at most ``limit + 1``
     bytes are inflated, so a header that lies about the size cannot get past the limit either.
     """
+    limit = MAX_MEMBER_BYTES if limit is None else limit
     try:
         info = archive.getinfo(name)
     except KeyError:

@@ -1,0 +1,233 @@
+"""Every bad input and fault a careful user or an attacker tried (issue 19) ends in one clear line.
+
+One table row per failure: the script, its arguments (built in a temporary folder, with the
+hostile file it needs), and what the one ``error:`` line must name. Each runs the script's
+``main`` in this process behind the same boundary as the command line (``_cli.run_guarded``):
+exit code 2, a single line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.util
+import io
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch as th
+import yaml
+
+from tests.conftest import ROOT, make_tiny_hub
+from tests.test_report import grid  # noqa: F401  (fixture: a small finished grid)
+
+SCRIPTS = ROOT / "scripts"
+
+
+def script_main(name: str) -> Callable:
+    """``scripts/<name>.py``'s ``main``, imported once (the scripts import ``_cli`` from their folder)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    module_name = f"_hubrl_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name].main
+
+
+def call(name: str, *argv: str) -> tuple[int, str]:
+    """Run ``scripts/<name>.py`` in this process behind the command line's error boundary
+    (``_cli.main_guard``): (exit code, stderr). An error the boundary lets through propagates."""
+    main = script_main(name)
+    from _cli import main_guard
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main_guard(lambda *_: main(list(argv)))
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+NATURE_CNN_SHAPES = {  # SB3's NatureCNN on (C, 84, 84) frames
+    "cnn.0.weight": (32, "C", 8, 8), "cnn.0.bias": (32,), "cnn.2.weight": (64, 32, 4, 4), "cnn.2.bias": (64,),
+    "cnn.4.weight": (64, 64, 3, 3), "cnn.4.bias": (64,), "linear.0.weight": (512, 3136), "linear.0.bias": (512,),
+}
+
+
+def _nature_cnn_state(channels: int = 4, features: int = 512, **shapes: tuple[int, ...]) -> dict[str, th.Tensor]:
+    """A NatureCNN state_dict of zeros, with ``features`` outputs and any shape overridden (``cnn_2_weight=...``)."""
+    state = {}
+    for key, shape in NATURE_CNN_SHAPES.items():
+        shape = shapes.get(key.replace(".", "_"), tuple(channels if d == "C" else d for d in shape))
+        if key.startswith("linear"):
+            shape = (features, *shape[1:])
+        state[f"features_extractor.{key}"] = th.zeros(shape)
+    return state
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _policy_zip(path: Path, state: dict[str, th.Tensor]) -> Path:
+    buffer = io.BytesIO()
+    th.save(state, buffer)
+    return _zip(path, {"policy.pth": buffer.getvalue()})
+
+
+def _hub_with(tmp: Path, **fields) -> Path:
+    """A one-expert tiny hub whose manifest has ``fields`` replaced."""
+    hub = make_tiny_hub(tmp / "hub", names=("a-ppo",))
+    manifest = hub / "a-ppo" / "expert.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **fields}))
+    return hub
+
+
+def _run_folder(tmp: Path, checkpoint: bytes) -> Path:
+    out = tmp / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"run": {"env": "Gopher", "method": "scratch", "n_envs": 2, "device": "cpu"}}))
+    (out / "checkpoint.pt").write_bytes(checkpoint)
+    return out
+
+
+def _yaml(tmp: Path, text: str) -> str:
+    path = tmp / "hyper.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _file(tmp: Path) -> str:
+    path = tmp / "a-file"
+    path.write_text("x")
+    return str(path)
+
+
+def _full_disk(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
+    """Hold the grid's lock as another runner would (a second flock conflicts even in one process)."""
+    from hubrl.locks import exclusive_lock
+
+    root.mkdir(exist_ok=True)
+    stack.enter_context(exclusive_lock(root / ".lock"))
+
+
+T = "transfer"
+FAST = ["--method", "scratch", "--n-envs", "1", "--device", "cpu", "--no-progress-bar"]
+
+# (id, script, args(tmp, hub), what the line must name, setup(monkeypatch, tmp, exit_stack) or None)
+CASES = [
+    # numeric flags: inf, nan, overflow, out of range
+    ("timesteps-inf", T, lambda t, h: ["--env", "Alien", "--timesteps", "inf"], ["--timesteps", "inf"], None),
+    ("timesteps-1e400", T, lambda t, h: ["--env", "Alien", "--timesteps", "1e400"], ["--timesteps", "1e400"], None),
+    ("n-envs-inf", T, lambda t, h: ["--env", "Alien", "--n-envs", "inf"], ["--n-envs"], None),
+    ("noise-negative", T, lambda t, h: ["--env", "Alien", "--noise", "-1"], ["--noise", "-1"], None),
+    ("noise-nan", T, lambda t, h: ["--env", "Alien", "--noise", "nan"], ["--noise", "nan"], None),
+    ("noise-inf", T, lambda t, h: ["--env", "Alien", "--noise", "inf"], ["--noise", "inf"], None),
+    ("sticky-1.5", T, lambda t, h: ["--env", "Alien", "--sticky-actions", "1.5"], ["--sticky-actions", "1.5"], None),
+    ("negative-exploration-coef", T, lambda t, h: ["--env", "Alien", "--exploration-coef", "-0.1"], ["--exploration-coef"], None),
+    ("negative-exploitation-coef", T, lambda t, h: ["--env", "Alien", "--exploitation-coef", "-1"], ["--exploitation-coef"], None),
+    ("seed-negative", T, lambda t, h: ["--env", "Alien", "--seed", "-1"], ["--seed"], None),
+    ("device-tpu", T, lambda t, h: ["--env", "Alien", "--device", "tpu"], ["--device", "tpu"], None),
+    ("budget-inf", "benchmark", lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "inf"], ["--budget"], None),
+    ("cpus-nan", "benchmark", lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "1k", "--cpus-per-trial", "nan"],
+     ["--cpus-per-trial"], None),
+    ("frames-inf", "rank_hub", lambda t, h: ["--env", "Alien", "--frames", "inf"], ["--frames"], None),
+    ("pretrain-timesteps-inf", "pretrain_sources", lambda t, h: ["--timesteps", "inf", "--out", str(t / "hub")], ["--timesteps"], None),
+    ("pretrain-sticky-1.5", "pretrain_sources", lambda t, h: ["--sticky-actions", "1.5", "--out", str(t / "hub")], ["--sticky-actions"], None),
+    # usage
+    ("resume-without-out", T, lambda t, h: ["--resume"], ["--resume", "--out"], None),
+    ("no-env", T, lambda t, h: ["--timesteps", "1k"], ["--env"], None),
+    ("hyperparams-unknown-key", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "bogus_key: 1\n")], ["hyper.yaml", "bogus_key"], None),
+    ("hyperparams-n-steps-negative", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_steps: -64\n")], ["hyper.yaml", "n_steps", "-64"], None),
+    ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")], ["hyper.yaml", "YAML"], None),
+    ("rank-json-is-a-folder", "rank_hub", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
+    # file system
+    ("out-is-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t)], ["--out", "a-file", "is a file"], None),
+    ("out-under-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t) + "/run"], ["a-file/run", "Not a directory"], None),
+    ("out-not-writable", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", "/proc/hubrl-cannot-write/run"], ["/proc/hubrl-cannot-write/run"], None),
+    ("disk-full", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", str(t / "run")], ["disk is full"], _full_disk),
+    ("root-is-a-file", "benchmark", lambda t, h: ["run", "--root", _file(t), "--games", "Alien", "--budget", "1k"], ["--root", "a-file"], None),
+    ("report-of-a-file", "benchmark", lambda t, h: ["report", _file(t)], ["a-file"], None),
+    ("grid-held-by-another-runner", "benchmark", lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "1k"],
+     ["Another runner", f"pid {os.getpid()}"], lambda mp, t, stack: _hold_grid_lock(t / "g", stack)),
+    # checkpoints
+    ("checkpoint-torn", T, lambda t, h: ["--resume", "--out", str(_run_folder(t, b"PK\x03\x04 torn"))], ["checkpoint.pt", "corrupt", "without --resume"], None),
+    ("checkpoint-empty", T, lambda t, h: ["--resume", "--out", str(_run_folder(t, b""))], ["checkpoint.pt", "empty"], None),
+    # hubs and zips
+    ("zip-bomb", T, lambda t, h: ["--env", "Alien", "--sources", str(_zip(t / "bomb.zip", {"policy.pth": bytes(2 << 20)}))],
+     ["bomb.zip", "policy.pth", "inflate to 2,097,152 bytes"], lambda mp, t, stack: mp.setattr("hubrl.hub.MAX_MEMBER_BYTES", 1 << 20)),
+    ("zip-wrong-conv-shape", T, lambda t, h: ["--env", "Alien", "--sources", str(_policy_zip(t / "c.zip", _nature_cnn_state(cnn_2_weight=(64, 32, 3, 3))))],
+     ["c.zip", "cnn.2.weight", "(64, 32, 3, 3)"], None),
+    ("zip-wrong-features-dim", T, lambda t, h: ["--env", "Alien", "--sources", str(_policy_zip(t / "f.zip", _nature_cnn_state(features=256)))],
+     ["f.zip", "linear.0.weight", "(256, 3136)"], None),
+    ("manifest-weights-outside", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, weights_file="../../../../etc/hostname"))],
+     ["expert.json", "weights_file", "etc/hostname"], None),
+    ("manifest-weights-absolute", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, weights_file="/etc/hostname"))],
+     ["expert.json", "weights_file"], None),
+    ("manifest-weights-file-123", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, weights_file=123))], ["expert.json", "weights_file", "123"], None),
+    ("manifest-action-meanings-5", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, action_meanings=5))], ["expert.json", "action_meanings"], None),
+    ("manifest-format-version-999", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, format_version=999))],
+     ["expert.json", "format_version", "999", "upgrade"], None),
+    ("manifest-observation-shape", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, observation_shape=[4, 64, 64]))],
+     ["expert.json", "observation_shape"], None),
+]
+
+
+@pytest.mark.parametrize("name, script, args, named, setup", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, name, script, args, named, setup):
+    with contextlib.ExitStack() as stack:
+        if setup is not None:
+            setup(monkeypatch, tmp_path, stack)
+        code, err = call(script, *args(tmp_path, None))
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for word in named:
+        assert word in err, (word, err)
+
+
+def test_a_genuine_bug_keeps_its_traceback():
+    script_main("transfer")
+    from _cli import main_guard
+
+    def buggy(argv=None):
+        return {}["missing"]
+
+    with pytest.raises(KeyError):
+        main_guard(buggy)
+
+
+def test_report_lists_a_damaged_or_hostile_trial_as_skipped(grid, monkeypatch):  # noqa: F811
+    from hubrl.report import write_report
+
+    corrupt = grid / "Alien" / "scratch" / "s0"
+    (corrupt / "status.json").write_text(json.dumps({"status": "ok", "history": 5}))
+    hostile = grid / "Alien" / "scratch" / "s1"
+    _zip(hostile / "model.zip", {"policy.pth": bytes(2 << 20)})
+    monkeypatch.setattr("hubrl.hub.MAX_MEMBER_BYTES", 1 << 20)
+    report = write_report(grid, reps=200, curve_reps=50).read_text()
+    assert "`Alien/scratch/s0`: skipped: status.json: history is not a list of attempts" in report
+    assert "`Alien/scratch/s1`: skipped: model.zip is not a readable SB3 policy" in report
+    assert "| Alien | hub-pathway |" in report or "hub-pathway" in report.split("## Scores per game")[1]

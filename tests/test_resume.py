@@ -1,0 +1,202 @@
+"""Resume is the saved run, loses no update, and survives a damaged checkpoint.
+
+Training here is stock SB3 PPO with 2 envs x 32 steps: one rollout is 64 agent steps and, with
+one epoch of one minibatch, makes exactly one update, so ``n_updates * 64`` is the number of
+steps a model has learned from.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch as th
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+import hubrl.training
+from envs import make_atari_vec_env
+from hubrl.checkpoint import (CheckpointError, load_resume_checkpoint, load_training_checkpoint, previous_checkpoint,
+                              save_training_checkpoint)
+from hubrl.training import run_training
+from tests.conftest import ROOT, TINY_PPO, make_tiny_hub
+
+ROLLOUT = 64  # 2 envs x 32 steps
+
+
+def _model(seed: int = 0) -> PPO:
+    env = make_atari_vec_env("Gopher", 2, seed=seed)
+    return PPO("CnnPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=seed, device="cpu")
+
+
+class _Count(BaseCallback):
+    """Agent steps taken in this learn() call and the step counter at each rollout start."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.steps, self.starts, self.fail_at = 0, [], fail_at
+
+    def _on_rollout_start(self) -> None:
+        self.starts.append(int(self.model.num_timesteps))
+
+    def _on_step(self) -> bool:
+        self.steps += self.training_env.num_envs
+        if self.fail_at is not None and self.num_timesteps >= self.fail_at:
+            raise RuntimeError("simulated crash inside a rollout")
+        return True
+
+
+def test_pause_then_resume_makes_the_same_updates_at_the_same_steps(tmp_path):
+    """A pause inside a rollout (96 of 64..128) finishes that rollout's update; the resumed run
+    continues the step counter (not from 0) and takes only the remaining steps."""
+    ckpt = tmp_path / "checkpoint.pt"
+    paused = run_training(_model(), 256, ckpt, checkpoint_freq=10**9, progress_bar=False, verbose=0, pause_at=96)
+    state = load_training_checkpoint(ckpt)
+    assert paused.paused and state["num_timesteps"] == 128 and state["n_updates"] * ROLLOUT == 128
+
+    count = _Count()
+    done = run_training(_model(), 256, ckpt, resume_state=load_training_checkpoint(ckpt), callbacks=[count],
+                        checkpoint_freq=10**9, progress_bar=False, verbose=0)
+    state = load_training_checkpoint(ckpt)
+    assert count.starts[0] == 128 and count.steps == 128  # continues at 128: neither from 0 nor re-running
+    assert done.completed and state["num_timesteps"] == 256 and state["n_updates"] * ROLLOUT == 256
+
+
+def test_every_checkpoint_holds_a_rollout_boundary_after_its_update(tmp_path, monkeypatch):
+    """The periodic checkpoint (due at 96, inside a rollout) and the one saved after a crash
+    inside a rollout both hold weights and a step counter that agree: no update is skipped."""
+    saved = []
+    real = hubrl.training.save_training_checkpoint
+
+    def spy(model, path, extra=None):
+        saved.append((int(model.num_timesteps), int(model._n_updates)))
+        return real(model, path, extra)
+
+    monkeypatch.setattr(hubrl.training, "save_training_checkpoint", spy)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(_model(), 256, tmp_path / "checkpoint.pt", checkpoint_freq=96, callbacks=[_Count(fail_at=160)],
+                     progress_bar=False, verbose=0)
+    assert saved == [(128, 2), (128, 2)]  # periodic (after the 2nd update), then the crash's (160 rolled back to 128)
+    state = load_training_checkpoint(tmp_path / "checkpoint.pt")
+    assert (state["num_timesteps"], state["n_updates"]) == (128, 2)
+
+
+def test_checkpoints_are_read_as_weights_only(tmp_path):
+    """A checkpoint carrying a pickled object is refused; its payload never runs."""
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "checkpoint.pt"
+    th.save({"format": "hubrl-training-checkpoint", "policy": {}, "num_timesteps": 0, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_training_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["torn", "empty"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
+    model = _model()
+    path = tmp_path / "checkpoint.pt"
+    save_training_checkpoint(model, path)
+    model.num_timesteps = 64
+    save_training_checkpoint(model, path)  # the first one is kept as checkpoint.prev.pt
+    assert load_training_checkpoint(previous_checkpoint(path))["num_timesteps"] == 0
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "torn" else b"")
+    state = load_resume_checkpoint(path)
+    assert state["num_timesteps"] == 0
+    err = capsys.readouterr().err
+    assert str(path) in err and "checkpoint.prev.pt" in err and ("empty" in err) == (damage == "empty")
+    previous_checkpoint(path).unlink()
+    with pytest.raises(CheckpointError, match="No previous checkpoint"):
+        load_resume_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- resume = the saved run
+
+
+def _transfer_main():
+    from tests.test_bad_inputs import script_main
+
+    return script_main("transfer")
+
+
+@pytest.fixture(scope="module")
+def _saved_run_template(tmp_path_factory) -> Path:
+    """A finished 64-step Hub-Pathway run on Gopher with top-k 2, seed 3 and tiny hyperparameters
+    (made once: its final evaluation is most of its cost)."""
+    tmp = tmp_path_factory.mktemp("saved-run")
+    hub = make_tiny_hub(tmp / "hub")
+    hyper = tmp / "tiny.yaml"
+    hyper.write_text(yaml.safe_dump(TINY_PPO))
+    out = tmp / "run"
+    code = _transfer_main()(["--env", "Gopher", "--hub", str(hub), "--top-k", "2", "--seed", "3", "--timesteps", "64",
+                             "--n-envs", "2", "--hyperparams", str(hyper), "--eval-freq", "1e9", "--eval-episodes", "1",
+                             "--checkpoint-freq", "1e9", "--device", "cpu", "--out", str(out), "--no-progress-bar"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def saved_run(_saved_run_template, tmp_path) -> Path:
+    """A copy of the saved run for one test to resume (the tests using it are marked slow: the
+    first one pays ~12 s for the template)."""
+    return Path(shutil.copytree(_saved_run_template, tmp_path / "run"))
+
+
+def _run_section(out: Path) -> dict:
+    return yaml.safe_load((out / "config.yaml").read_text())["run"]
+
+
+@pytest.mark.slow
+def test_resume_alone_continues_the_saved_run(saved_run, capsys):
+    """``--resume --out DIR`` alone keeps the game, top-k, seed, hyperparameters and budget
+    (the 1M default budget and top-k 1 are not applied)."""
+    before = _run_section(saved_run)
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 0
+    assert _run_section(saved_run) == {**before, "out": str(saved_run)}
+    assert before["top_k"] == 2 and before["timesteps"] == 64 and before["hyperparams"] == TINY_PPO
+    assert load_training_checkpoint(saved_run / "checkpoint.pt")["num_timesteps"] == 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, value, named", [
+    ("--env", "Alien", "--env 'Alien' but the run has 'Gopher'"),
+    ("--top-k", "1", "--top-k 1 but the run has 2"),
+    ("--method", "scratch", "--method 'scratch' but the run has 'hub-pathway'"),
+    ("--seed", "0", "--seed 0 but the run has 3"),
+])
+def test_resume_refuses_a_contradicting_flag_before_writing(saved_run, capsys, flag, value, named):
+    from tests.test_bad_inputs import call
+
+    files = {p.name: p.read_bytes() for p in saved_run.iterdir() if p.is_file()}
+    code, err = call("transfer", "--resume", "--out", str(saved_run), flag, value)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and named in err
+    assert {p.name: p.read_bytes() for p in saved_run.iterdir() if p.is_file()} == files  # nothing written
+
+
+@pytest.mark.slow
+def test_the_printed_resume_hint_works_as_printed(saved_run, capsys, monkeypatch):
+    import hubrl.transfer
+
+    real = hubrl.transfer.run_transfer
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.outcome.interrupted_by = 2  # as after Ctrl-C
+        return result
+
+    monkeypatch.setattr(hubrl.transfer, "run_transfer", interrupted)
+    monkeypatch.chdir(ROOT)
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 130
+    hint = capsys.readouterr().out.rsplit("Resume with: ", 1)[1].strip()
+    argv = shlex.split(hint)
+    assert argv[0] == "python" and (ROOT / argv[1]).resolve() == ROOT / "scripts" / "transfer.py"
+    monkeypatch.setattr(hubrl.transfer, "run_transfer", real)
+    assert _transfer_main()(argv[2:]) == 0  # the hint alone: no flag of the original command line needed
