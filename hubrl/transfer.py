@@ -5,8 +5,9 @@ All methods (:mod:`hubrl.methods`: ``hub-pathway``, ``scratch``, ``finetune``, `
 resume and logging, so their runs compare one to one. A run folder holds ``model.zip`` (opens
 with stock ``PPO.load``/``A2C.load`` after ``import hubrl``), ``config.yaml`` (everything
 resolved, and the system it ran on: :mod:`hubrl.provenance`), ``checkpoint.pt`` (resume
-state), ``evaluations.json`` (every evaluation's raw scores), for hub methods ``gates.jsonl``
-(gate statistics per rollout: :class:`hubrl.callbacks.GateUsageCallback`), ``learning_curve.png``
+state; the one before it kept as ``checkpoint.prev.pt``), ``evaluations.json`` (every evaluation's
+raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
+:class:`hubrl.callbacks.GateUsageCallback`), ``learning_curve.png``
 (:func:`hubrl.report.plot_run_curve`, redrawn when a run ends or stops) and TensorBoard events under
 ``tb/`` unless ``tensorboard_log`` says otherwise. Tags shared by all methods:
 ``rollout/ep_rew_mean`` (raw score), ``eval/mean_reward``; Hub-Pathway adds

@@ -145,6 +145,7 @@ CASES = [
     ("noise-negative", T, lambda t, h: ["--env", "Alien", "--noise", "-1"], ["--noise", "-1"], None),
     ("noise-nan", T, lambda t, h: ["--env", "Alien", "--noise", "nan"], ["--noise", "nan"], None),
     ("noise-inf", T, lambda t, h: ["--env", "Alien", "--noise", "inf"], ["--noise", "inf"], None),
+    ("noise-floor-nan", T, lambda t, h: ["--env", "Alien", "--noise-floor", "nan"], ["--noise-floor", "nan"], None),
     ("sticky-1.5", T, lambda t, h: ["--env", "Alien", "--sticky-actions", "1.5"], ["--sticky-actions", "1.5"], None),
     ("negative-exploration-coef", T, lambda t, h: ["--env", "Alien", "--exploration-coef", "-0.1"], ["--exploration-coef"], None),
     ("negative-exploitation-coef", T, lambda t, h: ["--env", "Alien", "--exploitation-coef", "-1"], ["--exploitation-coef"], None),
