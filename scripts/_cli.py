@@ -174,10 +174,11 @@ def describe(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__  # one line, whatever the message held
 
 
-def run_guarded(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """``main(argv)``'s exit code; a user error prints ``error: ...`` (one line) and gives 2."""
+def run_guarded(main: Callable[..., int], argv: Sequence[str] | None = None) -> int:
+    """``main(argv)``'s exit code (``main()`` without ``argv``: it reads ``sys.argv``); a user
+    error prints ``error: ...`` (one line) and gives 2."""
     try:
-        return int(main(argv) or 0)
+        return int((main() if argv is None else main(argv)) or 0)
     except _user_errors() as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)
         return 2
