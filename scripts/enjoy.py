@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 
 import _cli  # noqa: F401
-from _cli import main_guard, positive_int, steps
+from _cli import ArgumentParser, device, main_guard, positive_int, probability, seed, steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None, help="A run folder (or its model.zip), or an SB3 .zip checkpoint.")
     parser.add_argument("--expert", default=None, metavar="NAME", help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
     parser.add_argument("--hub", default=None, metavar="DIR", help="Hub folder for --expert (default: the shipped hub).")
@@ -30,9 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=steps, default=None, help="Stop after N agent steps (a game still running is reported as unfinished).")
     parser.add_argument("--video", default=None, metavar="FILE", help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
     parser.add_argument("--deterministic", action="store_true", help="Greedy actions (default: sampled, as in evaluation).")
-    parser.add_argument("--sticky-actions", type=float, default=None, help="Repeat-action probability (default: as trained, 0.25).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the game. Default: 0.")
-    parser.add_argument("--device", default="cpu", help="Torch device. Default: cpu (one game at a time needs no GPU).")
+    parser.add_argument("--sticky-actions", type=probability, default=None, help="Repeat-action probability (default: as trained, 0.25).")
+    parser.add_argument("--seed", type=seed, default=0, help="Seed of the game. Default: 0.")
+    parser.add_argument("--device", type=device, default="cpu", help="Torch device. Default: cpu (one game at a time needs no GPU).")
     return parser.parse_args(argv)
 
 
