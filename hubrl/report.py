@@ -63,6 +63,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from hubrl.errors import UsageError
+
 __all__ = [
     "TrialResult",
     "trim_mean",
@@ -917,7 +919,7 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
     folder = Path(expert_folder)
     train_dir = folder / "train"
     if not (train_dir / "checkpoint.pt").is_file() and not (train_dir / "evaluations.json").is_file():
-        raise ValueError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
+        raise UsageError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
     steps, values = _tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir() else (np.array([]), np.array([]))
@@ -938,7 +940,7 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
     return out
 
 
-class NothingToPlot(ValueError):
+class NothingToPlot(UsageError):
     """A run folder without an evaluation or a finished training game yet (e.g. stopped in its first minutes)."""
 
 
@@ -992,7 +994,7 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
 
     folder = Path(run_folder)
     if not (folder / "config.yaml").is_file():
-        raise ValueError(f"{folder} is not a transfer run folder (no config.yaml): give the --out of a run.")
+        raise UsageError(f"{folder} is not a transfer run folder (no config.yaml): give the --out of a run.")
     config = _read_yaml(folder / "config.yaml")
     has_history = (folder / "evaluations.json").is_file() or (folder / "checkpoint.pt").is_file()
     evals = _expert_eval_points(folder) if has_history else []
