@@ -102,7 +102,8 @@ TrialSpec = dict[str, Any]
 TrialFn = Callable[[TrialSpec], dict[str, Any]]
 
 #: Files a hubrl run leaves in its folder; only these are cleared before a fresh attempt.
-_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb"})
+_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb",
+                            "checkpoint.prev.pt", "learning_curve.png"})
 TRIAL_STATES = ("finished", "paused", "resume", "refused", "fresh")
 _TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
 
@@ -275,7 +276,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """
     from stable_baselines3.common.utils import get_device
 
-    from hubrl.checkpoint import load_training_checkpoint
+    from hubrl.checkpoint import load_resume_checkpoint
     from hubrl.report import count_parameters
     from hubrl.transfer import TransferConfig, run_transfer
 
@@ -285,7 +286,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         out=str(folder), **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"], **spec.get("overrides", {})},
     )
     resume = (folder / "checkpoint.pt").is_file()
-    start = int(load_training_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
+    start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0  # a torn one: its predecessor
     if not resume:
         _clear_leftovers(folder)
     result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)), pause_at=spec.get("pause_at"))

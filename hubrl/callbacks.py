@@ -69,7 +69,9 @@ def read_gate_history(path: str | Path) -> list[dict[str, Any]]:
     for line in lines:
         try:
             row = json.loads(line)
-            rows[int(row["step"])] = row
-        except (ValueError, KeyError, TypeError):
+            step = int(row.pop("step"))
+            clean = {str(k): float(v) for k, v in row.items() if v is not None}  # a foreign or damaged value: skip the line
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             continue
+        rows[step] = {"step": step, **clean}
     return [rows[step] for step in sorted(rows)]

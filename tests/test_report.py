@@ -347,7 +347,8 @@ def test_routing_section_reads_each_trials_gate_history(grid):
     rows = [{"step": 1024, "selection_freq/a": 1.0, "selection_freq/b": 0.0}]  # inside the warm-up: ignored
     rows += [{"step": 1024 * i, "selection_freq/a": share, "selection_freq/b": 1 - share, "logit_spread": 0.2,
               "logit_drift": 0.1, "noise_std": 0.9} for i, share in ((3, 0.97), (4, 0.5), (5, 0.6), (6, 0.02))]
-    (folder / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
+    hostile = ['{"step": 9999, "selection_freq/a": "x"}', '[1, 2]', '{"step": "nan"}', '{torn']
+    (folder / "gates.jsonl").write_text("\n".join([json.dumps(r) for r in rows] + hostile))
     from hubrl.report import routing_table
 
     (row,) = routing_table(load_trials(grid))
