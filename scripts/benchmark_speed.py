@@ -23,6 +23,8 @@ import _cli  # noqa: F401
 import numpy as np
 from _cli import main_guard, positive_int
 
+from hubrl.provenance import cpu_model
+
 if TYPE_CHECKING:
     import torch as th
 
@@ -31,13 +33,7 @@ if TYPE_CHECKING:
 
 def _machine() -> str:
     """CPU model and core count, for the record under a table."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _env_steps_per_second(env, steps: int, seed: int = 0) -> float:
