@@ -35,8 +35,8 @@ from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 
 __all__ = [
-    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "load_hub", "load_sb3_zip", "load_sources",
-    "default_hub_path", "resolve_hub",
+    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "read_policy_state", "load_hub", "load_sb3_zip",
+    "load_sources", "default_hub_path", "resolve_hub",
 ]
 
 ENCODER_PREFIX = "features_extractor."
@@ -266,6 +266,21 @@ def load_hub(path: str | Path) -> Hub:
     return Hub([load_expert_folder(p) for p in folders])
 
 
+def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
+    """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
+    the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
+    member is missing, corrupt, too large (:func:`read_zip_member`) or holds pickled objects beyond tensors."""
+    if "policy.pth" not in archive.namelist():
+        raise HubError(f"{where} is not an SB3 checkpoint: it has no policy.pth.")
+    raw = read_zip_member(archive, "policy.pth", where)
+    try:
+        return th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HubError(f"{where}: policy.pth holds pickled objects beyond tensors; refusing to load it (it could run code).") from exc
+    except Exception as exc:  # truncated / not a torch file
+        raise HubError(f"{where} is corrupt: policy.pth is not a readable state_dict ({type(exc).__name__}).") from exc
+
+
 def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     """Read the encoder of an SB3 ``.zip`` checkpoint without unpickling anything."""
     path = Path(path)
@@ -276,15 +291,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     except zipfile.BadZipFile as exc:
         raise HubError(f"{path} is not a zip file: expected an SB3 checkpoint (model.save output).") from exc
     with archive:
-        if "policy.pth" not in archive.namelist():
-            raise HubError(f"{path} is not an SB3 checkpoint: it has no policy.pth.")
-        raw = read_zip_member(archive, "policy.pth", path)
-        try:
-            state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise HubError(f"{path}: policy.pth holds pickled objects beyond tensors; refusing to load it (it could run code).") from exc
-        except Exception as exc:  # truncated / not a torch file
-            raise HubError(f"{path} is corrupt: policy.pth is not a readable state_dict ({type(exc).__name__}).") from exc
+        state = read_policy_state(archive, path)
         meta: dict = {"format": "sb3-zip"}
         if "data" in archive.namelist():
             try:  # JSON only: the ':serialized:' fields are never decoded

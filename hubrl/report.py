@@ -47,7 +47,6 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 from __future__ import annotations
 
 import csv
-import io
 import math
 import platform
 import zipfile
@@ -108,18 +107,17 @@ def count_parameters(model_zip: str | Path) -> int | None:
     (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
     extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
 
-    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it, with
-    ``torch.load(weights_only=True)``: the zip's ``data`` entry (which can hold pickled code) is
-    never touched. An unreadable or hostile file gives None.
+    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it
+    (:func:`hubrl.hub.read_policy_state`, ``weights_only=True``): the zip's ``data`` entry (which can
+    hold pickled code) is never touched. An unreadable or hostile file gives None.
     """
     import torch as th
 
-    from hubrl.hub import read_zip_member
+    from hubrl.hub import read_policy_state
 
     try:
         with zipfile.ZipFile(model_zip) as archive:
-            raw = read_zip_member(archive, "policy.pth", model_zip)
-        state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            state = read_policy_state(archive, model_zip)
     except (OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):  # HubError is a ValueError
         return None
     if not isinstance(state, dict):
