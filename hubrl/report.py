@@ -34,13 +34,15 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 * **Head-to-head** (:func:`head_to_head`), one method (``hub-pathway``) against each other:
   per game, the difference of the mean final scores with a 95% bootstrap CI (each method's seeds
   resampled independently) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
-  otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of improvement** P(X > Y): per game the
-  Mann-Whitney statistic over all pairs of runs (ties count ½), averaged over games, with a
+  otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of
+  improvement** P(X > Y): per game the Mann-Whitney statistic over all pairs of runs (ties count ½),
+  averaged over games, with a
   stratified *independent* bootstrap CI (both methods' runs resampled within each game).
   With 3 seeds these intervals are wide and, being percentile intervals of 3 values, optimistic:
   a *tie* means "not separable at this budget and seed count", not "equal".
-* **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score at each evaluation step (seeds evaluated at
-  other steps are linearly interpolated onto the union of steps, never extrapolated), with a 95%
+* **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score
+  at each evaluation step (seeds evaluated at other steps are linearly interpolated onto the union of
+  steps, never extrapolated), with a 95%
   percentile-bootstrap band of that mean over seeds (no band with a single seed).
 """
 
@@ -246,7 +248,8 @@ def _check_points(points: list[Any]) -> None:
             raise TrialUnreadable("evaluations.json: a point has no step")
         _number_or_none(point["step"], "evaluations.json: a point's step")
         scores = point.get("scores")
-        if scores is not None and (not isinstance(scores, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
+        if scores is not None and (not isinstance(scores, list)
+                                   or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
             raise TrialUnreadable("evaluations.json: a point's scores are not a list of numbers")
         if not scores:
             _number_or_none(point.get("mean"), "evaluations.json: a point's mean")
@@ -304,7 +307,8 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
             trials.append(_load_trial(folder, budget, stage))
         except (TrialUnreadable, TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             if skipped is not None:
-                skipped[str(folder.relative_to(root))] = str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})"
+                skipped[str(folder.relative_to(root))] = (
+                    str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})")
     return trials
 
 
@@ -401,7 +405,8 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
             "peak_rss_mb": float(max(peaks)) if peaks else math.nan,
             "params": params if params is not None else math.nan,
             "inference_steps_per_s": float(np.median(inference)) if inference else math.nan,
-            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts if a.get("status") != "skipped"),
+            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts
+                                if a.get("status") != "skipped"),
         })
     base = {r["game"]: r for r in rows if r["method"] == baseline}
     for r in rows:
@@ -414,7 +419,8 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
 
 
 def aggregate_table(
-    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0, compute: Sequence[dict[str, Any]] = (),
+    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+    compute: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs.
 
@@ -576,9 +582,11 @@ def _head_to_head_md(rows: Sequence[dict[str, Any]], confidence: float) -> str:
             line = [other]
             for game in games:
                 r = cells.get(game)
-                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**" if r else "–")
+                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**"
+                            if r else "–")
             total = cells.get("all")
-            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})" if total else "–")
+            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})"
+                        if total else "–")
             table.append(line)
         parts.append(
             f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
@@ -614,12 +622,13 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
             grid, curves = _curve_matrix(group)
             with np.errstate(invalid="ignore"):
                 mean = np.nanmean(curves, axis=0)
-            (line,) = ax.plot(grid, mean, marker="o", markersize=3, label=f"{method} ({len(group)} seed{'s' * (len(group) > 1)})")
+            (line,) = ax.plot(grid, mean, marker="o", markersize=3,
+                              label=f"{method} ({len(group)} seed{'s' * (len(group) > 1)})")
             low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
             if not np.all(np.isnan(low)):
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)", "raw game score",
-                                     out / f"curves_{game}.png", "small"))
+        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)",
+                                     "raw game score", out / f"curves_{game}.png", "small"))
     return paths
 
 
@@ -675,7 +684,8 @@ def _routing_md(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
                "logit spread (states)", "logit drift (rollouts)", "noise std"]
     body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
-             *[_fmt(r.get(s), 2) for s in shares], _fmt(r["logit_spread"], 3), _fmt(r["logit_drift"], 3), _fmt(r["noise_std"], 2)]
+             *[_fmt(r.get(s), 2) for s in shares],
+             _fmt(r["logit_spread"], 3), _fmt(r["logit_drift"], 3), _fmt(r["noise_std"], 2)]
             for r in rows]
     return _md_table(headers, body)
 
@@ -703,8 +713,8 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
                         label=f"{t.method} s{t.seed}: {name}")
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
-        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout", "selection frequency",
-                                     out / f"routing_{game}.png", "x-small"))
+        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout",
+                                     "selection frequency", out / f"routing_{game}.png", "x-small"))
     return paths
 
 
@@ -758,7 +768,8 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
         raise UsageError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
-    steps, values = _tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir() else (np.array([]), np.array([]))
+    steps, values = (_tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
+                     else (np.array([]), np.array([])))
     if steps.size:
         ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
     evals = _expert_eval_points(train_dir)
@@ -789,7 +800,9 @@ def _is_gate_tag(tag: str) -> bool:
     return len(parts) == 3 and parts[0] + "/" in GATE_PREFIXES and parts[1] in GATE_STATISTICS
 
 
-def _run_gate_series(folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _run_gate_series(
+    folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-expert gate usage of a run as ``{"<statistic>/<expert>": (steps, values)}``: from
     ``gates.jsonl`` where the run wrote one (it outlives deleted TensorBoard logs), else from the
     ``<prefix>/<statistic>/<expert>`` TensorBoard tags."""
@@ -798,7 +811,8 @@ def _run_gate_series(folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.n
     history = read_gate_history(folder / "gates.jsonl")
     if history:
         keys = sorted({k for row in history for k in row if k.count("/") == 1 and k.split("/")[0] in GATE_STATISTICS})
-        return {k: (np.array([r["step"] for r in history if k in r]), np.array([r[k] for r in history if k in r], dtype=np.float64))
+        return {k: (np.array([r["step"] for r in history if k in r]),
+                    np.array([r[k] for r in history if k in r], dtype=np.float64))
                 for k in keys}
     return {tag.split("/", 1)[1]: points for tag, points in tensorboard.items() if _is_gate_tag(tag)}
 
@@ -839,7 +853,8 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     rollout = tensorboard.get("rollout/ep_rew_mean")
     series = _run_gate_series(folder, tensorboard)
     if not evals and rollout is None:
-        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game (rollout/ep_rew_mean).")
+        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game "
+                            "(rollout/ep_rew_mean).")
     fig = Figure(figsize=(6.4, 6.4 if series else 4.2), dpi=120, layout="constrained")
     axes = fig.subplots(2 if series else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
@@ -849,7 +864,8 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
         x = np.array([p["step"] for p in evals])
         mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])
         games = sorted({int(p["episodes"]) for p in evals})
-        (line,) = ax.plot(x, mean, marker="o", markersize=4, label=f"evaluation ({'-'.join(map(str, games))} games, mean ± std)")
+        (line,) = ax.plot(x, mean, marker="o", markersize=4,
+                          label=f"evaluation ({'-'.join(map(str, games))} games, mean ± std)")
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     run = config.get("run", {})
     sticky = run.get("repeat_action_probability", 0.25)
@@ -912,7 +928,8 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
     info = grid.get("machine") or {}
     if info:
         lines.append(
-            f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, {info.get('cpu_count')} CPUs, "
+            f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, "
+            f"{info.get('cpu_count')} CPUs, "
             f"Python {info.get('python')}, torch {info.get('torch')}, device `{info.get('torch_device')}`"
             + (f" ({info['cuda']})" if info.get("cuda") else "")
         )
@@ -929,7 +946,8 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
             unrecorded += 1
     if systems:
         lines.append(
-            f"- Systems of the attempts that trained ({len(systems)}; runs agree evaluation for evaluation only on one system): "
+            "- Systems of the attempts that trained "
+            f"({len(systems)}; runs agree evaluation for evaluation only on one system): "
             + "; ".join(f"{label} ({n} attempt{'s' * (n != 1)})" for label, n in systems.items())
             + (f"; {unrecorded} attempt{'s' * (unrecorded != 1)} made before systems were recorded" if unrecorded else "")
         )
@@ -967,7 +985,8 @@ def write_report(
     skipped: dict[str, str] = {}
     trials = load_trials(root, budget, stage, skipped=skipped)
     if not any(t.steps.size for t in trials):
-        raise FileNotFoundError(f"No trial with evaluations under {root} (expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
+        raise FileNotFoundError(f"No trial with evaluations under {root} "
+                                "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = _read_json(root / "grid.json")
     out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
@@ -993,8 +1012,9 @@ def write_report(
          "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
         for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
     ]
-    _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc",
-                                        "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "rollout_score", "status", "folder"])
+    _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns",
+                                        "auc", "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "rollout_score",
+                                        "status", "folder"])
     curves = plot_curves(trials, out, curve_reps, seed)
     agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
     routing = routing_table(trials, stage)
@@ -1029,7 +1049,8 @@ def write_report(
         "# Benchmark report" + (f" at {step_label(stage)} agent steps" if stage else ""),
         "",
         f"- Grid: `{root}`",
-        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) of a {_fmt(grid_budget)}-step budget"
+        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) "
+         f"of a {_fmt(grid_budget)}-step budget"
          if stage else f"- Budget: {_fmt(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial"),
         "- Trials: " + ", ".join(f"{t.game}/{t.method}/s{t.seed} at {int(t.steps[-1]):,}" for t in sorted(
             trials, key=lambda t: (t.game, t.method, t.seed)) if t.steps.size),
@@ -1051,7 +1072,8 @@ def write_report(
         "",
         "## Aggregate across games",
         "",
-        _aggregate_md(aggregate, baseline, confidence) if aggregate else "No game with reference scores among the finished trials.\n",
+        (_aggregate_md(aggregate, baseline, confidence) if aggregate
+         else "No game with reference scores among the finished trials.\n"),
     ]
     if len(set(coverage.values())) > 1:
         lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]
@@ -1062,7 +1084,8 @@ def write_report(
         lines += [f"## Head-to-head: `{focus}` against each method", "", _head_to_head_md(versus, confidence)]
     if routing:
         lines += ["## Routing: what the gates did", "",
-                  f"Per rollout after the first {ROUTING_WARMUP:,} steps (`gates.jsonl` of each trial): `collapsed` = share of "
+                  f"Per rollout after the first {ROUTING_WARMUP:,} steps (`gates.jsonl` of each trial): "
+                  "`collapsed` = share of "
                   f"rollouts that sent >= {100 * COLLAPSE_SHARE:.0f}% of their states to one expert; expert columns = mean "
                   "selection frequency; logit spread = variation of the gate's logits across states, drift = their change "
                   "between rollouts (spread above drift: routing by state rather than by time).", "",

@@ -123,7 +123,9 @@ class TargetData:
             raise ValueError("stack_index (N, C), returns (N,) and episodes (N,) must describe the same N observations.")
 
     @classmethod
-    def from_observations(cls, obs: np.ndarray, returns: np.ndarray, episodes: np.ndarray, game: str = "constructed") -> "TargetData":
+    def from_observations(
+        cls, obs: np.ndarray, returns: np.ndarray, episodes: np.ndarray, game: str = "constructed",
+    ) -> "TargetData":
         """Wrap already stacked observations ``(N, C, H, W)`` uint8 (no de-duplication)."""
         obs = np.ascontiguousarray(obs, dtype=np.uint8)
         n, c = obs.shape[:2]
@@ -472,7 +474,9 @@ def knn_cv_r2(
     return float(_r2(y[queries], preds))
 
 
-def encoder_score(encoder: th.nn.Module, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256) -> float:
+def encoder_score(
+    encoder: th.nn.Module, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256,
+) -> float:
     """Held-out R² of ``probe`` on any encoder's frozen features (:func:`encoder_features`).
 
     :param probe: ``"ridge"`` (default: closed-form ridge, all frames) or ``"knn"`` (cosine kNN, a

@@ -178,7 +178,9 @@ def verdict(low: float, high: float, runs: int = MIN_SEEDS_FOR_VERDICT) -> str:
     return "win" if low > 0 else "loss" if high < 0 else "tie"
 
 
-def bootstrap_curve_band(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_curve_band(
+    curves: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap band of the mean over seeds at each step.
 
     ``curves`` is ``(seeds, steps)`` with NaN where a seed has no value; a step with fewer than

@@ -408,7 +408,8 @@ class ZooTuningPolicy(ActorCriticPolicy):
         kwargs.setdefault("net_arch", [])
         kwargs["features_extractor_class"] = ZooTuningExtractor
         kwargs["features_extractor_kwargs"] = {
-            "expert_names": self.expert_names, "lite": self.lite, "gate_hidden": gate_hidden, "ema_momentum": self.ema_momentum,
+            "expert_names": self.expert_names, "lite": self.lite, "gate_hidden": gate_hidden,
+            "ema_momentum": self.ema_momentum,
         }
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

@@ -225,7 +225,8 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
             model.learn(steps)
             train[label].append(time.perf_counter() - start)
             final = plan.finalize(model, make_agent) if plan.finalize else model
-            params[label] = sum(p.numel() for p in final.policy.parameters())  # unique tensors (state_dict repeats shared ones)
+            # unique tensors (state_dict repeats shared ones)
+            params[label] = sum(p.numel() for p in final.policy.parameters())
             finals[label] = final.policy  # the saved model's policy, as deployed
             env.close()
             del model, final
@@ -238,7 +239,8 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
             infer[label].append(inference_steps_per_second(policy, obs, calls=200))
     base_t = float(np.median(train[TRANSFER_VARIANTS[0][0]]))
     base_i = float(np.median(infer[TRANSFER_VARIANTS[0][0]]))
-    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch | parameters of model.zip |")
+    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch "
+          "| parameters of model.zip |")
     print("|---|---|---|---|---|---|")
     for label, *_ in TRANSFER_VARIANTS:
         t, i = float(np.median(train[label])), float(np.median(infer[label]))
@@ -412,7 +414,8 @@ def main() -> int:
     parser.add_argument("--n-envs", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
     parser.add_argument("--repeats", type=positive_int, default=3)
-    parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...", help="zoo-conv: expert counts. Default: 2,4.")
+    parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
+                        help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
                         help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
     args = parser.parse_args()
