@@ -75,7 +75,9 @@ def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
 
 
 # Arguments of the SB3 constructors that the run sets itself, not the hyperparameters.
-_RUN_ARGUMENTS = frozenset({"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "kwargs", "args"})
+_RUN_ARGUMENTS = frozenset(
+    {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "kwargs", "args"}
+)
 
 
 def _known_keys(algo: str | None) -> set[str]:
@@ -101,9 +103,11 @@ def _check_value(key: str, value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else "a positive integer"
     if key in ("learning_rate", "clip_range"):  # learning_rate 0 is allowed: a check that the update changes nothing
-        number = _number(value) if not (isinstance(value, str) and value.startswith("lin_")) else _number(_float_or_none(value[4:]))
+        number = (_number(value) if not (isinstance(value, str) and value.startswith("lin_"))
+                  else _number(_float_or_none(value[4:])))
         low_ok = number is not None and (number >= 0 if key == "learning_rate" else number > 0)
-        return None if low_ok and math.isfinite(number) else f"a number {'>= 0' if key == 'learning_rate' else '> 0'} or lin_<that number>"
+        return (None if low_ok and math.isfinite(number)
+                else f"a number {'>= 0' if key == 'learning_rate' else '> 0'} or lin_<that number>")
     if key in ("ent_coef", "vf_coef"):
         number = _number(value)
         return None if number is not None and math.isfinite(number) and number >= 0 else "a number >= 0"

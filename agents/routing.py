@@ -24,7 +24,6 @@ import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 
-
 __all__ = ["Route", "RoutedPolicy", "RoutedRolloutBuffer", "RoutedRolloutBufferSamples", "RoutedOnPolicyMixin"]
 
 
@@ -115,7 +114,8 @@ class RoutedRolloutBuffer(RolloutBuffer):
 
     def _get_samples(self, batch_inds: np.ndarray, env=None) -> RoutedRolloutBufferSamples:  # type: ignore[override]
         base: RolloutBufferSamples = super()._get_samples(batch_inds, env)
-        route = Route(self.to_torch(self.gate_noise[batch_inds]), th.as_tensor(self.gate_selected[batch_inds], device=self.device))
+        route = Route(self.to_torch(self.gate_noise[batch_inds]),
+                      th.as_tensor(self.gate_selected[batch_inds], device=self.device))
         return RoutedRolloutBufferSamples(*base, route=route)
 
 

@@ -17,7 +17,9 @@ from typing import Any, Callable
 __all__ = ["atomic_write", "atomic_write_bytes", "sha256_file"]
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: str | Path | None = None) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[Any], None], mode: str = "wb", keep_previous: str | Path | None = None,
+) -> Path:
     """Write ``path`` by calling ``write(fileobj)`` on a temp file, fsync, then rename over ``path``.
 
     The file gets the usual permissions of a new file (0666 minus the umask), not mkstemp's 0600,

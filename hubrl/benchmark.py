@@ -263,7 +263,8 @@ def _clear_leftovers(folder: Path) -> None:
         return
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
     if foreign:
-        raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): move them away.")
+        raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): "
+                        "move them away.")
     for path in folder.iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -283,13 +284,16 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     folder = Path(spec["folder"])
     cfg = TransferConfig(
         env=spec["game"], method=spec.get("base_method", spec["method"]), seed=spec["seed"], timesteps=spec["budget"],
-        out=str(folder), **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"], **spec.get("overrides", {})},
+        out=str(folder),
+        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"],
+           **spec.get("overrides", {})},
     )
     resume = (folder / "checkpoint.pt").is_file()
     start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0  # a torn one: its predecessor
     if not resume:
         _clear_leftovers(folder)
-    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)), pause_at=spec.get("pause_at"))
+    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),
+                          pause_at=spec.get("pause_at"))
     outcome = result.outcome
     return {
         "num_timesteps": outcome.num_timesteps,
@@ -405,7 +409,8 @@ class GridSummary:
         return [r for r in self.records if r["status"] in ("failed", "refused")]
 
     def __str__(self) -> str:
-        parts = [f"{self.count(s)} {s}" for s in ("ok", "paused", "skipped", "failed", "refused", "interrupted") if self.count(s)]
+        parts = [f"{self.count(s)} {s}" for s in ("ok", "paused", "skipped", "failed", "refused", "interrupted")
+                 if self.count(s)]
         return f"{len(self.records)} trials: {', '.join(parts) or 'none'}"
 
 
@@ -541,8 +546,8 @@ def run_grid(
     root.mkdir(parents=True, exist_ok=True)
     _write_json(
         root / "grid.json",
-        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget), "pause_at": pause_at,
-         "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
+        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget),
+         "pause_at": pause_at, "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
          "machine": machine_info(), "updated": _now()},
     )
     summary = GridSummary(root)
@@ -562,7 +567,8 @@ def run_grid(
             say(f"[{done}/{total}] {rec['trial']}: FAILED after {rec['seconds']:.0f}s: {rec['error']}")
         else:
             rate = f", {rec['steps_per_s']:,.0f} steps/s" if rec.get("steps_per_s") else ""
-            say(f"[{done}/{total}] {rec['trial']}: {rec['status']} in {rec['seconds']:.0f}s{rate}, peak {rec['peak_rss_mb']:.0f} MiB")
+            say(f"[{done}/{total}] {rec['trial']}: {rec['status']} in {rec['seconds']:.0f}s{rate}, "
+                f"peak {rec['peak_rss_mb']:.0f} MiB")
 
     todo = []
     for spec in specs:
@@ -572,7 +578,8 @@ def run_grid(
             record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now(), reason=reason))
             continue
         if state == "refused":  # recorded in trials.jsonl only: the trial's own status.json stays as it was
-            record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(), error=refusal_reason(spec["folder"], budget)))
+            record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
+                           error=refusal_reason(spec["folder"], budget)))
             continue
         previous = read_json_object(Path(spec["folder"]) / "status.json")
         if previous:
@@ -599,7 +606,8 @@ def run_grid(
 def _new_pool(workers: int, threads: int | None) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
     try:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,), max_tasks_per_child=1)
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,),
+                                   max_tasks_per_child=1)
     except TypeError:  # Python < 3.11: workers are reused, so peak memory spans several trials
         return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
 
@@ -637,7 +645,8 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: i
                 try:
                     rec = future.result()
                 except BrokenProcessPool as exc:
-                    rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or crashed): {exc}", traceback=None)
+                    rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or crashed): {exc}",
+                                 traceback=None)
                     if its_pool is pool:
                         pool.shutdown(wait=False, cancel_futures=True)
                         pool = _new_pool(workers, threads)

@@ -84,7 +84,8 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"{size:,} bytes: {type(exc).__name__}).") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a hubrl training checkpoint.")
-    if not isinstance(state.get("policy"), dict) or not isinstance(state.get("num_timesteps"), int) or state["num_timesteps"] < 0:
+    if (not isinstance(state.get("policy"), dict) or not isinstance(state.get("num_timesteps"), int)
+            or state["num_timesteps"] < 0):
         raise CheckpointError(f"Checkpoint {path} is corrupt (no policy weights or step counter).")
     return state
 

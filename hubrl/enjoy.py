@@ -79,13 +79,15 @@ def _expert_policy(expert, game: str, device: str) -> Any:
     n_actions = int(state["action_net.weight"].shape[0])
     wanted = len(action_meanings(game))
     if n_actions != wanted:
-        raise HubError(f"Expert {expert.name!r} has {n_actions} actions but {game} has {wanted}: play it on a game with {n_actions} actions.")
+        raise HubError(f"Expert {expert.name!r} has {n_actions} actions but {game} has {wanted}: "
+                       f"play it on a game with {n_actions} actions.")
     space = gym.spaces.Box(0, 255, (expert.in_channels, 84, 84), np.uint8)
     policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(n_actions), lambda _: 0.0)
     missing, unexpected = policy.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("pi_features_extractor.", "vf_features_extractor."))]
     if missing or unexpected:
-        raise HubError(f"Expert {expert.name!r} does not fit a NatureCNN CnnPolicy (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        raise HubError(f"Expert {expert.name!r} does not fit a NatureCNN CnnPolicy "
+                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
     return policy.to(device).eval()
 
 
@@ -169,13 +171,15 @@ class VideoWriter:
             from PIL import Image
 
             # Atari screens have far fewer than 256 colours: the palette is exact, no dithering needed.
-            self._images.append(Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE))
+            self._images.append(
+                Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE))
         else:
             if self._mp4 is None:
                 import imageio_ffmpeg
 
                 height, width = frame.shape[:2]
-                self._mp4 = imageio_ffmpeg.write_frames(str(self.path), (width, height), fps=self.fps, macro_block_size=2, quality=7)
+                self._mp4 = imageio_ffmpeg.write_frames(str(self.path), (width, height), fps=self.fps, macro_block_size=2,
+                                                        quality=7)
                 self._mp4.send(None)
             self._mp4.send(np.ascontiguousarray(frame))
         self.frames += 1
@@ -206,7 +210,8 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
         raise UsageError("--steps and --episodes must be positive.")
     env = make_atari_vec_env(player.game, 1, seed=seed, terminal_on_life_loss=False, clip_reward=False,
-                             repeat_action_probability=player.repeat_action_probability if repeat_action_probability is None else repeat_action_probability,
+                             repeat_action_probability=(player.repeat_action_probability if repeat_action_probability is None
+                                                        else repeat_action_probability),
                              render_mode="rgb_array" if video is not None else None)
     writer = VideoWriter(video) if video is not None else None
     result = PlayResult()

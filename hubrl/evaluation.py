@@ -8,7 +8,6 @@ Atari, where a greedy policy can loop forever). Scores come from ``info["episode
 from __future__ import annotations
 
 import time
-
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -62,7 +61,9 @@ def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10,
     )
 
 
-def inference_steps_per_second(policy: BaseAlgorithm | BasePolicy, observations: np.ndarray, calls: int = 100, rounds: int = 1) -> float:
+def inference_steps_per_second(
+    policy: BaseAlgorithm | BasePolicy, observations: np.ndarray, calls: int = 100, rounds: int = 1,
+) -> float:
     """Agent steps per second of ``policy.predict`` on one batch of observations, as when playing.
 
     One call acts for ``len(observations)`` envs (a rollout's vector step), so the rate is

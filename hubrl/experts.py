@@ -88,7 +88,9 @@ def canonical_state_dict(state_dict: dict[str, th.Tensor]) -> dict[str, th.Tenso
     return out
 
 
-def save_expert(folder: str | Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest, dtype: th.dtype = th.float32) -> Path:
+def save_expert(
+    folder: str | Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest, dtype: th.dtype = th.float32,
+) -> Path:
     """Write weights (safetensors) then the manifest that pins their checksum, both atomically."""
     from safetensors.torch import save
 
@@ -125,8 +127,8 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
         raise HubError(f"{path} is not a hubrl expert manifest.")
     version = raw.get("format_version")
     if not _fits(version, int) or version > MANIFEST_VERSION or version < 1:
-        raise HubError(f"{path} has format_version {version!r}; this version of hubrl reads {MANIFEST_VERSION}: "
-                       f"{'upgrade hubrl' if _fits(version, int) and version > MANIFEST_VERSION else 'the manifest is damaged'}.")
+        fix = "upgrade hubrl" if _fits(version, int) and version > MANIFEST_VERSION else "the manifest is damaged"
+        raise HubError(f"{path} has format_version {version!r}; this version of hubrl reads {MANIFEST_VERSION}: {fix}.")
     hints = typing.get_type_hints(ExpertManifest)
     missing = [f.name for f in dataclasses.fields(ExpertManifest)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw]
@@ -173,7 +175,8 @@ def _fits(value: Any, hint: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
     if origin is dict:
-        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()) if args else isinstance(value, dict)
+        return (isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+                if args else isinstance(value, dict))
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 

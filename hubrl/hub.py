@@ -35,8 +35,8 @@ from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 
 __all__ = [
-    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "load_hub", "load_sb3_zip", "load_sources",
-    "default_hub_path", "resolve_hub",
+    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "read_policy_state", "load_hub", "load_sb3_zip",
+    "load_sources", "default_hub_path", "resolve_hub",
 ]
 
 ENCODER_PREFIX = "features_extractor."
@@ -77,7 +77,8 @@ class Expert:
         store beside it. Raises :class:`HubError` when this expert has none.
         """
         if not all(any(k.startswith(p) for k in self.heads) for p in HEAD_PREFIXES):
-            raise HubError(f"Expert {self.name!r} stores only its encoder (no action_net/value_net): it cannot play on its own.")
+            raise HubError(f"Expert {self.name!r} stores only its encoder (no action_net/value_net): "
+                           "it cannot play on its own.")
         state = {ENCODER_PREFIX + k: v.float() for k, v in self.encoder_state.items()}
         return {**state, **{k: v.float() for k, v in self.heads.items()}}
 
@@ -130,7 +131,8 @@ class Hub:
             return matches[0]
         if matches:
             raise HubError(
-                f"{name!r} names the game of {len(matches)} experts ({', '.join(e.name for e in matches)}): give one of these names."
+                f"{name!r} names the game of {len(matches)} experts ({', '.join(e.name for e in matches)}): "
+                "give one of these names."
             )
         raise HubError(f"No expert named {name!r} in the hub and none trained on that game; it has: {', '.join(self.names)}.")
 
@@ -206,7 +208,8 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
     missing = [k for k in NATURE_CNN_KEYS if k not in encoder]
     if missing:
         raise HubError(
-            f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
+            f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: "
+            f"missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
         )
     conv = encoder["cnn.0.weight"]
     channels = int(conv.shape[1]) if conv.ndim == 4 else -1
@@ -240,7 +243,8 @@ def load_expert_folder(folder: str | Path) -> Expert:
         raise HubError(f"Expert {manifest.name}: {weights} is {weights.stat().st_size:,} bytes, more than the "
                        f"{MAX_MEMBER_BYTES:,} this reader allows (a NatureCNN policy is about 7 MB).")
     if manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
-        raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest (corrupt or replaced).")
+        raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest "
+                       "(corrupt or replaced).")
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:
@@ -250,7 +254,8 @@ def load_expert_folder(folder: str | Path) -> Expert:
     if manifest.observation_shape[0] != encoder["cnn.0.weight"].shape[1]:
         raise HubError(f"{folder / MANIFEST_NAME}: observation_shape {manifest.observation_shape} does not match its weights, "
                        f"which read {encoder['cnn.0.weight'].shape[1]} stacked frames.")
-    return Expert(manifest.name, encoder, str(folder), manifest.game, list(manifest.action_meanings), meta, _heads_from_state_dict(state))
+    return Expert(manifest.name, encoder, str(folder), manifest.game, list(manifest.action_meanings), meta,
+                  _heads_from_state_dict(state))
 
 
 def load_hub(path: str | Path) -> Hub:
@@ -262,8 +267,25 @@ def load_hub(path: str | Path) -> Hub:
         return Hub([load_expert_folder(path)])
     folders = sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
     if not folders:
-        raise HubError(f"Hub folder {path} holds no finished expert (no */{MANIFEST_NAME}): train one with scripts/pretrain_sources.py --out {path}.")
+        raise HubError(f"Hub folder {path} holds no finished expert (no */{MANIFEST_NAME}): "
+                       f"train one with scripts/pretrain_sources.py --out {path}.")
     return Hub([load_expert_folder(p) for p in folders])
+
+
+def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
+    """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
+    the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
+    member is missing, corrupt, too large (:func:`read_zip_member`) or holds pickled objects beyond tensors."""
+    if "policy.pth" not in archive.namelist():
+        raise HubError(f"{where} is not an SB3 checkpoint: it has no policy.pth.")
+    raw = read_zip_member(archive, "policy.pth", where)
+    try:
+        return th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HubError(f"{where}: policy.pth holds pickled objects beyond tensors; "
+                       "refusing to load it (it could run code).") from exc
+    except Exception as exc:  # truncated / not a torch file
+        raise HubError(f"{where} is corrupt: policy.pth is not a readable state_dict ({type(exc).__name__}).") from exc
 
 
 def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
@@ -276,15 +298,7 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     except zipfile.BadZipFile as exc:
         raise HubError(f"{path} is not a zip file: expected an SB3 checkpoint (model.save output).") from exc
     with archive:
-        if "policy.pth" not in archive.namelist():
-            raise HubError(f"{path} is not an SB3 checkpoint: it has no policy.pth.")
-        raw = read_zip_member(archive, "policy.pth", path)
-        try:
-            state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise HubError(f"{path}: policy.pth holds pickled objects beyond tensors; refusing to load it (it could run code).") from exc
-        except Exception as exc:  # truncated / not a torch file
-            raise HubError(f"{path} is corrupt: policy.pth is not a readable state_dict ({type(exc).__name__}).") from exc
+        state = read_policy_state(archive, path)
         meta: dict = {"format": "sb3-zip"}
         if "data" in archive.namelist():
             try:  # JSON only: the ':serialized:' fields are never decoded
@@ -328,6 +342,7 @@ def resolve_hub(hub: str | Path | None = None, sources: Sequence[str | Path] | N
     if not path.is_dir() or not any((p / MANIFEST_NAME).is_file() for p in path.iterdir()):
         raise HubError(
             "This installation has no trained default hub yet. Make one with "
-            "`python scripts/pretrain_sources.py --out hub` and pass --hub hub, or pass SB3 checkpoints with --sources a.zip b.zip."
+            "`python scripts/pretrain_sources.py --out hub` and pass --hub hub, "
+            "or pass SB3 checkpoints with --sources a.zip b.zip."
         )
     return load_hub(path)

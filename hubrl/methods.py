@@ -83,7 +83,8 @@ def _scratch(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[s
 
 
 def _finetune_plan(expert: Expert, notes: dict[str, Any]) -> MethodPlan:
-    return MethodPlan(ActorCriticCnnPolicy, init=lambda policy: load_encoder(policy, expert), notes={"source": expert.name, **notes})
+    return MethodPlan(ActorCriticCnnPolicy, init=lambda policy: load_encoder(policy, expert),
+                      notes={"source": expert.name, **notes})
 
 
 def _finetune(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:

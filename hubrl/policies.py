@@ -34,7 +34,10 @@ from hubrl.hub import Hub
 from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
 from hubrl.pathway import HubPathwayExtractor, Route, RoutedFeatures
 
-__all__ = ["AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy", "load_hub_weights"]
+__all__ = [
+    "AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy",
+    "load_hub_weights",
+]
 
 AGGREGATIONS = ("features", "heads")
 #: Defaults chosen by the stage-A measurement of issue 14 (BENCHMARKS.md, "Hub-Pathway routing").
@@ -128,7 +131,8 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def _build(self, lr_schedule) -> None:
         # Heads must exist before SB3 creates the optimizer inside _build.
         extractor: HubPathwayExtractor = self.features_extractor  # type: ignore[assignment]
-        self.expert_heads = nn.ModuleList(ExpertHead(extractor.features_dim, int(self.action_space.n)) for _ in extractor.experts)
+        self.expert_heads = nn.ModuleList(ExpertHead(extractor.features_dim, int(self.action_space.n))
+                                          for _ in extractor.experts)
         super()._build(lr_schedule)
         # SB3's orthogonal init (gain sqrt 2) also hit the gate: without this reset its output layer
         # starts with a fixed logit gap and routing is decided before any training (issue 14).
@@ -169,7 +173,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def _head_outputs(self, routed: RoutedFeatures) -> dict[int, tuple[th.Tensor, th.Tensor, th.Tensor]]:
         return {i: (idx, *self.expert_heads[i](feats)) for i, (idx, feats) in routed.per_expert.items()}
 
-    def _outputs(self, obs: th.Tensor, route: Route | None = None, explore: bool | None = None) -> tuple[Distribution, th.Tensor, RoutedFeatures]:
+    def _outputs(
+        self, obs: th.Tensor, route: Route | None = None, explore: bool | None = None,
+    ) -> tuple[Distribution, th.Tensor, RoutedFeatures]:
         routed = self.extractor.route(self.preprocess(obs), route=route, explore=explore)
         if self.aggregation == "features":
             logits = self.action_net(routed.aggregated)

@@ -26,9 +26,9 @@ from hubrl.checkpoint import atomic_write, load_resume_checkpoint, load_training
 from hubrl.errors import UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
-from hubrl.runtime import apply_precision, configure_threads
 from hubrl.provenance import system_info
 from hubrl.runconfig import read_saved_run, resume_config
+from hubrl.runtime import apply_precision, configure_threads
 from hubrl.training import TrainingOutcome, run_training
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "export_expert", "pretrain_expert", "UsageError"]
@@ -101,10 +101,12 @@ def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Pat
     existing = folder.exists() and any(folder.iterdir())
     if resume:
         if not (folder / "train" / "checkpoint.pt").is_file():
-            raise UsageError(f"Nothing to resume for {name}: no checkpoint in {folder / 'train'}. Run without --resume to start it.")
+            raise UsageError(f"Nothing to resume for {name}: no checkpoint in {folder / 'train'}. "
+                             "Run without --resume to start it.")
     elif existing:
         if not force:
-            raise UsageError(f"Expert {name} already exists in {folder}: pass --resume to continue its training or --force to start over.")
+            raise UsageError(f"Expert {name} already exists in {folder}: "
+                             "pass --resume to continue its training or --force to start over.")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -148,11 +150,14 @@ def pretrain_expert(
     cfg.hyperparams = {k: v for k, v in plain.items() if k != "n_envs"}
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
     tb_dir = cfg.tensorboard_log or str(folder / "tb")
-    atomic_write(train_dir / "config.yaml", lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain, "system": system_info()}, h, sort_keys=False), mode="w")
+    atomic_write(train_dir / "config.yaml",
+                 lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain, "system": system_info()}, h,
+                                          sort_keys=False), mode="w")
 
     env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
     eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
-    model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir, verbose=0, **kwargs)
+    model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir, verbose=0,
+                                **kwargs)
     apply_precision(model.policy, cfg.precision)
     try:
         outcome = run_training(
@@ -178,7 +183,9 @@ def pretrain_expert(
     return PretrainResult(name, folder, outcome, manifest)
 
 
-def _write_expert(folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int) -> ExpertManifest:
+def _write_expert(
+    folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int,
+) -> ExpertManifest:
     """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest."""
     from hubrl import __version__
 
@@ -210,7 +217,9 @@ def _write_expert(folder: Path, cfg: PretrainConfig, plain: dict[str, Any], poli
     return manifest
 
 
-def export_expert(folder: str | Path, dtype: str | None = None, eval_episodes: int | None = None, device: str = "cpu") -> ExpertManifest:
+def export_expert(
+    folder: str | Path, dtype: str | None = None, eval_episodes: int | None = None, device: str = "cpu",
+) -> ExpertManifest:
     """Export ``<folder>/train/checkpoint.pt`` as the expert of ``folder``, finished or not.
 
     The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
@@ -230,13 +239,15 @@ def export_expert(folder: str | Path, dtype: str | None = None, eval_episodes: i
     if eval_episodes:
         cfg.eval_episodes = eval_episodes
     game = resolve_game(cfg.game)
-    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 20_000, repeat_action_probability=cfg.repeat_action_probability)
+    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 20_000,
+                             repeat_action_probability=cfg.repeat_action_probability)
     try:
         policy = ActorCriticCnnPolicy(eval_env.observation_space, eval_env.action_space, lambda _: 0.0).to(device)
         try:
             policy.load_state_dict(state["policy"])
         except RuntimeError as exc:
             raise UsageError(f"{train_dir / 'checkpoint.pt'} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
-        return _write_expert(folder, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]), eval_env, seed=cfg.seed + 20_000)
+        return _write_expert(folder, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]),
+                             eval_env, seed=cfg.seed + 20_000)
     finally:
         eval_env.close()

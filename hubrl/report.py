@@ -19,40 +19,36 @@
 * ``curves_<Game>.png``: learning curves of all methods on one game; ``aggregate_iqm.png``;
 * ``report.md``: the index: budget, seeds, commit, machine, the tables and links to the files.
 
-Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"):
+Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), computed
+by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 
 * **HNS** = (score − random) / (human − random), DQN Zoo reference scores
   (:func:`envs.games.human_normalized_score`); games without reference scores are left out of the
   aggregates.
-* **IQM** = mean of the middle 50% of all runs' scores pooled over games: scipy's
-  ``trim_mean(x, 0.25)``, which drops ``int(0.25 * n)`` values at each end (rliable's
-  ``aggregate_iqm``). Implemented in numpy here: rliable pulls in scipy, arch and pandas.
-* **CIs** follow rliable's ``get_interval_estimates`` with its ``StratifiedBootstrap`` and the
-  ``percentile`` method: each replicate resamples the runs *within* each game with replacement
-  (keeping every game's run count), the statistic is recomputed on the pooled replicate, and the
-  interval is the 2.5th / 97.5th percentile of the replicates. The generator is numpy's
-  ``default_rng(seed)`` with a fixed seed, so a report is reproducible; its draws are not
-  rliable's (``RandomState``), so the numbers agree with rliable's only up to Monte-Carlo error.
+* **IQM** = mean of the middle 50% of all runs' scores pooled over games; **CIs** are 95%
+  stratified-bootstrap percentile intervals (runs resampled within each game) with a fixed seed,
+  so a report is reproducible.
 * **AUC** = trapezoid integral of the mean evaluation score over agent steps, divided by the
   step span between the first and the last evaluation: a time-averaged score in raw score units
   (a single evaluation gives its own score). It rewards learning early, which the final score ignores.
 * **Head-to-head** (:func:`head_to_head`), one method (``hub-pathway``) against each other:
   per game, the difference of the mean final scores with a 95% bootstrap CI (each method's seeds
   resampled independently) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
-  otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of improvement** P(X > Y): per game the
-  Mann-Whitney statistic over all pairs of runs (ties count ½), averaged over games, with a
+  otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of
+  improvement** P(X > Y): per game the Mann-Whitney statistic over all pairs of runs (ties count ½),
+  averaged over games, with a
   stratified *independent* bootstrap CI (both methods' runs resampled within each game).
   With 3 seeds these intervals are wide and, being percentile intervals of 3 values, optimistic:
   a *tie* means "not separable at this budget and seed count", not "equal".
-* **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score at each evaluation step (seeds evaluated at
-  other steps are linearly interpolated onto the union of steps, never extrapolated), with a 95%
+* **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score
+  at each evaluation step (seeds evaluated at other steps are linearly interpolated onto the union of
+  steps, never extrapolated), with a 95%
   percentile-bootstrap band of that mean over seeds (no band with a single seed).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import platform
 import zipfile
@@ -64,6 +60,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hubrl.errors import UsageError
+from hubrl.stats import (  # also importable from here, as before hubrl.stats existed
+    MIN_SEEDS_FOR_VERDICT,
+    bootstrap_curve_band,
+    difference_ci,
+    iqm,
+    learning_curve_auc,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+    trim_mean,
+)
+from hubrl.stats import mean as _mean
+from hubrl.stats import probability_of_improvement_ci as _poi_ci
+from hubrl.stats import verdict as _verdict
 
 __all__ = [
     "TrialResult",
@@ -89,176 +98,6 @@ __all__ = [
     "write_report",
 ]
 
-Statistic = Callable[..., np.ndarray]
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None) -> np.ndarray | float:
-    """Mean after cutting ``int(proportion * n)`` values off each end (scipy.stats.trim_mean's rule).
-
-    ``axis=None`` flattens; otherwise the cut is applied along ``axis`` (vectorised over the rest).
-    """
-    a = np.asarray(values, dtype=np.float64)
-    if axis is None:
-        a, axis = a.ravel(), 0
-    n = a.shape[axis]
-    if n == 0:
-        raise ValueError("trim_mean of an empty array.")
-    cut = int(proportion * n)
-    if cut >= n - cut:
-        raise ValueError(f"proportion {proportion} cuts all {n} values.")
-    a = np.sort(a, axis=axis)
-    kept = np.take(a, np.arange(cut, n - cut), axis=axis)
-    result = kept.mean(axis=axis)
-    return float(result) if np.ndim(result) == 0 else result
-
-
-def iqm(values: Any, axis: int | None = None) -> np.ndarray | float:
-    """Interquartile mean: :func:`trim_mean` with 25% cut at each end (rliable's ``aggregate_iqm``)."""
-    return trim_mean(values, 0.25, axis=axis)
-
-
-def _mean(values: Any, axis: int | None = None) -> np.ndarray | float:
-    result = np.mean(np.asarray(values, dtype=np.float64), axis=axis)
-    return float(result) if np.ndim(result) == 0 else result
-
-
-def _resample(values: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
-    """``reps`` bootstrap draws of ``values`` (1-D), one per row, with replacement."""
-    return values[rng.integers(0, values.size, size=(reps, values.size))]
-
-
-def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The central ``confidence`` percentile interval of bootstrap replicates."""
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def stratified_bootstrap_ci(
-    scores_by_task: Sequence[Sequence[float]],
-    statistic: Statistic = iqm,
-    reps: int = 50_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Point estimate and percentile CI of ``statistic`` over runs pooled across tasks (games).
-
-    ``scores_by_task[g]`` holds the per-run scores of task ``g`` (tasks may have different run
-    counts). Each of the ``reps`` replicates draws, for every task independently, as many runs as
-    it has, with replacement, pools the draws and applies ``statistic(pooled, axis=1)``, vectorised
-    over replicates: rliable's ``StratifiedBootstrap`` (``task_bootstrap=False``).
-
-    :returns: ``(point, low, high)``.
-    """
-    tasks = [np.asarray(s, dtype=np.float64).ravel() for s in scores_by_task]
-    tasks = [t for t in tasks if t.size]
-    if not tasks:
-        raise ValueError("No scores to bootstrap.")
-    point = float(statistic(np.concatenate(tasks)))
-    rng = np.random.default_rng(seed)
-    replicates = np.concatenate([_resample(t, reps, rng) for t in tasks], axis=1)
-    values = np.asarray(statistic(replicates, axis=1), dtype=np.float64)
-    return (point, *_percentile_interval(values, confidence))
-
-
-def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
-    """P(X > Y) of one task: the share of run pairs ``(x_i, y_j)`` with ``x_i > y_j``, ties counting ½
-    (the Mann-Whitney U statistic over ``len(x) * len(y)``; rliable's ``probability_of_improvement``)."""
-    a = np.asarray(x, dtype=np.float64).ravel()
-    b = np.asarray(y, dtype=np.float64).ravel()
-    if not a.size or not b.size:
-        raise ValueError("probability_of_improvement needs at least one run of each method.")
-    diff = a[:, None] - b[None, :]
-    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
-
-
-def _poi_replicates(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) of each replicate row: ``x`` is (reps, n), ``y`` (reps, m)."""
-    diff = x[:, :, None] - y[:, None, :]
-    return np.mean((diff > 0) + 0.5 * (diff == 0), axis=(1, 2))
-
-
-def difference_ci(
-    x: Sequence[float], y: Sequence[float], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
-) -> tuple[float, float, float]:
-    """``mean(x) - mean(y)`` and its percentile-bootstrap CI, ``x`` and ``y`` resampled independently.
-
-    :returns: ``(point, low, high)``.
-    """
-    a = np.asarray(x, dtype=np.float64).ravel()
-    b = np.asarray(y, dtype=np.float64).ravel()
-    if not a.size or not b.size:
-        raise ValueError("difference_ci needs at least one run of each method.")
-    rng = np.random.default_rng(seed)
-    values = _resample(a, reps, rng).mean(axis=1) - _resample(b, reps, rng).mean(axis=1)
-    return (float(a.mean() - b.mean()), *_percentile_interval(values, confidence))
-
-
-def _poi_ci(
-    pairs: Sequence[tuple[Sequence[float], Sequence[float]]], reps: int, confidence: float, seed: int,
-) -> tuple[float, float, float]:
-    """Mean over tasks of P(X > Y) with a stratified independent bootstrap CI (rliable's
-    ``StratifiedIndependentBootstrap``: both methods' runs resampled within each task)."""
-    rng = np.random.default_rng(seed)
-    point, values = [], np.zeros(reps)
-    for x, y in pairs:
-        a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-        point.append(probability_of_improvement(a, b))
-        values += _poi_replicates(_resample(a, reps, rng), _resample(b, reps, rng))
-    values /= len(pairs)
-    return (float(np.mean(point)), *_percentile_interval(values, confidence))
-
-
-MIN_SEEDS_FOR_VERDICT = 2  # one seed per side gives a zero-width "interval": no verdict from it
-
-
-def _verdict(low: float, high: float, runs: int = MIN_SEEDS_FOR_VERDICT) -> str:
-    """win / loss when the CI excludes 0, else tie; ``"n/a"`` when a side has fewer than
-    :data:`MIN_SEEDS_FOR_VERDICT` runs (a bootstrap of one value cannot separate anything)."""
-    if runs < MIN_SEEDS_FOR_VERDICT:
-        return "n/a"
-    return "win" if low > 0 else "loss" if high < 0 else "tie"
-
-
-def bootstrap_curve_band(curves: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap band of the mean over seeds at each step.
-
-    ``curves`` is ``(seeds, steps)`` with NaN where a seed has no value; a step with fewer than
-    two seeds gets NaN bounds.
-    """
-    curves = np.asarray(curves, dtype=np.float64)
-    n_seeds, n_steps = curves.shape
-    low = np.full(n_steps, np.nan)
-    high = np.full(n_steps, np.nan)
-    if n_seeds < 2:
-        return low, high
-    rng = np.random.default_rng(seed)
-    draws = curves[rng.integers(0, n_seeds, size=(reps, n_seeds))]  # (reps, seeds, steps)
-    valid = ~np.isnan(draws)
-    counts = valid.sum(axis=1)
-    means = np.where(counts > 0, np.where(valid, draws, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
-    tail = 100 * (1 - confidence) / 2
-    enough = (~np.isnan(curves)).sum(axis=0) >= 2
-    if enough.any():
-        low[enough] = np.nanpercentile(means[:, enough], tail, axis=0)
-        high[enough] = np.nanpercentile(means[:, enough], 100 - tail, axis=0)
-    return low, high
-
-
-def learning_curve_auc(steps: Sequence[float], values: Sequence[float]) -> float:
-    """Trapezoid area under ``values`` over ``steps``, divided by the step span (a mean score)."""
-    x = np.asarray(steps, dtype=np.float64)
-    y = np.asarray(values, dtype=np.float64)
-    if x.size == 0 or x.size != y.size:
-        raise ValueError("learning_curve_auc needs as many values as steps, at least one.")
-    if x.size == 1 or x[-1] == x[0]:
-        return float(y[-1])
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
-
-
 def final_score(point: dict[str, Any]) -> float:
     """Mean raw score of one evaluation point (its ``scores`` when recorded, else its ``mean``)."""
     scores = point.get("scores")
@@ -270,18 +109,17 @@ def count_parameters(model_zip: str | Path) -> int | None:
     (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
     extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
 
-    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it, with
-    ``torch.load(weights_only=True)``: the zip's ``data`` entry (which can hold pickled code) is
-    never touched. An unreadable or hostile file gives None.
+    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it
+    (:func:`hubrl.hub.read_policy_state`, ``weights_only=True``): the zip's ``data`` entry (which can
+    hold pickled code) is never touched. An unreadable or hostile file gives None.
     """
     import torch as th
 
-    from hubrl.hub import read_zip_member
+    from hubrl.hub import read_policy_state
 
     try:
         with zipfile.ZipFile(model_zip) as archive:
-            raw = read_zip_member(archive, "policy.pth", model_zip)
-        state = th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            state = read_policy_state(archive, model_zip)
     except (OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):  # HubError is a ValueError
         return None
     if not isinstance(state, dict):
@@ -410,7 +248,8 @@ def _check_points(points: list[Any]) -> None:
             raise TrialUnreadable("evaluations.json: a point has no step")
         _number_or_none(point["step"], "evaluations.json: a point's step")
         scores = point.get("scores")
-        if scores is not None and (not isinstance(scores, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
+        if scores is not None and (not isinstance(scores, list)
+                                   or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
             raise TrialUnreadable("evaluations.json: a point's scores are not a list of numbers")
         if not scores:
             _number_or_none(point.get("mean"), "evaluations.json: a point's mean")
@@ -468,7 +307,8 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
             trials.append(_load_trial(folder, budget, stage))
         except (TrialUnreadable, TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             if skipped is not None:
-                skipped[str(folder.relative_to(root))] = str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})"
+                skipped[str(folder.relative_to(root))] = (
+                    str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})")
     return trials
 
 
@@ -565,7 +405,8 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
             "peak_rss_mb": float(max(peaks)) if peaks else math.nan,
             "params": params if params is not None else math.nan,
             "inference_steps_per_s": float(np.median(inference)) if inference else math.nan,
-            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts if a.get("status") != "skipped"),
+            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts
+                                if a.get("status") != "skipped"),
         })
     base = {r["game"]: r for r in rows if r["method"] == baseline}
     for r in rows:
@@ -578,7 +419,8 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
 
 
 def aggregate_table(
-    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0, compute: Sequence[dict[str, Any]] = (),
+    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+    compute: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs.
 
@@ -740,9 +582,11 @@ def _head_to_head_md(rows: Sequence[dict[str, Any]], confidence: float) -> str:
             line = [other]
             for game in games:
                 r = cells.get(game)
-                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**" if r else "–")
+                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**"
+                            if r else "–")
             total = cells.get("all")
-            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})" if total else "–")
+            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})"
+                        if total else "–")
             table.append(line)
         parts.append(
             f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
@@ -778,12 +622,13 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
             grid, curves = _curve_matrix(group)
             with np.errstate(invalid="ignore"):
                 mean = np.nanmean(curves, axis=0)
-            (line,) = ax.plot(grid, mean, marker="o", markersize=3, label=f"{method} ({len(group)} seed{'s' * (len(group) > 1)})")
+            (line,) = ax.plot(grid, mean, marker="o", markersize=3,
+                              label=f"{method} ({len(group)} seed{'s' * (len(group) > 1)})")
             low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
             if not np.all(np.isnan(low)):
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)", "raw game score",
-                                     out / f"curves_{game}.png", "small"))
+        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)",
+                                     "raw game score", out / f"curves_{game}.png", "small"))
     return paths
 
 
@@ -839,7 +684,8 @@ def _routing_md(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
                "logit spread (states)", "logit drift (rollouts)", "noise std"]
     body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
-             *[_fmt(r.get(s), 2) for s in shares], _fmt(r["logit_spread"], 3), _fmt(r["logit_drift"], 3), _fmt(r["noise_std"], 2)]
+             *[_fmt(r.get(s), 2) for s in shares],
+             _fmt(r["logit_spread"], 3), _fmt(r["logit_drift"], 3), _fmt(r["noise_std"], 2)]
             for r in rows]
     return _md_table(headers, body)
 
@@ -867,8 +713,8 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
                         label=f"{t.method} s{t.seed}: {name}")
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
-        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout", "selection frequency",
-                                     out / f"routing_{game}.png", "x-small"))
+        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout",
+                                     "selection frequency", out / f"routing_{game}.png", "x-small"))
     return paths
 
 
@@ -922,7 +768,8 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
         raise UsageError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
-    steps, values = _tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir() else (np.array([]), np.array([]))
+    steps, values = (_tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
+                     else (np.array([]), np.array([])))
     if steps.size:
         ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
     evals = _expert_eval_points(train_dir)
@@ -953,7 +800,9 @@ def _is_gate_tag(tag: str) -> bool:
     return len(parts) == 3 and parts[0] + "/" in GATE_PREFIXES and parts[1] in GATE_STATISTICS
 
 
-def _run_gate_series(folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _run_gate_series(
+    folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-expert gate usage of a run as ``{"<statistic>/<expert>": (steps, values)}``: from
     ``gates.jsonl`` where the run wrote one (it outlives deleted TensorBoard logs), else from the
     ``<prefix>/<statistic>/<expert>`` TensorBoard tags."""
@@ -962,7 +811,8 @@ def _run_gate_series(folder: Path, tensorboard: dict[str, tuple[np.ndarray, np.n
     history = read_gate_history(folder / "gates.jsonl")
     if history:
         keys = sorted({k for row in history for k in row if k.count("/") == 1 and k.split("/")[0] in GATE_STATISTICS})
-        return {k: (np.array([r["step"] for r in history if k in r]), np.array([r[k] for r in history if k in r], dtype=np.float64))
+        return {k: (np.array([r["step"] for r in history if k in r]),
+                    np.array([r[k] for r in history if k in r], dtype=np.float64))
                 for k in keys}
     return {tag.split("/", 1)[1]: points for tag, points in tensorboard.items() if _is_gate_tag(tag)}
 
@@ -1003,7 +853,8 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     rollout = tensorboard.get("rollout/ep_rew_mean")
     series = _run_gate_series(folder, tensorboard)
     if not evals and rollout is None:
-        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game (rollout/ep_rew_mean).")
+        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game "
+                            "(rollout/ep_rew_mean).")
     fig = Figure(figsize=(6.4, 6.4 if series else 4.2), dpi=120, layout="constrained")
     axes = fig.subplots(2 if series else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
@@ -1013,7 +864,8 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
         x = np.array([p["step"] for p in evals])
         mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])
         games = sorted({int(p["episodes"]) for p in evals})
-        (line,) = ax.plot(x, mean, marker="o", markersize=4, label=f"evaluation ({'-'.join(map(str, games))} games, mean ± std)")
+        (line,) = ax.plot(x, mean, marker="o", markersize=4,
+                          label=f"evaluation ({'-'.join(map(str, games))} games, mean ± std)")
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     run = config.get("run", {})
     sticky = run.get("repeat_action_probability", 0.25)
@@ -1076,7 +928,8 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
     info = grid.get("machine") or {}
     if info:
         lines.append(
-            f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, {info.get('cpu_count')} CPUs, "
+            f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, "
+            f"{info.get('cpu_count')} CPUs, "
             f"Python {info.get('python')}, torch {info.get('torch')}, device `{info.get('torch_device')}`"
             + (f" ({info['cuda']})" if info.get("cuda") else "")
         )
@@ -1093,7 +946,8 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
             unrecorded += 1
     if systems:
         lines.append(
-            f"- Systems of the attempts that trained ({len(systems)}; runs agree evaluation for evaluation only on one system): "
+            "- Systems of the attempts that trained "
+            f"({len(systems)}; runs agree evaluation for evaluation only on one system): "
             + "; ".join(f"{label} ({n} attempt{'s' * (n != 1)})" for label, n in systems.items())
             + (f"; {unrecorded} attempt{'s' * (unrecorded != 1)} made before systems were recorded" if unrecorded else "")
         )
@@ -1131,7 +985,8 @@ def write_report(
     skipped: dict[str, str] = {}
     trials = load_trials(root, budget, stage, skipped=skipped)
     if not any(t.steps.size for t in trials):
-        raise FileNotFoundError(f"No trial with evaluations under {root} (expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
+        raise FileNotFoundError(f"No trial with evaluations under {root} "
+                                "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = _read_json(root / "grid.json")
     out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
@@ -1157,8 +1012,9 @@ def write_report(
          "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
         for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
     ]
-    _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc",
-                                        "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "rollout_score", "status", "folder"])
+    _write_csv(out / "runs.csv", runs, ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns",
+                                        "auc", "steps_per_s", "peak_rss_mb", "inference_steps_per_s", "rollout_score",
+                                        "status", "folder"])
     curves = plot_curves(trials, out, curve_reps, seed)
     agg_png = plot_aggregate(aggregate, out / "aggregate_iqm.png")
     routing = routing_table(trials, stage)
@@ -1193,7 +1049,8 @@ def write_report(
         "# Benchmark report" + (f" at {step_label(stage)} agent steps" if stage else ""),
         "",
         f"- Grid: `{root}`",
-        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) of a {_fmt(grid_budget)}-step budget"
+        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) "
+         f"of a {_fmt(grid_budget)}-step budget"
          if stage else f"- Budget: {_fmt(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial"),
         "- Trials: " + ", ".join(f"{t.game}/{t.method}/s{t.seed} at {int(t.steps[-1]):,}" for t in sorted(
             trials, key=lambda t: (t.game, t.method, t.seed)) if t.steps.size),
@@ -1215,7 +1072,8 @@ def write_report(
         "",
         "## Aggregate across games",
         "",
-        _aggregate_md(aggregate, baseline, confidence) if aggregate else "No game with reference scores among the finished trials.\n",
+        (_aggregate_md(aggregate, baseline, confidence) if aggregate
+         else "No game with reference scores among the finished trials.\n"),
     ]
     if len(set(coverage.values())) > 1:
         lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]
@@ -1226,7 +1084,8 @@ def write_report(
         lines += [f"## Head-to-head: `{focus}` against each method", "", _head_to_head_md(versus, confidence)]
     if routing:
         lines += ["## Routing: what the gates did", "",
-                  f"Per rollout after the first {ROUTING_WARMUP:,} steps (`gates.jsonl` of each trial): `collapsed` = share of "
+                  f"Per rollout after the first {ROUTING_WARMUP:,} steps (`gates.jsonl` of each trial): "
+                  "`collapsed` = share of "
                   f"rollouts that sent >= {100 * COLLAPSE_SHARE:.0f}% of their states to one expert; expert columns = mean "
                   "selection frequency; logit spread = variation of the gate's logits across states, drift = their change "
                   "between rollouts (spread above drift: routing by state rather than by time).", "",

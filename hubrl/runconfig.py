@@ -73,7 +73,9 @@ def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str
     return values
 
 
-def resume_conflicts(cls: type, saved: Mapping[str, Any], wanted: Mapping[str, Any], source: Path) -> list[tuple[str, Any, Any]]:
+def resume_conflicts(
+    cls: type, saved: Mapping[str, Any], wanted: Mapping[str, Any], source: Path,
+) -> list[tuple[str, Any, Any]]:
     """``(field, wanted, saved)`` for every wanted value that would change the saved run."""
     may_change = getattr(cls, "RESUME_MAY_CHANGE", frozenset())
     values = _saved_values(cls, saved, source)

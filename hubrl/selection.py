@@ -8,7 +8,7 @@ return-to-go of a uniform random policy. An encoder whose features predict "how 
 coming" from a frame has learnt something about the target game's objects and dynamics that
 the new policy and value heads can build on.
 
-Pipeline, all on the CPU, about 40 s for two experts at the default 20k frames (measured below):
+Pipeline, all on the CPU, about 40 s for two experts at the default 20k frames (BENCHMARKS.md):
 
 1. :func:`collect_target_data` plays ``frames`` agent steps of the target game with a uniform
    random policy in :func:`envs.make_atari_vec_env` (the training env: life loss ends an episode,
@@ -41,32 +41,10 @@ Choices and why:
   for a ridge fit on all ~19k frames) and its score depends on ``k`` and the feature scale. The
   ridge probe is one 512x512 eigendecomposition per fold, scores every frame, and its regulariser
   is picked from a small grid on the same folds (slightly optimistic, by about the same amount
-  for every expert). Held-out R² of the shipped hub's experts (Seaquest and Riverraid PPO,
-  2M steps each) and of :func:`random_encoder` (what ``scratch`` starts from), 20k frames,
-  seed 0, commit ``be8d801``, from
-  ``python scripts/rank_hub.py --env <Game> --probe ridge|knn --random-baseline``:
-
-  ==========  =====  ============  =============  ===========
-  target      probe  seaquest-ppo  riverraid-ppo  random-init
-  ==========  =====  ============  =============  ===========
-  Seaquest    ridge      0.183         0.139          0.158
-  Seaquest    knn        0.135         0.157          0.089
-  Riverraid   ridge      0.443         0.429          0.410
-  Riverraid   knn        0.470         0.571          0.449
-  Gopher      ridge      0.087         0.077          0.062
-  Gopher      knn       -0.115        -0.135         -0.084
-  Alien       ridge      0.175         0.114          0.208
-  Alien       knn        0.112         0.005          0.020
-  ==========  =====  ============  =============  ===========
-
-  Each probe puts the in-domain expert first on one source game only (ridge on Seaquest, kNN on
-  Riverraid), by 0.01-0.1. On the targets the proxy is weak: both probes prefer Seaquest's
-  expert on Gopher and Alien, on Gopher by a few hundredths (kNN's R² is negative for every
-  encoder: worse than predicting the mean), and under ridge the random encoder beats both
-  experts on Alien. ``select``'s choice therefore carries little information on these targets;
-  the benchmark grid shows what it costs. (With the earlier 850k-step Seaquest expert ridge
-  preferred Riverraid's expert on Alien, 0.114 vs 0.012: the ranking moves with the experts'
-  training as much as with the target.)
+  for every expert). On the shipped hub both probes put the in-domain expert first on one source
+  game only and are weak on the targets (under ridge the random encoder beats both experts on
+  Alien), so ``select``'s choice carries little information there: the held-out R² per target
+  and probe are in BENCHMARKS.md, "Selection proxy against a random encoder", with their command.
   ``probe="knn"`` (cosine kNN regression, k=20) is kept as a cross-check.
 * **Frames.** 20k by default: Alien gives ~19.3k labelled frames in ~85 episodes. Held-out R²
   differences between experts are small (a few hundredths on Alien and Gopher) and move with the
@@ -75,12 +53,7 @@ Choices and why:
 * **One expert.** A hub of one has nothing to rank: :func:`rank_experts` returns its single
   ranking without collecting data (``proxy=None``).
 
-Measured cost (2-core CPU VM shared with two training processes, ``OMP_NUM_THREADS=1``), Alien,
-20k frames, 2 experts, ``scripts/rank_hub.py``: data collection 20-25 s, 7-8 s per expert
-(features ~7 s, ridge <1 s), 37-40 s in all, peak memory ~640 MB (of which ~250 MB is
-torch/SB3/ALE themselves). On the idle VM (the table's runs, 2 torch threads) each of the eight
-runs took 28-38 s in all, the random reference included (~6 s). The cost grows linearly in
-frames and in experts.
+Measured cost (seconds and memory per expert): BENCHMARKS.md, same section.
 """
 
 from __future__ import annotations
@@ -150,7 +123,9 @@ class TargetData:
             raise ValueError("stack_index (N, C), returns (N,) and episodes (N,) must describe the same N observations.")
 
     @classmethod
-    def from_observations(cls, obs: np.ndarray, returns: np.ndarray, episodes: np.ndarray, game: str = "constructed") -> "TargetData":
+    def from_observations(
+        cls, obs: np.ndarray, returns: np.ndarray, episodes: np.ndarray, game: str = "constructed",
+    ) -> "TargetData":
         """Wrap already stacked observations ``(N, C, H, W)`` uint8 (no de-duplication)."""
         obs = np.ascontiguousarray(obs, dtype=np.uint8)
         n, c = obs.shape[:2]
@@ -499,7 +474,9 @@ def knn_cv_r2(
     return float(_r2(y[queries], preds))
 
 
-def encoder_score(encoder: th.nn.Module, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256) -> float:
+def encoder_score(
+    encoder: th.nn.Module, data: TargetData, probe: str = "ridge", folds: int = 5, batch_size: int = 256,
+) -> float:
     """Held-out R² of ``probe`` on any encoder's frozen features (:func:`encoder_features`).
 
     :param probe: ``"ridge"`` (default: closed-form ridge, all frames) or ``"knn"`` (cosine kNN, a

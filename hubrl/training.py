@@ -56,7 +56,8 @@ class EvalHistory:
 
     def add(self, step: int, result: EvalResult) -> None:
         self.points.append(
-            {"step": int(step), "mean": result.mean, "std": result.std, "episodes": result.episodes, "scores": list(result.scores)}
+            {"step": int(step), "mean": result.mean, "std": result.std, "episodes": result.episodes,
+             "scores": list(result.scores)}
         )
 
     def save(self, path: Path) -> None:
@@ -316,8 +317,9 @@ def run_training(
         remaining, pauser.reached = 0, True  # already there: nothing to train in this call
     start = time.time()
     history_path = Path(checkpoint_path).with_name("evaluations.json")
-    evaluator = RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path, budget=int(total_timesteps),
-                                     first_eval_at=first_eval_at) if eval_env is not None else None
+    evaluator = (RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path,
+                                      budget=int(total_timesteps), first_eval_at=first_eval_at)
+                 if eval_env is not None else None)
     interrupted_by = None
     if remaining > 0:
         boundary = RolloutBoundary()
@@ -355,5 +357,5 @@ def run_training(
         save_training_checkpoint(model, checkpoint_path, extra())
     games = [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
     rollout_score = sum(games) / len(games) if games else None
-    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval, paused,
-                           rollout_score)
+    return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval,
+                           paused, rollout_score)

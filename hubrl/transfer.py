@@ -30,8 +30,8 @@ from hubrl.checkpoint import atomic_write, load_resume_checkpoint, previous_chec
 from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.hub import Hub, resolve_hub
-from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.losses import EXPLORATION_LOSSES
+from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.pathway import K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.provenance import system_info

@@ -26,26 +26,12 @@ builds one kernel per sample (``sum_k alpha_bk (A_k W_k)``, with ``A_k W_k`` for
 batch) and runs one grouped convolution with ``groups=B`` (as the official implementation
 does). ``OMP_NUM_THREADS=1 python scripts/benchmark_speed.py zoo-conv`` times this against the
 output-space alternative and plain NatureCNN convolutions, after checking that the three give the
-same output. Its output on the development CPU (idle 2-core AMD EPYC VM, 1 torch thread, torch
-2.13.0+cpu, commit ``7197766``; ms per call, min over 3 repetitions, the three convolutions
-with ReLU, gates included in the adaptive paths):
-
-==============================  ==========  ===============  ======================
-case                            grouped     output-space     plain NatureCNN convs
-==============================  ==========  ===============  ======================
-K=2, B=8 forward (no_grad)          6.7          7.2                 3.0
-K=2, B=8 forward+backward          21.5         29.0                11.5
-K=2, B=256 forward+backward         821          947                 384
-K=4, B=8 forward (no_grad)          8.6         12.1                 2.4
-K=4, B=8 forward+backward          20.8         49.8                11.8
-K=4, B=256 forward+backward         800         1561                 323
-==============================  ==========  ===============  ======================
-
-The grouped path costs ~2-2.5 plain encoders whatever K; the output-space path (one conv with
-K*out channels, then the per-sample mix ``sum_k alpha_bk A_k``) grows with K, so the grouped
-path is used. For the linear layer, per-sample 512 x 3136 weights would take 1.6 GB at B = 256,
-so it uses the output-space identity: one matmul with the K stacked weights, gates applied to
-the K blocks, then the alignment as one ``(512, K*512)`` matmul.
+same output; its numbers on the development CPU are in BENCHMARKS.md, "Zoo-Tuning: per-sample
+convolutions". The grouped path costs ~2-2.5 plain encoders whatever K; the output-space path
+(one conv with K*out channels, then the per-sample mix ``sum_k alpha_bk A_k``) grows with K, so
+the grouped path is used. For the linear layer, per-sample 512 x 3136 weights would take 1.6 GB
+at B = 256, so it uses the output-space identity: one matmul with the K stacked weights, gates
+applied to the K blocks, then the alignment as one ``(512, K*512)`` matmul.
 
 **Zoo-Tuning lite** (``lite=True``): in training, each layer uses the batch-mean gate
 ``mean_b alpha(x_b)`` (one kernel per layer per batch, a plain conv) and keeps a detached
@@ -422,7 +408,8 @@ class ZooTuningPolicy(ActorCriticPolicy):
         kwargs.setdefault("net_arch", [])
         kwargs["features_extractor_class"] = ZooTuningExtractor
         kwargs["features_extractor_kwargs"] = {
-            "expert_names": self.expert_names, "lite": self.lite, "gate_hidden": gate_hidden, "ema_momentum": self.ema_momentum,
+            "expert_names": self.expert_names, "lite": self.lite, "gate_hidden": gate_hidden,
+            "ema_momentum": self.ema_momentum,
         }
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

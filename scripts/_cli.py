@@ -135,17 +135,21 @@ def device(text: str) -> str:
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"], help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
-    parser.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games (default: the preset's, 8 for PPO, 16 for A2C).")
+    parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"],
+                        help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
+    parser.add_argument("--n-envs", type=positive_int, default=None,
+                        help="Parallel games (default: the preset's, 8 for PPO, 16 for A2C).")
     parser.add_argument("--seed", type=seed, default=0, help="Random seed of agent and envs. Default: 0.")
-    parser.add_argument("--device", type=device, default="auto", help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
+    parser.add_argument("--device", type=device, default="auto",
+                        help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; not yet validated "
-                             "by learning curves). Default: fp32.")
+                        help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; "
+                             "not yet validated by learning curves). Default: fp32.")
     parser.add_argument("--tensorboard-log", default=None, help="TensorBoard folder (default: inside the run folder).")
-    parser.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides (keys as in agents/presets.py).")
+    parser.add_argument("--hyperparams", default=None, metavar="YAML",
+                        help="YAML file of hyperparameter overrides (keys as in agents/presets.py).")
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the progress bar (e.g. in logs).")
 
 

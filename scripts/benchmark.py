@@ -3,7 +3,8 @@
 
     python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
     python scripts/benchmark.py run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
-    python scripts/benchmark.py run --root bench --games Alien Gopher --ray-address auto --cpus-per-trial 4 --gpus-per-trial 0.25
+    python scripts/benchmark.py run --root bench --games Alien Gopher --ray-address auto \\
+        --cpus-per-trial 4 --gpus-per-trial 0.25
     python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --budget 1M --pause-at 250k  # a stage
     python scripts/benchmark.py report bench --stages 250k 500k 1M
 
@@ -41,21 +42,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
     run.add_argument("--budget", type=steps, required=True, help="Agent steps per trial, e.g. 1M, 100k.")
     run.add_argument("--pause-at", type=steps, default=None,
-                     help="Stop every trial at N steps (schedules still follow --budget); rerun with a later --pause-at or none to continue.")
+                     help="Stop every trial at N steps (schedules still follow --budget); "
+                          "rerun with a later --pause-at or none to continue.")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1,
                        help="Trials at once, each in a fresh process (0: in this process, for debugging). Default: 1.")
     where.add_argument("--ray-address", default=None, metavar="ADDRESS",
                        help="Run trials as Ray tasks: auto, ray://host:10001, or local (needs pip install \"hubrl[ray]\").")
     run.add_argument("--threads", type=positive_int, default=None, help="Torch threads per trial (default: CPUs / workers).")
-    run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1, help="Ray: CPUs each trial asks for. Default: 1.")
-    run.add_argument("--gpus-per-trial", type=non_negative_float, default=0, help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
+    run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1,
+                     help="Ray: CPUs each trial asks for. Default: 1.")
+    run.add_argument("--gpus-per-trial", type=non_negative_float, default=0,
+                     help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts.")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None, help="RL algorithm. Default: ppo.")
     run.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games per trial (default: the preset's).")
-    run.add_argument("--device", type=device, default=None, help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
+    run.add_argument("--device", type=device, default=None,
+                     help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
     run.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides.")
     run.add_argument("--eval-freq", type=steps, default=None, help="Evaluate every N agent steps. Default: 100k.")
     run.add_argument("--eval-episodes", type=positive_int, default=None, help="Games per evaluation. Default: 10.")
@@ -68,9 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
     report.add_argument("root", help="Grid folder (the --root of run).")
     report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
-    report.add_argument("--budget", type=steps, default=None, help="Count trials that reached this many steps (default: the grid's).")
+    report.add_argument("--budget", type=steps, default=None,
+                        help="Count trials that reached this many steps (default: the grid's).")
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
-                        help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), in report/at-<steps>/.")
+                        help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), "
+                             "in report/at-<steps>/.")
     report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
     report.add_argument("--focus", default="hub-pathway",
                         help="Method the head-to-head section compares with each other one. Default: hub-pathway.")

@@ -23,6 +23,8 @@ import _cli  # noqa: F401
 import numpy as np
 from _cli import main_guard, positive_int
 
+from hubrl.provenance import cpu_model
+
 if TYPE_CHECKING:
     import torch as th
 
@@ -31,13 +33,7 @@ if TYPE_CHECKING:
 
 def _machine() -> str:
     """CPU model and core count, for the record under a table."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _env_steps_per_second(env, steps: int, seed: int = 0) -> float:
@@ -229,7 +225,8 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
             model.learn(steps)
             train[label].append(time.perf_counter() - start)
             final = plan.finalize(model, make_agent) if plan.finalize else model
-            params[label] = sum(p.numel() for p in final.policy.parameters())  # unique tensors (state_dict repeats shared ones)
+            # unique tensors (state_dict repeats shared ones)
+            params[label] = sum(p.numel() for p in final.policy.parameters())
             finals[label] = final.policy  # the saved model's policy, as deployed
             env.close()
             del model, final
@@ -242,7 +239,8 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
             infer[label].append(inference_steps_per_second(policy, obs, calls=200))
     base_t = float(np.median(train[TRANSFER_VARIANTS[0][0]]))
     base_i = float(np.median(infer[TRANSFER_VARIANTS[0][0]]))
-    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch | parameters of model.zip |")
+    print(f"| method | train seconds (median of {repeats}) | vs scratch | inference steps/s (median of 7) | vs scratch "
+          "| parameters of model.zip |")
     print("|---|---|---|---|---|---|")
     for label, *_ in TRANSFER_VARIANTS:
         t, i = float(np.median(train[label])), float(np.median(infer[label]))
@@ -416,7 +414,8 @@ def main() -> int:
     parser.add_argument("--n-envs", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
     parser.add_argument("--repeats", type=positive_int, default=3)
-    parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...", help="zoo-conv: expert counts. Default: 2,4.")
+    parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
+                        help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
                         help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
     args = parser.parse_args()

@@ -23,16 +23,23 @@ from _cli import ArgumentParser, device, main_guard, positive_int, probability, 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None, help="A run folder (or its model.zip), or an SB3 .zip checkpoint.")
-    parser.add_argument("--expert", default=None, metavar="NAME", help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
+    parser.add_argument("--expert", default=None, metavar="NAME",
+                        help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
     parser.add_argument("--hub", default=None, metavar="DIR", help="Hub folder for --expert (default: the shipped hub).")
-    parser.add_argument("--env", default=None, help="Game to play (default: the run's or expert's own; needed for a plain .zip).")
-    parser.add_argument("--episodes", type=positive_int, default=None, help="Games to play. Default: 1 (unless --steps is given).")
-    parser.add_argument("--steps", type=steps, default=None, help="Stop after N agent steps (a game still running is reported as unfinished).")
-    parser.add_argument("--video", default=None, metavar="FILE", help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
+    parser.add_argument("--env", default=None,
+                        help="Game to play (default: the run's or expert's own; needed for a plain .zip).")
+    parser.add_argument("--episodes", type=positive_int, default=None,
+                        help="Games to play. Default: 1 (unless --steps is given).")
+    parser.add_argument("--steps", type=steps, default=None,
+                        help="Stop after N agent steps (a game still running is reported as unfinished).")
+    parser.add_argument("--video", default=None, metavar="FILE",
+                        help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
     parser.add_argument("--deterministic", action="store_true", help="Greedy actions (default: sampled, as in evaluation).")
-    parser.add_argument("--sticky-actions", type=probability, default=None, help="Repeat-action probability (default: as trained, 0.25).")
+    parser.add_argument("--sticky-actions", type=probability, default=None,
+                        help="Repeat-action probability (default: as trained, 0.25).")
     parser.add_argument("--seed", type=seed, default=0, help="Seed of the game. Default: 0.")
-    parser.add_argument("--device", type=device, default="cpu", help="Torch device. Default: cpu (one game at a time needs no GPU).")
+    parser.add_argument("--device", type=device, default="cpu",
+                        help="Torch device. Default: cpu (one game at a time needs no GPU).")
     return parser.parse_args(argv)
 
 
@@ -47,14 +54,17 @@ def main(argv=None) -> int:
     episodes = args.episodes if args.episodes is not None or args.steps is not None else 1
     result = play(player, steps=args.steps, episodes=episodes, seed=args.seed, deterministic=args.deterministic,
                   video=args.video, repeat_action_probability=args.sticky_actions,
-                  on_game_end=lambda i, score, length: print(f"{game} game {i}: score {score:g} ({length} agent steps)", flush=True))
+                  on_game_end=lambda i, score, length: print(f"{game} game {i}: score {score:g} ({length} agent steps)",
+                                                             flush=True))
     if result.unfinished_score is not None:
         print(f"{game}: game unfinished after {args.steps} steps, score so far {result.unfinished_score:g}")
     if result.scores:
         scores = result.scores
-        print(f"{game}: {len(scores)} game(s), raw score mean {sum(scores) / len(scores):.1f}, min {min(scores):g}, max {max(scores):g}")
+        print(f"{game}: {len(scores)} game(s), raw score mean {sum(scores) / len(scores):.1f}, "
+              f"min {min(scores):g}, max {max(scores):g}")
     if result.video is not None:
-        note = " (GIF: imageio-ffmpeg is not installed; pip install -e \".[video]\" for MP4)" if result.video.suffix == ".gif" and str(args.video).lower().endswith(".mp4") else ""
+        note = (" (GIF: imageio-ffmpeg is not installed; pip install -e \".[video]\" for MP4)"
+                if result.video.suffix == ".gif" and str(args.video).lower().endswith(".mp4") else "")
         print(f"Video: {result.video}{note}")
     return 0
 

@@ -20,23 +20,30 @@ from _cli import ArgumentParser, add_common_flags, main_guard, parse_given, posi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"], help="Source games. Default: Seaquest Riverraid.")
-    parser.add_argument("--timesteps", type=steps, default=10_000_000, help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
+    parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"],
+                        help="Source games. Default: Seaquest Riverraid.")
+    parser.add_argument("--timesteps", type=steps, default=10_000_000,
+                        help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
     parser.add_argument("--out", default="hub", help="Hub folder to write the experts into. Default: ./hub")
     parser.add_argument("--resume", action="store_true", help="Continue each expert from its latest checkpoint.")
     parser.add_argument("--pause-at", type=steps, default=None,
                         help="Stop (with a checkpoint) once an expert has this many steps in all; the schedules still follow "
-                             "--timesteps, so --resume later continues as if uninterrupted. E.g. train a 10M budget 2M at a time.")
+                             "--timesteps, so --resume later continues as if uninterrupted. "
+                             "E.g. train a 10M budget 2M at a time.")
     parser.add_argument("--force", action="store_true", help="Delete an existing expert of the same name and start over.")
     parser.add_argument("--eval-freq", type=steps, default=250_000, help="Evaluate every N agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
-    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000,
+                        help="Checkpoint every N agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
                         help="Repeat-action probability in [0, 1] (ALE v5: 0.25). Default: 0.25.")
     parser.add_argument("--export", action="store_true",
-                        help="Do not train: evaluate each game's latest checkpoint and export it as the expert now (mid-training is fine).")
-    parser.add_argument("--plot", action="store_true", help="Do not train: write each expert's learning_curve.png (training and evaluation scores).")
-    parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32", help="Precision of the exported weights.")
+                        help="Do not train: evaluate each game's latest checkpoint and export it as the expert now "
+                             "(mid-training is fine).")
+    parser.add_argument("--plot", action="store_true",
+                        help="Do not train: write each expert's learning_curve.png (training and evaluation scores).")
+    parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
+                        help="Precision of the exported weights.")
     add_common_flags(parser)
     return parser
 
@@ -81,7 +88,8 @@ def main(argv=None) -> int:
             folder = Path(args.out) / expert_name(game, args.algo)
             manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu")
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
-                  f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games -> {folder}")
+                  f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
+                  f"-> {folder}")
         return 0
     status = 0
     for game in games:
@@ -103,17 +111,20 @@ def main(argv=None) -> int:
             hyperparams=overrides,
             export_dtype=args.export_dtype,
         )
-        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar, pause_at=args.pause_at,
+        result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar,
+                                 pause_at=args.pause_at,
                                  given=_requested(cfg, given) if args.resume else None)
         outcome = result.outcome
         if outcome.interrupted_by is not None:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
             return 128 + outcome.interrupted_by
         if outcome.paused:
-            print(f"{result.name}: paused at {outcome.num_timesteps} of {args.timesteps} steps (--pause-at); checkpoint saved. "
+            print(f"{result.name}: paused at {outcome.num_timesteps} of {args.timesteps} steps (--pause-at); "
+                  "checkpoint saved. "
                   f"Continue with --resume; --export ships it as it is.")
             continue
-        print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
+        print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; "
+              f"eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
     return status
 
 

@@ -28,12 +28,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
-    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) or expert folders to rank.")
-    parser.add_argument("--frames", type=steps, default=20_000, help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
+    source.add_argument("--hub", default=None, metavar="DIR",
+                        help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
+                        help="SB3 checkpoints (.zip) or expert folders to rank.")
+    parser.add_argument("--frames", type=steps, default=20_000,
+                        help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
     parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
-    parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge", help="Probe on the frozen features. Default: ridge.")
-    parser.add_argument("--seed", type=seed, default=0, help="Seed of the games, the random policy and the random encoder. Default: 0.")
+    parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge",
+                        help="Probe on the frozen features. Default: ridge.")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="Seed of the games, the random policy and the random encoder. Default: 0.")
     parser.add_argument(
         "--random-baseline", action="store_true",
         help="Also score a randomly initialised NatureCNN (seeded by --seed) on the same frames, shown as the row "

@@ -27,8 +27,18 @@ import shlex
 from pathlib import Path
 
 import _cli  # noqa: F401
-from _cli import (ArgumentParser, add_common_flags, flag_names, main_guard, non_negative_float, parse_given, positive_int,
-                  probability, steps)
+from _cli import (
+    ArgumentParser,
+    add_common_flags,
+    flag_names,
+    main_guard,
+    non_negative_float,
+    parse_given,
+    positive_int,
+    probability,
+    steps,
+)
+
 from hubrl.errors import UsageError
 
 
@@ -44,44 +54,59 @@ def noise(text: str) -> str | float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default=None, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... (required to train, except to resume a run).")
+    parser.add_argument("--env", default=None,
+                        help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... "
+                             "(required to train, except to resume a run).")
     parser.add_argument("--method", default="hub-pathway",
                         help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
     parser.add_argument("--lite", action="store_true", help="zoo-tuning: batch-mean gates; model.zip is one merged NatureCNN.")
-    parser.add_argument("--select-frames", type=steps, default=20_000, help="select: random-policy target frames for the proxy. Default: 20k.")
+    parser.add_argument("--select-frames", type=steps, default=20_000,
+                        help="select: random-policy target frames for the proxy. Default: 20k.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
-    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
+    source.add_argument("--hub", default=None, metavar="DIR",
+                        help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
+                        help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, help="Agent steps, e.g. 1M, 100k. Default: 1M.")
     parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --out from its checkpoint, with the settings it was started with "
-                             "(a flag that contradicts them is refused; --timesteps, --device, --threads and --tensorboard-log may change).")
+                             "(a flag that contradicts them is refused; --timesteps, --device, --threads and "
+                             "--tensorboard-log may change).")
     parser.add_argument("--pause-at", type=steps, default=None,
-                        help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); continue later with --resume.")
+                        help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); "
+                             "continue later with --resume.")
     parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
     parser.add_argument("--noise", type=noise, default="learned",
-                        help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std >= 0 like 1.0. Default: learned.")
+                        help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std >= 0 like 1.0. "
+                             "Default: learned.")
     parser.add_argument("--noise-floor", type=non_negative_float, default=None,
                         help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
     parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
-                        help="Weight of the chosen expert at --top-k 1: its gate probability, or 1 with that probability's gradient "
+                        help="Weight of the chosen expert at --top-k 1: its gate probability, "
+                             "or 1 with that probability's gradient "
                              "(keeps the expert's features at their pretrained scale). Default: straight-through.")
     parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
-                        help="Load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), entropy of the batch-mean "
+                        help="Load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), "
+                             "entropy of the batch-mean "
                              "probabilities, or Shazeer's importance+load. Default: switch.")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
-                        help="Aggregate expert features into one head (features) or per-expert heads' outputs (heads, the paper's form).")
-    parser.add_argument("--exploration-coef", type=non_negative_float, default=None, help="Weight of the exploration loss (>= 0). Default: 0.1.")
-    parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5, help="Weight of the exploitation loss (>= 0). Default: 0.5.")
+                        help="Aggregate expert features into one head (features) "
+                             "or per-expert heads' outputs (heads, the paper's form).")
+    parser.add_argument("--exploration-coef", type=non_negative_float, default=None,
+                        help="Weight of the exploration loss (>= 0). Default: 0.1.")
+    parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5,
+                        help="Weight of the exploitation loss (>= 0). Default: 0.5.")
     parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
     parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
     parser.add_argument("--early-eval", action=argparse.BooleanOptionalAction, default=True,
-                        help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), for a score early. Default: on.")
+                        help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), "
+                             "for a score early. Default: on.")
     parser.add_argument("--plot", action="store_true", help="Only redraw learning_curve.png of the run in --out, then exit.")
-    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, help="Checkpoint every N agent steps. Default: 100k.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000,
+                        help="Checkpoint every N agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
                         help="Repeat-action probability in [0, 1]. Default: 0.25.")
     add_common_flags(parser)
@@ -99,7 +124,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
 
     names = {f.name: f for f in fields(TransferConfig)}
     # A flag whose default lives in the library is None when not given: the library's default applies.
-    chosen = {name: getattr(args, name) for name, f in names.items() if hasattr(args, name) and (name in given or not args.resume)
+    chosen = {name: getattr(args, name) for name, f in names.items()
+              if hasattr(args, name) and (name in given or not args.resume)
               and not (getattr(args, name) is None and f.default is not None and name not in given)}
     if "hyperparams" in chosen:
         chosen["hyperparams"] = load_overrides(chosen["hyperparams"], algo=chosen.get("algo")) if chosen["hyperparams"] else {}
@@ -113,7 +139,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         if args.env is None:
             raise UsageError("--resume needs the run folder: --resume --out DIR.")
         defaults = {name: getattr(args, name) for name, f in names.items()
-                    if hasattr(args, name) and name != "hyperparams" and (getattr(args, name) is not None or f.default is None)}
+                    if hasattr(args, name) and name != "hyperparams"
+                    and (getattr(args, name) is not None or f.default is None)}
         chosen["out"] = str(default_run_folder(TransferConfig(**defaults)))
     check_resumable(Path(chosen["out"]))
     flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
@@ -141,7 +168,8 @@ def main(argv=None) -> int:
     outcome = result.outcome
     resume = f"python {shlex.quote(os.path.relpath(__file__))} --resume --out {shlex.quote(str(result.folder))}"
     if outcome.paused:
-        print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. Continue with: {resume}")
+        print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
+              f"Continue with: {resume}")
         return 0
     if outcome.interrupted_by is not None:
         print(f"Stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with: {resume}")

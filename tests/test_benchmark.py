@@ -244,7 +244,8 @@ def test_tiny_real_grid_run_then_report(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_PPO))
     root = tmp_path / "bench"
     result = run_script(
-        "benchmark.py", "run", "--root", str(root), "--games", "Gopher", "--methods", "hub-pathway:aggregation=heads", "--seeds", "0",
+        "benchmark.py", "run", "--root", str(root), "--games", "Gopher", "--methods", "hub-pathway:aggregation=heads",
+        "--seeds", "0",
         "--budget", "128", "--hub", str(hub), "--n-envs", "2", "--eval-freq", "1M", "--eval-episodes", "1",
         "--checkpoint-freq", "1M", "--hyperparams", str(tmp_path / "tiny.yaml"), "--device", "cpu", "--threads", "1",
         "--set", "top_k=2",
@@ -252,7 +253,8 @@ def test_tiny_real_grid_run_then_report(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 trials: 1 ok" in result.stdout
     folder = root / "Gopher" / "hub-pathway-heads" / "s0"
-    assert {"model.zip", "evaluations.json", "config.yaml", "checkpoint.pt", "status.json"} <= {p.name for p in folder.iterdir()}
+    assert {"model.zip", "evaluations.json", "config.yaml", "checkpoint.pt", "status.json"} <= {
+        p.name for p in folder.iterdir()}
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "ok" and status["num_timesteps"] == 128 and status["device"] == "cpu" and status["rss_isolated"]
     run = yaml.safe_load((folder / "config.yaml").read_text())["run"]
@@ -261,8 +263,8 @@ def test_tiny_real_grid_run_then_report(tmp_path):
 
     assert _script_main()(["report", str(root), "--reps", "1000"]) == 0  # in-process: torch and SB3 are loaded already
     out = root / "report"
-    assert {"report.md", "results.csv", "compute.csv", "aggregate.csv", "runs.csv", "curves_Gopher.png", "aggregate_iqm.png"} <= {
-        p.name for p in out.iterdir()}
+    assert {"report.md", "results.csv", "compute.csv", "aggregate.csv", "runs.csv", "curves_Gopher.png",
+            "aggregate_iqm.png"} <= {p.name for p in out.iterdir()}
     text = (out / "report.md").read_text()
     assert "Budget: 128 agent steps" in text and "Seeds: 0" in text and "hub-pathway-heads" in text
     compute = (out / "compute.csv").read_text().splitlines()
@@ -281,7 +283,8 @@ def test_method_variants_name_their_folders_and_carry_their_settings(tmp_path):
     from hubrl.benchmark import _expand_finetune, make_specs, parse_method
     from tests.conftest import make_tiny_hub
 
-    assert parse_method("hub-pathway:aggregation=heads,top_k=2") == ("hub-pathway-heads-2", "hub-pathway", {"aggregation": "heads", "top_k": 2})
+    assert parse_method("hub-pathway:aggregation=heads,top_k=2") == (
+        "hub-pathway-heads-2", "hub-pathway", {"aggregation": "heads", "top_k": 2})
     assert parse_method("zoo-tuning:lite") == ("zoo-tuning-lite", "zoo-tuning", {"lite": True})
     assert parse_method("scratch") == ("scratch", "scratch", {})
     spec = make_specs(tmp_path, ["Alien"], ["finetune:source=seaquest-ppo"], [1], 100)[0]

@@ -113,7 +113,8 @@ def test_zoo_tuning_lite_saves_one_merged_nature_cnn(tmp_path, tiny_hub):
     assert result.folder.name == "run" and result.outcome.num_timesteps == 64
     merged = PPO.load(result.folder / "model.zip", device="cpu")
     assert type(merged.policy) is ActorCriticCnnPolicy and merged.num_timesteps == 64
-    lite = ZooTuningPolicy(merged.observation_space, merged.action_space, lambda _: 0.0, expert_names=["riverraid-ppo", "seaquest-ppo"], lite=True)
+    lite = ZooTuningPolicy(merged.observation_space, merged.action_space, lambda _: 0.0,
+                           expert_names=["riverraid-ppo", "seaquest-ppo"], lite=True)
     lite.load_state_dict(th.load(result.folder / "checkpoint.pt", weights_only=True)["policy"])
     lite.set_training_mode(False)
     env = make_atari_vec_env("Gopher", 4, seed=5)
@@ -133,8 +134,8 @@ def test_select_ranks_the_hub_then_keeps_its_choice_on_resume(tmp_path, tiny_hub
     assert {r["expert"] for r in notes["ranking"]} == {"seaquest-ppo", "riverraid-ppo"}
     assert notes["source"] == notes["ranking"][0]["expert"]
     assert type(PPO.load(result.folder / "model.zip", device="cpu").policy) is ActorCriticCnnPolicy
-    resumed = run_transfer(_cfg(tmp_path, "select", env="Alien", hub=str(tiny_hub), select_frames=4000, timesteps=128), resume=True,
-                           progress_bar=False, verbose=0)
+    resumed = run_transfer(_cfg(tmp_path, "select", env="Alien", hub=str(tiny_hub), select_frames=4000, timesteps=128),
+                           resume=True, progress_bar=False, verbose=0)
     assert resumed.outcome.num_timesteps == 128
     again = yaml.safe_load((result.folder / "config.yaml").read_text())["method"]
     assert again["source"] == notes["source"] and again["ranking"] == notes["ranking"]

@@ -46,7 +46,8 @@ def test_heads_aggregation_mixes_the_heads_with_the_pathway_weights():
 
     th.manual_seed(0)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    policy = HubPathwayPolicy(space, gym.spaces.Discrete(6), lambda _: 1e-4, expert_names=["a", "b"], top_k=2, aggregation="heads")
+    policy = HubPathwayPolicy(space, gym.spaces.Discrete(6), lambda _: 1e-4, expert_names=["a", "b"], top_k=2,
+                              aggregation="heads")
     policy.set_training_mode(False)  # no gate noise: the same routing on every call
     with th.no_grad():
         policy.extractor.gate.requires_grad_(False)

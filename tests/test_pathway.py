@@ -33,7 +33,8 @@ def test_top_k_selects_the_largest_logits(k):
         manual = th.softmax(routing.logits.gather(1, routing.selected), dim=1)
         assert th.allclose(routing.weights.gather(1, routing.selected), manual)
     else:  # k = 1: the expert's full-softmax probability (keeps the gate trainable)
-        assert th.allclose(routing.weights.gather(1, routing.selected), th.softmax(routing.logits, 1).gather(1, routing.selected))
+        assert th.allclose(routing.weights.gather(1, routing.selected),
+                           th.softmax(routing.logits, 1).gather(1, routing.selected))
 
 
 def test_top_k_bounds():

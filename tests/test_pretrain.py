@@ -171,7 +171,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     args = [sys.executable, str(ROOT / "scripts" / "pretrain_sources.py"), "--games", "Seaquest", "--timesteps", "1M",
             "--n-envs", "2", "--out", str(out), "--hyperparams", str(hp), "--eval-freq", "1M", "--checkpoint-freq", "1M",
             "--no-progress-bar", "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     events = out / "seaquest-ppo" / "tb"
     deadline = time.time() + 120
     while not list(events.rglob("events.out.tfevents*")) and time.time() < deadline:

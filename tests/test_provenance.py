@@ -9,7 +9,8 @@ from hubrl.provenance import PACKAGES, cpu_model, package_versions, system_info,
 
 def test_cpu_model_reads_cpuinfo_and_falls_back(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz\nflags\t: sse\n")
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                       "model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz\nflags\t: sse\n")
     assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"
     fallback = cpu_model(tmp_path / "missing")
     assert isinstance(fallback, str) and fallback

@@ -162,28 +162,34 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _st(steps, seconds, peak, **kw):
-    return {"status": "ok", "steps": steps, "seconds": seconds, "peak_rss_mb": peak, "rss_isolated": True, "host": "h", "device": "cpu", **kw}
+    return {"status": "ok", "steps": steps, "seconds": seconds, "peak_rss_mb": peak, "rss_isolated": True, "host": "h",
+            "device": "cpu", **kw}
 
 
 @pytest.fixture
 def grid(tmp_path) -> Path:
     root = tmp_path / "grid"
     root.mkdir()
-    (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0, 1], "commit": "abc123", "machine": {"host": "h", "cpu_count": 2}}))
+    (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0, 1], "commit": "abc123",
+                                                "machine": {"host": "h", "cpu_count": 2}}))
     a = REFERENCE_SCORES["alien"]
     amd = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "packages": {"torch": "2.13.0"}}
     intel = {"cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "packages": {"torch": "2.13.0"}}
     # Alien, scratch: final scores 1000 and 2000 (means of the last evaluation's games).
-    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]], status=_st(1000, 10, 400.0, inference_steps_per_s=3000.0, system=amd))
+    _trial(root, "Alien", "scratch", 0, [[0, 0], [900, 1100]],
+           status=_st(1000, 10, 400.0, inference_steps_per_s=3000.0, system=amd))
     _trial(root, "Alien", "scratch", 1, [[100], [2000]], status=_st(1000, 10, 500.0, inference_steps_per_s=2000.0, system=amd))
     # Alien, hub-pathway: finals 3000 and 5000; seed 1 resumed once (two attempts: 400 + 600 steps).
-    _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0, inference_steps_per_s=1000.0), params=(10, 5, 15),
+    _trial(root, "Alien", "hub-pathway", 0, [[1000], [3000]], status=_st(1000, 20, 800.0, inference_steps_per_s=1000.0),
+           params=(10, 5, 15),
            config={"env": "ALE/Alien-v5", "method": "hub-pathway", "seed": 0})
     _trial(root, "Alien", "hub-pathway", 1, [[2000], [5000]], params=(10, 5, 15),
-           status=_st(600, 15, 700.0, system=intel, history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
+           status=_st(600, 15, 700.0, system=intel,
+                      history=[{"status": "failed", "steps": 400, "seconds": 5, "peak_rss_mb": 900.0}]))
     # Gopher, hub-pathway: one finished run, one that stopped at 500 steps (left out of the tables).
     _trial(root, "Gopher", "hub-pathway", 0, [[400], [1000]], status=_st(1000, 20, 800.0))
-    _trial(root, "Gopher", "hub-pathway", 1, [[300]], steps=(500,), status={"status": "failed", "error": "RuntimeError: boom\nmore"})
+    _trial(root, "Gopher", "hub-pathway", 1, [[300]], steps=(500,),
+           status={"status": "failed", "error": "RuntimeError: boom\nmore"})
     assert a.random < 1000
     return root
 
@@ -231,7 +237,8 @@ def test_report_tables_and_plots(grid):
     pooled = [human_normalized_score("Alien", s) for s in (3000, 5000)] + [human_normalized_score("Gopher", 1000)]
     assert float(aggregate["hub-pathway"]["iqm_hns"]) == pytest.approx(iqm(pooled))
     assert int(aggregate["hub-pathway"]["games"]) == 2 and int(aggregate["hub-pathway"]["runs"]) == 3
-    assert float(aggregate["hub-pathway"]["iqm_low"]) <= float(aggregate["hub-pathway"]["iqm_hns"]) <= float(aggregate["hub-pathway"]["iqm_high"])
+    assert (float(aggregate["hub-pathway"]["iqm_low"]) <= float(aggregate["hub-pathway"]["iqm_hns"])
+            <= float(aggregate["hub-pathway"]["iqm_high"]))
     assert float(aggregate["scratch"]["mean_hns"]) == pytest.approx(np.mean(hns))
     assert float(aggregate["hub-pathway"]["inference_ratio"]) == pytest.approx(0.4)  # Alien's; Gopher has no scratch
 

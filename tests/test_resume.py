@@ -19,8 +19,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import hubrl.training
 from envs import make_atari_vec_env
-from hubrl.checkpoint import (CheckpointError, load_resume_checkpoint, load_training_checkpoint, previous_checkpoint,
-                              save_training_checkpoint)
+from hubrl.checkpoint import (
+    CheckpointError,
+    load_resume_checkpoint,
+    load_training_checkpoint,
+    previous_checkpoint,
+    save_training_checkpoint,
+)
 from hubrl.training import run_training
 from tests.conftest import ROOT, TINY_PPO, make_tiny_hub
 

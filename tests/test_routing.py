@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -18,7 +17,7 @@ from agents.routing import RoutedRolloutBuffer, fuse_adam
 from envs import make_atari_vec_env
 from hubrl.hub import resolve_hub
 from hubrl.losses import entropy_balance_loss, exploration_loss, importance_load_loss, switch_balance_loss
-from hubrl.pathway import PathwayGenerator, Routing
+from hubrl.pathway import PathwayGenerator
 from hubrl.policies import HubPathwayPolicy, load_hub_weights
 
 TINY = {HubPPO: dict(n_steps=32, batch_size=64, n_epochs=2), HubA2C: dict(n_steps=8)}
@@ -165,7 +164,8 @@ def test_straight_through_weight_is_one_with_the_gate_gradient():
 
 @pytest.mark.slow
 def test_routes_survive_save_load_and_stock_ppo_still_opens(hub, tmp_path):
-    model = _agent(HubPPO, hub, tmp_path, top_k=2, noise_floor=0.5, k1_weight="straight-through", exploration_loss="importance-load")
+    model = _agent(HubPPO, hub, tmp_path, top_k=2, noise_floor=0.5, k1_weight="straight-through",
+                   exploration_loss="importance-load")
     model.learn(128)
     model.save(tmp_path / "model.zip")
     loaded = HubPPO.load(tmp_path / "model.zip", env=make_atari_vec_env("Gopher", 4, seed=3), device="cpu")

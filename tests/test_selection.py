@@ -12,8 +12,8 @@ import torch as th
 from stable_baselines3.common.torch_layers import NatureCNN
 
 from envs import make_atari_vec_env
-from hubrl.hub import Expert, Hub, HubError, load_hub
 from hubrl import selection
+from hubrl.hub import Expert, Hub, HubError, load_hub
 from hubrl.selection import (
     RANDOM_BASELINE,
     TargetData,
@@ -109,8 +109,8 @@ def test_proxy_ranks_the_informative_encoder_far_above_a_random_one():
     # The score is earned: the same encoder on returns shuffled across episodes predicts nothing.
     rng = np.random.default_rng(1)
     episodes = np.unique(data.episodes)
-    shuffled = TargetData(data.frames, data.stack_index, data.returns.reshape(len(episodes), -1)[rng.permutation(len(episodes))].reshape(-1),
-                          data.episodes)
+    shuffled = TargetData(data.frames, data.stack_index,
+                          data.returns.reshape(len(episodes), -1)[rng.permutation(len(episodes))].reshape(-1), data.episodes)
     assert proxy_score(informative, shuffled) < 0.3
     # The kNN cross-check agrees on this case.
     assert proxy_score(informative, data, probe="knn") > proxy_score(blind, data, probe="knn") + 0.5

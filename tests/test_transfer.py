@@ -223,7 +223,8 @@ def _png_size(path):
 @pytest.mark.slow
 def test_every_run_draws_its_learning_curve_and_plot_redraws_it(tmp_path, tiny_hub, played):
     hub_run = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), eval_freq=64), progress_bar=False, verbose=0).folder
-    scratch = run_transfer(_cfg(tmp_path, method="scratch", out=str(tmp_path / "scratch")), progress_bar=False, verbose=0).folder
+    scratch = run_transfer(_cfg(tmp_path, method="scratch", out=str(tmp_path / "scratch")), progress_bar=False,
+                           verbose=0).folder
     assert _png_size(hub_run / "learning_curve.png") == ("PNG", (768, 768))  # scores + gate usage panels
     assert _png_size(scratch / "learning_curve.png") == ("PNG", (768, 504))  # no gates: scores only
     (hub_run / "learning_curve.png").unlink()

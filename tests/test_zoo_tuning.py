@@ -73,7 +73,8 @@ def _reference(ext: ZooTuningExtractor, x: th.Tensor, align: bool, batch_mean: b
     lin = ext.linear
     alpha = gates(lin, x.mean((2, 3)))
     flat = x.flatten(1)
-    return F.relu(sum(alpha[:, k, None] * mix(lin, k, F.linear(flat, lin.weight[k], lin.bias[k])) for k in range(ext.n_experts)))
+    return F.relu(sum(alpha[:, k, None] * mix(lin, k, F.linear(flat, lin.weight[k], lin.bias[k]))
+                      for k in range(ext.n_experts)))
 
 
 @pytest.mark.parametrize("lite, training", [(False, False), (False, True), (True, True)])
