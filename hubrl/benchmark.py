@@ -289,7 +289,8 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
            **spec.get("overrides", {})},
     )
     resume = (folder / "checkpoint.pt").is_file()
-    start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0  # a torn one: its predecessor
+    # a torn checkpoint: the previous one kept beside it
+    start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
     if not resume:
         _clear_leftovers(folder)
     result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),
