@@ -442,6 +442,20 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
     return names
 
 
+def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], budget: int) -> None:
+    """Check every method's transfer config up front (``--set`` values included), so that a bad
+    value stops the grid at once instead of failing each trial when it starts."""
+    from hubrl.errors import UsageError
+    from hubrl.transfer import TransferConfig, validate_config
+
+    for token in methods:
+        label, method, overrides = parse_method(token)
+        try:
+            validate_config(TransferConfig(env=games[0], method=method, seed=0, timesteps=budget, **{**settings, **overrides}))
+        except (UsageError, TypeError, ValueError) as exc:
+            raise GridError(f"{label}: {exc}") from None
+
+
 def _expand_finetune(methods: Sequence[str], settings: dict[str, Any]) -> list[str]:
     """A bare ``finetune`` (no ``source``) -> ``finetune:source=<expert>`` for every expert of the hub."""
     if "finetune" not in methods or "source" in settings:
@@ -532,6 +546,7 @@ def run_grid(
     if check:
         game_names = _validate(games, methods, settings, check_methods=True)
         methods = _expand_finetune(methods, settings)
+        _validate_trial_configs(game_names, methods, settings, budget)
     else:
         from envs.games import display_name
 

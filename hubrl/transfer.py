@@ -99,7 +99,8 @@ def default_run_folder(cfg: TransferConfig) -> Path:
     return Path("runs") / f"{resolve_game(cfg.env)}-{method_label(cfg)}-{cfg.algo}-s{cfg.seed}"
 
 
-def _validate(cfg: TransferConfig) -> None:
+def validate_config(cfg: TransferConfig) -> None:
+    """Refuse a config that cannot run, in one line naming the flag (before anything is built or written)."""
     resolve_game(cfg.env)
     if cfg.method not in METHODS:
         raise UsageError(f"Unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}.")
@@ -161,7 +162,7 @@ def run_transfer(
     ``pause_at`` stops at that many agent steps in all, with a checkpoint, while the schedules
     still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have.
     """
-    _validate(cfg)
+    validate_config(cfg)
     hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config

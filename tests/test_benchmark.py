@@ -157,6 +157,9 @@ def test_bad_grids(tmp_path):
         run_grid(tmp_path, ["Alien"], ["magic"], [0], 10)
     with pytest.raises(GridError, match="Unknown transfer setting.*bogus"):
         run_grid(tmp_path, ["Alien"], ["hub-pathway"], [0], 10, settings={"bogus": 1})
+    with pytest.raises(GridError, match="hub-pathway-0: --top-k must be at least 1"):  # checked before any trial
+        run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=0"], [0], 10, settings={"noise_floor": 0.1})
+    assert not (tmp_path / "Alien").exists()
 
 
 def test_ray_missing_gives_the_install_hint(tmp_path, monkeypatch):
