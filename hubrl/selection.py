@@ -44,7 +44,8 @@ Choices and why:
   for every expert). On the shipped hub both probes put the in-domain expert first on one source
   game only and are weak on the targets (under ridge the random encoder beats both experts on
   Alien), so ``select``'s choice carries little information there: the held-out R² per target
-  and probe are in BENCHMARKS.md, "Selection proxy against a random encoder", with their command.
+  and probe are in BENCHMARKS.md, "Selection proxy against a random encoder", with their command
+  (``rank_hub.py --env <Game> --probe ridge|knn --random-baseline``).
   ``probe="knn"`` (cosine kNN regression, k=20) is kept as a cross-check.
 * **Frames.** 20k by default: Alien gives ~19.3k labelled frames in ~85 episodes. Held-out R²
   differences between experts are small (a few hundredths on Alien and Gopher) and move with the
