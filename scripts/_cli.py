@@ -134,6 +134,12 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: the same flag on every command that runs torch (hubrl.runtime.configure_threads)."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"],
                         help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
@@ -142,8 +148,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed, default=0, help="Random seed of agent and envs. Default: 0.")
     parser.add_argument("--device", type=device, default="auto",
                         help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
+    add_threads_flag(parser)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; "
                              "not yet validated by learning curves). Default: fp32.")

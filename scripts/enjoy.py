@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import _cli  # noqa: F401
-from _cli import ArgumentParser, device, main_guard, positive_int, probability, seed, steps
+from _cli import ArgumentParser, add_threads_flag, device, main_guard, positive_int, probability, seed, steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sticky-actions", type=probability, default=None,
                         help="Repeat-action probability (default: as trained, 0.25).")
     parser.add_argument("--seed", type=seed, default=0, help="Seed of the game. Default: 0.")
+    add_threads_flag(parser)
     parser.add_argument("--device", type=device, default="cpu",
                         help="Torch device. Default: cpu (one game at a time needs no GPU).")
     return parser.parse_args(argv)
@@ -47,7 +48,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from envs import display_name
     from hubrl.enjoy import load_player, play
+    from hubrl.runtime import configure_threads
 
+    configure_threads(args.threads)
     player = load_player(args.model, expert=args.expert, hub=args.hub, env=args.env, device=args.device)
     game = display_name(player.game)
     print(f"Playing {game} with {player.label}" + (f", recording {args.video}" if args.video else ""), flush=True)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import _cli  # noqa: F401
-from _cli import ArgumentParser, main_guard, positive_int, seed, steps
+from _cli import ArgumentParser, add_threads_flag, main_guard, positive_int, seed, steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              "'random-init (reference)' and never chosen as best: the proxy is only informative if the experts "
              "beat a random encoder (random features already predict some of the return).",
     )
+    add_threads_flag(parser)
     parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
     args = parser.parse_args(argv)
     if args.json is not None and Path(args.json).is_dir():  # found out before the ranking's work, not after
@@ -56,8 +57,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from envs import display_name, resolve_game
     from hubrl.hub import resolve_hub
+    from hubrl.runtime import configure_threads
     from hubrl.selection import Ranking, collect_target_data, random_baseline, rank_experts
 
+    configure_threads(args.threads)
     start = time.perf_counter()
     game = resolve_game(args.env)
     hub = resolve_hub(args.hub, args.sources)
