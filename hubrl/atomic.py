@@ -42,10 +42,7 @@ def atomic_write(
             _keep(path, Path(keep_previous))
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
     return path
 
@@ -62,11 +59,16 @@ def _keep(path: Path, previous: Path) -> None:
             shutil.copyfile(path, tmp)
         os.replace(tmp, previous)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str) -> None:
+    """Remove a temporary file of a write that failed (it may already be gone)."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def _umask() -> int:
