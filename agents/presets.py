@@ -84,9 +84,11 @@ def _known_keys(algo: str | None) -> set[str]:
     """Hyperparameters ``algo`` takes (all algorithms' when None): its SB3 constructor's and ``n_envs``."""
     import inspect
 
-    from agents import AGENT_CLASSES
+    from agents.a2c import HubA2C  # the agent modules, not the package: agents/__init__.py imports this one
+    from agents.ppo import HubPPO
 
-    classes = [AGENT_CLASSES[algo]] if algo in AGENT_CLASSES else list(AGENT_CLASSES.values())
+    agents = {"ppo": HubPPO, "a2c": HubA2C}  # agents.AGENT_CLASSES
+    classes = [agents[algo]] if algo in agents else list(agents.values())
     keys = {"n_envs"}
     for cls in classes:
         keys |= set(inspect.signature(cls.__init__).parameters) - _RUN_ARGUMENTS
