@@ -24,7 +24,7 @@ hub-pathway   noisy top-k routing through the experts (``hubrl.pathway``), explo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -33,13 +33,33 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
 from hubrl.callbacks import GateUsageCallback
 from hubrl.hub import Expert, Hub, HubError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hubrl.transfer import TransferConfig
-
-__all__ = ["METHODS", "HUB_METHODS", "MethodPlan", "plan_method", "load_encoder", "method_label"]
+__all__ = ["METHODS", "HUB_METHODS", "MethodSettings", "MethodPlan", "plan_method", "load_encoder", "method_label"]
 
 METHODS = ("hub-pathway", "scratch", "finetune", "zoo-tuning", "select")
 HUB_METHODS = ("hub-pathway", "finetune", "zoo-tuning", "select")
+
+
+class MethodSettings(Protocol):
+    """The run settings a method reads (:class:`hubrl.transfer.TransferConfig` has them all).
+
+    Declared here rather than imported from :mod:`hubrl.transfer`, which builds on this module:
+    a method depends on these fields, not on the harness that runs it.
+    """
+
+    method: str
+    source: str | None
+    lite: bool
+    select_frames: int
+    seed: int
+    top_k: int
+    noise: str | float
+    noise_floor: float
+    k1_weight: str
+    aggregation: str
+    exploration_loss: str
+    exploration_coef: float
+    exploitation_coef: float
+    freeze_experts: bool
 
 
 @dataclass
@@ -64,7 +84,7 @@ class MethodPlan:
     finalize: Callable[[BaseAlgorithm, Callable[[type[BasePolicy]], BaseAlgorithm]], BaseAlgorithm] | None = None
 
 
-def method_label(cfg: "TransferConfig") -> str:
+def method_label(cfg: MethodSettings) -> str:
     """Name of a run's method in folder names and TensorBoard run names (``finetune-seaquest-ppo``)."""
     if cfg.method == "finetune" and cfg.source:
         return f"finetune-{cfg.source}"
@@ -78,7 +98,7 @@ def load_encoder(policy: BasePolicy, expert: Expert) -> None:
     policy.features_extractor.load_state_dict(expert.encoder_tensors(policy.device))
 
 
-def _scratch(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def _scratch(cfg: MethodSettings, hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     return MethodPlan(ActorCriticCnnPolicy)
 
 
@@ -87,7 +107,7 @@ def _finetune_plan(expert: Expert, notes: dict[str, Any]) -> MethodPlan:
                       notes={"source": expert.name, **notes})
 
 
-def _finetune(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def _finetune(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     if cfg.source is None:
         if len(hub) == 1:
             return _finetune_plan(hub.experts[0], {})
@@ -95,7 +115,7 @@ def _finetune(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, An
     return _finetune_plan(hub.get(cfg.source), {})
 
 
-def _select(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def _select(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     if previous and previous.get("source"):  # resuming: keep the expert chosen when the run started
         return _finetune_plan(hub.get(previous["source"]), {k: v for k, v in previous.items() if k != "source"})
     if len(hub) == 1:
@@ -109,7 +129,7 @@ def _select(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any]
     return _finetune_plan(hub.get(rankings[0].name), {"ranking": table, "proxy_frames": cfg.select_frames})
 
 
-def _zoo_tuning(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     from hubrl.zoo_tuning import ZooTuningPolicy, load_zoo_weights, merge_lite
 
     def finalize(model: BaseAlgorithm, make_agent: Callable[[type[BasePolicy]], BaseAlgorithm]) -> BaseAlgorithm:
@@ -133,7 +153,7 @@ def _zoo_tuning(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, 
     )
 
 
-def _hub_pathway(cfg: "TransferConfig", hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     from hubrl.policies import HubPathwayPolicy, load_hub_weights
 
     if cfg.top_k > len(hub):
@@ -159,7 +179,7 @@ _BUILDERS: dict[str, Callable[..., MethodPlan]] = {
 }
 
 
-def plan_method(cfg: "TransferConfig", hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
+def plan_method(cfg: MethodSettings, hub: Hub | None, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     """The :class:`MethodPlan` of ``cfg.method`` (``hub`` is ``None`` only for scratch).
 
     :param previous: the ``method`` notes of the run being resumed, so that choices made when it
