@@ -3,7 +3,9 @@
 Each trial is one :func:`hubrl.transfer.run_transfer` call in its own folder
 ``<root>/<Game>/<method>/s<seed>/`` (the usual run folder: ``model.zip``, ``config.yaml``,
 ``checkpoint.pt``, ``evaluations.json``, ``tb/``) plus ``status.json``, the record of its last
-attempt. Rerunning the same command continues the grid where it stopped:
+attempt (the layout and its readers are :mod:`hubrl.grid`, shared with the report). Rerunning the
+same command continues the grid where it stopped, by the state of each trial folder
+(:func:`hubrl.grid.trial_state`):
 
 * **finished** (``evaluations.json`` whose last point reached the budget, and ``model.zip`` or a
   ``status.json`` recording the completed run): skipped. A grid archived without its weights
@@ -50,7 +52,8 @@ fine-tuning from each source), unless a ``source`` setting names one.
 
 The trial function is a plain top-level function taking a plain ``dict`` (the *spec*), so that both
 pools can pickle it by reference; :func:`run_trial` is the real one and tests inject fakes.
-This module imports only the standard library at import time: torch loads inside the trials.
+This module imports only the standard library and numpy (:mod:`hubrl.grid`) at import time: torch
+loads inside the trials.
 """
 
 from __future__ import annotations
@@ -71,10 +74,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from hubrl.atomic import atomic_write
 from hubrl.errors import GridError
+from hubrl.grid import count_parameters, read_status, refusal_reason, trial_folder, trial_state
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 
@@ -82,20 +86,11 @@ __all__ = [
     "GridError",
     "TrialSpec",
     "GridSummary",
-    "TRIAL_STATES",
-    "trial_folder",
-    "trial_state",
-    "refusal_reason",
-    "read_evaluations",
-    "read_json_object",
     "make_specs",
     "parse_method",
     "run_trial",
     "execute_trial",
     "run_grid",
-    "iter_trial_folders",
-    "machine_info",
-    "git_commit",
 ]
 
 TrialSpec = dict[str, Any]
@@ -104,65 +99,7 @@ TrialFn = Callable[[TrialSpec], dict[str, Any]]
 #: Files a hubrl run leaves in its folder; only these are cleared before a fresh attempt.
 _RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb",
                             "checkpoint.prev.pt", "learning_curve.png"})
-TRIAL_STATES = ("finished", "paused", "resume", "refused", "fresh")
 _TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
-
-
-# ----------------------------------------------------------------------------- folder state
-
-
-def trial_folder(root: str | Path, game: str, method: str, seed: int) -> Path:
-    """``<root>/<Game>/<method>/s<seed>`` (``game`` as given: pass the display name, e.g. ``Alien``)."""
-    return Path(root) / game / method / f"s{int(seed)}"
-
-
-def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
-    """Points of ``<folder>/evaluations.json`` (``[]`` when it is missing or unreadable)."""
-    try:
-        data = json.loads((Path(folder) / "evaluations.json").read_text())
-    except (OSError, ValueError):
-        return []
-    points = data.get("points") if isinstance(data, dict) else None
-    return points if isinstance(points, list) else []
-
-
-def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
-    """``finished``, ``paused``, ``resume``, ``refused`` or ``fresh`` (see the module docstring)."""
-    folder = Path(folder)
-    points = read_evaluations(folder)
-    status = read_json_object(folder / "status.json") or {}
-    if points and int(points[-1].get("step", -1)) >= budget:
-        recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
-        if (folder / "model.zip").is_file() or recorded:
-            return "finished"
-    if refusal_reason(folder, budget) is not None:
-        return "refused"
-    if (folder / "checkpoint.pt").is_file():
-        reached = int(status.get("num_timesteps") or 0)
-        if pause_at is not None and status.get("status") == "paused" and reached >= pause_at:
-            return "paused"
-        return "resume"
-    return "fresh"
-
-
-def refusal_reason(folder: str | Path, budget: int) -> str | None:
-    """Why the trial in ``folder`` must not be trained to ``budget`` (None: it may).
-
-    A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
-    continues only to that budget; and a finished or paused trial is never restarted from scratch,
-    which would delete its recorded results.
-    """
-    folder = Path(folder)
-    status = read_json_object(folder / "status.json") or {}
-    done = status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
-    started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
-    if started_with is not None and int(started_with) != int(budget) and (done or (folder / "checkpoint.pt").is_file()):
-        return (f"it was started with a {int(started_with):,}-step budget (its schedules run over that), not {int(budget):,}: "
-                f"rerun with --budget {int(started_with)}, or use another --root for the new budget")
-    if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
-        return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
-                "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
-    return None
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -171,15 +108,6 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
 def _write_json(path: Path, data: Any) -> None:
     """Atomic JSON write: a killed process never leaves a torn file."""
     atomic_write(path, lambda handle: json.dump(data, handle, indent=1, default=str), mode="w")
-
-
-def read_json_object(path: str | Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _now() -> str:
@@ -278,7 +206,6 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     from stable_baselines3.common.utils import get_device
 
     from hubrl.checkpoint import load_resume_checkpoint
-    from hubrl.report import count_parameters
     from hubrl.transfer import TransferConfig, run_transfer
 
     folder = Path(spec["folder"])
@@ -597,7 +524,7 @@ def run_grid(
             record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
                            error=refusal_reason(spec["folder"], budget)))
             continue
-        previous = read_json_object(Path(spec["folder"]) / "status.json")
+        previous = read_status(spec["folder"])
         if previous:
             keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
             spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]
@@ -720,8 +647,3 @@ def _run_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float
     finally:
         if started_here:
             ray.shutdown()
-
-
-def iter_trial_folders(root: str | Path) -> Iterable[Path]:
-    """Every ``<root>/<Game>/<method>/s<seed>`` folder (whatever its state)."""
-    yield from sorted(p for p in Path(root).glob("*/*/s*") if p.is_dir() and p.name[1:].isdigit())

@@ -51,44 +51,40 @@ from __future__ import annotations
 import csv
 import math
 import platform
-import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from hubrl.errors import UsageError
-from hubrl.stats import (  # also importable from here, as before hubrl.stats existed
+from hubrl.grid import (
+    TrialResult,
+    iter_trial_folders,
+    load_trials,
+    read_grid,
+    read_json_object,
+    read_status,
+    read_yaml_object,
+    tensorboard_scalars,
+    tensorboard_series,
+)
+from hubrl.stats import (
     MIN_SEEDS_FOR_VERDICT,
     bootstrap_curve_band,
     difference_ci,
     iqm,
-    learning_curve_auc,
     probability_of_improvement,
     stratified_bootstrap_ci,
-    trim_mean,
 )
 from hubrl.stats import mean as _mean
 from hubrl.stats import probability_of_improvement_ci as _poi_ci
 from hubrl.stats import verdict as _verdict
 
 __all__ = [
-    "TrialResult",
-    "trim_mean",
-    "iqm",
-    "stratified_bootstrap_ci",
-    "bootstrap_curve_band",
-    "learning_curve_auc",
-    "final_score",
-    "count_parameters",
-    "load_trials",
     "score_table",
     "compute_table",
     "aggregate_table",
-    "probability_of_improvement",
-    "difference_ci",
     "head_to_head",
     "plot_curves",
     "plot_aggregate",
@@ -97,255 +93,6 @@ __all__ = [
     "NothingToPlot",
     "write_report",
 ]
-
-def final_score(point: dict[str, Any]) -> float:
-    """Mean raw score of one evaluation point (its ``scores`` when recorded, else its ``mean``)."""
-    scores = point.get("scores")
-    return float(np.mean(scores)) if scores else float(point["mean"])
-
-
-def count_parameters(model_zip: str | Path) -> int | None:
-    """Parameters of the policy in an SB3 ``model.zip``: tensor elements of ``policy.pth``
-    (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
-    extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
-
-    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it
-    (:func:`hubrl.hub.read_policy_state`, ``weights_only=True``): the zip's ``data`` entry (which can
-    hold pickled code) is never touched. An unreadable or hostile file gives None.
-    """
-    import torch as th
-
-    from hubrl.hub import read_policy_state
-
-    try:
-        with zipfile.ZipFile(model_zip) as archive:
-            state = read_policy_state(archive, model_zip)
-    except (OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):  # HubError is a ValueError
-        return None
-    if not isinstance(state, dict):
-        return None
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    total = 0
-    for tensor in state.values():
-        if not isinstance(tensor, th.Tensor):
-            continue
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel()
-    return int(total)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-@dataclass
-class TrialResult:
-    """One trial folder of a grid, read back."""
-
-    game: str
-    method: str
-    seed: int
-    folder: Path
-    steps: np.ndarray
-    means: np.ndarray
-    budget: int | None
-    final: float | None = None
-    hns: float | None = None
-    auc: float | None = None
-    status: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        """Reached the budget (any trial with evaluations counts when the budget is unknown)."""
-        return bool(self.steps.size) and (self.budget is None or self.steps[-1] >= self.budget)
-
-    @property
-    def attempts(self) -> list[dict[str, Any]]:
-        return [*self.status.get("history", []), self.status] if self.status else []
-
-    @property
-    def steps_per_s(self) -> float | None:
-        """Agent steps per wall-clock second over all attempts (env setup and evaluations included)."""
-        steps = sum(a.get("steps") or 0 for a in self.attempts)
-        seconds = sum(a.get("seconds") or 0 for a in self.attempts if a.get("steps"))
-        return steps / seconds if steps and seconds else None
-
-    @property
-    def params(self) -> int | None:
-        """Parameters of the saved policy: counted in ``model.zip``, else as the trial recorded them
-        (a grid archived without its weights)."""
-        if (self.folder / "model.zip").is_file():
-            return count_parameters(self.folder / "model.zip")
-        recorded = [a["params"] for a in self.attempts if a.get("params")]
-        return int(recorded[-1]) if recorded else None
-
-    @property
-    def inference_steps_per_s(self) -> float | None:
-        """Inference speed of the saved policy, as measured by the attempt that finished the trial."""
-        rates = [a["inference_steps_per_s"] for a in self.attempts if a.get("inference_steps_per_s")]
-        return float(rates[-1]) if rates else None
-
-    @property
-    def peak_rss_mb(self) -> float | None:
-        peaks = [a["peak_rss_mb"] for a in self.attempts if a.get("peak_rss_mb") and a.get("status") != "skipped"]
-        return max(peaks) if peaks else None
-
-    @property
-    def rollout_score(self) -> float | None:
-        """Mean raw score of the last (up to 100) training games when the trial last stopped, as the
-        trial recorded it, else the last ``rollout/ep_rew_mean`` of its TensorBoard logs (if kept)."""
-        recorded = [a["rollout_score"] for a in self.attempts if a.get("rollout_score") is not None]
-        if recorded:
-            return float(recorded[-1])
-        if (self.folder / "tb").is_dir():
-            _, values = _tensorboard_scalars(self.folder / "tb", "rollout/ep_rew_mean")
-            return float(values[-1]) if values.size else None
-        return None
-
-
-def _hns(game: str, score: float) -> float | None:
-    from envs.games import human_normalized_score
-
-    try:
-        return float(human_normalized_score(game, score))
-    except KeyError:
-        return None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    from hubrl.benchmark import read_json_object
-
-    return read_json_object(path) or {}
-
-
-class TrialUnreadable(ValueError):
-    """A trial folder whose records cannot be read (corrupt, foreign or hostile files)."""
-
-
-def _number_or_none(value: Any, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
-        raise TrialUnreadable(f"{what} is {value!r}, not a number")
-
-
-def _check_points(points: list[Any]) -> None:
-    """Refuse evaluation points that are not what a hubrl run writes (objects with a numeric step
-    and a numeric mean or a list of numeric scores)."""
-    for point in points:
-        if not isinstance(point, dict):
-            raise TrialUnreadable(f"evaluations.json holds {type(point).__name__} points, not objects")
-        if point.get("step") is None:
-            raise TrialUnreadable("evaluations.json: a point has no step")
-        _number_or_none(point["step"], "evaluations.json: a point's step")
-        scores = point.get("scores")
-        if scores is not None and (not isinstance(scores, list)
-                                   or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
-            raise TrialUnreadable("evaluations.json: a point's scores are not a list of numbers")
-        if not scores:
-            _number_or_none(point.get("mean"), "evaluations.json: a point's mean")
-
-
-def _check_trial(trial: TrialResult) -> None:
-    """Refuse a trial whose records are not what a hubrl run writes, before any table reads them.
-
-    Each attempt's counters in ``status.json`` are checked, the figures computed from them are
-    computed once here, and a ``model.zip`` must be readable as weights: a damaged or hostile
-    trial is then listed as skipped instead of failing the report.
-    """
-    history = trial.status.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
-        raise TrialUnreadable("status.json: history is not a list of attempts")
-    for attempt in trial.attempts:
-        for key in ("steps", "seconds", "peak_rss_mb", "params", "inference_steps_per_s"):
-            _number_or_none(attempt.get(key), f"status.json: {key}")
-        if attempt.get("system") is not None and not isinstance(attempt["system"], dict):
-            raise TrialUnreadable("status.json: system is not an object")
-    if not np.all(np.isfinite(trial.means)):
-        raise TrialUnreadable("evaluations.json: scores are not finite")
-    trial.steps_per_s, trial.peak_rss_mb, trial.inference_steps_per_s  # noqa: B018  (computed once: any error shows here)
-    if (trial.folder / "model.zip").is_file() and count_parameters(trial.folder / "model.zip") is None:
-        raise TrialUnreadable("model.zip is not a readable SB3 policy (damaged, foreign or hostile)")
-
-
-def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None,
-                skipped: dict[str, str] | None = None) -> list[TrialResult]:
-    """Every trial folder under ``root`` that has at least one evaluation point.
-
-    Game and seed come from ``config.yaml`` (the folder names otherwise); the method is the grid's
-    label, i.e. the folder name (``hub-pathway-heads`` for ``hub-pathway:aggregation=heads``); the budget from
-    ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
-
-    ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
-    dropped and a trial counts as finished once it was evaluated at ``stage`` (a grid trained with a
-    1M budget and ``--pause-at 250k`` reports its 250k stage this way, from the same runs).
-
-    A trial whose files cannot be read (:func:`_check_trial`) is left out; ``skipped``, when
-    given, receives its folder (relative to ``root``) and the reason.
-    """
-    from hubrl.benchmark import iter_trial_folders
-
-    root = Path(root)
-    if budget is None:
-        budget = _read_json(root / "grid.json").get("budget")
-    if stage is not None:
-        budget = int(stage)
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
-        budget = None  # a damaged grid.json: each trial's own budget
-    trials = []
-    for folder in iter_trial_folders(root):
-        try:
-            trials.append(_load_trial(folder, budget, stage))
-        except (TrialUnreadable, TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-            if skipped is not None:
-                skipped[str(folder.relative_to(root))] = (
-                    str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})")
-    return trials
-
-
-def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:
-    """One trial folder read back (its points up to ``stage``); :class:`TrialUnreadable` (or a
-    type error) when its records are damaged."""
-    from envs.games import display_name
-    from hubrl.benchmark import read_evaluations
-
-    points = read_evaluations(folder)
-    _check_points(points)
-    points = sorted(points, key=lambda p: p["step"])
-    if stage is not None:
-        points = [p for p in points if p["step"] <= stage]
-    run = _read_yaml(folder / "config.yaml").get("run", {})
-    if not isinstance(run, dict):
-        raise TrialUnreadable("config.yaml: run is not a mapping")
-    _number_or_none(run.get("timesteps"), "config.yaml: timesteps")
-    game = folder.parent.parent.name
-    if run.get("env"):
-        try:
-            game = display_name(run["env"])
-        except (ValueError, TypeError):
-            pass
-    trial = TrialResult(
-        game=game, method=folder.parent.name, seed=int(run.get("seed", folder.name[1:])),
-        folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
-        means=np.array([final_score(p) for p in points], dtype=np.float64),
-        budget=budget if budget is not None else run.get("timesteps"), status=_read_json(folder / "status.json"),
-    )
-    _check_trial(trial)
-    if points:
-        trial.final = float(trial.means[-1])
-        trial.hns = _hns(game, trial.final)
-        trial.auc = learning_curve_auc(trial.steps, trial.means)
-    return trial
-
 
 # ----------------------------------------------------------------------------- tables
 
@@ -721,37 +468,10 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
 def _expert_eval_points(train_dir: Path) -> list[dict[str, Any]]:
     """Evaluation points of a pretraining run: ``evaluations.json``, else the checkpoint's copy."""
     if (train_dir / "evaluations.json").is_file():
-        return list(_read_json(train_dir / "evaluations.json").get("points", []))
+        return list((read_json_object(train_dir / "evaluations.json") or {}).get("points", []))
     from hubrl.checkpoint import load_training_checkpoint
 
     return list(load_training_checkpoint(train_dir / "checkpoint.pt").get("extra", {}).get("eval_history", []))
-
-
-def _tensorboard_series(folders: Sequence[Path], keep: Callable[[str], bool]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag that ``keep`` accepts, from the event files under ``folders``, by step.
-
-    Files are read in name order (SB3 numbers a run's sessions ``_1``, ``_2``, ...), so where a
-    resumed session logs a step again its value wins over the interrupted session's.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points: dict[str, dict[int, float]] = {}
-    for events in sorted(e for folder in folders for e in Path(folder).rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if keep(tag):
-                points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
-    series = {}
-    for tag, by_step in sorted(points.items()):
-        steps = np.array(sorted(by_step), dtype=np.int64)
-        series[tag] = (steps, np.array([by_step[k] for k in steps], dtype=np.float64))
-    return series
-
-
-def _tensorboard_scalars(folder: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """All ``tag`` points of the TensorBoard event files under ``folder`` (several runs = resumes), by step."""
-    return _tensorboard_series([folder], lambda t: t == tag).get(tag, (np.array([], dtype=np.int64), np.array([])))
 
 
 def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None) -> Path:
@@ -768,7 +488,7 @@ def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None)
         raise UsageError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
-    steps, values = (_tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
+    steps, values = (tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
                      else (np.array([]), np.array([])))
     if steps.size:
         ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
@@ -845,10 +565,10 @@ def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Pa
     folder = Path(run_folder)
     if not (folder / "config.yaml").is_file():
         raise UsageError(f"{folder} is not a transfer run folder (no config.yaml): give the --out of a run.")
-    config = _read_yaml(folder / "config.yaml")
+    config = read_yaml_object(folder / "config.yaml") or {}
     has_history = (folder / "evaluations.json").is_file() or (folder / "checkpoint.pt").is_file()
     evals = _expert_eval_points(folder) if has_history else []
-    tensorboard = _tensorboard_series(_run_tensorboard_dirs(folder, config.get("run", {})),
+    tensorboard = tensorboard_series(_run_tensorboard_dirs(folder, config.get("run", {})),
                                       lambda t: t == "rollout/ep_rew_mean" or _is_gate_tag(t))
     rollout = tensorboard.get("rollout/ep_rew_mean")
     series = _run_gate_series(folder, tensorboard)
@@ -973,7 +693,7 @@ def write_report(
     ``<root>/report/at-<stage>`` for a stage); return ``report.md``.
 
     ``focus`` is the method the head-to-head section compares with every other one; ``stage``
-    reports the grid as it stood at that many agent steps (see :func:`load_trials`).
+    reports the grid as it stood at that many agent steps (see :func:`hubrl.grid.load_trials`).
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
@@ -987,7 +707,7 @@ def write_report(
     if not any(t.steps.size for t in trials):
         raise FileNotFoundError(f"No trial with evaluations under {root} "
                                 "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
-    grid = _read_json(root / "grid.json")
+    grid = read_grid(root)
     out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1022,8 +742,6 @@ def write_report(
     if routing:
         _write_csv(out / "routing.csv", routing, list(dict.fromkeys(k for r in routing for k in r)))
 
-    from hubrl.benchmark import iter_trial_folders
-
     left_out: dict[str, list[str]] = {}  # trial folder -> why it is not in the tables
     for t in trials:
         if not t.finished:
@@ -1032,7 +750,7 @@ def write_report(
     for name, why in skipped.items():
         left_out[name] = [f"skipped: {why}"]
     for folder in iter_trial_folders(root):
-        status = _read_json(folder / "status.json")
+        status = read_status(folder)
         name = str(folder.relative_to(root))
         if name in skipped:
             continue

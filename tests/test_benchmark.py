@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hubrl.benchmark import GridError, run_grid, trial_folder, trial_state
+from hubrl.benchmark import GridError, run_grid
+from hubrl.grid import trial_folder, trial_state
 
 
 def _root_of(spec: dict) -> Path:

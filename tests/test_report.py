@@ -14,18 +14,9 @@ import numpy as np
 import pytest
 
 from envs.games import REFERENCE_SCORES, human_normalized_score
-from hubrl.report import (
-    count_parameters,
-    difference_ci,
-    head_to_head,
-    iqm,
-    learning_curve_auc,
-    load_trials,
-    probability_of_improvement,
-    stratified_bootstrap_ci,
-    trim_mean,
-    write_report,
-)
+from hubrl.grid import count_parameters, load_trials
+from hubrl.report import head_to_head, write_report
+from hubrl.stats import difference_ci, iqm, learning_curve_auc, probability_of_improvement, stratified_bootstrap_ci, trim_mean
 
 # ----------------------------------------------------------------------------- statistics
 

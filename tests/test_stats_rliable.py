@@ -23,7 +23,8 @@ import pytest
 rliable_library = pytest.importorskip("rliable.library", reason="rliable is in the [dev] extra")
 from rliable import metrics  # noqa: E402
 
-from hubrl.report import aggregate_table, head_to_head, load_trials  # noqa: E402
+from hubrl.grid import load_trials  # noqa: E402
+from hubrl.report import aggregate_table, head_to_head  # noqa: E402
 from hubrl.stats import iqm, probability_of_improvement  # noqa: E402
 
 GRID = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer-100k"

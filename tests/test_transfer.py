@@ -240,7 +240,8 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
     statistics only, and gates.jsonl over TensorBoard where the run wrote one."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from hubrl.report import _is_gate_tag, _run_gate_series, _run_tensorboard_dirs, _tensorboard_series
+    from hubrl.grid import tensorboard_series
+    from hubrl.report import _is_gate_tag, _run_gate_series, _run_tensorboard_dirs
 
     folder = tmp_path / "run"
     for session, steps in (("Gopher-hub-pathway_1", (10, 20)), ("Gopher-hub-pathway_2", (20, 30))):
@@ -252,8 +253,8 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
             writer.add_scalar("pathway/logit_mean/seaquest-ppo", 3.0, step)
             writer.add_scalar("train/loss", 1.0, step)
         writer.close()
-    series = _tensorboard_series(_run_tensorboard_dirs(folder, {"env": "Gopher", "method": "hub-pathway"}),
-                                 lambda t: t == "rollout/ep_rew_mean" or _is_gate_tag(t))
+    series = tensorboard_series(_run_tensorboard_dirs(folder, {"env": "Gopher", "method": "hub-pathway"}),
+                                lambda t: t == "rollout/ep_rew_mean" or _is_gate_tag(t))
     assert set(series) == {"rollout/ep_rew_mean", "pathway/selection_freq/seaquest-ppo"}
     steps, values = series["rollout/ep_rew_mean"]
     assert steps.tolist() == [10, 20, 30] and values.tolist() == [30, 40, 50]  # step 20: the resumed session's value

@@ -1,0 +1,416 @@
+"""Layout of a benchmark grid and the readers of its records: what the runner and the report share.
+
+A grid folder ``<root>/`` made by :mod:`hubrl.benchmark` holds:
+
+* ``grid.json``: the grid as last launched (games, methods, seeds, budget, settings), the commit
+  and the machine (:func:`read_grid`);
+* ``trials.jsonl``: the runner's journal, one JSON line per trial and attempt;
+* ``<Game>/<method>/s<seed>/`` (:func:`trial_folder`, :func:`iter_trial_folders`): one trial, a
+  transfer run folder (``config.yaml``, ``evaluations.json``, ``gates.jsonl``, ``model.zip``,
+  ``checkpoint.pt``, ``tb/``) plus ``status.json``, the record of its last attempt, with the
+  earlier ones under ``history`` (:func:`read_status`).
+
+The runner asks :func:`trial_state` what to do with a trial folder; the report reads each trial
+back as a :class:`TrialResult` (:func:`load_trials`). Both read the same files through the same
+functions here, so they agree on what a trial is, and neither imports the other.
+
+Every reader is defensive: a grid can be damaged (a killed process, a partial copy), foreign or
+hostile. A missing or unreadable file reads as empty; a trial whose records are not what a hubrl
+run writes is refused with :class:`TrialUnreadable`; a ``model.zip`` is only ever read as
+weights (:func:`count_parameters`), never unpickled. This module imports the standard library and
+numpy at import time; torch, PyYAML, TensorBoard and the game registry load where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from hubrl.stats import learning_curve_auc
+
+__all__ = [
+    "trial_folder",
+    "iter_trial_folders",
+    "read_json_object",
+    "read_yaml_object",
+    "read_grid",
+    "read_status",
+    "read_evaluations",
+    "trial_state",
+    "refusal_reason",
+    "count_parameters",
+    "tensorboard_series",
+    "tensorboard_scalars",
+    "final_score",
+    "TrialResult",
+    "TrialUnreadable",
+    "load_trials",
+]
+
+
+# ----------------------------------------------------------------------------- layout and files
+
+
+def trial_folder(root: str | Path, game: str, method: str, seed: int) -> Path:
+    """``<root>/<Game>/<method>/s<seed>`` (``game`` as given: pass the display name, e.g. ``Alien``)."""
+    return Path(root) / game / method / f"s{int(seed)}"
+
+
+def iter_trial_folders(root: str | Path) -> Iterable[Path]:
+    """Every ``<root>/<Game>/<method>/s<seed>`` folder (whatever its state)."""
+    yield from sorted(p for p in Path(root).glob("*/*/s*") if p.is_dir() and p.name[1:].isdigit())
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_yaml_object(path: str | Path) -> dict[str, Any] | None:
+    """The YAML mapping in ``path`` (``yaml.safe_load``), or None when it is missing, unreadable or not a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_grid(root: str | Path) -> dict[str, Any]:
+    """``<root>/grid.json`` (``{}`` when it is missing or damaged)."""
+    return read_json_object(Path(root) / "grid.json") or {}
+
+
+def read_status(folder: str | Path) -> dict[str, Any]:
+    """A trial's ``status.json``: its last attempt's record (``{}`` when it has none or it is damaged)."""
+    return read_json_object(Path(folder) / "status.json") or {}
+
+
+def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
+    """Points of ``<folder>/evaluations.json`` (``[]`` when it is missing or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / "evaluations.json").read_text())
+    except (OSError, ValueError):
+        return []
+    points = data.get("points") if isinstance(data, dict) else None
+    return points if isinstance(points, list) else []
+
+
+# ----------------------------------------------------------------------------- state of a trial folder
+
+
+def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
+    """What a trial folder's records say about training it to ``budget`` (pausing at ``pause_at``):
+
+    * ``finished``: its last evaluation reached the budget, and it has a ``model.zip`` or a
+      ``status.json`` recording the completed run (a grid archived without its weights stays done);
+    * ``paused``: its ``status.json`` records a pause at or past ``pause_at``, and it has a ``checkpoint.pt``;
+    * ``resume``: it has a ``checkpoint.pt``;
+    * ``refused``: it must not be trained to ``budget`` (:func:`refusal_reason` says why);
+    * ``fresh``: none of these (nothing, or the leftovers of an attempt that died before its first checkpoint).
+    """
+    folder = Path(folder)
+    points = read_evaluations(folder)
+    status = read_status(folder)
+    if points and int(points[-1].get("step", -1)) >= budget:
+        recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
+        if (folder / "model.zip").is_file() or recorded:
+            return "finished"
+    if refusal_reason(folder, budget) is not None:
+        return "refused"
+    if (folder / "checkpoint.pt").is_file():
+        reached = int(status.get("num_timesteps") or 0)
+        if pause_at is not None and status.get("status") == "paused" and reached >= pause_at:
+            return "paused"
+        return "resume"
+    return "fresh"
+
+
+def refusal_reason(folder: str | Path, budget: int) -> str | None:
+    """Why the trial in ``folder`` must not be trained to ``budget`` (None: it may).
+
+    A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
+    continues only to that budget; and a finished or paused trial is never restarted from scratch,
+    which would delete its recorded results.
+    """
+    folder = Path(folder)
+    status = read_status(folder)
+    done = status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
+    started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
+    if started_with is not None and int(started_with) != int(budget) and (done or (folder / "checkpoint.pt").is_file()):
+        return (f"it was started with a {int(started_with):,}-step budget (its schedules run over that), not {int(budget):,}: "
+                f"rerun with --budget {int(started_with)}, or use another --root for the new budget")
+    if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
+        return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
+                "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
+    return None
+
+
+# ----------------------------------------------------------------------------- weights and logs
+
+
+def count_parameters(model_zip: str | Path) -> int | None:
+    """Parameters of the policy in an SB3 ``model.zip``: tensor elements of ``policy.pth``
+    (trainable and frozen alike), each storage counted once — SB3 >= 1.7 lists a shared features
+    extractor three times (``features_extractor``, ``pi_``/``vf_features_extractor``).
+
+    Only that member is read, at most :data:`hubrl.hub.MAX_MEMBER_BYTES` of it
+    (:func:`hubrl.hub.read_policy_state`, ``weights_only=True``): the zip's ``data`` entry (which can
+    hold pickled code) is never touched. An unreadable or hostile file gives None.
+    """
+    import torch as th
+
+    from hubrl.hub import read_policy_state
+
+    try:
+        with zipfile.ZipFile(model_zip) as archive:
+            state = read_policy_state(archive, model_zip)
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):  # HubError is a ValueError
+        return None
+    if not isinstance(state, dict):
+        return None
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    total = 0
+    for tensor in state.values():
+        if not isinstance(tensor, th.Tensor):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
+    return int(total)
+
+
+def tensorboard_series(folders: Sequence[Path], keep: Callable[[str], bool]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar tag that ``keep`` accepts, from the event files under ``folders``, by step.
+
+    Files are read in name order (SB3 numbers a run's sessions ``_1``, ``_2``, ...), so where a
+    resumed session logs a step again its value wins over the interrupted session's.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[str, dict[int, float]] = {}
+    for events in sorted(e for folder in folders for e in Path(folder).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if keep(tag):
+                points.setdefault(tag, {}).update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+    series = {}
+    for tag, by_step in sorted(points.items()):
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        series[tag] = (steps, np.array([by_step[k] for k in steps], dtype=np.float64))
+    return series
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ``tag`` points of the TensorBoard event files under ``folder`` (several runs = resumes), by step."""
+    return tensorboard_series([folder], lambda t: t == tag).get(tag, (np.array([], dtype=np.int64), np.array([])))
+
+
+# ----------------------------------------------------------------------------- trials read back
+
+
+def final_score(point: dict[str, Any]) -> float:
+    """Mean raw score of one evaluation point (its ``scores`` when recorded, else its ``mean``)."""
+    scores = point.get("scores")
+    return float(np.mean(scores)) if scores else float(point["mean"])
+
+
+@dataclass
+class TrialResult:
+    """One trial folder of a grid, read back."""
+
+    game: str
+    method: str
+    seed: int
+    folder: Path
+    steps: np.ndarray
+    means: np.ndarray
+    budget: int | None
+    final: float | None = None
+    hns: float | None = None
+    auc: float | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Reached the budget (any trial with evaluations counts when the budget is unknown)."""
+        return bool(self.steps.size) and (self.budget is None or self.steps[-1] >= self.budget)
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        return [*self.status.get("history", []), self.status] if self.status else []
+
+    @property
+    def steps_per_s(self) -> float | None:
+        """Agent steps per wall-clock second over all attempts (env setup and evaluations included)."""
+        steps = sum(a.get("steps") or 0 for a in self.attempts)
+        seconds = sum(a.get("seconds") or 0 for a in self.attempts if a.get("steps"))
+        return steps / seconds if steps and seconds else None
+
+    @property
+    def params(self) -> int | None:
+        """Parameters of the saved policy: counted in ``model.zip``, else as the trial recorded them
+        (a grid archived without its weights)."""
+        if (self.folder / "model.zip").is_file():
+            return count_parameters(self.folder / "model.zip")
+        recorded = [a["params"] for a in self.attempts if a.get("params")]
+        return int(recorded[-1]) if recorded else None
+
+    @property
+    def inference_steps_per_s(self) -> float | None:
+        """Inference speed of the saved policy, as measured by the attempt that finished the trial."""
+        rates = [a["inference_steps_per_s"] for a in self.attempts if a.get("inference_steps_per_s")]
+        return float(rates[-1]) if rates else None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        peaks = [a["peak_rss_mb"] for a in self.attempts if a.get("peak_rss_mb") and a.get("status") != "skipped"]
+        return max(peaks) if peaks else None
+
+    @property
+    def rollout_score(self) -> float | None:
+        """Mean raw score of the last (up to 100) training games when the trial last stopped, as the
+        trial recorded it, else the last ``rollout/ep_rew_mean`` of its TensorBoard logs (if kept)."""
+        recorded = [a["rollout_score"] for a in self.attempts if a.get("rollout_score") is not None]
+        if recorded:
+            return float(recorded[-1])
+        if (self.folder / "tb").is_dir():
+            _, values = tensorboard_scalars(self.folder / "tb", "rollout/ep_rew_mean")
+            return float(values[-1]) if values.size else None
+        return None
+
+
+def _hns(game: str, score: float) -> float | None:
+    from envs.games import human_normalized_score
+
+    try:
+        return float(human_normalized_score(game, score))
+    except KeyError:
+        return None
+
+
+class TrialUnreadable(ValueError):
+    """A trial folder whose records cannot be read (corrupt, foreign or hostile files)."""
+
+
+def _number_or_none(value: Any, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
+        raise TrialUnreadable(f"{what} is {value!r}, not a number")
+
+
+def _check_points(points: list[Any]) -> None:
+    """Refuse evaluation points that are not what a hubrl run writes (objects with a numeric step
+    and a numeric mean or a list of numeric scores)."""
+    for point in points:
+        if not isinstance(point, dict):
+            raise TrialUnreadable(f"evaluations.json holds {type(point).__name__} points, not objects")
+        if point.get("step") is None:
+            raise TrialUnreadable("evaluations.json: a point has no step")
+        _number_or_none(point["step"], "evaluations.json: a point's step")
+        scores = point.get("scores")
+        if scores is not None and (not isinstance(scores, list)
+                                   or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scores)):
+            raise TrialUnreadable("evaluations.json: a point's scores are not a list of numbers")
+        if not scores:
+            _number_or_none(point.get("mean"), "evaluations.json: a point's mean")
+
+
+def _check_trial(trial: TrialResult) -> None:
+    """Refuse a trial whose records are not what a hubrl run writes, before any table reads them.
+
+    Each attempt's counters in ``status.json`` are checked, the figures computed from them are
+    computed once here, and a ``model.zip`` must be readable as weights: a damaged or hostile
+    trial is then listed as skipped instead of failing the report.
+    """
+    history = trial.status.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
+        raise TrialUnreadable("status.json: history is not a list of attempts")
+    for attempt in trial.attempts:
+        for key in ("steps", "seconds", "peak_rss_mb", "params", "inference_steps_per_s"):
+            _number_or_none(attempt.get(key), f"status.json: {key}")
+        if attempt.get("system") is not None and not isinstance(attempt["system"], dict):
+            raise TrialUnreadable("status.json: system is not an object")
+    if not np.all(np.isfinite(trial.means)):
+        raise TrialUnreadable("evaluations.json: scores are not finite")
+    trial.steps_per_s, trial.peak_rss_mb, trial.inference_steps_per_s  # noqa: B018  (computed once: any error shows here)
+    if (trial.folder / "model.zip").is_file() and count_parameters(trial.folder / "model.zip") is None:
+        raise TrialUnreadable("model.zip is not a readable SB3 policy (damaged, foreign or hostile)")
+
+
+def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None,
+                skipped: dict[str, str] | None = None) -> list[TrialResult]:
+    """Every trial folder under ``root`` that has at least one evaluation point.
+
+    Game and seed come from ``config.yaml`` (the folder names otherwise); the method is the grid's
+    label, i.e. the folder name (``hub-pathway-heads`` for ``hub-pathway:aggregation=heads``); the budget from
+    ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
+
+    ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
+    dropped and a trial counts as finished once it was evaluated at ``stage`` (a grid trained with a
+    1M budget and ``--pause-at 250k`` reports its 250k stage this way, from the same runs).
+
+    A trial whose files cannot be read (:func:`_check_trial`) is left out; ``skipped``, when
+    given, receives its folder (relative to ``root``) and the reason.
+    """
+    root = Path(root)
+    if budget is None:
+        budget = read_grid(root).get("budget")
+    if stage is not None:
+        budget = int(stage)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+        budget = None  # a damaged grid.json: each trial's own budget
+    trials = []
+    for folder in iter_trial_folders(root):
+        try:
+            trials.append(_load_trial(folder, budget, stage))
+        except (TrialUnreadable, TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            if skipped is not None:
+                skipped[str(folder.relative_to(root))] = (
+                    str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})")
+    return trials
+
+
+def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:
+    """One trial folder read back (its points up to ``stage``); :class:`TrialUnreadable` (or a
+    type error) when its records are damaged."""
+    from envs.games import display_name
+
+    points = read_evaluations(folder)
+    _check_points(points)
+    points = sorted(points, key=lambda p: p["step"])
+    if stage is not None:
+        points = [p for p in points if p["step"] <= stage]
+    run = (read_yaml_object(folder / "config.yaml") or {}).get("run", {})
+    if not isinstance(run, dict):
+        raise TrialUnreadable("config.yaml: run is not a mapping")
+    _number_or_none(run.get("timesteps"), "config.yaml: timesteps")
+    game = folder.parent.parent.name
+    if run.get("env"):
+        try:
+            game = display_name(run["env"])
+        except (ValueError, TypeError):
+            pass
+    trial = TrialResult(
+        game=game, method=folder.parent.name, seed=int(run.get("seed", folder.name[1:])),
+        folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
+        means=np.array([final_score(p) for p in points], dtype=np.float64),
+        budget=budget if budget is not None else run.get("timesteps"), status=read_status(folder),
+    )
+    _check_trial(trial)
+    if points:
+        trial.final = float(trial.means[-1])
+        trial.hns = _hns(game, trial.final)
+        trial.auc = learning_curve_auc(trial.steps, trial.means)
+    return trial
