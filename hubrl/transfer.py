@@ -247,7 +247,7 @@ def run_transfer(
 
 def _plot(folder: Path, verbose: int) -> None:
     """Redraw ``learning_curve.png``; a plot that fails costs a warning, never the finished run."""
-    from hubrl.report import NothingToPlot, plot_run_curve
+    from hubrl.plots import NothingToPlot, plot_run_curve
 
     try:
         path = plot_run_curve(folder)

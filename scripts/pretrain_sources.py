@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     if args.plot:
         from pathlib import Path
 
+        from hubrl.plots import plot_expert_curve
         from hubrl.pretrain import expert_name
-        from hubrl.report import plot_expert_curve
 
         for game in games:
             print(plot_expert_curve(Path(args.out) / expert_name(game, args.algo)))

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     if args.plot:
         if not args.out:
             parser.error("--plot needs --out RUN_FOLDER")
-        from hubrl.report import plot_run_curve
+        from hubrl.plots import plot_run_curve
 
         print(plot_run_curve(args.out))
         return 0

@@ -62,7 +62,7 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
     assert load_hub(tmp_path / "hub").names == ["seaquest-ppo"]  # a float16 expert loads as float32 encoders
     with pytest.raises(UsageError, match="Nothing to export"):
         export_expert(tmp_path / "hub" / "riverraid-ppo")
-    from hubrl.report import plot_expert_curve
+    from hubrl.plots import plot_expert_curve
 
     png = plot_expert_curve(folder)
     assert png == folder / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

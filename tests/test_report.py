@@ -15,8 +15,9 @@ import pytest
 
 from envs.games import REFERENCE_SCORES, human_normalized_score
 from hubrl.grid import count_parameters, load_trials
-from hubrl.report import head_to_head, write_report
+from hubrl.report import write_report
 from hubrl.stats import difference_ci, iqm, learning_curve_auc, probability_of_improvement, stratified_bootstrap_ci, trim_mean
+from hubrl.tables import head_to_head
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -347,7 +348,7 @@ def test_routing_section_reads_each_trials_gate_history(grid):
               "logit_drift": 0.1, "noise_std": 0.9} for i, share in ((3, 0.97), (4, 0.5), (5, 0.6), (6, 0.02))]
     hostile = ['{"step": 9999, "selection_freq/a": "x"}', '[1, 2]', '{"step": "nan"}', '{torn']
     (folder / "gates.jsonl").write_text("\n".join([json.dumps(r) for r in rows] + hostile))
-    from hubrl.report import routing_table
+    from hubrl.tables import routing_table
 
     (row,) = routing_table(load_trials(grid))
     assert (row["method"], row["seed"], row["rollouts"]) == ("hub-pathway", 0, 4)

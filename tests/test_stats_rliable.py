@@ -24,8 +24,8 @@ rliable_library = pytest.importorskip("rliable.library", reason="rliable is in t
 from rliable import metrics  # noqa: E402
 
 from hubrl.grid import load_trials  # noqa: E402
-from hubrl.report import aggregate_table, head_to_head  # noqa: E402
 from hubrl.stats import iqm, probability_of_improvement  # noqa: E402
+from hubrl.tables import aggregate_table, head_to_head  # noqa: E402
 
 GRID = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer-100k"
 HUBRL_REPS, RLIABLE_REPS, CONFIDENCE, SIGMAS = 50_000, 2_000, 0.95, 4

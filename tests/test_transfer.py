@@ -241,7 +241,7 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     from hubrl.grid import tensorboard_series
-    from hubrl.report import _is_gate_tag, _run_gate_series, _run_tensorboard_dirs
+    from hubrl.plots import _is_gate_tag, _run_gate_series, _run_tensorboard_dirs
 
     folder = tmp_path / "run"
     for session, steps in (("Gopher-hub-pathway_1", (10, 20)), ("Gopher-hub-pathway_2", (20, 30))):
@@ -266,7 +266,7 @@ def test_learning_curve_reads_scores_and_gates_of_every_session(tmp_path):
 
 
 def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
-    from hubrl.report import NothingToPlot, plot_run_curve
+    from hubrl.plots import NothingToPlot, plot_run_curve
     from hubrl.transfer import _plot
 
     (tmp_path / "config.yaml").write_text("run: {env: Alien, method: scratch}\n")

@@ -1,0 +1,398 @@
+"""Tables of a grid's trials, and their CSV and Markdown renderings.
+
+Each table is a list of row dicts computed from :class:`hubrl.grid.TrialResult` objects (the
+statistics are :mod:`hubrl.stats`'), so the same rows go to a CSV file (:func:`write_csv`) and to
+a Markdown table (the ``*_markdown`` functions), which :mod:`hubrl.report` assembles:
+
+* :func:`score_table`: per game and method, the final raw score, HNS and AUC over the seeds that
+  reached the budget (mean ± sample std);
+* :func:`compute_table`: steps/s, peak memory, parameters and inference speed, and their ratios
+  to a baseline method on the same game;
+* :func:`aggregate_table`: per method across games, IQM and mean HNS with stratified-bootstrap CIs;
+* :func:`head_to_head`: one method against each other one, per game and across games;
+* :func:`routing_table`: what each routed trial's gate did over its rollouts;
+* :func:`runs_table`: one row per trial, the raw data of the others.
+
+Missing values are NaN in the rows, empty cells in CSV and ``–`` in Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hubrl.grid import TrialResult
+from hubrl.stats import (
+    MIN_SEEDS_FOR_VERDICT,
+    difference_ci,
+    iqm,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+)
+from hubrl.stats import mean as _mean
+from hubrl.stats import probability_of_improvement_ci as _poi_ci
+from hubrl.stats import verdict as _verdict
+
+__all__ = [
+    "HEAD_TO_HEAD_METRICS",
+    "HEAD_TO_HEAD_COLUMNS",
+    "COLLAPSE_SHARE",
+    "ROUTING_WARMUP",
+    "RUNS_COLUMNS",
+    "score_table",
+    "compute_table",
+    "aggregate_table",
+    "head_to_head",
+    "routing_table",
+    "runs_table",
+    "format_value",
+    "step_label",
+    "write_csv",
+    "score_markdown",
+    "compute_markdown",
+    "aggregate_markdown",
+    "head_to_head_markdown",
+    "routing_markdown",
+]
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _group(trials: Sequence[TrialResult]) -> dict[tuple[str, str], list[TrialResult]]:
+    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        if t.finished:
+            groups.setdefault((t.game, t.method), []).append(t)
+    return groups
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    if vals.size == 0:
+        return math.nan, math.nan
+    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+
+
+def score_table(trials: Sequence[TrialResult]) -> list[dict[str, Any]]:
+    """Rows ``game, method, runs, final_mean, final_std, hns_mean, hns_std, auc_mean, auc_std`` (finished trials)."""
+    rows = []
+    for (game, method), group in _group(trials).items():
+        final = _mean_std([t.final for t in group])
+        hns = _mean_std([t.hns for t in group])
+        auc = _mean_std([t.auc for t in group])
+        rows.append({
+            "game": game, "method": method, "runs": len(group), "seeds": " ".join(str(t.seed) for t in group),
+            "final_mean": final[0], "final_std": final[1], "hns_mean": hns[0], "hns_std": hns[1],
+            "auc_mean": auc[0], "auc_std": auc[1],
+        })
+    return rows
+
+
+def _ratio(value: float | None, base: float | None) -> float:
+    return value / base if value is not None and base and not math.isnan(value) and not math.isnan(base) else math.nan
+
+
+def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> list[dict[str, Any]]:
+    """Rows ``game, method, steps_per_s, peak_rss_mb, params, inference_steps_per_s`` and their
+    ratios to ``baseline`` on the same game.
+
+    Steps/s is the mean over seeds, peak memory the maximum over seeds (whole-process peak RSS:
+    Python, torch and the envs included), parameters those of the first seed's ``model.zip`` (or
+    its recorded count),
+    inference the median over seeds of each trial's own measurement.
+    """
+    rows = []
+    for (game, method), group in _group(trials).items():
+        rates = [t.steps_per_s for t in group if t.steps_per_s is not None]
+        peaks = [t.peak_rss_mb for t in group if t.peak_rss_mb is not None]
+        inference = [t.inference_steps_per_s for t in group if t.inference_steps_per_s is not None]
+        params = next((n for n in (t.params for t in group) if n), None)
+        rows.append({
+            "game": game, "method": method, "runs": len(group),
+            "steps_per_s": float(np.mean(rates)) if rates else math.nan,
+            "peak_rss_mb": float(max(peaks)) if peaks else math.nan,
+            "params": params if params is not None else math.nan,
+            "inference_steps_per_s": float(np.median(inference)) if inference else math.nan,
+            "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts
+                                if a.get("status") != "skipped"),
+        })
+    base = {r["game"]: r for r in rows if r["method"] == baseline}
+    for r in rows:
+        b = base.get(r["game"], {})
+        r["steps_per_s_ratio"] = _ratio(r["steps_per_s"], b.get("steps_per_s"))
+        r["peak_rss_ratio"] = _ratio(r["peak_rss_mb"], b.get("peak_rss_mb"))
+        r["params_ratio"] = _ratio(r["params"], b.get("params"))
+        r["inference_ratio"] = _ratio(r["inference_steps_per_s"], b.get("inference_steps_per_s"))
+    return rows
+
+
+def aggregate_table(
+    trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+    compute: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs.
+
+    With ``compute`` rows (from :func:`compute_table`), the medians over games of the ratios to
+    the baseline are added.
+    """
+    by_method: dict[str, dict[str, list[float]]] = {}
+    for (game, method), group in _group(trials).items():
+        scores = [t.hns for t in group if t.hns is not None]
+        if scores:
+            by_method.setdefault(method, {})[game] = scores
+    rows = []
+    for method, per_game in sorted(by_method.items()):
+        tasks = [per_game[g] for g in sorted(per_game)]
+        point, low, high = stratified_bootstrap_ci(tasks, iqm, reps, confidence, seed)
+        mean, mean_low, mean_high = stratified_bootstrap_ci(tasks, _mean, reps, confidence, seed)
+        row = {
+            "method": method, "games": len(tasks), "runs": sum(len(t) for t in tasks),
+            "iqm_hns": point, "iqm_low": low, "iqm_high": high, "mean_hns": mean, "mean_low": mean_low, "mean_high": mean_high,
+        }
+        for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio", "inference_ratio"):
+            vals = [c[key] for c in compute if c["method"] == method and not math.isnan(c[key])]
+            row[key] = float(np.median(vals)) if vals else math.nan
+        rows.append(row)
+    return rows
+
+
+#: What :func:`head_to_head` compares: a :class:`~hubrl.grid.TrialResult` attribute and its name in the report.
+HEAD_TO_HEAD_METRICS = {"final": "final score", "auc": "AUC"}
+#: Columns of ``head_to_head.csv``, in order.
+HEAD_TO_HEAD_COLUMNS = ["metric", "method", "versus", "game", "runs", "difference", "low", "high", "verdict",
+                        "p_improvement", "p_low", "p_high"]
+
+
+def head_to_head(
+    trials: Sequence[TrialResult], focus: str = "hub-pathway", reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``focus`` against every other method, on each metric of :data:`HEAD_TO_HEAD_METRICS`.
+
+    One row per (metric, other method, game) with the difference of mean raw scores
+    ``focus - other``, its bootstrap CI and verdict (:func:`difference_ci`, :func:`_verdict`) and
+    the game's P(focus > other); then one row per (metric, other method) with ``game="all"``: the
+    probability of improvement averaged over the games both methods finished, with its stratified
+    independent bootstrap CI, and the counts of wins, ties and losses. Empty when ``focus`` has no
+    finished trial.
+    """
+    groups = _group(trials)
+    methods = sorted({m for _, m in groups})
+    if focus not in methods:
+        return []
+    rows: list[dict[str, Any]] = []
+    for metric in HEAD_TO_HEAD_METRICS:
+        for other in [m for m in methods if m != focus]:
+            pairs, verdicts = [], []
+            for game in sorted({g for g, _ in groups}):
+                if (game, focus) not in groups or (game, other) not in groups:
+                    continue
+                x = [getattr(t, metric) for t in groups[game, focus]]
+                y = [getattr(t, metric) for t in groups[game, other]]
+                diff, low, high = difference_ci(x, y, reps, confidence, seed)
+                verdict = _verdict(low, high, min(len(x), len(y)))
+                pairs.append((x, y))
+                verdicts.append(verdict)
+                rows.append({
+                    "metric": metric, "method": focus, "versus": other, "game": game, "runs": f"{len(x)} vs {len(y)}",
+                    "difference": diff, "low": low, "high": high, "verdict": verdict,
+                    "p_improvement": probability_of_improvement(x, y), "p_low": math.nan, "p_high": math.nan,
+                })
+            if pairs:
+                point, low, high = _poi_ci(pairs, reps, confidence, seed)
+                rows.append({
+                    "metric": metric, "method": focus, "versus": other, "game": "all", "runs": f"{len(pairs)} games",
+                    "difference": math.nan, "low": math.nan, "high": math.nan,
+                    "verdict": f"{verdicts.count('win')} win, {verdicts.count('tie')} tie, {verdicts.count('loss')} loss"
+                               + (f", {verdicts.count('n/a')} n/a" if "n/a" in verdicts else ""),
+                    "p_improvement": point, "p_low": low, "p_high": high,
+                })
+    return rows
+
+
+#: A rollout whose top-k sends at least this share of its states to one expert counts as collapsed.
+COLLAPSE_SHARE = 0.95
+#: Rollouts before this many agent steps are left out of the routing statistics (the gate's start).
+ROUTING_WARMUP = 2048
+
+
+def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial with a ``gates.jsonl``: what its gate did over the rollouts (after
+    :data:`ROUTING_WARMUP` steps, up to ``stage``).
+
+    ``collapsed`` = share of rollouts with >= :data:`COLLAPSE_SHARE` of the states on one expert;
+    ``share/<expert>`` = mean selection frequency; ``logit_spread`` (variation across states) and
+    ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std.
+    """
+    from hubrl.callbacks import read_gate_history
+
+    rows = []
+    for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
+        history = [r for r in read_gate_history(t.folder / "gates.jsonl")
+                   if r["step"] > ROUTING_WARMUP and (stage is None or r["step"] <= stage)]
+        if not history:
+            continue
+        experts = sorted(k.split("/", 1)[1] for k in history[0] if k.startswith("selection_freq/"))
+        shares = np.array([[r.get(f"selection_freq/{e}", np.nan) for e in experts] for r in history])
+        row: dict[str, Any] = {"game": t.game, "method": t.method, "seed": t.seed, "rollouts": len(history),
+                               "last_step": int(history[-1]["step"]),
+                               "collapsed": float(np.mean(np.nanmax(shares, axis=1) >= COLLAPSE_SHARE))}
+        for i, name in enumerate(experts):
+            row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
+        for key in ("logit_spread", "logit_drift", "noise_std"):
+            values = [r[key] for r in history if key in r]
+            row[key] = float(np.mean(values)) if values else None
+        rows.append(row)
+    return rows
+
+
+#: Columns of ``runs.csv``, in order.
+RUNS_COLUMNS = ["game", "method", "seed", "finished", "last_step", "evaluations", "final", "hns", "auc", "steps_per_s",
+                "peak_rss_mb", "inference_steps_per_s", "rollout_score", "status", "folder"]
+
+
+def runs_table(trials: Sequence[TrialResult], root: Path) -> list[dict[str, Any]]:
+    """One row per trial (finished or not), by game, method and seed: the raw data of the other tables."""
+    return [
+        {"game": t.game, "method": t.method, "seed": t.seed, "finished": t.finished,
+         "last_step": int(t.steps[-1]) if t.steps.size else "", "evaluations": int(t.steps.size),
+         "final": t.final, "hns": t.hns, "auc": t.auc, "steps_per_s": t.steps_per_s, "peak_rss_mb": t.peak_rss_mb,
+         "inference_steps_per_s": t.inference_steps_per_s, "rollout_score": t.rollout_score,
+         "status": t.status.get("status", ""), "folder": str(t.folder.relative_to(root))}
+        for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed))
+    ]
+
+
+# ----------------------------------------------------------------------------- CSV and Markdown
+
+
+def format_value(value: Any, digits: int = 1) -> str:
+    """A table cell: ``–`` for missing (None, NaN), ``yes``/``no``, integers with thousands separators,
+    floats with ``digits`` decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    """``mean ± std`` (``mean`` alone when the std is NaN: a single seed)."""
+    if math.isnan(mean):
+        return "–"
+    return format_value(mean, digits) if math.isnan(std) else f"{format_value(mean, digits)} ± {format_value(std, digits)}"
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table of ``rows`` (cells as ``str`` gives them) under ``headers``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """``rows`` as CSV with ``columns`` (default: the first row's keys; other keys are left out), NaN as an empty cell."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+
+def score_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`score_table`."""
+    return _md_table(
+        ["game", "method", "runs", "final score", "HNS", "AUC (mean score)"],
+        [[r["game"], r["method"], r["runs"], _pm(r["final_mean"], r["final_std"]), _pm(r["hns_mean"], r["hns_std"], 3),
+          _pm(r["auc_mean"], r["auc_std"])] for r in rows],
+    )
+
+
+def compute_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+    """Markdown of :func:`compute_table` (ratios headed ``× <baseline>``)."""
+    return _md_table(
+        ["game", "method", "steps/s", f"× {baseline}", "peak RSS (MiB)", f"× {baseline}", "parameters", f"× {baseline}",
+         "inference steps/s", f"× {baseline}"],
+        [[r["game"], r["method"], format_value(r["steps_per_s"], 0), format_value(r["steps_per_s_ratio"], 2),
+          format_value(r["peak_rss_mb"], 0), format_value(r["peak_rss_ratio"], 2), format_value(r["params"]),
+          format_value(r["params_ratio"], 2), format_value(r["inference_steps_per_s"], 0),
+          format_value(r["inference_ratio"], 2)] for r in rows],
+    )
+
+
+def aggregate_markdown(rows: Sequence[dict[str, Any]], baseline: str, confidence: float) -> str:
+    """Markdown of :func:`aggregate_table`: each estimate with its CI in brackets."""
+    pct = f"{100 * confidence:g}%"
+    return _md_table(
+        ["method", "games", "runs", f"IQM HNS [{pct} CI]", f"mean HNS [{pct} CI]", f"steps/s × {baseline}",
+         f"peak RSS × {baseline}", f"params × {baseline}", f"inference × {baseline}"],
+        [[r["method"], r["games"], r["runs"], f"{r['iqm_hns']:.3f} [{r['iqm_low']:.3f}, {r['iqm_high']:.3f}]",
+          f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", format_value(r["steps_per_s_ratio"], 2),
+          format_value(r["peak_rss_ratio"], 2), format_value(r["params_ratio"], 2), format_value(r["inference_ratio"], 2)]
+         for r in rows],
+    )
+
+
+def _signed(value: float) -> str:
+    return f"{value:+,.0f}"
+
+
+def head_to_head_markdown(rows: Sequence[dict[str, Any]], confidence: float) -> str:
+    """Per metric a table: one line per other method, a cell per game, and P(focus > other) over games."""
+    pct = f"{100 * confidence:g}%"
+    games = sorted({r["game"] for r in rows if r["game"] != "all"})
+    parts = []
+    for metric, name in HEAD_TO_HEAD_METRICS.items():
+        mine = [r for r in rows if r["metric"] == metric]
+        if not mine:
+            continue
+        focus = mine[0]["method"]
+        table = []
+        for other in dict.fromkeys(r["versus"] for r in mine):
+            cells = {r["game"]: r for r in mine if r["versus"] == other}
+            line = [other]
+            for game in games:
+                r = cells.get(game)
+                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**"
+                            if r else "–")
+            total = cells.get("all")
+            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})"
+                        if total else "–")
+            table.append(line)
+        parts.append(
+            f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
+            f"verdict win / loss when the CI excludes 0, n/a with fewer than {MIN_SEEDS_FOR_VERDICT} seeds on a side:\n\n"
+            + _md_table(["versus", *games, f"P({focus} > versus) over games [{pct} CI]"], table)
+        )
+    return "\n".join(parts)
+
+
+def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`routing_table`: one column per expert seen in any row."""
+    shares = sorted({k for r in rows for k in r if k.startswith("share/")})
+    headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
+               "logit spread (states)", "logit drift (rollouts)", "noise std"]
+    body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
+             *[format_value(r.get(s), 2) for s in shares],
+             format_value(r["logit_spread"], 3), format_value(r["logit_drift"], 3), format_value(r["noise_std"], 2)]
+            for r in rows]
+    return _md_table(headers, body)
+
+
+def step_label(steps: int | None) -> str:
+    """``250000`` -> ``250k``, ``1000000`` -> ``1M`` (folder names and titles of stages)."""
+    if steps is None:
+        return ""
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if steps >= size and steps % size == 0:
+            return f"{steps // size}{unit}"
+    return str(steps)
