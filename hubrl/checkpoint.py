@@ -19,19 +19,16 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+from hubrl.atomic import atomic_write
 from hubrl.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
-    "atomic_write",
-    "atomic_write_bytes",
     "save_training_checkpoint",
     "load_training_checkpoint",
     "load_resume_checkpoint",
     "previous_checkpoint",
     "restore_training_state",
-    "sha256_file",
 ]
 
 FORMAT = "hubrl-training-checkpoint"

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch as th
 
-from hubrl.checkpoint import atomic_write, atomic_write_bytes, sha256_file
+from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file
 from hubrl.errors import HubError
 
 __all__ = [

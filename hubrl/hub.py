@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import torch as th
 
-from hubrl.checkpoint import sha256_file
+from hubrl.atomic import sha256_file
 from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 

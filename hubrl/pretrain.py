@@ -22,7 +22,8 @@ import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import action_meanings, make_atari_vec_env, resolve_game
-from hubrl.checkpoint import atomic_write, load_resume_checkpoint, load_training_checkpoint
+from hubrl.atomic import atomic_write
+from hubrl.checkpoint import load_resume_checkpoint, load_training_checkpoint
 from hubrl.errors import UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert

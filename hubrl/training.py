@@ -34,7 +34,8 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from hubrl.checkpoint import atomic_write, restore_training_state, save_training_checkpoint
+from hubrl.atomic import atomic_write
+from hubrl.checkpoint import restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
 from hubrl.progress import StepProgressBar
 

@@ -25,8 +25,9 @@ import yaml
 
 from agents import AGENT_CLASSES, resolve_hyperparams
 from envs import make_atari_vec_env, resolve_game
+from hubrl.atomic import atomic_write
 from hubrl.callbacks import GateUsageCallback
-from hubrl.checkpoint import atomic_write, load_resume_checkpoint, previous_checkpoint
+from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
 from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.hub import Hub, resolve_hub

@@ -13,7 +13,8 @@ import pytest
 import torch as th
 from safetensors.torch import load_file
 
-from hubrl.checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint, sha256_file
+from hubrl.atomic import sha256_file
+from hubrl.checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
 from hubrl.experts import read_manifest
 from hubrl.pretrain import PretrainConfig, UsageError, export_expert, pretrain_expert
 from tests.conftest import ROOT, run_script
@@ -213,7 +214,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 
 
 def test_atomic_write_gives_normal_file_permissions(tmp_path):
-    from hubrl.checkpoint import atomic_write_bytes
+    from hubrl.atomic import atomic_write_bytes
 
     mask = os.umask(0o022)
     try:
