@@ -1,6 +1,6 @@
 """Statistics of a benchmark: IQM, stratified-bootstrap CIs, probability of improvement, AUC.
 
-Pure functions on numpy arrays, no I/O (:mod:`hubrl.report` reads the grid and writes the tables).
+Pure functions on numpy arrays, no I/O (:mod:`hubrl.grid` reads the grid, :mod:`hubrl.tables` makes the tables).
 They follow Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice", and its
 library rliable, which ``tests/test_stats_rliable.py`` checks them against on the committed grid:
 

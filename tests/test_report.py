@@ -45,7 +45,7 @@ def test_iqm_matches_trim_mean_convention():
 
 
 def _reference_stratified_ci(tasks, reps, seed, confidence=0.95):
-    """Plain-Python stratified bootstrap of the IQM, written independently of hubrl.report."""
+    """Plain-Python stratified bootstrap of the IQM, written independently of hubrl.stats."""
     rng = random.Random(seed)
     values = []
     for _ in range(reps):
