@@ -186,6 +186,7 @@ GATE_STATISTICS = ("selection_freq", "weight_mean")  # the per-expert ones: <pre
 
 
 def _is_gate_tag(tag: str) -> bool:
+    """``<prefix>/<statistic>/<expert>``: one expert's gate usage (not a gate-wide diagnostic such as ``noise_std``)."""
     parts = tag.split("/")
     return len(parts) == 3 and parts[0] + "/" in GATE_PREFIXES and parts[1] in GATE_STATISTICS
 
