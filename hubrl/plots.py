@@ -139,34 +139,33 @@ def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
 # ----------------------------------------------------------------------------- single runs
 
 
-def _expert_eval_points(train_dir: Path) -> list[dict[str, Any]]:
-    """Evaluation points of a pretraining run: ``evaluations.json``, else the checkpoint's copy."""
-    if (train_dir / "evaluations.json").is_file():
-        return list((read_json_object(train_dir / "evaluations.json") or {}).get("points", []))
+def _expert_eval_points(run_folder: Path) -> list[dict[str, Any]]:
+    """Evaluation points of a run: ``evaluations.json``, else the checkpoint's copy."""
+    if (run_folder / "evaluations.json").is_file():
+        return list((read_json_object(run_folder / "evaluations.json") or {}).get("points", []))
     from hubrl.checkpoint import load_training_checkpoint
 
-    return list(load_training_checkpoint(train_dir / "checkpoint.pt").get("extra", {}).get("eval_history", []))
+    return list(load_training_checkpoint(run_folder / "checkpoint.pt").get("extra", {}).get("eval_history", []))
 
 
-def plot_expert_curve(expert_folder: str | Path, path: str | Path | None = None) -> Path:
-    """Learning curve of one pretrained expert: training episodes' raw score and evaluations.
+def plot_expert_curve(run_folder: str | Path, path: str | Path | None = None) -> Path:
+    """Learning curve of one expert's pretraining run: training episodes' raw score and evaluations.
 
-    Reads ``<expert>/tb`` (``rollout/ep_rew_mean``, every resume included) and the evaluation
-    history under ``<expert>/train``; writes ``<expert>/learning_curve.png`` unless ``path`` says.
+    Reads ``<run>/tb`` (``rollout/ep_rew_mean``, every resume included) and the evaluation
+    history in ``<run>``; writes ``<run>/learning_curve.png`` unless ``path`` says.
     """
     from matplotlib.figure import Figure
 
-    folder = Path(expert_folder)
-    train_dir = folder / "train"
-    if not (train_dir / "checkpoint.pt").is_file() and not (train_dir / "evaluations.json").is_file():
-        raise UsageError(f"{folder} has no training history (train/evaluations.json or train/checkpoint.pt).")
+    folder = Path(run_folder)
+    if not (folder / "checkpoint.pt").is_file() and not (folder / "evaluations.json").is_file():
+        raise UsageError(f"{folder} has no training history (evaluations.json or checkpoint.pt of a pretraining run).")
     fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
     steps, values = (tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
                      else (np.array([]), np.array([])))
     if steps.size:
         ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
-    evals = _expert_eval_points(train_dir)
+    evals = _expert_eval_points(folder)
     if evals:
         x = np.array([p["step"] for p in evals])
         mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])

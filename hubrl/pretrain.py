@@ -1,9 +1,12 @@
 """Pretrain one source expert (PPO or A2C on one game) and export it into a hub folder.
 
-Everything a run needs lives in ``<hub>/<name>/``: the exported expert (``expert.json`` +
-``weights.safetensors``, written when training completes), the training state under ``train/``
-(``checkpoint.pt``, ``config.yaml``) and, unless told otherwise, TensorBoard events under ``tb/``.
-Interrupted runs resume from ``train/checkpoint.pt`` with their saved configuration.
+A run and its expert live apart. The run folder ``<out>/<name>/`` holds the training state:
+``checkpoint.pt`` (resume state), ``config.yaml`` (the resolved settings), ``evaluations.json``,
+``learning_curve.png`` and, unless told otherwise, TensorBoard events under ``tb/``; interrupted
+runs resume from it with their saved configuration. The hub folder ``<hub>/<name>/`` receives
+only what a hub ships: ``expert.json`` + ``weights.safetensors``, written when training completes
+or on :func:`export_expert`. So the package's own hub (``hubrl/default_hub``) holds just the
+experts, and their runs are kept elsewhere (``benchmarks/pretrain``).
 
 :func:`export_expert` also exports an expert whose training is not finished (its latest
 checkpoint), after evaluating exactly the weights it writes (rounded to float16 if asked), so a
@@ -32,18 +35,21 @@ from hubrl.runconfig import read_saved_run, resume_config
 from hubrl.runtime import apply_precision, configure_threads
 from hubrl.training import TrainingOutcome, run_training
 
-__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "export_expert", "pretrain_expert", "UsageError"]
+__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "export_expert", "pretrain_expert",
+           "UsageError"]
 
 
 @dataclass
 class PretrainConfig:
-    """Settings of one pretraining run (the resolved form is saved as ``train/config.yaml``).
+    """Settings of one pretraining run (the resolved form is saved as ``config.yaml`` in its run folder).
 
     Resuming continues these settings as saved (:mod:`hubrl.runconfig`); only those in
-    ``RESUME_MAY_CHANGE`` may differ: the step budget, and where the run runs and logs.
+    ``RESUME_MAY_CHANGE`` may differ: the step budget, where the run runs and logs, and the hub
+    it exports into.
     """
 
-    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset(
+        {"timesteps", "device", "threads", "out", "hub", "tensorboard_log"})
 
     game: str
     algo: str = "ppo"
@@ -53,7 +59,8 @@ class PretrainConfig:
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
     precision: str = "fp32"  # "bf16": the encoder under bfloat16 autocast (hubrl.runtime.apply_precision)
-    out: str = "hub"
+    out: str = "runs/pretrain"  # the runs' folder: this run trains in <out>/<name>
+    hub: str = "hub"  # the hub folder: the finished expert is exported to <hub>/<name>
     tensorboard_log: str | None = None  # None: <out>/<name>/tb
     eval_freq: int = 250_000
     eval_episodes: int = 10
@@ -65,10 +72,13 @@ class PretrainConfig:
 
 @dataclass
 class PretrainResult:
+    """How a pretraining call ended: the run folder, and the exported expert once training completed."""
+
     name: str
-    folder: Path
+    folder: Path  # the run folder, <out>/<name>
     outcome: TrainingOutcome
-    manifest: ExpertManifest | None
+    manifest: ExpertManifest | None  # None until the budget is reached (paused or stopped)
+    expert: Path | None = None  # <hub>/<name> once exported
 
 
 def expert_name(game: str, algo: str) -> str:
@@ -88,25 +98,30 @@ def _validate(cfg: PretrainConfig) -> None:
         raise UsageError("--eval-episodes and --checkpoint-freq must be positive.")
 
 
-def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Path:
-    """Create ``<out>/<name>`` and apply the overwrite rules; return the folder."""
-    root = Path(out)
-    folder = root / name
+def _check_writable(root: Path, flag: str) -> None:
+    """Create ``root`` and make sure files can be written there (before hours of training)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".hubrl-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"Cannot write to --out {root}: {exc.strerror}. Choose a writable folder.") from exc
+        raise UsageError(f"Cannot write to {flag} {root}: {exc.strerror}. Choose a writable folder.") from exc
+
+
+def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Path:
+    """Create the run folder ``<out>/<name>`` and apply the overwrite rules; return the folder."""
+    root = Path(out)
+    folder = root / name
+    _check_writable(root, "--out")
     existing = folder.exists() and any(folder.iterdir())
     if resume:
-        if not (folder / "train" / "checkpoint.pt").is_file():
-            raise UsageError(f"Nothing to resume for {name}: no checkpoint in {folder / 'train'}. "
+        if not (folder / "checkpoint.pt").is_file():
+            raise UsageError(f"Nothing to resume for {name}: no checkpoint.pt in {folder}. "
                              "Run without --resume to start it.")
     elif existing:
         if not force:
-            raise UsageError(f"Expert {name} already exists in {folder}: "
+            raise UsageError(f"Expert {name} already has a run in {folder}: "
                              "pass --resume to continue its training or --force to start over.")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +137,8 @@ def pretrain_expert(
     pause_at: int | None = None,
     given: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
-    """Train (or resume) one expert and export it when its budget is reached.
+    """Train (or resume) one expert in ``<out>/<name>`` and export it to ``<hub>/<name>`` when its
+    budget is reached.
 
     ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
     ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
@@ -134,15 +150,15 @@ def pretrain_expert(
     _validate(cfg)
     name = expert_name(cfg.game, cfg.algo)
     folder = prepare_folder(cfg.out, name, resume, force)
-    train_dir = folder / "train"
-    checkpoint = train_dir / "checkpoint.pt"
+    checkpoint = folder / "checkpoint.pt"
     resume_state = None
     if resume:
-        read_saved_run(train_dir / "config.yaml")  # a missing or corrupt config names itself before the checkpoint is read
+        read_saved_run(folder / "config.yaml")  # a missing or corrupt config names itself before the checkpoint is read
         resume_state = load_resume_checkpoint(checkpoint)
         if given is None:
             given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
-        cfg = resume_config(PretrainConfig, train_dir / "config.yaml", given)
+        cfg = resume_config(PretrainConfig, folder / "config.yaml", given)
+    _check_writable(Path(cfg.hub), "--hub")
     game = resolve_game(cfg.game)
     configure_threads(cfg.threads)
     algo = cfg.algo.lower()
@@ -151,7 +167,7 @@ def pretrain_expert(
     cfg.hyperparams = {k: v for k, v in plain.items() if k != "n_envs"}
     env_options = {"repeat_action_probability": cfg.repeat_action_probability}
     tb_dir = cfg.tensorboard_log or str(folder / "tb")
-    atomic_write(train_dir / "config.yaml",
+    atomic_write(folder / "config.yaml",
                  lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain, "system": system_info()}, h,
                                           sort_keys=False), mode="w")
 
@@ -160,6 +176,7 @@ def pretrain_expert(
     model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir, verbose=0,
                                 **kwargs)
     apply_precision(model.policy, cfg.precision)
+    expert = None
     try:
         outcome = run_training(
             model,
@@ -177,17 +194,19 @@ def pretrain_expert(
         )
         manifest = None
         if outcome.completed:
-            manifest = _write_expert(folder, cfg, plain, model.policy, outcome.num_timesteps, eval_env, seed=cfg.seed + 20_000)
+            expert = Path(cfg.hub) / name
+            manifest = _write_expert(expert, cfg, plain, model.policy, outcome.num_timesteps, eval_env, seed=cfg.seed + 20_000)
     finally:
         env.close()
         eval_env.close()
-    return PretrainResult(name, folder, outcome, manifest)
+    return PretrainResult(name, folder, outcome, manifest, expert)
 
 
 def _write_expert(
     folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int,
 ) -> ExpertManifest:
-    """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest."""
+    """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest into the
+    expert folder ``folder`` (nothing else)."""
     from hubrl import __version__
 
     dtype = getattr(th, cfg.export_dtype)
@@ -218,10 +237,19 @@ def _write_expert(
     return manifest
 
 
+def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path:
+    """Where the run in ``run_folder`` exports its expert: ``<hub>/<name>``, by default into the
+    hub the run was started with (its saved ``config.yaml``)."""
+    cfg = resume_config(PretrainConfig, Path(run_folder) / "config.yaml")
+    return Path(hub or cfg.hub) / expert_name(cfg.game, cfg.algo)
+
+
 def export_expert(
     folder: str | Path, dtype: str | None = None, eval_episodes: int | None = None, device: str = "cpu",
+    hub: str | Path | None = None,
 ) -> ExpertManifest:
-    """Export ``<folder>/train/checkpoint.pt`` as the expert of ``folder``, finished or not.
+    """Export the run in ``folder`` (its ``checkpoint.pt``, finished or not) as an expert of ``hub``
+    (default: the hub the run was started with), into ``<hub>/<name>``.
 
     The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
     stochastic policy); ``expert.json`` records the agent steps, the run's budget and that score.
@@ -229,16 +257,16 @@ def export_expert(
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
     folder = Path(folder)
-    train_dir = folder / "train"
-    if not (train_dir / "checkpoint.pt").is_file() or not (train_dir / "config.yaml").is_file():
-        raise UsageError(f"Nothing to export in {folder}: no train/checkpoint.pt and train/config.yaml.")
-    state = load_training_checkpoint(train_dir / "checkpoint.pt")
-    saved = yaml.safe_load((train_dir / "config.yaml").read_text())
-    cfg = PretrainConfig(**saved["run"])
+    if not (folder / "checkpoint.pt").is_file() or not (folder / "config.yaml").is_file():
+        raise UsageError(f"Nothing to export in {folder}: no checkpoint.pt and config.yaml of a pretraining run.")
+    state = load_training_checkpoint(folder / "checkpoint.pt")
+    cfg = resume_config(PretrainConfig, folder / "config.yaml")
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
     if dtype:
         cfg.export_dtype = dtype
     if eval_episodes:
         cfg.eval_episodes = eval_episodes
+    expert = expert_folder(folder, hub)
     game = resolve_game(cfg.game)
     eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 20_000,
                              repeat_action_probability=cfg.repeat_action_probability)
@@ -247,8 +275,8 @@ def export_expert(
         try:
             policy.load_state_dict(state["policy"])
         except RuntimeError as exc:
-            raise UsageError(f"{train_dir / 'checkpoint.pt'} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
-        return _write_expert(folder, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]),
+            raise UsageError(f"{folder / 'checkpoint.pt'} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
+        return _write_expert(expert, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]),
                              eval_env, seed=cfg.seed + 20_000)
     finally:
         eval_env.close()

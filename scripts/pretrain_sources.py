@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Pretrain the hub's source experts (default: PPO on Seaquest and Riverraid).
 
-Each game becomes ``<out>/<game>-<algo>/`` with a weights-only expert and its manifest once its
-budget is reached; training state is checkpointed atomically and ``--resume`` continues it.
+Each game trains in its run folder ``<out>/<game>-<algo>/`` (checkpoint.pt, config.yaml,
+evaluations.json, learning_curve.png, TensorBoard events under tb/; ``--resume`` continues it)
+and, once its budget is reached, only the expert is exported into the hub folder:
+``<hub>/<game>-<algo>/expert.json`` + ``weights.safetensors``.
 
-    python scripts/pretrain_sources.py --timesteps 10M --out hub
-    python scripts/pretrain_sources.py --resume --out hub      # after an interruption
-    python scripts/pretrain_sources.py --export --out hub      # export the latest checkpoints now (evaluated)
-    python scripts/pretrain_sources.py --plot --out hub        # learning_curve.png of each expert
+    python scripts/pretrain_sources.py --timesteps 10M --out runs/pretrain --hub hub
+    python scripts/pretrain_sources.py --resume --out runs/pretrain       # after an interruption
+    python scripts/pretrain_sources.py --export --out runs/pretrain       # export the latest checkpoints now (evaluated)
+    python scripts/pretrain_sources.py --plot --out runs/pretrain         # learning_curve.png of each run
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Source games. Default: Seaquest Riverraid.")
     parser.add_argument("--timesteps", type=steps, default=10_000_000,
                         help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
-    parser.add_argument("--out", default="hub", help="Hub folder to write the experts into. Default: ./hub")
-    parser.add_argument("--resume", action="store_true", help="Continue each expert from its latest checkpoint.")
+    parser.add_argument("--out", default="runs/pretrain",
+                        help="Folder of the runs: each expert trains in OUT/<game>-<algo> (training state, "
+                             "TensorBoard events, learning curve). Default: runs/pretrain.")
+    parser.add_argument("--hub", default=None, metavar="DIR",
+                        help="Hub folder the finished experts are exported into (DIR/<game>-<algo>: expert.json + "
+                             "weights.safetensors only). Default: ./hub for a new run; a resumed run or --export: "
+                             "the hub the run was started with.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue each expert's run in --out from its latest checkpoint, with the settings it was "
+                             "started with (--timesteps, --device, --threads, --hub and --tensorboard-log may change).")
     parser.add_argument("--pause-at", type=steps, default=None,
                         help="Stop (with a checkpoint) once an expert has this many steps in all; the schedules still follow "
                              "--timesteps, so --resume later continues as if uninterrupted. "
@@ -41,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Do not train: evaluate each game's latest checkpoint and export it as the expert now "
                              "(mid-training is fine).")
     parser.add_argument("--plot", action="store_true",
-                        help="Do not train: write each expert's learning_curve.png (training and evaluation scores).")
+                        help="Do not train: write each run's learning_curve.png (training and evaluation scores).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
                         help="Precision of the exported weights.")
     add_common_flags(parser)
@@ -82,14 +92,15 @@ def main(argv=None) -> int:
     if args.export:
         from pathlib import Path
 
-        from hubrl.pretrain import expert_name, export_expert
+        from hubrl.pretrain import expert_folder, expert_name, export_expert
 
         for game in games:
             folder = Path(args.out) / expert_name(game, args.algo)
-            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu")
+            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu",
+                                     hub=args.hub)
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
                   f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
-                  f"-> {folder}")
+                  f"-> {expert_folder(folder, args.hub)}")
         return 0
     status = 0
     for game in games:
@@ -103,6 +114,7 @@ def main(argv=None) -> int:
             threads=args.threads,
             precision=args.precision,
             out=args.out,
+            hub=args.hub or "hub",
             tensorboard_log=args.tensorboard_log,
             eval_freq=args.eval_freq,
             eval_episodes=args.eval_episodes,
@@ -124,7 +136,8 @@ def main(argv=None) -> int:
                   f"Continue with --resume; --export ships it as it is.")
             continue
         print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; "
-              f"eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.folder}")
+              f"eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.expert} "
+              f"(run: {result.folder})")
     return status
 
 
@@ -135,7 +148,7 @@ def _requested(cfg, given: set[str]) -> dict:
     from agents import resolve_hyperparams
 
     requested = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in given}
-    requested["out"] = cfg.out  # the hub being resumed is where it is now
+    requested["out"] = cfg.out  # the run being resumed is where it is now
     if "hyperparams" in requested:  # saved resolved (the preset included): compare like with like
         plain = resolve_hyperparams(cfg.algo, cfg.hyperparams)[0]
         requested["hyperparams"] = {k: v for k, v in plain.items() if k != "n_envs"}

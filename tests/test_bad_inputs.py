@@ -160,9 +160,9 @@ CASES = [
      lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "1k", "--cpus-per-trial", "nan"],
      ["--cpus-per-trial"], None),
     ("frames-inf", "rank_hub", lambda t, h: ["--env", "Alien", "--frames", "inf"], ["--frames"], None),
-    ("pretrain-timesteps-inf", "pretrain_sources", lambda t, h: ["--timesteps", "inf", "--out", str(t / "hub")],
+    ("pretrain-timesteps-inf", "pretrain_sources", lambda t, h: ["--timesteps", "inf", "--out", str(t / "runs")],
      ["--timesteps"], None),
-    ("pretrain-sticky-1.5", "pretrain_sources", lambda t, h: ["--sticky-actions", "1.5", "--out", str(t / "hub")],
+    ("pretrain-sticky-1.5", "pretrain_sources", lambda t, h: ["--sticky-actions", "1.5", "--out", str(t / "runs")],
      ["--sticky-actions"], None),
     # usage
     ("resume-without-out", T, lambda t, h: ["--resume"], ["--resume", "--out"], None),

@@ -1,4 +1,5 @@
-"""Pretraining end to end: a tiny run makes a loadable hub; resume; crash safety; bad input."""
+"""Pretraining end to end: a tiny run makes a loadable hub (and keeps its training state in its
+run folder, apart from the hub); resume; crash safety; bad input."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from tests.conftest import ROOT, run_script
 
 def _cfg(tmp_path, tiny_ppo, timesteps=256, **kw):
     return PretrainConfig(
-        game="Seaquest", timesteps=timesteps, n_envs=2, out=str(tmp_path / "hub"), eval_freq=10**9,
-        eval_episodes=1, checkpoint_freq=128, hyperparams=tiny_ppo, device="cpu", **kw,
+        game="Seaquest", timesteps=timesteps, n_envs=2, out=str(tmp_path / "runs"), hub=str(tmp_path / "hub"),
+        eval_freq=10**9, eval_episodes=1, checkpoint_freq=128, hyperparams=tiny_ppo, device="cpu", **kw,
     )
 
 
@@ -32,6 +33,11 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     result = pretrain_expert(_cfg(tmp_path, tiny_ppo), progress_bar=False, verbose=0)
     assert result.outcome.completed and result.outcome.num_timesteps == 256
     folder = tmp_path / "hub" / "seaquest-ppo"
+    run = tmp_path / "runs" / "seaquest-ppo"
+    assert result.expert == folder and result.folder == run
+    # The hub gets the expert only; the run folder keeps the training state.
+    assert sorted(p.name for p in folder.iterdir()) == ["expert.json", "weights.safetensors"]
+    assert {"checkpoint.pt", "config.yaml", "evaluations.json", "tb"} <= {p.name for p in run.iterdir()}
     manifest = read_manifest(folder)
     assert manifest.game == "seaquest" and manifest.algo == "ppo" and manifest.timesteps == 256
     assert manifest.observation_shape == [4, 84, 84] and len(manifest.action_meanings) == 18
@@ -40,19 +46,21 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     weights = load_file(folder / "weights.safetensors")
     assert "features_extractor.cnn.0.weight" in weights and "action_net.weight" in weights
     assert not any(k.startswith(("pi_features_extractor", "vf_features_extractor")) for k in weights)
-    assert list((folder / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
+    assert list((run / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
 
 
 @pytest.mark.slow
 def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
     folder = tmp_path / "hub" / "seaquest-ppo"
+    run = tmp_path / "runs" / "seaquest-ppo"
     (folder / "expert.json").unlink()
-    # a longer budget, stopped half-way: the checkpoint is at 128 of 1M steps
-    result = run_script("pretrain_sources.py", "--games", "Seaquest", "--out", str(tmp_path / "hub"), "--export",
+    # a longer budget, stopped half-way: the checkpoint is at 128 of 1M steps; without --hub the
+    # run exports into the hub it was started with
+    result = run_script("pretrain_sources.py", "--games", "Seaquest", "--out", str(tmp_path / "runs"), "--export",
                         "--export-dtype", "float16", "--eval-episodes", "1")
     assert result.returncode == 0, result.stderr
-    assert "exported 128 steps (float16)" in result.stdout
+    assert "exported 128 steps (float16)" in result.stdout and str(folder) in result.stdout
     manifest = read_manifest(folder)
     assert manifest.timesteps == 128 and manifest.weights_dtype == "float16" and manifest.training_budget == 128
     assert manifest.eval["episodes"] == 1 and len(manifest.eval["scores"]) == 1
@@ -62,21 +70,23 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
 
     assert load_hub(tmp_path / "hub").names == ["seaquest-ppo"]  # a float16 expert loads as float32 encoders
     with pytest.raises(UsageError, match="Nothing to export"):
-        export_expert(tmp_path / "hub" / "riverraid-ppo")
+        export_expert(tmp_path / "runs" / "riverraid-ppo")
+    other = export_expert(run, eval_episodes=1, hub=tmp_path / "other")  # --hub: another hub
+    assert other.timesteps == 128 and (tmp_path / "other" / "seaquest-ppo" / "expert.json").is_file()
     from hubrl.plots import plot_expert_curve
 
-    png = plot_expert_curve(folder)
-    assert png == folder / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = plot_expert_curve(run)
+    assert png == run / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
 def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
-    first = load_training_checkpoint(tmp_path / "hub" / "seaquest-ppo" / "train" / "checkpoint.pt")
+    first = load_training_checkpoint(tmp_path / "runs" / "seaquest-ppo" / "checkpoint.pt")
     assert first["num_timesteps"] == 128
     result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=256), resume=True, progress_bar=False, verbose=0)
     assert result.outcome.num_timesteps == 256
-    state = load_training_checkpoint(tmp_path / "hub" / "seaquest-ppo" / "train" / "checkpoint.pt")
+    state = load_training_checkpoint(tmp_path / "runs" / "seaquest-ppo" / "checkpoint.pt")
     assert state["num_timesteps"] == 256 and state["n_updates"] > first["n_updates"]
     # The learning rate continued its linear decay against the 256-step budget: no restart at 2.5e-4.
     lr = state["optimizer"]["param_groups"][0]["lr"]
@@ -86,10 +96,11 @@ def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
 @pytest.mark.slow
 def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_ppo):
     folder = tmp_path / "hub" / "seaquest-ppo"
+    run = tmp_path / "runs" / "seaquest-ppo"
     paused = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), progress_bar=False, verbose=0, pause_at=128)
     assert paused.outcome.paused and not paused.outcome.completed and paused.manifest is None
     assert paused.outcome.num_timesteps == 128 and not (folder / "expert.json").exists()
-    state = load_training_checkpoint(folder / "train" / "checkpoint.pt")
+    state = load_training_checkpoint(run / "checkpoint.pt")
     assert state["num_timesteps"] == 128
     # The rate decays against the 512-step budget, not the 128-step pause: still above 2.5e-4 * 3/4
     # (a 128-step budget would have taken it below 2.5e-4 / 2 by now).
@@ -110,7 +121,7 @@ def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_p
     result = pretrain_expert(cfg, progress_bar=False, verbose=0)
     # Due at 50: evaluated then. Due at 100 (the budget): only the final evaluation of the saved weights.
     assert [p["step"] for p in result.outcome.history.points] == [50, 128]
-    saved = json.loads((tmp_path / "hub" / "seaquest-ppo" / "train" / "evaluations.json").read_text())
+    saved = json.loads((tmp_path / "runs" / "seaquest-ppo" / "evaluations.json").read_text())
     assert [p["step"] for p in saved["points"]] == [50, 128]
 
 
@@ -166,12 +177,12 @@ def test_corrupt_or_foreign_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
-    out = tmp_path / "hub"
+    out, hub = tmp_path / "runs", tmp_path / "hub"
     hp = tmp_path / "hp.yaml"
     hp.write_text("n_steps: 32\nbatch_size: 64\nn_epochs: 1\n")
     args = [sys.executable, str(ROOT / "scripts" / "pretrain_sources.py"), "--games", "Seaquest", "--timesteps", "1M",
-            "--n-envs", "2", "--out", str(out), "--hyperparams", str(hp), "--eval-freq", "1M", "--checkpoint-freq", "1M",
-            "--no-progress-bar", "--device", "cpu"]
+            "--n-envs", "2", "--out", str(out), "--hub", str(hub), "--hyperparams", str(hp), "--eval-freq", "1M",
+            "--checkpoint-freq", "1M", "--no-progress-bar", "--device", "cpu"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     events = out / "seaquest-ppo" / "tb"
@@ -183,14 +194,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "Resume with --resume" in output
-    state = load_training_checkpoint(out / "seaquest-ppo" / "train" / "checkpoint.pt")
+    state = load_training_checkpoint(out / "seaquest-ppo" / "checkpoint.pt")
     steps = state["num_timesteps"]
     assert 0 < steps < 1_000_000
     done = run_script("pretrain_sources.py", "--games", "Seaquest", "--timesteps", str(steps + 64), "--out", str(out),
                       "--resume", "--no-progress-bar", "--device", "cpu")
     assert done.returncode == 0, done.stderr
-    assert load_training_checkpoint(out / "seaquest-ppo" / "train" / "checkpoint.pt")["num_timesteps"] >= steps + 64
-    assert json.loads((out / "seaquest-ppo" / "expert.json").read_text())["timesteps"] >= steps + 64
+    assert load_training_checkpoint(out / "seaquest-ppo" / "checkpoint.pt")["num_timesteps"] >= steps + 64
+    # exported into the hub the run was started with (--hub is not needed to resume)
+    assert json.loads((hub / "seaquest-ppo" / "expert.json").read_text())["timesteps"] >= steps + 64
+    assert not (out / "seaquest-ppo" / "expert.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -201,11 +214,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         (["--n-envs", "-2"], "--n-envs: must be positive"),
         (["--resume"], "Nothing to resume"),
         (["--out", "/proc/hubrl-cannot-write-here"], "Cannot write to --out"),
+        (["--hub", "/proc/hubrl-cannot-write-here"], "Cannot write to --hub"),
     ],
 )
 @pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
-    defaults = [] if "--out" in args else ["--out", str(tmp_path / "hub")]
+    defaults = [] if "--out" in args else ["--out", str(tmp_path / "runs")]
     defaults += [] if "--games" in args else ["--games", "Seaquest"]
     result = run_script("pretrain_sources.py", *defaults, *args)
     assert result.returncode == 2
