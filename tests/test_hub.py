@@ -133,6 +133,29 @@ def test_the_shipped_default_hub_loads_and_is_trained():
         assert manifest.eval["sticky_actions"] == 0.25 and manifest.eval["deterministic"] is False
 
 
+SHIPPED = ("expert.json", "weights.safetensors")  # what an expert of the default hub is made of
+
+
+def test_the_package_folder_holds_only_what_ships():
+    """``hubrl/`` holds code and the default hub's experts, nothing else: training state,
+    TensorBoard events and plots belong to the runs in ``benchmarks/pretrain`` (issue 16), so
+    neither a clone's package nor an editable install carries them."""
+    from hubrl.hub import default_hub_path
+
+    package = default_hub_path().parent
+    stray = sorted(
+        p.relative_to(package).as_posix() for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"
+        and not (p.parent.parent == default_hub_path() and p.name in SHIPPED)
+    )
+    assert not stray, f"not shipped, so not in the package (keep runs in benchmarks/pretrain): {stray}"
+    experts = sorted(p for p in default_hub_path().iterdir())
+    assert experts and all(p.is_dir() and sorted(f.name for f in p.iterdir()) == sorted(SHIPPED) for p in experts)
+    pyproject = package.parent / "pyproject.toml"
+    if pyproject.is_file():  # a source checkout: the wheel ships exactly these files
+        assert all(f'"default_hub/*/{name}"' in pyproject.read_text() for name in SHIPPED)
+
+
 def test_get_finds_the_one_expert_of_a_game_and_refuses_an_ambiguous_game(tmp_path):
     hub = load_hub(make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo", "seaquest-a2c", "riverraid-ppo")))
     for name in ("Riverraid", "riverraid", "ALE/Riverraid-v5", "riverraid-ppo"):

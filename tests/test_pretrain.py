@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch as th
@@ -91,6 +92,48 @@ def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     # The learning rate continued its linear decay against the 256-step budget: no restart at 2.5e-4.
     lr = state["optimizer"]["param_groups"][0]["lr"]
     assert lr < 2.5e-4 * 0.5
+
+
+@pytest.mark.slow
+def test_a_moved_run_resumes_from_its_new_place(tmp_path, tiny_ppo):
+    """A run folder is self-contained: moved elsewhere (as the shipped experts' runs were, from
+    hubrl/default_hub to benchmarks/pretrain), ``--out`` its new parent resumes it."""
+    import shutil
+
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=256), progress_bar=False, verbose=0, pause_at=128)
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    cfg = _cfg(tmp_path, tiny_ppo, timesteps=256)
+    cfg.out = str(tmp_path / "moved")
+    result = pretrain_expert(cfg, resume=True, progress_bar=False, verbose=0)
+    assert result.folder == tmp_path / "moved" / "seaquest-ppo" and result.outcome.num_timesteps == 256
+    assert result.expert == tmp_path / "hub" / "seaquest-ppo" and read_manifest(result.expert).timesteps == 256
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_experts_runs_resume_from_benchmarks_pretrain(tmp_path):
+    """The committed runs of the default hub's experts resume from benchmarks/pretrain (a copy,
+    paused where it stands: nothing is trained) and export into the package's hub."""
+    import shutil
+
+    import yaml
+
+    from hubrl.hub import default_hub_path
+    from hubrl.pretrain import expert_folder
+
+    runs = ROOT / "benchmarks" / "pretrain"
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        assert expert_folder(run) == Path("hubrl/default_hub") / run.name
+        steps = load_training_checkpoint(run / "checkpoint.pt")["num_timesteps"]
+        assert steps == read_manifest(default_hub_path() / run.name).timesteps  # the shipped export is this run's
+    copy = Path(shutil.copytree(runs / "seaquest-ppo", tmp_path / "runs" / "seaquest-ppo"))
+    steps = load_training_checkpoint(copy / "checkpoint.pt")["num_timesteps"]
+    result = run_script("pretrain_sources.py", "--resume", "--out", str(tmp_path / "runs"), "--games", "Seaquest",
+                        "--pause-at", str(steps), "--no-progress-bar", "--hub", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr
+    assert f"seaquest-ppo: paused at {steps} of 10000000 steps" in result.stdout
+    saved = yaml.safe_load((copy / "config.yaml").read_text())["run"]
+    assert saved["out"] == str(tmp_path / "runs") and saved["hub"] == str(tmp_path / "hub") and saved["timesteps"] == 10**7
 
 
 @pytest.mark.slow
