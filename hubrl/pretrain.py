@@ -15,25 +15,29 @@ manifest's score always describes the file next to it.
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch as th
 import yaml
 
-from agents import AGENT_CLASSES, resolve_hyperparams
-from envs import action_meanings, make_atari_vec_env, resolve_game
-from hubrl.atomic import atomic_write
-from hubrl.checkpoint import load_resume_checkpoint, load_training_checkpoint
+from envs import action_meanings, resolve_game
+from hubrl.checkpoint import load_training_checkpoint
 from hubrl.errors import UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert
-from hubrl.provenance import system_info
-from hubrl.runconfig import read_saved_run, resume_config
-from hubrl.runtime import apply_precision, configure_threads
-from hubrl.training import TrainingOutcome, run_training
+from hubrl.harness import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    FLAGS,
+    RESUME_MAY_CHANGE,
+    draw_learning_curve,
+    start_run,
+    validate_run_settings,
+)
+from hubrl.runconfig import resume_config
+from hubrl.training import TrainingOutcome
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "export_expert", "pretrain_expert",
            "UsageError"]
@@ -43,13 +47,14 @@ __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "
 class PretrainConfig:
     """Settings of one pretraining run (the resolved form is saved as ``config.yaml`` in its run folder).
 
-    Resuming continues these settings as saved (:mod:`hubrl.runconfig`); only those in
+    Resuming continues these settings as saved (:mod:`hubrl.harness`); only those in
     ``RESUME_MAY_CHANGE`` may differ: the step budget, where the run runs and logs, and the hub
     it exports into.
     """
 
-    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset(
-        {"timesteps", "device", "threads", "out", "hub", "tensorboard_log"})
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE | {"hub"}
+    #: Fields whose command-line flag is not ``--field-name`` (for messages).
+    FLAGS: ClassVar[Mapping[str, str]] = FLAGS
 
     game: str
     algo: str = "ppo"
@@ -86,16 +91,14 @@ def expert_name(game: str, algo: str) -> str:
     return f"{resolve_game(game)}-{algo.lower()}"
 
 
+EXPORT_DTYPES = ("float32", "float16")
+
+
 def _validate(cfg: PretrainConfig) -> None:
     resolve_game(cfg.game)  # UnknownGameError names close matches
-    if cfg.algo.lower() not in AGENT_CLASSES:
-        raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
-    if cfg.timesteps <= 0:
-        raise UsageError(f"--timesteps must be positive, got {cfg.timesteps}.")
-    if cfg.n_envs is not None and cfg.n_envs <= 0:
-        raise UsageError(f"--n-envs must be positive, got {cfg.n_envs}.")
-    if cfg.eval_episodes <= 0 or cfg.checkpoint_freq <= 0:
-        raise UsageError("--eval-episodes and --checkpoint-freq must be positive.")
+    validate_run_settings(cfg)
+    if cfg.export_dtype not in EXPORT_DTYPES:
+        raise UsageError(f"--export-dtype must be one of {', '.join(EXPORT_DTYPES)}, got {cfg.export_dtype!r}.")
 
 
 def _check_writable(root: Path, flag: str) -> None:
@@ -107,25 +110,6 @@ def _check_writable(root: Path, flag: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"Cannot write to {flag} {root}: {exc.strerror}. Choose a writable folder.") from exc
-
-
-def prepare_folder(out: str | Path, name: str, resume: bool, force: bool) -> Path:
-    """Create the run folder ``<out>/<name>`` and apply the overwrite rules; return the folder."""
-    root = Path(out)
-    folder = root / name
-    _check_writable(root, "--out")
-    existing = folder.exists() and any(folder.iterdir())
-    if resume:
-        if not (folder / "checkpoint.pt").is_file():
-            raise UsageError(f"Nothing to resume for {name}: no checkpoint.pt in {folder}. "
-                             "Run without --resume to start it.")
-    elif existing:
-        if not force:
-            raise UsageError(f"Expert {name} already has a run in {folder}: "
-                             "pass --resume to continue its training or --force to start over.")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def pretrain_expert(
@@ -142,64 +126,35 @@ def pretrain_expert(
 
     ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
     ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
+    ``force`` clears an existing run of the same name; otherwise it is refused unless resumed.
 
     On resume the saved run wins: ``given`` holds the settings asked for explicitly (the
     command line's flags), and one that contradicts the saved run is refused. Without
     ``given``, ``cfg``'s budget, device and folders (those not None) are applied.
     """
+    cfg.algo = cfg.algo.lower()
     _validate(cfg)
     name = expert_name(cfg.game, cfg.algo)
-    folder = prepare_folder(cfg.out, name, resume, force)
-    checkpoint = folder / "checkpoint.pt"
-    resume_state = None
-    if resume:
-        read_saved_run(folder / "config.yaml")  # a missing or corrupt config names itself before the checkpoint is read
-        resume_state = load_resume_checkpoint(checkpoint)
-        if given is None:
-            given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
-        cfg = resume_config(PretrainConfig, folder / "config.yaml", given)
-    _check_writable(Path(cfg.hub), "--hub")
-    game = resolve_game(cfg.game)
-    configure_threads(cfg.threads)
-    algo = cfg.algo.lower()
-    plain, kwargs = resolve_hyperparams(algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
-    cfg.n_envs = int(plain["n_envs"])
-    cfg.hyperparams = {k: v for k, v in plain.items() if k != "n_envs"}
-    env_options = {"repeat_action_probability": cfg.repeat_action_probability}
-    tb_dir = cfg.tensorboard_log or str(folder / "tb")
-    atomic_write(folder / "config.yaml",
-                 lambda h: yaml.safe_dump({"run": asdict(cfg), "resolved_hyperparams": plain, "system": system_info()}, h,
-                                          sort_keys=False), mode="w")
-
-    env = make_atari_vec_env(game, cfg.n_envs, seed=cfg.seed, **env_options)
-    eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 10_000, **env_options)
-    model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=cfg.seed, device=cfg.device, tensorboard_log=tb_dir, verbose=0,
-                                **kwargs)
-    apply_precision(model.policy, cfg.precision)
-    expert = None
-    try:
-        outcome = run_training(
-            model,
-            cfg.timesteps,
-            checkpoint,
-            eval_env=eval_env,
-            eval_freq=cfg.eval_freq,
-            eval_episodes=cfg.eval_episodes,
-            checkpoint_freq=cfg.checkpoint_freq,
-            resume_state=resume_state,
-            progress_bar=progress_bar,
-            tb_log_name=name,
-            verbose=verbose,
-            pause_at=pause_at,
-        )
-        manifest = None
+    if resume and given is None:
+        given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
+    run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose)
+    cfg = run.cfg
+    cfg.hyperparams = {k: v for k, v in run.hyperparams.items() if k != "n_envs"}  # saved resolved, preset included
+    _check_writable(Path(cfg.hub), "--hub")  # the export comes at the end of training
+    run.save_config()
+    expert = manifest = None
+    with run.envs(resolve_game(cfg.game)) as (env, eval_env):
+        model = run.make_agent("CnnPolicy", env)
+        run.apply_runtime(model, verbose)
+        outcome = run.train(model, eval_env, tb_log_name=name, progress_bar=progress_bar, verbose=verbose, pause_at=pause_at)
         if outcome.completed:
             expert = Path(cfg.hub) / name
-            manifest = _write_expert(expert, cfg, plain, model.policy, outcome.num_timesteps, eval_env, seed=cfg.seed + 20_000)
-    finally:
-        env.close()
-        eval_env.close()
-    return PretrainResult(name, folder, outcome, manifest, expert)
+            manifest = _write_expert(expert, cfg, run.hyperparams, model.policy, outcome.num_timesteps, eval_env,
+                                     seed=cfg.seed + 20_000)
+    from hubrl.plots import plot_expert_curve
+
+    draw_learning_curve(run.folder, plot_expert_curve, verbose)
+    return PretrainResult(name, run.folder, outcome, manifest, expert)
 
 
 def _write_expert(
@@ -240,7 +195,7 @@ def _write_expert(
 def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path:
     """Where the run in ``run_folder`` exports its expert: ``<hub>/<name>``, by default into the
     hub the run was started with (its saved ``config.yaml``)."""
-    cfg = resume_config(PretrainConfig, Path(run_folder) / "config.yaml")
+    cfg = resume_config(PretrainConfig, Path(run_folder) / CONFIG_NAME)
     return Path(hub or cfg.hub) / expert_name(cfg.game, cfg.algo)
 
 
@@ -257,11 +212,11 @@ def export_expert(
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
     folder = Path(folder)
-    if not (folder / "checkpoint.pt").is_file() or not (folder / "config.yaml").is_file():
-        raise UsageError(f"Nothing to export in {folder}: no checkpoint.pt and config.yaml of a pretraining run.")
-    state = load_training_checkpoint(folder / "checkpoint.pt")
-    cfg = resume_config(PretrainConfig, folder / "config.yaml")
-    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    if not (folder / CHECKPOINT_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise UsageError(f"Nothing to export in {folder}: no {CHECKPOINT_NAME} and {CONFIG_NAME} of a pretraining run.")
+    state = load_training_checkpoint(folder / CHECKPOINT_NAME)
+    cfg = resume_config(PretrainConfig, folder / CONFIG_NAME)
+    saved = yaml.safe_load((folder / CONFIG_NAME).read_text())
     if dtype:
         cfg.export_dtype = dtype
     if eval_episodes:
@@ -275,7 +230,7 @@ def export_expert(
         try:
             policy.load_state_dict(state["policy"])
         except RuntimeError as exc:
-            raise UsageError(f"{folder / 'checkpoint.pt'} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
+            raise UsageError(f"{folder / CHECKPOINT_NAME} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
         return _write_expert(expert, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]),
                              eval_env, seed=cfg.seed + 20_000)
     finally:

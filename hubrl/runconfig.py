@@ -1,6 +1,6 @@
 """Run settings as saved in a run folder, and resuming them: the saved run wins.
 
-A run (a transfer run folder, a pretraining ``train/`` folder) saves its resolved settings, a
+A run (a transfer or pretraining run folder, :mod:`hubrl.harness`) saves its resolved settings, a
 dataclass such as :class:`hubrl.transfer.TransferConfig`, under ``run:`` in ``config.yaml``.
 Resuming continues *that* run: :func:`resume_config` rebuilds the dataclass from the file and
 lays over it only what the user asked for explicitly. A setting that would change what is being
@@ -21,13 +21,17 @@ import yaml
 
 from hubrl.errors import CheckpointError, UsageError
 
-__all__ = ["read_saved_run", "resume_conflicts", "check_resume", "resume_config", "check_device", "check_finite"]
+__all__ = [
+    "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
+    "check_finite",
+]
 
 C = TypeVar("C")
 
 
-def read_saved_run(config_path: str | Path) -> dict[str, Any]:
-    """The ``run`` section of a run's ``config.yaml``; a missing or corrupt file names itself."""
+def read_saved_config(config_path: str | Path) -> dict[str, Any]:
+    """A run's whole ``config.yaml`` (``run``, ``resolved_hyperparams``, ...); a missing or corrupt
+    file, or one without a ``run`` section, names itself."""
     path = Path(config_path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -40,10 +44,16 @@ def read_saved_run(config_path: str | Path) -> dict[str, Any]:
     run = data.get("run") if isinstance(data, dict) else None
     if not isinstance(run, dict):
         raise CheckpointError(f"{path} has no 'run' section: it was not written by a hubrl run.")
-    return run
+    return data
 
 
-def _flag(name: str, flags: Mapping[str, str] | None) -> str:
+def read_saved_run(config_path: str | Path) -> dict[str, Any]:
+    """The ``run`` section of a run's ``config.yaml``; a missing or corrupt file names itself."""
+    return read_saved_config(config_path)["run"]
+
+
+def flag_name(name: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag of setting ``name``: ``flags[name]``, else ``--name-with-dashes``."""
     return (flags or {}).get(name) or "--" + name.replace("_", "-")
 
 
@@ -85,7 +95,7 @@ def resume_conflicts(
 
 def _refuse(conflicts: list[tuple[str, Any, Any]], source: Path, flags: Mapping[str, str] | None) -> None:
     if conflicts:
-        parts = "; ".join(f"{_flag(n, flags)} {w!r} but the run has {s!r}" for n, w, s in conflicts)
+        parts = "; ".join(f"{flag_name(n, flags)} {w!r} but the run has {s!r}" for n, w, s in conflicts)
         raise UsageError(f"Resuming {source.parent}: {parts} (saved in {source}). Drop the flag to continue the run as saved, "
                          f"or start a new run with another --out.")
 
@@ -132,4 +142,4 @@ def check_finite(cfg: Any, flags: Mapping[str, str] | None = None) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"{_flag(f.name, flags)} must be a finite number, got {value}.")
+            raise UsageError(f"{flag_name(f.name, flags)} must be a finite number, got {value}.")

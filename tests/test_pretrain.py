@@ -256,7 +256,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         (["--timesteps", "0"], "--timesteps: must be positive"),
         (["--n-envs", "-2"], "--n-envs: must be positive"),
         (["--resume"], "Nothing to resume"),
-        (["--out", "/proc/hubrl-cannot-write-here"], "Cannot write to --out"),
+        (["--out", "/proc/hubrl-cannot-write-here"], "Cannot create run folder /proc/hubrl-cannot-write-here/seaquest-ppo"),
         (["--hub", "/proc/hubrl-cannot-write-here"], "Cannot write to --hub"),
     ],
 )

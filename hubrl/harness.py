@@ -1,0 +1,289 @@
+"""The run harness shared by pretraining (:mod:`hubrl.pretrain`) and transfer (:mod:`hubrl.transfer`).
+
+A run lives in one folder: ``config.yaml`` (its resolved settings under ``run:``, the agent's
+hyperparameters, the system it ran on), ``checkpoint.pt`` (resume state), ``evaluations.json``,
+``learning_curve.png`` and TensorBoard events under ``tb/``. Both kinds of run are set up,
+resumed and trained here, in the same steps, so they behave alike:
+
+1. :func:`start_run` checks the folder before anything is written (a new run needs an empty one,
+   or ``force``; a resumed one a checkpoint), resolves the agent's preset, and on resume continues
+   the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused) from its
+   checkpoint; it sets torch's CPU threads.
+2. :meth:`Run.envs` opens the training and evaluation envs, :meth:`Run.make_agent` builds the
+   SB3 agent with the run's preset, seed, device and TensorBoard folder, and
+   :meth:`Run.apply_runtime` sets the encoders' precision and says how the run uses the machine.
+3. :meth:`Run.create_folder` creates the folder (only then: a run refused while it is built leaves
+   nothing behind), :meth:`Run.save_config` writes ``config.yaml``, and :meth:`Run.train` runs
+   :func:`hubrl.training.run_training` with the run's budget, evaluation and checkpoint settings.
+4. :func:`draw_learning_curve` redraws ``learning_curve.png`` when the run ends or stops.
+
+The settings are a dataclass with the fields of :class:`RunConfig` (:class:`hubrl.pretrain.PretrainConfig`,
+:class:`hubrl.transfer.TransferConfig`); :func:`validate_run_settings` refuses the shared ones
+that cannot run, naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Protocol, TypeVar
+
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents import AGENT_CLASSES, resolve_hyperparams
+from envs import make_atari_vec_env
+from hubrl.atomic import atomic_write
+from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
+from hubrl.errors import UsageError
+from hubrl.evaluation import make_eval_env
+from hubrl.provenance import system_info
+from hubrl.runconfig import check_device, check_finite, check_resume, flag_name, read_saved_config, resume_config
+from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
+from hubrl.training import TrainingOutcome, run_training
+
+__all__ = [
+    "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
+    "check_resumable", "check_run_folder", "start_run", "draw_learning_curve",
+]
+
+CONFIG_NAME = "config.yaml"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+#: Settings a resumed run may change: its step budget, and where it runs and logs.
+RESUME_MAY_CHANGE: frozenset[str] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
+#: Settings whose command-line flag is not ``--field-name`` (for messages).
+FLAGS: Mapping[str, str] = {"repeat_action_probability": "--sticky-actions"}
+
+C = TypeVar("C", bound="RunConfig")
+
+
+class RunConfig(Protocol):
+    """What the harness reads of a run's settings dataclass (the fields both kinds of run have)."""
+
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]]  # the settings a resume may change (the others: the saved run's)
+    FLAGS: ClassVar[Mapping[str, str]]  # field -> flag, where the flag is not --field-name
+
+    algo: str  # a key of agents.AGENT_CLASSES
+    timesteps: int  # the budget in agent steps; the schedules follow it
+    n_envs: int | None  # None: the preset's
+    seed: int
+    device: str
+    threads: int | None  # None: hubrl.runtime.DEFAULT_THREADS
+    precision: str  # hubrl.runtime.PRECISIONS
+    out: Any  # where the run's folder is (each kind says how)
+    tensorboard_log: str | None  # None: <run folder>/tb
+    eval_freq: int
+    eval_episodes: int
+    checkpoint_freq: int
+    repeat_action_probability: float
+    hyperparams: dict[str, Any]  # overrides of the preset (agents.resolve_hyperparams)
+
+
+def validate_run_settings(cfg: RunConfig) -> None:
+    """Refuse a shared setting that cannot run, in one line naming its flag (before anything is built)."""
+    flags = type(cfg).FLAGS
+    if cfg.algo not in AGENT_CLASSES:
+        raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
+    check_finite(cfg, flags)
+    for name in ("timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "n_envs", "threads"):
+        value = getattr(cfg, name)
+        if value is None and name in ("n_envs", "threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{flag_name(name, flags)} must be a positive integer, got {value!r}.")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**32 - 1, got {cfg.seed!r}.")
+    if not 0 <= cfg.repeat_action_probability <= 1:
+        raise UsageError(f"{flag_name('repeat_action_probability', flags)} is a probability in [0, 1], "
+                         f"got {cfg.repeat_action_probability}.")
+    if cfg.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}.")
+    check_device(cfg.device)
+
+
+def check_resumable(folder: Path) -> None:
+    """Refuse ``--resume`` of a folder that holds no run to continue."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a run folder.")
+    checkpoint = folder / CHECKPOINT_NAME
+    if not checkpoint.is_file() and not previous_checkpoint(checkpoint).is_file():
+        raise UsageError(f"Nothing to resume in {folder}: no {CHECKPOINT_NAME}. Run without --resume to start it.")
+
+
+def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> None:
+    """Apply the overwrite rules to ``folder`` before anything is written.
+
+    A resumed run needs a checkpoint there. A new run needs the folder empty or missing: an
+    existing run is cleared with ``force=True`` and refused otherwise (``force=None``: the command
+    has no ``--force``, so the message suggests another ``--out``).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a folder: choose a folder for the run.")
+    if resume:
+        check_resumable(folder)
+    elif folder.exists() and any(folder.iterdir()):
+        if not force:
+            instead = "--force to start over" if force is not None else "choose another --out"
+            raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or {instead}.")
+        shutil.rmtree(folder)
+
+
+def _resolve_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The preset with ``cfg``'s overrides (and ``n_envs``), as plain values and as agent kwargs;
+    sets ``cfg.n_envs`` to the number used."""
+    plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
+    cfg.n_envs = int(plain["n_envs"])
+    return plain, kwargs
+
+
+@dataclass
+class Run(Generic[C]):
+    """One run being built and trained in its folder (made by :func:`start_run`)."""
+
+    cfg: C  # the settings it runs with (on resume: the saved run's)
+    folder: Path
+    hyperparams: dict[str, Any]  # the resolved preset, n_envs included (config.yaml's resolved_hyperparams)
+    agent_kwargs: dict[str, Any]  # the agent constructor's kwargs for those
+    saved: dict[str, Any] | None = None  # a resumed run's config.yaml as it was
+    resume_state: dict[str, Any] | None = None  # the checkpoint it resumes from
+
+    @property
+    def resumed(self) -> bool:
+        return self.resume_state is not None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT_NAME
+
+    @property
+    def tensorboard_log(self) -> str:
+        return self.cfg.tensorboard_log or str(self.folder / "tb")
+
+    @contextmanager
+    def envs(self, game: str) -> Iterator[tuple[VecEnv, VecEnv]]:
+        """The training env (``n_envs`` games, the run's seed) and the evaluation env (up to 8
+        whole games, raw scores, seed + 10000), both with the run's sticky actions; closed on exit."""
+        options = {"repeat_action_probability": self.cfg.repeat_action_probability}
+        env = make_atari_vec_env(game, self.cfg.n_envs, seed=self.cfg.seed, **options)
+        eval_env = None
+        try:
+            eval_env = make_eval_env(game, n_envs=min(self.cfg.eval_episodes, 8), seed=self.cfg.seed + 10_000, **options)
+            yield env, eval_env
+        finally:
+            env.close()
+            if eval_env is not None:
+                eval_env.close()
+
+    def make_agent(self, policy: str | type, env: VecEnv, policy_kwargs: Mapping[str, Any] | None = None) -> BaseAlgorithm:
+        """A fresh agent of the run's algorithm and preset, seed and device, logging to the run's
+        TensorBoard folder; ``policy_kwargs`` are merged over the preset's."""
+        kwargs = dict(self.agent_kwargs)
+        preset = kwargs.pop("policy_kwargs", {})
+        return AGENT_CLASSES[self.cfg.algo](
+            policy, env, seed=self.cfg.seed, device=self.cfg.device, verbose=0, tensorboard_log=self.tensorboard_log,
+            policy_kwargs={**preset, **(policy_kwargs or {})}, **kwargs,
+        )
+
+    def apply_runtime(self, model: BaseAlgorithm, verbose: int = 1) -> None:
+        """Run ``model``'s encoders in the run's precision and, with ``verbose``, say how the run
+        uses the machine (``Device cpu, 1 torch thread, fp32 encoders``)."""
+        apply_precision(model.policy, self.cfg.precision)
+        if verbose:
+            line = runtime_line(model.device, self.cfg.precision)
+            print(line[0].upper() + line[1:], flush=True)
+
+    def create_folder(self) -> Path:
+        """Create the run folder: the first thing a run writes, once what it needs is built."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"Cannot create run folder {self.folder}: {exc.strerror}.") from exc
+        return self.folder
+
+    def save_config(self, **sections: Any) -> Path:
+        """Write ``config.yaml`` (creating the folder if need be): ``run`` (the settings),
+        ``resolved_hyperparams``, the caller's ``sections`` in order, and ``system``."""
+        self.create_folder()
+        resolved = {"run": dataclasses.asdict(self.cfg), "resolved_hyperparams": self.hyperparams, **sections,
+                    "system": system_info()}
+        return atomic_write(self.folder / CONFIG_NAME, lambda h: yaml.safe_dump(resolved, h, sort_keys=False), mode="w")
+
+    def train(
+        self,
+        model: BaseAlgorithm,
+        eval_env: VecEnv,
+        *,
+        tb_log_name: str,
+        callbacks: list[BaseCallback] | None = None,
+        progress_bar: bool = True,
+        verbose: int = 1,
+        pause_at: int | None = None,
+        first_eval_at: int | None = None,
+    ) -> TrainingOutcome:
+        """Train ``model`` to the run's budget from where it stands, with the run's evaluation and
+        checkpoint settings (:func:`hubrl.training.run_training`)."""
+        cfg = self.cfg
+        return run_training(
+            model, cfg.timesteps, self.checkpoint,
+            eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
+            resume_state=self.resume_state, callbacks=callbacks, progress_bar=progress_bar, tb_log_name=tb_log_name,
+            verbose=verbose, pause_at=pause_at, first_eval_at=first_eval_at,
+        )
+
+
+def start_run(
+    cfg: C,
+    folder: str | Path,
+    *,
+    resume: bool = False,
+    given: Mapping[str, Any] | None = None,
+    force: bool | None = None,
+    verbose: int = 1,
+) -> Run[C]:
+    """Start the run of ``cfg`` in ``folder``, or resume the one saved there; writes nothing yet
+    (but clears a forced folder).
+
+    A resumed run continues the saved settings: with ``given`` (the settings asked for
+    explicitly, e.g. the command line's flags), the saved run with those laid over it; without,
+    ``cfg`` itself, which must equal the saved run except in ``RESUME_MAY_CHANGE``. Either way a
+    contradiction is refused, naming both values, before anything is written.
+    """
+    folder = Path(folder)
+    check_run_folder(folder, resume, force)
+    flags = type(cfg).FLAGS
+    saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
+    if saved is not None and given is not None:
+        cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
+    plain, kwargs = _resolve_hyperparams(cfg)
+    if saved is not None and given is None:
+        check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
+    resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
+    if verbose:
+        print(f"Run folder: {folder}", flush=True)
+    configure_threads(cfg.threads)
+    return Run(cfg, folder, plain, kwargs, saved, resume_state)
+
+
+def draw_learning_curve(folder: Path, plot: Callable[[Path], Path], verbose: int = 1) -> Path | None:
+    """Redraw the run's ``learning_curve.png`` with ``plot`` (:mod:`hubrl.plots`); a plot that
+    fails costs a warning, never the finished run."""
+    from hubrl.plots import NothingToPlot
+
+    try:
+        path = plot(folder)
+    except NothingToPlot:
+        if verbose:
+            print("No learning curve yet: no evaluation and no finished game so far.", flush=True)
+        return None
+    except Exception as exc:  # noqa: BLE001  (the model and checkpoint are saved already)
+        print(f"warning: could not draw {folder / 'learning_curve.png'}: {exc}", flush=True)
+        return None
+    if verbose:
+        print(f"Learning curve {path}", flush=True)
+    return path
