@@ -1,9 +1,9 @@
 """PPO / A2C agents that add a policy's auxiliary losses to the objective, and RL Zoo Atari presets."""
 
-from agents.a2c import HubA2C
-from agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, AuxiliaryTerms
-from agents.ppo import HubPPO
-from agents.presets import ALGOS, ATARI_PRESETS, load_overrides, preset, resolve_hyperparams
+from hubrl.agents.a2c import HubA2C
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, AuxiliaryTerms
+from hubrl.agents.ppo import HubPPO
+from hubrl.agents.presets import ALGOS, ATARI_PRESETS, load_overrides, preset, resolve_hyperparams
 
 AGENT_CLASSES = {"ppo": HubPPO, "a2c": HubA2C}
 

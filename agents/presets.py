@@ -84,10 +84,10 @@ def _known_keys(algo: str | None) -> set[str]:
     """Hyperparameters ``algo`` takes (all algorithms' when None): its SB3 constructor's and ``n_envs``."""
     import inspect
 
-    from agents.a2c import HubA2C  # the agent modules, not the package: agents/__init__.py imports this one
-    from agents.ppo import HubPPO
+    from hubrl.agents.a2c import HubA2C  # the agent modules, not the package: agents/__init__.py imports this one
+    from hubrl.agents.ppo import HubPPO
 
-    agents = {"ppo": HubPPO, "a2c": HubA2C}  # agents.AGENT_CLASSES
+    agents = {"ppo": HubPPO, "a2c": HubA2C}  # hubrl.agents.AGENT_CLASSES
     classes = [agents[algo]] if algo in agents else list(agents.values())
     keys = {"n_envs"}
     for cls in classes:

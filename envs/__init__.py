@@ -6,7 +6,7 @@ benchmark report) do not pay for importing ale-py and stable-baselines3.
 
 from typing import Any
 
-from envs.games import (
+from hubrl.envs.games import (
     REFERENCE_SCORES,
     UnknownGameError,
     action_meanings,
@@ -31,7 +31,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("AtariVecEnv", "make_atari_vec_env"):
-        from envs import atari
+        from hubrl.envs import atari
 
         return getattr(atari, name)
-    raise AttributeError(f"module 'envs' has no attribute {name!r}")
+    raise AttributeError(f"module 'hubrl.envs' has no attribute {name!r}")

@@ -245,8 +245,8 @@ def _saved_model_inference(folder: Path, cfg: Any) -> float | None:
     Measured here, in the process that wrote the file, rather than by the report: loading an SB3
     zip unpickles its ``data`` entry, which the report must not do for a grid it did not make.
     """
-    from agents import AGENT_CLASSES
-    from envs import make_atari_vec_env, resolve_game
+    from hubrl.agents import AGENT_CLASSES
+    from hubrl.envs import make_atari_vec_env, resolve_game
     from hubrl.evaluation import inference_steps_per_second
 
     path = folder / "model.zip"
@@ -346,7 +346,7 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
     """Resolve game names to display names; check methods and settings against hubrl.transfer."""
     from dataclasses import fields
 
-    from envs.games import display_name
+    from hubrl.envs.games import display_name
     from hubrl.transfer import METHODS, TransferConfig
 
     if not games or not methods:
@@ -475,7 +475,7 @@ def run_grid(
         methods = _expand_finetune(methods, settings)
         _validate_trial_configs(game_names, methods, settings, budget)
     else:
-        from envs.games import display_name
+        from hubrl.envs.games import display_name
 
         try:
             game_names = [display_name(g) for g in games]

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from envs import make_atari_vec_env, resolve_game
+from hubrl.envs import make_atari_vec_env, resolve_game
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
 from hubrl.pretrain import UsageError
 
@@ -73,7 +73,7 @@ def _expert_policy(expert, game: str, device: str) -> Any:
     import gymnasium as gym
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
-    from envs import action_meanings
+    from hubrl.envs import action_meanings
 
     state = expert.policy_state()
     n_actions = int(state["action_net.weight"].shape[0])
@@ -92,7 +92,7 @@ def _expert_policy(expert, game: str, device: str) -> Any:
 
 
 def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
-    from agents import AGENT_CLASSES
+    from hubrl.agents import AGENT_CLASSES
 
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     run = config.get("run", {})

@@ -15,7 +15,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import BasePolicy
 
-from envs import make_atari_vec_env
+from hubrl.envs import make_atari_vec_env
 
 __all__ = ["EvalResult", "make_eval_env", "evaluate_model", "inference_steps_per_second"]
 

@@ -293,7 +293,7 @@ class TrialResult:
 
 
 def _hns(game: str, score: float) -> float | None:
-    from envs.games import human_normalized_score
+    from hubrl.envs.games import human_normalized_score
 
     try:
         return float(human_normalized_score(game, score))
@@ -385,7 +385,7 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
 def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:
     """One trial folder read back (its points up to ``stage``); :class:`TrialUnreadable` (or a
     type error) when its records are damaged."""
-    from envs.games import display_name
+    from hubrl.envs.games import display_name
 
     points = read_evaluations(folder)
     _check_points(points)

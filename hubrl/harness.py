@@ -36,10 +36,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents import AGENT_CLASSES, resolve_hyperparams
-from envs import make_atari_vec_env
+from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
+from hubrl.envs import make_atari_vec_env
 from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.provenance import system_info

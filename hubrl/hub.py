@@ -138,7 +138,7 @@ class Hub:
 
     def experts_for_game(self, game: str) -> list[Expert]:
         """Experts whose manifest says they were trained on ``game`` (any spelling resolve_game takes)."""
-        from envs.games import UnknownGameError, resolve_game
+        from hubrl.envs.games import UnknownGameError, resolve_game
 
         try:
             wanted = resolve_game(game)

@@ -37,7 +37,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from torch import nn
 from torch.nn import functional as F
 
-from agents.routing import Route
+from hubrl.agents.routing import Route
 
 __all__ = ["K1_WEIGHTS", "Route", "Routing", "RoutedFeatures", "PathwayGenerator", "HubPathwayExtractor"]
 

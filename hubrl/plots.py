@@ -213,7 +213,7 @@ def _run_tensorboard_dirs(folder: Path, run: dict[str, Any]) -> list[Path]:
         return [folder / "tb"]
     from types import SimpleNamespace
 
-    from envs import resolve_game
+    from hubrl.envs import resolve_game
     from hubrl.methods import method_label
 
     name = f"{resolve_game(run['env'])}-{method_label(SimpleNamespace(**run))}"

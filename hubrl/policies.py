@@ -29,7 +29,7 @@ from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
 from hubrl.hub import Hub
 from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
 from hubrl.pathway import HubPathwayExtractor, Route, RoutedFeatures

@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Mapping
 import torch as th
 import yaml
 
-from envs import action_meanings, resolve_game
 from hubrl.checkpoint import load_training_checkpoint
+from hubrl.envs import action_meanings, resolve_game
 from hubrl.errors import UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
 from hubrl.experts import ExpertManifest, save_expert

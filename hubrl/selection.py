@@ -227,7 +227,7 @@ def collect_target_data(
     :raises UnknownGameError: (a ValueError) for a game ale-py does not ship.
     :raises ValueError: when ``frames`` is too small to leave any labelled observation.
     """
-    from envs import make_atari_vec_env, resolve_game
+    from hubrl.envs import make_atari_vec_env, resolve_game
 
     game = resolve_game(game)
     frames, n_envs = int(frames), int(n_envs)
@@ -529,7 +529,7 @@ def rank_experts(
     Cost: collection once (~20-25 s at 20k frames on the project's 2-core VM) plus ~8 s per expert
     (see the module docstring).
     """
-    from envs import resolve_game
+    from hubrl.envs import resolve_game
 
     game = resolve_game(game)
     _check_probe(probe)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from envs import resolve_game
 from hubrl.atomic import atomic_write
 from hubrl.callbacks import GateUsageCallback
+from hubrl.envs import resolve_game
 from hubrl.errors import UsageError
 from hubrl.harness import FLAGS, RESUME_MAY_CHANGE, check_resumable, draw_learning_curve, start_run, validate_run_settings
 from hubrl.hub import Hub, resolve_hub

@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from agents import load_overrides
+    from hubrl.agents import load_overrides
 
     settings = {
         "hub": args.hub, "sources": args.sources, "algo": args.algo, "n_envs": args.n_envs, "device": args.device,

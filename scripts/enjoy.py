@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from envs import display_name
+    from hubrl.envs import display_name
+
     from hubrl.enjoy import load_player, play
     from hubrl.runtime import configure_threads
 

@@ -74,8 +74,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set
 def main(argv=None) -> int:
     parser = build_parser()
     args, given = _check(parser, *parse_given(parser, argv))
-    from agents import load_overrides
-    from envs import resolve_game
+    from hubrl.agents import load_overrides
+    from hubrl.envs import resolve_game
+
     from hubrl.pretrain import PretrainConfig, pretrain_expert
 
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
@@ -145,7 +146,7 @@ def _requested(cfg, given: set[str]) -> dict:
     """The settings of ``cfg`` the user gave as flags (a resumed run keeps the others as saved)."""
     from dataclasses import fields
 
-    from agents import resolve_hyperparams
+    from hubrl.agents import resolve_hyperparams
 
     requested = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in given}
     requested["out"] = cfg.out  # the run being resumed is where it is now

@@ -118,7 +118,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     run; for ``--resume``, the saved run with only the explicitly given flags laid over it."""
     from dataclasses import fields
 
-    from agents import load_overrides
+    from hubrl.agents import load_overrides
+
     from hubrl.runconfig import resume_config
     from hubrl.transfer import TransferConfig, check_resumable, default_run_folder
 

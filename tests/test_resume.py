@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch as th
 import yaml
+from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 import hubrl.training
-from envs import make_atari_vec_env
 from hubrl.checkpoint import (
     CheckpointError,
     load_resume_checkpoint,

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from hubrl.agents import HubA2C, HubPPO
+from hubrl.agents.routing import RoutedRolloutBuffer, fuse_adam
+from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 
 import hubrl  # noqa: F401
-from agents import HubA2C, HubPPO
-from agents.routing import RoutedRolloutBuffer, fuse_adam
-from envs import make_atari_vec_env
 from hubrl.hub import resolve_hub
 from hubrl.losses import entropy_balance_loss, exploration_loss, importance_load_loss, switch_balance_loss
 from hubrl.pathway import PathwayGenerator
@@ -205,7 +205,7 @@ def test_adam_is_fused_where_torch_offers_it(hub, tmp_path):
     model = _agent(HubPPO, hub, tmp_path)
     optimizer = model.policy.optimizer
     assert optimizer.defaults["eps"] == 1e-5  # SB3's Adam epsilon kept
-    from agents.routing import fused_adam_available
+    from hubrl.agents.routing import fused_adam_available
 
     assert optimizer.defaults.get("fused") is (True if fused_adam_available("cpu") else None)
     assert fuse_adam(model.policy) is False  # idempotent

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle between the modules of ``hubrl``, ``agents`` and ``envs``.
+"""The package's shape: no import cycle between the modules of ``hubrl``, ``hubrl.agents`` and ``hubrl.envs``.
 
 The import graph is read from the source (``ast``), not by importing: every ``import`` and
 ``from ... import`` statement counts, wherever it is — at the top, inside a function (a lazy
@@ -17,13 +17,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hubrl", "agents", "envs")
+INSTALLED_AS = {"agents": "hubrl.agents", "envs": "hubrl.envs"}  # repository folder -> package (pyproject.toml)
 
 
 def module_name(path: Path, root: Path) -> str:
-    """``hubrl/report.py`` -> ``hubrl.report``; ``envs/__init__.py`` -> ``envs``."""
+    """``hubrl/report.py`` -> ``hubrl.report``; ``envs/__init__.py`` -> ``hubrl.envs`` (:data:`INSTALLED_AS`)."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    parts[0] = INSTALLED_AS.get(parts[0], parts[0])
     return ".".join(parts)
 
 
@@ -56,7 +58,7 @@ def import_graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dic
             else:
                 targets = set(candidates)
             for target in targets:
-                # the most specific internal module the name lies in (``import envs.games.x`` -> envs.games)
+                # the most specific internal module the name lies in (``import hubrl.envs.games.x`` -> hubrl.envs.games)
                 while target and target not in files:
                     target = target.rpartition(".")[0]
                 if target and target != name:
@@ -144,7 +146,8 @@ def test_no_import_cycles():
 def test_graph_sees_the_package():
     """The graph is not trivially empty: it knows modules and their lazy imports."""
     graph = import_graph()
-    assert {"hubrl.report", "hubrl.benchmark", "agents", "envs.games"} <= set(graph)
+    assert {"hubrl.report", "hubrl.benchmark", "hubrl.agents", "hubrl.envs.games"} <= set(graph)
+    assert "hubrl.agents.presets" in graph["hubrl.agents"] and "hubrl.envs.games" in graph["hubrl.envs.atari"]
     assert "hubrl.grid" in graph["hubrl.benchmark"] and "hubrl.grid" in graph["hubrl.report"]
 
 

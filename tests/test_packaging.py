@@ -1,0 +1,100 @@
+"""One clear package (issue 16): ``agents/`` and ``envs/`` import as ``hubrl.agents`` / ``hubrl.envs``
+everywhere (an editable install, a plain clone, a wheel) and no generic top-level name leaks."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+GENERIC = ("agents", "envs")
+# What the mechanical rewrite of issue 16 replaced: ``from agents... import`` / ``import envs...`` at the top level.
+GENERIC_IMPORT = re.compile(r"^\s*(?:from|import) (?:agents|envs)(?:\.\w+)*(?:\s|$)", re.M)
+
+
+def test_no_code_imports_the_generic_top_level_names():
+    offenders = [f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}"
+                 for folder in ("hubrl", "agents", "envs", "scripts", "tests")
+                 for path in sorted((ROOT / folder).rglob("*.py"))
+                 for text in [path.read_text()]
+                 for m in GENERIC_IMPORT.finditer(text)]
+    assert not offenders, f"import hubrl.agents / hubrl.envs instead: {offenders}"
+
+
+def test_importing_every_module_loads_no_generic_top_level_package():
+    import hubrl
+
+    for info in pkgutil.walk_packages(hubrl.__path__, "hubrl."):
+        importlib.import_module(info.name)
+    import hubrl.agents
+    import hubrl.envs.atari  # noqa: F401
+
+    assert not [name for name in GENERIC if name in sys.modules]
+    assert hubrl.agents.HubPPO.__module__ == "hubrl.agents.ppo"
+
+
+def test_a_clone_without_installation_imports_the_folders_beside_hubrl(tmp_path):
+    """The fallback finder of hubrl/__init__.py: the copies beside *this* ``hubrl`` (even though
+    another copy may be installed in editable mode), and no other name (``hubrl.scripts``)."""
+    clone = tmp_path / "clone"
+    for folder in ("hubrl", "agents", "envs", "scripts", "tests"):
+        shutil.copytree(ROOT / folder, clone / folder, ignore=shutil.ignore_patterns("default_hub", "__pycache__"))
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(clone)!r})\n"
+        "import hubrl.envs.games\n"
+        "agents = importlib.util.find_spec('hubrl.agents')  # found, not run: no torch import\n"
+        "print(hubrl.__file__, hubrl.envs.games.__file__, agents.origin, *agents.submodule_search_locations)\n"
+        "print([n for n in ('hubrl.scripts', 'hubrl.tests', 'hubrl.hubrl') if importlib.util.find_spec(n)])\n"
+        "print([n for n in ('agents', 'envs') if n in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    files, exposed, generic = proc.stdout.splitlines()
+    assert files.split() == [str(clone / "hubrl" / "__init__.py"), str(clone / "envs" / "games.py"),
+                             str(clone / "agents" / "__init__.py"), str(clone / "agents")]
+    assert exposed == "[]" and generic == "[]"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_agents_and_envs_inside_hubrl(tmp_path):
+    """Build the wheel, check its file list, install it (no deps: this venv has them) into a
+    folder of its own and import it from elsewhere."""
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(wheels), "--no-deps",
+                            "--no-build-isolation", "-q"], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheels.glob("hubrl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"hubrl", f"hubrl-{wheel.name.split('-')[1]}.dist-info"}, tops
+    for needed in ("hubrl/agents/__init__.py", "hubrl/agents/ppo.py", "hubrl/envs/__init__.py", "hubrl/envs/atari.py",
+                   "hubrl/default_hub/seaquest-ppo/expert.json"):
+        assert needed in names
+
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                              str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = (
+        "import importlib.util, sys\n"
+        "import hubrl.agents, hubrl.envs\n"
+        "print(hubrl.agents.__file__, hubrl.envs.__file__)\n"
+        "print([n for n in ('agents', 'envs') if importlib.util.find_spec(n)])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files, generic = proc.stdout.splitlines()
+    assert files.split() == [str(target / "hubrl" / "agents" / "__init__.py"), str(target / "hubrl" / "envs" / "__init__.py")]
+    assert generic == "[]"
