@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch as th
 from gymnasium import spaces
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
-from hubrl.agents.routing import RoutedOnPolicyMixin
 from stable_baselines3 import A2C
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
+
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubA2C"]
 

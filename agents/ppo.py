@@ -14,11 +14,12 @@ from collections import defaultdict
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
-from hubrl.agents.routing import RoutedOnPolicyMixin
 from stable_baselines3 import PPO
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
+
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubPPO"]
 

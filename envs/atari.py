@@ -21,8 +21,9 @@ from typing import Any, Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np
-from hubrl.envs.games import action_meanings, resolve_game
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvObs, VecEnvStepReturn
+
+from hubrl.envs.games import action_meanings, resolve_game
 
 __all__ = ["AtariVecEnv", "make_atari_vec_env"]
 

@@ -50,9 +50,10 @@ def _env_steps_per_second(env, steps: int, seed: int = 0) -> float:
 def bench_envs(game: str, n_envs: int, steps: int, repeats: int) -> None:
     import ale_py
     import gymnasium as gym
-    from hubrl.envs import display_name, make_atari_vec_env
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
+
+    from hubrl.envs import display_name, make_atari_vec_env
 
     gym.register_envs(ale_py)
     try:
@@ -111,9 +112,9 @@ TRAIN_VARIANTS = {  # label -> (implementation, torch threads (None: torch's def
 def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None, precision: str) -> dict:
     """One whole training process: agent steps/s of ``learn(steps)`` after a one-rollout warm-up."""
     import torch as th
+
     from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
     from hubrl.envs import display_name, make_atari_vec_env
-
     from hubrl.runtime import apply_precision
 
     if threads:
@@ -195,9 +196,9 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
     import resource
 
     import torch as th
+
     from hubrl.agents import HubPPO, resolve_hyperparams
     from hubrl.envs import make_atari_vec_env, resolve_game
-
     from hubrl.evaluation import inference_steps_per_second
     from hubrl.methods import plan_method
     from hubrl.transfer import TransferConfig

@@ -46,9 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hubrl.envs import display_name
-
     from hubrl.enjoy import load_player, play
+    from hubrl.envs import display_name
     from hubrl.runtime import configure_threads
 
     configure_threads(args.threads)

@@ -76,7 +76,6 @@ def main(argv=None) -> int:
     args, given = _check(parser, *parse_given(parser, argv))
     from hubrl.agents import load_overrides
     from hubrl.envs import resolve_game
-
     from hubrl.pretrain import PretrainConfig, pretrain_expert
 
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training

@@ -56,7 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hubrl.envs import display_name, resolve_game
-
     from hubrl.hub import resolve_hub
     from hubrl.runtime import configure_threads
     from hubrl.selection import Ranking, collect_target_data, random_baseline, rank_experts

@@ -119,7 +119,6 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     from dataclasses import fields
 
     from hubrl.agents import load_overrides
-
     from hubrl.runconfig import resume_config
     from hubrl.transfer import TransferConfig, check_resumable, default_run_folder
 

@@ -55,8 +55,9 @@ def make_tiny_hub(root: Path, names=("seaquest-ppo", "riverraid-ppo"), in_channe
 
 def make_sb3_zip(path: Path, seed: int = 0) -> Path:
     """A stock SB3 PPO CnnPolicy checkpoint, as model.save writes it."""
-    from hubrl.envs import make_atari_vec_env
     from stable_baselines3 import PPO
+
+    from hubrl.envs import make_atari_vec_env
 
     env = make_atari_vec_env("Seaquest", 1, seed=seed)
     PPO("CnnPolicy", env, n_steps=8, batch_size=8, seed=seed, device="cpu").save(path)

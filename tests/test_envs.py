@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hubrl.envs import UnknownGameError, action_meanings, human_normalized_score, make_atari_vec_env, resolve_game
 
 

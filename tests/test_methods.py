@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch as th
 import yaml
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
 import hubrl  # noqa: F401
+from hubrl.envs import make_atari_vec_env
 from hubrl.hub import HubError, load_hub
 from hubrl.pretrain import UsageError
 from hubrl.transfer import TransferConfig, run_transfer

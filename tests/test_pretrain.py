@@ -183,8 +183,9 @@ def test_resume_with_nothing_to_resume(tmp_path, tiny_ppo):
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    from hubrl.envs import make_atari_vec_env
     from stable_baselines3 import PPO
+
+    from hubrl.envs import make_atari_vec_env
 
     model = PPO("CnnPolicy", make_atari_vec_env("Seaquest", 1), n_steps=8, batch_size=8, device="cpu")
     path = tmp_path / "checkpoint.pt"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hubrl.envs.games import REFERENCE_SCORES, human_normalized_score
 
+from hubrl.envs.games import REFERENCE_SCORES, human_normalized_score
 from hubrl.grid import count_parameters, load_trials
 from hubrl.report import write_report
 from hubrl.stats import difference_ci, iqm, learning_curve_auc, probability_of_improvement, stratified_bootstrap_ci, trim_mean

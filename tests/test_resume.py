@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch as th
 import yaml
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -26,6 +25,7 @@ from hubrl.checkpoint import (
     previous_checkpoint,
     save_training_checkpoint,
 )
+from hubrl.envs import make_atari_vec_env
 from hubrl.training import run_training
 from tests.conftest import ROOT, TINY_PPO, make_tiny_hub
 

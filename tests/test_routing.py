@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch as th
-from hubrl.agents import HubA2C, HubPPO
-from hubrl.agents.routing import RoutedRolloutBuffer, fuse_adam
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 
 import hubrl  # noqa: F401
+from hubrl.agents import HubA2C, HubPPO
+from hubrl.agents.routing import RoutedRolloutBuffer, fuse_adam
+from hubrl.envs import make_atari_vec_env
 from hubrl.hub import resolve_hub
 from hubrl.losses import entropy_balance_loss, exploration_loss, importance_load_loss, switch_balance_loss
 from hubrl.pathway import PathwayGenerator

@@ -9,10 +9,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3.common.torch_layers import NatureCNN
 
 from hubrl import selection
+from hubrl.envs import make_atari_vec_env
 from hubrl.hub import Expert, Hub, HubError, load_hub
 from hubrl.selection import (
     RANDOM_BASELINE,

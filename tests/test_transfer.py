@@ -8,10 +8,10 @@ import json
 import pytest
 import torch as th
 import yaml
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import A2C, PPO
 
 import hubrl  # noqa: F401  (what users import before PPO.load)
+from hubrl.envs import make_atari_vec_env
 from hubrl.hub import HubError
 from hubrl.pretrain import UsageError
 from hubrl.transfer import TransferConfig, run_transfer

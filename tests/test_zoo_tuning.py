@@ -9,14 +9,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from hubrl.agents import HubPPO
-from hubrl.envs import make_atari_vec_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 from torch.nn import functional as F
 
 import hubrl.zoo_tuning  # noqa: F401  (what users import before PPO.load)
+from hubrl.agents import HubPPO
+from hubrl.envs import make_atari_vec_env
 from hubrl.hub import Hub, load_hub
 from hubrl.zoo_tuning import ZooTuningExtractor, ZooTuningPolicy, load_zoo_weights, merge_lite
 from tests.conftest import TINY_PPO, make_tiny_hub, run_script
