@@ -1,7 +1,7 @@
-"""A2C whose objective also carries the policy's auxiliary losses (see :mod:`agents.auxiliary`).
+"""A2C whose objective also carries the policy's auxiliary losses (see :mod:`hubrl.agents.auxiliary`).
 
 ``train()`` is SB3 2.x's ``A2C.train`` plus the auxiliary terms, added before the single backward
-pass, and a routed policy's batch is evaluated under its stored acting routes (:mod:`agents.routing`).
+pass, and a routed policy's batch is evaluated under its stored acting routes (:mod:`hubrl.agents.routing`).
 With a policy that has neither it is SB3's A2C; saved models open with stock
 ``stable_baselines3.A2C.load``.
 """

@@ -1,7 +1,7 @@
 """The hook through which a policy adds auxiliary losses to the PPO/A2C objective.
 
-SB3 builds its loss inside ``train()`` with no extension point, so :class:`agents.ppo.HubPPO` and
-:class:`agents.a2c.HubA2C` reproduce SB3's ``train()`` and, right after
+SB3 builds its loss inside ``train()`` with no extension point, so :class:`hubrl.agents.ppo.HubPPO` and
+:class:`hubrl.agents.a2c.HubA2C` reproduce SB3's ``train()`` and, right after
 ``policy.evaluate_actions`` on each minibatch, ask the policy for extra loss terms computed from
 that same forward pass. A policy opts in by defining ``auxiliary_loss(batch)``; any other policy
 (SB3's own ``CnnPolicy`` included) trains exactly as in SB3.

@@ -1,9 +1,9 @@
-"""PPO whose objective also carries the policy's auxiliary losses (see :mod:`agents.auxiliary`).
+"""PPO whose objective also carries the policy's auxiliary losses (see :mod:`hubrl.agents.auxiliary`).
 
 ``train()`` is SB3 2.x's ``PPO.train`` line for line, plus one step: after
 ``evaluate_actions`` the policy may return extra terms, which join the loss before the single
 backward pass; a routed policy's minibatches are evaluated under their stored acting routes
-(:mod:`agents.routing`). With a policy that has no ``auxiliary_loss`` and no routes it is SB3's PPO. Saved models open
+(:mod:`hubrl.agents.routing`). With a policy that has no ``auxiliary_loss`` and no routes it is SB3's PPO. Saved models open
 with stock ``stable_baselines3.PPO.load``.
 """
 

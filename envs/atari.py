@@ -31,7 +31,7 @@ __all__ = ["AtariVecEnv", "make_atari_vec_env"]
 class AtariVecEnv(VecEnv):
     """SB3 ``VecEnv`` over ale-py's C++ vector environment.
 
-    :param game: game name in any form :func:`envs.games.resolve_game` accepts.
+    :param game: game name in any form :func:`hubrl.envs.games.resolve_game` accepts.
     :param n_envs: number of parallel games.
     :param seed: seed of the first game; game ``i`` gets ``seed + i``.
     :param repeat_action_probability: sticky actions (ALE v5 default 0.25; 0 for the v4 protocol).

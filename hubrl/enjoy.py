@@ -15,10 +15,10 @@ What can play (:func:`load_player`):
   ``data`` never unpickled), so a third-party file cannot run code. It must be a NatureCNN
   ``CnnPolicy``; an SB3 zip does not say which game it plays, so ``env`` is needed.
 
-The agent sees exactly what it saw in training and evaluation: hubrl's :class:`envs.AtariVecEnv`
+The agent sees exactly what it saw in training and evaluation: hubrl's :class:`hubrl.envs.AtariVecEnv`
 with the evaluation settings (whole games, raw rewards, sticky actions). The video shows the
 game as a person sees it: ``render_mode="rgb_array"`` keeps the 210x160 RGB screen of the same
-game in lockstep (see :class:`envs.AtariVecEnv`), one frame per agent step, i.e. 15 frames per
+game in lockstep (see :class:`hubrl.envs.AtariVecEnv`), one frame per agent step, i.e. 15 frames per
 second of play (60 Hz emulator, frame skip 4).
 
 Video files: MP4 through ``imageio-ffmpeg``, the optional ``[video]`` extra: a small Python

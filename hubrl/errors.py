@@ -9,7 +9,7 @@ The subclasses also derive from the builtin each one replaced (``ValueError`` /
 ``RuntimeError``), so code that caught those keeps working. They are re-exported where they
 were defined before (``hubrl.pretrain.UsageError``, ``hubrl.hub.HubError``,
 ``hubrl.checkpoint.CheckpointError``, ``hubrl.benchmark.GridError``).
-This module imports nothing, so every layer (``envs``, ``agents``, light tools) can use it.
+This module imports nothing, so every layer (``hubrl.envs``, ``hubrl.agents``, light tools) can use it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the top-k experts of the hub, and only those experts' encoders run on it.
   2017: a learned, input-dependent ``softplus`` scale with a floor that keeps it alive, or a fixed
   scale) and the top-k noisy logits pick the experts. Evaluation and ``predict`` are noise-free.
 * **Routes are replayable.** The standard-normal draw and the selected experts of each acting step
-  form a :class:`Route`; the rollout buffer stores it (:mod:`agents.routing`), and the update
+  form a :class:`Route`; the rollout buffer stores it (:mod:`hubrl.agents.routing`), and the update
   recomputes the logits with the current parameters *plus the stored draw* and keeps the stored
   selection. The PPO ratio therefore compares the same pathway before and after the update (it is
   exactly 1 before the first gradient step, as for a plain CNN policy) while the gate still gets

@@ -12,7 +12,7 @@ expert for the target's action set. Two aggregation forms:
 ``features`` is the default by measurement: at 100k steps on Alien and Gopher (2 seeds each) it
 tied on Alien and led on Gopher (IQM HNS 0.049 vs 0.025; BENCHMARKS.md).
 
-The policy implements ``auxiliary_loss`` (see :mod:`agents.auxiliary`), so ``HubPPO``/``HubA2C``
+The policy implements ``auxiliary_loss`` (see :mod:`hubrl.agents.auxiliary`), so ``HubPPO``/``HubA2C``
 add ``exploration_coef * exploration_loss + exploitation_coef * exploitation_loss`` to the
 objective. During rollouts it accumulates per-expert gate usage for
 :class:`hubrl.callbacks.GateUsageCallback`. Its constructor takes plain kwargs only, and expert
@@ -67,7 +67,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
 
     **Acting vs updating.** ``forward`` (SB3 calls it to act in ``collect_rollouts``) draws the
     gate noise and keeps the resulting :class:`~hubrl.pathway.Route` for the rollout buffer
-    (:func:`pop_acting_route`, read by :class:`agents.routing.RoutedRolloutBuffer`).
+    (:func:`pop_acting_route`, read by :class:`hubrl.agents.routing.RoutedRolloutBuffer`).
     ``evaluate_actions(obs, actions, route=...)`` replays it in the update, so PPO's ratio and
     both auxiliary losses see the pathway that acted. ``predict`` / evaluation are noise-free.
     Without a stored route (e.g. trained by stock SB3 PPO) the update draws fresh noise.

@@ -27,7 +27,7 @@ Statistics (Agarwal et al., 2021, "Deep RL at the edge of the statistical precip
 by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 
 * **HNS** = (score − random) / (human − random), DQN Zoo reference scores
-  (:func:`envs.games.human_normalized_score`); games without reference scores are left out of the
+  (:func:`hubrl.envs.games.human_normalized_score`); games without reference scores are left out of the
   aggregates.
 * **IQM** = mean of the middle 50% of all runs' scores pooled over games; **CIs** are 95%
   stratified-bootstrap percentile intervals (runs resampled within each game) with a fixed seed,

@@ -11,7 +11,7 @@ the new policy and value heads can build on.
 Pipeline, all on the CPU, about 40 s for two experts at the default 20k frames (BENCHMARKS.md):
 
 1. :func:`collect_target_data` plays ``frames`` agent steps of the target game with a uniform
-   random policy in :func:`envs.make_atari_vec_env` (the training env: life loss ends an episode,
+   random policy in :func:`hubrl.envs.make_atari_vec_env` (the training env: life loss ends an episode,
    rewards clipped to {-1, 0, 1}) and labels each observation with its discounted return-to-go
    (``gamma=0.99``) within its episode. The data are collected once and shared by every expert,
    so the comparison is fair.
@@ -219,7 +219,7 @@ def collect_target_data(
 ) -> TargetData:
     """Play ``frames`` agent steps (over all envs) of ``game`` with a uniform random policy.
 
-    The env is the training env (:func:`envs.make_atari_vec_env`: life loss ends an episode,
+    The env is the training env (:func:`hubrl.envs.make_atari_vec_env`: life loss ends an episode,
     clipped rewards). Each observation is labelled with its discounted return-to-go; steps of
     unfinished episodes whose unseen tail could still weigh more than ``max_tail_weight`` of their
     return (``gamma ** steps_seen > max_tail_weight``) are dropped.
