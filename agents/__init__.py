@@ -2,6 +2,7 @@
 
 from hubrl.agents.a2c import HubA2C
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, AuxiliaryTerms
+from hubrl.agents.legacy import legacy_custom_objects
 from hubrl.agents.ppo import HubPPO
 from hubrl.agents.presets import ALGOS, ATARI_PRESETS, load_overrides, preset, resolve_hyperparams
 
@@ -16,6 +17,7 @@ __all__ = [
     "AuxiliaryTerms",
     "HubA2C",
     "HubPPO",
+    "legacy_custom_objects",
     "load_overrides",
     "preset",
     "resolve_hyperparams",

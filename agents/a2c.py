@@ -15,12 +15,13 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubA2C"]
 
 
-class HubA2C(RoutedOnPolicyMixin, A2C):
+class HubA2C(LegacyLoadMixin, RoutedOnPolicyMixin, A2C):
     """SB3 A2C + auxiliary losses from the policy, logged under ``train/<name>``."""
 
     def train(self) -> None:

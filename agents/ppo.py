@@ -19,12 +19,13 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
 __all__ = ["HubPPO"]
 
 
-class HubPPO(RoutedOnPolicyMixin, PPO):
+class HubPPO(LegacyLoadMixin, RoutedOnPolicyMixin, PPO):
     """SB3 PPO + auxiliary losses from the policy, logged under ``train/<name>``."""
 
     def train(self) -> None:

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,56 @@ def test_the_wheel_installs_agents_and_envs_inside_hubrl(tmp_path):
     files, generic = proc.stdout.splitlines()
     assert files.split() == [str(target / "hubrl" / "agents" / "__init__.py"), str(target / "hubrl" / "envs" / "__init__.py")]
     assert generic == "[]"
+
+
+def _save_as_before_issue_16(model, path: Path, monkeypatch) -> Path:
+    """Save ``model`` as hubrl did when the agents were the top-level package ``agents``: the
+    schedules' class pickled as ``agents.presets._Linear``."""
+    import types
+
+    import hubrl.agents.presets as presets
+
+    old = types.ModuleType("agents")
+    old.presets = presets
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "agents", old)
+        patch.setitem(sys.modules, "agents.presets", presets)
+        patch.setattr(presets._Linear, "__module__", "agents.presets")
+        model.save(path)
+    return path
+
+
+def test_a_model_zip_saved_under_the_old_module_names_still_loads(tmp_path, monkeypatch, tiny_ppo):
+    import base64
+    import json
+    import zipfile
+
+    from stable_baselines3 import PPO
+
+    from hubrl.agents import HubPPO, legacy_custom_objects, resolve_hyperparams
+    from hubrl.envs import make_atari_vec_env
+
+    # From the repository's root the folder agents/ is importable as `agents` (tests/conftest.py puts the
+    # root on sys.path): hide it, as for a user of the installed package.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    env = make_atari_vec_env("Seaquest", 1, seed=0)
+    _, kwargs = resolve_hyperparams("ppo", {**tiny_ppo, "batch_size": 32})
+    model = HubPPO("CnnPolicy", env, seed=0, device="cpu", **kwargs)
+    old = _save_as_before_issue_16(model, tmp_path / "old.zip", monkeypatch)
+    env.close()
+    data = json.loads(zipfile.ZipFile(old).read("data"))
+    assert b"agents.presets" in base64.b64decode(data["learning_rate"][":serialized:"])  # the file is really old-style
+    with pytest.raises(ModuleNotFoundError, match="agents"):
+        PPO.load(old, device="cpu")  # what SB3 alone does with it
+
+    assert sorted(legacy_custom_objects(old)) == ["clip_range", "learning_rate", "lr_schedule"]
+    for loaded in (HubPPO.load(old, device="cpu"), HubPPO.load(tmp_path / "old", device="cpu"),
+                   PPO.load(old, device="cpu", custom_objects=legacy_custom_objects(old))):
+        assert loaded.lr_schedule(1.0) == pytest.approx(2.5e-4) and loaded.clip_range(0.5) == pytest.approx(0.05)
+        for key, value in model.policy.state_dict().items():
+            assert (loaded.policy.state_dict()[key] == value).all()
+    assert not [name for name in GENERIC if name in sys.modules]  # nothing registered under the old names
+
+    model.save(tmp_path / "new.zip")
+    assert legacy_custom_objects(tmp_path / "new.zip") == {}
+    assert legacy_custom_objects(tmp_path / "missing.zip") == {}
