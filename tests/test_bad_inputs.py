@@ -1,8 +1,8 @@
 """Every bad input and fault a careful user or an attacker tried (issue 19) ends in one clear line.
 
-One table row per failure: the script, its arguments (built in a temporary folder, with the
-hostile file it needs), and what the one ``error:`` line must name. Each runs the script's
-``main`` in this process behind the same boundary as the command line (``_cli.run_guarded``):
+One table row per failure: the command, its arguments (built in a temporary folder, with the
+hostile file it needs), and what the one ``error:`` line must name. Each runs the command's
+``main`` in this process behind the same boundary as the command line (``hubrl.cli.common.run_guarded``):
 exit code 2, a single line on stderr, no traceback.
 """
 
@@ -10,44 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import io
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch as th
 import yaml
 
-from tests.conftest import ROOT, make_tiny_hub
+from hubrl.cli import command_main
+from hubrl.cli.common import main_guard
+from tests.conftest import make_tiny_hub
 from tests.test_report import grid  # noqa: F401  (fixture: a small finished grid)
-
-SCRIPTS = ROOT / "scripts"
-
-
-def script_main(name: str) -> Callable:
-    """``scripts/<name>.py``'s ``main``, imported once (the scripts import ``_cli`` from their folder)."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    module_name = f"_hubrl_script_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name].main
 
 
 def call(name: str, *argv: str) -> tuple[int, str]:
-    """Run ``scripts/<name>.py`` in this process behind the command line's error boundary
-    (``_cli.main_guard``): (exit code, stderr). An error the boundary lets through propagates."""
-    main = script_main(name)
-    from _cli import main_guard
-
+    """Run the command ``name`` (``hubrl.cli.<name>``) in this process behind the command line's
+    error boundary (``main_guard``): (exit code, stderr). An error the boundary lets through propagates."""
+    main = command_main(name)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
@@ -137,7 +119,7 @@ def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
 T = "transfer"
 FAST = ["--method", "scratch", "--n-envs", "1", "--device", "cpu", "--no-progress-bar"]
 
-# (id, script, args(tmp, hub), what the line must name, setup(monkeypatch, tmp, exit_stack) or None)
+# (id, command, args(tmp, hub), what the line must name, setup(monkeypatch, tmp, exit_stack) or None)
 CASES = [
     # numeric flags: inf, nan, overflow, out of range
     ("timesteps-inf", T, lambda t, h: ["--env", "Alien", "--timesteps", "inf"], ["--timesteps", "inf"], None),
@@ -154,15 +136,15 @@ CASES = [
      ["--exploitation-coef"], None),
     ("seed-negative", T, lambda t, h: ["--env", "Alien", "--seed", "-1"], ["--seed"], None),
     ("device-tpu", T, lambda t, h: ["--env", "Alien", "--device", "tpu"], ["--device", "tpu"], None),
-    ("budget-inf", "benchmark", lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "inf"],
+    ("budget-inf", "bench", lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "inf"],
      ["--budget"], None),
-    ("cpus-nan", "benchmark",
+    ("cpus-nan", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "1k", "--cpus-per-trial", "nan"],
      ["--cpus-per-trial"], None),
-    ("frames-inf", "rank_hub", lambda t, h: ["--env", "Alien", "--frames", "inf"], ["--frames"], None),
-    ("pretrain-timesteps-inf", "pretrain_sources", lambda t, h: ["--timesteps", "inf", "--out", str(t / "runs")],
+    ("frames-inf", "rank", lambda t, h: ["--env", "Alien", "--frames", "inf"], ["--frames"], None),
+    ("pretrain-timesteps-inf", "pretrain", lambda t, h: ["--timesteps", "inf", "--out", str(t / "runs")],
      ["--timesteps"], None),
-    ("pretrain-sticky-1.5", "pretrain_sources", lambda t, h: ["--sticky-actions", "1.5", "--out", str(t / "runs")],
+    ("pretrain-sticky-1.5", "pretrain", lambda t, h: ["--sticky-actions", "1.5", "--out", str(t / "runs")],
      ["--sticky-actions"], None),
     # usage
     ("resume-without-out", T, lambda t, h: ["--resume"], ["--resume", "--out"], None),
@@ -173,7 +155,7 @@ CASES = [
      ["hyper.yaml", "n_steps", "-64"], None),
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
-    ("rank-json-is-a-folder", "rank_hub", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
+    ("rank-json-is-a-folder", "rank", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
     # file system
     ("out-is-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t)], ["--out", "a-file", "is a file"], None),
     ("out-under-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t) + "/run"],
@@ -181,10 +163,10 @@ CASES = [
     ("out-not-writable", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", "/proc/hubrl-cannot-write/run"],
      ["/proc/hubrl-cannot-write/run"], None),
     ("disk-full", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", str(t / "run")], ["disk is full"], _full_disk),
-    ("root-is-a-file", "benchmark", lambda t, h: ["run", "--root", _file(t), "--games", "Alien", "--budget", "1k"],
+    ("root-is-a-file", "bench", lambda t, h: ["run", "--root", _file(t), "--games", "Alien", "--budget", "1k"],
      ["--root", "a-file"], None),
-    ("report-of-a-file", "benchmark", lambda t, h: ["report", _file(t)], ["a-file"], None),
-    ("grid-held-by-another-runner", "benchmark",
+    ("report-of-a-file", "bench", lambda t, h: ["report", _file(t)], ["a-file"], None),
+    ("grid-held-by-another-runner", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--games", "Alien", "--budget", "1k"],
      ["Another runner", f"pid {os.getpid()}"], lambda mp, t, stack: _hold_grid_lock(t / "g", stack)),
     # checkpoints
@@ -233,9 +215,6 @@ def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, name, script, args, n
 
 
 def test_a_genuine_bug_keeps_its_traceback():
-    script_main("transfer")
-    from _cli import main_guard
-
     def buggy(argv=None):
         return {}["missing"]
 

@@ -223,18 +223,10 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
 
 
 def _script_main():
-    """``main`` of scripts/benchmark.py, loaded from its path (scripts/ is not a package)."""
-    import importlib.util
+    """``main`` of ``hubrl-bench`` (scripts/benchmark.py)."""
+    from hubrl.cli.bench import main
 
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        spec = importlib.util.spec_from_file_location("benchmark_script", scripts / "benchmark.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(scripts))
-    return module.main
+    return main
 
 
 @pytest.mark.slow

@@ -127,9 +127,9 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
 
 
 def _transfer_main():
-    from tests.test_bad_inputs import script_main
+    from hubrl.cli.transfer import main
 
-    return script_main("transfer")
+    return main
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +199,15 @@ def test_the_printed_resume_hint_works_as_printed(saved_run, capsys, monkeypatch
 
     monkeypatch.setattr(hubrl.transfer, "run_transfer", interrupted)
     monkeypatch.chdir(ROOT)
-    assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 130
+    # started as scripts/transfer.py starts it (tests/test_cli.py checks the prog of each way to start a command)
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"],
+                            prog="python scripts/transfer.py") == 130
     hint = capsys.readouterr().out.rsplit("Resume with: ", 1)[1].strip()
     argv = shlex.split(hint)
     assert argv[0] == "python" and (ROOT / argv[1]).resolve() == ROOT / "scripts" / "transfer.py"
+    # started from Python: the hint is `python -m hubrl transfer ...`
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 130
+    hint = capsys.readouterr().out.rsplit("Resume with: ", 1)[1].strip()
+    assert shlex.split(hint)[:4] == ["python", "-m", "hubrl", "transfer"]
     monkeypatch.setattr(hubrl.transfer, "run_transfer", real)
     assert _transfer_main()(argv[2:]) == 0  # the hint alone: no flag of the original command line needed

@@ -1,35 +1,35 @@
-#!/usr/bin/env python
 """Fine-tune an agent on a target Atari game by transfer from a hub of pretrained experts.
 
-    python scripts/transfer.py --env Alien                         # Hub-Pathway, PPO, the package's default hub
-    python scripts/transfer.py --env Gopher --hub hub --top-k 2
-    python scripts/transfer.py --env Alien --sources ppo-SeaquestNoFrameskip-v4.zip ppo-RiverraidNoFrameskip-v4.zip
-    python scripts/transfer.py --env Alien --method scratch                # the baselines, same harness:
-    python scripts/transfer.py --env Alien --method finetune --source seaquest-ppo
-    python scripts/transfer.py --env Alien --method zoo-tuning [--lite]
-    python scripts/transfer.py --env Alien --method select                 # rank experts by a proxy, fine-tune the best
-    python scripts/transfer.py --plot --out runs/alien-hub-pathway-ppo-s0  # redraw a run's learning_curve.png
+    %(prog)s --env Alien                         # Hub-Pathway, PPO, the package's default hub
+    %(prog)s --env Gopher --hub hub --top-k 2
+    %(prog)s --env Alien --sources ppo-SeaquestNoFrameskip-v4.zip ppo-RiverraidNoFrameskip-v4.zip
+    %(prog)s --env Alien --method scratch                # the baselines, same harness:
+    %(prog)s --env Alien --method finetune --source seaquest-ppo
+    %(prog)s --env Alien --method zoo-tuning [--lite]
+    %(prog)s --env Alien --method select                 # rank experts by a proxy, fine-tune the best
+    %(prog)s --plot --out runs/alien-hub-pathway-ppo-s0  # redraw a run's learning_curve.png
 
 The run folder (--out, default runs/<game>-<method>-<algo>-s<seed>) gets model.zip, config.yaml,
 checkpoint.pt, evaluations.json, learning_curve.png (scores; gate usage per expert) and TensorBoard
 events (raw score, per-expert gate usage, auxiliary losses).
 
-    python scripts/transfer.py --resume --out runs/alien-hub-pathway-ppo-s0   # continue a run exactly as it was started
+    %(prog)s --resume --out runs/alien-hub-pathway-ppo-s0   # continue a run exactly as it was started
 
 Errors a user can fix (bad flags, hubs, checkpoints, a full disk) end as one line and exit code 2.
+Entry point ``hubrl-transfer``; also ``python -m hubrl transfer`` and ``scripts/transfer.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from pathlib import Path
+from typing import Sequence
 
-import _cli  # noqa: F401
-from _cli import (
+from hubrl.cli.common import (
     ArgumentParser,
     add_common_flags,
+    command_prog,
     flag_names,
     main_guard,
     non_negative_float,
@@ -38,7 +38,6 @@ from _cli import (
     probability,
     steps,
 )
-
 from hubrl.errors import UsageError
 
 
@@ -52,8 +51,9 @@ def noise(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected 'learned' or a finite standard deviation >= 0, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog=command_prog("transfer", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None,
                         help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... "
                              "(required to train, except to resume a run).")
@@ -147,12 +147,13 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     return resume_config(TransferConfig, Path(chosen["out"]) / "config.yaml", chosen, flags)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-transfer`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = build_parser(prog)
     args, given = parse_given(parser, argv)
     if args.plot:
         if not args.out:
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
     cfg = transfer_config(parser, args, given)
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
-    resume = f"python {shlex.quote(os.path.relpath(__file__))} --resume --out {shlex.quote(str(result.folder))}"
+    resume = f"{parser.prog} --resume --out {shlex.quote(str(result.folder))}"
     if outcome.paused:
         print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
               f"Continue with: {resume}")
@@ -180,5 +181,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-transfer``."""
+    main_guard(lambda: main(prog="hubrl-transfer"))

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Rank a hub's experts for a target Atari game before training ("select", Puigcerver et al. 2021).
 
-    python scripts/rank_hub.py --env Alien                              # the package's default hub
-    python scripts/rank_hub.py --env Gopher --hub hub --frames 10k --json ranking.json
-    python scripts/rank_hub.py --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
-    python scripts/rank_hub.py --env Seaquest --probe knn --random-baseline  # the table of hubrl/selection.py
+    %(prog)s --env Alien                              # the package's default hub
+    %(prog)s --env Gopher --hub hub --frames 10k --json ranking.json
+    %(prog)s --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
+    %(prog)s --env Seaquest --probe knn --random-baseline  # the table of hubrl/selection.py
 
 Plays --frames steps of the target game with a random policy (once, shared by all experts), then
 scores each expert by how well a cross-validated ridge probe on its frozen features predicts the
 discounted return (held-out R², higher is better). Fine-tune the expert ranked first.
 With --random-baseline, a randomly initialised encoder is scored too, as a reference row.
+Entry point ``hubrl-rank``; also ``python -m hubrl rank`` and ``scripts/rank_hub.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
-import _cli  # noqa: F401
-from _cli import ArgumentParser, add_threads_flag, main_guard, positive_int, seed, steps
+from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, main_guard, positive_int, seed, steps
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=command_prog("rank", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
@@ -53,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-rank`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    args = parse_args(argv, prog)
     from hubrl.envs import display_name, resolve_game
     from hubrl.hub import resolve_hub
     from hubrl.runtime import configure_threads
@@ -113,5 +116,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-rank``."""
+    main_guard(lambda: main(prog="hubrl-rank"))

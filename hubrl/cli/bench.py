@@ -1,27 +1,39 @@
 #!/usr/bin/env python
 """Benchmark transfer methods: a grid of games × methods × seeds, then a report with robust statistics.
 
-    python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
-    python scripts/benchmark.py run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
-    python scripts/benchmark.py run --root bench --games Alien Gopher --ray-address auto \\
+    %(prog)s run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
+    %(prog)s run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
+    %(prog)s run --root bench --games Alien Gopher --ray-address auto \\
         --cpus-per-trial 4 --gpus-per-trial 0.25
-    python scripts/benchmark.py run --root bench --games Alien Gopher Jamesbond --budget 1M --pause-at 250k  # a stage
-    python scripts/benchmark.py report bench --stages 250k 500k 1M
+    %(prog)s run --root bench --games Alien Gopher Jamesbond --budget 1M --pause-at 250k  # a stage
+    %(prog)s report bench --stages 250k 500k 1M
 
 `run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
 started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
 it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a trial failed.
 `report` writes <root>/report/: report.md (index), CSV + Markdown tables (scores, HNS, AUC,
 IQM with stratified-bootstrap CIs, steps/s, memory, parameters) and PNG learning curves.
+Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchmark.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
-import _cli  # noqa: F401
 import yaml
-from _cli import ArgumentParser, bounded_float, device, main_guard, non_negative_float, positive_int, seed, steps
+
+from hubrl.cli.common import (
+    ArgumentParser,
+    bounded_float,
+    command_prog,
+    device,
+    main_guard,
+    non_negative_float,
+    positive_int,
+    seed,
+    steps,
+)
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -31,8 +43,9 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), yaml.safe_load(value)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=command_prog("bench", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
@@ -135,10 +148,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    args = parse_args(argv, prog)
     return cmd_run(args) if args.command == "run" else cmd_report(args)
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-bench``."""
+    main_guard(lambda: main(prog="hubrl-bench"))

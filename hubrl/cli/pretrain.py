@@ -6,22 +6,34 @@ evaluations.json, learning_curve.png, TensorBoard events under tb/; ``--resume``
 and, once its budget is reached, only the expert is exported into the hub folder:
 ``<hub>/<game>-<algo>/expert.json`` + ``weights.safetensors``.
 
-    python scripts/pretrain_sources.py --timesteps 10M --out runs/pretrain --hub hub
-    python scripts/pretrain_sources.py --resume --out runs/pretrain       # after an interruption
-    python scripts/pretrain_sources.py --export --out runs/pretrain       # export the latest checkpoints now (evaluated)
-    python scripts/pretrain_sources.py --plot --out runs/pretrain         # learning_curve.png of each run
+    %(prog)s --timesteps 10M --out runs/pretrain --hub hub
+    %(prog)s --resume --out runs/pretrain       # after an interruption
+    %(prog)s --export --out runs/pretrain       # export the latest checkpoints now (evaluated)
+    %(prog)s --plot --out runs/pretrain         # learning_curve.png of each run
+
+Entry point ``hubrl-pretrain``; also ``python -m hubrl pretrain`` and ``scripts/pretrain_sources.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
-import _cli  # noqa: F401  (puts the project on sys.path)
-from _cli import ArgumentParser, add_common_flags, main_guard, parse_given, positive_int, probability, steps
+from hubrl.cli.common import (
+    ArgumentParser,
+    add_common_flags,
+    command_prog,
+    main_guard,
+    parse_given,
+    positive_int,
+    probability,
+    steps,
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog=command_prog("pretrain", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"],
                         help="Source games. Default: Seaquest Riverraid.")
     parser.add_argument("--timesteps", type=steps, default=10_000_000,
@@ -58,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     return _check(parser, *parse_given(parser, argv))[0]
 
@@ -71,8 +83,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set
     return args, given
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-pretrain`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = build_parser(prog)
     args, given = _check(parser, *parse_given(parser, argv))
     from hubrl.agents import load_overrides
     from hubrl.envs import resolve_game
@@ -155,5 +168,6 @@ def _requested(cfg, given: set[str]) -> dict:
     return requested
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-pretrain``."""
+    main_guard(lambda: main(prog="hubrl-pretrain"))

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Throughput on this machine, measured side by side in one run.
 
-    python scripts/benchmark_speed.py envs    # env steps/s: hubrl's AtariVecEnv vs SB3's make_atari_env + VecFrameStack
-    python scripts/benchmark_speed.py train   # agent steps/s of hubrl's PPO training against stock SB3's, whole processes
-    python scripts/benchmark_speed.py transfer  # every method's training wall time and inference speed vs scratch, same run
-    python scripts/benchmark_speed.py rank      # wall time of ranking the default hub (--method select's first step)
-    python scripts/benchmark_speed.py zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
+    %(prog)s envs    # env steps/s: hubrl's AtariVecEnv vs SB3's make_atari_env + VecFrameStack
+    %(prog)s train   # agent steps/s of hubrl's PPO training against stock SB3's, whole processes
+    %(prog)s transfer  # every method's training wall time and inference speed vs scratch, same run
+    %(prog)s rank      # wall time of ranking the default hub (--method select's first step)
+    %(prog)s zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
 
 The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
+Entry point ``hubrl-speed``; also ``python -m hubrl speed`` and ``scripts/benchmark_speed.py``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import math
 import os
 import platform
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import _cli  # noqa: F401
 import numpy as np
-from _cli import main_guard, positive_int
 
+from hubrl.cli.common import ArgumentParser, command_prog, main_guard, positive_int
 from hubrl.provenance import cpu_model
 
 if TYPE_CHECKING:
@@ -141,6 +142,15 @@ def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None,
             "fused": bool(getattr(model.policy.optimizer, "defaults", {}).get("fused"))}
 
 
+def _child_env() -> dict[str, str]:
+    """This process's environment, with the folder holding this ``hubrl`` first on ``PYTHONPATH``:
+    ``python -m hubrl`` in a child runs the same copy (also from a clone that is not installed)."""
+    import hubrl
+
+    here = str(Path(hubrl.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+
+
 def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("ppo",)) -> None:
     """hubrl's training against stock SB3's on SB3's standard Atari pipeline, whole processes,
     variants alternated ``repeats`` times (each round sees the same machine state); medians."""
@@ -153,9 +163,10 @@ def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("pp
         rates: dict[str, list[float]] = {label: [] for label in TRAIN_VARIANTS}
         for _ in range(repeats):
             for label, (impl, threads, precision) in TRAIN_VARIANTS.items():
-                cmd = [sys.executable, __file__, "train-one", "--impl", impl, "--algo", algo, "--game", game,
+                cmd = [sys.executable, "-m", "hubrl", "speed", "train-one", "--impl", impl, "--algo", algo, "--game", game,
                        "--steps", str(steps), "--precision", precision] + (["--threads", str(threads)] if threads else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                     env=_child_env()).stdout.strip().splitlines()[-1]
                 rates[label].append(json.loads(out)["steps_per_s"])
         base = float(np.median(rates[next(iter(TRAIN_VARIANTS))]))
         for label, values in rates.items():
@@ -403,8 +414,10 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
           f"{th.get_num_threads()} thread, {_machine()}.")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv"])
     parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
@@ -418,7 +431,7 @@ def main() -> int:
                         help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
                         help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
@@ -436,5 +449,6 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-speed``."""
+    main_guard(lambda: main(prog="hubrl-speed"))

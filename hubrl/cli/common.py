@@ -1,6 +1,6 @@
-"""Shared command-line plumbing: flags every script has, checked values, and one error boundary.
+"""Shared command-line plumbing: flags every command has, checked values, and one error boundary.
 
-Every script runs its ``main`` through :func:`main_guard`: a mistake the user can fix (a bad
+Every command runs its ``main`` through :func:`main_guard`: a mistake the user can fix (a bad
 flag, a broken hub or checkpoint, a full or read-only disk, bad YAML) ends as one line
 ``error: ...`` on stderr with exit code 2; anything else is a bug and keeps its traceback.
 Numeric flags are checked when parsed (finite, in range), so ``--timesteps inf`` or
@@ -13,15 +13,11 @@ import argparse
 import errno
 import math
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
-# Scripts run from a clone without installation too.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hubrl.errors import HubrlError, UsageError
+from hubrl.units import MAX_STEPS, parse_steps
 
-from hubrl.errors import HubrlError, UsageError  # noqa: E402
-
-MAX_STEPS = 10**15  # far beyond any budget, and within int64 (SB3 and numpy count steps in it)
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
@@ -56,6 +52,13 @@ def parse_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
     for dest in set(vars(namespace)) - given:
         setattr(namespace, dest, parser.get_default(dest))
     return namespace, given
+
+
+def command_prog(name: str, prog: str | None = None) -> str:
+    """How the command ``name`` was started, for its usage line and the commands it prints:
+    ``prog`` when the caller knows it (``hubrl-transfer``, ``python scripts/transfer.py``), else
+    ``python -m hubrl <name>``, which works wherever hubrl imports."""
+    return prog or f"python -m hubrl {name}"
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -94,13 +97,11 @@ def seed(text: str) -> int:
 
 
 def steps(text: str) -> int:
-    """Parse 10M / 500k / 2e6 / 1000 into a positive int (finite, at most 10**15)."""
-    what = "a step count like 10M, 500k or 2e6"
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
-    number = _number(text[:-1] if scale != 1 else text, what) * scale
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return _integer(float(round(number)), text, 1, MAX_STEPS, what)
+    """A number of agent steps: 10M / 500k / 2e6 / 1000 (:func:`hubrl.units.parse_steps`)."""
+    try:
+        return parse_steps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def bounded_float(low: float = 0.0, high: float = math.inf, *, low_open: bool = False) -> Callable[[str], float]:
@@ -194,5 +195,5 @@ def run_guarded(main: Callable[..., int], argv: Sequence[str] | None = None) -> 
 
 
 def main_guard(main: Callable[..., int]) -> None:
-    """Run a script's ``main`` behind the error boundary and exit with its code."""
+    """Run a command's ``main`` behind the error boundary and exit with its code."""
     sys.exit(run_guarded(main))

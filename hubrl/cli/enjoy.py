@@ -1,27 +1,39 @@
 #!/usr/bin/env python
 """Watch an agent play an Atari game: print its raw scores, optionally record a video.
 
-    python scripts/enjoy.py runs/alien-hub-pathway-ppo-s0                  # a transfer run (its model.zip)
-    python scripts/enjoy.py --expert seaquest-ppo --video seaquest.mp4     # an expert of the shipped hub
-    python scripts/enjoy.py --expert Riverraid --hub hub --episodes 3      # an expert by game, from your hub
-    python scripts/enjoy.py ppo-SeaquestNoFrameskip-v4.zip --env Seaquest  # any SB3 CnnPolicy zip, weights only
+    %(prog)s runs/alien-hub-pathway-ppo-s0                  # a transfer run (its model.zip)
+    %(prog)s --expert seaquest-ppo --video seaquest.mp4     # an expert of the shipped hub
+    %(prog)s --expert Riverraid --hub hub --episodes 3      # an expert by game, from your hub
+    %(prog)s ppo-SeaquestNoFrameskip-v4.zip --env Seaquest  # any SB3 CnnPolicy zip, weights only
 
 A run folder's model.zip is opened with SB3's load, which runs code stored in the zip: fine for
 your own runs. Any other .zip is read as weights only (never unpickled), like --sources.
 The video shows the screen as a person sees it (210x160 RGB, 15 frames per second of play):
 MP4 with the [video] extra (pip install -e ".[video]"), else an animated GIF.
+Entry point ``hubrl-enjoy``; also ``python -m hubrl enjoy`` and ``scripts/enjoy.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
-import _cli  # noqa: F401
-from _cli import ArgumentParser, add_threads_flag, device, main_guard, positive_int, probability, seed, steps
+from hubrl.cli.common import (
+    ArgumentParser,
+    add_threads_flag,
+    command_prog,
+    device,
+    main_guard,
+    positive_int,
+    probability,
+    seed,
+    steps,
+)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=command_prog("enjoy", prog), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None, help="A run folder (or its model.zip), or an SB3 .zip checkpoint.")
     parser.add_argument("--expert", default=None, metavar="NAME",
                         help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
@@ -44,8 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-enjoy`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    args = parse_args(argv, prog)
     from hubrl.enjoy import load_player, play
     from hubrl.envs import display_name
     from hubrl.runtime import configure_threads
@@ -72,5 +85,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    main_guard(main)
+def cli() -> None:
+    """The entry point ``hubrl-enjoy``."""
+    main_guard(lambda: main(prog="hubrl-enjoy"))
