@@ -20,7 +20,7 @@ same command continues the grid where it stopped, by the state of each trial fol
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
 
-**Stages.** ``--budget 1M --pause-at 250k`` trains every trial with schedules over 1M and pauses
+**Stages.** ``--timesteps 1M --pause-at 250k`` trains every trial with schedules over 1M and pauses
 it at 250k; the same command with ``--pause-at 500k`` (or none) continues each trial from its
 checkpoint. Evaluations at the pause points exist in every trial, so the report can read the grid
 at each stage (``benchmark.py report --stages 250k 500k 1M``).

@@ -206,9 +206,9 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     (RL Zoo's choice for Atari). ``on_game_end(index, score, length)`` is called as each game ends.
     """
     if steps is None and episodes is None:
-        raise UsageError("Give a number of --steps or --episodes to play.")
+        raise UsageError("Give a number of --timesteps or --episodes to play.")
     if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
-        raise UsageError("--steps and --episodes must be positive.")
+        raise UsageError("--timesteps and --episodes must be positive.")
     env = make_atari_vec_env(player.game, 1, seed=seed, terminal_on_life_loss=False, clip_reward=False,
                              repeat_action_probability=(player.repeat_action_probability if repeat_action_probability is None
                                                         else repeat_action_probability),

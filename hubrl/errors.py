@@ -1,7 +1,7 @@
 """The project's error classes: what a command reports as one line instead of a traceback.
 
 Every error that a user can cause or fix (a bad flag, a broken hub, a torn checkpoint, a grid
-that cannot run) is a :class:`HubrlError`. The command-line boundary (``scripts/_cli.py``) prints
+that cannot run) is a :class:`HubrlError`. The command-line boundary (``hubrl/cli/common.py``) prints
 these, file-system errors (:class:`OSError`) and YAML errors as one ``error: ...`` line with exit
 code 2; anything else is a bug in hubrl and keeps its traceback.
 

@@ -149,7 +149,7 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
     if started_with is not None and int(started_with) != int(budget) and (done or (folder / "checkpoint.pt").is_file()):
         return (f"it was started with a {int(started_with):,}-step budget (its schedules run over that), not {int(budget):,}: "
-                f"rerun with --budget {int(started_with)}, or use another --root for the new budget")
+                f"rerun with --timesteps {int(started_with)}, or use another --root for the new budget")
     if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
         return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
                 "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))

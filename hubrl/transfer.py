@@ -47,7 +47,7 @@ class TransferConfig:
 
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE
     #: Fields whose command-line flag is not ``--field-name`` (for messages).
-    FLAGS: ClassVar[Mapping[str, str]] = FLAGS
+    FLAGS: ClassVar[Mapping[str, str]] = {**FLAGS, "select_frames": "--select-timesteps"}
 
     env: str
     method: str = "hub-pathway"
@@ -108,7 +108,7 @@ def validate_config(cfg: TransferConfig) -> None:
     if cfg.aggregation not in AGGREGATIONS:
         raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}.")
     if isinstance(cfg.select_frames, bool) or not isinstance(cfg.select_frames, int) or cfg.select_frames < 1:
-        raise UsageError(f"--select-frames must be a positive integer, got {cfg.select_frames!r}.")
+        raise UsageError(f"--select-timesteps must be a positive integer, got {cfg.select_frames!r}.")
     if cfg.noise != "learned" and (isinstance(cfg.noise, (str, bool)) or cfg.noise < 0):
         raise UsageError(f"--noise must be 'learned' or a standard deviation >= 0, got {cfg.noise!r}.")
     for name in ("exploration_coef", "exploitation_coef"):

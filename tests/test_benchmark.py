@@ -240,9 +240,9 @@ def test_tiny_real_grid_run_then_report(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_PPO))
     root = tmp_path / "bench"
     result = run_script(
-        "benchmark.py", "run", "--root", str(root), "--games", "Gopher", "--methods", "hub-pathway:aggregation=heads",
-        "--seeds", "0",
-        "--budget", "128", "--hub", str(hub), "--n-envs", "2", "--eval-freq", "1M", "--eval-episodes", "1",
+        "benchmark.py", "run", "--root", str(root), "--env", "Gopher", "--method", "hub-pathway:aggregation=heads",
+        "--seed", "0",
+        "--timesteps", "128", "--hub", str(hub), "--n-envs", "2", "--eval-freq", "1M", "--eval-episodes", "1",
         "--checkpoint-freq", "1M", "--hyperparams", str(tmp_path / "tiny.yaml"), "--device", "cpu", "--threads", "1",
         "--set", "top_k=2",
     )
@@ -271,7 +271,7 @@ def test_tiny_real_grid_run_then_report(tmp_path):
 def test_cli_bad_input_is_one_line(tmp_path):
     from tests.conftest import run_script
 
-    result = run_script("benchmark.py", "run", "--root", str(tmp_path), "--games", "Alen", "--budget", "1k")
+    result = run_script("benchmark.py", "run", "--root", str(tmp_path), "--env", "Alen", "--timesteps", "1k")
     assert result.returncode == 2 and "Did you mean Alien?" in result.stderr and "Traceback" not in result.stderr
 
 

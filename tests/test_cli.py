@@ -70,3 +70,90 @@ def test_the_three_ways_name_themselves_in_usage_and_errors(tmp_path):
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=60)
         assert proc.returncode == 2, (prog, proc.stderr)
         assert proc.stderr == f"error: unrecognized arguments: --bogus (see {prog} --help)\n", proc.stderr
+
+
+# ----------------------------------------------------------------------------- one vocabulary
+
+
+def _parser(command: str, *sub: str):
+    """The parser of ``command`` (or of its subcommand ``sub``)."""
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(f"hubrl.cli.{command}").build_parser()
+    for name in sub:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+PARSERS = [("pretrain",), ("transfer",), ("rank",), ("bench", "run"), ("bench", "report"), ("speed",), ("enjoy",)]
+
+# (command, old spelling, its value(s), the flag now): every old spelling of the commands before issue 16
+ALIASES = [
+    (("pretrain",), "--games", ["Pong", "Seaquest"], "--env"),
+    (("transfer",), "--select-frames", ["5k"], "--select-timesteps"),
+    (("rank",), "--frames", ["1.5k"], "--timesteps"),
+    (("bench", "run"), "--games", ["Alien", "Gopher"], "--env"),
+    (("bench", "run"), "--methods", ["scratch", "hub-pathway"], "--method"),
+    (("bench", "run"), "--seeds", ["0", "1"], "--seed"),
+    (("bench", "run"), "--budget", ["1M"], "--timesteps"),
+    (("bench", "report"), "--budget", ["250k"], "--timesteps"),
+    (("speed",), "--game", ["Pong"], "--env"),
+    (("speed",), "--steps", ["2k"], "--timesteps"),
+    (("enjoy",), "--steps", ["200"], "--timesteps"),
+]
+REQUIRED = {("rank",): ["--env", "Alien"], ("bench", "run"): ["--root", "r", "--env", "Alien", "--timesteps", "1k"],
+            ("bench", "report"): ["root"], ("speed",): ["envs"]}
+
+
+@pytest.mark.parametrize("where, old, values, new", ALIASES, ids=[f"{' '.join(a[0])} {a[1]}" for a in ALIASES])
+def test_a_deprecated_spelling_still_parses_as_its_flag(where, old, values, new, capsys):
+    parser = _parser(*where)
+    assert parser.deprecated_aliases[old] == new
+    base = REQUIRED.get(where, [])
+    want = parser.parse_args([*base, new, *values])
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([*base, old, *values]) == want
+    assert capsys.readouterr().err == f"warning: {old} is deprecated: use {new} (same meaning)\n"
+    if len(values) == 1:
+        assert parser.parse_args([*base, f"{old}={values[0]}"]) == want
+    assert old not in parser.format_help() and new in parser.format_help()  # hidden
+
+
+def test_the_whole_commands_take_the_old_spellings(capsys):
+    """Through ``main``, as BENCHMARKS.md's commands and running grids' command lines use them."""
+    from hubrl.cli.bench import parse_args
+
+    old = parse_args(["run", "--root", "g", "--games", "Alien", "--methods", "scratch", "--seeds", "0", "1", "--budget", "1M",
+                      "--pause-at", "250k"])
+    new = parse_args(["run", "--root", "g", "--env", "Alien", "--method", "scratch", "--seed", "0", "1", "--timesteps", "1M",
+                      "--pause-at", "250k"])
+    assert old == new and (old.games, old.methods, old.seeds, old.budget) == (["Alien"], ["scratch"], [0, 1], 1_000_000)
+
+
+def test_one_flag_name_per_concept_across_the_commands():
+    from hubrl.cli.common import FLAG_VOCABULARY
+
+    flags = {flag for flag, _ in FLAG_VOCABULARY.values()}
+    old = {alias: flag for flag, aliases in FLAG_VOCABULARY.values() for alias in aliases}
+    for where in PARSERS:
+        parser = _parser(*where)
+        names = set(parser._option_string_actions)
+        assert not names & set(old), (where, names & set(old))  # an old spelling is never a flag of its own
+        assert set(parser.deprecated_aliases.items()) <= set(old.items()), where
+        assert {"--game", "--games", "--budget", "--steps", "--frames"}.isdisjoint(names)
+    for where, _, _, new in ALIASES:
+        assert new in flags and new in _parser(*where)._option_string_actions
+
+
+def test_one_parser_of_step_counts():
+    from hubrl.units import format_steps, parse_steps
+
+    assert [parse_steps(t) for t in ("250k", "1M", "1m", "2e6", "1.5k", "100000", "1.4")] == \
+        [250_000, 1_000_000, 1_000_000, 2_000_000, 1_500, 100_000, 1]
+    for bad, why in (("0", "positive"), ("-5", "positive"), ("inf", "finite"), ("nan", "finite"), ("10x", "step count"),
+                     ("2e15", "out of range")):
+        with pytest.raises(ValueError, match=why):
+            parse_steps(bad)
+    assert [format_steps(n) for n in (250_000, 1_000_000, 1_500, 999)] == ["250k", "1M", "1500", "999"]
+    assert all(parse_steps(format_steps(n)) == n for n in (1, 999, 1_000, 1_500, 250_000, 3_000_000))

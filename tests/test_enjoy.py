@@ -24,7 +24,7 @@ def test_cli_plays_a_hub_expert_by_game_and_prints_each_game_score(tiny_hub):
 def test_cli_records_an_mp4_of_the_rgb_screen(tmp_path, tiny_hub):
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the [video] extra: pip install -e '.[video]'")
     video = tmp_path / "out" / "seaquest.mp4"
-    result = run_script("enjoy.py", "--expert", "seaquest-ppo", "--hub", str(tiny_hub), "--steps", "200",
+    result = run_script("enjoy.py", "--expert", "seaquest-ppo", "--hub", str(tiny_hub), "--timesteps", "200",
                         "--video", str(video), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "game unfinished after 200 steps, score so far" in result.stdout and f"Video: {video}" in result.stdout

@@ -58,7 +58,7 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
     (folder / "expert.json").unlink()
     # a longer budget, stopped half-way: the checkpoint is at 128 of 1M steps; without --hub the
     # run exports into the hub it was started with
-    result = run_script("pretrain_sources.py", "--games", "Seaquest", "--out", str(tmp_path / "runs"), "--export",
+    result = run_script("pretrain_sources.py", "--env", "Seaquest", "--out", str(tmp_path / "runs"), "--export",
                         "--export-dtype", "float16", "--eval-episodes", "1")
     assert result.returncode == 0, result.stderr
     assert "exported 128 steps (float16)" in result.stdout and str(folder) in result.stdout
@@ -128,7 +128,7 @@ def test_the_shipped_experts_runs_resume_from_benchmarks_pretrain(tmp_path):
         assert steps == read_manifest(default_hub_path() / run.name).timesteps  # the shipped export is this run's
     copy = Path(shutil.copytree(runs / "seaquest-ppo", tmp_path / "runs" / "seaquest-ppo"))
     steps = load_training_checkpoint(copy / "checkpoint.pt")["num_timesteps"]
-    result = run_script("pretrain_sources.py", "--resume", "--out", str(tmp_path / "runs"), "--games", "Seaquest",
+    result = run_script("pretrain_sources.py", "--resume", "--out", str(tmp_path / "runs"), "--env", "Seaquest",
                         "--pause-at", str(steps), "--no-progress-bar", "--hub", str(tmp_path / "hub"))
     assert result.returncode == 0, result.stderr
     assert f"seaquest-ppo: paused at {steps} of 10000000 steps" in result.stdout
@@ -223,7 +223,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     out, hub = tmp_path / "runs", tmp_path / "hub"
     hp = tmp_path / "hp.yaml"
     hp.write_text("n_steps: 32\nbatch_size: 64\nn_epochs: 1\n")
-    args = [sys.executable, str(ROOT / "scripts" / "pretrain_sources.py"), "--games", "Seaquest", "--timesteps", "1M",
+    args = [sys.executable, str(ROOT / "scripts" / "pretrain_sources.py"), "--env", "Seaquest", "--timesteps", "1M",
             "--n-envs", "2", "--out", str(out), "--hub", str(hub), "--hyperparams", str(hp), "--eval-freq", "1M",
             "--checkpoint-freq", "1M", "--no-progress-bar", "--device", "cpu"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -240,7 +240,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     state = load_training_checkpoint(out / "seaquest-ppo" / "checkpoint.pt")
     steps = state["num_timesteps"]
     assert 0 < steps < 1_000_000
-    done = run_script("pretrain_sources.py", "--games", "Seaquest", "--timesteps", str(steps + 64), "--out", str(out),
+    done = run_script("pretrain_sources.py", "--env", "Seaquest", "--timesteps", str(steps + 64), "--out", str(out),
                       "--resume", "--no-progress-bar", "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert load_training_checkpoint(out / "seaquest-ppo" / "checkpoint.pt")["num_timesteps"] >= steps + 64
@@ -252,7 +252,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--games", "Seaqest"], "Unknown Atari game 'Seaqest'. Did you mean Seaquest?"),
+        (["--env", "Seaqest"], "Unknown Atari game 'Seaqest'. Did you mean Seaquest?"),
         (["--timesteps", "0"], "--timesteps: must be positive"),
         (["--n-envs", "-2"], "--n-envs: must be positive"),
         (["--resume"], "Nothing to resume"),
@@ -263,7 +263,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 @pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     defaults = [] if "--out" in args else ["--out", str(tmp_path / "runs")]
-    defaults += [] if "--games" in args else ["--games", "Seaquest"]
+    defaults += [] if "--env" in args else ["--env", "Seaquest"]
     result = run_script("pretrain_sources.py", *defaults, *args)
     assert result.returncode == 2
     assert message in result.stderr

@@ -160,7 +160,7 @@ def test_rank_experts_hub_of_one_and_wrong_frame_stack(tmp_path):
 def test_rank_hub_script_lists_every_expert(tmp_path):
     hub = make_tiny_hub(tmp_path / "hub")
     out = tmp_path / "ranking.json"
-    proc = run_script("rank_hub.py", "--env", "Alien", "--hub", str(hub), "--frames", "1.5k", "--n-envs", "3",
+    proc = run_script("rank_hub.py", "--env", "Alien", "--hub", str(hub), "--timesteps", "1.5k", "--n-envs", "3",
                       "--seed", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     for name in ("seaquest-ppo", "riverraid-ppo"):
@@ -223,7 +223,7 @@ def _blind_hub(root: Path) -> Path:
 def test_rank_hub_script_random_baseline_is_a_marked_reference_never_best(tmp_path):
     assert "rank_hub.py --env <Game> --probe ridge|knn --random-baseline" in selection.__doc__
     out = tmp_path / "ranking.json"
-    proc = run_script("rank_hub.py", "--env", "Alien", "--hub", str(_blind_hub(tmp_path / "hub")), "--frames", "1.5k",
+    proc = run_script("rank_hub.py", "--env", "Alien", "--hub", str(_blind_hub(tmp_path / "hub")), "--timesteps", "1.5k",
                       "--n-envs", "3", "--seed", "1", "--random-baseline", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if "-ppo" in line or RANDOM_BASELINE in line]

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Benchmark transfer methods: a grid of games × methods × seeds, then a report with robust statistics.
 
-    %(prog)s run --root bench --games Alien Gopher Jamesbond --seeds 0 1 2 --budget 1M
-    %(prog)s run --root bench --games Alien --methods scratch hub-pathway --workers 2 --hub hub
-    %(prog)s run --root bench --games Alien Gopher --ray-address auto \\
+    %(prog)s run --root bench --env Alien Gopher Jamesbond --seed 0 1 2 --timesteps 1M
+    %(prog)s run --root bench --env Alien --method scratch hub-pathway --workers 2 --hub hub
+    %(prog)s run --root bench --env Alien Gopher --ray-address auto \\
         --cpus-per-trial 4 --gpus-per-trial 0.25
-    %(prog)s run --root bench --games Alien Gopher Jamesbond --budget 1M --pause-at 250k  # a stage
+    %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k  # a stage
     %(prog)s report bench --stages 250k 500k 1M
 
 `run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
@@ -43,19 +43,24 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), yaml.safe_load(value)
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-bench`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("bench", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
     run.add_argument("--root", required=True, help="Grid folder: trials go to <root>/<Game>/<method>/s<seed>/.")
-    run.add_argument("--games", nargs="+", required=True, help="Target games: Alien Gopher Jamesbond ...")
-    run.add_argument("--methods", nargs="+", default=None, help="Transfer methods (default: all of hubrl.transfer.METHODS).")
-    run.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2], help="Seeds. Default: 0 1 2.")
-    run.add_argument("--budget", type=steps, required=True, help="Agent steps per trial, e.g. 1M, 100k.")
+    run.add_argument("--env", dest="games", nargs="+", required=True, metavar="GAME", aliases=("--games",),
+                     help="Target games: Alien Gopher Jamesbond ...")
+    run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
+                     help="Transfer methods (default: all of hubrl.transfer.METHODS).")
+    run.add_argument("--seed", dest="seeds", nargs="+", type=seed, default=[0, 1, 2], metavar="SEED", aliases=("--seeds",),
+                     help="Seeds. Default: 0 1 2.")
+    run.add_argument("--timesteps", dest="budget", type=steps, required=True, metavar="STEPS", aliases=("--budget",),
+                     help="Agent steps per trial (the budget), e.g. 1M, 100k.")
     run.add_argument("--pause-at", type=steps, default=None,
-                     help="Stop every trial at N steps (schedules still follow --budget); "
+                     help="Stop every trial at N steps (schedules still follow --timesteps); "
                           "rerun with a later --pause-at or none to continue.")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1,
@@ -86,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
     report.add_argument("root", help="Grid folder (the --root of run).")
     report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
-    report.add_argument("--budget", type=steps, default=None,
+    report.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
                         help="Count trials that reached this many steps (default: the grid's).")
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
                         help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), "
@@ -96,7 +101,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
                         help="Method the head-to-head section compares with each other one. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
     report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 def _settings(args: argparse.Namespace) -> dict:

@@ -13,7 +13,7 @@ import argparse
 import errno
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from hubrl.errors import HubrlError, UsageError
 from hubrl.units import MAX_STEPS, parse_steps
@@ -33,10 +33,55 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose mistakes end as one ``error:`` line (exit code 2), like
-    every other user error, instead of the usage block plus a message."""
+    every other user error, instead of the usage block plus a message.
+
+    ``add_argument(..., aliases=("--old",))`` keeps an old spelling of a flag working, hidden from
+    ``--help``: it is read as the flag's own name, with a one-line deprecation warning on stderr
+    (``--budget 1M`` is ``--timesteps 1M``). The vocabulary is in :data:`FLAG_VOCABULARY`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deprecated_aliases: dict[str, str] = {}  # old spelling -> the flag's name
+
+    def add_argument(self, *name_or_flags: str, aliases: Sequence[str] = (), **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*name_or_flags, **kwargs)
+        for alias in aliases:
+            if alias in self._option_string_actions or alias in self.deprecated_aliases:
+                raise ValueError(f"{alias} already names a flag of {self.prog}")
+            self.deprecated_aliases[alias] = action.option_strings[0]
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        return super().parse_known_args(self._renamed(sys.argv[1:] if args is None else list(args)), namespace)
+
+    def _renamed(self, args: list[str]) -> list[str]:
+        """``args`` with each deprecated spelling (``--budget``, ``--budget=1M``) replaced by its
+        flag, up to a ``--`` (after it everything is a value)."""
+        renamed = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                return renamed + args[i:]
+            flag, eq, value = arg.partition("=")
+            new = self.deprecated_aliases.get(flag)
+            if new is not None:
+                print(f"warning: {flag} is deprecated: use {new} (same meaning)", file=sys.stderr)
+                arg = f"{new}{eq}{value}"
+            renamed.append(arg)
+        return renamed
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# One flag name per concept across the commands; the old spellings still work (hidden, deprecated).
+FLAG_VOCABULARY: dict[str, tuple[str, tuple[str, ...]]] = {  # concept -> (flag, deprecated aliases)
+    "game(s)": ("--env", ("--games", "--game")),
+    "agent steps a command runs (train, play, collect, measure)": ("--timesteps", ("--budget", "--steps", "--frames")),
+    "select's random-policy steps (transfer)": ("--select-timesteps", ("--select-frames",)),
+    "seed(s)": ("--seed", ("--seeds",)),
+    "method(s)": ("--method", ("--methods",)),
+}
 
 
 def parse_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:

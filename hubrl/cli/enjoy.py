@@ -31,18 +31,19 @@ from hubrl.cli.common import (
 )
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-enjoy`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("enjoy", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None, help="A run folder (or its model.zip), or an SB3 .zip checkpoint.")
     parser.add_argument("--expert", default=None, metavar="NAME",
                         help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
     parser.add_argument("--hub", default=None, metavar="DIR", help="Hub folder for --expert (default: the shipped hub).")
-    parser.add_argument("--env", default=None,
+    parser.add_argument("--env", default=None, metavar="GAME",
                         help="Game to play (default: the run's or expert's own; needed for a plain .zip).")
     parser.add_argument("--episodes", type=positive_int, default=None,
-                        help="Games to play. Default: 1 (unless --steps is given).")
-    parser.add_argument("--steps", type=steps, default=None,
+                        help="Games to play. Default: 1 (unless --timesteps is given).")
+    parser.add_argument("--timesteps", dest="steps", type=steps, default=None, metavar="STEPS", aliases=("--steps",),
                         help="Stop after N agent steps (a game still running is reported as unfinished).")
     parser.add_argument("--video", default=None, metavar="FILE",
                         help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
@@ -53,7 +54,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     add_threads_flag(parser)
     parser.add_argument("--device", type=device, default="cpu",
                         help="Torch device. Default: cpu (one game at a time needs no GPU).")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -31,12 +31,14 @@ from hubrl.cli.common import (
 )
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-pretrain`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("pretrain", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--games", nargs="+", default=["Seaquest", "Riverraid"],
+    parser.add_argument("--env", dest="games", nargs="+", default=["Seaquest", "Riverraid"], metavar="GAME",
+                        aliases=("--games",),
                         help="Source games. Default: Seaquest Riverraid.")
-    parser.add_argument("--timesteps", type=steps, default=10_000_000,
+    parser.add_argument("--timesteps", type=steps, default=10_000_000, metavar="STEPS",
                         help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
     parser.add_argument("--out", default="runs/pretrain",
                         help="Folder of the runs: each expert trains in OUT/<game>-<algo> (training state, "

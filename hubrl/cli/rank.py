@@ -2,11 +2,11 @@
 """Rank a hub's experts for a target Atari game before training ("select", Puigcerver et al. 2021).
 
     %(prog)s --env Alien                              # the package's default hub
-    %(prog)s --env Gopher --hub hub --frames 10k --json ranking.json
+    %(prog)s --env Gopher --hub hub --timesteps 10k --json ranking.json
     %(prog)s --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
     %(prog)s --env Seaquest --probe knn --random-baseline  # the table of hubrl/selection.py
 
-Plays --frames steps of the target game with a random policy (once, shared by all experts), then
+Plays --timesteps steps of the target game with a random policy (once, shared by all experts), then
 scores each expert by how well a cross-validated ridge probe on its frozen features predicts the
 discounted return (held-out R², higher is better). Fine-tune the expert ranked first.
 With --random-baseline, a randomly initialised encoder is scored too, as a reference row.
@@ -25,16 +25,17 @@ from typing import Sequence
 from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, main_guard, positive_int, seed, steps
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-rank`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("rank", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", required=True, help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
+    parser.add_argument("--env", required=True, metavar="GAME", help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) or expert folders to rank.")
-    parser.add_argument("--frames", type=steps, default=20_000,
+    parser.add_argument("--timesteps", dest="frames", type=steps, default=20_000, metavar="STEPS", aliases=("--frames",),
                         help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
     parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
     parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge",
@@ -49,6 +50,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     )
     add_threads_flag(parser)
     parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.json is not None and Path(args.json).is_dir():  # found out before the ranking's work, not after
         parser.error(f"--json {args.json} is a folder: give a file name, e.g. {Path(args.json) / 'ranking.json'}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from hubrl.cli.common import ArgumentParser, command_prog, main_guard, positive_int
+from hubrl.cli.common import steps as step_count
 from hubrl.provenance import cpu_model
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("pp
         rates: dict[str, list[float]] = {label: [] for label in TRAIN_VARIANTS}
         for _ in range(repeats):
             for label, (impl, threads, precision) in TRAIN_VARIANTS.items():
-                cmd = [sys.executable, "-m", "hubrl", "speed", "train-one", "--impl", impl, "--algo", algo, "--game", game,
-                       "--steps", str(steps), "--precision", precision] + (["--threads", str(threads)] if threads else [])
+                cmd = [sys.executable, "-m", "hubrl", "speed", "train-one", "--impl", impl, "--algo", algo, "--env", game,
+                       "--timesteps", str(steps), "--precision", precision] + (["--threads", str(threads)] if threads else [])
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                      env=_child_env()).stdout.strip().splitlines()[-1]
                 rates[label].append(json.loads(out)["steps_per_s"])
@@ -414,8 +415,8 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
           f"{th.get_num_threads()} thread, {_machine()}.")
 
 
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-speed`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv"])
@@ -423,15 +424,23 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
     parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
-    parser.add_argument("--game", default="Seaquest")
+    parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
+                        help="Game to measure on. Default: Seaquest.")
     parser.add_argument("--n-envs", type=positive_int, default=8)
-    parser.add_argument("--steps", type=positive_int, default=None, help="vector steps (envs) or agent steps (train)")
+    parser.add_argument("--timesteps", dest="steps", type=step_count, default=None, metavar="STEPS", aliases=("--steps",),
+                        help="Length of each measurement: vector steps (envs), agent steps (train, transfer), "
+                             "random-policy steps (rank).")
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
                         help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
                         help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    args = build_parser(prog).parse_args(argv)
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":

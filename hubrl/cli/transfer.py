@@ -51,24 +51,27 @@ def noise(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected 'learned' or a finite standard deviation >= 0, got {text!r}") from None
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    """The parser of ``hubrl-transfer`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("transfer", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default=None,
+    parser.add_argument("--env", default=None, metavar="GAME",
                         help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... "
                              "(required to train, except to resume a run).")
     parser.add_argument("--method", default="hub-pathway",
                         help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
     parser.add_argument("--lite", action="store_true", help="zoo-tuning: batch-mean gates; model.zip is one merged NatureCNN.")
-    parser.add_argument("--select-frames", type=steps, default=20_000,
+    parser.add_argument("--select-timesteps", dest="select_frames", type=steps, default=20_000, metavar="STEPS",
+                        aliases=("--select-frames",),
                         help="select: random-policy target frames for the proxy. Default: 20k.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
-    parser.add_argument("--timesteps", type=steps, default=1_000_000, help="Agent steps, e.g. 1M, 100k. Default: 1M.")
+    parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
+                        help="Agent steps (the budget), e.g. 1M, 100k. Default: 1M.")
     parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --out from its checkpoint, with the settings it was started with "
