@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from hubrl.errors import UsageError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = ["ATARI_PRESETS", "ALGOS", "preset", "load_overrides", "check_hyperparams", "resolve_hyperparams", "linear_schedule"]
 
@@ -47,6 +51,19 @@ ATARI_PRESETS: dict[str, dict[str, Any]] = {
         "policy_kwargs": {"optimizer": "RMSpropTFLike", "optimizer_kwargs": {"eps": 1e-5}},
     },
 }
+
+
+DEFAULT_SECTION = "atari"  # RL Zoo's section for every Atari game
+
+
+def presets_file(algo: str) -> Traversable:
+    """The YAML file of ``algo``'s presets, shipped in the package (``hubrl/agents/hyperparams/<algo>.yml``)."""
+    return resources.files("hubrl.agents") / "hyperparams" / f"{algo.lower()}.yml"
+
+
+def load_presets_file(algo: str) -> dict[str, dict[str, Any]]:
+    """``algo``'s presets as the YAML file holds them: env id (or ``atari``) -> hyperparameters."""
+    return yaml.safe_load(presets_file(algo).read_text())
 
 
 def preset(algo: str) -> dict[str, Any]:
