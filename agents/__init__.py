@@ -4,14 +4,13 @@ from hubrl.agents.a2c import HubA2C
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, AuxiliaryTerms
 from hubrl.agents.legacy import legacy_custom_objects
 from hubrl.agents.ppo import HubPPO
-from hubrl.agents.presets import ALGOS, ATARI_PRESETS, load_overrides, preset, resolve_hyperparams
+from hubrl.agents.presets import ALGOS, load_overrides, preset, presets_file, resolve_hyperparams
 
 AGENT_CLASSES = {"ppo": HubPPO, "a2c": HubA2C}
 
 __all__ = [
     "AGENT_CLASSES",
     "ALGOS",
-    "ATARI_PRESETS",
     "AuxiliaryBatch",
     "AuxiliaryLossPolicy",
     "AuxiliaryTerms",
@@ -20,5 +19,6 @@ __all__ = [
     "legacy_custom_objects",
     "load_overrides",
     "preset",
+    "presets_file",
     "resolve_hyperparams",
 ]

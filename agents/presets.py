@@ -1,6 +1,8 @@
 """Hyperparameter presets: RL Zoo's Atari settings for PPO and A2C, overridable from CLI or YAML.
 
-Values follow ``rl-baselines3-zoo/hyperparams/{ppo,a2c}.yml`` (Atari section). Schedules are written
+The presets are YAML files in RL Zoo's format, shipped as package data: ``agents/hyperparams/ppo.yml``
+and ``a2c.yml`` (``hubrl/agents/hyperparams/`` once installed), keyed by env id with an ``atari``
+section, whose values follow ``rl-baselines3-zoo/hyperparams/{ppo,a2c}.yml``. Schedules are written
 as RL Zoo writes them, ``"lin_2.5e-4"`` for a linear decay to zero, and turned into callables by
 :func:`resolve_hyperparams`, so the resolved config stays plain YAML.
 """
@@ -8,6 +10,7 @@ as RL Zoo writes them, ``"lin_2.5e-4"`` for a linear decay to zero, and turned i
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from importlib import resources
 from pathlib import Path
@@ -20,58 +23,48 @@ from hubrl.errors import UsageError
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["ATARI_PRESETS", "ALGOS", "preset", "load_overrides", "check_hyperparams", "resolve_hyperparams", "linear_schedule"]
+__all__ = [
+    "ALGOS",
+    "check_hyperparams",
+    "linear_schedule",
+    "load_overrides",
+    "load_presets_file",
+    "preset",
+    "presets_file",
+    "resolve_hyperparams",
+]
 
 ALGOS = ("ppo", "a2c")
-
-ATARI_PRESETS: dict[str, dict[str, Any]] = {
-    "ppo": {
-        "n_envs": 8,
-        "n_steps": 128,
-        "n_epochs": 4,
-        "batch_size": 256,
-        "learning_rate": "lin_2.5e-4",
-        "clip_range": "lin_0.1",
-        "ent_coef": 0.01,
-        "vf_coef": 0.5,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "max_grad_norm": 0.5,
-    },
-    "a2c": {
-        "n_envs": 16,
-        "n_steps": 5,
-        "learning_rate": 7e-4,
-        "ent_coef": 0.01,
-        "vf_coef": 0.25,
-        "gamma": 0.99,
-        "gae_lambda": 1.0,
-        "max_grad_norm": 0.5,
-        # RMSprop as in the original A2C (TF-like epsilon handling), RL Zoo's Atari choice.
-        "policy_kwargs": {"optimizer": "RMSpropTFLike", "optimizer_kwargs": {"eps": 1e-5}},
-    },
-}
-
 
 DEFAULT_SECTION = "atari"  # RL Zoo's section for every Atari game
 
 
 def presets_file(algo: str) -> Traversable:
-    """The YAML file of ``algo``'s presets, shipped in the package (``hubrl/agents/hyperparams/<algo>.yml``)."""
+    """The YAML file of ``algo``'s presets, shipped in the package (``hubrl/agents/hyperparams/<algo>.yml``;
+    ``agents/hyperparams/`` in the repository)."""
     return resources.files("hubrl.agents") / "hyperparams" / f"{algo.lower()}.yml"
 
 
-def load_presets_file(algo: str) -> dict[str, dict[str, Any]]:
-    """``algo``'s presets as the YAML file holds them: env id (or ``atari``) -> hyperparameters."""
+@functools.lru_cache(maxsize=None)
+def _sections(algo: str) -> dict[str, dict[str, Any]]:
     return yaml.safe_load(presets_file(algo).read_text())
 
 
-def preset(algo: str) -> dict[str, Any]:
-    """A fresh copy of the Atari preset for ``algo`` (``ppo`` or ``a2c``)."""
+def load_presets_file(algo: str) -> dict[str, dict[str, Any]]:
+    """``algo``'s presets as the YAML file holds them: env id (or ``atari``) -> hyperparameters
+    (a copy; the file is read once)."""
+    return copy.deepcopy(_sections(algo.lower()))
+
+
+def preset(algo: str, env: str | None = None) -> dict[str, Any]:
+    """A fresh copy of ``algo``'s preset (``ppo`` or ``a2c``): the section of the env id ``env`` in
+    its YAML file (RL Zoo's keys, e.g. ``SeaquestNoFrameskip-v4``) when the file has one, else the
+    ``atari`` section, which the shipped files hold alone."""
     algo = algo.lower()
-    if algo not in ATARI_PRESETS:
+    if algo not in ALGOS:
         raise UsageError(f"Unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
-    return copy.deepcopy(ATARI_PRESETS[algo])
+    sections = _sections(algo)
+    return copy.deepcopy(sections[env] if env in sections else sections[DEFAULT_SECTION])
 
 
 def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
@@ -189,14 +182,16 @@ def _schedule(value: Any) -> Any:
     return value
 
 
-def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge ``overrides`` into the preset; return ``(plain_config, sb3_kwargs)``.
+def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
+                        env: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge ``overrides`` into the preset (of the env id ``env``, see :func:`preset`); return
+    ``(plain_config, sb3_kwargs)``.
 
     ``plain_config`` is YAML-serialisable (for the run folder); ``sb3_kwargs`` has schedules as
     callables and the optimizer class resolved, ready for the SB3 constructor. ``n_envs`` is in
     the config but not in the kwargs (it sizes the env, not the algorithm).
     """
-    config = preset(algo)
+    config = preset(algo, env)
     check_hyperparams(overrides or {}, algo.lower())
     for key, value in (overrides or {}).items():
         if key == "policy_kwargs" and isinstance(value, dict):

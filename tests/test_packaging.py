@@ -72,17 +72,28 @@ def test_the_wheel_installs_agents_and_envs_inside_hubrl(tmp_path):
     import zipfile
 
     pytest.importorskip("setuptools")
+    source = tmp_path / "source"  # a copy: setuptools leaves build/ behind, whose stale files later wheels would carry
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("hubrl", "agents", "envs"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(wheels), "--no-deps",
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "-w", str(wheels), "--no-deps",
                             "--no-build-isolation", "-q"], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheels.glob("hubrl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"hubrl", f"hubrl-{wheel.name.split('-')[1]}.dist-info"}, tops
-    for needed in ("hubrl/agents/__init__.py", "hubrl/agents/ppo.py", "hubrl/envs/__init__.py", "hubrl/envs/atari.py",
-                   "hubrl/default_hub/seaquest-ppo/expert.json"):
+    assert tops == {"hubrl", f"hubrl-{wheel.name.split('-')[1]}.dist-info"}, tops  # no agents/, envs/, tests/ ...
+    for needed in ("hubrl/agents/__init__.py", "hubrl/agents/ppo.py", "hubrl/agents/hyperparams/ppo.yml",
+                   "hubrl/agents/hyperparams/a2c.yml", "hubrl/envs/__init__.py", "hubrl/envs/atari.py",
+                   "hubrl/cli/transfer.py", "hubrl/__main__.py", "hubrl/default_hub/seaquest-ppo/expert.json"):
         assert needed in names
+    dist_info = f"hubrl-{wheel.name.split('-')[1]}.dist-info"
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
+    assert all(f"hubrl-{command} = hubrl.cli.{command}:cli" in entry_points
+               for command in ("pretrain", "transfer", "rank", "bench", "speed", "enjoy"))
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
@@ -93,13 +104,14 @@ def test_the_wheel_installs_agents_and_envs_inside_hubrl(tmp_path):
         "import hubrl.agents, hubrl.envs\n"
         "print(hubrl.agents.__file__, hubrl.envs.__file__)\n"
         "print([n for n in ('agents', 'envs') if importlib.util.find_spec(n)])\n"
+        "print(hubrl.agents.preset('a2c')['learning_rate'])\n"  # the YAML presets travel as package data
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    files, generic = proc.stdout.splitlines()
+    files, generic, learning_rate = proc.stdout.splitlines()
     assert files.split() == [str(target / "hubrl" / "agents" / "__init__.py"), str(target / "hubrl" / "envs" / "__init__.py")]
-    assert generic == "[]"
+    assert generic == "[]" and learning_rate == "0.0007"
 
 
 def _save_as_before_issue_16(model, path: Path, monkeypatch) -> Path:

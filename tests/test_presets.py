@@ -6,7 +6,38 @@ from typing import Any
 
 import pytest
 
-from hubrl.agents.presets import ALGOS, ATARI_PRESETS, load_presets_file
+from hubrl.agents import preset, resolve_hyperparams
+from hubrl.agents.presets import ALGOS, load_presets_file, presets_file
+
+# agents/presets.py's Python presets before they moved to YAML (issue 16), verbatim: the YAML must
+# give exactly these values, types and key order (the order of a run's resolved config.yaml).
+PYTHON_PRESETS: dict[str, dict[str, Any]] = {
+    "ppo": {
+        "n_envs": 8,
+        "n_steps": 128,
+        "n_epochs": 4,
+        "batch_size": 256,
+        "learning_rate": "lin_2.5e-4",
+        "clip_range": "lin_0.1",
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "max_grad_norm": 0.5,
+    },
+    "a2c": {
+        "n_envs": 16,
+        "n_steps": 5,
+        "learning_rate": 7e-4,
+        "ent_coef": 0.01,
+        "vf_coef": 0.25,
+        "gamma": 0.99,
+        "gae_lambda": 1.0,
+        "max_grad_norm": 0.5,
+        # RMSprop as in the original A2C (TF-like epsilon handling), RL Zoo's Atari choice.
+        "policy_kwargs": {"optimizer": "RMSpropTFLike", "optimizer_kwargs": {"eps": 1e-5}},
+    },
+}
 
 
 def _typed(value: Any) -> Any:
@@ -18,4 +49,25 @@ def _typed(value: Any) -> Any:
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_the_yaml_presets_are_the_python_presets(algo):
-    assert _typed(load_presets_file(algo)["atari"]) == _typed(ATARI_PRESETS[algo])
+    assert _typed(load_presets_file(algo)["atari"]) == _typed(PYTHON_PRESETS[algo])
+    assert _typed(preset(algo)) == _typed(PYTHON_PRESETS[algo])
+    assert list(load_presets_file(algo)) == ["atari"]  # RL Zoo's layout: env id -> hyperparameters
+
+
+def test_presets_are_fresh_copies_and_an_env_section_falls_back_to_atari():
+    first = preset("ppo")
+    first["n_steps"] = 1
+    first_a2c = preset("A2C")
+    first_a2c["policy_kwargs"]["optimizer_kwargs"]["eps"] = 1.0
+    assert preset("ppo")["n_steps"] == 128 and preset("a2c")["policy_kwargs"]["optimizer_kwargs"]["eps"] == 1e-5
+    assert preset("ppo", "SeaquestNoFrameskip-v4") == preset("ppo")
+    assert presets_file("ppo").name == "ppo.yml" and presets_file("ppo").is_file()
+
+
+def test_hyperparams_overrides_still_apply_over_the_yaml_presets():
+    plain, kwargs = resolve_hyperparams("ppo", {"n_steps": 64, "learning_rate": "lin_1e-3"})
+    assert plain["n_steps"] == kwargs["n_steps"] == 64 and plain["batch_size"] == 256
+    assert kwargs["learning_rate"](1.0) == pytest.approx(1e-3) and "n_envs" not in kwargs
+    plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"eps": 1e-3}}})
+    assert kwargs["policy_kwargs"]["optimizer_kwargs"] == {"eps": 1e-3}
+    assert kwargs["policy_kwargs"]["optimizer_class"].__name__ == "RMSpropTFLike"

@@ -200,7 +200,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                              "not yet validated by learning curves). Default: fp32.")
     parser.add_argument("--tensorboard-log", default=None, help="TensorBoard folder (default: inside the run folder).")
     parser.add_argument("--hyperparams", default=None, metavar="YAML",
-                        help="YAML file of hyperparameter overrides (keys as in agents/presets.py).")
+                        help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
+                             "(keys as in agents/hyperparams/<algo>.yml).")
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the progress bar (e.g. in logs).")
 
 
