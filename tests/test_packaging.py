@@ -29,6 +29,17 @@ def test_no_code_imports_the_generic_top_level_names():
     assert not offenders, f"import hubrl.agents / hubrl.envs instead: {offenders}"
 
 
+def test_pyproject_lists_every_package_with_its_folder():
+    """setuptools is told the packages by name (find cannot map folders): a new subpackage must be listed."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"hubrl": "hubrl", "hubrl.agents": "agents", "hubrl.envs": "envs"}
+    assert setuptools["package-dir"] == folders
+    found = {".".join((package, *init.parent.relative_to(ROOT / folder).parts))
+             for package, folder in folders.items() for init in (ROOT / folder).rglob("__init__.py")}
+    assert sorted(setuptools["packages"]) == sorted(found)
+
+
 def test_importing_every_module_loads_no_generic_top_level_package():
     import hubrl
 
