@@ -36,6 +36,7 @@ from hubrl.stats import (
 from hubrl.stats import mean as _mean
 from hubrl.stats import probability_of_improvement_ci as _poi_ci
 from hubrl.stats import verdict as _verdict
+from hubrl.units import format_steps
 
 __all__ = [
     "HEAD_TO_HEAD_METRICS",
@@ -389,10 +390,6 @@ def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def step_label(steps: int | None) -> str:
-    """``250000`` -> ``250k``, ``1000000`` -> ``1M`` (folder names and titles of stages)."""
-    if steps is None:
-        return ""
-    for unit, size in (("M", 1_000_000), ("k", 1_000)):
-        if steps >= size and steps % size == 0:
-            return f"{steps // size}{unit}"
-    return str(steps)
+    """``250000`` -> ``250k``, ``1000000`` -> ``1M`` (folder names and titles of stages; ``""`` for None):
+    :func:`hubrl.units.format_steps`, the inverse of the parser of ``--stages``."""
+    return "" if steps is None else format_steps(steps)
