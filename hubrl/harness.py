@@ -69,7 +69,7 @@ class RunConfig(Protocol):
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]]  # the settings a resume may change (the others: the saved run's)
     FLAGS: ClassVar[Mapping[str, str]]  # field -> flag, where the flag is not --field-name
 
-    algo: str  # a key of agents.AGENT_CLASSES
+    algo: str  # a key of hubrl.agents.AGENT_CLASSES
     timesteps: int  # the budget in agent steps; the schedules follow it
     n_envs: int | None  # None: the preset's
     seed: int
@@ -82,7 +82,7 @@ class RunConfig(Protocol):
     eval_episodes: int
     checkpoint_freq: int
     repeat_action_probability: float
-    hyperparams: dict[str, Any]  # overrides of the preset (agents.resolve_hyperparams)
+    hyperparams: dict[str, Any]  # overrides of the preset (hubrl.agents.resolve_hyperparams)
 
 
 def validate_run_settings(cfg: RunConfig) -> None:
