@@ -33,7 +33,7 @@ from hubrl.pathway import K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.training import TrainingOutcome, early_eval_step
 
-__all__ = ["METHODS", "TransferConfig", "TransferResult", "check_resumable", "run_transfer"]
+__all__ = ["METHODS", "TransferConfig", "TransferResult", "check_resumable", "run_transfer", "saved_source_name"]
 
 
 @dataclass
@@ -122,6 +122,28 @@ def validate_config(cfg: TransferConfig) -> None:
         raise UsageError(f"--k1-weight must be one of {', '.join(K1_WEIGHTS)}, got {cfg.k1_weight!r}.")
     if not 0 <= cfg.noise_floor < float("inf"):
         raise UsageError(f"--noise-floor must be a finite number >= 0, got {cfg.noise_floor}.")
+
+
+def saved_source_name(source: str, saved_config: Mapping[str, Any]) -> str:
+    """``--source`` as a saved run names it: a new run stores the expert's name (``--source Seaquest``
+    is saved as ``seaquest-ppo``), so resuming with the game name finds the expert of the saved
+    run's hub trained on that game. A name the saved hub does not resolve is returned unchanged
+    (the resume check then says what the run has)."""
+    entries = [e for e in saved_config.get("hub") or [] if isinstance(e, Mapping)]
+    if any(e.get("name") == source for e in entries):
+        return source
+    try:
+        wanted = resolve_game(source)
+    except UsageError:
+        return source
+    matches = []
+    for entry in entries:
+        try:
+            if resolve_game(str(entry.get("game"))) == wanted:
+                matches.append(str(entry.get("name")))
+        except UsageError:
+            continue
+    return matches[0] if len(matches) == 1 else source
 
 
 def run_transfer(

@@ -149,6 +149,37 @@ def test_source_by_game_name_runs_like_the_expert_name(tmp_path, tiny_hub, monke
     assert yaml.safe_load((result.folder / "config.yaml").read_text())["method"]["source"] == "seaquest-ppo"
 
 
+def test_saved_source_name_maps_a_game_to_the_saved_hubs_expert():
+    from hubrl.transfer import saved_source_name
+
+    saved = {"hub": [{"name": "seaquest-ppo", "game": "seaquest"}, {"name": "riverraid-ppo", "game": "riverraid"}]}
+    assert saved_source_name("Seaquest", saved) == "seaquest-ppo"
+    assert saved_source_name("ALE/Riverraid-v5", saved) == "riverraid-ppo"
+    assert saved_source_name("seaquest-ppo", saved) == "seaquest-ppo"
+    assert saved_source_name("Alien", saved) == "Alien"  # no expert of that game: left for the resume check to refuse
+    two = {"hub": saved["hub"] + [{"name": "seaquest-a2c", "game": "seaquest"}]}
+    assert saved_source_name("Seaquest", two) == "Seaquest"  # ambiguous: not guessed
+
+
+def test_resume_with_source_given_by_game_name(tmp_path, tiny_hub):
+    """A finetune run started with --source Seaquest is saved as seaquest-ppo; resuming it with the
+    same flags continues it instead of refusing a 'different' source."""
+    from hubrl.cli.common import parse_given
+    from hubrl.cli.transfer import build_parser, transfer_config
+
+    out = tmp_path / "ft"
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), method="finetune", source="Seaquest", out=str(out), timesteps=64),
+                 progress_bar=False, verbose=0)
+    parser = build_parser("hubrl-transfer")
+    args, given = parse_given(parser, ["--resume", "--out", str(out), "--method", "finetune", "--source", "Seaquest",
+                                       "--timesteps", "128"])
+    cfg = transfer_config(parser, args, given)
+    assert cfg.source == "seaquest-ppo" and cfg.timesteps == 128
+    args, given = parse_given(parser, ["--resume", "--out", str(out), "--source", "Riverraid"])
+    with pytest.raises(UsageError, match="riverraid-ppo"):
+        transfer_config(parser, args, given)
+
+
 def test_early_eval_step():
     from hubrl.training import early_eval_step
 

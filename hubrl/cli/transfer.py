@@ -122,8 +122,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     from dataclasses import fields
 
     from hubrl.agents import load_overrides
-    from hubrl.runconfig import resume_config
-    from hubrl.transfer import TransferConfig, check_resumable, default_run_folder
+    from hubrl.runconfig import read_saved_config, resume_config
+    from hubrl.transfer import TransferConfig, check_resumable, default_run_folder, saved_source_name
 
     names = {f.name: f for f in fields(TransferConfig)}
     # A flag whose default lives in the library is None when not given: the library's default applies.
@@ -146,8 +146,11 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
                     and (getattr(args, name) is not None or f.default is None)}
         chosen["out"] = str(default_run_folder(TransferConfig(**defaults)))
     check_resumable(Path(chosen["out"]))
+    config_path = Path(chosen["out"]) / "config.yaml"
+    if chosen.get("source") is not None:  # --source Seaquest resumes the run saved as seaquest-ppo
+        chosen["source"] = saved_source_name(chosen["source"], read_saved_config(config_path))
     flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
-    return resume_config(TransferConfig, Path(chosen["out"]) / "config.yaml", chosen, flags)
+    return resume_config(TransferConfig, config_path, chosen, flags)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
