@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shlex
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,13 +263,14 @@ def load_hub(path: str | Path) -> Hub:
     """Load every expert folder under ``path`` (sorted by name)."""
     path = Path(path)
     if not path.is_dir():
-        raise HubError(f"Hub folder {path} does not exist: make one with scripts/pretrain_sources.py --hub {path}.")
+        raise HubError(f"Hub folder {path} does not exist: "
+                       f"make one with python -m hubrl pretrain --hub {shlex.quote(str(path))}.")
     if (path / MANIFEST_NAME).is_file():  # a single expert folder is a hub of one
         return Hub([load_expert_folder(path)])
     folders = sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
     if not folders:
         raise HubError(f"Hub folder {path} holds no finished expert (no */{MANIFEST_NAME}): "
-                       f"train one with scripts/pretrain_sources.py --hub {path}.")
+                       f"train one with python -m hubrl pretrain --hub {shlex.quote(str(path))}.")
     return Hub([load_expert_folder(p) for p in folders])
 
 
@@ -343,7 +345,7 @@ def resolve_hub(hub: str | Path | None = None, sources: Sequence[str | Path] | N
     if not path.is_dir() or not any((p / MANIFEST_NAME).is_file() for p in path.iterdir()):
         raise HubError(
             "This installation has no trained default hub yet. Make one with "
-            "`python scripts/pretrain_sources.py --hub hub` and pass --hub hub, "
+            "`python -m hubrl pretrain --hub hub` and pass --hub hub, "
             "or pass SB3 checkpoints with --sources a.zip b.zip."
         )
     return load_hub(path)
