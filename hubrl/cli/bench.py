@@ -2,8 +2,8 @@
 """Benchmark transfer methods: a grid of games × methods × seeds, then a report with robust statistics.
 
     %(prog)s run --root bench --env Alien Gopher Jamesbond --seed 0 1 2 --timesteps 1M
-    %(prog)s run --root bench --env Alien --method scratch hub-pathway --workers 2 --hub hub
-    %(prog)s run --root bench --env Alien Gopher --ray-address auto \\
+    %(prog)s run --root bench --env Alien --method scratch hub-pathway --timesteps 1M --workers 2 --hub hub
+    %(prog)s run --root bench --env Alien Gopher --timesteps 1M --ray-address auto \\
         --cpus-per-trial 4 --gpus-per-trial 0.25
     %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k  # a stage
     %(prog)s report bench --stages 250k 500k 1M
