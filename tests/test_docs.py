@@ -5,8 +5,10 @@ hubrl's commands (``python scripts/<x>.py ...``, ``hubrl-<command> ...``, ``pyth
 <command> ...``), in a fenced block or in backticks in prose, multi-line with ``\\`` or inside
 ``for`` loops and ``&&`` chains, is one test case (its id: file:line). Each is parsed by the real
 parser of ``hubrl.cli.<command>`` (nothing runs) and must use no deprecated spelling and no
-abbreviated flag. The extractor and the checker are tested on synthetic text at the end, so a doc
-that goes wrong cannot slip through a guard that silently finds nothing.
+abbreviated flag. So are the examples of each command's ``--help``. Around them: the paths and
+flags the docs name exist, README's layout lists the modules there are, and the package's messages
+name commands that exist. The extractor and the checker are tested on synthetic text at the end,
+so a doc that goes wrong cannot slip through a guard that silently finds nothing.
 """
 
 from __future__ import annotations
@@ -295,6 +297,35 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize("cmd", DOC_COMMANDS, ids=[cmd.where for cmd in DOC_COMMANDS])
 def test_doc_command_parses_in_the_current_vocabulary(cmd):
     assert not check(cmd), f"{cmd.where}: {cmd.text.strip()}\n  " + "\n  ".join(check(cmd))
+
+
+def _help_examples() -> list[DocCommand]:
+    """The examples in each command's ``--help`` (its module docstring, ``%(prog)s ...`` lines), as
+    ``hubrl-<command>`` runs them; ids name the module's file and line."""
+    import ast
+
+    found = []
+    for command in COMMANDS:
+        path = ROOT / "hubrl" / "cli" / f"{command}.py"
+        first = ast.parse(path.read_text()).body[0].lineno  # the docstring's first line
+        doc = importlib.import_module(f"hubrl.cli.{command}").__doc__.replace("%(prog)s", f"hubrl-{command}")
+        for cmd in extract("```bash\n" + doc + "\n```", "doc"):
+            number = int(cmd.where.split(":")[1].split("#")[0]) - 2 + first  # the fence took a line
+            cmd.where = f"hubrl/cli/{command}.py:{number}"
+            found.append(cmd)
+    return found
+
+
+HELP_EXAMPLES = _help_examples()
+
+
+@pytest.mark.parametrize("cmd", HELP_EXAMPLES, ids=[cmd.where for cmd in HELP_EXAMPLES])
+def test_help_example_parses_in_the_current_vocabulary(cmd):
+    assert not check(cmd), f"{cmd.where}: {cmd.text.strip()}\n  " + "\n  ".join(check(cmd))
+
+
+def test_each_command_has_help_examples():
+    assert {cmd.name for cmd in HELP_EXAMPLES} == set(COMMANDS)
 
 
 OTHER_TOOLS_FLAGS = {"--index-url", "--logdir"}  # pip's and TensorBoard's, in the docs' commands
