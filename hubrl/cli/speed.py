@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from hubrl.cli.common import ArgumentParser, command_prog, main_guard, positive_int
+from hubrl.cli.common import ArgumentParser, command_prog, device, main_guard, positive_int
 from hubrl.cli.common import steps as step_count
 from hubrl.provenance import cpu_model
 
@@ -111,8 +111,8 @@ TRAIN_VARIANTS = {  # label -> (implementation, torch threads (None: torch's def
 }
 
 
-def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None, precision: str) -> dict:
-    """One whole training process: agent steps/s of ``learn(steps)`` after a one-rollout warm-up."""
+def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None, precision: str, device: str = "cpu") -> dict:
+    """One whole training process on ``device``: agent steps/s of ``learn(steps)`` after a one-rollout warm-up."""
     import torch as th
 
     from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
@@ -129,17 +129,17 @@ def train_once(impl: str, algo: str, game: str, steps: int, threads: int | None,
 
         env = VecFrameStack(make_atari_env(f"ALE/{display_name(game)}-v5", n_envs=plain["n_envs"], seed=0,
                                            env_kwargs={"frameskip": 1}), n_stack=4)
-        model = {"ppo": PPO, "a2c": A2C}[algo]("CnnPolicy", env, seed=0, device="cpu", **kwargs)
+        model = {"ppo": PPO, "a2c": A2C}[algo]("CnnPolicy", env, seed=0, device=device, **kwargs)
     else:
         env = make_atari_vec_env(game, plain["n_envs"], seed=0)
-        model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=0, device="cpu", **kwargs)
+        model = AGENT_CLASSES[algo]("CnnPolicy", env, seed=0, device=device, **kwargs)
         apply_precision(model.policy, precision)
     model.learn(plain["n_envs"] * kwargs["n_steps"])  # warm-up: one rollout + update
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
     seconds = time.perf_counter() - start
     env.close()
-    return {"steps_per_s": steps / seconds, "threads": th.get_num_threads(),
+    return {"steps_per_s": steps / seconds, "threads": th.get_num_threads(), "device": str(model.device),
             "fused": bool(getattr(model.policy.optimizer, "defaults", {}).get("fused"))}
 
 
@@ -152,7 +152,7 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
 
 
-def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("ppo",)) -> None:
+def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("ppo",), device: str = "cpu") -> None:
     """hubrl's training against stock SB3's on SB3's standard Atari pipeline, whole processes,
     variants alternated ``repeats`` times (each round sees the same machine state); medians."""
     import json
@@ -165,7 +165,8 @@ def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("pp
         for _ in range(repeats):
             for label, (impl, threads, precision) in TRAIN_VARIANTS.items():
                 cmd = [sys.executable, "-m", "hubrl", "speed", "train-one", "--impl", impl, "--algo", algo, "--env", game,
-                       "--timesteps", str(steps), "--precision", precision] + (["--threads", str(threads)] if threads else [])
+                       "--timesteps", str(steps), "--precision", precision, "--device", device]
+                cmd += ["--threads", str(threads)] if threads else []
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                      env=_child_env()).stdout.strip().splitlines()[-1]
                 rates[label].append(json.loads(out)["steps_per_s"])
@@ -173,7 +174,8 @@ def bench_train(game: str, steps: int, repeats: int, algos: Sequence[str] = ("pp
         for label, values in rates.items():
             rate = float(np.median(values))
             print(f"| {algo} | {label} | {rate:.0f} | {rate / base:.2f}x |")
-    print(f"\n{game}, RL Zoo Atari presets, {steps} agent steps per process after a one-rollout warm-up, CPU; {_machine()}")
+    print(f"\n{game}, RL Zoo Atari presets, {steps} agent steps per process after a one-rollout warm-up, "
+          f"device {device}; {_machine()}")
 
 
 def _synthetic_hub(n_experts: int):
@@ -203,7 +205,7 @@ TRANSFER_VARIANTS = [  # (label, method, experts, TransferConfig overrides)
 ]
 
 
-def bench_transfer(game: str, steps: int, repeats: int) -> None:
+def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu") -> None:
     """Same PPO preset and step count for every method: training wall time and inference speed vs scratch."""
     import resource
 
@@ -229,7 +231,7 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
 
             def make_agent(policy_class, plan=plan, env=env):
                 extra = plan.policy_kwargs if policy_class is plan.policy else {}
-                return HubPPO(policy_class, env, seed=r, device="cpu", policy_kwargs={**policy_kwargs, **extra}, **kwargs)
+                return HubPPO(policy_class, env, seed=r, device=device, policy_kwargs={**policy_kwargs, **extra}, **kwargs)
 
             model = make_agent(plan.policy)
             plan.init(model.policy)
@@ -261,7 +263,8 @@ def bench_transfer(game: str, steps: int, repeats: int) -> None:
     eight_k2 = float(np.median(train["hub-pathway 8 experts k=2"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n8 experts k=2 vs 2 experts k=2: {eight_k2 / two_k2:.2f}x. {steps} agent steps per run, {game}, "
-          f"{plain['n_envs']} envs, torch threads {th.get_num_threads()}, peak RSS {peak:.0f} MB, {platform.machine()}")
+          f"{plain['n_envs']} envs, device {device}, torch threads {th.get_num_threads()}, peak RSS {peak:.0f} MB, "
+          f"{platform.machine()}")
 
 
 def bench_rank(game: str, frames: int) -> None:
@@ -288,24 +291,30 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
-def _min_ms(fns: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.2) -> dict[str, float]:
+def _min_ms(fns: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.2,
+            sync: Callable[[], object] = lambda: None) -> dict[str, float]:
     """Per function: the least mean time of one call over ``repeats`` repetitions, in ms.
 
     As ``timeit`` does, each repetition runs enough calls to last about ``min_seconds`` (counted
     from a warm-up call); repetitions of the functions are interleaved, so all see the same
-    machine state.
+    machine state. ``sync`` waits for queued work (``torch.cuda.synchronize`` on a GPU, whose
+    kernels run after the call returns) before each clock reading.
     """
     number = {}
     for label, fn in fns.items():
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         number[label] = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-9)))
     best = dict.fromkeys(fns, math.inf)
     for _ in range(repeats):
         for label, fn in fns.items():
+            sync()
             start = time.perf_counter()
             for _ in range(number[label]):
                 fn()
+            sync()
             best[label] = min(best[label], (time.perf_counter() - start) / number[label])
     return {label: 1e3 * seconds for label, seconds in best.items()}
 
@@ -327,7 +336,7 @@ def _output_space_conv(layer: AdaptiveConv2d, x: th.Tensor) -> th.Tensor:
     return (align @ z).view(-1, out, h, w)
 
 
-def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: int, repeats: int) -> None:
+def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: int, repeats: int, device: str = "cpu") -> None:
     """Zoo-Tuning's three convolutions (with ReLU) applied three ways, in ms: the table of ``hubrl/zoo_tuning.py``.
 
     * grouped: the module's own :class:`~hubrl.zoo_tuning.AdaptiveConv2d` forward (one kernel per
@@ -350,6 +359,10 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
     from hubrl.zoo_tuning import NATURE_CONVS, AdaptiveConv2d
 
     th.set_num_threads(1)
+    from stable_baselines3.common.utils import get_device
+
+    device = str(get_device(device))
+    sync = th.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     print("| case | grouped | output-space | plain NatureCNN convs |\n|---|---|---|---|")
     for k in experts:
@@ -360,9 +373,9 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
             with th.no_grad():  # aligned experts and gates that differ per sample: every path really mixes
                 layer.align.add_(0.1 * th.randn_like(layer.align))
                 nn.init.normal_(layer.gate[-1].weight, std=1.0)
-            layers.append(layer)
+            layers.append(layer.to(device))
             channels = out
-        plain = nn.Sequential(*list(NatureCNN(space).cnn)[:-1])  # its three convs with ReLU, without Flatten
+        plain = nn.Sequential(*list(NatureCNN(space).cnn)[:-1]).to(device)  # its three convs with ReLU, without Flatten
         convs = [m for m in plain if isinstance(m, nn.Conv2d)]
 
         def grouped(x):
@@ -378,7 +391,7 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
         paths = {"grouped": grouped, "output-space": output_space, "plain": plain}
         for batch in batch_sizes:
             gen = th.Generator().manual_seed(batch)  # frames of different brightness, so the gates differ per sample
-            x = th.rand(batch, *space.shape, generator=gen) * th.rand(batch, 1, 1, 1, generator=gen)
+            x = (th.rand(batch, *space.shape, generator=gen) * th.rand(batch, 1, 1, 1, generator=gen)).to(device)
             with th.no_grad():
                 h, gates = x, []
                 for layer in layers:
@@ -407,11 +420,12 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
 
             modes = [("forward (no_grad)", forward)] if batch <= n_envs else []
             for mode, run in modes + [("forward+backward", forward_backward)]:
-                ms = _min_ms({label: (lambda path=path, run=run: run(path)) for label, path in paths.items()}, repeats)
+                ms = _min_ms({label: (lambda path=path, run=run: run(path)) for label, path in paths.items()}, repeats,
+                             sync=sync)
                 cells = " | ".join(f"{ms[label]:.1f}" if ms[label] < 100 else f"{ms[label]:.0f}" for label in paths)
                 print(f"| K={k}, B={batch} {mode} | {cells} |", flush=True)
     print(f"\nms per call, min over {repeats} repetitions (each >= 0.2 s of calls, paths interleaved); the three "
-          f"NatureCNN convolutions with ReLU, gates included in the adaptive paths. torch {th.__version__}, "
+          f"NatureCNN convolutions with ReLU, gates included in the adaptive paths. torch {th.__version__}, device {device}, "
           f"{th.get_num_threads()} thread, {_machine()}.")
 
 
@@ -424,6 +438,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
     parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
+    parser.add_argument("--device", type=device, default="cpu",
+                        help="train, train-one, transfer, zoo-conv: torch device (cpu, cuda, cuda:1, auto). Default: cpu "
+                             "(the tables in BENCHMARKS.md); envs and rank run on the CPU.")
     parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
                         help="Game to measure on. Default: Seaquest.")
     parser.add_argument("--n-envs", type=positive_int, default=8)
@@ -444,17 +461,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
-        bench_train(args.game, args.steps or 10_240, args.repeats, args.algo)
+        bench_train(args.game, args.steps or 10_240, args.repeats, args.algo, args.device)
     elif args.what == "train-one":
         import json
 
-        print(json.dumps(train_once(args.impl, args.algo[0], args.game, args.steps or 10_240, args.threads, args.precision)))
+        print(json.dumps(train_once(args.impl, args.algo[0], args.game, args.steps or 10_240, args.threads, args.precision,
+                                    args.device)))
     elif args.what == "transfer":
-        bench_transfer(args.game, args.steps or 4096, args.repeats)
+        bench_transfer(args.game, args.steps or 4096, args.repeats, args.device)
     elif args.what == "rank":
         bench_rank(args.game, args.steps or 20_000)
     else:
-        bench_zoo_conv(args.experts, args.batch_sizes, args.n_envs, args.repeats)
+        bench_zoo_conv(args.experts, args.batch_sizes, args.n_envs, args.repeats, args.device)
     return 0
 
 
