@@ -263,6 +263,8 @@ def start_run(
     plain, kwargs = _resolve_hyperparams(cfg)
     if saved is not None and given is None:
         check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
+    if saved is not None and (given is None or "device" not in given):  # the saved run's device: is it here?
+        check_device(cfg.device, saved_in=folder / CONFIG_NAME)
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
     if verbose:
         print(f"Run folder: {folder}", flush=True)

@@ -124,16 +124,39 @@ def resume_config(cls: type[C], source: str | Path, given: Mapping[str, Any] | N
         raise CheckpointError(f"{source}: its run settings do not fit this version of hubrl ({exc}).") from exc
 
 
-def check_device(text: str) -> str:
-    """``text`` if torch knows the device (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...)."""
+def check_device(text: str, saved_in: str | Path | None = None) -> str:
+    """``text`` if torch knows the device and this machine has it (``auto``, ``cpu``, ``cuda``,
+    ``cuda:1``, ``mps`` ...); else :class:`UsageError`, in one line that says what to use instead.
+
+    SB3 quietly runs on the CPU when ``cuda`` is asked for and no GPU is there (``get_device``),
+    so a run that asked for a GPU would train for hours at CPU speed; an index past the last GPU
+    would fail deep inside torch. Both are refused here, before anything is built. ``saved_in``:
+    the ``config.yaml`` the device comes from (a resumed run), named in the message.
+    """
     if text == "auto":
         return text
     import torch as th
 
     try:
-        th.device(text)
+        device = th.device(text)
     except (RuntimeError, ValueError, TypeError):
         raise UsageError(f"--device {text!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps.") from None
+    name = f"--device {text!r}" + (f" (the run's, saved in {saved_in})" if saved_in else "")
+    fix = "pass --device cpu or auto to continue the run here" if saved_in else "use --device cpu or auto"
+    if device.type == "cuda":
+        if not th.cuda.is_available():
+            why = ("this torch is a CPU-only build" if th.version.cuda is None
+                   else "torch sees no CUDA GPU (no driver, or CUDA_VISIBLE_DEVICES hides them)")
+            raise UsageError(f"{name}: {why} (torch {th.__version__}); {fix}.")
+        count = th.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''}).")
+    elif device.type != "cpu":
+        backend = getattr(th.backends, device.type, None) if device.type == "mps" else getattr(th, device.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is not None and not available():
+            raise UsageError(f"{name}: torch has no {device.type} device on this machine; {fix}.")
     return text
 
 

@@ -108,6 +108,33 @@ def _full_disk(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+def _no_gpu(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """A machine where torch sees no CUDA GPU (this one, or a GPU machine made to look like one)."""
+    monkeypatch.setattr(th.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(th.cuda, "device_count", lambda: 0)
+
+
+def _one_gpu(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """A machine with one CUDA GPU, cuda:0 (only the device check looks: nothing runs on it)."""
+    monkeypatch.setattr(th.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(th.cuda, "device_count", lambda: 1)
+
+
+def _saved_on_cuda(tmp: Path, pretrain: bool = False) -> Path:
+    """A run folder whose config.yaml says it ran on cuda (its checkpoint is never reached)."""
+    if pretrain:
+        out = tmp / "runs" / "gopher-ppo"
+        out.mkdir(parents=True)
+        run = {"game": "gopher", "algo": "ppo", "device": "cuda", "out": str(tmp / "runs"), "hub": str(tmp / "hub")}
+    else:
+        out = tmp / "run"
+        out.mkdir()
+        run = {"env": "Gopher", "method": "scratch", "n_envs": 2, "device": "cuda"}
+    (out / "config.yaml").write_text(yaml.safe_dump({"run": run}))
+    (out / "checkpoint.pt").write_bytes(b"never read")
+    return out
+
+
 def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     """Hold the grid's lock as another runner would (a second flock conflicts even in one process)."""
     from hubrl.locks import exclusive_lock
@@ -136,6 +163,31 @@ CASES = [
      ["--exploitation-coef"], None),
     ("seed-negative", T, lambda t, h: ["--env", "Alien", "--seed", "-1"], ["--seed"], None),
     ("device-tpu", T, lambda t, h: ["--env", "Alien", "--device", "tpu"], ["--device", "tpu"], None),
+    # --device cuda where torch sees no GPU: refused in every command that takes it, never run on the CPU
+    # instead (SB3's get_device falls back quietly). The runs are tiny in case the check is lost.
+    ("transfer-cuda-no-gpu", T, lambda t, h: ["--env", "Gopher", "--method", "scratch", "--n-envs", "1", "--timesteps", "256",
+                                              "--out", str(t / "r"),
+                                              "--no-progress-bar", "--device", "cuda"],
+     ["--device 'cuda'", "--device cpu"], _no_gpu),
+    ("transfer-resume-saved-on-cuda-no-gpu", T, lambda t, h: ["--resume", "--out", str(_saved_on_cuda(t))],
+     ["--device 'cuda'", "--device cpu", "config.yaml"], _no_gpu),
+    ("transfer-cuda-index-past-the-last-gpu", T, lambda t, h: ["--env", "Gopher", "--device", "cuda:3"],
+     ["--device 'cuda:3'", "1 CUDA device"], _one_gpu),
+    ("pretrain-cuda-no-gpu", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1", "--out", str(t / "runs"),
+                   "--hub", str(t / "hub"), "--no-progress-bar", "--device", "cuda"],
+     ["--device 'cuda'", "--device cpu"], _no_gpu),
+    ("pretrain-resume-saved-on-cuda-no-gpu", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--resume", "--out", str(_saved_on_cuda(t, pretrain=True).parent), "--no-progress-bar"],
+     ["--device 'cuda'", "--device cpu", "config.yaml"], _no_gpu),
+    ("bench-cuda-no-gpu", "bench",
+     lambda t, h: ["run", "--root", str(t / "g"), "--env", "Gopher", "--method", "scratch", "--seed", "0",
+                   "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1", "--workers", "0", "--device", "cuda"],
+     ["--device 'cuda'", "--device cpu"], _no_gpu),
+    ("enjoy-cuda-no-gpu", "enjoy", lambda t, h: ["--expert", "Seaquest", "--timesteps", "5", "--device", "cuda"],
+     ["--device 'cuda'", "--device cpu"], _no_gpu),
+    ("speed-cuda-no-gpu", "speed", lambda t, h: ["train-one", "--timesteps", "256", "--device", "cuda"],
+     ["--device 'cuda'", "--device cpu"], _no_gpu),
     ("budget-inf", "bench", lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "inf"],
      ["--timesteps"], None),
     ("cpus-nan", "bench",
