@@ -39,9 +39,12 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
-def _autocast_forward(forward: Callable[..., th.Tensor], device_type: str, *args: Any, **kwargs: Any) -> th.Tensor:
-    with th.autocast(device_type, dtype=th.bfloat16):
-        out = forward(*args, **kwargs)
+def _autocast_forward(forward: Callable[..., th.Tensor], observations: th.Tensor, *args: Any, **kwargs: Any) -> th.Tensor:
+    # The device type is the input's, read at each call: an encoder wrapped before the policy moved
+    # to the GPU (or a policy moved later) still autocasts where it computes. ``th.autocast("cpu")``
+    # around CUDA kernels would silently leave them in float32.
+    with th.autocast(observations.device.type, dtype=th.bfloat16):
+        out = forward(observations, *args, **kwargs)
     return out.float()
 
 
@@ -49,7 +52,8 @@ def apply_precision(policy: nn.Module, precision: str = "fp32") -> int:
     """Run every NatureCNN encoder inside ``policy`` in ``precision``; return how many were changed.
 
     ``bf16`` wraps each encoder's ``forward`` (on this instance only, so nothing of it is saved)
-    in bfloat16 autocast and hands float32 features on. ``fp32`` changes nothing.
+    in bfloat16 autocast on the device its input is on, and hands float32 features on. ``fp32``
+    changes nothing.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -58,8 +62,7 @@ def apply_precision(policy: nn.Module, precision: str = "fp32") -> int:
     changed = 0
     for module in policy.modules():
         if isinstance(module, NatureCNN) and not isinstance(module.forward, functools.partial):
-            device_type = next(module.parameters()).device.type
-            module.forward = functools.partial(_autocast_forward, module.forward, device_type)  # type: ignore[method-assign]
+            module.forward = functools.partial(_autocast_forward, module.forward)  # type: ignore[method-assign]
             changed += 1
     return changed
 
