@@ -14,7 +14,7 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_mean
 from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
@@ -27,7 +27,7 @@ class HubA2C(LegacyLoadMixin, RoutedOnPolicyMixin, A2C):
     def train(self) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        aux_logs: dict[str, float] = {}
+        aux_logs: dict[str, float | th.Tensor] = {}
         for rollout_data in self.rollout_buffer.get(batch_size=None):
             actions = rollout_data.actions
             if isinstance(self.action_space, spaces.Discrete):
@@ -65,4 +65,4 @@ class HubA2C(LegacyLoadMixin, RoutedOnPolicyMixin, A2C):
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
         for key, value in aux_logs.items():
-            self.logger.record(f"train/{key}", value)
+            self.logger.record(f"train/{key}", logged_mean([value]))

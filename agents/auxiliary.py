@@ -10,11 +10,12 @@ that same forward pass. A policy opts in by defining ``auxiliary_loss(batch)``; 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch as th
 
-__all__ = ["AuxiliaryBatch", "AuxiliaryLossPolicy", "AuxiliaryTerms"]
+__all__ = ["AuxiliaryBatch", "AuxiliaryLossPolicy", "AuxiliaryTerms", "logged_mean"]
 
 
 @dataclass
@@ -37,10 +38,24 @@ class AuxiliaryBatch:
 
 @dataclass
 class AuxiliaryTerms:
-    """Auxiliary loss (already weighted by its coefficients) and scalars to log under ``train/``."""
+    """Auxiliary loss (already weighted by its coefficients) and scalars to log under ``train/``.
+
+    A logged scalar may be a 0-d tensor on the policy's device: the agent reads the logs back once
+    per update (:func:`logged_mean`), so the update does not wait on the GPU for them each minibatch.
+    """
 
     loss: th.Tensor
-    logs: dict[str, float]
+    logs: dict[str, float | th.Tensor]
+
+
+def logged_mean(values: Sequence[float | th.Tensor]) -> float:
+    """The mean of a list of logged scalars (floats or 0-d tensors), read back from the device at
+    once; the same number as ``np.mean`` of their ``.item()`` values."""
+    if values and all(isinstance(v, th.Tensor) for v in values):
+        host = th.stack([v.detach().reshape(()) for v in values]).cpu().double().numpy()  # type: ignore[union-attr]
+    else:
+        host = np.array([float(v) for v in values], dtype=np.float64)
+    return float(np.mean(host))
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_mean
 from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
@@ -37,7 +37,7 @@ class HubPPO(LegacyLoadMixin, RoutedOnPolicyMixin, PPO):
         has_aux = isinstance(self.policy, AuxiliaryLossPolicy)
 
         entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
-        aux_logs: dict[str, list[float]] = defaultdict(list)
+        aux_logs: dict[str, list[float | th.Tensor]] = defaultdict(list)
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
@@ -111,7 +111,7 @@ class HubPPO(LegacyLoadMixin, RoutedOnPolicyMixin, PPO):
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         for key, values_ in aux_logs.items():
-            self.logger.record(f"train/{key}", float(np.mean(values_)))
+            self.logger.record(f"train/{key}", logged_mean(values_))  # read from the device once per update
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:

@@ -119,7 +119,8 @@ def exploitation_loss(
     """
     total, count = None, 0
     for idx, logits, values in per_expert_outputs.values():
-        log_prob = Categorical(logits=logits).log_prob(actions[idx])
+        # validate_args=False: the check of logits and actions reads them back to the host (a GPU stall per expert)
+        log_prob = Categorical(logits=logits, validate_args=False).log_prob(actions[idx])
         adv = advantages[idx]
         if clip_range is None:
             pg = -(adv * log_prob)

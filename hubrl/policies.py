@@ -240,37 +240,43 @@ class HubPathwayPolicy(ActorCriticPolicy):
         with th.no_grad():
             # how far the gate moved since acting: samples the current gate (same noise) would reroute
             current = routing.logits.topk(routing.selected.shape[1], dim=1).indices.sort(1).values
-            reroute = (current != routing.selected.sort(1).values).any(1).float().mean().item()
-        logs = {"exploration_loss": explore.item(), "exploitation_loss": exploit.item(), "gate_reroute_frac": reroute}
+            reroute = (current != routing.selected.sort(1).values).any(1).float().mean()
+        # 0-d tensors: the agent reads them once per update, not once per minibatch (no GPU stall here)
+        logs = {"exploration_loss": explore.detach(), "exploitation_loss": exploit.detach(), "gate_reroute_frac": reroute}
         return AuxiliaryTerms(loss, logs)
 
     # --- gate usage statistics --------------------------------------------------------------
     def reset_usage(self) -> None:
-        k = len(self.expert_names)
-        self._usage_weight = np.zeros(k)
-        self._usage_selected = np.zeros(k)
         self._usage_samples = 0
-        self._noise_std_sum = 0.0
-        self._logit_sum = np.zeros(k)
-        self._logit_sq_sum = np.zeros(k)
+        # On the gate's device, read back once per rollout (usage, gate_stats) rather than once per
+        # acting step: (4, K) float64 sums of weight, selected, centred clean logit and its square.
+        self._usage_sums: th.Tensor | None = None
+        self._noise_std_sum: th.Tensor | None = None
 
     def _record_usage(self, routed: RoutedFeatures) -> None:
         routing = routed.routing
-        w = routing.weights.detach()
-        self._usage_weight += w.sum(0).cpu().numpy()
-        self._usage_selected += (w != 0).sum(0).cpu().numpy()
+        with th.no_grad():
+            w = routing.weights.detach()
+            centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().double()
+            sums = th.stack([w.sum(0).double(), (w != 0).sum(0).double(), centred.sum(0), (centred**2).sum(0)])
+            self._usage_sums = sums if self._usage_sums is None else self._usage_sums + sums
+            if routing.noise_std is not None:
+                noise = routing.noise_std.detach().mean(1).sum().double()
+                self._noise_std_sum = noise if self._noise_std_sum is None else self._noise_std_sum + noise
         self._usage_samples += w.shape[0]
-        centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().double().cpu().numpy()
-        self._logit_sum += centred.sum(0)
-        self._logit_sq_sum += (centred**2).sum(0)
-        if routing.noise_std is not None:
-            self._noise_std_sum += float(routing.noise_std.detach().mean(1).sum())
+
+    def _host_usage(self) -> np.ndarray:
+        """The (4, K) usage sums on the host (one copy per rollout)."""
+        if self._usage_sums is None:
+            return np.zeros((4, len(self.expert_names)))
+        return self._usage_sums.cpu().numpy()
 
     def usage(self) -> dict[str, dict[str, float]]:
         """Per expert: mean pathway weight and selection frequency since the last reset."""
         n = max(self._usage_samples, 1)
+        weight, selected = self._host_usage()[:2]
         return {
-            name: {"weight_mean": float(self._usage_weight[i] / n), "selection_freq": float(self._usage_selected[i] / n)}
+            name: {"weight_mean": float(weight[i] / n), "selection_freq": float(selected[i] / n)}
             for i, name in enumerate(self.expert_names)
         }
 
@@ -286,9 +292,11 @@ class HubPathwayPolicy(ActorCriticPolicy):
         n = self._usage_samples
         if n == 0:
             return {}
-        mean = self._logit_sum / n
-        spread = float(np.sqrt(np.maximum(self._logit_sq_sum / n - mean**2, 0.0)).mean())
-        stats = {"noise_std": self._noise_std_sum / n, "logit_spread": spread}
+        logit_sum, logit_sq_sum = self._host_usage()[2:]
+        mean = logit_sum / n
+        spread = float(np.sqrt(np.maximum(logit_sq_sum / n - mean**2, 0.0)).mean())
+        noise = float(self._noise_std_sum) if self._noise_std_sum is not None else 0.0
+        stats = {"noise_std": noise / n, "logit_spread": spread}
         if self._previous_logit_mean is not None:
             stats["logit_drift"] = float(np.abs(mean - self._previous_logit_mean).mean())
         self._previous_logit_mean = mean
