@@ -352,16 +352,18 @@ def _check_probe(probe: str) -> None:
 def encoder_features(encoder: th.nn.Module, data: TargetData, batch_size: int = 256) -> np.ndarray:
     """Frozen features of every observation from any encoder of ``(B, C, 84, 84)`` floats, float32 ``(N, d)``.
 
-    The encoder runs in eval mode (its mode is restored after) without grad, in batches; frames
-    are scaled to [0, 1] as SB3's ``preprocess_obs`` does before the extractor.
+    The encoder runs in eval mode (its mode is restored after) without grad, in batches, on the
+    device its parameters are on; frames are scaled to [0, 1] as SB3's ``preprocess_obs`` does
+    before the extractor.
     """
     was_training, out = encoder.training, None
+    device = next(encoder.parameters(), th.empty(0)).device  # frames go where the encoder is (the CPU in rank_experts)
     encoder.eval()
     try:
         with th.inference_mode():
             for start in range(0, len(data), batch_size):
-                batch = th.from_numpy(data.observations(slice(start, start + batch_size))).float().div_(255.0)
-                features = encoder(batch).float().numpy()
+                batch = th.from_numpy(data.observations(slice(start, start + batch_size))).to(device).float().div_(255.0)
+                features = encoder(batch).float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(data), features.shape[1]), dtype=np.float32)
                 out[start : start + len(features)] = features
