@@ -118,12 +118,17 @@ def test_training_makes_no_tensor_off_the_model_device(algo, method, overrides, 
             merge_lite(model.policy)
 
 
-def test_select_features_make_no_tensor_off_the_encoder_device():
-    from hubrl.selection import TargetData, encoder_features, random_encoder
+def _random_target_data():
+    from hubrl.selection import TargetData
 
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (6, 4, 84, 84), dtype=np.uint8)
-    data = TargetData.from_observations(frames, np.arange(6.0), np.arange(6) // 3)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 4, 84, 84), dtype=np.uint8)
+    return TargetData.from_observations(frames, np.arange(6.0), np.arange(6) // 3)
+
+
+def test_select_features_make_no_tensor_off_the_encoder_device():
+    from hubrl.selection import encoder_features, random_encoder
+
+    data = _random_target_data()
     encoder = random_encoder(data.observation_shape)
     with default_device_trap():
         features = encoder_features(encoder, data, batch_size=4)
@@ -262,3 +267,66 @@ def test_every_torch_load_maps_to_the_cpu_and_reads_weights_only():
                     weights_only = keywords.get("weights_only")
                     assert isinstance(weights_only, ast.Constant) and weights_only.value is True, where
     assert len(calls) >= 2, calls  # hubrl.checkpoint and hubrl.hub
+
+
+# ----------------------------------------------------------------------------- on a GPU (scripts/gpu_check.sh)
+
+cuda = pytest.mark.skipif(not th.cuda.is_available(),
+                          reason="needs a CUDA GPU: scripts/gpu_check.sh runs these where one is lent")
+
+
+@cuda
+@pytest.mark.parametrize("method, overrides, precision", [c[1:] for c in METHOD_CASES], ids=[c[0] for c in METHOD_CASES])
+def test_on_cuda_every_method_trains_and_acts_on_the_gpu(method, overrides, precision, env, hub):
+    cfg = TransferConfig(env="Gopher", method=method, **overrides)
+    plan = plan_method(cfg, hub if method != "scratch" else None, "gopher")
+    model = HubPPO(plan.policy, env, seed=0, device="cuda", policy_kwargs=plan.policy_kwargs, **TINY[HubPPO])
+    model.set_logger(configure(None, [""]))
+    plan.init(model.policy)
+    apply_precision(model.policy, precision)
+    model.learn(32, callback=CallbackList(list(plan.callbacks)))
+    assert {p.device.type for p in model.policy.parameters()} == {"cuda"}
+    assert model.policy.optimizer.defaults.get("fused") is True  # fused Adam where torch offers it: CUDA does
+    actions, _ = model.predict(env.reset())
+    assert isinstance(actions, np.ndarray) and actions.shape == (2,)
+
+
+@cuda
+def test_on_cuda_bf16_runs_the_encoder_convolutions_in_bfloat16():
+    """Wrapped on the CPU, moved to the GPU: the convolutions must see CUDA autocast."""
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(6), lambda _: 0.0)
+    apply_precision(policy, "bf16")
+    policy.to("cuda")
+    seen = []
+    policy.features_extractor.cnn[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    features = policy.features_extractor(th.rand(2, 4, 84, 84, device="cuda"))
+    assert seen == [th.bfloat16] and features.dtype == th.float32
+
+
+@cuda
+@pytest.mark.slow
+def test_on_cuda_a_run_paused_on_the_gpu_resumes_on_the_cpu(tmp_path):
+    """Its checkpoint holds CUDA tensors (fused Adam's step counters too): it must open and train on."""
+    from hubrl.checkpoint import load_training_checkpoint
+    from hubrl.transfer import run_transfer
+    from tests.conftest import TINY_PPO
+
+    cfg = dict(env="Gopher", method="hub-pathway", timesteps=128, n_envs=2, out=str(tmp_path / "run"), eval_freq=10**9,
+               eval_episodes=1, checkpoint_freq=10**9, hyperparams=dict(TINY_PPO))
+    assert run_transfer(TransferConfig(**cfg, device="cuda"), progress_bar=False, verbose=0, pause_at=64).outcome.paused
+    state = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert {t.device.type for t in state["policy"].values()} == {"cpu"}
+    resumed = run_transfer(TransferConfig(**cfg, device="cpu"), resume=True, progress_bar=False, verbose=0)
+    assert resumed.outcome.completed
+
+
+@cuda
+def test_on_cuda_select_features_of_a_gpu_encoder_match_the_cpu():
+    from hubrl.selection import encoder_features, random_encoder
+
+    data = _random_target_data()
+    encoder = random_encoder(data.observation_shape)
+    on_cpu = encoder_features(encoder, data)
+    on_gpu = encoder_features(encoder.to("cuda"), data)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-2, atol=1e-2 * float(np.abs(on_cpu).max()))  # cuDNN convs: TF32
