@@ -8,7 +8,9 @@ return-to-go of a uniform random policy. An encoder whose features predict "how 
 coming" from a frame has learnt something about the target game's objects and dynamics that
 the new policy and value heads can build on.
 
-Pipeline, all on the CPU, about 40 s for two experts at the default 20k frames (BENCHMARKS.md):
+Pipeline, all on the CPU (also in a ``--device cuda`` run: the ranking that picks the expert
+does not depend on a GPU's TF32 convolutions), about 40 s for two experts at the default 20k
+frames (BENCHMARKS.md):
 
 1. :func:`collect_target_data` plays ``frames`` agent steps of the target game with a uniform
    random policy in :func:`hubrl.envs.make_atari_vec_env` (the training env: life loss ends an episode,
