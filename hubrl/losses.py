@@ -51,7 +51,10 @@ def entropy_balance_loss(probs: th.Tensor) -> th.Tensor:
 
 def assignment_fractions(selected: th.Tensor, n_experts: int) -> th.Tensor:
     """(K,) fraction of the batch's B*k routing slots that went to each expert (no gradient)."""
-    counts = th.bincount(selected.reshape(-1), minlength=n_experts).to(th.float32)
+    flat = selected.reshape(-1)
+    # a fixed-size sum, not th.bincount: on a GPU bincount reads the largest index back to size its output
+    ones = th.ones_like(flat, dtype=th.float32)
+    counts = th.zeros(n_experts, dtype=th.float32, device=flat.device).index_add_(0, flat, ones)
     return counts / max(selected.numel(), 1)
 
 
@@ -87,7 +90,7 @@ def importance_load_loss(routing: Routing) -> th.Tensor:
     in_top = th.zeros_like(routing.logits, dtype=th.bool).scatter(1, routing.selected, True)
     # for a selected expert the others' k-th largest is the (k+1)-th overall; otherwise the k-th
     threshold = th.where(in_top, top[:, k : k + 1], top[:, k - 1 : k])
-    normal = Normal(routing.clean.new_zeros(()), routing.clean.new_ones(()))
+    normal = Normal(routing.clean.new_zeros(()), routing.clean.new_ones(()), validate_args=False)  # no read-back checks
     prob_in = normal.cdf((routing.clean - threshold.detach()) / routing.noise_std.clamp_min(1e-6))
     return _cv_squared(importance) + _cv_squared(prob_in.sum(dim=0))
 

@@ -164,8 +164,13 @@ def test_a_transfer_run_trains_checkpoints_evaluates_and_resumes_inside_the_trap
 SYNCS = {"item", "cpu", "tolist", "__float__", "__int__", "__bool__", "__index__"}
 
 
+#: Ops whose output size depends on the data: on a GPU they read it back to size the output.
+DATA_SIZED = {"nonzero", "bincount", "unique", "masked_select", "repeat_interleave"}
+
+
 class CountHostReads(TorchFunctionMode):
-    """Counts the torch calls that read a tensor back to the host (:data:`SYNCS`), and ``nonzero``."""
+    """Counts the torch calls that read a tensor back to the host (:data:`SYNCS`), and those whose
+    output size depends on the data (:data:`DATA_SIZED`, ``nonzero`` for routing)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,7 +179,7 @@ class CountHostReads(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         self.syncs += name in SYNCS
-        self.nonzero += name == "nonzero"
+        self.nonzero += name in DATA_SIZED
         return func(*args, **(kwargs or {}))
 
 
@@ -195,14 +200,18 @@ def _reads(model, steps: int) -> tuple[CountHostReads, CountHostReads]:
     return rollout, update
 
 
-@pytest.mark.parametrize("method, overrides", [("hub-pathway", {}), ("hub-pathway", {"top_k": 2, "aggregation": "heads"}),
-                                               ("zoo-tuning", {})], ids=["hub-pathway", "hub-pathway-k2-heads", "zoo-tuning"])
+@pytest.mark.parametrize("method, overrides", [
+    ("hub-pathway", {}),
+    ("hub-pathway", {"top_k": 2, "aggregation": "heads", "exploration_loss": "entropy"}),
+    ("hub-pathway", {"exploration_loss": "importance-load"}),
+    ("zoo-tuning", {}),
+], ids=["hub-pathway", "hub-pathway-k2-heads-entropy", "hub-pathway-importance-load", "zoo-tuning"])
 def test_hub_policies_read_back_only_what_routing_needs(method, overrides, env, hub):
     """Against stock ``CnnPolicy`` in the same agent: Hub-Pathway may add 2 reads per acting step
     (its route's noise and experts, into the numpy rollout buffer) and ``nonzero`` once per expert and
     forward pass; Zoo-Tuning nothing. The update may add one read per logged auxiliary loss, once
     per update (not per minibatch). A per-step ``.item()`` or ``float()`` (gate statistics, loss
-    logs) fails this."""
+    logs), a distribution's argument checks or a ``bincount`` per minibatch fail this."""
     steps, tiny = 16, dict(n_steps=16, batch_size=8, n_epochs=2)  # 4 minibatches per epoch, 8 in all
     stock = HubPPO("CnnPolicy", env, seed=0, device="cpu", **tiny)
     cfg = TransferConfig(env="Gopher", method=method, **overrides)
