@@ -23,7 +23,7 @@ from hubrl.errors import CheckpointError, UsageError
 
 __all__ = [
     "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
-    "check_finite",
+    "check_device_name", "check_finite",
 ]
 
 C = TypeVar("C")
@@ -124,23 +124,35 @@ def resume_config(cls: type[C], source: str | Path, given: Mapping[str, Any] | N
         raise CheckpointError(f"{source}: its run settings do not fit this version of hubrl ({exc}).") from exc
 
 
+def check_device_name(text: str) -> str:
+    """``text`` if it names a torch device (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...),
+    whether or not this machine has it (what the command line checks when it parses: a command
+    written for a GPU machine parses anywhere); else :class:`UsageError`."""
+    if text == "auto":
+        return text
+    import torch as th
+
+    try:
+        th.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {text!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps.") from None
+    return text
+
+
 def check_device(text: str, saved_in: str | Path | None = None) -> str:
     """``text`` if torch knows the device and this machine has it (``auto``, ``cpu``, ``cuda``,
     ``cuda:1``, ``mps`` ...); else :class:`UsageError`, in one line that says what to use instead.
 
     SB3 quietly runs on the CPU when ``cuda`` is asked for and no GPU is there (``get_device``),
     so a run that asked for a GPU would train for hours at CPU speed; an index past the last GPU
-    would fail deep inside torch. Both are refused here, before anything is built. ``saved_in``:
-    the ``config.yaml`` the device comes from (a resumed run), named in the message.
+    would fail deep inside torch. Both are refused here, when a command starts, before anything is
+    built. ``saved_in``: the ``config.yaml`` the device comes from (a resumed run), named in the message.
     """
-    if text == "auto":
+    if check_device_name(text) == "auto":
         return text
     import torch as th
 
-    try:
-        device = th.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise UsageError(f"--device {text!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps.") from None
+    device = th.device(text)
     name = f"--device {text!r}" + (f" (the run's, saved in {saved_in})" if saved_in else "")
     fix = "pass --device cpu or auto to continue the run here" if saved_in else "use --device cpu or auto"
     if device.type == "cuda":

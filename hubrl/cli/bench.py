@@ -123,7 +123,11 @@ def _settings(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hubrl.benchmark import run_grid
+    from hubrl.runconfig import check_device
     from hubrl.transfer import METHODS
+
+    if args.device is not None:
+        check_device(args.device)  # before the grid is locked and its folder made
 
     summary = run_grid(
         args.root, args.games, args.methods or list(METHODS), args.seeds, args.budget, settings=_settings(args),

@@ -171,11 +171,12 @@ probability = bounded_float(0.0, 1.0)
 
 
 def device(text: str) -> str:
-    """A torch device string (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...), checked by torch."""
-    from hubrl.runconfig import check_device
+    """A torch device string (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...), checked by torch.
+    Whether this machine has it is checked when the command starts (:func:`hubrl.runconfig.check_device`)."""
+    from hubrl.runconfig import check_device_name
 
     try:
-        return check_device(text)
+        return check_device_name(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

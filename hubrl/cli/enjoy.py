@@ -66,8 +66,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     from hubrl.enjoy import load_player, play
     from hubrl.envs import display_name
+    from hubrl.runconfig import check_device
     from hubrl.runtime import configure_threads
 
+    check_device(args.device)
     configure_threads(args.threads)
     player = load_player(args.model, expert=args.expert, hub=args.hub, env=args.env, device=args.device)
     game = display_name(player.game)

@@ -458,6 +458,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = build_parser(prog).parse_args(argv)
+    if args.what in ("train", "train-one", "transfer", "zoo-conv"):
+        from hubrl.runconfig import check_device
+
+        check_device(args.device)
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
