@@ -74,7 +74,7 @@ class RunConfig(Protocol):
     n_envs: int | None  # None: the preset's
     seed: int
     device: str
-    threads: int | None  # None: hubrl.runtime.DEFAULT_THREADS
+    threads: int | None  # None: torch's default (hubrl.runtime.DEFAULT_THREADS)
     precision: str  # hubrl.runtime.PRECISIONS
     out: Any  # where the run's folder is (each kind says how)
     tensorboard_log: str | None  # None: <run folder>/tb

@@ -62,7 +62,7 @@ class PretrainConfig:
     n_envs: int | None = None  # None: the preset's
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
+    threads: int | None = None  # torch CPU threads; None: torch's default (one per core, or OMP_NUM_THREADS)
     precision: str = "fp32"  # "bf16": the encoder under bfloat16 autocast (hubrl.runtime.apply_precision)
     out: str = "runs/pretrain"  # the runs' folder: this run trains in <out>/<name>
     hub: str = "hub"  # the hub folder: the finished expert is exported to <hub>/<name>

@@ -1,11 +1,12 @@
 """How a run uses the machine: torch's CPU threads and the encoders' precision, said in one line
 at the start of a run.
 
-On a CPU that other processes share (a grid's workers, the env's own C++ threads, anyone else's
-jobs), torch's default of one OpenMP thread per core stalls whenever one of its threads is
-descheduled: a batch-8 ``predict`` went from 6 ms to 329 ms with 2 threads on 2 busy cores
-(issue 18). One thread per process is therefore the default; ``--threads N`` asks for more on a
-machine you have to yourself.
+A single run takes torch's own default (one thread per core, or ``OMP_NUM_THREADS``): on an idle
+2-core VM, PPO trained at 303 agent steps/s with 2 threads against 172 with 1 (BENCHMARKS.md).
+When processes share the cores (a grid's workers, anyone else's jobs) torch's OpenMP threads
+stall whenever one of them is descheduled: a batch-8 ``predict`` went from 6 ms to 329 ms with 2
+threads on 2 busy cores (issue 18). A grid therefore gives each worker ``cores // workers``
+threads, and ``--threads N`` sets the number for any command.
 
 ``--precision bf16`` runs the NatureCNN encoders (experts and scratch's CNN) under bfloat16
 autocast: on a CPU with AVX512-BF16 their forward+backward ran 2.24x faster than float32 at one
@@ -25,13 +26,16 @@ from torch import nn
 
 __all__ = ["DEFAULT_THREADS", "PRECISIONS", "configure_threads", "apply_precision", "runtime_line"]
 
-DEFAULT_THREADS = 1
+DEFAULT_THREADS = None  # torch's own default: one thread per core, or OMP_NUM_THREADS
 PRECISIONS = ("fp32", "bf16")
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op CPU threads (``None``: :data:`DEFAULT_THREADS`); return the number set."""
-    n = DEFAULT_THREADS if threads is None else int(threads)
+    """Set torch's intra-op CPU threads to ``threads``; ``None`` (:data:`DEFAULT_THREADS`) leaves
+    torch's setting as it is. Return the number in use."""
+    if threads is None:
+        return th.get_num_threads()
+    n = int(threads)
     if n < 1:
         raise ValueError(f"--threads must be at least 1, got {n}.")
     if th.get_num_threads() != n:

@@ -61,7 +61,7 @@ class TransferConfig:
     n_envs: int | None = None
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None  # torch CPU threads; None: hubrl.runtime.DEFAULT_THREADS (1)
+    threads: int | None = None  # torch CPU threads; None: torch's default (one per core, or OMP_NUM_THREADS)
     precision: str = "fp32"  # "bf16": encoders under bfloat16 autocast (hubrl.runtime.apply_precision)
     out: str | None = None  # None: runs/<env>-<method>-<algo>-s<seed>
     tensorboard_log: str | None = None

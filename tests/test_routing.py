@@ -230,3 +230,20 @@ def test_bf16_precision_autocasts_only_the_encoders(hub, tmp_path):
     model.learn(64)  # trains end to end
     with pytest.raises(ValueError, match="--precision"):
         apply_precision(policy, "fp8")
+
+
+def test_threads_default_leaves_torchs_setting_and_a_number_sets_it():
+    """A single run keeps torch's default (one thread per core, or OMP_NUM_THREADS): 1.76x faster PPO
+    than 1 thread on an idle 2-core VM (BENCHMARKS.md); ``--threads N`` sets N."""
+    from hubrl.runtime import DEFAULT_THREADS, configure_threads
+
+    before = th.get_num_threads()
+    try:
+        assert DEFAULT_THREADS is None
+        th.set_num_threads(2)
+        assert configure_threads(None) == 2 and th.get_num_threads() == 2
+        assert configure_threads(1) == 1 and th.get_num_threads() == 1
+        with pytest.raises(ValueError, match="at least 1"):
+            configure_threads(0)
+    finally:
+        th.set_num_threads(before)

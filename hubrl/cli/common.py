@@ -184,7 +184,7 @@ def device(text: str) -> str:
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     """``--threads``: the same flag on every command that runs torch (hubrl.runtime.configure_threads)."""
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="Torch CPU threads (default: 1, right when cores are shared; try 2+ on a machine to yourself).")
+                        help="Torch CPU threads (default: torch's, one per core; use 1 when other processes share the cores).")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
