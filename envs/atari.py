@@ -1,7 +1,7 @@
 """Fast vectorised Atari for SB3, backed by ale-py's C++ ``AtariVectorEnv``.
 
 ale-py's vector env does no-op reset, frame skipping with max-pooling, grayscale 84x84 resizing,
-frame stacking and fire-reset in C++ threads (2.18x the throughput of SB3's
+frame stacking and fire-reset in C++ threads (2.2-2.3x the throughput of SB3's
 ``make_atari_env`` + ``VecFrameStack`` on two cores, BENCHMARKS.md). This module adapts it to SB3's ``VecEnv``
 contract:
 
