@@ -46,7 +46,9 @@ Where trials run:
 **Method variants.** A grid method is ``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE]`` with
 :class:`~hubrl.transfer.TransferConfig` fields, e.g. ``hub-pathway:aggregation=heads``,
 ``zoo-tuning:lite`` (a bare key means ``true``) or ``finetune:source=seaquest-ppo``; its folder
-and its name in the report are a label such as ``hub-pathway-heads`` or ``zoo-tuning-lite``.
+and its name in the report are a label such as ``hub-pathway-heads`` or ``zoo-tuning-lite``, or
+the one given before ``=``: ``hp-2026=hub-pathway`` runs hub-pathway's current defaults as the arm
+``hp-2026``, beside older ``hub-pathway`` trials of the same grid.
 A bare ``finetune`` in a grid of real trials becomes one variant per hub expert (single-source
 fine-tuning from each source), unless a ``source`` setting names one.
 
@@ -136,19 +138,27 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_method(token: str) -> tuple[str, str, dict[str, Any]]:
-    """``NAME[:KEY=VALUE,...]`` -> ``(label, method, overrides)``.
+    """``[LABEL=]NAME[:KEY=VALUE,...]`` -> ``(label, method, overrides)``.
 
     ``"hub-pathway:aggregation=heads"`` -> ``("hub-pathway-heads", "hub-pathway", {"aggregation": "heads"})``;
-    ``"zoo-tuning:lite"`` -> ``("zoo-tuning-lite", "zoo-tuning", {"lite": True})``.
+    ``"zoo-tuning:lite"`` -> ``("zoo-tuning-lite", "zoo-tuning", {"lite": True})``;
+    ``"hp-2026=hub-pathway"`` -> ``("hp-2026", "hub-pathway", {})``: an explicit label names the arm
+    (its folder and report row), e.g. to run a method's new defaults beside its old trials in a grid.
     """
-    method, _, options = token.partition(":")
+    head, _, options = token.partition(":")
+    custom, has_label, method = head.rpartition("=")
+    if has_label and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", custom.strip()):
+        raise GridError(f"Method label {custom!r} in {token!r} must be a folder name: letters, digits, '.', '_' or '-'.")
+    method = method.strip()
     overrides: dict[str, Any] = {}
     for item in filter(None, (o.strip() for o in options.split(","))):
         key, sep, value = item.partition("=")
         overrides[key.strip().replace("-", "_")] = _parse_value(value.strip()) if sep else True
-    parts = [method.strip()] + [key if value is True else str(value) for key, value in overrides.items() if value is not False]
+    if has_label:
+        return custom.strip(), method, overrides
+    parts = [method] + [key if value is True else str(value) for key, value in overrides.items() if value is not False]
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
-    return label, method.strip(), overrides
+    return label, method, overrides
 
 
 def make_specs(
@@ -356,6 +366,10 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
     except ValueError as exc:
         raise GridError(str(exc)) from None
     parsed = [parse_method(m) for m in methods]
+    labels = [label for label, _, _ in parsed]
+    clashes = sorted({label for label in labels if labels.count(label) > 1})
+    if clashes:
+        raise GridError(f"Two methods share the label {', '.join(clashes)}: name one with LABEL=METHOD:... .")
     if check_methods:
         unknown = [m for _, m, _ in parsed if m not in METHODS]
         if unknown:

@@ -3,8 +3,13 @@ the top-k experts of the hub, and only those experts' encoders run on it.
 
 * :class:`PathwayGenerator` — a light CNN on the observation gives one clean logit per expert.
   When the agent *acts* in training, Gaussian noise is added (noisy top-k gating, Shazeer et al.
-  2017: a learned, input-dependent ``softplus`` scale with a floor that keeps it alive, or a fixed
-  scale) and the top-k noisy logits pick the experts. Evaluation and ``predict`` are noise-free.
+  2017) and the top-k noisy logits pick the experts. Evaluation and ``predict`` are noise-free.
+* **Noise scale.** A fixed std (the default, 1.0) or a learned, input-dependent ``softplus`` scale
+  with a floor. The task loss never trains the scale: it enters the weights detached, so only a
+  balancing loss that looks at it (``importance-load``) does. Through the weights the std would be
+  a lever on the selected expert's weight (the winner's noise draw is positive on average, so a
+  larger std means more weight for it), and under ``straight-through`` the task loss pulled it up
+  without bound: 46 at 250k steps on Alien in the 1M grid, so the routing became a coin toss.
 * **Routes are replayable.** The standard-normal draw and the selected experts of each acting step
   form a :class:`Route`; the rollout buffer stores it (:mod:`hubrl.agents.routing`), and the update
   recomputes the logits with the current parameters *plus the stored draw* and keeps the stored
@@ -39,9 +44,10 @@ from torch.nn import functional as F
 
 from hubrl.agents.routing import Route
 
-__all__ = ["K1_WEIGHTS", "Route", "Routing", "RoutedFeatures", "PathwayGenerator", "HubPathwayExtractor"]
+__all__ = ["DEFAULT_NOISE", "K1_WEIGHTS", "Route", "Routing", "RoutedFeatures", "PathwayGenerator", "HubPathwayExtractor"]
 
 K1_WEIGHTS = ("prob", "straight-through")
+DEFAULT_NOISE = 1.0  # fixed gate-noise std: about the logit gap at which routing turns deterministic
 
 
 @dataclass
@@ -87,7 +93,8 @@ class PathwayGenerator(nn.Module):
     :param n_input_channels: stacked frames of the (normalised) observation.
     :param n_experts: hub size K.
     :param top_k: experts selected per sample (1 <= k <= K).
-    :param noise: ``"learned"`` (input-dependent std, Shazeer et al.), a float (fixed std), or 0.
+    :param noise: a fixed std (float, 0 for none) or ``"learned"`` (input-dependent std, Shazeer
+        et al.; trained only by a balancing loss that looks at it, see the module docstring).
     :param noise_floor: added to the learned std, so exploration of routes never dies out.
     :param k1_weight: weight of the single selected expert when k = 1 (see the module docstring).
     """
@@ -97,7 +104,7 @@ class PathwayGenerator(nn.Module):
         n_input_channels: int,
         n_experts: int,
         top_k: int,
-        noise: str | float = "learned",
+        noise: str | float = DEFAULT_NOISE,
         noise_floor: float = 0.0,
         k1_weight: str = "prob",
     ) -> None:
@@ -168,7 +175,8 @@ class PathwayGenerator(nn.Module):
                 std = th.full_like(clean, self.noise_std)
         if noise is None and std is not None and (self.training if explore is None else explore):
             noise = self.sample_noise(clean)
-        logits = clean if noise is None or std is None else clean + noise * std
+        # std detached: the task loss must not use the noise scale as a lever on the weights
+        logits = clean if noise is None or std is None else clean + noise * std.detach()
         if selected is None:
             selected = logits.topk(self.top_k, dim=-1).indices
         if self.top_k == 1:
@@ -202,7 +210,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         observation_space: gym.spaces.Box,
         expert_names: list[str] | tuple[str, ...] = ("expert",),
         top_k: int = 1,
-        noise: str | float = "learned",
+        noise: str | float = DEFAULT_NOISE,
         noise_floor: float = 0.0,
         k1_weight: str = "prob",
         features_dim: int = 512,

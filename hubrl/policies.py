@@ -32,7 +32,7 @@ from torch import nn
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
 from hubrl.hub import Hub
 from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
-from hubrl.pathway import HubPathwayExtractor, Route, RoutedFeatures
+from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatures
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy",
@@ -74,7 +74,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
 
     :param expert_names: names of the hub's experts (K = their number).
     :param top_k: experts per sample (default 1: the compute of one encoder plus the gate).
-    :param noise: gate noise when acting in training: ``"learned"`` or a fixed std.
+    :param noise: gate noise when acting in training: a fixed std (default 1.0) or ``"learned"``.
     :param noise_floor: minimum std of the learned noise (keeps route exploration alive).
     :param k1_weight: ``"prob"`` or ``"straight-through"`` weight of the expert at k = 1.
     :param aggregation: ``"features"`` or ``"heads"`` (see module docstring).
@@ -92,7 +92,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         lr_schedule,
         expert_names: list[str] | tuple[str, ...] = ("expert",),
         top_k: int = 1,
-        noise: str | float = "learned",
+        noise: str | float = DEFAULT_NOISE,
         noise_floor: float = DEFAULT_NOISE_FLOOR,
         k1_weight: str = DEFAULT_K1_WEIGHT,
         aggregation: str = "features",

@@ -29,7 +29,7 @@ from hubrl.harness import FLAGS, RESUME_MAY_CHANGE, check_resumable, draw_learni
 from hubrl.hub import Hub, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
-from hubrl.pathway import K1_WEIGHTS
+from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.training import TrainingOutcome, early_eval_step
 
@@ -66,7 +66,7 @@ class TransferConfig:
     out: str | None = None  # None: runs/<env>-<method>-<algo>-s<seed>
     tensorboard_log: str | None = None
     top_k: int = 1
-    noise: str | float = "learned"
+    noise: str | float = DEFAULT_NOISE
     noise_floor: float = DEFAULT_NOISE_FLOOR
     k1_weight: str = DEFAULT_K1_WEIGHT
     aggregation: str = "features"

@@ -283,6 +283,13 @@ def test_method_variants_name_their_folders_and_carry_their_settings(tmp_path):
         "hub-pathway-heads-2", "hub-pathway", {"aggregation": "heads", "top_k": 2})
     assert parse_method("zoo-tuning:lite") == ("zoo-tuning-lite", "zoo-tuning", {"lite": True})
     assert parse_method("scratch") == ("scratch", "scratch", {})
+    assert parse_method("hp-new=hub-pathway:top_k=2") == ("hp-new", "hub-pathway", {"top_k": 2})
+    assert make_specs(tmp_path, ["Alien"], ["hp-new=hub-pathway"], [0], 100)[0]["folder"] == str(
+        tmp_path / "Alien" / "hp-new" / "s0")
+    with pytest.raises(GridError, match="must be a folder name"):
+        parse_method("../x=hub-pathway")
+    with pytest.raises(GridError, match="share the label"):
+        run_grid(tmp_path / "g", ["Alien"], ["hub-pathway", "hub-pathway=hub-pathway:top_k=2"], [0], 100)
     spec = make_specs(tmp_path, ["Alien"], ["finetune:source=seaquest-ppo"], [1], 100)[0]
     assert spec["folder"] == str(tmp_path / "Alien" / "finetune-seaquest-ppo" / "s1")
     assert spec["base_method"] == "finetune" and spec["overrides"] == {"source": "seaquest-ppo"}

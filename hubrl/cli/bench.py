@@ -54,7 +54,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--env", dest="games", nargs="+", required=True, metavar="GAME", aliases=("--games",),
                      help="Target games: Alien Gopher Jamesbond ...")
     run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
-                     help="Transfer methods (default: all of hubrl.transfer.METHODS).")
+                     help="Transfer methods (default: all of hubrl.transfer.METHODS); a variant is "
+                          "NAME:KEY=VALUE,... (hub-pathway:top_k=2), an arm with its own name LABEL=NAME[:...].")
     run.add_argument("--seed", dest="seeds", nargs="+", type=seed, default=[0, 1, 2], metavar="SEED", aliases=("--seeds",),
                      help="Seeds. Default: 0 1 2.")
     run.add_argument("--timesteps", dest="budget", type=steps, required=True, metavar="STEPS", aliases=("--budget",),

@@ -81,9 +81,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); "
                              "continue later with --resume.")
     parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
-    parser.add_argument("--noise", type=noise, default="learned",
-                        help="Gate noise when acting in training: 'learned' (noisy top-k) or a fixed std >= 0 like 1.0. "
-                             "Default: learned.")
+    parser.add_argument("--noise", type=noise, default=None,
+                        help="Gate noise when acting in training: a fixed std >= 0, or 'learned' (input-dependent, "
+                             "trained only by --exploration-loss importance-load; with the other losses it stays "
+                             "at its start, about 1.0 with the floor). Default: 1.0.")
     parser.add_argument("--noise-floor", type=non_negative_float, default=None,
                         help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
     parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
