@@ -131,6 +131,21 @@ def test_the_whole_commands_take_the_old_spellings(capsys):
     assert old == new and (old.games, old.methods, old.seeds, old.budget) == (["Alien"], ["scratch"], [0, 1], 1_000_000)
 
 
+@pytest.mark.parametrize("where", PARSERS)
+def test_abbreviated_flags_are_refused(where):
+    """``--time 1M`` must not silently mean ``--timesteps``: a later flag with the same prefix
+    would change what a saved command line does."""
+    from hubrl.errors import UsageError
+
+    parser = _parser(*where)
+    base = REQUIRED.get(where, [])
+    longest = max((f for f in parser._option_string_actions if f.startswith("--") and f != "--help"), key=len)
+    action = parser._option_string_actions[longest]
+    value = [] if action.nargs == 0 else ["1"]
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        parser.parse_args([*base, longest[:-2], *value])
+
+
 def test_one_flag_name_per_concept_across_the_commands():
     from hubrl.cli.common import FLAG_VOCABULARY
 

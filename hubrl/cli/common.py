@@ -38,9 +38,13 @@ class ArgumentParser(argparse.ArgumentParser):
     ``add_argument(..., aliases=("--old",))`` keeps an old spelling of a flag working, hidden from
     ``--help``: it is read as the flag's own name, with a one-line deprecation warning on stderr
     (``--budget 1M`` is ``--timesteps 1M``). The vocabulary is in :data:`FLAG_VOCABULARY`.
+
+    Abbreviated flags (``--time 1M`` for ``--timesteps``) are refused: a saved command line must not
+    change meaning when a later release adds a flag with the same prefix.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.deprecated_aliases: dict[str, str] = {}  # old spelling -> the flag's name
 
