@@ -172,3 +172,14 @@ def test_one_parser_of_step_counts():
             parse_steps(bad)
     assert [format_steps(n) for n in (250_000, 1_000_000, 1_500, 999)] == ["250k", "1M", "1500", "999"]
     assert all(parse_steps(format_steps(n)) == n for n in (1, 999, 1_000, 1_500, 250_000, 3_000_000))
+
+
+def test_speed_not_adopted_checks_the_fold_and_prints_both_tables(capsys):
+    """``benchmark_speed.py not-adopted`` (cited by BENCHMARKS.md) compares equal computations only."""
+    from hubrl.cli.speed import bench_not_adopted
+
+    bench_not_adopted([2, 4], n_envs=2, repeats=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [r.split(":")[0] for r in rows[1:]] == ["| CnnPolicy forward, B=2", "| NatureCNN forward+backward, B=2",
+                                                  "| NatureCNN forward+backward, B=4"]
+    assert all(float(r.rsplit("|", 2)[1]) > 0 for r in rows[1:])

@@ -6,6 +6,7 @@
     %(prog)s transfer  # every method's training wall time and inference speed vs scratch, same run
     %(prog)s rank      # wall time of ranking the default hub (--method select's first step)
     %(prog)s zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
+    %(prog)s not-adopted  # the two measured and not adopted: inference_mode rollouts, /255 folded into conv 1
 
 The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
 Entry point ``hubrl-speed``; also ``python -m hubrl speed`` and ``scripts/benchmark_speed.py``.
@@ -429,17 +430,76 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
           f"{th.get_num_threads()} thread, {_machine()}.")
 
 
+def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, device: str = "cpu") -> None:
+    """Two speed-ups measured and not adopted (BENCHMARKS.md, training throughput), in ms per call:
+
+    * rollout inference: SB3's ``CnnPolicy`` forward on ``n_envs`` uint8 frames (one rollout step)
+      under ``torch.no_grad`` (what SB3's ``collect_rollouts`` uses) against ``torch.inference_mode``;
+    * NatureCNN forward+backward with SB3's ``/255`` of the input against a copy whose first conv
+      holds the weights divided by 255 and takes the raw frame values (the two are checked equal),
+      for every batch size.
+
+    One torch thread; the variants interleaved (:func:`_min_ms`), so both see the same machine state.
+    """
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+    from stable_baselines3.common.torch_layers import NatureCNN
+    from stable_baselines3.common.utils import get_device
+
+    th.set_num_threads(1)
+    device = str(get_device(device))
+    sync = th.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    th.manual_seed(0)
+    policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(18), lambda _: 2.5e-4).to(device).eval()
+    frames = th.randint(0, 256, (n_envs, *space.shape), dtype=th.uint8, device=device)
+
+    def act(context):
+        with context():
+            policy(frames)
+
+    ms = _min_ms({"no_grad": lambda: act(th.no_grad), "inference_mode": lambda: act(th.inference_mode)}, repeats, sync=sync)
+    print("| case | baseline | variant | variant / baseline |\n|---|---|---|---|")
+    print(f"| CnnPolicy forward, B={n_envs}: no_grad vs inference_mode | {ms['no_grad']:.2f} | {ms['inference_mode']:.2f} "
+          f"| {ms['inference_mode'] / ms['no_grad']:.3f} |", flush=True)
+    cnn = NatureCNN(space).to(device)
+    folded = NatureCNN(space).to(device)
+    folded.load_state_dict(cnn.state_dict())
+    with th.no_grad():
+        folded.cnn[0].weight.div_(255.0)
+    for batch in batch_sizes:
+        x = th.randint(0, 256, (batch, *space.shape), dtype=th.uint8, device=device)
+        with th.no_grad():
+            want, got = cnn(x.float() / 255.0), folded(x.float())
+        if not th.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
+            diff = float((got - want).abs().max())
+            raise RuntimeError(f"not-adopted: the folded conv differs from /255 (max |diff| {diff:.3g}).")
+
+        def step(net, scale, x=x):
+            net.zero_grad(set_to_none=True)
+            inp = x.float() / 255.0 if scale else x.float()
+            net(inp).sum().backward()
+
+        ms = _min_ms({"div": lambda: step(cnn, True), "folded": lambda: step(folded, False)}, repeats, sync=sync)
+        print(f"| NatureCNN forward+backward, B={batch}: /255 vs folded into conv 1 | {ms['div']:.2f} | {ms['folded']:.2f} "
+              f"| {ms['folded'] / ms['div']:.3f} |", flush=True)
+    print(f"\nms per call, min over {repeats} repetitions (each >= 0.2 s of calls, variants interleaved). "
+          f"torch {th.__version__}, device {device}, {th.get_num_threads()} thread, {_machine()}.")
+
+
 def build_parser(prog: str | None = None) -> ArgumentParser:
     """The parser of ``hubrl-speed`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv"])
+    parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv", "not-adopted"])
     parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
     parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
     parser.add_argument("--device", type=device, default="cpu",
-                        help="train, train-one, transfer, zoo-conv: torch device (cpu, cuda, cuda:1, auto). Default: cpu "
+                        help="train, train-one, transfer, zoo-conv, not-adopted: torch device (cpu, cuda, cuda:1, auto). "
+                             "Default: cpu "
                              "(the tables in BENCHMARKS.md); envs and rank run on the CPU.")
     parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
                         help="Game to measure on. Default: Seaquest.")
@@ -451,14 +511,15 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
                         help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
-                        help="zoo-conv: batch sizes; forward (no_grad) only for those <= --n-envs (rollouts). Default: 8,256.")
+                        help="zoo-conv, not-adopted: batch sizes; zoo-conv's forward (no_grad) only for those <= --n-envs "
+                             "(rollouts). Default: 8,256.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = build_parser(prog).parse_args(argv)
-    if args.what in ("train", "train-one", "transfer", "zoo-conv"):
+    if args.what in ("train", "train-one", "transfer", "zoo-conv", "not-adopted"):
         from hubrl.runconfig import check_device
 
         check_device(args.device)
@@ -475,6 +536,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         bench_transfer(args.game, args.steps or 4096, args.repeats, args.device)
     elif args.what == "rank":
         bench_rank(args.game, args.steps or 20_000)
+    elif args.what == "not-adopted":
+        bench_not_adopted(args.batch_sizes, args.n_envs, args.repeats, args.device)
     else:
         bench_zoo_conv(args.experts, args.batch_sizes, args.n_envs, args.repeats, args.device)
     return 0
