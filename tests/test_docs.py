@@ -349,14 +349,19 @@ def test_every_flag_the_docs_name_is_a_current_flag():
 
 
 def test_the_paths_the_docs_name_exist():
-    """A file or folder of the repository written in backticks (`hubrl/stats.py`) exists; patterns
+    """A file or folder of the repository written in backticks (`hubrl/stats.py`) exists, and a
+    pytest node id (`tests/test_x.py::test_y`) names a test that file defines; patterns
     (`<expert>`, `*`) are skipped."""
     missing = []
     for doc in DOCS:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
             for path in re.findall(r"`((?:hubrl|agents|envs|scripts|benchmarks|tests)/[^`\s]*)`", line):
-                if not re.search(r"[<>*{}]", path) and not (ROOT / path).exists():
-                    missing.append(f"{doc.relative_to(ROOT)}:{number}: {path}")
+                path, _, test = path.partition("::")
+                if re.search(r"[<>*{}]", path):
+                    continue
+                file = ROOT / path
+                if not file.exists() or (test and not re.search(rf"^def {re.escape(test)}\(", file.read_text(), re.M)):
+                    missing.append(f"{doc.relative_to(ROOT)}:{number}: {path}{'::' + test if test else ''}")
     assert not missing, missing
 
 
