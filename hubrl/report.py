@@ -12,7 +12,7 @@
   method (``scratch``) on the same game;
 * ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
   per-run HNS with 95% stratified-bootstrap confidence intervals;
-* ``head_to_head.csv`` / ``.md``: one method (default ``hub-pathway``) against each other one,
+* ``head_to_head.csv`` / ``.md``: one method (default ``hub-pathway``; or several, a section each) against each other one,
   per game (difference of final scores and of AUC with bootstrap CIs, win / tie / loss) and
   across games (probability of improvement with its CI);
 * ``runs.csv``: one row per trial (the raw data of the tables);
@@ -119,13 +119,13 @@ def write_report(
     curve_reps: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-    focus: str = "hub-pathway",
+    focus: str | Sequence[str] = "hub-pathway",
     stage: int | None = None,
 ) -> Path:
     """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``, or
     ``<root>/report/at-<stage>`` for a stage); return ``report.md``.
 
-    ``focus`` is the method the head-to-head section compares with every other one; ``stage``
+    ``focus`` is the method (or methods, a section each) the head-to-head compares with every other one; ``stage``
     reports the grid as it stood at that many agent steps (see :func:`hubrl.grid.load_trials`).
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
@@ -142,6 +142,7 @@ def write_report(
     out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
 
+    focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -163,14 +164,14 @@ def write_report(
 
 
 def _make_tables(trials: Sequence[TrialResult], root: Path, baseline: str, reps: int, confidence: float, seed: int,
-                 focus: str, stage: int | None) -> _Tables:
+                 focus: Sequence[str], stage: int | None) -> _Tables:
     """Every table of the report (the aggregate also takes the compute ratios)."""
     compute = compute_table(trials, baseline)
     return _Tables(
         scores=score_table(trials),
         compute=compute,
         aggregate=aggregate_table(trials, reps, confidence, seed, compute),
-        versus=head_to_head(trials, focus, reps, confidence, seed),
+        versus=[row for method in focus for row in head_to_head(trials, method, reps, confidence, seed)],
         runs=runs_table(trials, root),
         routing=routing_table(trials, stage),
     )
@@ -186,7 +187,8 @@ def _write_tables(out: Path, tables: _Tables, baseline: str, confidence: float) 
     write_csv(out / "aggregate.csv", tables.aggregate)
     (out / "aggregate.md").write_text(aggregate_markdown(tables.aggregate, baseline, confidence))
     write_csv(out / "head_to_head.csv", tables.versus, HEAD_TO_HEAD_COLUMNS)
-    (out / "head_to_head.md").write_text(head_to_head_markdown(tables.versus, confidence))
+    sections = [head_to_head_markdown(rows, confidence) for rows in _by_focus(tables.versus)]
+    (out / "head_to_head.md").write_text("\n".join(sections))
     write_csv(out / "runs.csv", tables.runs, RUNS_COLUMNS)
     if tables.routing:
         write_csv(out / "routing.csv", tables.routing, list(dict.fromkeys(k for r in tables.routing for k in r)))
@@ -269,7 +271,12 @@ def _method_lines(confidence: float) -> list[str]:
     ]
 
 
-def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float, focus: str) -> list[str]:
+def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Head-to-head rows split by their focus method, in the order given."""
+    return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
+
+
+def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float, focus: Sequence[str]) -> list[str]:
     """The sections of ``report.md``: aggregate, scores, head-to-head, routing, compute, curves, files."""
     lines = [
         "## Aggregate across games",
@@ -282,8 +289,8 @@ def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence
     if figures.aggregate:
         lines += [f"![IQM]({figures.aggregate.name})", ""]
     lines += ["## Scores per game", "", score_markdown(tables.scores)]
-    if tables.versus:
-        lines += [f"## Head-to-head: `{focus}` against each method", "", head_to_head_markdown(tables.versus, confidence)]
+    for rows in _by_focus(tables.versus):
+        lines += [f"## Head-to-head: `{rows[0]['method']}` against each method", "", head_to_head_markdown(rows, confidence)]
     if tables.routing:
         lines += _routing_lines(tables.routing, figures.routing)
     lines += ["## Compute", "", compute_markdown(tables.compute, baseline)]

@@ -290,6 +290,13 @@ def test_head_to_head(tmp_path):
     table = _rows(root / "report" / "head_to_head.csv")
     assert len(table) == 2 * ((3 + 1) + (1 + 1))  # scratch on 3 games, select on Alien only
 
+    # several focus methods: a section each, in the order given; the CSV holds both
+    both = write_report(root, tmp_path / "both", reps=2000, focus=["scratch", "hub-pathway"]).read_text()
+    assert both.index("## Head-to-head: `scratch` against each method") < both.index("## Head-to-head: `hub-pathway`")
+    assert "-200 [" in both and "+200 [+" in both
+    assert {r["method"] for r in _rows(tmp_path / "both" / "head_to_head.csv")} == {"scratch", "hub-pathway"}
+    assert (tmp_path / "both" / "head_to_head.md").read_text().count("minus the other method's") == 4
+
 
 def test_count_parameters_reads_only_policy_pth(tmp_path):
     _model_zip(tmp_path / "m.zip", (3, 4))

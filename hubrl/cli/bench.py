@@ -98,8 +98,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), "
                              "in report/at-<steps>/.")
     report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
-    report.add_argument("--focus", default="hub-pathway",
-                        help="Method the head-to-head section compares with each other one. Default: hub-pathway.")
+    report.add_argument("--focus", nargs="+", default=["hub-pathway"], metavar="METHOD",
+                        help="Method(s) the head-to-head compares with each other one, a section each. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
     report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
     return parser
