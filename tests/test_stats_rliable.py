@@ -33,15 +33,22 @@ HUBRL_REPS, RLIABLE_REPS, CONFIDENCE, SIGMAS = 50_000, 2_000, 0.95, 4
 
 @pytest.fixture(scope="module")
 def grid():
-    """Trials of the committed grid and per method its (runs x games) matrix of HNS, rliable's layout."""
+    """Trials of the committed grid and per method its (runs x games) matrix of HNS, rliable's layout.
+
+    Only the methods with every game x seed (3 x 3, what the exact bootstrap below is written for);
+    arms added later with fewer seeds (the bf16 check's two) are left out."""
     trials = [t for t in load_trials(GRID) if t.finished and t.hns is not None]
     games = sorted({t.game for t in trials})
     seeds = sorted({t.seed for t in trials})
+    full = sorted(m for m in {t.method for t in trials}
+                  if {(t.game, t.seed) for t in trials if t.method == m} == {(g, s) for g in games for s in seeds})
+    trials = [t for t in trials if t.method in full]
     scores = {}
-    for method in sorted({t.method for t in trials}):
+    for method in full:
         hns = {(t.game, t.seed): t.hns for t in trials if t.method == method}
         scores[method] = np.array([[hns[g, s] for g in games] for s in seeds])
-    assert len(games) == 3 and len(seeds) == 3 and len(scores) == 6  # the grid these bounds are written for
+    # the grid these bounds are written for: its 6 methods of 54 trials, plus later arms with 3 seeds
+    assert len(games) == 3 and len(seeds) == 3 and len(scores) >= 6 and "hub-pathway" in scores
     return trials, scores
 
 
