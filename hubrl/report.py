@@ -155,7 +155,7 @@ def write_report(
         "",
         *_method_lines(confidence),
         "",
-        *_section_lines(tables, figures, baseline, confidence, focus),
+        *_section_lines(tables, figures, baseline, confidence),
         *_left_out_lines(_left_out(root, trials, skipped)),
     ]
     report = out / "report.md"
@@ -276,7 +276,7 @@ def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
 
 
-def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float, focus: Sequence[str]) -> list[str]:
+def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float) -> list[str]:
     """The sections of ``report.md``: aggregate, scores, head-to-head, routing, compute, curves, files."""
     lines = [
         "## Aggregate across games",

@@ -292,6 +292,26 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _timing_device(device: str) -> tuple[str, Callable[[], object]]:
+    """One torch CPU thread (the tables' setting) and ``device`` resolved (``auto`` -> a name);
+    return it with the wait :func:`_min_ms` needs there (``torch.cuda.synchronize`` on a GPU)."""
+    import torch as th
+    from stable_baselines3.common.utils import get_device
+
+    th.set_num_threads(1)
+    device = str(get_device(device))
+    return device, (th.cuda.synchronize if device.startswith("cuda") else (lambda: None))
+
+
+def _check_same(got: th.Tensor, want: th.Tensor, problem: str) -> None:
+    """Raise ``RuntimeError(problem + max |diff|)`` unless ``got`` equals ``want`` up to float32 rounding:
+    a benchmark times computations only after checking they compute the same thing."""
+    import torch as th
+
+    if not th.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
+        raise RuntimeError(f"{problem}max |diff| {float((got - want).abs().max()):.3g}).")
+
+
 def _min_ms(fns: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.2,
             sync: Callable[[], object] = lambda: None) -> dict[str, float]:
     """Per function: the least mean time of one call over ``repeats`` repetitions, in ms.
@@ -359,11 +379,7 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
 
     from hubrl.zoo_tuning import NATURE_CONVS, AdaptiveConv2d
 
-    th.set_num_threads(1)
-    from stable_baselines3.common.utils import get_device
-
-    device = str(get_device(device))
-    sync = th.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, sync = _timing_device(device)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     print("| case | grouped | output-space | plain NatureCNN convs |\n|---|---|---|---|")
     for k in experts:
@@ -406,9 +422,7 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
                 ref = grouped(x)
                 checks = {"output-space": (output_space(x), ref), "plain": (plain(x[:1]), ref[:1])}
             for label, (got, want) in checks.items():
-                if not th.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
-                    raise RuntimeError(f"zoo-conv: the {label} path differs from the grouped one "
-                                       f"(K={k}, B={batch}, max |diff| {float((got - want).abs().max()):.3g}).")
+                _check_same(got, want, f"zoo-conv: the {label} path differs from the grouped one (K={k}, B={batch}, ")
 
             def forward(path, x=x):
                 with th.no_grad():
@@ -445,11 +459,8 @@ def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, dev
     import torch as th
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
     from stable_baselines3.common.torch_layers import NatureCNN
-    from stable_baselines3.common.utils import get_device
 
-    th.set_num_threads(1)
-    device = str(get_device(device))
-    sync = th.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, sync = _timing_device(device)
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     th.manual_seed(0)
     policy = ActorCriticCnnPolicy(space, gym.spaces.Discrete(18), lambda _: 2.5e-4).to(device).eval()
@@ -472,9 +483,7 @@ def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, dev
         x = th.randint(0, 256, (batch, *space.shape), dtype=th.uint8, device=device)
         with th.no_grad():
             want, got = cnn(x.float() / 255.0), folded(x.float())
-        if not th.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
-            diff = float((got - want).abs().max())
-            raise RuntimeError(f"not-adopted: the folded conv differs from /255 (max |diff| {diff:.3g}).")
+        _check_same(got, want, "not-adopted: the folded conv differs from /255 (")
 
         def step(net, scale, x=x):
             net.zero_grad(set_to_none=True)
