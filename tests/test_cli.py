@@ -183,3 +183,17 @@ def test_speed_not_adopted_checks_the_fold_and_prints_both_tables(capsys):
     assert [r.split(":")[0] for r in rows[1:]] == ["| CnnPolicy forward, B=2", "| NatureCNN forward+backward, B=2",
                                                   "| NatureCNN forward+backward, B=4"]
     assert all(float(r.rsplit("|", 2)[1]) > 0 for r in rows[1:])
+
+
+def test_speed_inference_controls_the_routing_it_reports(capsys, monkeypatch):
+    """``benchmark_speed.py inference`` (cited by BENCHMARKS.md): one row per batch size, and it refuses
+    to print a "split in half" figure when the frames were not split."""
+    from hubrl.cli import speed
+
+    speed.bench_inference([1, 4], repeats=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 1", "| 4"]
+    assert all(float(cell) > 0 for r in rows[1:] for cell in r.split(" | ")[1:7])
+    monkeypatch.setattr(speed, "_route_by_half", lambda gate, x: None)  # the split gate left even: all on one expert
+    with pytest.raises(RuntimeError, match="routing was not set as intended"):
+        speed.bench_inference([4], repeats=1)

@@ -7,6 +7,7 @@
     %(prog)s rank      # wall time of ranking the default hub (--method select's first step)
     %(prog)s zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
     %(prog)s not-adopted  # the two measured and not adopted: inference_mode rollouts, /255 folded into conv 1
+    %(prog)s inference  # Hub-Pathway's predict vs scratch's with the routing controlled, and where its time goes
 
 The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
 Entry point ``hubrl-speed``; also ``python -m hubrl speed`` and ``scripts/benchmark_speed.py``.
@@ -497,18 +498,91 @@ def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, dev
           f"torch {th.__version__}, device {device}, {th.get_num_threads()} thread, {_machine()}.")
 
 
+def _route_by_half(gate, x: th.Tensor) -> None:
+    """Set a 2-expert gate so the noise-free routing of the batch ``x`` splits it in half, by the
+    sign of one random direction of the gate's hidden features around its median."""
+    import torch as th
+
+    with th.no_grad():
+        hidden = gate.body(x)
+        direction = th.randn(hidden.shape[1], generator=th.Generator().manual_seed(0)).to(hidden)
+        projection = hidden @ direction
+        gate.w_gate.weight.copy_(th.stack([direction, -direction]) * 1e3)
+        gate.w_gate.bias.copy_(th.tensor([-1e3, 1e3]).to(hidden) * float(projection.median()))
+
+
+def bench_inference(batch_sizes: Sequence[int], repeats: int, device: str = "cpu") -> None:
+    """Deployment inference of Hub-Pathway (2 experts) against scratch's ``CnnPolicy``, in ms per
+    ``policy.predict`` call on a batch of uint8 frames, with the routing under control:
+
+    * k=1, every frame routed to one expert (the single-expert shortcut skips the gather);
+    * k=1, the frames split in half between the experts (each expert runs on half the batch);
+    * k=2 (both experts on every frame);
+
+    and the parts of Hub-Pathway's cost: the gate alone and one NatureCNN encoder, on the same
+    frames. Random weights (speed does not depend on them); one torch thread; paths interleaved.
+    """
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    from hubrl.policies import HubPathwayPolicy
+
+    device, sync = _timing_device(device)
+    space, actions = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(18)
+    th.manual_seed(0)
+    scratch = ActorCriticCnnPolicy(space, actions, lambda _: 2.5e-4).to(device).eval()
+    one, split, both = (HubPathwayPolicy(space, actions, lambda _: 2.5e-4, expert_names=["a", "b"], top_k=k).to(device).eval()
+                        for k in (1, 1, 2))
+    with th.no_grad():
+        one.extractor.gate.w_gate.weight.zero_()
+        one.extractor.gate.w_gate.bias.copy_(th.tensor([1.0, 0.0]))
+    print("| B | scratch | hub k=1, one expert | hub k=1, split in half | hub k=2 | gate alone | one encoder | "
+          "scratch / hub (one, split, k=2) |\n|---|---|---|---|---|---|---|---|")
+    for batch in batch_sizes:
+        frames = np.random.default_rng(batch).integers(0, 256, (batch, *space.shape), dtype=np.uint8)
+        x = th.as_tensor(frames, device=device).float() / 255.0
+        _route_by_half(split.extractor.gate, x)
+        with th.no_grad():
+            counts = [[int((p.extractor.gate(x, explore=False).selected == i).sum()) for i in range(2)] for p in (one, split)]
+        if counts[0] != [batch, 0] or (batch > 1 and 0 in counts[1]):
+            raise RuntimeError(f"inference: the routing was not set as intended (frames per expert {counts}).")
+
+        def no_grad(fn):
+            def call():
+                with th.no_grad():
+                    fn()
+            return call
+
+        ms = _min_ms({
+            "scratch": lambda: scratch.predict(frames, deterministic=True),
+            "one": lambda: one.predict(frames, deterministic=True),
+            "split": lambda: split.predict(frames, deterministic=True),
+            "both": lambda: both.predict(frames, deterministic=True),
+            "gate": no_grad(lambda: one.extractor.gate(x, explore=False)),
+            "encoder": no_grad(lambda: one.extractor.experts[0](x)),
+        }, repeats, sync=sync)
+        ratios = ", ".join(f"{ms['scratch'] / ms[k]:.2f}x" for k in ("one", "split", "both"))
+        print(f"| {batch} | " + " | ".join(f"{ms[k]:.2f}" for k in ("scratch", "one", "split", "both", "gate", "encoder"))
+              + f" | {ratios} |", flush=True)
+    print(f"\nms per call, min over {repeats} repetitions (each >= 0.2 s of calls, paths interleaved); frames per expert "
+          f"at the last batch: one {counts[0]}, split {counts[1]}. torch {th.__version__}, device {device}, "
+          f"{th.get_num_threads()} thread, {_machine()}.")
+
+
 def build_parser(prog: str | None = None) -> ArgumentParser:
     """The parser of ``hubrl-speed`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv", "not-adopted"])
+    parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv", "not-adopted",
+                                         "inference"])
     parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
     parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
     parser.add_argument("--device", type=device, default="cpu",
-                        help="train, train-one, transfer, zoo-conv, not-adopted: torch device (cpu, cuda, cuda:1, auto). "
-                             "Default: cpu "
+                        help="train, train-one, transfer, zoo-conv, not-adopted, inference: torch device "
+                             "(cpu, cuda, cuda:1, auto). Default: cpu "
                              "(the tables in BENCHMARKS.md); envs and rank run on the CPU.")
     parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
                         help="Game to measure on. Default: Seaquest.")
@@ -520,15 +594,15 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
                         help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",
-                        help="zoo-conv, not-adopted: batch sizes; zoo-conv's forward (no_grad) only for those <= --n-envs "
-                             "(rollouts). Default: 8,256.")
+                        help="zoo-conv, not-adopted, inference: batch sizes; zoo-conv's forward (no_grad) only for "
+                             "those <= --n-envs (rollouts). Default: 8,256.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = build_parser(prog).parse_args(argv)
-    if args.what in ("train", "train-one", "transfer", "zoo-conv", "not-adopted"):
+    if args.what in ("train", "train-one", "transfer", "zoo-conv", "not-adopted", "inference"):
         from hubrl.runconfig import check_device
 
         check_device(args.device)
@@ -547,6 +621,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         bench_rank(args.game, args.steps or 20_000)
     elif args.what == "not-adopted":
         bench_not_adopted(args.batch_sizes, args.n_envs, args.repeats, args.device)
+    elif args.what == "inference":
+        bench_inference(args.batch_sizes, args.repeats, args.device)
     else:
         bench_zoo_conv(args.experts, args.batch_sizes, args.n_envs, args.repeats, args.device)
     return 0
