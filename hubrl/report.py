@@ -158,6 +158,9 @@ def write_report(
         *_section_lines(tables, figures, baseline, confidence),
         *_left_out_lines(_left_out(root, trials, skipped)),
     ]
+    if (out / "routes.md").is_file():  # written by ``hubrl-bench routes`` (it needs the weights, the report does not)
+        lines += ["", "What the route changes in each hub-pathway policy (from the trials' `model.zip`, "
+                  "`hubrl-bench routes`): [routes.md](routes.md)."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

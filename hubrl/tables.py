@@ -58,6 +58,7 @@ __all__ = [
     "aggregate_markdown",
     "head_to_head_markdown",
     "routing_markdown",
+    "routes_markdown",
 ]
 
 
@@ -385,6 +386,19 @@ def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
     body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
              *[format_value(r.get(s), 2) for s in shares],
              format_value(r["logit_spread"], 3), format_value(r["logit_drift"], 3), format_value(r["noise_std"], 2)]
+            for r in rows]
+    return _md_table(headers, body)
+
+
+def routes_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`hubrl.route_analysis.grid_route_divergence`: one row per trial."""
+    shares = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("share/")})
+    headers = ["game", "method", "seed", "step", "states", "KL between routes (nats)", "TV distance", "argmax differs",
+               "|V_i - V_j| / |V|", *[f"{e} noise-free / acting" for e in shares]]
+    body = [[r["game"], r["method"], r["seed"], format_value(r["step"]), r["states"], format_value(r["kl"], 3),
+             format_value(r["tv"], 3), f"{100 * r['argmax_differs']:.0f}%",
+             f"{format_value(r['value_gap'], 3)} / {format_value(r['value_scale'], 3)}",
+             *[f"{format_value(r.get(f'share/{e}'), 2)} / {format_value(r.get(f'acting/{e}'), 2)}" for e in shares]]
             for r in rows]
     return _md_table(headers, body)
 

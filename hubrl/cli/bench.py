@@ -7,12 +7,15 @@
         --cpus-per-trial 4 --gpus-per-trial 0.25
     %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k  # a stage
     %(prog)s report bench --stages 250k 500k 1M
+    %(prog)s routes bench  # what the route changes in each hub-pathway trial's policy (needs model.zip)
 
 `run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
 started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
 it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a trial failed.
 `report` writes <root>/report/: report.md (index), CSV + Markdown tables (scores, HNS, AUC,
 IQM with stratified-bootstrap CIs, steps/s, memory, parameters) and PNG learning curves.
+`routes` writes <root>/report/routes.md and .csv: per k=1 hub-pathway trial, how different the policies
+of its routes are on states of its own play (hubrl.route_analysis).
 Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchmark.py``.
 """
 
@@ -102,6 +105,16 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Method(s) the head-to-head compares with each other one, a section each. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
     report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
+
+    routes = sub.add_parser("routes", help="Write <root>/report/routes.md: what the route changes in each "
+                                           "hub-pathway trial's policy (reads model.zip).")
+    routes.add_argument("root", help="Grid folder (the --root of run).")
+    routes.add_argument("--out", default=None, help="Folder of routes.md and routes.csv. Default: <root>/report.")
+    routes.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD",
+                        help="Only these arms (labels). Default: every k=1 hub-pathway arm.")
+    routes.add_argument("--states", type=positive_int, default=512,
+                        help="States of each trial's own play to compare on. Default: 512.")
+    routes.add_argument("--seed", type=seed, default=0, help="Seed of the play and of the acting noise. Default: 0.")
     return parser
 
 
@@ -162,10 +175,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hubrl.errors import UsageError
+    from hubrl.route_analysis import grid_route_divergence
+    from hubrl.tables import routes_markdown, write_csv
+
+    if not Path(args.root).is_dir():
+        raise UsageError(f"No grid at {args.root}: give the --root of a grid run.")
+    rows = grid_route_divergence(args.root, args.methods, args.states, args.seed)
+    if not rows:
+        raise UsageError(f"{args.root} has no k=1 hub-pathway trial with a model.zip"
+                         + (f" among {', '.join(args.methods)}" if args.methods else "") + ".")
+    out = Path(args.out or Path(args.root) / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "routes.csv", rows)
+    text = (f"# What the route changes\n\n`hubrl-bench routes {args.root} --states {args.states} --seed {args.seed}`: "
+            "each trial's `model.zip` plays its game (sampled actions); on those states every state is routed to each "
+            "expert in turn and the policies compared (`hubrl.route_analysis`). Shares: the states each expert gets "
+            "noise-free (evaluation) / with the acting gate noise.\n\n" + routes_markdown(rows) + "\n")
+    (out / "routes.md").write_text(text)
+    print(routes_markdown(rows))
+    print(f"routes: {out / 'routes.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = parse_args(argv, prog)
-    return cmd_run(args) if args.command == "run" else cmd_report(args)
+    commands = {"run": cmd_run, "report": cmd_report, "routes": cmd_routes}
+    return commands[args.command](args)
 
 
 def cli() -> None:

@@ -1,0 +1,170 @@
+"""Does the route matter? The policies a trained Hub-Pathway acts with on the same states, one per expert.
+
+At k = 1 a Hub-Pathway agent acts, on each state, with the policy of the expert its noisy gate
+picked. The gate statistics of a run (``gates.jsonl``, the report's routing section) say *how*
+states were routed; this module says *what that changed*: on states of the trained agent's own
+play it forces every state through each expert in turn (the stored-route replay the update uses,
+:class:`hubrl.agents.routing.Route`, so the forward pass is exactly the acting one) and compares
+the resulting action distributions and values:
+
+* ``kl``: mean KL divergence between two experts' action distributions, over states and ordered
+  pairs of experts (nats);
+* ``tv``: mean total-variation distance (0: same distribution, 1: disjoint);
+* ``argmax_differs``: share of states where the most likely action differs (what deterministic
+  evaluation would play);
+* ``value_gap`` / ``value_scale``: mean |V_i - V_j| against mean |V|;
+* ``clean_share`` / ``acting_share``: share of the states each expert gets noise-free
+  (``predict``, evaluation) and with the gate noise of acting in training.
+
+Read together: a gate whose routes lead to clearly different policies (large ``tv``) while its
+acting shares sit near 1/K acts with a per-state coin toss between policies; one that routes by
+state would show different noise-free shares on different states and a ``tv`` the route choice
+explains. Only k = 1 is defined (at k > 1 every state mixes experts).
+
+:func:`trial_route_divergence` runs it on a grid trial's ``model.zip``;
+``hubrl-bench routes ROOT`` writes the table of a whole grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import permutations
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch as th
+
+__all__ = ["RouteDivergence", "per_route_outputs", "route_divergence", "collect_states", "trial_route_divergence",
+           "grid_route_divergence"]
+
+
+@dataclass
+class RouteDivergence:
+    """How much the route changes a routed policy's output on a set of states (module docstring)."""
+
+    states: int
+    kl: float
+    tv: float
+    argmax_differs: float
+    value_gap: float
+    value_scale: float
+    clean_share: list[float]
+    acting_share: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def per_route_outputs(policy, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """Action log-probabilities (K, B, A) and values (K, B) of a k = 1 :class:`~hubrl.policies.HubPathwayPolicy`
+    with every state routed to expert 0, then 1, ... (the acting forward pass with a forced route)."""
+    from hubrl.agents.routing import Route
+
+    n_experts, top_k = policy.route_shape
+    if top_k != 1:
+        raise ValueError(f"route divergence compares single-expert routes: the policy routes each state to k={top_k} "
+                         "experts at once (k=1 only).")
+    batch = observations.shape[0]
+    logits, values = [], []
+    with th.no_grad():
+        for i in range(n_experts):
+            route = Route(th.zeros(batch, n_experts, device=observations.device),
+                          th.full((batch, 1), i, dtype=th.long, device=observations.device))
+            distribution, value, _ = policy._outputs(observations, route=route)
+            logits.append(distribution.distribution.logits)  # torch's Categorical keeps them normalised
+            values.append(value.reshape(-1))
+    return th.stack(logits), th.stack(values)
+
+
+def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDivergence:
+    """Compare the per-expert policies of ``policy`` on ``observations`` (uint8 frames, as the env
+    gives them); ``seed`` fixes the acting noise draw of ``acting_share``."""
+    logits, values = per_route_outputs(policy, observations)
+    n_experts, batch = values.shape
+    log_p = logits.log_softmax(-1)
+    p = log_p.exp()
+    pairs = list(permutations(range(n_experts), 2))
+    kl = np.mean([float((p[i] * (log_p[i] - log_p[j])).sum(-1).mean()) for i, j in pairs])
+    tv = np.mean([float(0.5 * (p[i] - p[j]).abs().sum(-1).mean()) for i, j in pairs])
+    argmax = logits.argmax(-1)
+    differs = np.mean([float((argmax[i] != argmax[j]).float().mean()) for i, j in pairs])
+    gap = np.mean([float((values[i] - values[j]).abs().mean()) for i, j in pairs])
+    gate = policy.extractor.gate
+    with th.no_grad():
+        x = policy.preprocess(observations)
+        clean = gate(x, explore=False).selected[:, 0]
+        generator_state = th.random.get_rng_state()
+        th.manual_seed(seed)
+        acting = gate(x, explore=True).selected[:, 0]
+        th.random.set_rng_state(generator_state)
+
+    def shares(selected: th.Tensor) -> list[float]:
+        return [float((selected == i).float().mean()) for i in range(n_experts)]
+
+    return RouteDivergence(batch, float(kl), float(tv), float(differs), float(gap), float(values.abs().mean()),
+                           shares(clean), shares(acting))
+
+
+def collect_states(model, game: str, n_states: int, seed: int = 0, n_envs: int = 8, every: int = 4) -> np.ndarray:
+    """``n_states`` observations (uint8) of ``model`` playing ``game`` with sampled actions, one
+    vector step in ``every`` kept (consecutive frames are nearly the same state)."""
+    from hubrl.envs import make_atari_vec_env
+
+    if n_states < 1:
+        raise ValueError(f"n_states must be positive, got {n_states}.")
+    env = make_atari_vec_env(game, n_envs, seed=seed)
+    try:
+        obs, kept, step = env.reset(), [], 0
+        while sum(len(k) for k in kept) < n_states:
+            if step % every == 0:
+                kept.append(obs.copy())
+            actions, _ = model.predict(obs, deterministic=False)
+            obs, *_ = env.step(actions)
+            step += 1
+    finally:
+        env.close()
+    return np.concatenate(kept)[:n_states]
+
+
+def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 0) -> tuple[RouteDivergence, int]:
+    """:func:`route_divergence` of a run folder's ``model.zip`` (a grid trial, a transfer run) on
+    ``n_states`` states of its own play of the run's game; with the agent steps the model has."""
+    from hubrl.enjoy import load_player
+    from hubrl.errors import UsageError
+
+    player = load_player(Path(folder))  # a run folder's player is its SB3 agent
+    policy = getattr(player.policy, "policy", None)
+    if not hasattr(policy, "route_shape"):
+        raise UsageError(f"{folder}: its policy does not route (route divergence is for hub-pathway runs).")
+    states = collect_states(player.policy, player.game, n_states, seed=seed)
+    divergence = route_divergence(policy.eval(), th.as_tensor(states, device=policy.device), seed=seed)
+    return divergence, int(player.policy.num_timesteps)
+
+
+def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None, n_states: int = 512,
+                          seed: int = 0) -> list[dict[str, Any]]:
+    """One row per trial of a grid whose ``model.zip`` routes at k = 1 (``hub-pathway`` arms,
+    whatever their label; ``methods`` keeps only those labels): game, method, seed, step and
+    :class:`RouteDivergence`'s fields, ``share/<expert>`` noise-free and ``acting/<expert>``."""
+    from hubrl.grid import iter_trial_folders, read_yaml_object
+
+    rows = []
+    for folder in iter_trial_folders(root):
+        game, method = folder.parent.parent.name, folder.parent.name
+        config = read_yaml_object(folder / "config.yaml") or {}
+        run = config.get("run") or {}
+        if methods and method not in methods:
+            continue
+        if run.get("method") != "hub-pathway" or run.get("top_k", 1) != 1 or not (folder / "model.zip").is_file():
+            continue
+        divergence, step = trial_route_divergence(folder, n_states, seed)
+        row: dict[str, Any] = {"game": game, "method": method, "seed": int(folder.name[1:]), "step": step}
+        row.update({k: v for k, v in divergence.to_dict().items() if not k.endswith("_share")})
+        names = [str(e.get("name", i)) for i, e in enumerate(config.get("hub") or []) if isinstance(e, dict)]
+        if len(names) != len(divergence.clean_share):
+            names = [str(i) for i in range(len(divergence.clean_share))]
+        row.update({f"share/{n}": v for n, v in zip(names, divergence.clean_share)})
+        row.update({f"acting/{n}": v for n, v in zip(names, divergence.acting_share)})
+        rows.append(row)
+    return rows

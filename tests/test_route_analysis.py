@@ -1,0 +1,92 @@
+"""What the route changes (hubrl.route_analysis, ``hubrl-bench routes``): each forced route is the
+acting forward pass, identical experts give identical policies, and a grid's k=1 trials are measured."""
+
+from __future__ import annotations
+
+import pytest
+import torch as th
+
+import hubrl  # noqa: F401
+from hubrl.agents import HubPPO
+from hubrl.envs import make_atari_vec_env
+from hubrl.hub import resolve_hub
+from hubrl.policies import HubPathwayPolicy, load_hub_weights
+from hubrl.route_analysis import per_route_outputs, route_divergence
+
+
+def _policy(hub, **policy_kwargs) -> HubPathwayPolicy:
+    env = make_atari_vec_env("Gopher", 2, seed=0)
+    model = HubPPO(HubPathwayPolicy, env, n_steps=32, batch_size=64, seed=0, device="cpu",
+                   policy_kwargs=dict(expert_names=hub.names, **policy_kwargs))
+    load_hub_weights(model.policy, hub)
+    env.close()
+    return model.policy.eval()
+
+
+@pytest.fixture
+def hub(tiny_hub):
+    return resolve_hub(str(tiny_hub), [])
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, {"aggregation": "heads", "k1_weight": "prob"}])
+def test_each_forced_route_is_that_experts_pathway(hub, policy_kwargs):
+    policy = _policy(hub, **policy_kwargs)
+    obs = th.randint(0, 256, (16, 4, 84, 84), dtype=th.uint8)
+    logits, values = per_route_outputs(policy, obs)  # log-probabilities
+    assert logits.shape == (2, 16, policy.action_space.n) and values.shape == (2, 16)
+    x = policy.preprocess(obs)
+    with th.no_grad():
+        probs = th.softmax(policy.extractor.gate(x, explore=False).clean, dim=1)
+        for i, expert in enumerate(policy.extractor.experts):
+            features = expert(x)
+            if policy.aggregation == "features":  # straight-through: weight 1 in the forward pass
+                want_logits, want_values = policy.action_net(features), policy.value_net(features)
+            else:  # heads, Switch weight: the expert's own head scaled by its probability
+                head_logits, head_values = policy.expert_heads[i](features)
+                want_logits, want_values = probs[:, i : i + 1] * head_logits, probs[:, i : i + 1] * head_values
+            assert th.allclose(logits[i], want_logits.log_softmax(1), atol=1e-5)
+            assert th.allclose(values[i], want_values.reshape(-1), atol=1e-5)
+
+
+def test_identical_experts_make_the_route_irrelevant_and_different_ones_do_not(hub):
+    policy = _policy(hub)
+    obs = th.randint(0, 256, (64, 4, 84, 84), dtype=th.uint8)
+    different = route_divergence(policy, obs)
+    assert different.kl > 1e-6 and different.tv > 1e-4
+    assert sum(different.clean_share) == pytest.approx(1) and sum(different.acting_share) == pytest.approx(1)
+    assert min(different.acting_share) > 0.2  # an even gate with noise 1.0 acts with both experts
+    policy.extractor.experts[1].load_state_dict(policy.extractor.experts[0].state_dict())
+    same = route_divergence(policy, obs)
+    assert same.kl == pytest.approx(0, abs=1e-6) and same.tv == pytest.approx(0, abs=1e-6)
+    assert same.argmax_differs == 0 and same.value_gap == pytest.approx(0, abs=1e-6)
+    assert same.states == 64 and same.acting_share == different.acting_share  # the acting draw is seeded
+
+
+def test_k2_is_refused(hub):
+    with pytest.raises(ValueError, match="k=1 only"):
+        per_route_outputs(_policy(hub, top_k=2), th.zeros(2, 4, 84, 84, dtype=th.uint8))
+
+
+def test_routes_command_measures_the_k1_hub_pathway_trials_of_a_grid(tmp_path, capsys):
+    from hubrl.benchmark import run_grid
+    from hubrl.cli.bench import main
+    from hubrl.errors import UsageError
+    from tests.conftest import TINY_PPO, make_tiny_hub
+
+    root = tmp_path / "grid"
+    with pytest.raises(UsageError, match="No grid"):
+        main(["routes", str(root)])
+    settings = dict(hub=str(make_tiny_hub(tmp_path / "hub")), n_envs=2, eval_freq=10**9, eval_episodes=1,
+                    checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    run_grid(root, ["Gopher"], ["hub-pathway", "k2=hub-pathway:top_k=2"], [0], 64, settings=settings,
+             workers=0, log=None)
+    assert main(["routes", str(root), "--states", "16"]) == 0
+    text = (root / "report" / "routes.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| Gopher")]
+    assert len(rows) == 1 and rows[0].startswith("| Gopher | hub-pathway | 0 | 64 | 16 |")  # the k=2 arm left out
+    assert "seaquest-ppo noise-free / acting" in text
+    from hubrl.report import write_report
+
+    assert "[routes.md](routes.md)" in write_report(root, reps=100).read_text()
+    with pytest.raises(UsageError, match="no k=1 hub-pathway trial with a model.zip among k2"):
+        main(["routes", str(root), "--method", "k2"])
