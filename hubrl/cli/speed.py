@@ -207,19 +207,21 @@ TRANSFER_VARIANTS = [  # (label, method, experts, TransferConfig overrides)
 ]
 
 
-def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu") -> None:
-    """Same PPO preset and step count for every method: training wall time and inference speed vs scratch."""
+def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu", algo: str = "ppo") -> None:
+    """Same preset of ``algo`` (PPO or A2C) and step count for every method: training wall time and
+    inference speed vs scratch."""
     import resource
 
     import torch as th
 
-    from hubrl.agents import HubPPO, resolve_hyperparams
+    from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
     from hubrl.envs import make_atari_vec_env, resolve_game
     from hubrl.evaluation import inference_steps_per_second
     from hubrl.methods import plan_method
     from hubrl.transfer import TransferConfig
 
-    plain, kwargs = resolve_hyperparams("ppo")
+    agent_class = AGENT_CLASSES[algo]
+    plain, kwargs = resolve_hyperparams(algo)
     policy_kwargs = kwargs.pop("policy_kwargs", {})
     train: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
     infer: dict[str, list[float]] = {v[0]: [] for v in TRANSFER_VARIANTS}
@@ -228,12 +230,13 @@ def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu") -> 
     for r in range(repeats):  # interleaved repeats, so every method sees the same machine state
         for label, method, n_experts, overrides in TRANSFER_VARIANTS:
             env = make_atari_vec_env(game, plain["n_envs"], seed=r)
-            cfg = TransferConfig(env=game, method=method, seed=r, **overrides)
+            cfg = TransferConfig(env=game, method=method, seed=r, algo=algo, **overrides)
             plan = plan_method(cfg, _synthetic_hub(n_experts) if n_experts else None, resolve_game(game))
 
             def make_agent(policy_class, plan=plan, env=env):
                 extra = plan.policy_kwargs if policy_class is plan.policy else {}
-                return HubPPO(policy_class, env, seed=r, device=device, policy_kwargs={**policy_kwargs, **extra}, **kwargs)
+                return agent_class(policy_class, env, seed=r, device=device, policy_kwargs={**policy_kwargs, **extra},
+                                   **kwargs)
 
             model = make_agent(plan.policy)
             plan.init(model.policy)
@@ -264,7 +267,7 @@ def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu") -> 
     two_k2 = float(np.median(train["hub-pathway 2 experts k=2"]))
     eight_k2 = float(np.median(train["hub-pathway 8 experts k=2"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n8 experts k=2 vs 2 experts k=2: {eight_k2 / two_k2:.2f}x. {steps} agent steps per run, {game}, "
+    print(f"\n8 experts k=2 vs 2 experts k=2: {eight_k2 / two_k2:.2f}x. {algo.upper()}, {steps} agent steps per run, {game}, "
           f"{plain['n_envs']} envs, device {device}, torch threads {th.get_num_threads()}, peak RSS {peak:.0f} MB, "
           f"{platform.machine()}")
 
@@ -577,7 +580,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv", "not-adopted",
                                          "inference"])
     parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
-    parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"], help="train: algorithms. Default: ppo.")
+    parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"],
+                        help="train: algorithms; transfer: the first one. Default: ppo.")
     parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
     parser.add_argument("--device", type=device, default="cpu",
@@ -616,7 +620,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(json.dumps(train_once(args.impl, args.algo[0], args.game, args.steps or 10_240, args.threads, args.precision,
                                     args.device)))
     elif args.what == "transfer":
-        bench_transfer(args.game, args.steps or 4096, args.repeats, args.device)
+        bench_transfer(args.game, args.steps or 4096, args.repeats, args.device, args.algo[0])
     elif args.what == "rank":
         bench_rank(args.game, args.steps or 20_000)
     elif args.what == "not-adopted":
