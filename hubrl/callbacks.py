@@ -12,9 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["GateUsageCallback", "read_gate_history"]
+__all__ = ["GateUsageCallback", "read_gate_history", "ROUTE_SAMPLE"]
+
+#: Rollout states on which a k = 1 routed policy's routes are compared each rollout (``route_tv``).
+ROUTE_SAMPLE = 64
 
 
 class GateUsageCallback(BaseCallback):
@@ -24,7 +28,10 @@ class GateUsageCallback(BaseCallback):
 
     Works with any policy that has ``usage() -> {expert: {statistic: value}}`` and ``reset_usage()``;
     a policy with ``gate_stats() -> {statistic: value}`` also gets ``<prefix>/<statistic>``
-    (Hub-Pathway: ``noise_std``, ``logit_spread``, ``logit_drift``).
+    (Hub-Pathway: ``noise_std``, ``logit_spread``, ``logit_drift``). A k = 1 routed policy also gets
+    ``route_tv`` and ``route_kl``: on :data:`ROUTE_SAMPLE` states of the rollout, how different its
+    policies are when each state is routed to one expert or another
+    (:func:`hubrl.route_analysis.route_divergence`; 0 when the route does not matter).
 
     :param prefix: TensorBoard tag prefix.
     :param history_path: JSON-lines file that gets one ``{"step": ..., "<tag>": value}`` line per
@@ -49,6 +56,7 @@ class GateUsageCallback(BaseCallback):
                 row[f"{key}/{name}"] = float(value)
         for key, value in (policy.gate_stats() if hasattr(policy, "gate_stats") else {}).items():
             row[key] = float(value)
+        row.update(self._route_stats(policy))
         for key, value in row.items():
             if key != "step":
                 self.logger.record(f"{self.prefix}/{key}", value)
@@ -56,6 +64,22 @@ class GateUsageCallback(BaseCallback):
             with open(self.history_path, "a") as handle:  # one short line per rollout: a torn last line is skipped on read
                 handle.write(json.dumps(row) + "\n")
         policy.reset_usage()
+
+
+    def _route_stats(self, policy) -> dict[str, float]:
+        """``route_tv`` / ``route_kl`` on evenly spaced states of the rollout buffer (k = 1 routed policies)."""
+        import torch as th
+
+        from hubrl.route_analysis import route_divergence
+
+        buffer = getattr(self.model, "rollout_buffer", None)
+        observations = getattr(buffer, "observations", None)
+        if getattr(policy, "route_shape", (0, 0))[1] != 1 or observations is None:
+            return {}
+        states = observations.reshape(-1, *buffer.obs_shape)  # (steps, envs, ...) here; flat once the update read it
+        states = states[np.linspace(0, len(states) - 1, min(ROUTE_SAMPLE, len(states))).astype(int)]
+        divergence = route_divergence(policy, th.as_tensor(states, device=policy.device))
+        return {"route_tv": divergence.tv, "route_kl": divergence.kl}
 
 
 def read_gate_history(path: str | Path) -> list[dict[str, Any]]:

@@ -315,7 +315,9 @@ def _routing_lines(routing: Sequence[dict[str, Any]], pngs: Sequence[Path]) -> l
         "`collapsed` = share of "
         f"rollouts that sent >= {100 * COLLAPSE_SHARE:.0f}% of their states to one expert; expert columns = mean "
         "selection frequency; logit spread = variation of the gate's logits across states, drift = their change "
-        "between rollouts (spread above drift: routing by state rather than by time).", "",
+        "between rollouts (spread above drift: routing by state rather than by time); TV between routes = how "
+        "different the policy is when a state goes to one expert or another (0: the route does not matter; "
+        "logged by runs since `route_tv` exists).", "",
         routing_markdown(routing),
         *[f"![{p.stem}]({p.name})" for p in pngs], "",
     ]

@@ -78,8 +78,9 @@ def per_route_outputs(policy, observations: th.Tensor) -> tuple[th.Tensor, th.Te
 
 
 def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDivergence:
-    """Compare the per-expert policies of ``policy`` on ``observations`` (uint8 frames, as the env
-    gives them); ``seed`` fixes the acting noise draw of ``acting_share``."""
+    """Compare the per-expert policies of ``policy`` on ``observations`` (frames as the env gives
+    them, uint8, or float with the same values as SB3's rollout buffer keeps them); ``seed`` fixes
+    the acting noise draw of ``acting_share`` (torch's global generator is left as it was)."""
     logits, values = per_route_outputs(policy, observations)
     n_experts, batch = values.shape
     log_p = logits.log_softmax(-1)

@@ -228,7 +228,9 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
 
     ``collapsed`` = share of rollouts with >= :data:`COLLAPSE_SHARE` of the states on one expert;
     ``share/<expert>`` = mean selection frequency; ``logit_spread`` (variation across states) and
-    ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std.
+    ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std;
+    ``route_tv`` = mean total-variation distance between the policies of different routes on the
+    rollouts' states (logged by runs since :mod:`hubrl.route_analysis`; None before).
     """
     from hubrl.callbacks import read_gate_history
 
@@ -245,7 +247,7 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
                                "collapsed": float(np.mean(np.nanmax(shares, axis=1) >= COLLAPSE_SHARE))}
         for i, name in enumerate(experts):
             row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
-        for key in ("logit_spread", "logit_drift", "noise_std"):
+        for key in ("logit_spread", "logit_drift", "noise_std", "route_tv"):
             values = [r[key] for r in history if key in r]
             row[key] = float(np.mean(values)) if values else None
         rows.append(row)
@@ -382,10 +384,11 @@ def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown of :func:`routing_table`: one column per expert seen in any row."""
     shares = sorted({k for r in rows for k in r if k.startswith("share/")})
     headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
-               "logit spread (states)", "logit drift (rollouts)", "noise std"]
+               "logit spread (states)", "logit drift (rollouts)", "noise std", "TV between routes"]
     body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
              *[format_value(r.get(s), 2) for s in shares],
-             format_value(r["logit_spread"], 3), format_value(r["logit_drift"], 3), format_value(r["noise_std"], 2)]
+             format_value(r["logit_spread"], 3), format_value(r["logit_drift"], 3), format_value(r["noise_std"], 2),
+             format_value(r.get("route_tv"), 3)]
             for r in rows]
     return _md_table(headers, body)
 

@@ -90,3 +90,29 @@ def test_routes_command_measures_the_k1_hub_pathway_trials_of_a_grid(tmp_path, c
     assert "[routes.md](routes.md)" in write_report(root, reps=100).read_text()
     with pytest.raises(UsageError, match="no k=1 hub-pathway trial with a model.zip among k2"):
         main(["routes", str(root), "--method", "k2"])
+
+
+@pytest.mark.parametrize("case", ["different experts", "identical experts", "k=2"])
+def test_each_rollout_logs_how_different_the_routes_are(hub, tmp_path, case):
+    """GateUsageCallback: ``route_tv`` / ``route_kl`` per rollout for k=1 (on the rollout's states,
+    before the update: 0 while both experts are the same network), none for k=2."""
+    from hubrl.callbacks import GateUsageCallback, read_gate_history
+
+    env = make_atari_vec_env("Gopher", 2, seed=0)
+    model = HubPPO(HubPathwayPolicy, env, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
+                   policy_kwargs=dict(expert_names=hub.names, top_k=2 if case == "k=2" else 1))
+    load_hub_weights(model.policy, hub)
+    experts = model.policy.extractor.experts
+    if case == "identical experts":
+        experts[1].load_state_dict(experts[0].state_dict())
+    model.learn(128, callback=GateUsageCallback(history_path=tmp_path / "gates.jsonl"))
+    env.close()
+    rows = read_gate_history(tmp_path / "gates.jsonl")
+    assert [r["step"] for r in rows] == [64, 128]
+    if case == "k=2":
+        assert all("route_tv" not in r for r in rows)
+    elif case == "identical experts":  # the first rollout acts before any update: the routes are one policy
+        assert rows[0]["route_tv"] == pytest.approx(0, abs=1e-6) and rows[0]["route_kl"] == pytest.approx(0, abs=1e-6)
+        assert rows[1]["route_tv"] > 0  # each expert was then trained on its own states
+    else:
+        assert all(0 < r["route_tv"] <= 1 and r["route_kl"] > 0 for r in rows)
