@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import yaml
 
 from hubrl.envs import make_atari_vec_env, resolve_game
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
@@ -93,13 +92,27 @@ def _expert_policy(expert, game: str, device: str) -> Any:
 
 def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     from hubrl.agents import AGENT_CLASSES
+    from hubrl.errors import CheckpointError
+    from hubrl.grid import read_yaml_object
 
-    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    run = config.get("run", {})
-    algo = run.get("algo", "ppo")
+    config = read_yaml_object(folder / "config.yaml")
+    run = config.get("run") if config is not None else None
+    if not isinstance(run, dict):
+        raise UsageError(f"{folder / 'config.yaml'} is not a run's config (unreadable, not YAML, or no 'run' section): "
+                         "give a folder that hubrl-transfer or hubrl-bench wrote.")
+    algo = str(run.get("algo", "ppo")).lower()
+    if algo not in AGENT_CLASSES:
+        raise UsageError(f"{folder / 'config.yaml'} names algo {algo!r}: expected one of {', '.join(AGENT_CLASSES)}.")
     if not (folder / "model.zip").is_file():
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
-    model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)
+    try:
+        model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)
+    except Exception as exc:  # noqa: BLE001  (SB3 raises ValueError, KeyError, zip and unpickling errors alike)
+        raise CheckpointError(f"{folder / 'model.zip'} cannot be loaded as a {algo.upper()} model "
+                              f"({type(exc).__name__}: {exc}); it may be truncated or not written by hubrl: "
+                              "restore it from a copy, or run the training again.") from None
+    if env is None and not run.get("env"):
+        raise UsageError(f"{folder / 'config.yaml'} does not name the game: add --env GAME.")
     game = resolve_game(env or run["env"])
     label = f"{folder.name} ({run.get('method', '?')}, {algo}, {model.num_timesteps:,} steps)"
     return Player(model, game, label, float(run.get("repeat_action_probability", 0.25)))

@@ -144,10 +144,15 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
 
 
 def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None, n_states: int = 512,
-                          seed: int = 0) -> list[dict[str, Any]]:
+                          seed: int = 0, skipped: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per trial of a grid whose ``model.zip`` routes at k = 1 (``hub-pathway`` arms,
     whatever their label; ``methods`` keeps only those labels): game, method, seed, step and
-    :class:`RouteDivergence`'s fields, ``share/<expert>`` noise-free and ``acting/<expert>``."""
+    :class:`RouteDivergence`'s fields, ``share/<expert>`` noise-free and ``acting/<expert>``.
+
+    A trial whose ``model.zip`` or ``config.yaml`` cannot be used is left out, its folder and the
+    reason put in ``skipped`` (when given), so one damaged trial does not stop the table.
+    """
+    from hubrl.errors import HubrlError
     from hubrl.grid import iter_trial_folders, read_yaml_object
 
     rows = []
@@ -159,7 +164,12 @@ def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None
             continue
         if run.get("method") != "hub-pathway" or run.get("top_k", 1) != 1 or not (folder / "model.zip").is_file():
             continue
-        divergence, step = trial_route_divergence(folder, n_states, seed)
+        try:
+            divergence, step = trial_route_divergence(folder, n_states, seed)
+        except HubrlError as exc:
+            if skipped is not None:
+                skipped[str(folder)] = str(exc)
+            continue
         row: dict[str, Any] = {"game": game, "method": method, "seed": int(folder.name[1:]), "step": step}
         row.update({k: v for k, v in divergence.to_dict().items() if not k.endswith("_share")})
         names = [str(e.get("name", i)) for i, e in enumerate(config.get("hub") or []) if isinstance(e, dict)]

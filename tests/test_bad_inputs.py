@@ -95,6 +95,15 @@ def _yaml(tmp: Path, text: str) -> str:
     return str(path)
 
 
+def _played_folder(tmp: Path, config: str = "run: {env: Gopher, algo: ppo}\n", model: bytes = b"PK\x03\x04 torn") -> str:
+    """A run folder for ``hubrl-enjoy`` with the given ``config.yaml`` text and ``model.zip`` bytes."""
+    out = tmp / "played"
+    out.mkdir()
+    (out / "config.yaml").write_text(config)
+    (out / "model.zip").write_bytes(model)
+    return str(out)
+
+
 def _file(tmp: Path) -> str:
     path = tmp / "a-file"
     path.write_text("x")
@@ -218,6 +227,12 @@ CASES = [
     ("root-is-a-file", "bench", lambda t, h: ["run", "--root", _file(t), "--env", "Alien", "--timesteps", "1k"],
      ["--root", "a-file"], None),
     ("report-of-a-file", "bench", lambda t, h: ["report", _file(t)], ["a-file"], None),
+    ("routes-of-a-file", "bench", lambda t, h: ["routes", _file(t)], ["a-file"], None),
+    ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)], ["played/model.zip", "cannot be loaded"], None),
+    ("enjoy-config-not-yaml", "enjoy", lambda t, h: [_played_folder(t, config="run: [\n")],
+     ["played/config.yaml", "not a run's config"], None),
+    ("enjoy-config-unknown-algo", "enjoy", lambda t, h: [_played_folder(t, config="run: {env: Gopher, algo: dqn}\n")],
+     ["played/config.yaml", "'dqn'"], None),
     ("grid-held-by-another-runner", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k"],
      ["Another runner", f"pid {os.getpid()}"], lambda mp, t, stack: _hold_grid_lock(t / "g", stack)),

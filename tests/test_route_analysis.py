@@ -88,7 +88,7 @@ def test_routes_command_measures_the_k1_hub_pathway_trials_of_a_grid(tmp_path, c
     from hubrl.report import write_report
 
     assert "[routes.md](routes.md)" in write_report(root, reps=100).read_text()
-    with pytest.raises(UsageError, match="no k=1 hub-pathway trial with a model.zip among k2"):
+    with pytest.raises(UsageError, match="no k=1 hub-pathway trial with a usable model.zip among k2"):
         main(["routes", str(root), "--method", "k2"])
 
 
@@ -116,3 +116,29 @@ def test_each_rollout_logs_how_different_the_routes_are(hub, tmp_path, case):
         assert rows[1]["route_tv"] > 0  # each expert was then trained on its own states
     else:
         assert all(0 < r["route_tv"] <= 1 and r["route_kl"] > 0 for r in rows)
+
+
+def test_a_damaged_trial_is_left_out_with_its_reason(tmp_path, capsys):
+    import shutil
+
+    from hubrl.benchmark import run_grid
+    from hubrl.cli.bench import main
+    from hubrl.errors import UsageError
+    from tests.conftest import TINY_PPO, make_tiny_hub
+
+    root = tmp_path / "grid"
+    settings = dict(hub=str(make_tiny_hub(tmp_path / "hub")), n_envs=2, eval_freq=10**9, eval_episodes=1,
+                    checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    run_grid(root, ["Gopher"], ["hub-pathway"], [0], 64, settings=settings, workers=0, log=None)
+    good = root / "Gopher" / "hub-pathway" / "s0"
+    bad = root / "Gopher" / "hub-pathway" / "s1"
+    shutil.copytree(good, bad)
+    (bad / "model.zip").write_bytes(b"PK\x03\x04 torn")
+    assert main(["routes", str(root), "--states", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"left out {bad}: {bad / 'model.zip'} cannot be loaded" in out
+    text = (root / "report" / "routes.md").read_text()
+    assert "| Gopher | hub-pathway | 0 |" in text and "| Gopher | hub-pathway | 1 |" not in text and "Left out" in text
+    shutil.rmtree(good)
+    with pytest.raises(UsageError, match=r"no k=1 hub-pathway trial with a usable model.zip \(1 left out, above\)"):
+        main(["routes", str(root)])
