@@ -85,8 +85,11 @@ class RunConfig(Protocol):
     hyperparams: dict[str, Any]  # overrides of the preset (hubrl.agents.resolve_hyperparams)
 
 
-def validate_run_settings(cfg: RunConfig) -> None:
-    """Refuse a shared setting that cannot run, in one line naming its flag (before anything is built)."""
+def validate_run_settings(cfg: RunConfig, device_saved_in: Path | None = None) -> None:
+    """Refuse a shared setting that cannot run, in one line naming its flag (before anything is built).
+
+    ``device_saved_in``: the ``config.yaml`` the device comes from when a resumed run keeps the
+    device it was saved with, named in the message if this machine lacks it."""
     flags = type(cfg).FLAGS
     if cfg.algo not in AGENT_CLASSES:
         raise UsageError(f"Unknown algo {cfg.algo!r}: choose one of {', '.join(AGENT_CLASSES)}.")
@@ -104,7 +107,7 @@ def validate_run_settings(cfg: RunConfig) -> None:
                          f"got {cfg.repeat_action_probability}.")
     if cfg.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}.")
-    check_device(cfg.device)
+    check_device(cfg.device, saved_in=device_saved_in)
 
 
 def check_resumable(folder: Path) -> None:

@@ -24,13 +24,22 @@ from typing import Any, ClassVar, Mapping
 from hubrl.atomic import atomic_write
 from hubrl.callbacks import GateUsageCallback
 from hubrl.envs import resolve_game
-from hubrl.errors import UsageError
-from hubrl.harness import FLAGS, RESUME_MAY_CHANGE, check_resumable, draw_learning_curve, start_run, validate_run_settings
+from hubrl.errors import CheckpointError, UsageError
+from hubrl.harness import (
+    CONFIG_NAME,
+    FLAGS,
+    RESUME_MAY_CHANGE,
+    check_resumable,
+    draw_learning_curve,
+    start_run,
+    validate_run_settings,
+)
 from hubrl.hub import Hub, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
+from hubrl.runconfig import read_saved_config
 from hubrl.training import TrainingOutcome, early_eval_step
 
 __all__ = ["METHODS", "TransferConfig", "TransferResult", "check_resumable", "run_transfer", "saved_source_name"]
@@ -93,8 +102,9 @@ def default_run_folder(cfg: TransferConfig) -> Path:
     return Path("runs") / f"{resolve_game(cfg.env)}-{method_label(cfg)}-{cfg.algo}-s{cfg.seed}"
 
 
-def validate_config(cfg: TransferConfig) -> None:
-    """Refuse a config that cannot run, in one line naming the flag (before anything is built or written)."""
+def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) -> None:
+    """Refuse a config that cannot run, in one line naming the flag (before anything is built or written);
+    ``device_saved_in``: see :func:`hubrl.harness.validate_run_settings`."""
     resolve_game(cfg.env)
     if cfg.method not in METHODS:
         raise UsageError(f"Unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}.")
@@ -104,7 +114,7 @@ def validate_config(cfg: TransferConfig) -> None:
         raise UsageError(f"--source picks the expert of --method finetune; {cfg.method} does not take it.")
     if cfg.method == "scratch" and (cfg.hub or cfg.sources):
         raise UsageError("--method scratch uses no hub: drop --hub/--sources.")
-    validate_run_settings(cfg)  # algo, budget, evaluation, checkpoints, seed, sticky actions, precision, device
+    validate_run_settings(cfg, device_saved_in)  # algo, budget, evaluation, checkpoints, seed, sticky, precision, device
     if cfg.aggregation not in AGGREGATIONS:
         raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}.")
     if isinstance(cfg.select_frames, bool) or not isinstance(cfg.select_frames, int) or cfg.select_frames < 1:
@@ -146,6 +156,17 @@ def saved_source_name(source: str, saved_config: Mapping[str, Any]) -> str:
     return matches[0] if len(matches) == 1 else source
 
 
+def _device_saved_in(folder: Path, device: str) -> Path | None:
+    """The resumed run's ``config.yaml`` when ``device`` is the one saved there (so a missing GPU
+    is reported as the run's, naming the file); ``None`` for a device given anew."""
+    path = folder / CONFIG_NAME
+    try:
+        saved = read_saved_config(path)["run"].get("device")
+    except CheckpointError:
+        return None  # start_run reports the missing or corrupt file itself
+    return path if saved == device else None
+
+
 def run_transfer(
     cfg: TransferConfig, resume: bool = False, progress_bar: bool = True, verbose: int = 1, pause_at: int | None = None
 ) -> TransferResult:
@@ -155,11 +176,12 @@ def run_transfer(
     still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have. A
     resumed ``cfg`` must be the saved run (:func:`hubrl.harness.start_run`).
     """
-    validate_config(cfg)
+    folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
+    validate_config(cfg, _device_saved_in(folder, cfg.device) if resume else None)
     hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
-    run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose)
+    run = start_run(cfg, folder, resume=resume, verbose=verbose)
     game = resolve_game(cfg.env)
     with run.envs(game) as (env, eval_env):
         if hub is not None:

@@ -281,6 +281,21 @@ def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, name, script, args, n
         assert word in err, (word, err)
 
 
+@pytest.mark.parametrize("device, names_the_file", [("cuda", True), ("cuda:1", False)])
+def test_library_resume_on_a_machine_without_the_saved_gpu_names_the_config(tmp_path, monkeypatch, device, names_the_file):
+    """run_transfer(resume=True) checks the device before anything is built: the saved one is reported as
+    the run's, with its config.yaml; one given anew is reported as given."""
+    from hubrl.errors import UsageError
+    from hubrl.transfer import TransferConfig, run_transfer
+
+    _no_gpu(monkeypatch, tmp_path, contextlib.ExitStack())
+    out = _saved_on_cuda(tmp_path)
+    cfg = TransferConfig(env="Gopher", method="scratch", n_envs=2, device=device, out=str(out))
+    with pytest.raises(UsageError, match=f"--device '{device}'") as caught:
+        run_transfer(cfg, resume=True, progress_bar=False, verbose=0)
+    assert (str(out / "config.yaml") in str(caught.value)) == names_the_file
+
+
 def test_a_genuine_bug_keeps_its_traceback():
     def buggy(argv=None):
         return {}["missing"]

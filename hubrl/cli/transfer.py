@@ -123,7 +123,7 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     from dataclasses import fields
 
     from hubrl.agents import load_overrides
-    from hubrl.runconfig import check_device, read_saved_config, resume_config
+    from hubrl.runconfig import read_saved_config, resume_config
     from hubrl.transfer import TransferConfig, check_resumable, default_run_folder, saved_source_name
 
     names = {f.name: f for f in fields(TransferConfig)}
@@ -151,10 +151,7 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     if chosen.get("source") is not None:  # --source Seaquest resumes the run saved as seaquest-ppo
         chosen["source"] = saved_source_name(chosen["source"], read_saved_config(config_path))
     flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
-    cfg = resume_config(TransferConfig, config_path, chosen, flags)
-    if "device" not in chosen:  # the saved run's device: say so if this machine has none
-        check_device(cfg.device, saved_in=config_path)
-    return cfg
+    return resume_config(TransferConfig, config_path, chosen, flags)  # run_transfer checks the device, naming the file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
