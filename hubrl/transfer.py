@@ -176,12 +176,14 @@ def run_transfer(
     still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have. A
     resumed ``cfg`` must be the saved run (:func:`hubrl.harness.start_run`).
     """
-    folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
-    validate_config(cfg, _device_saved_in(folder, cfg.device) if resume else None)
+    if resume:  # the folder as named before --source is resolved: a default folder may not be found yet
+        validate_config(cfg, _device_saved_in(Path(cfg.out) if cfg.out else default_run_folder(cfg), cfg.device))
+    else:
+        validate_config(cfg)
     hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
-    run = start_run(cfg, folder, resume=resume, verbose=verbose)
+    run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose)
     game = resolve_game(cfg.env)
     with run.envs(game) as (env, eval_env):
         if hub is not None:
