@@ -21,22 +21,20 @@ acting shares sit near 1/K acts with a per-state coin toss between policies; one
 state would show different noise-free shares on different states and a ``tv`` the route choice
 explains. Only k = 1 is defined (at k > 1 every state mixes experts).
 
-:func:`trial_route_divergence` runs it on a grid trial's ``model.zip``;
-``hubrl-bench routes ROOT`` writes the table of a whole grid.
+:mod:`hubrl.route_report` runs it on the ``model.zip`` of every Hub-Pathway trial of a grid
+(``hubrl-bench routes ROOT``); :class:`hubrl.callbacks.GateUsageCallback` on each rollout.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import permutations
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch as th
 
-__all__ = ["RouteDivergence", "per_route_outputs", "route_divergence", "collect_states", "trial_route_divergence",
-           "grid_route_divergence"]
+__all__ = ["RouteDivergence", "per_route_outputs", "route_divergence", "collect_states"]
 
 
 @dataclass
@@ -126,56 +124,3 @@ def collect_states(model, game: str, n_states: int, seed: int = 0, n_envs: int =
     finally:
         env.close()
     return np.concatenate(kept)[:n_states]
-
-
-def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 0) -> tuple[RouteDivergence, int]:
-    """:func:`route_divergence` of a run folder's ``model.zip`` (a grid trial, a transfer run) on
-    ``n_states`` states of its own play of the run's game; with the agent steps the model has."""
-    from hubrl.enjoy import load_player
-    from hubrl.errors import UsageError
-
-    player = load_player(Path(folder))  # a run folder's player is its SB3 agent
-    policy = getattr(player.policy, "policy", None)
-    if not hasattr(policy, "route_shape"):
-        raise UsageError(f"{folder}: its policy does not route (route divergence is for hub-pathway runs).")
-    states = collect_states(player.policy, player.game, n_states, seed=seed)
-    divergence = route_divergence(policy.eval(), th.as_tensor(states, device=policy.device), seed=seed)
-    return divergence, int(player.policy.num_timesteps)
-
-
-def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None, n_states: int = 512,
-                          seed: int = 0, skipped: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """One row per trial of a grid whose ``model.zip`` routes at k = 1 (``hub-pathway`` arms,
-    whatever their label; ``methods`` keeps only those labels): game, method, seed, step and
-    :class:`RouteDivergence`'s fields, ``share/<expert>`` noise-free and ``acting/<expert>``.
-
-    A trial whose ``model.zip`` or ``config.yaml`` cannot be used is left out, its folder and the
-    reason put in ``skipped`` (when given), so one damaged trial does not stop the table.
-    """
-    from hubrl.errors import HubrlError
-    from hubrl.grid import iter_trial_folders, read_yaml_object
-
-    rows = []
-    for folder in iter_trial_folders(root):
-        game, method = folder.parent.parent.name, folder.parent.name
-        config = read_yaml_object(folder / "config.yaml") or {}
-        run = config.get("run") or {}
-        if methods and method not in methods:
-            continue
-        if run.get("method") != "hub-pathway" or run.get("top_k", 1) != 1 or not (folder / "model.zip").is_file():
-            continue
-        try:
-            divergence, step = trial_route_divergence(folder, n_states, seed)
-        except HubrlError as exc:
-            if skipped is not None:
-                skipped[str(folder)] = str(exc)
-            continue
-        row: dict[str, Any] = {"game": game, "method": method, "seed": int(folder.name[1:]), "step": step}
-        row.update({k: v for k, v in divergence.to_dict().items() if not k.endswith("_share")})
-        names = [str(e.get("name", i)) for i, e in enumerate(config.get("hub") or []) if isinstance(e, dict)]
-        if len(names) != len(divergence.clean_share):
-            names = [str(i) for i in range(len(divergence.clean_share))]
-        row.update({f"share/{n}": v for n, v in zip(names, divergence.clean_share)})
-        row.update({f"acting/{n}": v for n, v in zip(names, divergence.acting_share)})
-        rows.append(row)
-    return rows

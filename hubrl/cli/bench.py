@@ -176,33 +176,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from hubrl.route_report import write_routes
+    from hubrl.tables import routes_markdown
 
-    from hubrl.errors import UsageError
-    from hubrl.route_analysis import grid_route_divergence
-    from hubrl.tables import routes_markdown, write_csv
-
-    if not Path(args.root).is_dir():
-        raise UsageError(f"No grid at {args.root}: give the --root of a grid run.")
-    skipped: dict[str, str] = {}
-    rows = grid_route_divergence(args.root, args.methods, args.states, args.seed, skipped=skipped)
+    path, rows, skipped = write_routes(args.root, args.out, args.methods, args.states, args.seed)
     for folder, why in skipped.items():
         print(f"left out {folder}: {why}")
-    if not rows:
-        raise UsageError(f"{args.root} has no k=1 hub-pathway trial with a usable model.zip"
-                         + (f" among {', '.join(args.methods)}" if args.methods else "")
-                         + (f" ({len(skipped)} left out, above)" if skipped else "") + ".")
-    out = Path(args.out or Path(args.root) / "report")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "routes.csv", rows)
-    text = (f"# What the route changes\n\n`hubrl-bench routes {args.root} --states {args.states} --seed {args.seed}`: "
-            "each trial's `model.zip` plays its game (sampled actions); on those states every state is routed to each "
-            "expert in turn and the policies compared (`hubrl.route_analysis`). Shares: the states each expert gets "
-            "noise-free (evaluation) / with the acting gate noise.\n\n" + routes_markdown(rows) + "\n"
-            + "".join(f"\nLeft out: `{folder}`: {why}\n" for folder, why in skipped.items()))
-    (out / "routes.md").write_text(text)
     print(routes_markdown(rows))
-    print(f"routes: {out / 'routes.md'}")
+    print(f"routes: {path}")
     return 0
 
 
