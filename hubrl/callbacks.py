@@ -65,7 +65,6 @@ class GateUsageCallback(BaseCallback):
                 handle.write(json.dumps(row) + "\n")
         policy.reset_usage()
 
-
     def _route_stats(self, policy) -> dict[str, float]:
         """``route_tv`` / ``route_kl`` on evenly spaced states of the rollout buffer (k = 1 routed policies)."""
         import torch as th

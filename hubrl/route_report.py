@@ -47,10 +47,10 @@ def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None
     rows = []
     for folder in iter_trial_folders(root):
         game, method = folder.parent.parent.name, folder.parent.name
-        config = read_yaml_object(folder / "config.yaml") or {}
-        run = config.get("run") or {}
         if methods and method not in methods:
             continue
+        config = read_yaml_object(folder / "config.yaml") or {}
+        run = config.get("run") or {}
         if run.get("method") != "hub-pathway" or run.get("top_k", 1) != 1 or not (folder / "model.zip").is_file():
             continue
         try:
