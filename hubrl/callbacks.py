@@ -31,7 +31,7 @@ class GateUsageCallback(BaseCallback):
     (Hub-Pathway: ``noise_std``, ``logit_spread``, ``logit_drift``). A k = 1 routed policy also gets
     ``route_tv`` and ``route_kl``: on :data:`ROUTE_SAMPLE` states of the rollout, how different its
     policies are when each state is routed to one expert or another
-    (:func:`hubrl.route_analysis.route_divergence`; 0 when the route does not matter).
+    (:func:`hubrl.route_analysis.route_distances`; 0 when the route does not matter).
 
     :param prefix: TensorBoard tag prefix.
     :param history_path: JSON-lines file that gets one ``{"step": ..., "<tag>": value}`` line per
@@ -69,7 +69,7 @@ class GateUsageCallback(BaseCallback):
         """``route_tv`` / ``route_kl`` on evenly spaced states of the rollout buffer (k = 1 routed policies)."""
         import torch as th
 
-        from hubrl.route_analysis import route_divergence
+        from hubrl.route_analysis import route_distances
 
         buffer = getattr(self.model, "rollout_buffer", None)
         observations = getattr(buffer, "observations", None)
@@ -77,8 +77,8 @@ class GateUsageCallback(BaseCallback):
             return {}
         states = observations.reshape(-1, *buffer.obs_shape)  # (steps, envs, ...) here; flat once the update read it
         states = states[np.linspace(0, len(states) - 1, min(ROUTE_SAMPLE, len(states))).astype(int)]
-        divergence = route_divergence(policy, th.as_tensor(states, device=policy.device))
-        return {"route_tv": divergence.tv, "route_kl": divergence.kl}
+        kl, tv = route_distances(policy, th.as_tensor(states, device=policy.device))
+        return {"route_tv": tv, "route_kl": kl}
 
 
 def read_gate_history(path: str | Path) -> list[dict[str, Any]]:

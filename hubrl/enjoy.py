@@ -210,14 +210,18 @@ class VideoWriter:
 
 
 def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, seed: int = 0, deterministic: bool = False,
-         video: str | Path | None = None, repeat_action_probability: float | None = None,
+         video: str | Path | None = None, repeat_action_probability: float | None = None, gate_noise: bool = False,
          on_game_end: Callable[[int, float, int], None] | None = None) -> PlayResult:
     """Play ``player`` on its game until ``episodes`` games end or ``steps`` agent steps pass (the first).
 
     Evaluation settings (:func:`hubrl.evaluation.make_eval_env`): whole games, raw rewards,
     sticky actions as the player was trained with (or ``repeat_action_probability``), actions sampled unless ``deterministic``
-    (RL Zoo's choice for Atari). ``on_game_end(index, score, length)`` is called as each game ends.
+    (RL Zoo's choice for Atari). ``gate_noise``: a Hub-Pathway player routes with its acting gate
+    noise (:func:`hubrl.policies.predict_with_gate_noise`). ``on_game_end(index, score, length)`` is
+    called as each game ends.
     """
+    from hubrl.policies import predict_with_gate_noise
+
     if steps is None and episodes is None:
         raise UsageError("Give a number of --timesteps or --episodes to play.")
     if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
@@ -229,29 +233,36 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     writer = VideoWriter(video) if video is not None else None
     result = PlayResult()
     try:
-        obs = env.reset()
-        running, game_over = 0.0, False
-        if writer is not None:
-            writer.add(env.get_images()[0])
-        while (steps is None or result.steps < steps) and (episodes is None or len(result.scores) < episodes):
-            action, _ = player.policy.predict(obs, deterministic=deterministic)
-            obs, reward, _, infos = env.step(action)
-            result.steps += 1
-            running += float(reward[0])
-            if writer is not None:
-                writer.add(env.get_images()[0])
-            episode = infos[0].get("episode")
-            game_over = episode is not None
-            if game_over:
-                result.scores.append(float(episode["r"]))
-                result.lengths.append(int(episode["l"]))
-                running = 0.0
-                if on_game_end is not None:
-                    on_game_end(len(result.scores), result.scores[-1], result.lengths[-1])
-        if result.steps and not game_over:
-            result.unfinished_score = running
+        with predict_with_gate_noise(player.policy, gate_noise):
+            _play_games(player, env, writer, result, steps, episodes, deterministic, on_game_end)
     finally:
         env.close()
         if writer is not None:
             result.video = writer.close()
     return result
+
+
+def _play_games(player: Player, env, writer: VideoWriter | None, result: PlayResult, steps: int | None,
+                episodes: int | None, deterministic: bool, on_game_end: Callable[[int, float, int], None] | None) -> None:
+    """The game loop of :func:`play`: fills ``result`` (and ``writer``) in place."""
+    obs = env.reset()
+    running, game_over = 0.0, False
+    if writer is not None:
+        writer.add(env.get_images()[0])
+    while (steps is None or result.steps < steps) and (episodes is None or len(result.scores) < episodes):
+        action, _ = player.policy.predict(obs, deterministic=deterministic)
+        obs, reward, _, infos = env.step(action)
+        result.steps += 1
+        running += float(reward[0])
+        if writer is not None:
+            writer.add(env.get_images()[0])
+        episode = infos[0].get("episode")
+        game_over = episode is not None
+        if game_over:
+            result.scores.append(float(episode["r"]))
+            result.lengths.append(int(episode["l"]))
+            running = 0.0
+            if on_game_end is not None:
+                on_game_end(len(result.scores), result.scores[-1], result.lengths[-1])
+    if result.steps and not game_over:
+        result.unfinished_score = running

@@ -44,13 +44,19 @@ def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
     return make_atari_vec_env(game, n_envs, seed=seed, **options)
 
 
-def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False) -> EvalResult:
-    """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score statistics."""
+def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
+                   gate_noise: bool = False) -> EvalResult:
+    """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
+    statistics. ``gate_noise``: a Hub-Pathway model routes with its acting gate noise
+    (:func:`hubrl.policies.predict_with_gate_noise`) instead of noise-free."""
+    from hubrl.policies import predict_with_gate_noise
+
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
-    scores, lengths = evaluate_policy(
-        model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
-    )
+    with predict_with_gate_noise(model, gate_noise):
+        scores, lengths = evaluate_policy(
+            model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
+        )
     scores_arr = np.asarray(scores, dtype=np.float64)
     return EvalResult(
         mean=float(scores_arr.mean()),

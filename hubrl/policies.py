@@ -21,7 +21,8 @@ weights live in the state_dict, so stock ``PPO.load`` rebuilds it after ``import
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch as th
@@ -30,13 +31,14 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
+from hubrl.errors import UsageError
 from hubrl.hub import Hub
 from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
 from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatures
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy",
-    "load_hub_weights",
+    "load_hub_weights", "predict_with_gate_noise",
 ]
 
 AGGREGATIONS = ("features", "heads")
@@ -219,8 +221,13 @@ class HubPathwayPolicy(ActorCriticPolicy):
         self._last_routed = routed  # consumed by auxiliary_loss on the same minibatch
         return values, distribution.log_prob(actions), distribution.entropy()
 
+    #: ``predict`` (evaluation, ``hubrl-enjoy``) routes noise-free unless this is set; then each call
+    #: draws fresh acting gate noise and plays the mixture of routes the agent acted with in
+    #: training. A runtime switch, not saved: use :func:`predict_with_gate_noise`.
+    gate_noise_in_predict: bool = False
+
     def get_distribution(self, obs: th.Tensor) -> Distribution:
-        return self._outputs(obs, explore=False)[0]
+        return self._outputs(obs, explore=self.gate_noise_in_predict)[0]
 
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
         return self._outputs(obs, explore=False)[1]
@@ -309,3 +316,30 @@ def load_hub_weights(policy: HubPathwayPolicy, hub: Hub) -> None:
         raise ValueError(f"Policy experts {policy.expert_names} do not match the hub {hub.names}.")
     for module, expert in zip(policy.extractor.experts, hub.experts):
         module.load_state_dict(expert.encoder_tensors(policy.device))
+
+
+@contextmanager
+def predict_with_gate_noise(model: Any, enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``predict`` of ``model`` (an SB3 agent or its policy) routes each state
+    with a fresh draw of the gate noise it acted with in training, instead of noise-free.
+
+    Evaluation (and ``predict``) is noise-free by default, as for any mixture of experts, but a
+    k = 1 Hub-Pathway agent whose gate is still near even acts in training with a per-state draw
+    between its experts' policies (``hubrl-bench routes``): this plays that acting policy, so the
+    two can be scored side by side (``hubrl-enjoy RUN --gate-noise``).
+
+    :raises UsageError: when ``model`` does not route with a noisy gate.
+    """
+    if not enabled:
+        yield
+        return
+    policy = getattr(model, "policy", model)
+    if not isinstance(policy, HubPathwayPolicy) or not policy.extractor.gate.has_noise:
+        raise UsageError(f"Gate noise needs a Hub-Pathway policy with a noisy gate; {type(policy).__name__} "
+                         + ("routes without noise" if isinstance(policy, HubPathwayPolicy) else "does not route")
+                         + ": drop --gate-noise.")
+    policy.gate_noise_in_predict = True
+    try:
+        yield
+    finally:
+        policy.gate_noise_in_predict = False

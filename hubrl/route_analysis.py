@@ -22,7 +22,8 @@ state would show different noise-free shares on different states and a ``tv`` th
 explains. Only k = 1 is defined (at k > 1 every state mixes experts).
 
 :mod:`hubrl.route_report` runs it on the ``model.zip`` of every Hub-Pathway trial of a grid
-(``hubrl-bench routes ROOT``); :class:`hubrl.callbacks.GateUsageCallback` on each rollout.
+(``hubrl-bench routes ROOT``); :class:`hubrl.callbacks.GateUsageCallback` logs
+:func:`route_distances` on each rollout.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch as th
 
-__all__ = ["RouteDivergence", "per_route_outputs", "route_divergence", "collect_states"]
+__all__ = ["RouteDivergence", "per_route_outputs", "policy_distances", "route_distances", "route_shares",
+           "route_divergence", "collect_states"]
 
 
 @dataclass
@@ -75,20 +77,33 @@ def per_route_outputs(policy, observations: th.Tensor) -> tuple[th.Tensor, th.Te
     return th.stack(logits), th.stack(values)
 
 
-def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDivergence:
-    """Compare the per-expert policies of ``policy`` on ``observations`` (frames as the env gives
-    them, uint8, or float with the same values as SB3's rollout buffer keeps them); ``seed`` fixes
-    the acting noise draw of ``acting_share`` (torch's global generator is left as it was)."""
-    logits, values = per_route_outputs(policy, observations)
-    n_experts, batch = values.shape
+def policy_distances(logits: th.Tensor, values: th.Tensor) -> dict[str, float]:
+    """``kl``, ``tv``, ``argmax_differs``, ``value_gap`` and ``value_scale`` (module docstring) of
+    :func:`per_route_outputs`' logits (K, B, A) and values (K, B), averaged over ordered expert pairs."""
+    n_experts = values.shape[0]
     log_p = logits.log_softmax(-1)
     p = log_p.exp()
     pairs = list(permutations(range(n_experts), 2))
-    kl = np.mean([float((p[i] * (log_p[i] - log_p[j])).sum(-1).mean()) for i, j in pairs])
-    tv = np.mean([float(0.5 * (p[i] - p[j]).abs().sum(-1).mean()) for i, j in pairs])
     argmax = logits.argmax(-1)
-    differs = np.mean([float((argmax[i] != argmax[j]).float().mean()) for i, j in pairs])
-    gap = np.mean([float((values[i] - values[j]).abs().mean()) for i, j in pairs])
+    return {
+        "kl": float(np.mean([float((p[i] * (log_p[i] - log_p[j])).sum(-1).mean()) for i, j in pairs])),
+        "tv": float(np.mean([float(0.5 * (p[i] - p[j]).abs().sum(-1).mean()) for i, j in pairs])),
+        "argmax_differs": float(np.mean([float((argmax[i] != argmax[j]).float().mean()) for i, j in pairs])),
+        "value_gap": float(np.mean([float((values[i] - values[j]).abs().mean()) for i, j in pairs])),
+        "value_scale": float(values.abs().mean()),
+    }
+
+
+def route_distances(policy, observations: th.Tensor) -> tuple[float, float]:
+    """Mean KL and total-variation distance between the routes' action distributions on
+    ``observations``: the lean part of :func:`route_divergence` that training logs every rollout."""
+    distances = policy_distances(*per_route_outputs(policy, observations))
+    return distances["kl"], distances["tv"]
+
+
+def route_shares(policy, observations: th.Tensor, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Share of ``observations`` each expert gets noise-free (``predict``, evaluation) and with one
+    draw of the acting gate noise (seeded by ``seed``; torch's global generator is left as it was)."""
     gate = policy.extractor.gate
     with th.no_grad():
         x = policy.preprocess(observations)
@@ -99,10 +114,18 @@ def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDiv
         th.random.set_rng_state(generator_state)
 
     def shares(selected: th.Tensor) -> list[float]:
-        return [float((selected == i).float().mean()) for i in range(n_experts)]
+        return [float((selected == i).float().mean()) for i in range(gate.n_experts)]
 
-    return RouteDivergence(batch, float(kl), float(tv), float(differs), float(gap), float(values.abs().mean()),
-                           shares(clean), shares(acting))
+    return shares(clean), shares(acting)
+
+
+def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDivergence:
+    """Compare the per-expert policies of ``policy`` on ``observations`` (frames as the env gives
+    them, uint8, or float with the same values as SB3's rollout buffer keeps them); ``seed`` fixes
+    the acting noise draw of ``acting_share``."""
+    logits, values = per_route_outputs(policy, observations)
+    clean, acting = route_shares(policy, observations, seed)
+    return RouteDivergence(values.shape[1], **policy_distances(logits, values), clean_share=clean, acting_share=acting)
 
 
 def collect_states(model, game: str, n_states: int, seed: int = 0, n_envs: int = 8, every: int = 4) -> np.ndarray:

@@ -394,15 +394,28 @@ def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def routes_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown of :func:`hubrl.route_analysis.grid_route_divergence`: one row per trial."""
+    """Markdown of :func:`hubrl.route_report.grid_route_divergence`: one row per trial (with its
+    mean score noise-free / acting when the rows have scores)."""
     shares = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("share/")})
+    scored = any("score/acting" in r for r in rows)
     headers = ["game", "method", "seed", "step", "states", "KL between routes (nats)", "TV distance", "argmax differs",
-               "|V_i - V_j| / |V|", *[f"{e} noise-free / acting" for e in shares]]
+               "|V_i - V_j| / |V|", *[f"{e} noise-free / acting" for e in shares],
+               *(["score noise-free / acting"] if scored else [])]
     body = [[r["game"], r["method"], r["seed"], format_value(r["step"]), r["states"], format_value(r["kl"], 3),
              format_value(r["tv"], 3), f"{100 * r['argmax_differs']:.0f}%",
              f"{format_value(r['value_gap'], 3)} / {format_value(r['value_scale'], 3)}",
-             *[f"{format_value(r.get(f'share/{e}'), 2)} / {format_value(r.get(f'acting/{e}'), 2)}" for e in shares]]
+             *[f"{format_value(r.get(f'share/{e}'), 2)} / {format_value(r.get(f'acting/{e}'), 2)}" for e in shares],
+             *([f"{format_value(r.get('score/noise-free'))} / {format_value(r.get('score/acting'))}"] if scored else [])]
             for r in rows]
+    return _md_table(headers, body)
+
+
+def gate_noise_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`hubrl.route_report.gate_noise_scores`: one row per game and method."""
+    headers = ["game", "method", "trials", "games per mode", "score noise-free", "score acting",
+               "acting - noise-free [95% CI]", "verdict"]
+    body = [[r["game"], r["method"], r["trials"], r["games"], format_value(r["noise_free"]), format_value(r["acting"]),
+             f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}]", r["verdict"]] for r in rows]
     return _md_table(headers, body)
 
 

@@ -11,7 +11,7 @@ from hubrl.agents import HubPPO
 from hubrl.envs import make_atari_vec_env
 from hubrl.hub import resolve_hub
 from hubrl.policies import HubPathwayPolicy, load_hub_weights
-from hubrl.route_analysis import per_route_outputs, route_divergence
+from hubrl.route_analysis import per_route_outputs, route_distances, route_divergence
 
 
 def _policy(hub, **policy_kwargs) -> HubPathwayPolicy:
@@ -55,11 +55,49 @@ def test_identical_experts_make_the_route_irrelevant_and_different_ones_do_not(h
     assert different.kl > 1e-6 and different.tv > 1e-4
     assert sum(different.clean_share) == pytest.approx(1) and sum(different.acting_share) == pytest.approx(1)
     assert min(different.acting_share) > 0.2  # an even gate with noise 1.0 acts with both experts
+    assert route_distances(policy, obs) == pytest.approx((different.kl, different.tv))  # what training logs
     policy.extractor.experts[1].load_state_dict(policy.extractor.experts[0].state_dict())
     same = route_divergence(policy, obs)
     assert same.kl == pytest.approx(0, abs=1e-6) and same.tv == pytest.approx(0, abs=1e-6)
     assert same.argmax_differs == 0 and same.value_gap == pytest.approx(0, abs=1e-6)
     assert same.states == 64 and same.acting_share == different.acting_share  # the acting draw is seeded
+
+
+def test_gate_noise_in_predict_plays_the_acting_routes_and_only_inside_the_block(hub):
+    from hubrl.policies import predict_with_gate_noise
+
+    policy = _policy(hub)
+    obs = th.randint(0, 256, (64, 4, 84, 84), dtype=th.uint8)
+
+    def log_probs() -> th.Tensor:
+        with th.no_grad():
+            return policy.get_distribution(obs).distribution.logits
+
+    clean = log_probs()
+    assert th.equal(clean, log_probs())  # noise-free: the same route on every call
+    per_route, _ = per_route_outputs(policy, obs)
+    with predict_with_gate_noise(policy):
+        noisy = [log_probs() for _ in range(2)]
+    assert not th.allclose(noisy[0], noisy[1])  # a fresh draw on each call
+    # each state plays exactly one expert's route, and both experts are played: the acting mixture
+    matches = th.stack([(noisy[0] - per_route[i]).abs().amax(-1) < 1e-5 for i in range(2)])
+    assert bool(matches.any(0).all()) and bool(matches.all(1).logical_not().all()) and bool(matches.any(1).all())
+    assert th.equal(log_probs(), clean) and not policy.gate_noise_in_predict  # off again after the block
+    with pytest.raises(KeyError), predict_with_gate_noise(policy):
+        raise KeyError("stopped")
+    assert not policy.gate_noise_in_predict  # ... also when the block raised
+
+
+def test_gate_noise_is_refused_for_what_does_not_route_with_noise(hub, tiny_hub):
+    from hubrl.enjoy import load_player, play
+    from hubrl.errors import UsageError
+    from hubrl.policies import predict_with_gate_noise
+
+    with pytest.raises(UsageError, match="routes without noise: drop --gate-noise"), \
+            predict_with_gate_noise(_policy(hub, noise=0.0)):
+        pass
+    with pytest.raises(UsageError, match="CnnPolicy does not route: drop --gate-noise"):
+        play(load_player(expert="Seaquest", hub=tiny_hub), steps=5, gate_noise=True)
 
 
 def test_k2_is_refused(hub):
@@ -90,6 +128,46 @@ def test_routes_command_measures_the_k1_hub_pathway_trials_of_a_grid(tmp_path, c
     assert "[routes.md](routes.md)" in write_report(root, reps=100).read_text()
     with pytest.raises(UsageError, match="no k=1 hub-pathway trial with a usable model.zip among k2"):
         main(["routes", str(root), "--method", "k2"])
+
+
+@pytest.mark.slow
+def test_routes_play_scores_each_agent_noise_free_and_with_its_acting_gate_noise(tmp_path):
+    from hubrl.benchmark import run_grid
+    from hubrl.cli.bench import main
+    from tests.conftest import TINY_PPO, make_tiny_hub
+
+    root = tmp_path / "grid"
+    settings = dict(hub=str(make_tiny_hub(tmp_path / "hub")), n_envs=2, eval_freq=10**9, eval_episodes=1,
+                    checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
+    run_grid(root, ["Jamesbond"], ["hub-pathway"], [0, 1], 64, settings=settings, workers=0, log=None)
+    assert main(["routes", str(root), "--states", "16", "--play", "2"]) == 0
+    text = (root / "report" / "routes.md").read_text()
+    assert "`hubrl-bench routes " + str(root) + " --states 16 --seed 0 --play 2`" in text
+    assert "score noise-free / acting" in text and "## Scores noise-free and with the acting gate noise" in text
+    summary = [line for line in text.splitlines() if line.startswith("| Jamesbond | hub-pathway | 2 | 4 |")]
+    assert len(summary) == 1  # 2 trials, 2 games each per mode, pooled
+    import csv
+
+    rows = list(csv.DictReader((root / "report" / "routes.csv").open()))
+    assert len(rows) == 2 and all(len(r["scores/acting"].split()) == len(r["scores/noise-free"].split()) == 2 for r in rows)
+
+
+def test_gate_noise_scores_pool_the_games_of_a_game_and_say_which_mode_scores_higher():
+    from hubrl.route_report import gate_noise_scores
+    from hubrl.tables import gate_noise_markdown
+
+    rows = [{"game": "Gopher", "method": "hp", "scores/noise-free": "900 1000 950", "scores/acting": "100 200 150"},
+            {"game": "Gopher", "method": "hp", "scores/noise-free": "1000 980", "scores/acting": "300 120"},
+            {"game": "Alien", "method": "hp", "scores/noise-free": "200 400", "scores/acting": "250 350"},
+            {"game": "Alien", "method": "other"}]  # no play: left out
+    table = {(r["game"], r["method"]): r for r in gate_noise_scores(rows, reps=2000)}
+    assert set(table) == {("Gopher", "hp"), ("Alien", "hp")}
+    gopher = table["Gopher", "hp"]
+    assert gopher["trials"] == 2 and gopher["games"] == 5
+    assert gopher["noise_free"] == pytest.approx(966) and gopher["acting"] == pytest.approx(174)
+    assert gopher["difference"] == pytest.approx(-792) and gopher["high"] < 0 and gopher["verdict"] == "noise-free higher"
+    assert table["Alien", "hp"]["verdict"] == "tie" and table["Alien", "hp"]["difference"] == pytest.approx(0)
+    assert "| Gopher | hp | 2 | 5 | 966.0 | 174.0 | -792 [" in gate_noise_markdown(list(table.values()))
 
 
 @pytest.mark.parametrize("case", ["different experts", "identical experts", "k=2"])

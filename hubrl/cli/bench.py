@@ -115,6 +115,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     routes.add_argument("--states", type=positive_int, default=512,
                         help="States of each trial's own play to compare on. Default: 512.")
     routes.add_argument("--seed", type=seed, default=0, help="Seed of the play and of the acting noise. Default: 0.")
+    routes.add_argument("--play", type=positive_int, default=0, metavar="GAMES",
+                        help="Also play GAMES whole games per trial noise-free and as many with the acting gate noise "
+                             "(same game seeds) and compare the scores. Default: 0 (no play).")
     return parser
 
 
@@ -179,7 +182,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from hubrl.route_report import write_routes
     from hubrl.tables import routes_markdown
 
-    path, rows, skipped = write_routes(args.root, args.out, args.methods, args.states, args.seed)
+    path, rows, skipped = write_routes(args.root, args.out, args.methods, args.states, args.seed, args.play)
     for folder, why in skipped.items():
         print(f"left out {folder}: {why}")
     print(routes_markdown(rows))

@@ -48,6 +48,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--video", default=None, metavar="FILE",
                         help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
     parser.add_argument("--deterministic", action="store_true", help="Greedy actions (default: sampled, as in evaluation).")
+    parser.add_argument("--gate-noise", action="store_true",
+                        help="Hub-Pathway runs: route each state with the gate noise the agent acted with in training "
+                             "(default: noise-free, as evaluation).")
     parser.add_argument("--sticky-actions", type=probability, default=None,
                         help="Repeat-action probability (default: as trained, 0.25).")
     parser.add_argument("--seed", type=seed, default=0, help="Seed of the game. Default: 0.")
@@ -76,7 +79,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(f"Playing {game} with {player.label}" + (f", recording {args.video}" if args.video else ""), flush=True)
     episodes = args.episodes if args.episodes is not None or args.steps is not None else 1
     result = play(player, steps=args.steps, episodes=episodes, seed=args.seed, deterministic=args.deterministic,
-                  video=args.video, repeat_action_probability=args.sticky_actions,
+                  video=args.video, repeat_action_probability=args.sticky_actions, gate_noise=args.gate_noise,
                   on_game_end=lambda i, score, length: print(f"{game} game {i}: score {score:g} ({length} agent steps)",
                                                              flush=True))
     if result.unfinished_score is not None:
