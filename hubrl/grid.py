@@ -260,6 +260,23 @@ class TrialResult:
         return steps / seconds if steps and seconds else None
 
     @property
+    def time_windows(self) -> list[tuple[float, float]]:
+        """(start, end) in POSIX seconds of each attempt that trained: when it ran, so that speeds
+        of trials can be compared only where they shared the machine (:func:`hubrl.tables.compute_table`)."""
+        from datetime import datetime
+
+        windows = []
+        for attempt in self.attempts:
+            if not attempt.get("steps") or not attempt.get("seconds") or not attempt.get("finished"):
+                continue
+            try:
+                end = datetime.fromisoformat(str(attempt["finished"])).timestamp()
+            except ValueError:
+                continue
+            windows.append((end - float(attempt["seconds"]), end))
+        return windows
+
+    @property
     def params(self) -> int | None:
         """Parameters of the saved policy: counted in ``model.zip``, else as the trial recorded them
         (a grid archived without its weights)."""

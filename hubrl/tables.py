@@ -99,6 +99,26 @@ def _ratio(value: float | None, base: float | None) -> float:
     return value / base if value is not None and base and not math.isnan(value) and not math.isnan(base) else math.nan
 
 
+#: Below this share of its training time run alongside the baseline, a method's speed ratio is
+#: marked as timed apart: the machine's load, not the method, may explain it.
+TIMED_TOGETHER_MIN = 0.5
+
+
+def _overlap_share(windows: Sequence[tuple[float, float]], others: Sequence[tuple[float, float]]) -> float:
+    """Share of the total length of ``windows`` during which at least one of ``others`` ran."""
+    total = sum(end - start for start, end in windows)
+    if total <= 0:
+        return math.nan
+    merged: list[list[float]] = []
+    for start, end in sorted(others):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    shared = sum(max(0.0, min(end, b) - max(start, a)) for start, end in windows for a, b in merged)
+    return shared / total
+
+
 def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> list[dict[str, Any]]:
     """Rows ``game, method, steps_per_s, peak_rss_mb, params, inference_steps_per_s`` and their
     ratios to ``baseline`` on the same game.
@@ -106,8 +126,13 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
     Steps/s is the mean over seeds, peak memory the maximum over seeds (whole-process peak RSS:
     Python, torch and the envs included), parameters those of the first seed's ``model.zip`` (or
     its recorded count),
-    inference the median over seeds of each trial's own measurement.
+    inference the median over seeds of each trial's own measurement. ``timed_together``: the
+    share of the method's training time (on this game) during which a ``baseline`` trial (any
+    game) was training too. A grid run in stages and sessions can time two arms hours apart on a
+    machine with other load; their steps/s ratio then says little about the methods
+    (:data:`TIMED_TOGETHER_MIN`, marked in the Markdown).
     """
+    baseline_windows = [w for t in trials if t.method == baseline for w in t.time_windows]
     rows = []
     for (game, method), group in _group(trials).items():
         rates = [t.steps_per_s for t in group if t.steps_per_s is not None]
@@ -122,6 +147,8 @@ def compute_table(trials: Sequence[TrialResult], baseline: str = "scratch") -> l
             "inference_steps_per_s": float(np.median(inference)) if inference else math.nan,
             "rss_isolated": all(a.get("rss_isolated", False) for t in group for a in t.attempts
                                 if a.get("status") != "skipped"),
+            "timed_together": (1.0 if method == baseline
+                               else _overlap_share([w for t in group for w in t.time_windows], baseline_windows)),
         })
     base = {r["game"]: r for r in rows if r["method"] == baseline}
     for r in rows:
@@ -159,6 +186,8 @@ def aggregate_table(
         for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio", "inference_ratio"):
             vals = [c[key] for c in compute if c["method"] == method and not math.isnan(c[key])]
             row[key] = float(np.median(vals)) if vals else math.nan
+        shares = [c["timed_together"] for c in compute if c["method"] == method]
+        row["timed_together"] = min(shares) if shares else math.nan
         rows.append(row)
     return rows
 
@@ -321,16 +350,36 @@ def score_markdown(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def timed_apart(row: dict[str, Any]) -> bool:
+    """Whether a :func:`compute_table` (or :func:`aggregate_table`) row's speed ratio was timed
+    mostly apart from the baseline (``timed_together`` below :data:`TIMED_TOGETHER_MIN`; unknown
+    counts as apart)."""
+    share = row.get("timed_together", math.nan)
+    return not (share >= TIMED_TOGETHER_MIN)
+
+
+TIMED_APART_NOTE = ("† timed apart: less than half of this method's training time ran alongside the baseline's "
+                    "(the grid ran in stages or sessions), so the machine's load may explain the speed ratio.")
+
+
+def _speed_ratio(row: dict[str, Any]) -> str:
+    text = format_value(row["steps_per_s_ratio"], 2)
+    return text + " †" if text != "–" and timed_apart(row) else text
+
+
 def compute_markdown(rows: Sequence[dict[str, Any]], baseline: str) -> str:
-    """Markdown of :func:`compute_table` (ratios headed ``× <baseline>``)."""
-    return _md_table(
-        ["game", "method", "steps/s", f"× {baseline}", "peak RSS (MiB)", f"× {baseline}", "parameters", f"× {baseline}",
-         "inference steps/s", f"× {baseline}"],
-        [[r["game"], r["method"], format_value(r["steps_per_s"], 0), format_value(r["steps_per_s_ratio"], 2),
+    """Markdown of :func:`compute_table` (ratios headed ``× <baseline>``; a speed ratio timed
+    apart from the baseline is marked ``†`` and explained under the table)."""
+    table = _md_table(
+        ["game", "method", "steps/s", f"× {baseline}", "timed with baseline", "peak RSS (MiB)", f"× {baseline}",
+         "parameters", f"× {baseline}", "inference steps/s", f"× {baseline}"],
+        [[r["game"], r["method"], format_value(r["steps_per_s"], 0), _speed_ratio(r),
+          f"{100 * r['timed_together']:.0f}%" if not math.isnan(r["timed_together"]) else "–",
           format_value(r["peak_rss_mb"], 0), format_value(r["peak_rss_ratio"], 2), format_value(r["params"]),
           format_value(r["params_ratio"], 2), format_value(r["inference_steps_per_s"], 0),
           format_value(r["inference_ratio"], 2)] for r in rows],
     )
+    return table + ("\n" + TIMED_APART_NOTE + "\n" if any(_speed_ratio(r).endswith("†") for r in rows) else "")
 
 
 def aggregate_markdown(rows: Sequence[dict[str, Any]], baseline: str, confidence: float) -> str:
@@ -340,10 +389,10 @@ def aggregate_markdown(rows: Sequence[dict[str, Any]], baseline: str, confidence
         ["method", "games", "runs", f"IQM HNS [{pct} CI]", f"mean HNS [{pct} CI]", f"steps/s × {baseline}",
          f"peak RSS × {baseline}", f"params × {baseline}", f"inference × {baseline}"],
         [[r["method"], r["games"], r["runs"], f"{r['iqm_hns']:.3f} [{r['iqm_low']:.3f}, {r['iqm_high']:.3f}]",
-          f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", format_value(r["steps_per_s_ratio"], 2),
+          f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", _speed_ratio(r),
           format_value(r["peak_rss_ratio"], 2), format_value(r["params_ratio"], 2), format_value(r["inference_ratio"], 2)]
          for r in rows],
-    )
+    ) + ("\n" + TIMED_APART_NOTE + "\n" if any(_speed_ratio(r).endswith("†") for r in rows) else "")
 
 
 def _signed(value: float) -> str:

@@ -365,3 +365,43 @@ def test_routing_section_reads_each_trials_gate_history(grid):
     assert staged["rollouts"] == 2
     report = write_report(grid, reps=200)
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
+
+
+def test_a_speed_ratio_timed_apart_from_the_baseline_is_marked(tmp_path):
+    """Steps/s ratios only mean something for trials that shared the machine: the compute table
+    gives the share of a method's training time that ran alongside the baseline, and marks (†)
+    ratios timed mostly apart (a grid run in stages across sessions)."""
+    from hubrl.tables import aggregate_markdown, aggregate_table, compute_markdown, compute_table
+
+    root = tmp_path / "grid"
+
+    def status(finished, seconds, history=()):
+        return _st(1000, seconds, 100.0, finished=finished, history=list(history))
+
+    # scratch trains 10:00-10:10 and (a resumed attempt) 12:00-12:10
+    _trial(root, "Alien", "scratch", 0, [[0], [1000]], status=status(
+        "2026-01-01T12:10:00+00:00", 600, [{"status": "interrupted", "steps": 500, "seconds": 600,
+                                            "finished": "2026-01-01T10:10:00+00:00"}]))
+    # "together" runs 10:05-10:10 and 12:00-12:05 (both halves beside scratch); "apart" 15:00-15:20
+    _trial(root, "Alien", "together", 0, [[0], [1000]], status=status(
+        "2026-01-01T12:05:00+00:00", 300, [{"status": "interrupted", "steps": 500, "seconds": 300,
+                                            "finished": "2026-01-01T10:10:00+00:00"}]))
+    _trial(root, "Alien", "apart", 0, [[0], [1000]], status=status("2026-01-01T15:20:00+00:00", 1200))
+    # "half" runs 10:05-10:15: five of its ten minutes beside scratch
+    _trial(root, "Alien", "half", 0, [[0], [1000]], status=status("2026-01-01T10:15:00+00:00", 600))
+    trials = load_trials(root)
+    rows = {r["method"]: r for r in compute_table(trials)}
+    assert rows["scratch"]["timed_together"] == 1.0
+    assert rows["together"]["timed_together"] == pytest.approx(1.0)
+    assert rows["apart"]["timed_together"] == 0.0
+    assert rows["half"]["timed_together"] == pytest.approx(0.5)
+    text = compute_markdown(list(rows.values()), "scratch")
+    line = {m: next(li for li in text.splitlines() if li.startswith(f"| Alien | {m} |")) for m in rows}
+    assert "†" in line["apart"] and "| 0% |" in line["apart"] and "timed apart" in text
+    assert "†" not in line["together"] + line["half"] + line["scratch"]
+    aggregate = aggregate_table(trials, reps=200, compute=list(rows.values()))
+    assert {r["method"]: r["timed_together"] for r in aggregate}["apart"] == 0.0
+    assert "†" in aggregate_markdown(aggregate, "scratch", 0.95)
+    together_only = [r for r in rows.values() if r["method"] != "apart"]
+    assert "†" not in compute_markdown(together_only, "scratch")
+    assert "timed apart" not in compute_markdown(together_only, "scratch")
