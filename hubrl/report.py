@@ -9,7 +9,8 @@
 * ``compute.csv`` / ``.md``: agent steps per second of training, peak resident memory, parameter
   count and inference speed of the saved policy (``predict`` on a vector step of real
   observations, measured by each trial when it finished), each also as a ratio to the baseline
-  method (``scratch``) on the same game;
+  method (``scratch``) on the same game, and the share of a method's training time that ran
+  alongside the baseline's (a speed ratio timed mostly apart is marked †);
 * ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
   per-run HNS with 95% stratified-bootstrap confidence intervals;
 * ``head_to_head.csv`` / ``.md``: one method (default ``hub-pathway``; or several, a section each) against each other one,
