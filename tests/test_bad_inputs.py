@@ -228,6 +228,7 @@ CASES = [
      ["--root", "a-file"], None),
     ("report-of-a-file", "bench", lambda t, h: ["report", _file(t)], ["a-file"], None),
     ("routes-of-a-file", "bench", lambda t, h: ["routes", _file(t)], ["a-file"], None),
+    ("archive-of-a-file", "bench", lambda t, h: ["archive", _file(t), str(t / "out")], ["No grid at", "a-file"], None),
     ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)], ["played/model.zip", "cannot be loaded"], None),
     ("enjoy-config-not-yaml", "enjoy", lambda t, h: [_played_folder(t, config="run: [\n")],
      ["played/config.yaml", "not a run's config"], None),

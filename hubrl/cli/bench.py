@@ -8,6 +8,7 @@
     %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k  # a stage
     %(prog)s report bench --stages 250k 500k 1M
     %(prog)s routes bench  # what the route changes in each hub-pathway trial's policy (needs model.zip)
+    %(prog)s archive /scratch/big benchmarks/big  # records of the stopped trials, without weights
 
 `run` trains each trial in <root>/<Game>/<method>/s<seed>/; rerunning it skips finished trials, resumes
 started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
@@ -16,6 +17,8 @@ it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a tria
 IQM with stratified-bootstrap CIs, steps/s, memory, parameters) and PNG learning curves.
 `routes` writes <root>/report/routes.md and .csv: per k=1 hub-pathway trial, how different the policies
 of its routes are on states of its own play (hubrl.route_analysis).
+`archive` copies the records of every paused or finished trial (no weights, no TensorBoard) into
+another folder, e.g. one you commit, while the grid goes on (hubrl.archive).
 Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchmark.py``.
 """
 
@@ -118,6 +121,12 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     routes.add_argument("--play", type=positive_int, default=0, metavar="GAMES",
                         help="Also play GAMES whole games per trial noise-free and as many with the acting gate noise "
                              "(same game seeds) and compare the scores. Default: 0 (no play).")
+
+    archive = sub.add_parser("archive", help="Copy the records of the stopped trials of a grid, without weights, "
+                                             "into another folder.")
+    archive.add_argument("root", help="Grid folder (the --root of run).")
+    archive.add_argument("dest", help="Archive folder (outside the grid); its copies of trials still training are kept.")
+    archive.add_argument("--tensorboard", action="store_true", help="Also copy each trial's TensorBoard logs (tb/).")
     return parser
 
 
@@ -178,6 +187,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from hubrl.archive import archive_grid
+
+    summary = archive_grid(args.root, args.dest, tensorboard=args.tensorboard)
+    for name, why in summary.skipped.items():
+        print(f"left out {name}: {why}")
+    print(f"archived {len(summary.copied)} trial(s) of {args.root} into {args.dest} "
+          f"({len(summary.skipped)} left out)")
+    return 0
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     from hubrl.route_report import write_routes
     from hubrl.tables import routes_markdown
@@ -193,7 +213,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = parse_args(argv, prog)
-    commands = {"run": cmd_run, "report": cmd_report, "routes": cmd_routes}
+    commands = {"run": cmd_run, "report": cmd_report, "routes": cmd_routes, "archive": cmd_archive}
     return commands[args.command](args)
 
 

@@ -1,0 +1,97 @@
+"""Archive a grid's records without its weights: what a repository keeps of a long benchmark.
+
+A long grid (the 1M-step grid runs in stages over many sessions) trains in a folder outside the
+repository, where its checkpoints let it continue; what the report needs is only each trial's
+records (``status.json``, ``evaluations.json``, ``config.yaml``, ``gates.jsonl``). :func:`archive_grid`
+copies those of every *settled* trial into another folder, typically one that is committed, so
+finished and paused trials can land while the grid goes on:
+
+* **settled**: its ``status.json`` says ``paused`` or ``ok`` and nothing in the folder but
+  checkpoints was written after it. A trial that a runner is training (its records grow past its
+  last ``status.json``) or that failed or was interrupted is left out with the reason, and an
+  earlier copy of it in the archive is kept as it was, so the archive only ever holds records of
+  stopped trials;
+* **without weights**: ``checkpoint*.pt`` and ``model.zip`` are never copied; nor are TensorBoard
+  logs (large; ``tensorboard=True`` keeps them) or ``learning_curve.png`` (the report redraws
+  curves from ``evaluations.json``);
+* **atomic per trial**: each trial is copied into a temporary folder beside its destination and
+  then swapped in, so an interrupted archive leaves every trial either as it was or complete.
+
+``grid.json`` (the latest launch) and ``trials.jsonl`` (every attempt) are copied as they are.
+``hubrl-bench archive ROOT DEST`` is the command.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hubrl.errors import UsageError
+from hubrl.grid import iter_trial_folders, read_status
+
+__all__ = ["SETTLED_STATES", "ArchiveSummary", "unsettled_reason", "archive_grid"]
+
+#: Trial states whose records are final for their stage.
+SETTLED_STATES = ("paused", "ok")
+_WEIGHTS = ("checkpoint*.pt", "model.zip")
+_WRITTEN_WHILE_TRAINING_ONLY = ("checkpoint*.pt", ".lock")
+
+
+@dataclass
+class ArchiveSummary:
+    """What :func:`archive_grid` did: trial folders copied (relative to the root) and left out (with why)."""
+
+    copied: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def unsettled_reason(folder: str | Path) -> str | None:
+    """Why a trial folder's records may still change (``None`` when it is settled, see the module docstring)."""
+    folder = Path(folder)
+    status_path = folder / "status.json"
+    status = read_status(folder).get("status")
+    if status not in SETTLED_STATES:
+        return f"status {status!r}, not paused or finished" if status else "no readable status.json"
+    written = status_path.stat().st_mtime
+    for path in folder.rglob("*"):
+        if path.is_file() and not any(path.match(p) for p in _WRITTEN_WHILE_TRAINING_ONLY) and path.stat().st_mtime > written:
+            return f"being trained ({path.relative_to(folder)} is newer than its status.json)"
+    return None
+
+
+def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) -> ArchiveSummary:
+    """Copy the records of every settled trial of the grid in ``root`` into ``dest`` (module docstring).
+
+    :raises UsageError: when ``root`` is no grid, or ``dest`` is ``root`` or inside it.
+    """
+    root, dest = Path(root), Path(dest)
+    if not root.is_dir() or not (root / "grid.json").is_file():
+        raise UsageError(f"No grid at {root} (no grid.json): give the --root of a grid run.")
+    if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents:
+        raise UsageError(f"Archive {dest} must be outside the grid {root}: give another folder.")
+    ignored = [*_WEIGHTS, ".lock", "learning_curve.png", "*.tmp", *([] if tensorboard else ["tb"])]
+    summary = ArchiveSummary()
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder in iter_trial_folders(root):
+        name = folder.relative_to(root).as_posix()
+        reason = unsettled_reason(folder)
+        if reason is not None:
+            summary.skipped[name] = reason
+            continue
+        target = dest / name
+        staging = target.with_name(f".{target.name}.archiving")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(*ignored))
+        previous = target.with_name(f".{target.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.exists():
+            target.rename(previous)
+        staging.rename(target)
+        shutil.rmtree(previous, ignore_errors=True)
+        summary.copied.append(name)
+    for record in ("grid.json", "trials.jsonl"):
+        if (root / record).is_file():
+            shutil.copy2(root / record, dest / f".{record}.archiving")
+            (dest / f".{record}.archiving").replace(dest / record)
+    return summary

@@ -1,0 +1,99 @@
+"""``hubrl-bench archive``: the records of stopped trials, without weights, copied out of a running grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hubrl.archive import archive_grid, unsettled_reason
+from hubrl.cli.bench import main
+from hubrl.errors import UsageError
+
+
+def _trial(root: Path, name: str, status: str | None, age: float = 100.0) -> Path:
+    """A trial folder whose files are ``age`` seconds old, status.json last (as a stopped trial leaves it)."""
+    folder = root / name
+    (folder / "tb").mkdir(parents=True)
+    for rel, text in (("evaluations.json", '{"points": []}'), ("gates.jsonl", "{}\n"), ("config.yaml", "run: {}\n"),
+                      ("model.zip", "weights"), ("checkpoint.pt", "weights"), ("checkpoint.prev.pt", "weights"),
+                      ("learning_curve.png", "png"), ("tb/events.out.tfevents.1", "events")):
+        (folder / rel).write_text(text)
+    if status is not None:
+        (folder / "status.json").write_text(json.dumps({"status": status}))
+    stamp = time.time() - age
+    for path in [p for p in folder.rglob("*") if p.is_file() and p.name != "status.json"]:
+        os.utime(path, (stamp - 1, stamp - 1))
+    if status is not None:
+        os.utime(folder / "status.json", (stamp, stamp))
+    return folder
+
+
+def _touch(path: Path) -> None:
+    with open(path, "a") as handle:
+        handle.write("{}\n")
+    os.utime(path, None)
+
+
+@pytest.fixture
+def grid(tmp_path) -> Path:
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "grid.json").write_text('{"budget": 1000000}')
+    (root / "trials.jsonl").write_text('{"trial": "Alien/scratch/s0"}\n')
+    _trial(root, "Alien/scratch/s0", "paused")
+    _trial(root, "Alien/scratch/s1", "ok")
+    _touch(_trial(root, "Alien/hub-pathway/s0", "paused") / "gates.jsonl")  # a runner took it up again
+    _touch(_trial(root, "Alien/hub-pathway/s1", "ok") / "checkpoint.pt")  # only a checkpoint since: settled
+    _trial(root, "Gopher/scratch/s0", "failed")
+    _trial(root, "Gopher/scratch/s1", None)
+    return root
+
+
+def test_only_stopped_trials_are_archived_and_never_their_weights(grid, tmp_path):
+    dest = tmp_path / "archive"
+    summary = archive_grid(grid, dest)
+    assert sorted(summary.copied) == ["Alien/hub-pathway/s1", "Alien/scratch/s0", "Alien/scratch/s1"]
+    assert summary.skipped == {
+        "Alien/hub-pathway/s0": "being trained (gates.jsonl is newer than its status.json)",
+        "Gopher/scratch/s0": "status 'failed', not paused or finished",
+        "Gopher/scratch/s1": "no readable status.json",
+    }
+    for name in summary.copied:
+        assert sorted(p.name for p in (dest / name).iterdir()) == ["config.yaml", "evaluations.json", "gates.jsonl",
+                                                                   "status.json"]
+    assert not (dest / "Alien/hub-pathway/s0").exists() and not (dest / "Gopher").exists()
+    assert (dest / "grid.json").read_text() == (grid / "grid.json").read_text()
+    assert (dest / "trials.jsonl").read_text() == (grid / "trials.jsonl").read_text()
+    assert not [p for p in dest.rglob(".*")]  # no staging folder or file left behind
+    with_tb = archive_grid(grid, tmp_path / "with-tb", tensorboard=True)
+    assert (tmp_path / "with-tb" / with_tb.copied[0] / "tb" / "events.out.tfevents.1").is_file()
+
+
+def test_an_archived_copy_is_kept_while_its_trial_trains_again_and_replaced_once_it_stops(grid, tmp_path):
+    dest = tmp_path / "archive"
+    archive_grid(grid, dest)
+    stage_250k = (dest / "Alien/scratch/s0/gates.jsonl").read_text()
+    _touch(grid / "Alien/scratch/s0/gates.jsonl")  # the next stage starts
+    assert unsettled_reason(grid / "Alien/scratch/s0") is not None
+    assert "Alien/scratch/s0" in archive_grid(grid, dest).skipped
+    assert (dest / "Alien/scratch/s0/gates.jsonl").read_text() == stage_250k  # the settled copy stays
+    time.sleep(0.01)
+    (grid / "Alien/scratch/s0/status.json").write_text('{"status": "paused", "num_timesteps": 500000}')
+    assert "Alien/scratch/s0" in archive_grid(grid, dest).copied  # paused again: the new records replace it
+    assert (dest / "Alien/scratch/s0/gates.jsonl").read_text() == stage_250k + "{}\n"
+    assert json.loads((dest / "Alien/scratch/s0/status.json").read_text())["num_timesteps"] == 500000
+
+
+def test_archive_command_and_its_refusals(grid, tmp_path, capsys):
+    assert main(["archive", str(grid), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "left out Gopher/scratch/s0: status 'failed'" in out
+    assert f"archived 3 trial(s) of {grid} into {tmp_path / 'out'} (3 left out)" in out
+    with pytest.raises(UsageError, match="No grid at"):
+        archive_grid(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(UsageError, match="must be outside the grid"):
+        archive_grid(grid, grid / "records")
