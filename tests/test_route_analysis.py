@@ -183,7 +183,7 @@ def test_each_rollout_logs_how_different_the_routes_are(hub, tmp_path, case):
     experts = model.policy.extractor.experts
     if case == "identical experts":
         experts[1].load_state_dict(experts[0].state_dict())
-    model.learn(128, callback=GateUsageCallback(history_path=tmp_path / "gates.jsonl"))
+    model.learn(128, callback=GateUsageCallback(history_path=tmp_path / "gates.jsonl", route_every=1))
     env.close()
     rows = read_gate_history(tmp_path / "gates.jsonl")
     assert [r["step"] for r in rows] == [64, 128]
@@ -194,6 +194,22 @@ def test_each_rollout_logs_how_different_the_routes_are(hub, tmp_path, case):
         assert rows[1]["route_tv"] > 0  # each expert was then trained on its own states
     else:
         assert all(0 < r["route_tv"] <= 1 and r["route_kl"] > 0 for r in rows)
+
+
+def test_route_tv_is_measured_on_the_first_rollout_then_every_route_every_steps(hub, tmp_path):
+    """Usage is logged every rollout; the routes are compared on the first one and then once
+    ``route_every`` steps have passed (A2C's short rollouts would otherwise pay 17% for it)."""
+    from hubrl.agents import HubA2C
+    from hubrl.callbacks import GateUsageCallback, read_gate_history
+
+    env = make_atari_vec_env("Gopher", 2, seed=0)
+    model = HubA2C(HubPathwayPolicy, env, n_steps=5, seed=0, device="cpu", policy_kwargs=dict(expert_names=hub.names))
+    load_hub_weights(model.policy, hub)
+    model.learn(100, callback=GateUsageCallback(history_path=tmp_path / "gates.jsonl", route_every=30))
+    env.close()
+    rows = read_gate_history(tmp_path / "gates.jsonl")
+    assert [r["step"] for r in rows] == list(range(10, 101, 10))  # every 10-step rollout logs its usage
+    assert [r["step"] for r in rows if "route_tv" in r] == [10, 40, 70, 100]
 
 
 def test_a_damaged_trial_is_left_out_with_its_reason(tmp_path, capsys):
