@@ -197,3 +197,21 @@ def test_speed_inference_controls_the_routing_it_reports(capsys, monkeypatch):
     monkeypatch.setattr(speed, "_route_by_half", lambda gate, x: None)  # the split gate left even: all on one expert
     with pytest.raises(RuntimeError, match="routing was not set as intended"):
         speed.bench_inference([4], repeats=1)
+
+
+@pytest.mark.slow
+def test_speed_transfer_times_what_a_run_pays_gate_logging_included(capsys, monkeypatch):
+    """``benchmark_speed.py transfer`` trains each method with the callbacks its runs use (Hub-Pathway's
+    gate logging among them), so its time ratios are those of real runs."""
+    from hubrl.callbacks import GateUsageCallback
+    from hubrl.cli import speed
+
+    logged: list[int] = []
+    original = GateUsageCallback._on_rollout_end
+    monkeypatch.setattr(GateUsageCallback, "_on_rollout_end", lambda self: (logged.append(self.num_timesteps), original(self)))
+    variants = [v for v in speed.TRANSFER_VARIANTS if v[1] in ("scratch", "hub-pathway")][:2]
+    monkeypatch.setattr(speed, "TRANSFER_VARIANTS", variants)
+    speed.bench_transfer("Seaquest", 160, repeats=1, algo="a2c")
+    assert logged == [80, 160]  # the hub-pathway run's two A2C rollouts
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| hub-pathway 2 experts k=1")]
+    assert len(rows) == 1

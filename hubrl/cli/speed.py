@@ -241,7 +241,7 @@ def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu", alg
             model = make_agent(plan.policy)
             plan.init(model.policy)
             start = time.perf_counter()
-            model.learn(steps)
+            model.learn(steps, callback=list(plan.callbacks))  # what a run pays: gate logging included
             train[label].append(time.perf_counter() - start)
             final = plan.finalize(model, make_agent) if plan.finalize else model
             # unique tensors (state_dict repeats shared ones)
@@ -264,10 +264,11 @@ def bench_transfer(game: str, steps: int, repeats: int, device: str = "cpu", alg
     for label, *_ in TRANSFER_VARIANTS:
         t, i = float(np.median(train[label])), float(np.median(infer[label]))
         print(f"| {label} | {t:.1f} | {t / base_t:.2f}x | {i:,.0f} | {i / base_i:.2f}x | {params[label]:,} |")
-    two_k2 = float(np.median(train["hub-pathway 2 experts k=2"]))
-    eight_k2 = float(np.median(train["hub-pathway 8 experts k=2"]))
+    two, eight = train.get("hub-pathway 2 experts k=2"), train.get("hub-pathway 8 experts k=2")
+    scaling = (f"8 experts k=2 vs 2 experts k=2: {float(np.median(eight)) / float(np.median(two)):.2f}x. "
+               if two and eight else "")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n8 experts k=2 vs 2 experts k=2: {eight_k2 / two_k2:.2f}x. {algo.upper()}, {steps} agent steps per run, {game}, "
+    print(f"\n{scaling}{algo.upper()}, {steps} agent steps per run, {game}, "
           f"{plain['n_envs']} envs, device {device}, torch threads {th.get_num_threads()}, peak RSS {peak:.0f} MB, "
           f"{platform.machine()}")
 
