@@ -22,7 +22,7 @@ import torch as th
 from hubrl.errors import HubrlError, UsageError
 from hubrl.route_analysis import RouteDivergence, collect_states, route_divergence
 
-__all__ = ["trial_route_divergence", "grid_route_divergence", "write_routes"]
+__all__ = ["PLAY_MODES", "trial_route_divergence", "grid_route_divergence", "gate_noise_scores", "write_routes"]
 
 
 #: What :func:`trial_route_divergence` plays with ``play_games``: label -> gate noise in ``predict``.
@@ -46,9 +46,10 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
     divergence = route_divergence(policy.eval(), th.as_tensor(states, device=policy.device), seed=seed)
     scores: dict[str, list[float]] = {}
     for mode, gate_noise in PLAY_MODES.items() if play_games > 0 else ():
-        th.manual_seed(seed)  # action sampling (and the gate noise) start alike in both modes
-        scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
-                        for game in range(play_games)]
+        with th.random.fork_rng(devices=[]):  # the caller's torch generator is left as it was
+            th.manual_seed(seed)  # action sampling (and the gate noise) start alike in both modes
+            scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
+                            for game in range(play_games)]
     return divergence, int(player.policy.num_timesteps), scores
 
 
