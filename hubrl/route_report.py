@@ -46,7 +46,7 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
     divergence = route_divergence(policy.eval(), th.as_tensor(states, device=policy.device), seed=seed)
     scores: dict[str, list[float]] = {}
     for mode, gate_noise in PLAY_MODES.items() if play_games > 0 else ():
-        with th.random.fork_rng(devices=[]):  # the caller's torch generator is left as it was
+        with th.random.fork_rng():  # the caller's torch generator is left as it was
             th.manual_seed(seed)  # action sampling (and the gate noise) start alike in both modes
             scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
                             for game in range(play_games)]
