@@ -126,6 +126,12 @@ class AtariVecEnv(VecEnv):
         if not self._started:
             raise RuntimeError("Call reset() before step().")
         self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        n_actions = int(self.action_space.n)
+        if self._actions.min() < 0 or self._actions.max() >= n_actions:  # ale-py hangs on such an action
+            bad = self._actions[(self._actions < 0) | (self._actions >= n_actions)]
+            self._actions = None
+            raise ValueError(f"Action {int(bad[0])} is not one of {self.game}'s {n_actions} actions (0-{n_actions - 1}): "
+                             "the policy was made for another action set.")
 
     def step_wait(self) -> VecEnvStepReturn:
         assert self._actions is not None, "step_async() must come before step_wait()"

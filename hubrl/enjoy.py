@@ -114,6 +114,12 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     if env is None and not run.get("env"):
         raise UsageError(f"{folder / 'config.yaml'} does not name the game: add --env GAME.")
     game = resolve_game(env or run["env"])
+    from hubrl.envs import action_meanings
+
+    n_actions, wanted = int(model.action_space.n), len(action_meanings(game))
+    if n_actions != wanted:
+        raise UsageError(f"{folder.name} was trained on {run.get('env', '?')} with {n_actions} actions but {game} has "
+                         f"{wanted}: play it on a game with {n_actions} actions, e.g. its own (drop --env).")
     label = f"{folder.name} ({run.get('method', '?')}, {algo}, {model.num_timesteps:,} steps)"
     return Player(model, game, label, float(run.get("repeat_action_probability", 0.25)))
 

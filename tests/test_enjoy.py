@@ -58,6 +58,8 @@ def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
         player = load_player(target)
         assert player.game == "gopher" and type(player.policy).__name__ == "HubPPO"
         assert play(player, steps=30).steps == 30
+    with pytest.raises(UsageError, match="with 8 actions but pong has 6: play it on a game with 8 actions"):
+        load_player(folder, env="Pong")  # ale-py would hang on Gopher's actions 6 and 7
 
 
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
@@ -73,3 +75,19 @@ def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     player = load_player(path, env="Alien")
     assert player.label == "ppo-Seaquest.zip (weights only)" and player.game == "alien"
     assert play(player, steps=20).steps == 20
+
+
+def test_an_action_outside_the_games_set_is_refused_not_sent_to_the_emulator():
+    """ale-py's vector env hangs (and ignores Ctrl-C) on an action past the game's set."""
+    from hubrl.envs import make_atari_vec_env
+
+    env = make_atari_vec_env("Pong", 2, seed=0)
+    try:
+        env.reset()
+        with pytest.raises(ValueError, match="Action 7 is not one of pong's 6 actions"):
+            env.step(np.array([0, 7]))
+        with pytest.raises(ValueError, match="Action -1 is not one of"):
+            env.step(np.array([-1, 0]))
+        env.step(np.array([5, 0]))  # a valid step still works afterwards
+    finally:
+        env.close()
