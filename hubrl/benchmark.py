@@ -14,9 +14,11 @@ same command continues the grid where it stopped, by the state of each trial fol
 * **paused** (``--pause-at``: its ``status.json`` records a pause at or past this call's
   ``pause_at``, and a ``checkpoint.pt``): skipped until a later stage is asked for;
 * **started** (a ``checkpoint.pt``): resumed from the checkpoint, with the same curves;
-* **refused**: a trial started with another budget (its schedules run over that one), or a
-  finished or paused one whose checkpoint is gone, is never retrained or deleted: the grid says
-  why (``trials.jsonl``, the log, exit code 1) and leaves its folder as it is;
+* **refused**: a finished or paused trial whose checkpoint is gone is never retrained or deleted:
+  the grid says why (``trials.jsonl``, the log, exit code 1) and leaves its folder as it is. A
+  grid has one budget: a launch with a budget other than the one its started trials run their
+  schedules over is refused as a whole before anything is written (one line, exit code 2), so
+  ``grid.json`` keeps the budget the report reads;
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
 
@@ -80,7 +82,7 @@ from typing import Any, Callable, Sequence
 
 from hubrl.atomic import atomic_write
 from hubrl.errors import GridError
-from hubrl.grid import count_parameters, read_status, refusal_reason, trial_folder, trial_state
+from hubrl.grid import binding_budget, count_parameters, read_status, refusal_reason, trial_folder, trial_state
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 
@@ -436,6 +438,20 @@ def _holding_grid_lock(run: Callable[..., GridSummary]) -> Callable[..., GridSum
 
 
 @_holding_grid_lock
+def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: int) -> None:
+    """A grid has one budget: refuse, before anything is written, a launch whose budget differs from
+    the one its started trials run their schedules over (else ``grid.json`` would record the new
+    budget and the report would read every earlier trial as unfinished)."""
+    conflicts = [(spec["folder"], started) for spec in specs
+                 if (started := binding_budget(spec["folder"])) is not None and started != int(budget)]
+    if conflicts:
+        folder, started = conflicts[0]
+        raise GridError(f"{len(conflicts)} trial(s) of {root} were started with another budget, e.g. "
+                        f"{Path(folder).relative_to(root)} with {started:,} steps (its schedules run over it), not "
+                        f"{int(budget):,}: rerun with --timesteps {started}, or use another --root for the new budget. "
+                        "Nothing was written.")
+
+
 def run_grid(
     root: str | Path,
     games: Sequence[str],
@@ -500,6 +516,7 @@ def run_grid(
     if ray_address is not None:
         threads = threads or max(1, int(cpus_per_trial))
     specs = make_specs(root, game_names, methods, seeds, budget, settings, threads, pause_at)
+    _refuse_another_budget(root, specs, budget)
     root.mkdir(parents=True, exist_ok=True)
     _write_json(
         root / "grid.json",

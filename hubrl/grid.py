@@ -43,6 +43,7 @@ __all__ = [
     "read_evaluations",
     "trial_state",
     "refusal_reason",
+    "binding_budget",
     "count_parameters",
     "tensorboard_series",
     "tensorboard_scalars",
@@ -136,20 +137,35 @@ def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) ->
     return "fresh"
 
 
+def _is_done(status: dict[str, Any]) -> bool:
+    return status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
+
+
+def binding_budget(folder: str | Path) -> int | None:
+    """The budget a trial was started with when it binds its continuation (it finished, paused or
+    has a checkpoint: its schedules run over that budget); None for a trial that may start afresh."""
+    folder = Path(folder)
+    status = read_status(folder)
+    started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
+    if started_with is None or not (_is_done(status) or (folder / "checkpoint.pt").is_file()):
+        return None
+    return int(started_with)
+
+
 def refusal_reason(folder: str | Path, budget: int) -> str | None:
     """Why the trial in ``folder`` must not be trained to ``budget`` (None: it may).
 
     A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
-    continues only to that budget; and a finished or paused trial is never restarted from scratch,
-    which would delete its recorded results.
+    continues only to that budget (:func:`binding_budget`); and a finished or paused trial is never
+    restarted from scratch, which would delete its recorded results.
     """
     folder = Path(folder)
     status = read_status(folder)
-    done = status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
-    started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
-    if started_with is not None and int(started_with) != int(budget) and (done or (folder / "checkpoint.pt").is_file()):
-        return (f"it was started with a {int(started_with):,}-step budget (its schedules run over that), not {int(budget):,}: "
-                f"rerun with --timesteps {int(started_with)}, or use another --root for the new budget")
+    done = _is_done(status)
+    started_with = binding_budget(folder)
+    if started_with is not None and started_with != int(budget):
+        return (f"it was started with a {started_with:,}-step budget (its schedules run over that), not {int(budget):,}: "
+                f"rerun with --timesteps {started_with}, or use another --root for the new budget")
     if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
         return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
                 "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))

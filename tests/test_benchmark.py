@@ -213,13 +213,17 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
     assert [p["step"] for p in points] == [64, 128] and trial_state(folder, 128) == "finished"
     history = json.loads((folder / "status.json").read_text())["history"]
     assert [h["status"] for h in history] == ["failed", "paused"]
-    # another budget is refused, and the trial's files stay as they were
-    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    # another budget is refused before anything is written: the trial's files and grid.json stay as they were
     (folder / "model.zip").unlink()
-    before.pop("model.zip")
-    third = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 256, settings=settings, workers=0, log=None)
-    assert third.records[0]["status"] == "refused" and "128-step budget" in third.records[0]["error"]
-    assert third.failed and {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    before = {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"}
+    grid_json = (root / "grid.json").read_text()
+    with pytest.raises(GridError, match=r"1 trial\(s\) of .* were started with another budget, e.g. "
+                                        r"Gopher/hub-pathway/s0 with 128 steps .* rerun with --timesteps 128"):
+        run_grid(root, ["Gopher"], ["hub-pathway"], [0], 256, settings=settings, workers=0, log=None)
+    assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"} == before
+    assert (root / "grid.json").read_text() == grid_json  # the report still reads the grid's 128-step budget
+    again = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
+    assert again.records[0]["status"] == "skipped"  # archived without model.zip, still finished at its own budget
 
 
 def _script_main():
