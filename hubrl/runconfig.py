@@ -66,6 +66,22 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+#: Settings that name a game: the same when they name the same game (``gopher``, ``Gopher``, ``ALE/Gopher-v5``).
+GAME_FIELDS = frozenset({"env"})
+
+
+def _same_setting(name: str, a: Any, b: Any) -> bool:
+    """:func:`_same`, with game names compared as the games they resolve to."""
+    if name in GAME_FIELDS and isinstance(a, str) and isinstance(b, str):
+        from hubrl.envs import resolve_game
+
+        try:
+            return resolve_game(a) == resolve_game(b)
+        except ValueError:
+            pass  # an unknown name: compared as written (and refused where it is resolved)
+    return _same(a, b)
+
+
 def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str, Any]:
     """``saved`` completed with the defaults of fields it predates; unknown keys are refused."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -90,7 +106,7 @@ def resume_conflicts(
     may_change = getattr(cls, "RESUME_MAY_CHANGE", frozenset())
     values = _saved_values(cls, saved, source)
     return [(name, value, values.get(name)) for name, value in wanted.items()
-            if name not in may_change and not _same(value, values.get(name))]
+            if name not in may_change and not _same_setting(name, value, values.get(name))]
 
 
 def _refuse(conflicts: list[tuple[str, Any, Any]], source: Path, flags: Mapping[str, str] | None) -> None:
@@ -117,7 +133,8 @@ def resume_config(cls: type[C], source: str | Path, given: Mapping[str, Any] | N
     saved = read_saved_run(source)
     given = dict(given or {})
     _refuse(resume_conflicts(cls, saved, given, source), source, flags)
-    values = {**_saved_values(cls, saved, source), **given}
+    saved_values = _saved_values(cls, saved, source)
+    values = {**saved_values, **{k: v for k, v in given.items() if not (k in GAME_FIELDS and k in saved_values)}}
     try:
         return cls(**values)
     except TypeError as exc:

@@ -211,3 +211,17 @@ def test_the_printed_resume_hint_works_as_printed(saved_run, capsys, monkeypatch
     assert shlex.split(hint)[:4] == ["python", "-m", "hubrl", "transfer"]
     monkeypatch.setattr(hubrl.transfer, "run_transfer", real)
     assert _transfer_main()(argv[2:]) == 0  # the hint alone: no flag of the original command line needed
+
+
+def test_resume_takes_any_name_of_the_saved_game():
+    """``--resume --env gopher`` continues a run saved as ``Gopher`` (the names README says are one game)."""
+    from pathlib import Path
+
+    from hubrl.runconfig import resume_conflicts
+    from hubrl.transfer import TransferConfig
+
+    saved = {"env": "Gopher", "method": "scratch"}
+    for name in ("gopher", "Gopher", "ALE/Gopher-v5"):
+        assert resume_conflicts(TransferConfig, saved, {"env": name}, Path("config.yaml")) == []
+    assert resume_conflicts(TransferConfig, saved, {"env": "Alien"}, Path("config.yaml")) == [("env", "Alien", "Gopher")]
+    assert resume_conflicts(TransferConfig, saved, {"env": "Gophers"}, Path("config.yaml")) == [("env", "Gophers", "Gopher")]
