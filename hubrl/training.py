@@ -18,8 +18,9 @@ callbacks' ``on_step`` runs here, and returning ``False`` stops ``learn`` before
 the update of the one that crossed ``checkpoint_freq``; a run stopped inside a rollout (signal,
 pause, crash) is saved with the step counter of that rollout's start, because its steps were
 never learned from. Resuming then collects that rollout again and makes its update: a run
-stopped and resumed any number of times makes the same updates, at the same step counts, as
-one run in one go.
+stopped and resumed any number of times makes its updates at the same step counts, with the same
+schedules, as one run in one go. The numbers are not bit for bit those of an uninterrupted run:
+the environments start new games and the random generators are not restored.
 """
 
 from __future__ import annotations
