@@ -222,10 +222,13 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
 
     Evaluation settings (:func:`hubrl.evaluation.make_eval_env`): whole games, raw rewards,
     sticky actions as the player was trained with (or ``repeat_action_probability``), actions sampled unless ``deterministic``
-    (RL Zoo's choice for Atari). ``gate_noise``: a Hub-Pathway player routes with its acting gate
-    noise (:func:`hubrl.policies.predict_with_gate_noise`). ``on_game_end(index, score, length)`` is
+    (RL Zoo's choice for Atari). ``seed`` seeds the game and the sampled actions: the same seed
+    plays the same games. ``gate_noise``: a Hub-Pathway player routes with its acting gate noise
+    (:func:`hubrl.policies.predict_with_gate_noise`). ``on_game_end(index, score, length)`` is
     called as each game ends.
     """
+    import torch as th
+
     from hubrl.policies import predict_with_gate_noise
 
     if steps is None and episodes is None:
@@ -239,7 +242,8 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     writer = VideoWriter(video) if video is not None else None
     result = PlayResult()
     try:
-        with predict_with_gate_noise(player.policy, gate_noise):
+        with th.random.fork_rng(), predict_with_gate_noise(player.policy, gate_noise):
+            th.manual_seed(seed)  # the sampled actions too: a seed repeats the games (the caller's generator is kept)
             _play_games(player, env, writer, result, steps, episodes, deterministic, on_game_end)
     finally:
         env.close()

@@ -45,15 +45,22 @@ def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
 
 
 def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
-                   gate_noise: bool = False) -> EvalResult:
+                   gate_noise: bool = False, seed: int | None = None) -> EvalResult:
     """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
     statistics. ``gate_noise``: a Hub-Pathway model routes with its acting gate noise
-    (:func:`hubrl.policies.predict_with_gate_noise`) instead of noise-free."""
+    (:func:`hubrl.policies.predict_with_gate_noise`) instead of noise-free. ``seed``: the sampled
+    actions (and gate noise) come from torch's generator seeded with it, in a fork that leaves the
+    caller's as it was, so the same weights on the same ``env`` seed score the same (seed ``env``
+    too); ``None`` draws from the caller's generator, as training's periodic evaluations do."""
+    import torch as th
+
     from hubrl.policies import predict_with_gate_noise
 
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
-    with predict_with_gate_noise(model, gate_noise):
+    with th.random.fork_rng(enabled=seed is not None), predict_with_gate_noise(model, gate_noise):
+        if seed is not None:
+            th.manual_seed(seed)
         scores, lengths = evaluate_policy(
             model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )

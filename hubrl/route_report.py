@@ -45,11 +45,9 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
     states = collect_states(player.policy, player.game, n_states, seed=seed)
     divergence = route_divergence(policy.eval(), th.as_tensor(states, device=policy.device), seed=seed)
     scores: dict[str, list[float]] = {}
-    for mode, gate_noise in PLAY_MODES.items() if play_games > 0 else ():
-        with th.random.fork_rng():  # the caller's torch generator is left as it was
-            th.manual_seed(seed)  # action sampling (and the gate noise) start alike in both modes
-            scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
-                            for game in range(play_games)]
+    for mode, gate_noise in PLAY_MODES.items() if play_games > 0 else ():  # play seeds game and actions alike
+        scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
+                        for game in range(play_games)]
     return divergence, int(player.policy.num_timesteps), scores
 
 

@@ -91,3 +91,30 @@ def test_an_action_outside_the_games_set_is_refused_not_sent_to_the_emulator():
         env.step(np.array([5, 0]))  # a valid step still works afterwards
     finally:
         env.close()
+
+
+def test_the_same_seed_plays_the_same_game_and_leaves_the_callers_generator_alone(tiny_hub):
+    import torch as th
+
+    player = load_player(expert="Seaquest", hub=tiny_hub)
+    real = player.policy.predict
+
+    def actions_of(seed: int) -> list[int]:
+        taken: list[int] = []
+
+        def predict(obs, deterministic=False):
+            out = real(obs, deterministic=deterministic)
+            taken.append(int(out[0][0]))
+            return out
+
+        player.policy.predict = predict
+        play(player, steps=60, seed=seed)
+        return taken
+
+    th.manual_seed(123)
+    expected = th.rand(1)
+    th.manual_seed(123)
+    first = actions_of(1)
+    assert th.equal(th.rand(1), expected)  # the caller's generator is where it was before play
+    th.rand(100)  # wherever the caller's generator stands, a seed plays the same games
+    assert actions_of(1) == first and actions_of(2) != first
