@@ -234,7 +234,9 @@ def head_to_head(
                     "p_improvement": probability_of_improvement(x, y), "p_low": math.nan, "p_high": math.nan,
                 })
             if pairs:
-                point, low, high = _poi_ci(pairs, reps, confidence, seed)
+                # one run on a side in every game: P(X > Y) of single runs is 0, 1/2 or 1 with no interval to it
+                point, low, high = ((math.nan,) * 3 if all(v == "n/a" for v in verdicts)
+                                    else _poi_ci(pairs, reps, confidence, seed))
                 rows.append({
                     "metric": metric, "method": focus, "versus": other, "game": "all", "runs": f"{len(pairs)} games",
                     "difference": math.nan, "low": math.nan, "high": math.nan,
@@ -359,7 +361,8 @@ def timed_apart(row: dict[str, Any]) -> bool:
 
 
 TIMED_APART_NOTE = ("† timed apart: less than half of this method's training time ran alongside the baseline's "
-                    "(the grid ran in stages or sessions), so the machine's load may explain the speed ratio.")
+                    "(one trial at a time, or in other stages or sessions), so the machine's load may explain the "
+                    "speed ratio.")
 
 
 def _speed_ratio(row: dict[str, Any]) -> str:
@@ -418,8 +421,9 @@ def head_to_head_markdown(rows: Sequence[dict[str, Any]], confidence: float) -> 
                 line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**"
                             if r else "–")
             total = cells.get("all")
-            line.append(f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}] ({total['verdict']})"
-                        if total else "–")
+            line.append(("n/a" if math.isnan(total["p_improvement"]) else
+                         f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}]")
+                        + f" ({total['verdict']})" if total else "–")
             table.append(line)
         parts.append(
             f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
@@ -448,7 +452,7 @@ def routes_markdown(rows: Sequence[dict[str, Any]]) -> str:
     shares = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("share/")})
     scored = any("score/acting" in r for r in rows)
     headers = ["game", "method", "seed", "step", "states", "KL between routes (nats)", "TV distance", "argmax differs",
-               "|V_i - V_j| / |V|", *[f"{e} noise-free / acting" for e in shares],
+               r"\|V_i - V_j\| / \|V\|", *[f"{e} noise-free / acting" for e in shares],  # pipes escaped: one cell
                *(["score noise-free / acting"] if scored else [])]
     body = [[r["game"], r["method"], r["seed"], format_value(r["step"]), r["states"], format_value(r["kl"], 3),
              format_value(r["tv"], 3), f"{100 * r['argmax_differs']:.0f}%",

@@ -283,6 +283,12 @@ def test_head_to_head(tmp_path):
     single = [r for r in head_to_head(load_trials(root), reps=500) if r["metric"] == "final" and r["versus"] == "select"]
     assert single[0]["verdict"] == "n/a" and single[0]["difference"] == pytest.approx(210)
     assert single[1]["verdict"] == "0 win, 0 tie, 0 loss, 1 n/a"
+    assert math.isnan(single[1]["p_improvement"])  # no P(X > Y) over games from single runs either
+    from hubrl.tables import head_to_head_markdown
+
+    text = head_to_head_markdown(head_to_head(load_trials(root), reps=500), 0.95)
+    assert [line.endswith("| n/a (0 win, 0 tie, 0 loss, 1 n/a) |") for line in text.splitlines()
+            if line.startswith("| select |")] == [True, True]
 
     report = write_report(root, reps=2000).read_text()
     assert "## Head-to-head: `hub-pathway` against each method" in report

@@ -123,6 +123,8 @@ def test_routes_command_measures_the_k1_hub_pathway_trials_of_a_grid(tmp_path, c
     rows = [line for line in text.splitlines() if line.startswith("| Gopher")]
     assert len(rows) == 1 and rows[0].startswith("| Gopher | hub-pathway | 0 | 64 | 16 |")  # the k=2 arm left out
     assert "seaquest-ppo noise-free / acting" in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # header, rule and rows: as many cells
     from hubrl.report import write_report
 
     assert "[routes.md](routes.md)" in write_report(root, reps=100).read_text()
