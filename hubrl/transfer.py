@@ -17,7 +17,7 @@ raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -105,6 +105,10 @@ def default_run_folder(cfg: TransferConfig) -> Path:
 def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) -> None:
     """Refuse a config that cannot run, in one line naming the flag (before anything is built or written);
     ``device_saved_in``: see :func:`hubrl.harness.validate_run_settings`."""
+    for f in fields(cfg):  # e.g. a grid variant "zoo-tuning:lite=yes" is no switch
+        value = getattr(cfg, f.name)
+        if f.type in ("bool", bool) and not isinstance(value, bool):
+            raise UsageError(f"{f.name} (--{f.name.replace('_', '-')}) is a switch: true or false, got {value!r}.")
     resolve_game(cfg.env)
     if cfg.method not in METHODS:
         raise UsageError(f"Unknown method {cfg.method!r}: choose one of {', '.join(METHODS)}.")

@@ -160,6 +160,8 @@ def test_bad_grids(tmp_path):
         run_grid(tmp_path, ["Alien"], ["hub-pathway"], [0], 10, settings={"bogus": 1})
     with pytest.raises(GridError, match="hub-pathway-0: --top-k must be at least 1"):  # checked before any trial
         run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=0"], [0], 10, settings={"noise_floor": 0.1})
+    with pytest.raises(GridError, match=r"lite \(--lite\) is a switch: true or false, got 'yes'"):
+        run_grid(tmp_path, ["Alien"], ["zoo-tuning:lite=yes"], [0], 10)  # a string would have run as "true"
     assert not (tmp_path / "Alien").exists()
 
 
