@@ -6,7 +6,8 @@ hyperparameters, the system it ran on), ``checkpoint.pt`` (resume state), ``eval
 resumed and trained here, in the same steps, so they behave alike:
 
 1. :func:`start_run` checks the folder before anything is written (a new run needs an empty one,
-   or ``force``; a resumed one a checkpoint), resolves the agent's preset, and on resume continues
+   or ``force``; a resumed one a checkpoint) and that a ``--tensorboard-log`` elsewhere can be
+   written (:func:`check_tensorboard_log`), resolves the agent's preset, and on resume continues
    the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused) from its
    checkpoint; it sets torch's CPU threads.
 2. :meth:`Run.envs` opens the training and evaluation envs, :meth:`Run.make_agent` builds the
@@ -49,7 +50,7 @@ from hubrl.training import TrainingOutcome, run_training
 
 __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
-    "check_resumable", "check_run_folder", "start_run", "draw_learning_curve",
+    "check_resumable", "check_run_folder", "check_tensorboard_log", "start_run", "draw_learning_curve",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -135,6 +136,38 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> N
             instead = "--force to start over" if force is not None else "choose another --out"
             raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or {instead}.")
         shutil.rmtree(folder)
+
+
+def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
+    """Refuse a ``--tensorboard-log`` folder that cannot be created or written, before the run writes anything.
+
+    SB3 creates it only when training starts, after the run folder, ``config.yaml`` and the first
+    checkpoint are written: a bad one would leave a run that fails again on ``--resume`` (its path
+    is saved). So the folder is made here and a file written and removed in it; the folders made
+    for the test are removed again (SB3 makes them anew), so a refused run leaves nothing behind.
+    ``None`` (the run folder's ``tb/``) is checked with the run folder when it is made.
+    """
+    if tensorboard_log is None:
+        return
+    folder = Path(tensorboard_log)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this check creates, deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".hubrl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problem = "is not a folder" if folder.exists() and not folder.is_dir() else f"cannot be written ({exc.strerror})"
+        raise UsageError(f"--tensorboard-log {folder} {problem}: pass a writable --tensorboard-log, "
+                         "or drop it to log under the run folder's tb/.") from exc
+    finally:
+        for path in made:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue  # the mkdir stopped above it
+            except OSError:
+                break  # not empty (another writer): left as it is, with the folders above it
 
 
 def _resolve_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -258,6 +291,8 @@ def start_run(
     contradiction is refused, naming both values, before anything is written.
     """
     folder = Path(folder)
+    if not resume:
+        check_tensorboard_log(cfg.tensorboard_log)  # before a forced folder is cleared
     check_run_folder(folder, resume, force)
     flags = type(cfg).FLAGS
     saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
@@ -268,6 +303,8 @@ def start_run(
         check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
     if saved is not None and (given is None or "device" not in given):  # the saved run's device: is it here?
         check_device(cfg.device, saved_in=folder / CONFIG_NAME)
+    if saved is not None:
+        check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
     if verbose:
         print(f"Run folder: {folder}", flush=True)

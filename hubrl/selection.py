@@ -69,6 +69,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch as th
 
+from hubrl.errors import UsageError
 from hubrl.hub import Expert, Hub, HubError
 
 __all__ = [
@@ -92,6 +93,8 @@ __all__ = [
 PROBES = ("ridge", "knn")
 RANDOM_BASELINE = "random-init (reference)"
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 8))
+#: The flags that set the random-policy frames, named by the errors of too few (this module knows no command line).
+FRAMES_FLAGS = "--timesteps of rank_hub.py, --select-timesteps of transfer.py --method select"
 
 
 @dataclass
@@ -209,6 +212,23 @@ class _FramePool:
         return np.arange(self.size - n, self.size, dtype=np.int64)
 
 
+def _more_frames_hint(frames: int, n_envs: int, min_seen: int) -> str:
+    """What to do about too few frames, for an error message: the least number of frames that
+    leaves labelled observations of at least 2 episodes, when that can be known.
+
+    A step of an unfinished episode is labelled once ``min_seen`` steps from it on were seen, so
+    ``min_seen`` steps per env always label some, in an episode of their own per env: with 2 envs
+    or more that is enough for cross-validation by episode whatever the game. One env needs an
+    episode to end, which no number of frames promises.
+    """
+    need = n_envs * min_seen
+    if n_envs >= 2 and frames < need:
+        return (f"raise the frames ({FRAMES_FLAGS}) to at least {need} ({min_seen} steps in each of {n_envs} envs); "
+                "the default 20k ranks more steadily")
+    more = f"raise the frames ({FRAMES_FLAGS}), e.g. to {max(need, 2 * frames)}"
+    return more + (", or collect with --n-envs 2 or more" if n_envs == 1 else "")
+
+
 def collect_target_data(
     game: str,
     frames: int = 20_000,
@@ -227,16 +247,20 @@ def collect_target_data(
     return (``gamma ** steps_seen > max_tail_weight``) are dropped.
 
     :raises UnknownGameError: (a ValueError) for a game ale-py does not ship.
-    :raises ValueError: when ``frames`` is too small to leave any labelled observation.
+    :raises UsageError: (a ValueError) when ``frames`` is too small to leave labelled observations of
+        at least 2 episodes (what cross-validation by episode needs), saying how many frames would.
     """
     from hubrl.envs import make_atari_vec_env, resolve_game
 
     game = resolve_game(game)
     frames, n_envs = int(frames), int(n_envs)
-    if n_envs < 1 or frames < n_envs:
-        raise ValueError(f"frames ({frames}) must be at least n_envs ({n_envs}) >= 1.")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be at least 1, got {n_envs}.")
     if not 0.0 < max_tail_weight < 1.0 or not 0.0 < gamma < 1.0:
         raise ValueError("gamma and max_tail_weight must be in (0, 1).")
+    if frames < n_envs:
+        raise UsageError(f"{frames} random-policy frames cannot be spread over {n_envs} envs: "
+                         f"{_more_frames_hint(frames, n_envs, _min_seen(gamma, max_tail_weight))}.")
     steps = frames // n_envs
     t0 = time.perf_counter()
     env = make_atari_vec_env(game, n_envs=n_envs, seed=seed, repeat_action_probability=repeat_action_probability)
@@ -269,7 +293,7 @@ def collect_target_data(
     finally:
         env.close()
 
-    min_seen = math.ceil(math.log(max_tail_weight) / math.log(gamma))  # gamma ** min_seen <= max_tail_weight
+    min_seen = _min_seen(gamma, max_tail_weight)
     returns = np.empty((steps, n_envs), dtype=np.float64)
     episodes = np.empty((steps, n_envs), dtype=np.int64)
     keep = np.empty((steps, n_envs), dtype=bool)
@@ -281,9 +305,15 @@ def collect_target_data(
         next_episode = int(episodes[-1, i]) + 1
     stack_index = index[keep]
     if not len(stack_index):
-        raise ValueError(
-            f"{frames} frames of {game} leave no observation with a known return (no episode ended within "
-            f"{steps} steps per env): collect more frames or use fewer envs."
+        raise UsageError(
+            f"{frames} random-policy frames of {game} leave no observation with a known return (no episode ended "
+            f"within {steps} steps per env): {_more_frames_hint(frames, n_envs, min_seen)}."
+        )
+    n_episodes = len(np.unique(episodes[keep]))
+    if n_episodes < 2:  # found here, where the frames and envs are known, rather than by the probe's folds
+        raise UsageError(
+            f"{frames} random-policy frames of {game} leave labelled observations of {n_episodes} episode only "
+            f"(cross-validation by episode needs 2): {_more_frames_hint(frames, n_envs, min_seen)}."
         )
     # Unlabelled tails leave unreferenced frames; compact (a copy: a transient second pool) only
     # when that saves more than about a tenth of the memory.
@@ -304,6 +334,12 @@ def collect_target_data(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return TargetData(frames_array, stack_index, returns[keep].astype(np.float32), episodes[keep], game, info)
+
+
+def _min_seen(gamma: float, max_tail_weight: float) -> int:
+    """Steps of an unfinished episode to see after a step before its return is known well enough:
+    the least ``n`` with ``gamma ** n <= max_tail_weight`` (230 at the defaults)."""
+    return math.ceil(math.log(max_tail_weight) / math.log(gamma))
 
 
 def _nature_cnn(observation_shape: Sequence[int], features_dim: int) -> th.nn.Module:
@@ -385,9 +421,9 @@ def _folds(groups: np.ndarray, folds: int) -> np.ndarray:
     ids, counts = np.unique(groups, return_counts=True)
     k = min(int(folds), len(ids))
     if k < 2:
-        raise ValueError(
+        raise UsageError(
             f"The target data hold {len(ids)} episode(s): cross-validation by episode needs at least 2. "
-            "Collect more frames."
+            f"Collect more frames ({FRAMES_FLAGS})."
         )
     sizes = np.zeros(k, dtype=np.int64)
     fold_of_id = np.empty(len(ids), dtype=np.int64)
@@ -406,9 +442,9 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def _check_targets(y: np.ndarray) -> None:
     if len(y) < 2 or not np.isfinite(y).all() or float(y.std()) <= 1e-8 * max(1.0, float(abs(y).max())):
-        raise ValueError(
+        raise UsageError(
             "The target returns are constant (the random policy scored nothing in the collected frames), so no "
-            "expert's features can predict them: collect more frames."
+            f"expert's features can predict them: collect more frames ({FRAMES_FLAGS})."
         )
 
 

@@ -13,8 +13,10 @@ import errno
 import io
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch as th
@@ -152,6 +154,24 @@ def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     stack.enter_context(exclusive_lock(root / ".lock"))
 
 
+def _no_opencv(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """A machine without OpenCV (``import cv2`` fails), which SB3's make_atari_env pipeline needs."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+
+
+def _leaves_nothing(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitStack], None]:
+    """A setup that checks, once the command has been refused, that it created none of ``names`` (under the
+    temporary folder): a refused run writes nothing."""
+    def setup(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+        def check() -> None:
+            left = [name for name in names if (tmp / name).exists()]
+            assert not left, f"the refused command left {left} behind"
+
+        stack.callback(check)
+
+    return setup
+
+
 T = "transfer"
 FAST = ["--method", "scratch", "--n-envs", "1", "--device", "cpu", "--no-progress-bar"]
 
@@ -266,6 +286,35 @@ CASES = [
     ("manifest-observation-shape", T,
      lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, observation_shape=[4, 64, 64]))],
      ["expert.json", "observation_shape"], None),
+    # too few random-policy frames for select's proxy: the flag to raise, and by how much
+    ("rank-timesteps-leave-no-known-return", "rank",
+     lambda t, h: ["--env", "Alien", "--hub", str(make_tiny_hub(t / "hub")), "--timesteps", "100", "--n-envs", "2"],
+     ["--timesteps", "at least 460"], None),
+    ("rank-timesteps-leave-one-episode", "rank",
+     lambda t, h: ["--env", "Alien", "--hub", str(make_tiny_hub(t / "hub")), "--timesteps", "400", "--n-envs", "2"],
+     ["--timesteps", "1 episode", "at least 460"], None),
+    ("transfer-select-timesteps-leave-no-known-return", T,
+     lambda t, h: ["--env", "Alien", "--method", "select", "--hub", str(make_tiny_hub(t / "hub")), "--select-timesteps", "100",
+                   "--n-envs", "1", "--timesteps", "256", "--device", "cpu", "--no-progress-bar", "--out", str(t / "run")],
+     ["--select-timesteps", "at least 1840"], _leaves_nothing("run")),
+    # SB3's make_atari_env pipeline without OpenCV: refused before anything is measured
+    ("speed-envs-without-opencv", "speed", lambda t, h: ["envs", "--timesteps", "200", "--n-envs", "2", "--repeats", "1"],
+     ["speed envs", "OpenCV", 'pip install -e ".[bench]"'], _no_opencv),
+    ("speed-train-without-opencv", "speed",
+     lambda t, h: ["train", "--algo", "a2c", "--timesteps", "1", "--repeats", "1", "--env", "Gopher"],
+     ["speed train", "OpenCV", 'pip install -e ".[bench]"'], _no_opencv),
+    ("speed-train-one-sb3-without-opencv", "speed",
+     lambda t, h: ["train-one", "--impl", "sb3", "--algo", "a2c", "--timesteps", "1", "--env", "Gopher"],
+     ["--impl sb3", "OpenCV", 'pip install -e ".[bench]"'], _no_opencv),
+    # a --tensorboard-log that cannot be written: refused before the run folder (or the hub) is made
+    ("transfer-tensorboard-log-not-writable", T,
+     lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--tensorboard-log", "/proc/hubrl-tb",
+                   "--out", str(t / "run")],
+     ["--tensorboard-log", "/proc/hubrl-tb", "writable"], _leaves_nothing("run")),
+    ("pretrain-tensorboard-log-not-writable", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1", "--out", str(t / "runs"),
+                   "--hub", str(t / "hub"), "--no-progress-bar", "--tensorboard-log", "/proc/hubrl-tb"],
+     ["--tensorboard-log", "/proc/hubrl-tb", "writable"], _leaves_nothing("runs", "hub")),
 ]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from hubrl.cli.common import ArgumentParser, command_prog, device, main_guard, positive_int
 from hubrl.cli.common import steps as step_count
+from hubrl.errors import UsageError
 from hubrl.provenance import cpu_model
 
 if TYPE_CHECKING:
@@ -38,6 +39,17 @@ if TYPE_CHECKING:
 def _machine() -> str:
     """CPU model and core count, for the record under a table."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def check_opencv(command: str) -> None:
+    """Refuse ``command`` (as typed: ``python -m hubrl speed envs``) up front where OpenCV is missing: SB3's
+    ``make_atari_env`` pipeline, which it measures against, resizes frames with ``cv2``; without it SB3 stops
+    in an ``AssertionError`` after the measurements before it (``train``: in a child process)."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"{command} compares against SB3's make_atari_env, which needs OpenCV "
+                         f"(import cv2 failed: {exc}): pip install -e \".[bench]\"") from None
 
 
 def _env_steps_per_second(env, steps: int, seed: int = 0) -> float:
@@ -606,11 +618,14 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     if args.what in ("train", "train-one", "transfer", "zoo-conv", "not-adopted", "inference"):
         from hubrl.runconfig import check_device
 
         check_device(args.device)
+    if args.what in ("envs", "train") or (args.what == "train-one" and args.impl == "sb3"):
+        check_opencv(f"{parser.prog} {args.what}" + (" --impl sb3" if args.what == "train-one" else ""))
     if args.what == "envs":
         bench_envs(args.game, args.n_envs, args.steps or 2000, args.repeats)
     elif args.what == "train":
