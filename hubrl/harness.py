@@ -306,10 +306,21 @@ def start_run(
     if saved is not None:
         check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
+    if resume_state is not None:
+        _check_steps_left(folder, int(resume_state["num_timesteps"]), int(cfg.timesteps), saved["run"].get("timesteps"))
     if verbose:
         print(f"Run folder: {folder}", flush=True)
     configure_threads(cfg.threads)
     return Run(cfg, folder, plain, kwargs, saved, resume_state)
+
+
+def _check_steps_left(folder: Path, done: int, budget: int, saved_budget: Any) -> None:
+    """Refuse a resume to a new budget below the steps already trained: its schedules would be
+    past their end, and the run (or the expert it exports) would record a budget smaller than
+    what it trained. (Its own budget, already reached, only evaluates and saves the run again.)"""
+    if done > budget and saved_budget is not None and int(saved_budget) != budget:
+        raise UsageError(f"{folder} has trained {done:,} agent steps, more than --timesteps {budget:,}: give a budget "
+                         f"above {done:,} to train it further, or drop --timesteps to keep its {int(saved_budget):,}.")
 
 
 def draw_learning_curve(folder: Path, plot: Callable[[Path], Path], verbose: int = 1) -> Path | None:

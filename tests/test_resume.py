@@ -225,3 +225,14 @@ def test_resume_takes_any_name_of_the_saved_game():
         assert resume_conflicts(TransferConfig, saved, {"env": name}, Path("config.yaml")) == []
     assert resume_conflicts(TransferConfig, saved, {"env": "Alien"}, Path("config.yaml")) == [("env", "Alien", "Gopher")]
     assert resume_conflicts(TransferConfig, saved, {"env": "Gophers"}, Path("config.yaml")) == [("env", "Gophers", "Gopher")]
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_budget_below_the_steps_trained(saved_run, capsys):
+    from tests.test_bad_inputs import call
+
+    files = {p.name: p.read_bytes() for p in saved_run.iterdir() if p.is_file()}
+    code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "32")
+    assert code == 2 and err.count("\n") == 1
+    assert "has trained 64 agent steps, more than --timesteps 32: give a budget above 64" in err
+    assert {p.name: p.read_bytes() for p in saved_run.iterdir() if p.is_file()} == files  # nothing written
