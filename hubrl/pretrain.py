@@ -39,8 +39,8 @@ from hubrl.harness import (
 from hubrl.runconfig import resume_config
 from hubrl.training import TrainingOutcome
 
-__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "export_expert", "pretrain_expert",
-           "UsageError"]
+__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "export_expert", "games_in",
+           "pretrain_expert", "UsageError"]
 
 
 @dataclass
@@ -89,6 +89,19 @@ class PretrainResult:
 def expert_name(game: str, algo: str) -> str:
     """Folder name of an expert: ``seaquest-ppo``."""
     return f"{resolve_game(game)}-{algo.lower()}"
+
+
+def games_in(out: str | Path, algo: str) -> list[str]:
+    """The games of the ``algo`` pretraining runs in ``out`` (``<out>/<game>-<algo>/config.yaml``),
+    in folder order: what ``--resume``, ``--export`` and ``--plot`` work on when no ``--env`` is given."""
+    from hubrl.grid import read_yaml_object
+
+    games = []
+    for config in sorted(Path(out).glob(f"*-{algo.lower()}/{CONFIG_NAME}")):
+        run = (read_yaml_object(config) or {}).get("run")
+        if isinstance(run, dict) and isinstance(run.get("game"), str) and str(run.get("algo", "")).lower() == algo.lower():
+            games.append(run["game"])
+    return games
 
 
 EXPORT_DTYPES = ("float32", "float16")

@@ -279,3 +279,22 @@ def test_atomic_write_gives_normal_file_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_export_and_plot_find_the_games_already_in_out(tmp_path):
+    """Without --env, --resume / --export / --plot work on the runs in --out (not the default
+    Seaquest and Riverraid)."""
+    import pytest
+
+    from hubrl.cli.pretrain import main
+    from hubrl.errors import UsageError
+    from hubrl.pretrain import games_in
+
+    for name, game, algo in (("breakout-ppo", "breakout", "ppo"), ("pong-a2c", "pong", "a2c"), ("junk-ppo", None, "ppo")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"run: {{game: {game}, algo: {algo}}}\n" if game else "not: [yaml\n")
+    assert games_in(tmp_path, "ppo") == ["breakout"] and games_in(tmp_path, "a2c") == ["pong"]
+    with pytest.raises(UsageError, match="Nothing to resume in .*breakout-ppo"):  # found, then checked as a run
+        main(["--resume", "--out", str(tmp_path)])
+    with pytest.raises(UsageError, match="No PPO pretraining run in .*: give the --out of a pretraining run, or --env"):
+        main(["--resume", "--out", str(tmp_path / "nothing")])

@@ -93,6 +93,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from hubrl.envs import resolve_game
     from hubrl.pretrain import PretrainConfig, pretrain_expert
 
+    if "games" not in given and (args.resume or args.export or args.plot):  # the runs already in --out
+        from hubrl.pretrain import games_in
+
+        found = games_in(args.out, args.algo)
+        if not found:
+            from hubrl.errors import UsageError
+
+            raise UsageError(f"No {args.algo.upper()} pretraining run in {args.out} (no <game>-{args.algo}/config.yaml): "
+                             "give the --out of a pretraining run, or --env GAME.")
+        args.games = found
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
     overrides = load_overrides(args.hyperparams, algo=args.algo) if args.hyperparams else {}
     if args.plot:
