@@ -437,7 +437,6 @@ def _holding_grid_lock(run: Callable[..., GridSummary]) -> Callable[..., GridSum
     return locked
 
 
-@_holding_grid_lock
 def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: int) -> None:
     """A grid has one budget: refuse, before anything is written, a launch whose budget differs from
     the one its started trials run their schedules over (else ``grid.json`` would record the new
@@ -452,6 +451,7 @@ def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: 
                         "Nothing was written.")
 
 
+@_holding_grid_lock
 def run_grid(
     root: str | Path,
     games: Sequence[str],

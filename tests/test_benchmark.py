@@ -305,3 +305,22 @@ def test_method_variants_name_their_folders_and_carry_their_settings(tmp_path):
     assert _expand_finetune(["finetune"], {"hub": str(hub), "source": "seaquest-ppo"}) == ["finetune"]
     with pytest.raises(GridError, match="Unknown transfer setting"):
         run_grid(tmp_path / "g", ["Alien"], ["hub-pathway:agregation=heads"], [0], 100)
+
+
+def test_the_grid_lock_is_held_while_trials_run(tmp_path):
+    """The runner holds ``<root>/.lock`` for the whole grid, not only while it starts: a second
+    runner arriving mid-grid is refused."""
+    from hubrl.locks import LockHeld, exclusive_lock
+
+    held: list[bool] = []
+
+    def trial(spec: dict) -> dict:
+        try:
+            with exclusive_lock(Path(spec["folder"]).parents[2] / ".lock"):
+                held.append(False)
+        except LockHeld:
+            held.append(True)
+        return fake_trial(spec)
+
+    run_grid(tmp_path, ["Alien"], ["scratch"], [0, 1], 10, trial_fn=trial, workers=0, log=None)
+    assert held == [True, True]
