@@ -141,11 +141,12 @@ def _is_done(status: dict[str, Any]) -> bool:
     return status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
 
 
-def binding_budget(folder: str | Path) -> int | None:
+def binding_budget(folder: str | Path, status: dict[str, Any] | None = None) -> int | None:
     """The budget a trial was started with when it binds its continuation (it finished, paused or
-    has a checkpoint: its schedules run over that budget); None for a trial that may start afresh."""
+    has a checkpoint: its schedules run over that budget); None for a trial that may start afresh.
+    ``status``: the folder's ``status.json`` when the caller has read it already."""
     folder = Path(folder)
-    status = read_status(folder)
+    status = read_status(folder) if status is None else status
     started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
     if started_with is None or not (_is_done(status) or (folder / "checkpoint.pt").is_file()):
         return None
@@ -162,7 +163,7 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     folder = Path(folder)
     status = read_status(folder)
     done = _is_done(status)
-    started_with = binding_budget(folder)
+    started_with = binding_budget(folder, status)
     if started_with is not None and started_with != int(budget):
         return (f"it was started with a {started_with:,}-step budget (its schedules run over that), not {int(budget):,}: "
                 f"rerun with --timesteps {started_with}, or use another --root for the new budget")
