@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -29,6 +30,7 @@ __all__ = [
     "linear_schedule",
     "load_overrides",
     "load_presets_file",
+    "minibatch_warning",
     "preset",
     "presets_file",
     "resolve_hyperparams",
@@ -208,3 +210,28 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
     if policy_kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
     return config, kwargs
+
+
+def minibatch_warning(algo: str, hyperparams: Mapping[str, Any]) -> str | None:
+    """The warning for a PPO ``batch_size`` that does not divide the rollout (``n_steps`` x ``n_envs``
+    agent steps), naming the numbers and the two fixes; ``None`` when it divides it (or for A2C).
+
+    SB3 trains anyway, each epoch ending with a shorter mini-batch (all of the rollout when it is
+    smaller than ``batch_size``, e.g. ``--n-envs 1`` with RL Zoo's 128 x 256), and warns in a
+    paragraph about the rollout buffer; a run prints this line instead as training starts
+    (:meth:`hubrl.harness.Run.train`; ``Run.make_agent`` silences SB3's). ``hyperparams``: the
+    resolved preset, ``n_envs`` included.
+    """
+    if algo.lower() != "ppo" or not {"n_steps", "batch_size", "n_envs"} <= hyperparams.keys():
+        return None
+    n_steps, batch_size, n_envs = (int(hyperparams[k]) for k in ("n_steps", "batch_size", "n_envs"))
+    rollout = n_steps * n_envs
+    if rollout % batch_size == 0:
+        return None
+    step = batch_size // math.gcd(n_steps, batch_size)  # n_envs must be a multiple of this for batch_size to divide
+    envs = -(-n_envs // step) * step
+    last = (f"each epoch is one mini-batch of {rollout}" if rollout < batch_size
+            else f"each epoch ends with a mini-batch of {rollout % batch_size}")
+    return (f"PPO's batch_size {batch_size} does not divide its rollout of n_steps {n_steps} x n_envs {n_envs} = "
+            f"{rollout} agent steps, so {last}: pass --n-envs {envs}, or batch_size: {math.gcd(rollout, batch_size)} "
+            "in a --hyperparams file.")

@@ -557,7 +557,8 @@ def run_grid(
             continue
         previous = read_status(spec["folder"])
         if previous:
-            keep = ("status", "steps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
+            # num_timesteps: where the attempt stopped, which places it in a stage's report (hubrl.grid.attempt_ends)
+            keep = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
             spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]
         todo.append(spec)
 

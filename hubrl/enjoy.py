@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from hubrl.envs import make_atari_vec_env, resolve_game
+from hubrl.evaluation import seeded_actions
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
 from hubrl.pretrain import UsageError
 
@@ -227,10 +228,6 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     (:func:`hubrl.policies.predict_with_gate_noise`). ``on_game_end(index, score, length)`` is
     called as each game ends.
     """
-    import torch as th
-
-    from hubrl.policies import predict_with_gate_noise
-
     if steps is None and episodes is None:
         raise UsageError("Give a number of --timesteps or --episodes to play.")
     if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
@@ -242,8 +239,7 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     writer = VideoWriter(video) if video is not None else None
     result = PlayResult()
     try:
-        with th.random.fork_rng(), predict_with_gate_noise(player.policy, gate_noise):
-            th.manual_seed(seed)  # the sampled actions too: a seed repeats the games (the caller's generator is kept)
+        with seeded_actions(player.policy, seed, gate_noise):  # a seed repeats the games, the caller's generator is kept
             _play_games(player, env, writer, result, steps, episodes, deterministic, on_game_end)
     finally:
         env.close()

@@ -8,7 +8,9 @@ Atari, where a greedy policy can loop forever). Scores come from ``info["episode
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -17,7 +19,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from hubrl.envs import make_atari_vec_env
 
-__all__ = ["EvalResult", "make_eval_env", "evaluate_model", "inference_steps_per_second"]
+__all__ = ["EvalResult", "make_eval_env", "seeded_actions", "evaluate_model", "inference_steps_per_second"]
 
 
 @dataclass
@@ -44,23 +46,36 @@ def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
     return make_atari_vec_env(game, n_envs, seed=seed, **options)
 
 
-def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
-                   gate_noise: bool = False, seed: int | None = None) -> EvalResult:
-    """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
-    statistics. ``gate_noise``: a Hub-Pathway model routes with its acting gate noise
-    (:func:`hubrl.policies.predict_with_gate_noise`) instead of noise-free. ``seed``: the sampled
-    actions (and gate noise) come from torch's generator seeded with it, in a fork that leaves the
-    caller's as it was, so the same weights on the same ``env`` seed score the same (seed ``env``
-    too); ``None`` draws from the caller's generator, as training's periodic evaluations do."""
+@contextmanager
+def seeded_actions(policy: Any, seed: int | None, gate_noise: bool = False) -> Iterator[None]:
+    """Within the block, ``policy`` (an agent or a bare policy) samples its actions from ``seed``:
+    what evaluation and play share, so that a seed repeats the same games.
+
+    ``seed``: the sampled actions (and gate noise) come from torch's generator seeded with it, in
+    a fork that leaves the caller's generator as it was, wherever that stands; ``None`` draws
+    from the caller's generator (no fork). ``gate_noise``: a Hub-Pathway policy routes with its
+    acting gate noise (:func:`hubrl.policies.predict_with_gate_noise`, which refuses a policy
+    without it).
+    """
     import torch as th
 
     from hubrl.policies import predict_with_gate_noise
 
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
-    with th.random.fork_rng(enabled=seed is not None), predict_with_gate_noise(model, gate_noise):
+    with th.random.fork_rng(enabled=seed is not None), predict_with_gate_noise(policy, gate_noise):
         if seed is not None:
             th.manual_seed(seed)
+        yield
+
+
+def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
+                   gate_noise: bool = False, seed: int | None = None) -> EvalResult:
+    """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
+    statistics. ``seed`` and ``gate_noise``: see :func:`seeded_actions`; a seed scores the same
+    weights on the same ``env`` seed the same (seed ``env`` too), ``None`` draws from the caller's
+    generator, as training's periodic evaluations do."""
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
+    with seeded_actions(model, seed, gate_noise):
         scores, lengths = evaluate_policy(
             model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )

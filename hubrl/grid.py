@@ -48,6 +48,7 @@ __all__ = [
     "tensorboard_series",
     "tensorboard_scalars",
     "final_score",
+    "attempt_ends",
     "TrialResult",
     "TrialUnreadable",
     "load_trials",
@@ -244,9 +245,31 @@ def final_score(point: dict[str, Any]) -> float:
     return float(np.mean(scores)) if scores else float(point["mean"])
 
 
+def attempt_ends(attempts: Sequence[dict[str, Any]]) -> list[int]:
+    """The agent step count at which each attempt (oldest first) stopped.
+
+    An attempt records it as ``num_timesteps``; the earlier attempts of grids made before
+    ``status.json``'s ``history`` kept it do not, and their end is the start of the next attempt
+    (``num_timesteps - steps``: each resumes from the checkpoint its predecessor saved on
+    stopping), or else the sum of the ``steps`` so far.
+    """
+    known: list[int | None] = []  # from the recorded ends, last attempt first
+    following: int | None = None  # where the next attempt started
+    for attempt in reversed(attempts):
+        recorded = attempt.get("num_timesteps")
+        end = int(recorded) if recorded is not None else following
+        known.append(end)
+        following = None if end is None else end - int(attempt.get("steps") or 0)
+    ends, total = [], 0
+    for end, attempt in zip(reversed(known), attempts):
+        total = end if end is not None else total + int(attempt.get("steps") or 0)
+        ends.append(total)
+    return ends
+
+
 @dataclass
 class TrialResult:
-    """One trial folder of a grid, read back."""
+    """One trial folder of a grid, read back (at ``stage`` agent steps, see :func:`load_trials`)."""
 
     game: str
     method: str
@@ -259,6 +282,11 @@ class TrialResult:
     hns: float | None = None
     auc: float | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    #: The trial as it stood at this many agent steps (None: as it stands): :attr:`attempts` leaves out the later ones.
+    stage: int | None = None
+    #: Agent steps per rollout (``n_steps × n_envs``): a pause at ``stage`` stops at the first rollout
+    #: boundary at or after it, so an attempt that paused there ends up to one rollout past it (0: unknown).
+    rollout: int = 0
 
     @property
     def finished(self) -> bool:
@@ -266,12 +294,27 @@ class TrialResult:
         return bool(self.steps.size) and (self.budget is None or self.steps[-1] >= self.budget)
 
     @property
-    def attempts(self) -> list[dict[str, Any]]:
+    def all_attempts(self) -> list[dict[str, Any]]:
+        """Every attempt's record, oldest first: ``status.json``'s ``history``, then its last attempt."""
         return [*self.status.get("history", []), self.status] if self.status else []
 
     @property
+    def attempts(self) -> list[dict[str, Any]]:
+        """The attempts behind this trial's figures (steps/s, time windows, peak memory, systems):
+        all of them, or at a ``stage`` those that stopped by it (within one :attr:`rollout` past it),
+        so that a stage's compute does not count the training done after the stage."""
+        attempts = self.all_attempts
+        last = self._last_step
+        return attempts if last is None else [a for a, end in zip(attempts, attempt_ends(attempts)) if end <= last]
+
+    @property
+    def _last_step(self) -> int | None:
+        """The last agent step of training that counts at the stage (None: no stage)."""
+        return None if self.stage is None else self.stage + max(self.rollout - 1, 0)
+
+    @property
     def steps_per_s(self) -> float | None:
-        """Agent steps per wall-clock second over all attempts (env setup and evaluations included)."""
+        """Agent steps per wall-clock second over its :attr:`attempts` (env setup and evaluations included)."""
         steps = sum(a.get("steps") or 0 for a in self.attempts)
         seconds = sum(a.get("seconds") or 0 for a in self.attempts if a.get("steps"))
         return steps / seconds if steps and seconds else None
@@ -296,16 +339,17 @@ class TrialResult:
     @property
     def params(self) -> int | None:
         """Parameters of the saved policy: counted in ``model.zip``, else as the trial recorded them
-        (a grid archived without its weights)."""
+        (a grid archived without its weights). Training does not change them: at a stage too."""
         if (self.folder / "model.zip").is_file():
             return count_parameters(self.folder / "model.zip")
-        recorded = [a["params"] for a in self.attempts if a.get("params")]
+        recorded = [a["params"] for a in self.all_attempts if a.get("params")]
         return int(recorded[-1]) if recorded else None
 
     @property
     def inference_steps_per_s(self) -> float | None:
-        """Inference speed of the saved policy, as measured by the attempt that finished the trial."""
-        rates = [a["inference_steps_per_s"] for a in self.attempts if a.get("inference_steps_per_s")]
+        """Inference speed of the saved policy, as measured by the attempt that finished the trial
+        (the same network at every stage: a stage reports it too once the trial has finished)."""
+        rates = [a["inference_steps_per_s"] for a in self.all_attempts if a.get("inference_steps_per_s")]
         return float(rates[-1]) if rates else None
 
     @property
@@ -315,13 +359,16 @@ class TrialResult:
 
     @property
     def rollout_score(self) -> float | None:
-        """Mean raw score of the last (up to 100) training games when the trial last stopped, as the
-        trial recorded it, else the last ``rollout/ep_rew_mean`` of its TensorBoard logs (if kept)."""
+        """Mean raw score of the last (up to 100) training games when the trial last stopped (by the
+        stage), as the trial recorded it, else the last ``rollout/ep_rew_mean`` of its TensorBoard logs
+        (if kept) up to the stage."""
         recorded = [a["rollout_score"] for a in self.attempts if a.get("rollout_score") is not None]
         if recorded:
             return float(recorded[-1])
         if (self.folder / "tb").is_dir():
-            _, values = tensorboard_scalars(self.folder / "tb", "rollout/ep_rew_mean")
+            steps, values = tensorboard_scalars(self.folder / "tb", "rollout/ep_rew_mean")
+            if self._last_step is not None:
+                values = values[steps <= self._last_step]
             return float(values[-1]) if values.size else None
         return None
 
@@ -371,8 +418,8 @@ def _check_trial(trial: TrialResult) -> None:
     history = trial.status.get("history", [])
     if not isinstance(history, list) or not all(isinstance(a, dict) for a in history):
         raise TrialUnreadable("status.json: history is not a list of attempts")
-    for attempt in trial.attempts:
-        for key in ("steps", "seconds", "peak_rss_mb", "params", "inference_steps_per_s"):
+    for attempt in trial.all_attempts:
+        for key in ("steps", "num_timesteps", "seconds", "peak_rss_mb", "params", "inference_steps_per_s"):
             _number_or_none(attempt.get(key), f"status.json: {key}")
         if attempt.get("system") is not None and not isinstance(attempt["system"], dict):
             raise TrialUnreadable("status.json: system is not an object")
@@ -381,6 +428,18 @@ def _check_trial(trial: TrialResult) -> None:
     trial.steps_per_s, trial.peak_rss_mb, trial.inference_steps_per_s  # noqa: B018  (computed once: any error shows here)
     if (trial.folder / "model.zip").is_file() and count_parameters(trial.folder / "model.zip") is None:
         raise TrialUnreadable("model.zip is not a readable SB3 policy (damaged, foreign or hostile)")
+
+
+def _rollout_steps(config: dict[str, Any]) -> int:
+    """Agent steps per rollout of a trial's ``config.yaml`` (``n_steps × n_envs`` of its
+    ``resolved_hyperparams``; 0 when they are not recorded as positive integers)."""
+    hyperparams = config.get("resolved_hyperparams")
+    if not isinstance(hyperparams, dict):
+        return 0
+    n_steps, n_envs = hyperparams.get("n_steps"), hyperparams.get("n_envs")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (n_steps, n_envs)):
+        return 0
+    return int(n_steps) * int(n_envs)
 
 
 def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None,
@@ -392,8 +451,10 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
     ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
 
     ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
-    dropped and a trial counts as finished once it was evaluated at ``stage`` (a grid trained with a
-    1M budget and ``--pause-at 250k`` reports its 250k stage this way, from the same runs).
+    dropped, a trial counts as finished once it was evaluated at ``stage``, and its compute figures
+    (steps/s, time windows, peak memory) come from the attempts that stopped by ``stage``
+    (:attr:`TrialResult.attempts`): a grid trained with a 1M budget and ``--pause-at 250k`` reports
+    its 250k stage this way, from the same runs, after they went on to 500k.
 
     A trial whose files cannot be read (:func:`_check_trial`) is left out; ``skipped``, when
     given, receives its folder (relative to ``root``) and the reason.
@@ -426,7 +487,8 @@ def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> T
     points = sorted(points, key=lambda p: p["step"])
     if stage is not None:
         points = [p for p in points if p["step"] <= stage]
-    run = (read_yaml_object(folder / "config.yaml") or {}).get("run", {})
+    config = read_yaml_object(folder / "config.yaml") or {}
+    run = config.get("run", {})
     if not isinstance(run, dict):
         raise TrialUnreadable("config.yaml: run is not a mapping")
     _number_or_none(run.get("timesteps"), "config.yaml: timesteps")
@@ -441,6 +503,7 @@ def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> T
         folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
         means=np.array([final_score(p) for p in points], dtype=np.float64),
         budget=budget if budget is not None else run.get("timesteps"), status=read_status(folder),
+        stage=stage, rollout=_rollout_steps(config),
     )
     _check_trial(trial)
     if points:

@@ -9,13 +9,15 @@ resumed and trained here, in the same steps, so they behave alike:
    or ``force``; a resumed one a checkpoint) and that a ``--tensorboard-log`` elsewhere can be
    written (:func:`check_tensorboard_log`), resolves the agent's preset, and on resume continues
    the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused) from its
-   checkpoint; it sets torch's CPU threads.
+   checkpoint; it sets torch's CPU threads. A resumed run that has reached its budget with all
+   it makes written is :attr:`Run.already_done`: the caller does nothing more.
 2. :meth:`Run.envs` opens the training and evaluation envs, :meth:`Run.make_agent` builds the
    SB3 agent with the run's preset, seed, device and TensorBoard folder, and
    :meth:`Run.apply_runtime` sets the encoders' precision and says how the run uses the machine.
-3. :meth:`Run.create_folder` creates the folder (only then: a run refused while it is built leaves
-   nothing behind), :meth:`Run.save_config` writes ``config.yaml``, and :meth:`Run.train` runs
-   :func:`hubrl.training.run_training` with the run's budget, evaluation and checkpoint settings.
+3. :meth:`Run.create_folder` creates the folder and prints ``Run folder: ...`` (only then: a run
+   refused while it is built leaves nothing behind and names no folder), :meth:`Run.save_config`
+   writes ``config.yaml``, and :meth:`Run.train` runs :func:`hubrl.training.run_training` with the
+   run's budget, evaluation and checkpoint settings.
 4. :func:`draw_learning_curve` redraws ``learning_curve.png`` when the run ends or stops.
 
 The settings are a dataclass with the fields of :class:`RunConfig` (:class:`hubrl.pretrain.PretrainConfig`,
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Protocol, TypeVar
 
@@ -38,6 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
+from hubrl.agents.presets import minibatch_warning
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
 from hubrl.envs import make_atari_vec_env
@@ -46,7 +51,7 @@ from hubrl.evaluation import make_eval_env
 from hubrl.provenance import system_info
 from hubrl.runconfig import check_device, check_finite, check_resume, flag_name, read_saved_config, resume_config
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
-from hubrl.training import TrainingOutcome, run_training
+from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
 __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
@@ -188,10 +193,25 @@ class Run(Generic[C]):
     agent_kwargs: dict[str, Any]  # the agent constructor's kwargs for those
     saved: dict[str, Any] | None = None  # a resumed run's config.yaml as it was
     resume_state: dict[str, Any] | None = None  # the checkpoint it resumes from
+    verbose: int = 1  # print the run folder when it is created
+    already_done: bool = False  # resumed at its budget with everything written: nothing to do (see start_run)
+    _announced: bool = field(default=False, init=False, repr=False)
 
     @property
     def resumed(self) -> bool:
         return self.resume_state is not None
+
+    @property
+    def steps_done(self) -> int:
+        """Agent steps trained so far (0 for a new run)."""
+        return int(self.resume_state["num_timesteps"]) if self.resume_state is not None else 0
+
+    def outcome_so_far(self) -> TrainingOutcome:
+        """The outcome of a run that is :attr:`already_done`, as the checkpoint holds it, without
+        training or evaluating anything (``already_done=True``, no time spent)."""
+        history = EvalHistory(list((self.resume_state or {}).get("extra", {}).get("eval_history", [])))
+        return TrainingOutcome(self.steps_done, completed=True, interrupted_by=None, seconds=0.0, history=history,
+                               already_done=True)
 
     @property
     def checkpoint(self) -> Path:
@@ -221,10 +241,12 @@ class Run(Generic[C]):
         TensorBoard folder; ``policy_kwargs`` are merged over the preset's."""
         kwargs = dict(self.agent_kwargs)
         preset = kwargs.pop("policy_kwargs", {})
-        return AGENT_CLASSES[self.cfg.algo](
-            policy, env, seed=self.cfg.seed, device=self.cfg.device, verbose=0, tensorboard_log=self.tensorboard_log,
-            policy_kwargs={**preset, **(policy_kwargs or {})}, **kwargs,
-        )
+        with warnings.catch_warnings():  # train() says it in one line (hubrl.agents.presets.minibatch_warning)
+            warnings.filterwarnings("ignore", message="You have specified a mini-batch size", category=UserWarning)
+            return AGENT_CLASSES[self.cfg.algo](
+                policy, env, seed=self.cfg.seed, device=self.cfg.device, verbose=0, tensorboard_log=self.tensorboard_log,
+                policy_kwargs={**preset, **(policy_kwargs or {})}, **kwargs,
+            )
 
     def apply_runtime(self, model: BaseAlgorithm, verbose: int = 1) -> None:
         """Run ``model``'s encoders in the run's precision and, with ``verbose``, say how the run
@@ -235,11 +257,15 @@ class Run(Generic[C]):
             print(line[0].upper() + line[1:], flush=True)
 
     def create_folder(self) -> Path:
-        """Create the run folder: the first thing a run writes, once what it needs is built."""
+        """Create the run folder: the first thing a run writes, once what it needs is built; with
+        ``verbose``, say where it is (once), so a run refused before never names a folder."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"Cannot create run folder {self.folder}: {exc.strerror}.") from exc
+        if self.verbose and not self._announced:
+            print(f"Run folder: {self.folder}", flush=True)
+        self._announced = True
         return self.folder
 
     def save_config(self, **sections: Any) -> Path:
@@ -263,8 +289,15 @@ class Run(Generic[C]):
         first_eval_at: int | None = None,
     ) -> TrainingOutcome:
         """Train ``model`` to the run's budget from where it stands, with the run's evaluation and
-        checkpoint settings (:func:`hubrl.training.run_training`)."""
+        checkpoint settings (:func:`hubrl.training.run_training`).
+
+        A PPO ``batch_size`` that does not divide the rollout is said here, in one line, as
+        training starts (:func:`hubrl.agents.presets.minibatch_warning`; :meth:`make_agent`
+        silences SB3's paragraph), so a run refused or failing before says nothing but why."""
         cfg = self.cfg
+        warning = minibatch_warning(cfg.algo, self.hyperparams)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         return run_training(
             model, cfg.timesteps, self.checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
@@ -281,6 +314,7 @@ def start_run(
     given: Mapping[str, Any] | None = None,
     force: bool | None = None,
     verbose: int = 1,
+    written: Callable[[Run[C]], bool] | None = None,
 ) -> Run[C]:
     """Start the run of ``cfg`` in ``folder``, or resume the one saved there; writes nothing yet
     (but clears a forced folder).
@@ -289,6 +323,11 @@ def start_run(
     explicitly, e.g. the command line's flags), the saved run with those laid over it; without,
     ``cfg`` itself, which must equal the saved run except in ``RESUME_MAY_CHANGE``. Either way a
     contradiction is refused, naming both values, before anything is written.
+
+    A resumed run that has reached its budget, made its final evaluation and, by ``written(run)``,
+    written what it makes (``model.zip``, the exported expert) is :attr:`Run.already_done`: this
+    says so in one line and the caller writes nothing (:meth:`Run.outcome_so_far`). One stopped
+    between its last checkpoint and those files is not: resuming it finishes them.
     """
     folder = Path(folder)
     if not resume:
@@ -306,18 +345,32 @@ def start_run(
     if saved is not None:
         check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
+    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose)
     if resume_state is not None:
-        _check_steps_left(folder, int(resume_state["num_timesteps"]), int(cfg.timesteps), saved["run"].get("timesteps"))
-    if verbose:
-        print(f"Run folder: {folder}", flush=True)
+        _check_steps_left(folder, run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"))
+        run.already_done = _final_evaluation_done(resume_state, int(cfg.timesteps)) and (written is None or written(run))
+    if run.already_done:
+        if verbose:
+            print(f"{folder} has already trained {run.steps_done:,} of its {int(cfg.timesteps):,} agent steps: nothing to do "
+                  f"(a larger {flag_name('timesteps', flags)} trains it further).", flush=True)
+        return run
     configure_threads(cfg.threads)
-    return Run(cfg, folder, plain, kwargs, saved, resume_state)
+    return run
+
+
+def _final_evaluation_done(state: Mapping[str, Any], budget: int) -> bool:
+    """Whether the checkpoint ``state`` holds a run at ``budget`` that made its final evaluation:
+    the last point of its history is at its step count (periodic evaluations stop short of the
+    budget, :class:`hubrl.training.RawScoreEvalCallback`)."""
+    done = int(state["num_timesteps"])
+    points = state.get("extra", {}).get("eval_history") or []
+    return done >= budget and bool(points) and int(points[-1].get("step", -1)) == done
 
 
 def _check_steps_left(folder: Path, done: int, budget: int, saved_budget: Any) -> None:
     """Refuse a resume to a new budget below the steps already trained: its schedules would be
     past their end, and the run (or the expert it exports) would record a budget smaller than
-    what it trained. (Its own budget, already reached, only evaluates and saves the run again.)"""
+    what it trained. (Its own budget, already reached, is a run :attr:`Run.already_done`.)"""
     if done > budget and saved_budget is not None and int(saved_budget) != budget:
         raise UsageError(f"{folder} has trained {done:,} agent steps, more than --timesteps {budget:,}: give a budget "
                          f"above {done:,} to train it further, or drop --timesteps to keep its {int(saved_budget):,}.")

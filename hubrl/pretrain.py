@@ -24,9 +24,9 @@ import yaml
 
 from hubrl.checkpoint import load_training_checkpoint
 from hubrl.envs import action_meanings, resolve_game
-from hubrl.errors import UsageError
+from hubrl.errors import HubError, UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
-from hubrl.experts import ExpertManifest, save_expert
+from hubrl.experts import ExpertManifest, read_manifest, save_expert
 from hubrl.harness import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -135,7 +135,8 @@ def pretrain_expert(
     given: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
     """Train (or resume) one expert in ``<out>/<name>`` and export it to ``<hub>/<name>`` when its
-    budget is reached.
+    budget is reached. Resuming one already trained and exported there does nothing but say so
+    (``outcome.already_done``, :func:`hubrl.harness.start_run`; the manifest is the exported one).
 
     ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
     ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
@@ -150,8 +151,12 @@ def pretrain_expert(
     name = expert_name(cfg.game, cfg.algo)
     if resume and given is None:
         given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
-    run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose)
+    run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose,
+                    written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done)
     cfg = run.cfg
+    if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
+        expert = Path(cfg.hub) / name
+        return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert)
     cfg.hyperparams = {k: v for k, v in run.hyperparams.items() if k != "n_envs"}  # saved resolved, preset included
     _check_writable(Path(cfg.hub), "--hub")  # the export comes at the end of training
     run.save_config()
@@ -168,6 +173,14 @@ def pretrain_expert(
 
     draw_learning_curve(run.folder, plot_expert_curve, verbose)
     return PretrainResult(name, run.folder, outcome, manifest, expert)
+
+
+def _exported_steps(folder: Path) -> int | None:
+    """The agent steps of the expert exported in ``folder`` (its manifest), ``None`` if there is none."""
+    try:
+        return read_manifest(folder).timesteps
+    except (HubError, OSError):
+        return None
 
 
 def _write_expert(

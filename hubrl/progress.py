@@ -2,11 +2,13 @@
 
 SB3's ``progress_bar=True`` (``ProgressBarCallback``) counts the steps of one ``learn()`` call:
 on resume it starts at 0 and ends at the *remaining* steps, so nothing says where in the budget
-the run is. Its time estimate is rich's, from the speed over the last 30 s: PPO stops stepping
+the run is; and its total is the budget, while ``learn()`` goes on to the end of the rollout that
+crosses it. Its time estimate is rich's, from the speed over the last 30 s: PPO stops stepping
 the envs for each update (seconds on a CPU), so the estimate swings between the rollout speed
 and the update stall (21 min to 2.5 h on the README's 100k run). This bar counts from the
-resumed step to the whole budget, and estimates speed and time left from the average since this
-session started, which includes the updates in their true proportion.
+resumed step to the step the run really ends at (:func:`hubrl.training.steps_at_end`), and
+estimates speed and time left from the average since this session started, which includes the
+updates in their true proportion.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def _session_rate(task) -> float | None:
 
 
 class StepProgressBar(BaseCallback):
-    """Rich progress bar over ``total_timesteps`` that starts at the model's step count.
+    """Rich progress bar up to ``total_timesteps`` in all (the step the run ends at, not its
+    budget: :func:`hubrl.training.steps_at_end`) that starts at the model's step count.
 
     ``12,288/100,000 ━━━━━━━ 0:01:05 < 0:08:10 • 154 steps/s``: steps in all (a resumed run
     starts where it stopped), elapsed time of this session, time left and speed from this

@@ -127,7 +127,7 @@ def write_report(
     ``<root>/report/at-<stage>`` for a stage); return ``report.md``.
 
     ``focus`` is the method (or methods, a section each) the head-to-head compares with every other one; ``stage``
-    reports the grid as it stood at that many agent steps (see :func:`hubrl.grid.load_trials`).
+    reports the grid as it stood at that many agent steps, its compute included (see :func:`hubrl.grid.load_trials`).
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
@@ -211,8 +211,8 @@ def _header_lines(root: Path, grid: dict[str, Any], trials: Sequence[TrialResult
         "# Benchmark report" + (f" at {step_label(stage)} agent steps" if stage else ""),
         "",
         f"- Grid: `{root}`",
-        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there) "
-         f"of a {format_value(grid_budget)}-step budget"
+        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there; its compute from "
+         f"the attempts that stopped there, not from later training) of a {format_value(grid_budget)}-step budget"
          if stage else
          f"- Budget: {format_value(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial"),
         "- Trials: " + ", ".join(f"{t.game}/{t.method}/s{t.seed} at {int(t.steps[-1]):,}" for t in by_name if t.steps.size),

@@ -9,8 +9,8 @@
   (Ctrl-C / SIGTERM): written atomically, holding weights, optimizer state, step counter and the
   evaluation history;
 * resume from that checkpoint with the step counter, the schedules and the curves intact;
-* a progress bar in absolute steps of the budget (:class:`hubrl.progress.StepProgressBar`) and,
-  on resume, one line saying from which step.
+* a progress bar in absolute steps, up to the step the run really ends at (:func:`steps_at_end`:
+  :class:`hubrl.progress.StepProgressBar`) and, on resume, one line saying from which step.
 
 Checkpoints hold a rollout boundary. SB3's ``learn`` alternates ``collect_rollouts`` (the
 callbacks' ``on_step`` runs here, and returning ``False`` stops ``learn`` before the update) and
@@ -42,7 +42,7 @@ from hubrl.progress import StepProgressBar
 
 __all__ = [
     "EvalHistory", "early_eval_step", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback", "StopOnSignal",
-    "PauseAtStepCallback", "TrainingOutcome", "run_training",
+    "PauseAtStepCallback", "TrainingOutcome", "steps_at_end", "run_training",
 ]
 
 
@@ -268,6 +268,23 @@ class TrainingOutcome:
     final_eval: EvalResult | None = None
     paused: bool = False
     rollout_score: float | None = None  # mean raw score of the last (up to 100) training games
+    already_done: bool = False  # resumed at its budget with all written: nothing ran (hubrl.harness.Run.already_done)
+
+
+def steps_at_end(model: BaseAlgorithm, budget: int) -> int:
+    """The step count ``model`` ends at when trained from where it stands to ``budget``.
+
+    An on-policy ``learn`` (PPO, A2C) collects whole rollouts of ``n_steps`` x ``n_envs`` agent
+    steps, so it ends at the first rollout end at or past the budget: 128 for a budget of 100
+    with 2 envs x 32 steps, counted from the (resumed) start.
+    """
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    start = int(model.num_timesteps)
+    if start >= budget or not isinstance(model, OnPolicyAlgorithm):
+        return max(start, int(budget))
+    rollout = int(model.n_steps) * int(model.n_envs)
+    return start + -(-(int(budget) - start) // rollout) * rollout
 
 
 def run_training(
@@ -332,7 +349,8 @@ def run_training(
             if evaluator is not None:
                 cbs.append(evaluator)
             cbs.extend(callbacks or [])
-            bar = StepProgressBar(int(total_timesteps)) if progress_bar else None  # SB3's counts this call's steps only
+            # SB3's bar counts this call's steps only, to the budget; this one all steps, to where learn() really ends
+            bar = StepProgressBar(steps_at_end(model, int(total_timesteps))) if progress_bar else None
             if bar is not None:
                 cbs.append(bar)
             try:

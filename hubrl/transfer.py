@@ -17,6 +17,8 @@ raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -34,7 +36,7 @@ from hubrl.harness import (
     start_run,
     validate_run_settings,
 )
-from hubrl.hub import Hub, resolve_hub
+from hubrl.hub import Hub, read_zip_member, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
@@ -178,7 +180,8 @@ def run_transfer(
 
     ``pause_at`` stops at that many agent steps in all, with a checkpoint, while the schedules
     still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have. A
-    resumed ``cfg`` must be the saved run (:func:`hubrl.harness.start_run`).
+    resumed ``cfg`` must be the saved run (:func:`hubrl.harness.start_run`); one that has already
+    trained its budget and saved ``model.zip`` does nothing but say so (``outcome.already_done``).
     """
     if resume:  # the folder as named before --source is resolved: a default folder may not be found yet
         validate_config(cfg, _device_saved_in(Path(cfg.out) if cfg.out else default_run_folder(cfg), cfg.device))
@@ -187,7 +190,10 @@ def run_transfer(
     hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
-    run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose)
+    run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
+                    written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done)
+    if run.already_done:
+        return TransferResult(run.folder, run.outcome_so_far(), hub)
     game = resolve_game(cfg.env)
     with run.envs(game) as (env, eval_env):
         if hub is not None:
@@ -196,7 +202,6 @@ def run_transfer(
         for callback in plan.callbacks:
             if isinstance(callback, GateUsageCallback):
                 callback.history_path = run.folder / "gates.jsonl"
-        run.create_folder()
 
         def make_agent(policy_class):
             """The agent for ``policy_class`` with the run's preset (the plan's kwargs for its own policy)."""
@@ -205,11 +210,11 @@ def run_transfer(
         model = make_agent(plan.policy)
         if not run.resumed:
             plan.init(model.policy)
-        run.apply_runtime(model, verbose)
-        run.save_config(
+        run.save_config(  # creates the folder: everything that can refuse the run is behind
             method=plan.notes,
             hub=[{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub] if hub is not None else [],
         )
+        run.apply_runtime(model, verbose)
         outcome = run.train(
             model, eval_env, tb_log_name=f"{game}-{method_label(cfg)}", callbacks=plan.callbacks, progress_bar=progress_bar,
             verbose=verbose, pause_at=pause_at,
@@ -219,6 +224,18 @@ def run_transfer(
         atomic_write(run.folder / "model.zip", lambda h: final.save(h))
     _plot(run.folder, verbose)
     return TransferResult(run.folder, outcome, hub)
+
+
+def saved_model_steps(path: Path) -> int | None:
+    """The agent steps of the model saved in ``path`` (an SB3 ``model.zip``), ``None`` for a missing
+    or unreadable file; read from the zip's ``data`` entry as JSON, so nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(read_zip_member(archive, "data", path))
+    except (OSError, zipfile.BadZipFile, ValueError):  # HubError and JSONDecodeError are ValueErrors
+        return None
+    steps = data.get("num_timesteps") if isinstance(data, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def _plot(folder: Path, verbose: int) -> None:

@@ -117,6 +117,7 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     status = json.loads((failed / "status.json").read_text())
     assert status["status"] == "ok" and [h["status"] for h in status["history"]] == ["failed", "failed"]
     assert all(h["system"]["packages"] for h in status["history"])  # each attempt keeps its system
+    assert all("num_timesteps" in h for h in status["history"])  # and where it stopped (a stage's report needs it)
     assert len(_journal(root)) == 24
 
     # A bigger budget makes every trial unfinished again.

@@ -161,6 +161,44 @@ def test_one_flag_name_per_concept_across_the_commands():
         assert new in flags and new in _parser(*where)._option_string_actions
 
 
+ALL_PARSERS = [*PARSERS, ("bench", "routes"), ("bench", "archive")]
+
+
+def _arguments(where: tuple[str, ...]) -> list:
+    """The arguments of a command's parser, ``--help`` and the subcommand chooser left out."""
+    import argparse
+
+    return [a for a in _parser(*where)._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+
+
+@pytest.mark.parametrize("where", ALL_PARSERS, ids=" ".join)
+def test_help_says_what_every_argument_is_and_its_default(where):
+    """Every argument has a help text, and one with a default says it: a user should not need the
+    code to learn what happens when a flag is left out."""
+    for action in _arguments(where):
+        name = f"{' '.join(where)} {action.option_strings[-1] if action.option_strings else action.dest}"
+        assert action.help, f"{name}: no help"
+        if action.default not in (None, False, []):
+            assert "default" in action.help.lower(), f"{name}: its default {action.default!r} is not in its help"
+
+
+def test_a_flag_reads_the_same_in_every_help():
+    """A flag shows one metavar in every command (``--pause-at STEPS``, ``--sticky-actions P``), and
+    every step count (10M, 250k ...) shows ``STEPS``."""
+    from hubrl.cli.common import steps
+
+    shown: dict[str, set] = {}
+    for where in ALL_PARSERS:
+        for action in _arguments(where):
+            if not action.option_strings or action.nargs == 0:
+                continue
+            metavar = action.metavar or (None if action.choices else action.dest.upper())
+            shown.setdefault(action.option_strings[-1], set()).add(metavar)
+            if action.type is steps:
+                assert metavar == "STEPS", (where, action.option_strings[-1], metavar)
+    assert {flag: names for flag, names in shown.items() if len(names) > 1} == {}
+
+
 def test_one_parser_of_step_counts():
     from hubrl.units import format_steps, parse_steps
 

@@ -118,3 +118,26 @@ def test_the_same_seed_plays_the_same_game_and_leaves_the_callers_generator_alon
     assert th.equal(th.rand(1), expected)  # the caller's generator is where it was before play
     th.rand(100)  # wherever the caller's generator stands, a seed plays the same games
     assert actions_of(1) == first and actions_of(2) != first
+
+
+def test_seeded_actions_forks_the_generator_for_a_seed_and_draws_from_the_callers_without():
+    """What play and evaluate_model act under: a seed draws the same numbers wherever the caller's
+    generator stands and leaves it as it was; ``None`` draws from the caller's generator itself."""
+    import torch as th
+
+    from hubrl.evaluation import seeded_actions
+
+    policy = object()
+    th.manual_seed(123)
+    expected = th.rand(2)
+    th.manual_seed(123)
+    with seeded_actions(policy, 7):
+        drawn = th.rand(3)
+    assert th.equal(th.rand(2), expected)  # the caller's generator is where it was
+    with seeded_actions(policy, 7):
+        assert th.equal(th.rand(3), drawn)  # the same seed, the same draws
+    th.manual_seed(123)
+    with seeded_actions(policy, None):
+        assert th.equal(th.rand(2), expected)  # no seed: the caller's generator
+    with pytest.raises(UsageError, match="does not route: drop --gate-noise"), seeded_actions(policy, 7, gate_noise=True):
+        pass

@@ -95,6 +95,28 @@ def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
 
 
 @pytest.mark.slow
+def test_resuming_an_exported_run_at_its_budget_says_so_and_writes_nothing(tmp_path, tiny_ppo, capsys):
+    """A run trained to its budget and exported is not evaluated, saved or exported again on
+    --resume: one line says so, and the run folder and the expert keep every byte and time;
+    --export still exports it on demand."""
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
+    run, expert = tmp_path / "runs" / "seaquest-ppo", tmp_path / "hub" / "seaquest-ppo"
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = files()
+    result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), resume=True, progress_bar=False)
+    assert capsys.readouterr().out == (f"{run} has already trained 64 of its 64 agent steps: nothing to do "
+                                       "(a larger --timesteps trains it further).\n")
+    assert result.outcome.already_done and result.outcome.num_timesteps == 64
+    assert result.manifest == read_manifest(expert) and result.expert == expert
+    assert files() == before
+    export_expert(run, eval_episodes=1)  # what --export calls
+    assert (expert / "expert.json").stat().st_mtime_ns != before[str(expert / "expert.json")][1]
+
+
+@pytest.mark.slow
 def test_a_moved_run_resumes_from_its_new_place(tmp_path, tiny_ppo):
     """A run folder is self-contained: moved elsewhere (as the shipped experts' runs were, from
     hubrl/default_hub to benchmarks/pretrain), ``--out`` its new parent resumes it."""

@@ -354,6 +354,47 @@ def test_report_at_a_stage_reads_the_grid_as_it_stood_then(grid):
     assert "Gopher/hub-pathway/s1 at 500" in write_report(grid, reps=200).read_text()
 
 
+def test_a_stage_counts_only_the_compute_of_the_attempts_that_stopped_by_it(tmp_path):
+    """A trial paused at 250k, then resumed to 500k: its 250k stage's steps/s, peak memory and time
+    windows are those of the first attempt only, not of the training done after the stage."""
+    from hubrl.grid import attempt_ends
+    from hubrl.tables import compute_table
+
+    root = tmp_path / "grid"
+    k = 1000
+    for method, first_end in (("scratch", 250 * k), ("routed", 250_880)):  # routed: a pause ends at a rollout boundary
+        first = {"status": "paused", "steps": first_end, "seconds": 1000.0, "peak_rss_mb": 100.0,  # as old grids
+                 "rss_isolated": True, "finished": "2026-01-01T10:00:00+00:00"}  # kept it in history: no num_timesteps
+        second = _st(500 * k - first_end, 4000.0, 900.0, status="paused", num_timesteps=500 * k, resumed=True,
+                     finished="2026-01-01T12:00:00+00:00", history=[first])
+        _trial(root, "Alien", method, 0, [[1], [2]], steps=(250 * k, 500 * k), status=second,
+               config={"env": "ALE/Alien-v5", "seed": 0, "timesteps": 1_000_000})
+        resolved = {"n_steps": 128, "n_envs": 8}  # rollouts of 1024 steps
+        import yaml
+
+        config = root / "Alien" / method / "s0" / "config.yaml"
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "resolved_hyperparams": resolved}))
+    assert attempt_ends([{"steps": 250 * k}, {"steps": 250 * k, "num_timesteps": 500 * k}]) == [250 * k, 500 * k]
+    at_250k = {t.method: t for t in load_trials(root, stage=250 * k)}
+    assert at_250k["scratch"].steps_per_s == pytest.approx(250 * k / 1000)  # the first attempt alone
+    assert at_250k["routed"].steps_per_s == pytest.approx(250_880 / 1000)  # paused 880 steps past 250k: still the stage's
+    assert at_250k["scratch"].peak_rss_mb == 100.0 and len(at_250k["scratch"].time_windows) == 1
+    assert at_250k["scratch"].stage == 250 * k
+    rows = {r["method"]: r for r in compute_table(list(at_250k.values()))}
+    assert rows["scratch"]["steps_per_s"] == pytest.approx(250.0)
+    at_500k = {t.method: t for t in load_trials(root, stage=500 * k)}
+    assert at_500k["scratch"].steps_per_s == pytest.approx(500 * k / 5000)  # both attempts
+    report = write_report(root, reps=100, stage=250 * k)
+    compute = {r["method"]: r for r in _rows(report.parent / "compute.csv")}
+    assert float(compute["scratch"]["steps_per_s"]) == pytest.approx(250.0)
+    assert float(compute["scratch"]["peak_rss_mb"]) == 100.0
+    # a damaged end of attempt places no attempt: the trial is listed as skipped, named
+    _trial(root, "Alien", "damaged", 0, [[1]], steps=(250 * k,), status=_st(250 * k, 10.0, 1.0, num_timesteps="x"))
+    skipped: dict[str, str] = {}
+    load_trials(root, stage=250 * k, skipped=skipped)
+    assert skipped == {"Alien/damaged/s0": "status.json: num_timesteps is 'x', not a number"}
+
+
 def test_routing_section_reads_each_trials_gate_history(grid):
     folder = grid / "Alien" / "hub-pathway" / "s0"
     rows = [{"step": 1024, "selection_freq/a": 1.0, "selection_freq/b": 0.0}]  # inside the warm-up: ignored

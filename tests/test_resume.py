@@ -70,6 +70,29 @@ def test_pause_then_resume_makes_the_same_updates_at_the_same_steps(tmp_path):
     assert done.completed and state["num_timesteps"] == 256 and state["n_updates"] * ROLLOUT == 256
 
 
+def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monkeypatch):
+    """A budget of 100 with 64-step rollouts trains to 128: the bar's total is 128, not 100, and a
+    resumed run's bar starts at the steps already done (64)."""
+    from hubrl.progress import StepProgressBar
+
+    bars = []
+
+    class Recorded(StepProgressBar):
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            bars.append(self)
+
+    monkeypatch.setattr(hubrl.training, "StepProgressBar", Recorded)
+    ckpt = tmp_path / "checkpoint.pt"
+    run_training(_model(), 100, ckpt, checkpoint_freq=10**9, verbose=0, pause_at=64)
+    model = _model()
+    run_training(model, 100, ckpt, resume_state=load_training_checkpoint(ckpt), checkpoint_freq=10**9, verbose=0)
+    (first,), (resumed,) = (bar.progress.tasks for bar in bars)
+    assert (first.fields["initial"], first.total) == (0, 128)  # paused after one rollout, at 64
+    assert (resumed.fields["initial"], resumed.completed, resumed.total) == (64, 128, 128)
+    assert model.num_timesteps == 128  # where SB3 really stops: the bar's total
+
+
 def test_every_checkpoint_holds_a_rollout_boundary_after_its_update(tmp_path, monkeypatch):
     """The periodic checkpoint (due at 96, inside a rollout) and the one saved after a crash
     inside a rollout both hold weights and a step counter that agree: no update is skipped."""
@@ -162,11 +185,49 @@ def _run_section(out: Path) -> dict:
 @pytest.mark.slow
 def test_resume_alone_continues_the_saved_run(saved_run, capsys):
     """``--resume --out DIR`` alone keeps the game, top-k, seed, hyperparameters and budget
-    (the 1M default budget and top-k 1 are not applied)."""
+    (the 1M default budget and top-k 1 are not applied): the run has its 64 steps already; a
+    larger --timesteps alone trains it further with all the rest as saved."""
     before = _run_section(saved_run)
     assert _transfer_main()(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 0
-    assert _run_section(saved_run) == {**before, "out": str(saved_run)}
+    assert f"{saved_run} has already trained 64 of its 64 agent steps" in capsys.readouterr().out
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--timesteps", "128", "--no-progress-bar"]) == 0
+    assert _run_section(saved_run) == {**before, "out": str(saved_run), "timesteps": 128}
     assert before["top_k"] == 2 and before["timesteps"] == 64 and before["hyperparams"] == TINY_PPO
+    assert load_training_checkpoint(saved_run / "checkpoint.pt")["num_timesteps"] == 128
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resuming_a_run_at_its_budget_says_so_and_writes_nothing(saved_run, capsys):
+    """A run that has trained its budget, evaluated and saved model.zip is not evaluated or saved
+    again: one line says so; every file keeps its bytes and time. One whose model.zip was never
+    written (stopped after its last checkpoint) is finished by the resume, without training."""
+    from hubrl.runconfig import resume_config
+    from hubrl.transfer import TransferConfig, run_transfer, saved_model_steps
+
+    def resume(verbose: int = 1):
+        cfg = resume_config(TransferConfig, saved_run / "config.yaml", {"out": str(saved_run)})  # as --resume --out
+        return run_transfer(cfg, resume=True, progress_bar=False, verbose=verbose)
+
+    files = _files(saved_run)
+    from hubrl.cli import command_main
+
+    line = (f"{saved_run} has already trained 64 of its 64 agent steps: nothing to do "
+            "(a larger --timesteps trains it further).\n")
+    assert command_main("transfer")(["--resume", "--out", str(saved_run), "--no-progress-bar"]) == 0
+    assert capsys.readouterr().out == line  # and no summary line after it
+    result = resume()
+    assert capsys.readouterr().out == line
+    assert result.outcome.already_done and result.outcome.completed and result.outcome.num_timesteps == 64
+    assert result.outcome.history.points[-1]["step"] == 64 and result.outcome.final_eval is None
+    assert _files(saved_run) == files
+    (saved_run / "model.zip").unlink()
+    assert not resume(verbose=0).outcome.already_done
+    assert saved_model_steps(saved_run / "model.zip") == 64
     assert load_training_checkpoint(saved_run / "checkpoint.pt")["num_timesteps"] == 64
 
 

@@ -106,6 +106,50 @@ def test_bad_inputs(tmp_path, tiny_hub):
         run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False)
 
 
+@pytest.mark.parametrize("hub_names, in_channels, settings, message", [
+    (("seaquest-ppo", "riverraid-ppo"), 4, {"top_k": 3}, "--top-k 3 is larger than the hub"),
+    (("x-ppo",), 3, {}, "reads 3 stacked frames but the target env gives 4"),
+    (("seaquest-ppo", "riverraid-ppo"), 4, {"method": "finetune"}, "--method finetune needs --source NAME"),
+])
+def test_a_run_refused_while_it_is_built_names_no_run_folder(tmp_path, capsys, hub_names, in_channels, settings, message):
+    """The hub is checked against the env and the method after start_run: a run refused there
+    prints no "Run folder: ..." (the folder is named once it is created) and writes nothing."""
+    hub = make_tiny_hub(tmp_path / "hub", names=hub_names, in_channels=in_channels)
+    with pytest.raises(HubError, match=message):
+        run_transfer(_cfg(tmp_path, hub=str(hub), **settings), progress_bar=False, verbose=1)
+    assert "Run folder" not in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rollout_the_minibatch_does_not_divide_warns_in_one_line_instead_of_sb3s_paragraph(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """--n-envs 1 with RL Zoo's PPO preset (128 steps, batch_size 256): SB3 trains on one
+    mini-batch of 128 and warns in a paragraph; the run says it in one line, naming both fixes."""
+    import warnings
+
+    import hubrl.harness
+    from hubrl.harness import start_run
+
+    monkeypatch.setattr(hubrl.harness, "run_training", lambda *args, **kwargs: None)  # what train() says, not its training
+    cfg = _cfg(tmp_path, method="scratch", n_envs=1, hyperparams={})
+    run = start_run(cfg, cfg.out, verbose=0)
+    with run.envs("Gopher") as (env, _):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = run.make_agent("CnnPolicy", env)
+        assert model.batch_size == 256 and model.n_steps * model.n_envs == 128  # trained as SB3 trains it: not refused
+        assert [str(w.message) for w in caught if "mini-batch" in str(w.message)] == []  # SB3's own is not shown too
+        assert capsys.readouterr().err == ""  # nothing yet: a run refused before training says only why
+        run.train(model, env, tb_log_name="t")
+    assert capsys.readouterr().err == (
+        "warning: PPO's batch_size 256 does not divide its rollout of n_steps 128 x n_envs 1 = 128 agent steps, so each "
+        "epoch is one mini-batch of 128: pass --n-envs 2, or batch_size: 128 in a --hyperparams file.\n")
+    run = start_run(_cfg(tmp_path, method="scratch", n_envs=2, hyperparams={}, out=str(tmp_path / "r2")), tmp_path / "r2",
+                    verbose=0)
+    run.train(model, env, tb_log_name="t")
+    assert capsys.readouterr().err == ""  # 2 x 128 = 256: one whole mini-batch
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

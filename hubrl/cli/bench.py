@@ -14,10 +14,11 @@
 started ones from their checkpoint and retries failed ones. A failing trial does not stop the grid:
 it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a trial failed.
 `report` writes <root>/report/: report.md (index), CSV + Markdown tables (scores, HNS, AUC,
-IQM with stratified-bootstrap CIs, steps/s, memory, parameters) and PNG learning curves.
+IQM with stratified-bootstrap CIs, head-to-head, steps/s, memory, parameters, inference speed) and
+PNG learning curves; with --stages, the same at each stage in <root>/report/at-<steps>/.
 `routes` writes <root>/report/routes.md and .csv: per k=1 hub-pathway trial, how different the policies
 of its routes are on states of its own play (hubrl.route_analysis).
-`archive` copies the records of every paused or finished trial (no weights, no TensorBoard) into
+`archive` copies the records of every paused or finished trial (no weights; TensorBoard logs with --tensorboard) into
 another folder, e.g. one you commit, while the grid goes on (hubrl.archive).
 Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchmark.py``.
 """
@@ -56,66 +57,89 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
-    run.add_argument("--root", required=True, help="Grid folder: trials go to <root>/<Game>/<method>/s<seed>/.")
+    run.add_argument("--root", required=True, metavar="DIR", help="Grid folder: trials go to DIR/<Game>/<method>/s<seed>/.")
     run.add_argument("--env", dest="games", nargs="+", required=True, metavar="GAME", aliases=("--games",),
                      help="Target games: Alien Gopher Jamesbond ...")
     run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
-                     help="Transfer methods (default: all of hubrl.transfer.METHODS); a variant is "
+                     help="Transfer methods (default: all: hub-pathway scratch finetune zoo-tuning select; a bare "
+                          "finetune is one arm per hub expert unless --set source=NAME); a variant is "
                           "NAME:KEY=VALUE,... (hub-pathway:top_k=2), an arm with its own name LABEL=NAME[:...].")
     run.add_argument("--seed", dest="seeds", nargs="+", type=seed, default=[0, 1, 2], metavar="SEED", aliases=("--seeds",),
                      help="Seeds. Default: 0 1 2.")
     run.add_argument("--timesteps", dest="budget", type=steps, required=True, metavar="STEPS", aliases=("--budget",),
                      help="Agent steps per trial (the budget), e.g. 1M, 100k.")
-    run.add_argument("--pause-at", type=steps, default=None,
-                     help="Stop every trial at N steps (schedules still follow --timesteps); "
-                          "rerun with a later --pause-at or none to continue.")
+    run.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
+                     help="Pause every trial at the first rollout boundary at or past STEPS agent steps (schedules "
+                          "still follow --timesteps); trials paused there already are skipped; rerun with a later "
+                          "--pause-at or none to continue.")
     where = run.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1,
+    where.add_argument("--workers", type=int, default=1, metavar="N",
                        help="Trials at once, each in a fresh process (0: in this process, for debugging). Default: 1.")
     where.add_argument("--ray-address", default=None, metavar="ADDRESS",
                        help="Run trials as Ray tasks: auto, ray://host:10001, or local (needs pip install \"hubrl[ray]\").")
-    run.add_argument("--threads", type=positive_int, default=None, help="Torch threads per trial (default: CPUs / workers).")
-    run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1,
+    run.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                     help="Torch CPU threads per trial (default: CPU cores // --workers; with Ray, --cpus-per-trial; "
+                          "with --workers 0, torch's own).")
+    run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1, metavar="N",
                      help="Ray: CPUs each trial asks for. Default: 1.")
-    run.add_argument("--gpus-per-trial", type=non_negative_float, default=0,
+    run.add_argument("--gpus-per-trial", type=non_negative_float, default=0, metavar="N",
                      help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
     source = run.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR", help="Hub folder (default: the shipped hub).")
-    source.add_argument("--sources", nargs="+", default=None, metavar="ZIP", help="SB3 checkpoints (.zip) to use as experts.")
-    run.add_argument("--algo", choices=["ppo", "a2c"], default=None, help="RL algorithm. Default: ppo.")
-    run.add_argument("--n-envs", type=positive_int, default=None, help="Parallel games per trial (default: the preset's).")
-    run.add_argument("--device", type=device, default=None,
-                     help="Torch device of each trial: auto, cpu, cuda ... Default: auto.")
-    run.add_argument("--hyperparams", default=None, metavar="YAML", help="YAML file of hyperparameter overrides.")
-    run.add_argument("--eval-freq", type=steps, default=None, help="Evaluate every N agent steps. Default: 100k.")
-    run.add_argument("--eval-episodes", type=positive_int, default=None, help="Games per evaluation. Default: 10.")
-    run.add_argument("--checkpoint-freq", type=steps, default=None, help="Checkpoint every N agent steps. Default: 100k.")
+    source.add_argument("--hub", default=None, metavar="DIR",
+                        help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
+    source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
+                        help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
+    run.add_argument("--algo", choices=["ppo", "a2c"], default=None,
+                     help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
+    run.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
+                     help="Parallel games per trial (default: the preset's, 8 for PPO, 16 for A2C).")
+    run.add_argument("--device", type=device, default=None, metavar="DEVICE",
+                     help="Torch device of each trial: auto, cpu, cuda, cuda:1, mps ... "
+                          "Default: auto (CUDA when available, else the CPU).")
+    run.add_argument("--hyperparams", default=None, metavar="YAML",
+                     help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
+                          "(keys as in agents/hyperparams/<algo>.yml).")
+    run.add_argument("--eval-freq", type=steps, default=None, metavar="STEPS",
+                     help="Evaluate every STEPS agent steps (the report of a stage needs an evaluation there: make "
+                          "each --pause-at a multiple of it). Default: 100k.")
+    run.add_argument("--eval-episodes", type=positive_int, default=None, metavar="N",
+                     help="Games per evaluation. Default: 10.")
+    run.add_argument("--checkpoint-freq", type=steps, default=None, metavar="STEPS",
+                     help="Checkpoint every STEPS agent steps. Default: 100k.")
     run.add_argument("--set", dest="extra", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="Any other TransferConfig field for every trial, e.g. --set top_k=2 --set aggregation=heads.")
-    run.add_argument("--verbose", type=int, default=0, help="Verbosity of each trial's training. Default: 0.")
-    run.add_argument("--report", action="store_true", help="Write the report when the grid is done.")
+    run.add_argument("--verbose", type=int, default=0, metavar="LEVEL",
+                     help="What each trial prints (0: nothing; 1: its run folder, resume point and evaluations, "
+                          "as hubrl-transfer does). Default: 0.")
+    run.add_argument("--report", action="store_true",
+                     help="Write <root>/report/ when the grid is done (as the report command with its defaults).")
 
     report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
     report.add_argument("root", help="Grid folder (the --root of run).")
-    report.add_argument("--out", default=None, help="Report folder. Default: <root>/report.")
+    report.add_argument("--out", default=None, metavar="DIR", help="Report folder. Default: <root>/report.")
     report.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
-                        help="Count trials that reached this many steps (default: the grid's).")
+                        help="Budget: the tables count the trials evaluated at this many agent steps "
+                             "(default: the grid's budget, from grid.json).")
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
-                        help="Also report the grid as it stood at each of these steps (e.g. 250k 500k 1M), "
-                             "in report/at-<steps>/.")
-    report.add_argument("--baseline", default="scratch", help="Method the compute ratios divide by. Default: scratch.")
+                        help="Also report the grid as it stood at each of these agent steps (e.g. 250k 500k 1M): scores "
+                             "and compute up to that stage, in <root>/report/at-<steps>/ (also with --out).")
+    report.add_argument("--baseline", default="scratch", metavar="METHOD",
+                        help="Method the compute ratios (steps/s, memory, parameters, inference) divide by. "
+                             "Default: scratch.")
     report.add_argument("--focus", nargs="+", default=["hub-pathway"], metavar="METHOD",
                         help="Method(s) the head-to-head compares with each other one, a section each. Default: hub-pathway.")
-    report.add_argument("--reps", type=positive_int, default=50_000, help="Bootstrap replicates. Default: 50000 (rliable's).")
+    report.add_argument("--reps", type=positive_int, default=50_000, metavar="N",
+                        help="Bootstrap replicates of every CI. Default: 50000 (rliable's).")
     report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
 
     routes = sub.add_parser("routes", help="Write <root>/report/routes.md: what the route changes in each "
                                            "hub-pathway trial's policy (reads model.zip).")
     routes.add_argument("root", help="Grid folder (the --root of run).")
-    routes.add_argument("--out", default=None, help="Folder of routes.md and routes.csv. Default: <root>/report.")
+    routes.add_argument("--out", default=None, metavar="DIR",
+                        help="Folder of routes.md and routes.csv. Default: <root>/report.")
     routes.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD",
                         help="Only these arms (labels). Default: every k=1 hub-pathway arm.")
-    routes.add_argument("--states", type=positive_int, default=512,
+    routes.add_argument("--states", type=positive_int, default=512, metavar="N",
                         help="States of each trial's own play to compare on. Default: 512.")
     routes.add_argument("--seed", type=seed, default=0, help="Seed of the play and of the acting noise. Default: 0.")
     routes.add_argument("--play", type=positive_int, default=0, metavar="GAMES",

@@ -187,23 +187,25 @@ def device(text: str) -> str:
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     """``--threads``: the same flag on every command that runs torch (hubrl.runtime.configure_threads)."""
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="Torch CPU threads (default: torch's, one per core; use 1 when other processes share the cores).")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"],
                         help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
-    parser.add_argument("--n-envs", type=positive_int, default=None,
+    parser.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
                         help="Parallel games (default: the preset's, 8 for PPO, 16 for A2C).")
-    parser.add_argument("--seed", type=seed, default=0, help="Random seed of agent and envs. Default: 0.")
-    parser.add_argument("--device", type=device, default="auto",
-                        help="Torch device: auto, cpu, cuda, cuda:1 ... Default: auto.")
+    parser.add_argument("--seed", type=seed, default=0, metavar="SEED", help="Random seed of agent and envs. Default: 0.")
+    parser.add_argument("--device", type=device, default="auto", metavar="DEVICE",
+                        help="Torch device: auto, cpu, cuda, cuda:1, mps ... "
+                             "Default: auto (CUDA when available, else the CPU).")
     add_threads_flag(parser)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; "
                              "not yet validated by learning curves). Default: fp32.")
-    parser.add_argument("--tensorboard-log", default=None, help="TensorBoard folder (default: inside the run folder).")
+    parser.add_argument("--tensorboard-log", default=None, metavar="DIR",
+                        help="TensorBoard folder (default: tb/ inside the run folder).")
     parser.add_argument("--hyperparams", default=None, metavar="YAML",
                         help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
                              "(keys as in agents/hyperparams/<algo>.yml).")

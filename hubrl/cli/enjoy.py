@@ -41,22 +41,24 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--hub", default=None, metavar="DIR", help="Hub folder for --expert (default: the shipped hub).")
     parser.add_argument("--env", default=None, metavar="GAME",
                         help="Game to play (default: the run's or expert's own; needed for a plain .zip).")
-    parser.add_argument("--episodes", type=positive_int, default=None,
-                        help="Games to play. Default: 1 (unless --timesteps is given).")
+    parser.add_argument("--episodes", type=positive_int, default=None, metavar="N",
+                        help="Games to play (with --timesteps: whichever limit comes first). "
+                             "Default: 1, or no limit with --timesteps.")
     parser.add_argument("--timesteps", dest="steps", type=steps, default=None, metavar="STEPS", aliases=("--steps",),
-                        help="Stop after N agent steps (a game still running is reported as unfinished).")
+                        help="Stop after STEPS agent steps (a game still running is reported as unfinished).")
     parser.add_argument("--video", default=None, metavar="FILE",
                         help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]).")
     parser.add_argument("--deterministic", action="store_true", help="Greedy actions (default: sampled, as in evaluation).")
     parser.add_argument("--gate-noise", action="store_true",
                         help="Hub-Pathway runs: route each state with the gate noise the agent acted with in training "
                              "(default: noise-free, as evaluation).")
-    parser.add_argument("--sticky-actions", type=probability, default=None,
-                        help="Repeat-action probability (default: as trained, 0.25).")
-    parser.add_argument("--seed", type=seed, default=0, help="Seed of the game. Default: 0.")
+    parser.add_argument("--sticky-actions", type=probability, default=None, metavar="P",
+                        help="Repeat-action probability in [0, 1] (default: the one the run or expert was trained "
+                             "with; 0.25 for a plain .zip).")
+    parser.add_argument("--seed", type=seed, default=0, metavar="SEED", help="Seed of the game. Default: 0.")
     add_threads_flag(parser)
-    parser.add_argument("--device", type=device, default="cpu",
-                        help="Torch device. Default: cpu (one game at a time needs no GPU).")
+    parser.add_argument("--device", type=device, default="cpu", metavar="DEVICE",
+                        help="Torch device: cpu, cuda, cuda:1, mps, auto ... Default: cpu (one game at a time needs no GPU).")
     return parser
 
 

@@ -39,9 +39,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         aliases=("--games",),
                         help="Source games. Default: Seaquest Riverraid.")
     parser.add_argument("--timesteps", type=steps, default=10_000_000, metavar="STEPS",
-                        help="Agent steps per expert, e.g. 10M, 2e6, 500k (RL Zoo budget: 10M).")
-    parser.add_argument("--out", default="runs/pretrain",
-                        help="Folder of the runs: each expert trains in OUT/<game>-<algo> (training state, "
+                        help="Agent steps per expert, e.g. 10M, 2e6, 500k. Default: 10M (RL Zoo's budget).")
+    parser.add_argument("--out", default="runs/pretrain", metavar="DIR",
+                        help="Folder of the runs: each expert trains in DIR/<game>-<algo> (training state, "
                              "TensorBoard events, learning curve). Default: runs/pretrain.")
     parser.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder the finished experts are exported into (DIR/<game>-<algo>: expert.json + "
@@ -50,24 +50,26 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="Continue each expert's run in --out from its latest checkpoint, with the settings it was "
                              "started with (--timesteps, --device, --threads, --hub and --tensorboard-log may change).")
-    parser.add_argument("--pause-at", type=steps, default=None,
-                        help="Stop (with a checkpoint) once an expert has this many steps in all; the schedules still follow "
-                             "--timesteps, so --resume later continues as if uninterrupted. "
+    parser.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
+                        help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in all; "
+                             "the schedules still follow --timesteps, so --resume later continues as if uninterrupted. "
                              "E.g. train a 10M budget 2M at a time.")
     parser.add_argument("--force", action="store_true", help="Delete an existing expert of the same name and start over.")
-    parser.add_argument("--eval-freq", type=steps, default=250_000, help="Evaluate every N agent steps. Default: 250k.")
-    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
-    parser.add_argument("--checkpoint-freq", type=steps, default=100_000,
-                        help="Checkpoint every N agent steps. Default: 100k.")
-    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
-                        help="Repeat-action probability in [0, 1] (ALE v5: 0.25). Default: 0.25.")
+    parser.add_argument("--eval-freq", type=steps, default=250_000, metavar="STEPS",
+                        help="Evaluate every STEPS agent steps. Default: 250k.")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
+                        help="Games per evaluation (also of --export). Default: 10.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, metavar="STEPS",
+                        help="Checkpoint every STEPS agent steps. Default: 100k.")
+    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25, metavar="P",
+                        help="Repeat-action probability in [0, 1] (ALE v5's). Default: 0.25.")
     parser.add_argument("--export", action="store_true",
                         help="Do not train: evaluate each game's latest checkpoint and export it as the expert now "
                              "(mid-training is fine).")
     parser.add_argument("--plot", action="store_true",
                         help="Do not train: write each run's learning_curve.png (training and evaluation scores).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
-                        help="Precision of the exported weights.")
+                        help="Precision of the exported weights (weights.safetensors). Default: float32.")
     add_common_flags(parser)
     return parser
 
@@ -152,6 +154,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                                  pause_at=args.pause_at,
                                  given=_requested(cfg, given) if args.resume else None)
         outcome = result.outcome
+        if outcome.already_done:  # pretrain_expert said so in one line
+            continue
         if outcome.interrupted_by is not None:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
             return 128 + outcome.interrupted_by

@@ -4,11 +4,12 @@
     %(prog)s --env Alien                              # the package's default hub
     %(prog)s --env Gopher --hub hub --timesteps 10k --json ranking.json
     %(prog)s --env Alien --sources ppo-Seaquest.zip ppo-Riverraid.zip
-    %(prog)s --env Seaquest --probe knn --random-baseline  # the table of hubrl/selection.py
+    %(prog)s --env Seaquest --probe knn --random-baseline  # BENCHMARKS.md, "Selection proxy against a random encoder"
 
 Plays --timesteps steps of the target game with a random policy (once, shared by all experts), then
-scores each expert by how well a cross-validated ridge probe on its frozen features predicts the
-discounted return (held-out R², higher is better). Fine-tune the expert ranked first.
+scores each expert by how well a probe on its frozen features (ridge; or --probe knn, cosine kNN)
+predicts the discounted return-to-go (R² on held-out episodes, higher is better). Fine-tune the expert
+ranked first (hubrl-transfer --method select ranks this way, then fine-tunes it).
 With --random-baseline, a randomly initialised encoder is scored too, as a reference row.
 Entry point ``hubrl-rank``; also ``python -m hubrl rank`` and ``scripts/rank_hub.py``.
 """
@@ -32,15 +33,17 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--env", required=True, metavar="GAME", help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
-                        help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+                        help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) or expert folders to rank.")
     parser.add_argument("--timesteps", dest="frames", type=steps, default=20_000, metavar="STEPS", aliases=("--frames",),
                         help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
-    parser.add_argument("--n-envs", type=positive_int, default=8, help="Parallel games for the data collection. Default: 8.")
+    parser.add_argument("--n-envs", type=positive_int, default=8, metavar="N",
+                        help="Parallel games for the data collection. Default: 8.")
     parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge",
-                        help="Probe on the frozen features. Default: ridge.")
-    parser.add_argument("--seed", type=seed, default=0,
+                        help="Probe on the frozen features: ridge (scores every frame) or knn (cosine kNN, k=20, "
+                             "scores 4k held-out frames). Default: ridge.")
+    parser.add_argument("--seed", type=seed, default=0, metavar="SEED",
                         help="Seed of the games, the random policy and the random encoder. Default: 0.")
     parser.add_argument(
         "--random-baseline", action="store_true",

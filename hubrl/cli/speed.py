@@ -9,7 +9,8 @@
     %(prog)s not-adopted  # the two measured and not adopted: inference_mode rollouts, /255 folded into conv 1
     %(prog)s inference  # Hub-Pathway's predict vs scratch's with the routing controlled, and where its time goes
 
-The SB3 pipeline needs OpenCV: ``pip install -e .[bench]``.
+(train-one is one training process of train's table: train runs it once per setup and repeat.)
+SB3's pipeline (envs, train, train-one --impl sb3) needs OpenCV: ``pip install -e ".[bench]"``.
 Entry point ``hubrl-speed``; also ``python -m hubrl speed`` and ``scripts/benchmark_speed.py``.
 """
 
@@ -591,23 +592,32 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["envs", "train", "train-one", "transfer", "rank", "zoo-conv", "not-adopted",
-                                         "inference"])
-    parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl", help="train-one: whose training pipeline.")
+                                         "inference"],
+                        help="What to measure (see above).")
+    parser.add_argument("--impl", choices=["hubrl", "sb3"], default="hubrl",
+                        help="train-one: whose training pipeline. Default: hubrl.")
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=["ppo", "a2c"],
-                        help="train: algorithms; transfer: the first one. Default: ppo.")
-    parser.add_argument("--threads", type=positive_int, default=None, help="train-one: torch threads (default: torch's).")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train-one: encoders' precision.")
-    parser.add_argument("--device", type=device, default="cpu",
+                        help="train: algorithms; train-one, transfer: the first one. Default: ppo.")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="train-one: torch CPU threads (default: torch's, one per core; train sets each setup's).")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="train-one: encoders' arithmetic (train sets each setup's). Default: fp32.")
+    parser.add_argument("--device", type=device, default="cpu", metavar="DEVICE",
                         help="train, train-one, transfer, zoo-conv, not-adopted, inference: torch device "
-                             "(cpu, cuda, cuda:1, auto). Default: cpu "
+                             "(cpu, cuda, cuda:1, mps, auto). Default: cpu "
                              "(the tables in BENCHMARKS.md); envs and rank run on the CPU.")
     parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
-                        help="Game to measure on. Default: Seaquest.")
-    parser.add_argument("--n-envs", type=positive_int, default=8)
+                        help="envs, train, train-one, transfer, rank: game to measure on. Default: Seaquest.")
+    parser.add_argument("--n-envs", type=positive_int, default=8, metavar="N",
+                        help="envs: parallel games; zoo-conv, not-adopted: the rollout batch (one frame per game). "
+                             "Default: 8 (train, train-one and transfer use the preset's).")
     parser.add_argument("--timesteps", dest="steps", type=step_count, default=None, metavar="STEPS", aliases=("--steps",),
-                        help="Length of each measurement: vector steps (envs), agent steps (train, transfer), "
-                             "random-policy steps (rank).")
-    parser.add_argument("--repeats", type=positive_int, default=3)
+                        help="Length of each measurement: vector steps (envs, default 2000), agent steps (train, "
+                             "train-one: after a one-rollout warm-up, default 10240; transfer: default 4096), "
+                             "random-policy agent steps (rank, default 20k).")
+    parser.add_argument("--repeats", type=positive_int, default=3, metavar="N",
+                        help="Interleaved repetitions: the tables give their median (envs, train, transfer) or "
+                             "minimum (zoo-conv, not-adopted, inference). Default: 3.")
     parser.add_argument("--experts", type=_positive_ints, default=[2, 4], metavar="K,...",
                         help="zoo-conv: expert counts. Default: 2,4.")
     parser.add_argument("--batch-sizes", type=_positive_ints, default=[8, 256], metavar="B,...",

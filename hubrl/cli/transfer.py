@@ -58,61 +58,67 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--env", default=None, metavar="GAME",
                         help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... "
                              "(required to train, except to resume a run).")
-    parser.add_argument("--method", default="hub-pathway",
-                        help="hub-pathway (default), scratch, finetune, zoo-tuning or select.")
+    parser.add_argument("--method", default="hub-pathway", metavar="METHOD",
+                        help="hub-pathway, scratch, finetune, zoo-tuning or select. Default: hub-pathway.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
     parser.add_argument("--lite", action="store_true", help="zoo-tuning: batch-mean gates; model.zip is one merged NatureCNN.")
     parser.add_argument("--select-timesteps", dest="select_frames", type=steps, default=20_000, metavar="STEPS",
                         aliases=("--select-frames",),
-                        help="select: random-policy target frames for the proxy. Default: 20k.")
+                        help="select: agent steps of the target game played by a random policy, on which the proxy "
+                             "ranks the experts (as hubrl-rank --timesteps). Default: 20k.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
-                        help="Hub folder made by pretrain_sources.py (default: the shipped hub).")
+                        help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
                         help="Agent steps (the budget), e.g. 1M, 100k. Default: 1M.")
-    parser.add_argument("--out", default=None, help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
+    parser.add_argument("--out", default=None, metavar="DIR", help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --out from its checkpoint, with the settings it was started with "
                              "(a flag that contradicts them is refused; --timesteps, --device, --threads and "
                              "--tensorboard-log may change).")
-    parser.add_argument("--pause-at", type=steps, default=None,
-                        help="Stop cleanly at N agent steps in all (schedules still follow --timesteps); "
-                             "continue later with --resume.")
-    parser.add_argument("--top-k", type=positive_int, default=1, help="Experts per observation (1..hub size). Default: 1.")
-    parser.add_argument("--noise", type=noise, default=None,
-                        help="Gate noise when acting in training: a fixed std >= 0, or 'learned' (input-dependent, "
-                             "trained only by --exploration-loss importance-load; with the other losses it stays "
-                             "at its start, about 1.0 with the floor). Default: 1.0.")
-    parser.add_argument("--noise-floor", type=non_negative_float, default=None,
-                        help="Minimum std of the learned gate noise, so route exploration never dies out. Default: 0.3.")
+    parser.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
+                        help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in "
+                             "all (schedules still follow --timesteps); continue later with --resume.")
+    parser.add_argument("--top-k", type=positive_int, default=1, metavar="K",
+                        help="hub-pathway: experts per observation (1..hub size). Default: 1.")
+    parser.add_argument("--noise", type=noise, default=None, metavar="STD",
+                        help="hub-pathway: gate noise when acting in training: a fixed std >= 0, or 'learned' "
+                             "(input-dependent, trained only by --exploration-loss importance-load; with the other "
+                             "losses it stays at its start, about 1.0 with the floor). Default: 1.0.")
+    parser.add_argument("--noise-floor", type=non_negative_float, default=None, metavar="STD",
+                        help="hub-pathway: minimum std of the learned gate noise, so route exploration never dies out. "
+                             "Default: 0.3.")
     parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
-                        help="Weight of the chosen expert at --top-k 1: its gate probability, "
+                        help="hub-pathway: weight of the chosen expert at --top-k 1: its gate probability, "
                              "or 1 with that probability's gradient "
                              "(keeps the expert's features at their pretrained scale). Default: straight-through.")
     parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
-                        help="Load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), "
+                        help="hub-pathway: load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), "
                              "entropy of the batch-mean "
                              "probabilities, or Shazeer's importance+load. Default: switch.")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
-                        help="Aggregate expert features into one head (features) "
-                             "or per-expert heads' outputs (heads, the paper's form).")
-    parser.add_argument("--exploration-coef", type=non_negative_float, default=None,
-                        help="Weight of the exploration loss (>= 0). Default: 0.1.")
-    parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5,
-                        help="Weight of the exploitation loss (>= 0). Default: 0.5.")
-    parser.add_argument("--freeze-experts", action="store_true", help="Keep expert encoders fixed (default: fine-tune them).")
-    parser.add_argument("--eval-freq", type=steps, default=100_000, help="Evaluate every N agent steps. Default: 100k.")
-    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="Games per evaluation. Default: 10.")
+                        help="hub-pathway: aggregate the expert features into one head (features) "
+                             "or per-expert heads' outputs (heads, the paper's form). Default: features.")
+    parser.add_argument("--exploration-coef", type=non_negative_float, default=None, metavar="W",
+                        help="hub-pathway: weight of the exploration loss (>= 0). Default: 0.1.")
+    parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5, metavar="W",
+                        help="hub-pathway: weight of the exploitation loss (>= 0). Default: 0.5.")
+    parser.add_argument("--freeze-experts", action="store_true",
+                        help="hub-pathway: keep the expert encoders fixed (default: fine-tune them).")
+    parser.add_argument("--eval-freq", type=steps, default=100_000, metavar="STEPS",
+                        help="Evaluate every STEPS agent steps. Default: 100k.")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
+                        help="Games per evaluation. Default: 10.")
     parser.add_argument("--early-eval", action=argparse.BooleanOptionalAction, default=True,
                         help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), "
                              "for a score early. Default: on.")
     parser.add_argument("--plot", action="store_true", help="Only redraw learning_curve.png of the run in --out, then exit.")
-    parser.add_argument("--checkpoint-freq", type=steps, default=100_000,
-                        help="Checkpoint every N agent steps. Default: 100k.")
-    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25,
-                        help="Repeat-action probability in [0, 1]. Default: 0.25.")
+    parser.add_argument("--checkpoint-freq", type=steps, default=100_000, metavar="STEPS",
+                        help="Checkpoint every STEPS agent steps. Default: 100k.")
+    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25, metavar="P",
+                        help="Repeat-action probability in [0, 1] (ALE v5's). Default: 0.25.")
     add_common_flags(parser)
     return parser
 
@@ -174,6 +180,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     cfg = transfer_config(parser, args, given)
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
+    if outcome.already_done:  # run_transfer said so in one line
+        return 0
     resume = f"{parser.prog} --resume --out {shlex.quote(str(result.folder))}"
     if outcome.paused:
         print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
