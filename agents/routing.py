@@ -34,10 +34,13 @@ class Route:
     :param noise: (B, K) standard-normal draw that was scaled by the gate's noise std and added to
         the clean logits when acting.
     :param selected: (B, k) long indices of the experts that acted.
+    :param log_prob: (B,) log-probability, under the acting gate, that its noise selected these
+        experts; only a gate trained by the policy gradient of its routes needs it (``None`` else).
     """
 
     noise: th.Tensor
     selected: th.Tensor
+    log_prob: th.Tensor | None = None
 
 
 @runtime_checkable
@@ -94,6 +97,8 @@ class RoutedRolloutBuffer(RolloutBuffer):
     def reset(self) -> None:
         self.gate_noise = np.zeros((self.buffer_size, self.n_envs, self.n_experts), dtype=np.float32)
         self.gate_selected = np.zeros((self.buffer_size, self.n_envs, self.top_k), dtype=np.int64)
+        self.gate_log_prob = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.has_route_log_prob = False
         self._routes_flat = False
         super().reset()
 
@@ -103,19 +108,24 @@ class RoutedRolloutBuffer(RolloutBuffer):
         route = self.route_source()
         self.gate_noise[self.pos] = route.noise.cpu().numpy().reshape(self.n_envs, self.n_experts)
         self.gate_selected[self.pos] = route.selected.cpu().numpy().reshape(self.n_envs, self.top_k)
+        if route.log_prob is not None:
+            self.gate_log_prob[self.pos] = route.log_prob.detach().cpu().numpy().reshape(self.n_envs)
+            self.has_route_log_prob = True
         super().add(*args, **kwargs)
 
     def get(self, batch_size: int | None = None) -> Generator[RoutedRolloutBufferSamples, None, None]:  # type: ignore[override]
         if not self._routes_flat:
             self.gate_noise = self.swap_and_flatten(self.gate_noise)
             self.gate_selected = self.swap_and_flatten(self.gate_selected)
+            self.gate_log_prob = self.swap_and_flatten(self.gate_log_prob)
             self._routes_flat = True
         yield from super().get(batch_size)  # type: ignore[misc]
 
     def _get_samples(self, batch_inds: np.ndarray, env=None) -> RoutedRolloutBufferSamples:  # type: ignore[override]
         base: RolloutBufferSamples = super()._get_samples(batch_inds, env)
         route = Route(self.to_torch(self.gate_noise[batch_inds]),
-                      th.as_tensor(self.gate_selected[batch_inds], device=self.device))
+                      th.as_tensor(self.gate_selected[batch_inds], device=self.device),
+                      self.to_torch(self.gate_log_prob[batch_inds]).flatten() if self.has_route_log_prob else None)
         return RoutedRolloutBufferSamples(*base, route=route)
 
 

@@ -18,6 +18,12 @@ Three forms, chosen with ``kind`` (``--exploration-loss``):
 **Exploitation** (:func:`exploitation_loss`) trains each selected expert, through its own head, on
 the samples that activated it, with the agent's own objective: PPO's clipped surrogate (or A2C's
 policy gradient) plus a value regression, averaged over all (sample, selected expert) pairs.
+
+**Route policy gradient** (:func:`route_policy_loss`, off by default): the gate's noisy top-1 choice
+is a sampled decision like the action, so the agent's own surrogate can train it: the acting
+route's probability ratio times the advantage. At k = 1 the task loss reaches the gate only as
+"should the chosen expert's output be larger", never comparing the experts; this term does compare
+them: routes whose steps earned above-average advantage become more likely in those states.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ __all__ = [
     "importance_load_loss",
     "exploration_loss",
     "exploitation_loss",
+    "route_policy_loss",
 ]
 
 EXPLORATION_LOSSES = ("switch", "entropy", "importance-load")
@@ -137,3 +144,20 @@ def exploitation_loss(
     if total is None:
         return actions.new_zeros((), dtype=th.float32)
     return total / count
+
+
+def route_policy_loss(
+    route_log_prob: th.Tensor, old_route_log_prob: th.Tensor, advantages: th.Tensor, clip_range: float | None,
+) -> th.Tensor:
+    """The agent's policy-gradient surrogate applied to the gate's route choice.
+
+    :param route_log_prob: (B,) log-probability of the acting routes under the current gate.
+    :param old_route_log_prob: (B,) the same under the gate that acted (stored in the rollout).
+    :param advantages: (B,) the minibatch's advantages, as the main loss uses them.
+    :param clip_range: PPO's clip range (clipped ratio surrogate), or ``None`` for A2C's plain
+        ``-advantage * log-probability``.
+    """
+    if clip_range is None:
+        return -(advantages * route_log_prob).mean()
+    ratio = th.exp(route_log_prob - old_route_log_prob)
+    return -th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)).mean()

@@ -60,6 +60,7 @@ class MethodSettings(Protocol):
     exploration_coef: float
     exploitation_coef: float
     freeze_experts: bool
+    route_pg_coef: float
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
         policy_kwargs=dict(
             expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, noise_floor=cfg.noise_floor, k1_weight=cfg.k1_weight,
             aggregation=cfg.aggregation, exploration_loss=cfg.exploration_loss, exploration_coef=cfg.exploration_coef,
-            exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts,
+            exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts, route_pg_coef=cfg.route_pg_coef,
         ),
         init=lambda policy: load_hub_weights(policy, hub),
         callbacks=[GateUsageCallback(prefix="pathway")],

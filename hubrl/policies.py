@@ -33,7 +33,7 @@ from torch import nn
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
 from hubrl.errors import UsageError
 from hubrl.hub import Hub
-from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss
+from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss, route_policy_loss
 from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatures
 
 __all__ = [
@@ -85,6 +85,10 @@ class HubPathwayPolicy(ActorCriticPolicy):
     :param exploitation_coef: weight of the exploitation loss.
     :param exploitation_vf_coef: weight of the value term inside the exploitation loss.
     :param freeze_experts: keep the expert encoders fixed (default: fine-tune them).
+    :param route_pg_coef: weight of the route policy gradient (:func:`hubrl.losses.route_policy_loss`):
+        the gate's noisy top-1 choice trained by the agent's surrogate with the advantage, so routes
+        compare the experts state by state. 0 (default) leaves the gate to the paper's gradients
+        (through the pathway weights and the exploration loss). Needs k = 1 and a noisy gate.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         exploitation_coef: float = 0.5,
         exploitation_vf_coef: float = 0.5,
         freeze_experts: bool = False,
+        route_pg_coef: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if aggregation not in AGGREGATIONS:
@@ -116,6 +121,14 @@ class HubPathwayPolicy(ActorCriticPolicy):
         self.exploitation_coef = float(exploitation_coef)
         self.exploitation_vf_coef = float(exploitation_vf_coef)
         self.freeze_experts = bool(freeze_experts)
+        self.route_pg_coef = float(route_pg_coef)
+        if not 0 <= self.route_pg_coef < float("inf"):
+            raise ValueError(f"route_pg_coef must be a finite number >= 0, got {route_pg_coef}.")
+        if self.route_pg_coef > 0 and int(top_k) != 1:
+            raise ValueError(f"route_pg_coef needs top_k 1 (got {top_k}): at k > 1 the gate already compares the "
+                             "experts through the softmax over their outputs.")
+        if self.route_pg_coef > 0 and noise != "learned" and float(noise) == 0:
+            raise ValueError("route_pg_coef needs a noisy gate (noise > 0 or 'learned'): a noise-free gate samples no route.")
         kwargs.setdefault("net_arch", [])
         kwargs["features_extractor_class"] = HubPathwayExtractor
         kwargs["features_extractor_kwargs"] = {
@@ -125,6 +138,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self._last_routed: RoutedFeatures | None = None
+        self._last_route: Route | None = None  # the stored acting route replayed by evaluate_actions
         self._acting_route: Route | None = None
         self._previous_logit_mean: np.ndarray | None = None
         self.reset_usage()
@@ -139,6 +153,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         # SB3's orthogonal init (gain sqrt 2) also hit the gate: without this reset its output layer
         # starts with a fixed logit gap and routing is decided before any training (issue 14).
         extractor.gate.reset_parameters()
+        extractor.gate.route_log_probs = self.route_pg_coef > 0
         if self.freeze_experts:
             extractor.experts.requires_grad_(False)
 
@@ -159,6 +174,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
             exploitation_coef=self.exploitation_coef,
             exploitation_vf_coef=self.exploitation_vf_coef,
             freeze_experts=self.freeze_experts,
+            route_pg_coef=self.route_pg_coef,
         )
         return data
 
@@ -218,7 +234,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values, log-probabilities and entropy under the stored acting ``route`` when given."""
         distribution, values, routed = self._outputs(obs, route=route)
-        self._last_routed = routed  # consumed by auxiliary_loss on the same minibatch
+        self._last_routed, self._last_route = routed, route  # consumed by auxiliary_loss on the same minibatch
         return values, distribution.log_prob(actions), distribution.entropy()
 
     #: ``predict`` (evaluation, ``hubrl-enjoy``) routes noise-free unless this is set; then each call
@@ -235,6 +251,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
     # --- auxiliary losses -------------------------------------------------------------------
     def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:
         routed, self._last_routed = self._last_routed, None
+        replayed, self._last_route = self._last_route, None
         if routed is None:
             return None
         routing = routed.routing
@@ -244,12 +261,20 @@ class HubPathwayPolicy(ActorCriticPolicy):
             batch.clip_range, self.exploitation_vf_coef,
         )
         loss = self.exploration_coef * explore + self.exploitation_coef * exploit
+        logs: dict[str, float | th.Tensor] = {}
+        # the route's policy gradient needs the acting gate's probability of the route, stored in the
+        # rollout (a stock SB3 agent, which replays no route, trains without this term)
+        if self.route_pg_coef > 0 and routing.log_prob is not None and replayed is not None and replayed.log_prob is not None:
+            route_pg = route_policy_loss(routing.log_prob, replayed.log_prob, batch.advantages, batch.clip_range)
+            loss = loss + self.route_pg_coef * route_pg
+            logs["route_pg_loss"] = route_pg.detach()
+            logs["route_prob"] = routing.log_prob.detach().exp().mean()  # 1/K: a coin; 1: routes decided by state
         with th.no_grad():
             # how far the gate moved since acting: samples the current gate (same noise) would reroute
             current = routing.logits.topk(routing.selected.shape[1], dim=1).indices.sort(1).values
             reroute = (current != routing.selected.sort(1).values).any(1).float().mean()
         # 0-d tensors: the agent reads them once per update, not once per minibatch (no GPU stall here)
-        logs = {"exploration_loss": explore.detach(), "exploitation_loss": exploit.detach(), "gate_reroute_frac": reroute}
+        logs.update(exploration_loss=explore.detach(), exploitation_loss=exploit.detach(), gate_reroute_frac=reroute)
         return AuxiliaryTerms(loss, logs)
 
     # --- gate usage statistics --------------------------------------------------------------

@@ -85,6 +85,7 @@ class TransferConfig:
     exploration_coef: float = DEFAULT_EXPLORATION_COEF
     exploitation_coef: float = 0.5
     freeze_experts: bool = False
+    route_pg_coef: float = 0.0  # hub-pathway: the gate's route trained by the policy gradient (0: off, the paper's gate)
     eval_freq: int = 100_000
     eval_episodes: int = 10
     early_eval: bool = False  # one extra evaluation on 3 games at 10% of the budget (<= 25k steps); the CLI's default
@@ -127,13 +128,16 @@ def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) ->
         raise UsageError(f"--select-timesteps must be a positive integer, got {cfg.select_frames!r}.")
     if cfg.noise != "learned" and (isinstance(cfg.noise, (str, bool)) or cfg.noise < 0):
         raise UsageError(f"--noise must be 'learned' or a standard deviation >= 0, got {cfg.noise!r}.")
-    for name in ("exploration_coef", "exploitation_coef"):
+    for name in ("exploration_coef", "exploitation_coef", "route_pg_coef"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}.")
     if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {cfg.top_k!r}.")
     if cfg.exploration_loss not in EXPLORATION_LOSSES:
         raise UsageError(f"--exploration-loss must be one of {', '.join(EXPLORATION_LOSSES)}, got {cfg.exploration_loss!r}.")
+    if cfg.route_pg_coef > 0 and cfg.method == "hub-pathway" and (cfg.top_k != 1 or cfg.noise == 0):
+        raise UsageError(f"--route-pg-coef trains the gate's sampled top-1 route: it needs --top-k 1 and gate noise > 0 "
+                         f"(got --top-k {cfg.top_k}, --noise {cfg.noise}).")
     if cfg.k1_weight not in K1_WEIGHTS:
         raise UsageError(f"--k1-weight must be one of {', '.join(K1_WEIGHTS)}, got {cfg.k1_weight!r}.")
     if not 0 <= cfg.noise_floor < float("inf"):

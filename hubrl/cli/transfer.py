@@ -107,6 +107,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="hub-pathway: weight of the exploitation loss (>= 0). Default: 0.5.")
     parser.add_argument("--freeze-experts", action="store_true",
                         help="hub-pathway: keep the expert encoders fixed (default: fine-tune them).")
+    parser.add_argument("--route-pg-coef", type=non_negative_float, default=0.0, metavar="W",
+                        help="hub-pathway: weight of the policy gradient that trains the gate's sampled top-1 route "
+                             "with the advantage, so routes can compare the experts state by state (needs --top-k 1 "
+                             "and gate noise). Default: 0, the paper's gate (trained through the pathway weights).")
     parser.add_argument("--eval-freq", type=steps, default=100_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
