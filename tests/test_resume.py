@@ -255,7 +255,8 @@ def test_the_printed_resume_hint_works_as_printed(saved_run, capsys, monkeypatch
 
     def interrupted(*args, **kwargs):
         result = real(*args, **kwargs)
-        result.outcome.interrupted_by = 2  # as after Ctrl-C
+        result.outcome.interrupted_by = 2  # as after Ctrl-C (the saved run is finished: as if it had trained on)
+        result.outcome.already_done = False
         return result
 
     monkeypatch.setattr(hubrl.transfer, "run_transfer", interrupted)
