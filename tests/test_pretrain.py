@@ -112,6 +112,12 @@ def test_resuming_an_exported_run_at_its_budget_says_so_and_writes_nothing(tmp_p
     assert result.outcome.already_done and result.outcome.num_timesteps == 64
     assert result.manifest == read_manifest(expert) and result.expert == expert
     assert files() == before
+    from hubrl.cli import command_main
+
+    assert command_main("pretrain")(["--env", "Seaquest", "--resume", "--out", str(tmp_path / "runs"),
+                                     "--hub", str(tmp_path / "hub"), "--no-progress-bar"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # the command prints that line alone, no summary after it
+    assert files() == before
     export_expert(run, eval_episodes=1)  # what --export calls
     assert (expert / "expert.json").stat().st_mtime_ns != before[str(expert / "expert.json")][1]
 
