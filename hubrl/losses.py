@@ -44,6 +44,7 @@ __all__ = [
     "exploration_loss",
     "exploitation_loss",
     "route_policy_loss",
+    "policy_surrogate",
 ]
 
 EXPLORATION_LOSSES = ("switch", "entropy", "importance-load")
@@ -131,12 +132,7 @@ def exploitation_loss(
     for idx, logits, values in per_expert_outputs.values():
         # validate_args=False: the check of logits and actions reads them back to the host (a GPU stall per expert)
         log_prob = Categorical(logits=logits, validate_args=False).log_prob(actions[idx])
-        adv = advantages[idx]
-        if clip_range is None:
-            pg = -(adv * log_prob)
-        else:
-            ratio = th.exp(log_prob - old_log_prob[idx])
-            pg = -th.min(adv * ratio, adv * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+        pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], clip_range)
         vf = F.mse_loss(values.flatten(), returns[idx], reduction="none")
         term = (pg + vf_coef * vf).sum()
         total = term if total is None else total + term
@@ -157,7 +153,16 @@ def route_policy_loss(
     :param clip_range: PPO's clip range (clipped ratio surrogate), or ``None`` for A2C's plain
         ``-advantage * log-probability``.
     """
+    return policy_surrogate(route_log_prob, old_route_log_prob, advantages, clip_range).mean()
+
+
+def policy_surrogate(
+    log_prob: th.Tensor, old_log_prob: th.Tensor, advantages: th.Tensor, clip_range: float | None,
+) -> th.Tensor:
+    """Per-sample policy loss of the agent's objective: PPO's clipped surrogate
+    ``-min(A r, A clip(r, 1 - eps, 1 + eps))`` with ``r = exp(log_prob - old_log_prob)``, or A2C's
+    ``-A log_prob`` when ``clip_range`` is ``None`` (shared by both auxiliary policy terms)."""
     if clip_range is None:
-        return -(advantages * route_log_prob).mean()
-    ratio = th.exp(route_log_prob - old_route_log_prob)
-    return -th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)).mean()
+        return -(advantages * log_prob)
+    ratio = th.exp(log_prob - old_log_prob)
+    return -th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
