@@ -452,3 +452,14 @@ def test_a_speed_ratio_timed_apart_from_the_baseline_is_marked(tmp_path):
     together_only = [r for r in rows.values() if r["method"] != "apart"]
     assert "†" not in compute_markdown(together_only, "scratch")
     assert "timed apart" not in compute_markdown(together_only, "scratch")
+
+
+def test_report_command_puts_stage_reports_under_out(grid, tmp_path):
+    """``hubrl-bench report --out DIR --stages N`` writes DIR/at-N/ and leaves <root>/report alone."""
+    from hubrl.cli.bench import main
+
+    out = tmp_path / "elsewhere"
+    assert main(["report", str(grid), "--out", str(out), "--stages", "500", "--reps", "200"]) == 0
+    assert (out / "report.md").is_file()
+    assert (out / "at-500" / "report.md").read_text().startswith("# Benchmark report at 500 agent steps")
+    assert not (grid / "report").exists()

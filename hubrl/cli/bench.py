@@ -15,7 +15,7 @@ started ones from their checkpoint and retries failed ones. A failing trial does
 it is logged in <root>/trials.jsonl and its status.json. Exit code 1 when a trial failed.
 `report` writes <root>/report/: report.md (index), CSV + Markdown tables (scores, HNS, AUC,
 IQM with stratified-bootstrap CIs, head-to-head, steps/s, memory, parameters, inference speed) and
-PNG learning curves; with --stages, the same at each stage in <root>/report/at-<steps>/.
+PNG learning curves (--out: another folder); with --stages, the same at each stage in <that folder>/at-<steps>/.
 `routes` writes <root>/report/routes.md and .csv: per k=1 hub-pathway trial, how different the policies
 of its routes are on states of its own play (hubrl.route_analysis).
 `archive` copies the records of every paused or finished trial (no weights; TensorBoard logs with --tensorboard) into
@@ -26,6 +26,7 @@ Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchm
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -122,7 +123,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "(default: the grid's budget, from grid.json).")
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
                         help="Also report the grid as it stood at each of these agent steps (e.g. 250k 500k 1M): scores "
-                             "and compute up to that stage, in <root>/report/at-<steps>/ (also with --out).")
+                             "and compute up to that stage, in <report folder>/at-<steps>/.")
     report.add_argument("--baseline", default="scratch", metavar="METHOD",
                         help="Method the compute ratios (steps/s, memory, parameters, inference) divide by. "
                              "Default: scratch.")
@@ -196,14 +197,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hubrl.report import write_report
+    from hubrl.tables import step_label
 
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
                         focus=args.focus)
     print(f"report: {path}")
     for stage in args.stages or []:
+        stage_out = Path(args.out) / f"at-{step_label(stage)}" if args.out else None  # None: <root>/report/at-<stage>
         try:
-            staged = write_report(args.root, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
-                                  focus=args.focus, stage=stage)
+            staged = write_report(args.root, stage_out, budget=args.budget, baseline=args.baseline, reps=args.reps,
+                                  seed=args.seed, focus=args.focus, stage=stage)
         except FileNotFoundError as exc:
             print(f"stage {stage}: {exc}")
             continue
