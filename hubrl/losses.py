@@ -68,7 +68,11 @@ def assignment_fractions(selected: th.Tensor, n_experts: int) -> th.Tensor:
 
 def switch_balance_loss(probs: th.Tensor, selected: th.Tensor) -> th.Tensor:
     """``K * sum_i f_i * P_i``: ``f_i`` from the actual assignments ``selected`` (B, k), ``P_i`` the
-    batch mean of ``probs`` (B, K). 1 when balanced, K when collapsed onto one expert."""
+    batch mean of ``probs`` (B, K). 1 when balanced, K when collapsed onto one expert.
+
+    A constant (1, no gradient) when every expert is selected for every sample (k = K): there is no
+    load to balance then; :func:`importance_load_loss` and :func:`entropy_balance_loss` still
+    balance the weights."""
     n_experts = probs.shape[1]
     fractions = assignment_fractions(selected, n_experts).to(probs.device)
     return n_experts * (fractions * probs.mean(dim=0)).sum()

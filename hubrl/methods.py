@@ -75,6 +75,8 @@ class MethodPlan:
     :param finalize: given the trained model and a factory that builds a fresh agent of the
         same algorithm and hyperparameters for a policy class, returns the model to save as
         ``model.zip`` (default: the trained model itself).
+    :param warnings: one-line notices about settings that run but do less than asked (printed as
+        training starts).
     """
 
     policy: type[BasePolicy]
@@ -83,6 +85,7 @@ class MethodPlan:
     callbacks: list[BaseCallback] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     finalize: Callable[[BaseAlgorithm, Callable[[type[BasePolicy]], BaseAlgorithm]], BaseAlgorithm] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def method_label(cfg: MethodSettings) -> str:
@@ -159,6 +162,12 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
 
     if cfg.top_k > len(hub):
         raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+    notices = []
+    if cfg.top_k == len(hub) and cfg.exploration_loss == "switch" and cfg.exploration_coef > 0:
+        notices.append(  # every expert runs on every state: f_i = 1/K whatever the gate does (losses.switch_balance_loss)
+            f"--top-k {cfg.top_k} runs every expert of the {len(hub)}-expert hub on every state, so the switch "
+            "exploration loss is a constant and does not balance the gate's weights; use --exploration-loss "
+            "importance-load or entropy to balance them.")
     return MethodPlan(
         HubPathwayPolicy,
         policy_kwargs=dict(
@@ -168,6 +177,7 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
         ),
         init=lambda policy: load_hub_weights(policy, hub),
         callbacks=[GateUsageCallback(prefix="pathway")],
+        warnings=notices,
     )
 
 

@@ -18,6 +18,7 @@ raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -203,6 +204,8 @@ def run_transfer(
         if hub is not None:
             hub.validate(env.observation_space.shape)
         plan = plan_method(cfg, hub, game, run.saved.get("method") if run.saved else None)
+        for notice in plan.warnings:
+            print(f"warning: {notice}", file=sys.stderr, flush=True)
         for callback in plan.callbacks:
             if isinstance(callback, GateUsageCallback):
                 callback.history_path = run.folder / "gates.jsonl"

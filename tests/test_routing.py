@@ -122,6 +122,24 @@ def test_switch_loss_sees_collapsed_assignments_that_entropy_misses():
     assert logits.grad[:, 0].sum() > 0 > logits.grad[:, 1].sum()
 
 
+def test_with_every_expert_selected_the_switch_loss_is_constant_and_the_others_still_balance():
+    """k = K: f_i = 1/K whatever the gate does, so the switch loss is 1 with no gradient even for a
+    gate leaning 0.9 / 0.1; the importance and entropy forms still push the weights back to even
+    (why a --top-k equal to the hub size warns with the switch loss)."""
+    gate = PathwayGenerator(4, 2, 2, noise=1.0)
+    with th.no_grad():
+        gate.w_gate.bias.copy_(th.tensor([2.2, 0.0]))
+    routing = gate(th.rand(32, 4, 84, 84), explore=True)
+    assert routing.selected.shape == (32, 2)
+    switch = exploration_loss(routing, "switch")
+    assert switch.item() == pytest.approx(1.0)
+    (grad,) = th.autograd.grad(switch, gate.w_gate.bias, allow_unused=True)
+    assert grad is None or grad.abs().max() < 1e-7
+    for kind in ("importance-load", "entropy"):
+        (grad,) = th.autograd.grad(exploration_loss(gate(th.rand(32, 4, 84, 84), explore=True), kind), gate.w_gate.bias)
+        assert grad[0] > 0 > grad[1], (kind, grad)  # descent lowers the favoured expert's logit
+
+
 def test_importance_load_loss_is_larger_for_a_collapsed_gate():
     gate = PathwayGenerator(4, 3, 1, noise="learned")
     obs = th.rand(64, 4, 84, 84)

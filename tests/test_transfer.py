@@ -349,3 +349,30 @@ def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
         plot_run_curve(tmp_path)
     _plot(tmp_path, verbose=1)
     assert capsys.readouterr().out == "No learning curve yet: no evaluation and no finished game so far.\n"
+
+
+@pytest.mark.parametrize("settings, warned", [
+    ({"top_k": 2}, True),  # the default switch loss with every expert running: inert
+    ({"top_k": 1}, False),
+    ({"top_k": 2, "exploration_loss": "importance-load"}, False),
+    ({"top_k": 2, "exploration_coef": 0.0}, False),  # asked for no balancing
+])
+def test_top_k_equal_to_the_hub_with_the_switch_loss_warns_in_one_line(tmp_path, settings, warned):
+    from hubrl.hub import load_hub
+    from hubrl.methods import plan_method
+
+    hub = load_hub(make_tiny_hub(tmp_path / "hub"))
+    assert len(hub) == 2
+    plan = plan_method(_cfg(tmp_path, method="hub-pathway", **settings), hub, "gopher")
+    if warned:
+        (notice,) = plan.warnings
+        assert "--top-k 2" in notice and "constant" in notice and "--exploration-loss importance-load" in notice
+    else:
+        assert plan.warnings == []
+
+
+@pytest.mark.slow
+def test_the_transfer_prints_the_plans_warnings(tmp_path, tiny_hub, capsys):
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=2, timesteps=64), progress_bar=False, verbose=0)
+    err = capsys.readouterr().err
+    assert err.count("warning: --top-k 2 runs every expert") == 1

@@ -97,7 +97,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
                         help="hub-pathway: load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), "
                              "entropy of the batch-mean "
-                             "probabilities, or Shazeer's importance+load. Default: switch.")
+                             "probabilities, or Shazeer's importance+load. Default: switch (a constant when --top-k "
+                             "equals the hub size: use another there).")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
                         help="hub-pathway: aggregate the expert features into one head (features) "
                              "or per-expert heads' outputs (heads, the paper's form). Default: features.")
