@@ -201,8 +201,6 @@ def _write_tables(out: Path, tables: _Tables, baseline: str, confidence: float) 
 def _header_lines(root: Path, grid: dict[str, Any], trials: Sequence[TrialResult], budget: int | None,
                   stage: int | None, baseline: str, reps: int, seed: int) -> list[str]:
     """Title and what was reported: the grid, budget or stage, trials, games, methods, seeds, commits, machines."""
-    from hubrl.provenance import git_commit
-
     eff_budget = budget or grid.get("budget")
     seeds = sorted({t.seed for t in trials})
     grid_budget = grid.get("budget")
@@ -219,10 +217,31 @@ def _header_lines(root: Path, grid: dict[str, Any], trials: Sequence[TrialResult
         f"- Games: {', '.join(sorted({t.game for t in trials}))}",
         f"- Methods: {', '.join(sorted({t.method for t in trials}))} (ratios against `{baseline}`)",
         f"- Seeds: {', '.join(map(str, seeds))}",
-        f"- Commit of the runs: `{grid.get('commit') or 'unknown'}`; of this report: `{git_commit() or 'unknown'}`",
+        _commit_line(grid, trials),
         *_machine_lines(grid, trials),
         f"- Made {datetime.now(timezone.utc).isoformat(timespec='seconds')}; bootstrap: {reps:,} replicates, seed {seed}",
     ]
+
+
+def _commit_line(grid: dict[str, Any], trials: Sequence[TrialResult]) -> str:
+    """The code the trials trained with, from each attempt's recorded system (a grid run in stages
+    can mix commits: one arm from one worktree, another from a second); ``grid.json``'s commit (that
+    of the last launch) only when no attempt recorded one."""
+    methods: dict[str, set[str]] = {}
+    for trial in trials:
+        for attempt in trial.attempts:
+            commit = (attempt.get("system") or {}).get("commit") if attempt.get("steps") else None
+            if commit:
+                methods.setdefault(str(commit), set()).add(trial.method)
+    from hubrl.provenance import git_commit
+
+    report = f"of this report: `{git_commit() or 'unknown'}`"
+    if not methods:
+        return f"- Commit of the runs: `{grid.get('commit') or 'unknown'}` (the grid's last launch); {report}"
+    if len(methods) == 1:
+        return f"- Commit of the runs: `{next(iter(methods))}`; {report}"
+    parts = [f"`{commit[:12]}` ({', '.join(sorted(names))})" for commit, names in sorted(methods.items())]
+    return f"- Commits of the runs (by method): {'; '.join(parts)}; {report}"
 
 
 def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[str]:

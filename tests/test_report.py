@@ -463,3 +463,18 @@ def test_report_command_puts_stage_reports_under_out(grid, tmp_path):
     assert (out / "report.md").is_file()
     assert (out / "at-500" / "report.md").read_text().startswith("# Benchmark report at 500 agent steps")
     assert not (grid / "report").exists()
+
+
+def test_the_report_names_the_commit_each_arm_trained_with(grid):
+    """A grid run in stages from two worktrees: the header gives each arm's commit from its attempts'
+    recorded systems, not grid.json's (the last launch's, here 'abc123')."""
+    assert "- Commit of the runs: `abc123` (the grid's last launch)" in write_report(grid, reps=200).read_text()
+    for method, commit in (("scratch", "1111111111111111"), ("hub-pathway", "2222222222222222")):
+        for status_path in grid.glob(f"*/{method}/s*/status.json"):
+            status = json.loads(status_path.read_text())
+            if status.get("steps"):
+                status["system"] = {**(status.get("system") or {}), "commit": commit}
+                status_path.write_text(json.dumps(status))
+    text = write_report(grid, reps=200).read_text()
+    assert "- Commits of the runs (by method): `111111111111` (scratch); `222222222222` (hub-pathway)" in text
+    assert "abc123" not in text
