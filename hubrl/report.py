@@ -123,8 +123,8 @@ def write_report(
     focus: str | Sequence[str] = "hub-pathway",
     stage: int | None = None,
 ) -> Path:
-    """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``, or
-    ``<root>/report/at-<stage>`` for a stage); return ``report.md``.
+    """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``; a stage's
+    report goes to ``<out>/at-<stage>``); return ``report.md``.
 
     ``focus`` is the method (or methods, a section each) the head-to-head compares with every other one; ``stage``
     reports the grid as it stood at that many agent steps, its compute included (see :func:`hubrl.grid.load_trials`).
@@ -140,7 +140,7 @@ def write_report(
         raise FileNotFoundError(f"No trial with evaluations under {root} "
                                 "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = read_grid(root)
-    out = Path(out) if out else root / "report" / (f"at-{step_label(stage)}" if stage else "")
+    out = (Path(out) if out else root / "report") / (f"at-{step_label(stage)}" if stage else "")
     out.mkdir(parents=True, exist_ok=True)
 
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))

@@ -26,7 +26,6 @@ Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchm
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -197,15 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hubrl.report import write_report
-    from hubrl.tables import step_label
 
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
                         focus=args.focus)
     print(f"report: {path}")
     for stage in args.stages or []:
-        stage_out = Path(args.out) / f"at-{step_label(stage)}" if args.out else None  # None: <root>/report/at-<stage>
         try:
-            staged = write_report(args.root, stage_out, budget=args.budget, baseline=args.baseline, reps=args.reps,
+            staged = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps,
                                   seed=args.seed, focus=args.focus, stage=stage)
         except FileNotFoundError as exc:
             print(f"stage {stage}: {exc}")
