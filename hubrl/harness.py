@@ -34,7 +34,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -287,17 +287,19 @@ class Run(Generic[C]):
         verbose: int = 1,
         pause_at: int | None = None,
         first_eval_at: int | None = None,
+        warnings: Sequence[str] = (),
     ) -> TrainingOutcome:
         """Train ``model`` to the run's budget from where it stands, with the run's evaluation and
         checkpoint settings (:func:`hubrl.training.run_training`).
 
-        A PPO ``batch_size`` that does not divide the rollout is said here, in one line, as
-        training starts (:func:`hubrl.agents.presets.minibatch_warning`; :meth:`make_agent`
-        silences SB3's paragraph), so a run refused or failing before says nothing but why."""
+        Settings that run but do less than asked are said here, one line each, as training starts:
+        ``warnings`` (e.g. a method's, :attr:`hubrl.methods.MethodPlan.warnings`) and a PPO
+        ``batch_size`` that does not divide the rollout (:func:`hubrl.agents.presets.minibatch_warning`;
+        :meth:`make_agent` silences SB3's paragraph), so a run refused or failing before says nothing but why."""
         cfg = self.cfg
-        warning = minibatch_warning(cfg.algo, self.hyperparams)
-        if warning is not None:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        for warning in [*warnings, minibatch_warning(cfg.algo, self.hyperparams)]:
+            if warning is not None:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         return run_training(
             model, cfg.timesteps, self.checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,

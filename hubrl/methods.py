@@ -75,8 +75,8 @@ class MethodPlan:
     :param finalize: given the trained model and a factory that builds a fresh agent of the
         same algorithm and hyperparameters for a policy class, returns the model to save as
         ``model.zip`` (default: the trained model itself).
-    :param warnings: one-line notices about settings that run but do less than asked (printed as
-        training starts).
+    :param warnings: one-line notices about settings that run but do less than asked (printed by
+        :meth:`hubrl.harness.Run.train` as training starts).
     """
 
     policy: type[BasePolicy]

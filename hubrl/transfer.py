@@ -18,7 +18,6 @@ raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
 from __future__ import annotations
 
 import json
-import sys
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -204,8 +203,6 @@ def run_transfer(
         if hub is not None:
             hub.validate(env.observation_space.shape)
         plan = plan_method(cfg, hub, game, run.saved.get("method") if run.saved else None)
-        for notice in plan.warnings:
-            print(f"warning: {notice}", file=sys.stderr, flush=True)
         for callback in plan.callbacks:
             if isinstance(callback, GateUsageCallback):
                 callback.history_path = run.folder / "gates.jsonl"
@@ -226,6 +223,7 @@ def run_transfer(
             model, eval_env, tb_log_name=f"{game}-{method_label(cfg)}", callbacks=plan.callbacks, progress_bar=progress_bar,
             verbose=verbose, pause_at=pause_at,
             first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,
+            warnings=plan.warnings,
         )
         final = plan.finalize(model, make_agent) if plan.finalize is not None else model
         atomic_write(run.folder / "model.zip", lambda h: final.save(h))
