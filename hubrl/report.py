@@ -57,7 +57,7 @@ import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from hubrl.grid import TrialResult, iter_trial_folders, load_trials, read_grid, read_status
 from hubrl.plots import plot_aggregate, plot_curves, plot_routing
@@ -227,14 +227,13 @@ def _commit_line(grid: dict[str, Any], trials: Sequence[TrialResult]) -> str:
     """The code the trials trained with, from each attempt's recorded system (a grid run in stages
     can mix commits: one arm from one worktree, another from a second); ``grid.json``'s commit (that
     of the last launch) only when no attempt recorded one."""
-    methods: dict[str, set[str]] = {}
-    for trial in trials:
-        for attempt in trial.attempts:
-            commit = (attempt.get("system") or {}).get("commit") if attempt.get("steps") else None
-            if commit:
-                methods.setdefault(str(commit), set()).add(trial.method)
     from hubrl.provenance import git_commit
 
+    methods: dict[str, set[str]] = {}
+    for trial, attempt in _trained_attempts(trials):
+        commit = (attempt.get("system") or {}).get("commit")
+        if commit:
+            methods.setdefault(str(commit), set()).add(trial.method)
     report = f"of this report: `{git_commit() or 'unknown'}`"
     if not methods:
         return f"- Commit of the runs: `{grid.get('commit') or 'unknown'}` (the grid's last launch); {report}"
@@ -242,6 +241,11 @@ def _commit_line(grid: dict[str, Any], trials: Sequence[TrialResult]) -> str:
         return f"- Commit of the runs: `{next(iter(methods))}`; {report}"
     parts = [f"`{commit[:12]}` ({', '.join(sorted(names))})" for commit, names in sorted(methods.items())]
     return f"- Commits of the runs (by method): {'; '.join(parts)}; {report}"
+
+
+def _trained_attempts(trials: Sequence[TrialResult]) -> Iterator[tuple[TrialResult, dict[str, Any]]]:
+    """Each trial's attempts that trained (took steps), with their trial: whose systems the header names."""
+    return ((t, a) for t in trials for a in t.attempts if a.get("steps"))
 
 
 def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[str]:
@@ -262,7 +266,7 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
         lines.append("- Trials ran on: " + ", ".join(f"`{h}` ({d or 'device not recorded'})" for h, d in hosts))
     systems: dict[str, int] = {}
     unrecorded = 0
-    for attempt in (a for t in trials for a in t.attempts if a.get("steps")):
+    for _, attempt in _trained_attempts(trials):
         if attempt.get("system"):
             label = system_label(attempt["system"])
             systems[label] = systems.get(label, 0) + 1
