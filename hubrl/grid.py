@@ -442,6 +442,21 @@ def _rollout_steps(config: dict[str, Any]) -> int:
     return int(n_steps) * int(n_envs)
 
 
+def points_at_stage(points: list[dict[str, Any]], stage: int, rollout: int) -> list[dict[str, Any]]:
+    """A trial's evaluation points (sorted by step) as it stood at ``stage`` agent steps: those up
+    to the stage and, when none is at the stage itself, the first within one rollout past it.
+
+    A run paused at the stage records its evaluation there at the stage's step, but a run that
+    ends at its budget evaluates at its final step, the end of the rollout that crossed the budget
+    (1,000,448 for a 1M budget and rollouts of 1,024): that evaluation is the stage's too.
+    ``rollout`` is ``n_steps × n_envs`` (0 when unknown: nothing past the stage counts).
+    """
+    kept = [p for p in points if p["step"] <= stage]
+    if rollout > 0 and (not kept or kept[-1]["step"] < stage):
+        kept += [p for p in points if stage < p["step"] < stage + rollout][:1]
+    return kept
+
+
 def load_trials(root: str | Path, budget: int | None = None, stage: int | None = None,
                 skipped: dict[str, str] | None = None) -> list[TrialResult]:
     """Every trial folder under ``root`` that has at least one evaluation point.
@@ -451,7 +466,8 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
     ``budget``, else ``grid.json``, else the trial's configured ``timesteps``.
 
     ``stage`` reads the grid as it stood at that many agent steps: evaluation points after it are
-    dropped, a trial counts as finished once it was evaluated at ``stage``, and its compute figures
+    dropped (:func:`points_at_stage`: but for a run's final one, taken up to a rollout past its
+    budget), a trial counts as finished once it was evaluated at ``stage``, and its compute figures
     (steps/s, time windows, peak memory) come from the attempts that stopped by ``stage``
     (:attr:`TrialResult.attempts`): a grid trained with a 1M budget and ``--pause-at 250k`` reports
     its 250k stage this way, from the same runs, after they went on to 500k.
@@ -478,16 +494,17 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
 
 
 def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:
-    """One trial folder read back (its points up to ``stage``); :class:`TrialUnreadable` (or a
+    """One trial folder read back (its points at ``stage``); :class:`TrialUnreadable` (or a
     type error) when its records are damaged."""
     from hubrl.envs.games import display_name
 
     points = read_evaluations(folder)
     _check_points(points)
     points = sorted(points, key=lambda p: p["step"])
-    if stage is not None:
-        points = [p for p in points if p["step"] <= stage]
     config = read_yaml_object(folder / "config.yaml") or {}
+    rollout = _rollout_steps(config)
+    if stage is not None:
+        points = points_at_stage(points, stage, rollout)
     run = config.get("run", {})
     if not isinstance(run, dict):
         raise TrialUnreadable("config.yaml: run is not a mapping")
@@ -503,7 +520,7 @@ def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> T
         folder=folder, steps=np.array([p["step"] for p in points], dtype=np.float64),
         means=np.array([final_score(p) for p in points], dtype=np.float64),
         budget=budget if budget is not None else run.get("timesteps"), status=read_status(folder),
-        stage=stage, rollout=_rollout_steps(config),
+        stage=stage, rollout=rollout,
     )
     _check_trial(trial)
     if points:

@@ -354,6 +354,37 @@ def test_report_at_a_stage_reads_the_grid_as_it_stood_then(grid):
     assert "Gopher/hub-pathway/s1 at 500" in write_report(grid, reps=200).read_text()
 
 
+def test_the_last_stage_counts_the_evaluation_a_run_takes_at_its_end(tmp_path):
+    """A run that ends at its budget evaluates at its final step, up to a rollout past the budget
+    (1,000,448 for 1M and rollouts of 1,024), where a pause evaluates at the stage's own step: the
+    report at the budget's stage must count that evaluation, and nothing further past it."""
+    import yaml
+
+    root, k = tmp_path / "grid", 1000
+    ends = {"ended": 1_000_448, "paused": 1_000_000, "far": 1_001_024, "unknown": 1_000_448}
+    for method, end in ends.items():
+        _trial(root, "Alien", method, 0, [[1], [2], [7]], steps=(500 * k, 950 * k, end),
+               config={"env": "ALE/Alien-v5", "seed": 0, "timesteps": 1_000_000})
+        if method != "unknown":  # an old trial whose config does not say its rollout
+            config = root / "Alien" / method / "s0" / "config.yaml"
+            config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()),
+                                              "resolved_hyperparams": {"n_steps": 128, "n_envs": 8}}))
+    at_1m = {t.method: t for t in load_trials(root, stage=1_000_000)}
+    assert at_1m["ended"].finished and at_1m["ended"].final == 7 and at_1m["ended"].steps[-1] == 1_000_448
+    assert at_1m["paused"].finished and at_1m["paused"].final == 7
+    assert not at_1m["far"].finished and at_1m["far"].final == 2  # a whole rollout past: a later step's evaluation
+    assert not at_1m["unknown"].finished  # rollout unknown: nothing past the stage counts
+    at_500k = {t.method: t for t in load_trials(root, stage=500 * k)}
+    assert list(at_500k["ended"].steps) == [500 * k]
+    from hubrl.grid import points_at_stage
+
+    at_stage_and_past = [{"step": 500 * k}, {"step": 500 * k + 512}]  # an evaluation at the stage: nothing after it
+    assert points_at_stage(at_stage_and_past, 500 * k, 1024) == at_stage_and_past[:1]
+    finals = {r["method"]: float(r["final"]) for r in _rows(write_report(root, reps=100, stage=1_000_000).parent
+                                                            / "runs.csv")}
+    assert finals["ended"] == 7
+
+
 def test_a_stage_counts_only_the_compute_of_the_attempts_that_stopped_by_it(tmp_path):
     """A trial paused at 250k, then resumed to 500k: its 250k stage's steps/s, peak memory and time
     windows are those of the first attempt only, not of the training done after the stage."""
