@@ -8,7 +8,9 @@ them out with each minibatch as ``samples.route``; :class:`RoutedOnPolicyMixin` 
 any policy that implements :class:`RoutedPolicy`, and passes ``route=`` to ``evaluate_actions``.
 
 SB3 fills the buffer in ``collect_rollouts`` right after ``policy(obs)``: the buffer reads the
-route of that call from the policy (``pop_acting_route``), so SB3's loop is used unchanged.
+route of that call from the policy (``pop_acting_route``), so SB3's loop is used unchanged. The
+values that loop bootstraps GAE with (``predict_values`` on the last observations) are taken under
+acting routes too (``acting_values``), as every stored value is.
 The buffer is not saved with the model (SB3 excludes it), so stock ``PPO.load`` still opens a
 routed model; a stock agent then trains it with fresh noise in the update, as before.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, ContextManager, Generator, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch as th
@@ -54,6 +56,9 @@ class RoutedPolicy(Protocol):
 
     def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor, route: Route | None = None) -> Any:
         """SB3's ``evaluate_actions`` under a stored route."""
+
+    def acting_values(self) -> ContextManager[None]:
+        """A block within which ``predict_values`` routes as the acting policy (the GAE bootstrap)."""
 
 
 class RoutedRolloutBufferSamples(NamedTuple):
@@ -131,7 +136,7 @@ class RoutedRolloutBuffer(RolloutBuffer):
 
 class RoutedOnPolicyMixin:
     """For ``OnPolicyAlgorithm`` subclasses (HubPPO, HubA2C): a routed buffer for routed policies,
-    and ``evaluate_actions`` under the stored routes.
+    ``evaluate_actions`` under the stored routes, and GAE's bootstrap values under acting routes.
 
     It also gives Adam torch's fused implementation where this torch offers it (one kernel for the
     whole step instead of one per tensor; same arithmetic up to rounding).
@@ -148,6 +153,15 @@ class RoutedOnPolicyMixin:
                 n_experts=n_experts, top_k=top_k, route_source=policy.pop_acting_route,
             )
         fuse_adam(policy)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        """SB3's ``collect_rollouts``, with a routed policy's bootstrap values (``predict_values`` on
+        the last observations) taken under acting routes, like the values stored at every step."""
+        policy = self.policy  # type: ignore[attr-defined]
+        if not isinstance(policy, RoutedPolicy):
+            return super().collect_rollouts(*args, **kwargs)  # type: ignore[misc]
+        with policy.acting_values():
+            return super().collect_rollouts(*args, **kwargs)  # type: ignore[misc]
 
     def _evaluate(self, rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """``policy.evaluate_actions`` on a minibatch, under its acting routes when it has them."""

@@ -98,10 +98,13 @@ def importance_load_loss(routing: Routing) -> th.Tensor:
     if routing.noise_std is None or k >= n_experts:
         load = assignment_fractions(routing.selected, n_experts).to(importance.device) * batch
         return _cv_squared(importance) + _cv_squared(load)
-    top = routing.logits.topk(k + 1, dim=1).values  # (B, k+1)
-    in_top = th.zeros_like(routing.logits, dtype=th.bool).scatter(1, routing.selected, True)
-    # for a selected expert the others' k-th largest is the (k+1)-th overall; otherwise the k-th
-    threshold = th.where(in_top, top[:, k : k + 1], top[:, k - 1 : k])
+    top = routing.logits.topk(k + 1, dim=1)  # (B, k+1)
+    # for an expert in the top k of these logits the others' k-th largest is the (k+1)-th overall, otherwise the
+    # k-th. In the top k *of these logits*: a replayed batch's stored selection is the acting gate's, which the
+    # current gate may no longer agree with, and compared with the wrong order statistic an expert would be
+    # measured against its own logit.
+    in_top = th.zeros_like(routing.logits, dtype=th.bool).scatter(1, top.indices[:, :k], True)
+    threshold = th.where(in_top, top.values[:, k : k + 1], top.values[:, k - 1 : k])
     normal = Normal(routing.clean.new_zeros(()), routing.clean.new_ones(()), validate_args=False)  # no read-back checks
     prob_in = normal.cdf((routing.clean - threshold.detach()) / routing.noise_std.clamp_min(1e-6))
     return _cv_squared(importance) + _cv_squared(prob_in.sum(dim=0))

@@ -245,8 +245,29 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def get_distribution(self, obs: th.Tensor) -> Distribution:
         return self._outputs(obs, explore=self.gate_noise_in_predict)[0]
 
+    #: ``predict_values`` estimates values as the acting policy does while this is set (:meth:`acting_values`).
+    values_as_acting: bool = False
+
+    @contextmanager
+    def acting_values(self) -> Iterator[None]:
+        """Within the block, ``predict_values`` routes each state with a fresh draw of the acting
+        gate noise, as ``forward`` does, instead of noise-free.
+
+        SB3's ``collect_rollouts`` bootstraps GAE from ``predict_values`` on the rollout's last
+        observations (and on a time-limit-truncated episode's final one). Every value the rollout
+        stores is the value of one acting draw of the route, so the bootstrap must be one too: the
+        noise-free route is not the acting policy, and at a gate near even it sends almost every
+        state to the same expert while acting splits them. :class:`hubrl.agents.routing.RoutedOnPolicyMixin`
+        wraps ``collect_rollouts`` in this block; outside it (evaluation, a user's call) values stay noise-free.
+        """
+        previous, self.values_as_acting = self.values_as_acting, True
+        try:
+            yield
+        finally:
+            self.values_as_acting = previous
+
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
-        return self._outputs(obs, explore=False)[1]
+        return self._outputs(obs, explore=self.values_as_acting)[1]
 
     # --- auxiliary losses -------------------------------------------------------------------
     def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:

@@ -66,6 +66,39 @@ def test_update_sees_exactly_the_acting_policy(algo, policy_kwargs, hub, tmp_pat
         assert (fresh - data.old_log_prob).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("algo", [HubPPO, HubA2C])
+def test_gae_bootstrap_values_come_from_acting_routes(algo, hub, tmp_path):
+    """SB3 bootstraps GAE with ``predict_values`` on the rollout's last observations: the values
+    of one acting draw of the route, as every stored value is, not of the noise-free route."""
+    model = _agent(algo, hub, tmp_path)
+    policy, seen = model.policy, []
+    noise_free = policy.predict_values
+
+    def spy(obs):
+        seen.append(policy.values_as_acting)
+        return noise_free(obs)
+
+    policy.predict_values = spy
+    _collect(model)
+    assert seen and all(seen)
+    assert not policy.values_as_acting  # outside the rollout, values are noise-free again
+    policy.eval()
+    obs = th.randint(0, 255, (64, 4, 84, 84), dtype=th.uint8)
+    with th.no_grad():
+        th.manual_seed(5)
+        _, acting, _ = policy(obs)
+        route = policy.pop_acting_route()
+        th.manual_seed(5)
+        with policy.acting_values():
+            bootstrap = noise_free(obs)
+        deterministic = noise_free(obs)
+    assert th.equal(bootstrap, acting)  # the same draw gives the acting values exactly
+    greedy = policy.extractor.gate(policy.preprocess(obs)).selected
+    assert (route.selected != greedy).any() and not th.allclose(deterministic, acting)
+    with pytest.raises(RuntimeError, match="acting route"):
+        policy.pop_acting_route()  # a bootstrap value is not an acting step: no route for the buffer
+
+
 def test_ppo_with_learning_rate_zero_logs_kl_and_clip_fraction_zero(hub, tmp_path):
     model = _agent(HubPPO, hub, tmp_path, top_k=1)
     model.learn(256)
@@ -152,6 +185,27 @@ def test_importance_load_loss_is_larger_for_a_collapsed_gate():
     assert gate.w_gate.bias.grad.abs().sum() > 0 and gate.w_noise.bias.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="choose one of"):
         exploration_loss(collapsed, "nope")
+
+
+def test_importance_load_compares_each_expert_with_the_others_under_a_replayed_route():
+    """The load term's threshold for expert i is the k-th largest of the *other* experts' noisy
+    logits. Under a replayed route the stored selection may no longer be the current top k; the
+    order statistic must follow the current logits, else an expert is measured against its own logit."""
+    from hubrl.pathway import Routing
+
+    clean = th.tensor([[1.0, 2.0, 0.0]])
+    std = th.ones_like(clean)
+    weights = th.tensor([[1.0, 0.0, 0.0]])
+
+    def routing(selected):
+        return Routing(weights, th.tensor([[selected]]), th.softmax(clean, 1), clean, clean, std, th.zeros_like(clean))
+
+    # the current top 1 is expert 1: P(in top) = Phi(1 - 2), Phi(2 - 1), Phi(0 - 2)
+    normal = th.distributions.Normal(0.0, 1.0)
+    load = normal.cdf(th.tensor([-1.0, 1.0, -2.0]))
+    expected = weights.sum(0).var() / weights.sum(0).mean() ** 2 + load.var() / load.mean() ** 2
+    assert importance_load_loss(routing(1)).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert importance_load_loss(routing(0)).item() == pytest.approx(expected.item(), rel=1e-5)  # acted on expert 0
 
 
 def test_replayed_route_keeps_selection_and_gradient():
