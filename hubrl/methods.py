@@ -23,6 +23,7 @@ hub-pathway   noisy top-k routing through the experts (``hubrl.pathway``), explo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -168,6 +169,13 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
             f"--top-k {cfg.top_k} runs every expert of the {len(hub)}-expert hub on every state, so the switch "
             "exploration loss is a constant and does not balance the gate's weights; use --exploration-loss "
             "importance-load or entropy to balance them.")
+    if cfg.noise == "learned" and (cfg.exploration_loss != "importance-load" or cfg.exploration_coef == 0):
+        start = math.log(2.0) + cfg.noise_floor  # softplus(0) + floor: the std's value before any training
+        notices.append(  # the task loss never trains the std (pathway module docstring); only importance-load's load term
+            f"--noise learned: only the importance-load exploration loss trains the noise std, so with "
+            f"{'--exploration-coef 0' if cfg.exploration_coef == 0 else '--exploration-loss ' + cfg.exploration_loss} "
+            f"it stays at its start, {start:.2f} for every state; use --exploration-loss importance-load, or a fixed "
+            f"--noise {start:.2f}.")
     return MethodPlan(
         HubPathwayPolicy,
         policy_kwargs=dict(

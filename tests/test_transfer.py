@@ -352,21 +352,32 @@ def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("settings, warned", [
-    ({"top_k": 2}, True),  # the default switch loss with every expert running: inert
-    ({"top_k": 1}, False),
-    ({"top_k": 2, "exploration_loss": "importance-load"}, False),
-    ({"top_k": 2, "exploration_coef": 0.0}, False),  # asked for no balancing
+    ({"top_k": 2}, "switch"),  # the default switch loss with every expert running: inert
+    ({"top_k": 1}, None),
+    ({"top_k": 2, "exploration_loss": "importance-load"}, None),
+    ({"top_k": 2, "exploration_coef": 0.0}, None),  # asked for no balancing
+    ({"noise": "learned"}, "learned"),  # nothing would train the std
+    ({"noise": "learned", "exploration_loss": "entropy", "noise_floor": 0.5}, "learned"),
+    ({"noise": "learned", "exploration_loss": "importance-load", "exploration_coef": 0.0}, "learned"),
+    ({"noise": "learned", "exploration_loss": "importance-load"}, None),
 ])
-def test_top_k_equal_to_the_hub_with_the_switch_loss_warns_in_one_line(tmp_path, settings, warned):
+def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, warned):
     from hubrl.hub import load_hub
     from hubrl.methods import plan_method
 
     hub = load_hub(make_tiny_hub(tmp_path / "hub"))
     assert len(hub) == 2
     plan = plan_method(_cfg(tmp_path, method="hub-pathway", **settings), hub, "gopher")
-    if warned:
+    if warned == "switch":
         (notice,) = plan.warnings
         assert "--top-k 2" in notice and "constant" in notice and "--exploration-loss importance-load" in notice
+    elif warned == "learned":
+        (notice,) = plan.warnings
+        from hubrl.transfer import DEFAULT_NOISE_FLOOR
+
+        start = f"{0.6931 + settings.get('noise_floor', DEFAULT_NOISE_FLOOR):.2f}"  # softplus(0) + floor
+        assert notice.startswith("--noise learned: only the importance-load") and f"stays at its start, {start}" in notice
+        assert notice.endswith(f"--exploration-loss importance-load, or a fixed --noise {start}.")
     else:
         assert plan.warnings == []
 
