@@ -26,7 +26,10 @@ import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 
-__all__ = ["Route", "RoutedPolicy", "RoutedRolloutBuffer", "RoutedRolloutBufferSamples", "RoutedOnPolicyMixin"]
+__all__ = [
+    "Route", "RoutedPolicy", "RoutedRolloutBuffer", "RoutedRolloutBufferSamples", "RoutedOnPolicyMixin", "fuse_adam",
+    "fused_adam_available", "unfuse_where_unsupported",
+]
 
 
 @dataclass
@@ -163,6 +166,12 @@ class RoutedOnPolicyMixin:
         with policy.acting_values():
             return super().collect_rollouts(*args, **kwargs)  # type: ignore[misc]
 
+    def set_parameters(self, *args: Any, **kwargs: Any) -> None:
+        """SB3's ``set_parameters`` (what ``load`` calls), then the loaded optimizer state's ``fused``
+        flag fitted to this torch and device (:func:`unfuse_where_unsupported`)."""
+        super().set_parameters(*args, **kwargs)  # type: ignore[misc]
+        unfuse_where_unsupported(self.policy.optimizer)  # type: ignore[attr-defined]
+
     def _evaluate(self, rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """``policy.evaluate_actions`` on a minibatch, under its acting routes when it has them."""
         route = getattr(rollout_data, "route", None)
@@ -181,6 +190,17 @@ def fused_adam_available(device_type: str) -> bool:
     except (RuntimeError, TypeError, ValueError):
         return False
     return True
+
+
+def unfuse_where_unsupported(optimizer: th.optim.Optimizer) -> None:
+    """Turn off ``fused`` in each parameter group where this torch has no fused step for its
+    parameters' device. A loaded optimizer state carries the ``fused`` flag of the machine that saved
+    it (:func:`fuse_adam` sets it where available), so a model saved with torch >= 2.4 and trained
+    on with torch 2.3 on a CPU, or saved on a GPU and loaded on a device without fused Adam, would
+    otherwise fail at its first step. Same arithmetic up to rounding."""
+    for group in optimizer.param_groups:
+        if group.get("fused") and group["params"] and not fused_adam_available(group["params"][0].device.type):
+            group["fused"] = False
 
 
 def fuse_adam(policy: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from hubrl.agents.routing import unfuse_where_unsupported
 from hubrl.atomic import atomic_write
 from hubrl.errors import CheckpointError
 
@@ -114,6 +115,7 @@ def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     try:
         model.policy.load_state_dict(state["policy"])
         model.policy.optimizer.load_state_dict(state["optimizer"])
+        unfuse_where_unsupported(model.policy.optimizer)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"Checkpoint does not fit this model ({exc}).") from exc
     model.num_timesteps = int(state["num_timesteps"])

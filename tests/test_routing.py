@@ -306,6 +306,27 @@ def test_adam_is_fused_where_torch_offers_it(hub, tmp_path):
     assert fuse_adam(model.policy) is False  # idempotent
 
 
+def test_a_fused_optimizer_state_loads_where_fused_adam_is_missing(hub, tmp_path, monkeypatch):
+    """A model saved with fused Adam (torch >= 2.4 on a CPU, or a GPU) keeps training where this
+    torch has none for the device (torch 2.3 on a CPU): ``load`` and a checkpoint's resume turn the
+    loaded state's ``fused`` flag off instead of failing at the first step."""
+    import hubrl.agents.routing as routing
+    from hubrl.checkpoint import load_training_checkpoint, restore_training_state, save_training_checkpoint
+
+    model = _agent(HubPPO, hub, tmp_path)
+    model.policy.optimizer.param_groups[0]["fused"] = True  # as saved where fused Adam exists
+    model.save(tmp_path / "model.zip")
+    checkpoint = save_training_checkpoint(model, tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(routing, "fused_adam_available", lambda device_type: False)
+    loaded = HubPPO.load(tmp_path / "model.zip", env=model.get_env(), device="cpu")
+    assert [g["fused"] for g in loaded.policy.optimizer.param_groups] == [False]
+    fresh = _agent(HubPPO, hub, tmp_path)
+    fresh.policy.optimizer.param_groups[0]["fused"] = False
+    restore_training_state(fresh, load_training_checkpoint(checkpoint))
+    assert [g["fused"] for g in fresh.policy.optimizer.param_groups] == [False]
+    loaded.learn(64)  # trains
+
+
 def test_bf16_precision_autocasts_only_the_encoders(hub, tmp_path):
     from hubrl.runtime import apply_precision
 
