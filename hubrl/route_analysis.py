@@ -103,15 +103,15 @@ def route_distances(policy, observations: th.Tensor) -> tuple[float, float]:
 
 def route_shares(policy, observations: th.Tensor, seed: int = 0) -> tuple[list[float], list[float]]:
     """Share of ``observations`` each expert gets noise-free (``predict``, evaluation) and with one
-    draw of the acting gate noise (seeded by ``seed``; torch's global generator is left as it was)."""
+    draw of the acting gate noise (seeded by ``seed``; torch's global generators, the GPUs' too, are left as they were)."""
     gate = policy.extractor.gate
     with th.no_grad():
         x = policy.preprocess(observations)
         clean = gate(x, explore=False).selected[:, 0]
-        generator_state = th.random.get_rng_state()
-        th.manual_seed(seed)
-        acting = gate(x, explore=True).selected[:, 0]
-        th.random.set_rng_state(generator_state)
+        # th.manual_seed seeds every GPU's generator too: all of them are restored with the CPU's
+        with th.random.fork_rng(devices=range(th.cuda.device_count()) if x.device.type == "cuda" else []):
+            th.manual_seed(seed)
+            acting = gate(x, explore=True).selected[:, 0]
 
     def shares(selected: th.Tensor) -> list[float]:
         return [float((selected == i).float().mean()) for i in range(gate.n_experts)]

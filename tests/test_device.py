@@ -331,6 +331,19 @@ def test_on_cuda_a_run_paused_on_the_gpu_resumes_on_the_cpu(tmp_path):
 
 
 @cuda
+def test_on_cuda_route_shares_leave_the_gpu_generator_as_it_was(hub, env):
+    from hubrl.route_analysis import route_shares
+
+    cfg = TransferConfig(env="Gopher", method="hub-pathway")
+    plan = plan_method(cfg, hub, "gopher")
+    model = HubPPO(plan.policy, env, seed=0, device="cuda", policy_kwargs=plan.policy_kwargs, **TINY[HubPPO])
+    plan.init(model.policy)
+    generator = th.cuda.get_rng_state()
+    route_shares(model.policy, th.randint(0, 256, (16, 4, 84, 84), dtype=th.uint8, device="cuda"), seed=3)
+    assert th.equal(th.cuda.get_rng_state(), generator)
+
+
+@cuda
 def test_on_cuda_select_features_of_a_gpu_encoder_match_the_cpu():
     from hubrl.selection import encoder_features, random_encoder
 

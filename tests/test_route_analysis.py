@@ -51,7 +51,9 @@ def test_each_forced_route_is_that_experts_pathway(hub, policy_kwargs):
 def test_identical_experts_make_the_route_irrelevant_and_different_ones_do_not(hub):
     policy = _policy(hub)
     obs = th.randint(0, 256, (64, 4, 84, 84), dtype=th.uint8)
+    generator = th.random.get_rng_state()
     different = route_divergence(policy, obs)
+    assert th.equal(th.random.get_rng_state(), generator)  # seeded without touching the global generator
     assert different.kl > 1e-6 and different.tv > 1e-4
     assert sum(different.clean_share) == pytest.approx(1) and sum(different.acting_share) == pytest.approx(1)
     assert min(different.acting_share) > 0.2  # an even gate with noise 1.0 acts with both experts
