@@ -389,11 +389,12 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
     """Check every method's transfer config up front (``--set`` values included), so that a bad
     value stops the grid at once instead of failing each trial when it starts."""
     from hubrl.errors import UsageError
-    from hubrl.transfer import TransferConfig, validate_config
+    from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
 
     for token in methods:
         label, method, overrides = parse_method(token)
         try:
+            refuse_options_of_other_methods(method, overrides)  # a method's own options; --set applies to all
             validate_config(TransferConfig(env=games[0], method=method, seed=0, timesteps=budget, **{**settings, **overrides}))
         except (UsageError, TypeError, ValueError) as exc:
             raise GridError(f"{label}: {exc}") from None

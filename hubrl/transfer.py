@@ -21,7 +21,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from hubrl.atomic import atomic_write
 from hubrl.callbacks import GateUsageCallback
@@ -44,7 +44,10 @@ from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WE
 from hubrl.runconfig import read_saved_config
 from hubrl.training import TrainingOutcome, early_eval_step
 
-__all__ = ["METHODS", "TransferConfig", "TransferResult", "check_resumable", "run_transfer", "saved_source_name"]
+__all__ = [
+    "METHODS", "METHOD_OPTIONS", "TransferConfig", "TransferResult", "check_resumable", "refuse_options_of_other_methods",
+    "run_transfer", "saved_source_name",
+]
 
 
 @dataclass
@@ -103,6 +106,28 @@ class TransferResult:
 
 def default_run_folder(cfg: TransferConfig) -> Path:
     return Path("runs") / f"{resolve_game(cfg.env)}-{method_label(cfg)}-{cfg.algo}-s{cfg.seed}"
+
+
+#: Options only some methods read (the others would ignore them without a word): option -> those methods.
+#: ``lite`` and ``source`` are refused by value in :func:`validate_config` (their defaults mean "not asked").
+METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    **{name: ("hub-pathway",) for name in ("top_k", "noise", "noise_floor", "k1_weight", "aggregation", "exploration_loss",
+                                           "exploration_coef", "exploitation_coef", "freeze_experts", "route_pg_coef")},
+    "select_frames": ("select",),
+}
+
+
+def refuse_options_of_other_methods(method: str, given: Iterable[str]) -> None:
+    """Refuse, in one line naming the flag, an option given explicitly (``given``: field names, as
+    :func:`hubrl.cli.common.parse_given` or a grid's ``method:key=value`` give them) to a method
+    that does not read it: ``--method finetune --freeze-experts`` would otherwise fine-tune the
+    encoder anyway. Only explicit options: a saved run's config holds every option, at the
+    defaults of its day."""
+    for name in sorted(given):
+        readers = METHOD_OPTIONS.get(name)
+        if readers and method not in readers:
+            flag = TransferConfig.FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UsageError(f"{flag} is an option of --method {' or '.join(readers)}; {method} does not read it: drop it.")
 
 
 def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) -> None:

@@ -175,6 +175,12 @@ def _leaves_nothing(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextl
 T = "transfer"
 FAST = ["--method", "scratch", "--n-envs", "1", "--device", "cpu", "--no-progress-bar"]
 
+
+def _tiny_run(tmp: Path) -> list[str]:
+    """A run of 256 steps on one env into ``tmp/run``, any method."""
+    return ["--n-envs", "1", "--timesteps", "256", "--device", "cpu", "--no-progress-bar", "--no-early-eval",
+            "--out", str(tmp / "run")]
+
 # (id, command, args(tmp, hub), what the line must name, setup(monkeypatch, tmp, exit_stack) or None)
 CASES = [
     # numeric flags: inf, nan, overflow, out of range
@@ -230,6 +236,14 @@ CASES = [
     # usage
     ("resume-without-out", T, lambda t, h: ["--resume"], ["--resume", "--out"], None),
     ("no-env", T, lambda t, h: ["--timesteps", "1k"], ["--env"], None),
+    # an option of another method, which this one would ignore without a word (tiny runs in case the check is lost)
+    ("finetune-freeze-experts", T, lambda t, h: ["--env", "Gopher", "--method", "finetune", "--freeze-experts", *_tiny_run(t)],
+     ["--freeze-experts", "--method hub-pathway", "finetune does not read it"], _leaves_nothing("run")),
+    ("scratch-top-k", T, lambda t, h: ["--env", "Gopher", "--method", "scratch", "--top-k", "1", *_tiny_run(t)],
+     ["--top-k", "--method hub-pathway", "scratch does not read it"], _leaves_nothing("run")),
+    ("zoo-select-timesteps", T, lambda t, h: ["--env", "Gopher", "--method", "zoo-tuning", "--select-timesteps", "5k",
+                                              *_tiny_run(t)],
+     ["--select-timesteps", "--method select"], _leaves_nothing("run")),
     ("hyperparams-unknown-key", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "bogus_key: 1\n")],
      ["hyper.yaml", "bogus_key"], None),
     ("hyperparams-n-steps-negative", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_steps: -64\n")],

@@ -163,6 +163,9 @@ def test_bad_grids(tmp_path):
         run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=0"], [0], 10, settings={"noise_floor": 0.1})
     with pytest.raises(GridError, match=r"lite \(--lite\) is a switch: true or false, got 'yes'"):
         run_grid(tmp_path, ["Alien"], ["zoo-tuning:lite=yes"], [0], 10)  # a string would have run as "true"
+    with pytest.raises(GridError, match="--freeze-experts is an option of --method hub-pathway; zoo-tuning does not"):
+        run_grid(tmp_path, ["Alien"], ["zoo-tuning:freeze_experts=true"], [0], 10)  # a method's own option, checked
+    run_grid(tmp_path / "set", ["Alien"], ["scratch"], [0], 10, settings={"top_k": 1}, trial_fn=fake_trial)  # --set: all
     assert not (tmp_path / "Alien").exists()
 
 

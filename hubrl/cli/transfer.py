@@ -180,9 +180,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
         print(plot_run_curve(args.out))
         return 0
-    from hubrl.transfer import run_transfer
+    from hubrl.transfer import refuse_options_of_other_methods, run_transfer
 
     cfg = transfer_config(parser, args, given)
+    refuse_options_of_other_methods(cfg.method, given)
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
     if outcome.already_done:  # run_transfer said so in one line
