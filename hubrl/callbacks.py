@@ -81,14 +81,16 @@ class GateUsageCallback(BaseCallback):
         policy.reset_usage()
 
     def _route_stats(self, policy) -> dict[str, float]:
-        """``route_tv`` / ``route_kl`` on evenly spaced states of the rollout buffer (k = 1 routed policies)."""
+        """``route_tv`` / ``route_kl`` on evenly spaced states of the rollout buffer (k = 1 routed policies of
+        two experts or more)."""
         import torch as th
 
         from hubrl.route_analysis import route_distances
 
         buffer = getattr(self.model, "rollout_buffer", None)
         observations = getattr(buffer, "observations", None)
-        if getattr(policy, "route_shape", (0, 0))[1] != 1 or observations is None:
+        n_experts, top_k = getattr(policy, "route_shape", (0, 0))
+        if top_k != 1 or n_experts < 2 or observations is None:  # one expert: a single route, nothing to compare
             return {}
         states = observations.reshape(-1, *buffer.obs_shape)  # (steps, envs, ...) here; flat once the update read it
         states = states[np.linspace(0, len(states) - 1, min(ROUTE_SAMPLE, len(states))).astype(int)]

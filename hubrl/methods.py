@@ -164,7 +164,12 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
     if cfg.top_k > len(hub):
         raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
     notices = []
-    if cfg.top_k == len(hub) and cfg.exploration_loss == "switch" and cfg.exploration_coef > 0:
+    if len(hub) == 1:
+        notices.append(  # nothing to route or balance: every state goes to the one expert
+            f"The hub has one expert ({hub.names[0]}): Hub-Pathway sends every state to it, so this run is a fine-tune "
+            f"of it with an idle gate beside it; --method finetune does the same at less cost, or give a hub of two or "
+            f"more experts.")
+    elif cfg.top_k == len(hub) and cfg.exploration_loss == "switch" and cfg.exploration_coef > 0:
         notices.append(  # every expert runs on every state: f_i = 1/K whatever the gate does (losses.switch_balance_loss)
             f"--top-k {cfg.top_k} runs every expert of the {len(hub)}-expert hub on every state, so the switch "
             "exploration loss is a constant and does not balance the gate's weights; use --exploration-loss "

@@ -84,6 +84,8 @@ def policy_distances(logits: th.Tensor, values: th.Tensor) -> dict[str, float]:
     log_p = logits.log_softmax(-1)
     p = log_p.exp()
     pairs = list(permutations(range(n_experts), 2))
+    if not pairs:  # one expert: one route, which differs from no other
+        return {"kl": 0.0, "tv": 0.0, "argmax_differs": 0.0, "value_gap": 0.0, "value_scale": float(values.abs().mean())}
     argmax = logits.argmax(-1)
     return {
         "kl": float(np.mean([float((p[i] * (log_p[i] - log_p[j])).sum(-1).mean()) for i, j in pairs])),

@@ -240,3 +240,23 @@ def test_a_damaged_trial_is_left_out_with_its_reason(tmp_path, capsys):
     shutil.rmtree(good)
     with pytest.raises(UsageError, match=r"no k=1 hub-pathway trial with a usable model.zip \(1 left out: .*cannot be loaded"):
         main(["routes", str(root)])
+
+
+def test_a_one_expert_hub_has_one_route_and_no_distance_between_routes(hub):
+    """A hub of one expert (``--hub`` an expert folder): zero distances, not the NaN of an empty mean
+    (which gates.jsonl would hold as invalid JSON), and training logs none."""
+    from hubrl.callbacks import GateUsageCallback
+    from hubrl.hub import Hub
+
+    policy = _policy(Hub(hub.experts[:1]))
+    obs = th.randint(0, 256, (8, 4, 84, 84), dtype=th.uint8)
+    assert route_distances(policy, obs) == (0.0, 0.0)
+    divergence = route_divergence(policy, obs)
+    assert divergence.tv == 0.0 and divergence.clean_share == [1.0] and divergence.value_scale > 0
+
+    class Model:  # what the callback reads of a model at a rollout's end
+        rollout_buffer = type("Buffer", (), {"observations": obs.numpy(), "obs_shape": (4, 84, 84)})()
+
+    callback = GateUsageCallback(prefix="pathway")
+    callback.model = Model()
+    assert callback._route_stats(policy) == {}

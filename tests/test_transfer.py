@@ -382,6 +382,16 @@ def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, w
         assert plan.warnings == []
 
 
+def test_hub_pathway_on_a_one_expert_hub_says_it_is_a_fine_tune(tmp_path):
+    from hubrl.hub import Hub, load_hub
+    from hubrl.methods import plan_method
+
+    hub = Hub(load_hub(make_tiny_hub(tmp_path / "hub")).experts[:1])
+    plan = plan_method(_cfg(tmp_path, method="hub-pathway"), hub, "gopher")
+    (notice,) = plan.warnings  # not the switch loss's notice: there is nothing to balance
+    assert notice.startswith(f"The hub has one expert ({hub.names[0]})") and "--method finetune" in notice
+
+
 @pytest.mark.slow
 def test_the_transfer_prints_the_plans_warnings(tmp_path, tiny_hub, capsys):
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=2, timesteps=64), progress_bar=False, verbose=0)
