@@ -156,7 +156,7 @@ def write_report(
         "",
         *_method_lines(confidence),
         "",
-        *_section_lines(tables, figures, baseline, confidence),
+        *_section_lines(tables, figures, baseline, confidence, unfinished_notice(trials)),
         *_left_out_lines(_left_out(root, trials, skipped)),
     ]
     if (out / "routes.md").is_file():  # written by ``hubrl-bench routes`` (it needs the weights, the report does not)
@@ -303,13 +303,27 @@ def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
 
 
-def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float) -> list[str]:
+def unfinished_notice(trials: Sequence[TrialResult]) -> str | None:
+    """The line to show when no trial has reached its budget (a grid paused at a stage, reported at
+    its full budget): its tables would be empty, so it names the furthest step evaluated and the
+    ``--stages`` that reports it; ``None`` when some trial has finished."""
+    if not trials or any(t.finished for t in trials):
+        return None
+    budget = max((t.budget for t in trials if t.budget is not None), default=None)
+    furthest = int(max(float(t.steps[-1]) for t in trials if t.steps.size))
+    return (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the furthest was "
+            f"evaluated at {furthest:,}), so the tables below are empty: report the grid as it stood at an earlier step "
+            f"with --stages {step_label(furthest)}.")
+
+
+def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float,
+                   unfinished: str | None = None) -> list[str]:
     """The sections of ``report.md``: aggregate, scores, head-to-head, routing, compute, curves, files."""
     lines = [
         "## Aggregate across games",
         "",
         (aggregate_markdown(tables.aggregate, baseline, confidence) if tables.aggregate
-         else "No game with reference scores among the finished trials.\n"),
+         else (unfinished or "No game with reference scores among the finished trials.") + "\n"),
     ]
     if len({r["games"] for r in tables.aggregate}) > 1:
         lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]

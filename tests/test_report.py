@@ -496,6 +496,33 @@ def test_report_command_puts_stage_reports_under_out(grid, tmp_path):
     assert not (grid / "report").exists()
 
 
+def test_report_command_refuses_a_baseline_or_focus_the_grid_does_not_have(grid):
+    from hubrl.cli.bench import main
+    from hubrl.errors import UsageError
+
+    methods = "its methods are hub-pathway, scratch."
+    for flag, typo in (("--baseline", "scrach"), ("--focus", "hubpathway")):
+        with pytest.raises(UsageError) as refused:  # the command prints it as one line and exits 2
+            main(["report", str(grid), flag, typo, "--reps", "100"])
+        assert str(refused.value) == f"{flag} '{typo}': the grid {grid} has no trial of it; {methods}"
+    assert not (grid / "report").exists()
+    assert main(["report", str(grid), "--focus", "scratch", "hub-pathway", "--reps", "100"]) == 0
+
+
+def test_a_report_at_a_budget_no_trial_reached_says_which_stage_to_report(grid, capsys):
+    """A grid paused at a stage, reported at its full budget: empty tables, and the line that says why
+    and names the ``--stages`` that reports it, in report.md and on the terminal."""
+    from hubrl.cli.bench import main
+    from hubrl.report import unfinished_notice
+
+    assert unfinished_notice(load_trials(grid)) is None  # some trials are finished
+    assert main(["report", str(grid), "--timesteps", "2000", "--reps", "100"]) == 0
+    line = ("No trial has reached 2,000 agent steps yet (the furthest was evaluated at 1,000), so the tables below are "
+            "empty: report the grid as it stood at an earlier step with --stages 1k.")
+    assert f"warning: {line}\n" in capsys.readouterr().out
+    assert line in (grid / "report" / "report.md").read_text()
+
+
 def test_the_report_names_the_commit_each_arm_trained_with(grid):
     """A grid run in stages from two worktrees: the header gives each arm's commit from its attempts'
     recorded systems, not grid.json's (the last launch's, here 'abc123')."""

@@ -41,6 +41,10 @@ from hubrl.cli.common import (
     seed,
     steps,
 )
+from hubrl.errors import UsageError
+
+REPORT_BASELINE = "scratch"  # report's defaults: a grid may lack them (no scratch arm), a method given must exist
+REPORT_FOCUS = ["hub-pathway"]
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -123,10 +127,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
                         help="Also report the grid as it stood at each of these agent steps (e.g. 250k 500k 1M): scores "
                              "and compute up to that stage, in <report folder>/at-<steps>/.")
-    report.add_argument("--baseline", default="scratch", metavar="METHOD",
+    report.add_argument("--baseline", default=REPORT_BASELINE, metavar="METHOD",
                         help="Method the compute ratios (steps/s, memory, parameters, inference) divide by. "
                              "Default: scratch.")
-    report.add_argument("--focus", nargs="+", default=["hub-pathway"], metavar="METHOD",
+    report.add_argument("--focus", nargs="+", default=REPORT_FOCUS, metavar="METHOD",
                         help="Method(s) the head-to-head compares with each other one, a section each. Default: hub-pathway.")
     report.add_argument("--reps", type=positive_int, default=50_000, metavar="N",
                         help="Bootstrap replicates of every CI. Default: 50000 (rliable's).")
@@ -194,12 +198,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from hubrl.report import write_report
+def _check_report_methods(args: argparse.Namespace) -> None:
+    """Refuse a ``--baseline`` or ``--focus`` method the grid has no trial of (a typo would give empty
+    ratio columns or no head-to-head). The defaults may be absent: a grid need not have scratch."""
+    from hubrl.grid import iter_trial_folders
 
+    methods = sorted({folder.parent.name for folder in iter_trial_folders(args.root)})
+    if not methods:
+        return  # write_report says there is no trial
+    asked = [("--baseline", args.baseline)] if args.baseline != REPORT_BASELINE else []
+    asked += [("--focus", m) for m in args.focus] if args.focus != REPORT_FOCUS else []
+    for flag, method in asked:
+        if method not in methods:
+            raise UsageError(f"{flag} {method!r}: the grid {args.root} has no trial of it; its methods are "
+                             f"{', '.join(methods)}.")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hubrl.grid import load_trials
+    from hubrl.report import unfinished_notice, write_report
+
+    _check_report_methods(args)
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
                         focus=args.focus)
     print(f"report: {path}")
+    notice = unfinished_notice(load_trials(args.root, args.budget))
+    if notice:
+        print(f"warning: {notice}")
     for stage in args.stages or []:
         try:
             staged = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps,
