@@ -389,14 +389,23 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
     """Check every method's transfer config up front (``--set`` values included), so that a bad
     value stops the grid at once instead of failing each trial when it starts."""
     from hubrl.errors import UsageError
+    from hubrl.hub import HubError, resolve_hub
+    from hubrl.methods import HUB_METHODS, check_hub_serves
     from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
 
+    hubs: dict[tuple[Any, ...], Any] = {}  # resolved once per --hub / --sources: a trial's overrides may name another
     for token in methods:
         label, method, overrides = parse_method(token)
         try:
             refuse_options_of_other_methods(method, overrides)  # a method's own options; --set applies to all
-            validate_config(TransferConfig(env=games[0], method=method, seed=0, timesteps=budget, **{**settings, **overrides}))
-        except (UsageError, TypeError, ValueError) as exc:
+            cfg = TransferConfig(env=games[0], method=method, seed=0, timesteps=budget, **{**settings, **overrides})
+            validate_config(cfg)
+            if method in HUB_METHODS:
+                key = (cfg.hub, tuple(cfg.sources))
+                if key not in hubs:
+                    hubs[key] = resolve_hub(cfg.hub, cfg.sources)
+                check_hub_serves(cfg, hubs[key])
+        except (UsageError, HubError, TypeError, ValueError) as exc:
             raise GridError(f"{label}: {exc}") from None
 
 

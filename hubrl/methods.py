@@ -112,12 +112,25 @@ def _finetune_plan(expert: Expert, notes: dict[str, Any]) -> MethodPlan:
                       notes={"source": expert.name, **notes})
 
 
+def check_hub_serves(cfg: MethodSettings, hub: Hub) -> None:
+    """Refuse, in one line, a method setting ``hub`` cannot serve: ``--top-k`` larger than the hub, a
+    finetune ``--source`` it does not have, or none where it has several experts. Each method's plan
+    checks it; a grid checks every trial's up front (:mod:`hubrl.benchmark`), before any trains.
+
+    :raises HubError: naming the setting and the hub's experts.
+    """
+    if cfg.method == "hub-pathway" and cfg.top_k > len(hub):
+        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+    if cfg.method == "finetune":
+        if cfg.source is None and len(hub) > 1:
+            raise HubError(f"--method finetune needs --source NAME, one of the hub's experts: {', '.join(hub.names)}.")
+        if cfg.source is not None:
+            hub.get(cfg.source)  # HubError naming the hub's experts
+
+
 def _finetune(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
-    if cfg.source is None:
-        if len(hub) == 1:
-            return _finetune_plan(hub.experts[0], {})
-        raise HubError(f"--method finetune needs --source NAME, one of the hub's experts: {', '.join(hub.names)}.")
-    return _finetune_plan(hub.get(cfg.source), {})
+    check_hub_serves(cfg, hub)
+    return _finetune_plan(hub.experts[0] if cfg.source is None else hub.get(cfg.source), {})
 
 
 def _select(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
@@ -161,8 +174,7 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
 def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
     from hubrl.policies import HubPathwayPolicy, load_hub_weights
 
-    if cfg.top_k > len(hub):
-        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+    check_hub_serves(cfg, hub)
     notices = []
     if len(hub) == 1:
         notices.append(  # nothing to route or balance: every state goes to the one expert
