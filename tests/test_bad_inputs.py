@@ -251,6 +251,8 @@ CASES = [
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
     ("rank-json-is-a-folder", "rank", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
+    ("rank-json-under-a-file", "rank", lambda t, h: ["--env", "Alien", "--timesteps", "2k", "--json", _file(t) + "/r.json"],
+     ["--json", "a-file/r.json", "cannot make its folder"], None),
     # file system
     ("out-is-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t)], ["--out", "a-file", "is a file"], None),
     ("out-under-a-file", T, lambda t, h: ["--env", "Gopher", *FAST, "--out", _file(t) + "/run"],

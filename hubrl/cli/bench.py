@@ -92,7 +92,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
-                        help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
+                        help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None,
                      help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
     run.add_argument("--n-envs", type=positive_int, default=None, metavar="N",

@@ -202,8 +202,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                              "Default: auto (CUDA when available, else the CPU).")
     add_threads_flag(parser)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; "
-                             "not yet validated by learning curves). Default: fp32.")
+                        help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; its "
+                             "100k-step learning-curve check, 2 seeds, differed from fp32 in both directions, so not "
+                             "the default: BENCHMARKS.md). Default: fp32.")
     parser.add_argument("--tensorboard-log", default=None, metavar="DIR",
                         help="TensorBoard folder (default: tb/ inside the run folder).")
     parser.add_argument("--hyperparams", default=None, metavar="YAML",

@@ -61,6 +61,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     args = parser.parse_args(argv)
     if args.json is not None and Path(args.json).is_dir():  # found out before the ranking's work, not after
         parser.error(f"--json {args.json} is a folder: give a file name, e.g. {Path(args.json) / 'ranking.json'}")
+    if args.json is not None:  # its folder made now, as enjoy --video makes its own: a bad path fails before the work
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--json {args.json}: cannot make its folder ({exc.strerror or exc})")
     return args
 
 

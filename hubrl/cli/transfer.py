@@ -70,7 +70,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
-                        help="SB3 checkpoints (.zip) to use as experts; read as weights only.")
+                        help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
                         help="Agent steps (the budget), e.g. 1M, 100k. Default: 1M.")
     parser.add_argument("--out", default=None, metavar="DIR", help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
