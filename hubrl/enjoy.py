@@ -31,6 +31,7 @@ dependency, matplotlib's too).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -105,6 +106,10 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     if algo not in AGENT_CLASSES:
         raise UsageError(f"{folder / 'config.yaml'} names algo {algo!r}: expected one of {', '.join(AGENT_CLASSES)}.")
     if not (folder / "model.zip").is_file():
+        if "game" in run and "env" not in run:  # hubrl-pretrain's config: its expert goes to a hub, not to a model.zip
+            hub = f" --hub {shlex.quote(str(run['hub']))}" if run.get("hub") else ""
+            raise UsageError(f"{folder} is a pretraining run: it exports its expert to a hub instead of writing a "
+                             f"model.zip; play the expert with --expert {folder.name}{hub}.")
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
     try:
         model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)

@@ -207,6 +207,13 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
         raise HubError(f"{where} does not hold a state_dict of tensors.")
     encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(ENCODER_PREFIX)}
     missing = [k for k in NATURE_CNN_KEYS if k not in encoder]
+    experts = {k.split(".")[2] for k in state if isinstance(k, str) and k.startswith("features_extractor.experts.")}
+    if missing and experts:  # a hubrl Hub-Pathway model.zip: stock PPO.load opens it, but it has no single encoder
+        raise HubError(
+            f"{where} is a hubrl Hub-Pathway model (a gate and {len(experts)} expert encoders), not a single-encoder "
+            "CnnPolicy: play it from its run folder (the one with its config.yaml), or load it with "
+            "hubrl.agents.HubPPO.load; as experts, use the hub it was trained from."
+        )
     if missing:
         raise HubError(
             f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: "
@@ -278,8 +285,9 @@ def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
     """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
     the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
     member is missing, corrupt, too large (:func:`read_zip_member`) or holds pickled objects beyond tensors."""
-    if "policy.pth" not in archive.namelist():
-        raise HubError(f"{where} is not an SB3 checkpoint: it has no policy.pth.")
+    if "policy.pth" not in archive.namelist():  # a truncated SB3 zip can open as the zip nested in its last member
+        raise HubError(f"{where} is not an SB3 checkpoint, or is truncated: it has no policy.pth "
+                       f"(entries: {', '.join(archive.namelist()[:4]) or 'none'}); save or download it again.")
     raw = read_zip_member(archive, "policy.pth", where)
     try:
         return th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -298,7 +306,8 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
-        raise HubError(f"{path} is not a zip file: expected an SB3 checkpoint (model.save output).") from exc
+        raise HubError(f"{path} is not a zip file, or is truncated: expected an SB3 checkpoint (model.save output); "
+                       "save or download it again.") from exc
     with archive:
         state = read_policy_state(archive, path)
         meta: dict = {"format": "sb3-zip"}

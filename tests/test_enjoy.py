@@ -62,6 +62,18 @@ def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
         load_player(folder, env="Pong")  # ale-py would hang on Gopher's actions 6 and 7
 
 
+def test_a_pretraining_run_folder_names_the_expert_to_play(tmp_path):
+    """hubrl-pretrain's run folders export their expert to a hub and never write a model.zip."""
+    import yaml
+
+    folder = tmp_path / "runs" / "riverraid-ppo"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"game": "riverraid", "algo": "ppo", "hub": "my hub"}}))
+    with pytest.raises(UsageError, match="is a pretraining run: it exports its expert to a hub instead of writing a "
+                                         "model.zip; play the expert with --expert riverraid-ppo --hub 'my hub'."):
+        load_player(folder)
+
+
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
 

@@ -71,10 +71,14 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path):
     "content, message",
     [
         (None, "does not exist"),
-        (b"not a zip", "not a zip file"),
-        ("no-policy", "no policy.pth"),
+        (b"not a zip", "not a zip file, or is truncated: .* save or download it again"),
+        ("no-policy", r"not an SB3 checkpoint, or is truncated: it has no policy.pth \(entries: data\)"),
+        # cut short, an SB3 zip can open as the torch zip inside its last member, which has other entries
+        ("nested", r"or is truncated: it has no policy.pth \(entries: archive/data.pkl\); save or download it again"),
         ("truncated", "corrupt"),
         ("mlp", "not an SB3 CnnPolicy"),
+        ("hub-pathway", r"is a hubrl Hub-Pathway model \(a gate and 2 expert encoders\), not a single-encoder CnnPolicy: "
+                        "play it from its run folder"),
     ],
 )
 def test_bad_checkpoints(tmp_path, content, message):
@@ -82,6 +86,15 @@ def test_bad_checkpoints(tmp_path, content, message):
     if content == "no-policy":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("data", "{}")
+    elif content == "nested":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", b"...")
+    elif content == "hub-pathway":  # the keys of a HubPathwayPolicy's state_dict
+        buf = io.BytesIO()
+        th.save({f"features_extractor.experts.{i}.cnn.0.weight": th.zeros(32, 4, 8, 8) for i in range(2)}
+                | {"features_extractor.gate.w_gate.weight": th.zeros(2, 1296)}, buf)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("policy.pth", buf.getvalue())
     elif content == "truncated":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("policy.pth", b"PK\x03\x04 half a file")
