@@ -36,10 +36,12 @@ class StepProgressBar(BaseCallback):
     session's average.
     """
 
-    def __init__(self, total_timesteps: int, description: str = "steps") -> None:
+    def __init__(self, total_timesteps: int, description: str = "steps", close_at_training_end: bool = True) -> None:
         super().__init__()
         self.total_timesteps = int(total_timesteps)
         self.description = description
+        #: False: the caller closes it (:meth:`close`) once it knows the step the session really ends at
+        self.close_at_training_end = close_at_training_end
         self.progress = None
         self.task_id = None
 
@@ -71,10 +73,18 @@ class StepProgressBar(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        self.close()
+        if self.close_at_training_end:
+            self.close()
 
-    def close(self) -> None:
-        """Draw the last state and release the terminal (safe to call twice, e.g. after an exception)."""
+    def close(self, final_step: int | None = None) -> None:
+        """Draw the last state and release the terminal (safe to call twice, e.g. after an exception).
+
+        :param final_step: the step count the run ends this session at, when it differs from the last
+            one counted: a pause or a signal inside a rollout takes the count back to the rollout's
+            start (its steps were never trained on), and the bar must say the same as the message after it.
+        """
         if self.progress is not None and self.progress.live.is_started:
+            if final_step is not None:
+                self.progress.update(self.task_id, completed=min(int(final_step), self.total_timesteps))
             self.progress.refresh()
             self.progress.stop()

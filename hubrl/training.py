@@ -350,7 +350,8 @@ def run_training(
                 cbs.append(evaluator)
             cbs.extend(callbacks or [])
             # SB3's bar counts this call's steps only, to the budget; this one all steps, to where learn() really ends
-            bar = StepProgressBar(steps_at_end(model, int(total_timesteps))) if progress_bar else None
+            bar = (StepProgressBar(steps_at_end(model, int(total_timesteps)), close_at_training_end=False)
+                   if progress_bar else None)
             if bar is not None:
                 cbs.append(bar)
             try:
@@ -362,11 +363,11 @@ def run_training(
                     progress_bar=False,
                 )
             finally:
-                if bar is not None:
-                    bar.close()
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
                 if boundary.inside:  # stopped inside a rollout: its steps were never trained on
                     model.num_timesteps = boundary.start_timesteps
+                if bar is not None:
+                    bar.close(final_step=model.num_timesteps)  # the count the pause or stop message gives
                 save_training_checkpoint(model, checkpoint_path, extra())
             interrupted_by = stopper.received
     completed = interrupted_by is None and model.num_timesteps >= total_timesteps

@@ -89,6 +89,7 @@ def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monk
     run_training(model, 100, ckpt, resume_state=load_training_checkpoint(ckpt), checkpoint_freq=10**9, verbose=0)
     (first,), (resumed,) = (bar.progress.tasks for bar in bars)
     assert (first.fields["initial"], first.total) == (0, 128)  # paused after one rollout, at 64
+    assert first.completed == 64  # not the first step of the next rollout, which stopped it and was never trained on
     assert (resumed.fields["initial"], resumed.completed, resumed.total) == (64, 128, 128)
     assert model.num_timesteps == 128  # where SB3 really stops: the bar's total
 
