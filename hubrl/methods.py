@@ -34,10 +34,17 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
 from hubrl.callbacks import GateUsageCallback
 from hubrl.hub import Expert, Hub, HubError
 
-__all__ = ["METHODS", "HUB_METHODS", "MethodSettings", "MethodPlan", "plan_method", "load_encoder", "method_label"]
+__all__ = [
+    "METHODS", "HUB_METHODS", "HUB_PATHWAY_OPTIONS", "MethodSettings", "MethodPlan", "plan_method", "load_encoder",
+    "method_label", "check_hub_serves",
+]
 
 METHODS = ("hub-pathway", "scratch", "finetune", "zoo-tuning", "select")
 HUB_METHODS = ("hub-pathway", "finetune", "zoo-tuning", "select")
+#: The settings Hub-Pathway hands its policy (:class:`hubrl.policies.HubPathwayPolicy`'s kwargs of the same
+#: names); no other method reads them, so another method given one refuses it (:mod:`hubrl.transfer`).
+HUB_PATHWAY_OPTIONS = ("top_k", "noise", "noise_floor", "k1_weight", "aggregation", "exploration_loss",
+                       "exploration_coef", "exploitation_coef", "freeze_experts", "route_pg_coef")
 
 
 class MethodSettings(Protocol):
@@ -195,11 +202,7 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
             f"--noise {start:.2f}.")
     return MethodPlan(
         HubPathwayPolicy,
-        policy_kwargs=dict(
-            expert_names=hub.names, top_k=cfg.top_k, noise=cfg.noise, noise_floor=cfg.noise_floor, k1_weight=cfg.k1_weight,
-            aggregation=cfg.aggregation, exploration_loss=cfg.exploration_loss, exploration_coef=cfg.exploration_coef,
-            exploitation_coef=cfg.exploitation_coef, freeze_experts=cfg.freeze_experts, route_pg_coef=cfg.route_pg_coef,
-        ),
+        policy_kwargs=dict(expert_names=hub.names, **{name: getattr(cfg, name) for name in HUB_PATHWAY_OPTIONS}),
         init=lambda policy: load_hub_weights(policy, hub),
         callbacks=[GateUsageCallback(prefix="pathway")],
         warnings=notices,

@@ -38,7 +38,7 @@ from hubrl.harness import (
 )
 from hubrl.hub import Hub, read_zip_member, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
-from hubrl.methods import HUB_METHODS, METHODS, method_label, plan_method
+from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.runconfig import read_saved_config
@@ -111,8 +111,7 @@ def default_run_folder(cfg: TransferConfig) -> Path:
 #: Options only some methods read (the others would ignore them without a word): option -> those methods.
 #: ``lite`` and ``source`` are refused by value in :func:`validate_config` (their defaults mean "not asked").
 METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = {
-    **{name: ("hub-pathway",) for name in ("top_k", "noise", "noise_floor", "k1_weight", "aggregation", "exploration_loss",
-                                           "exploration_coef", "exploitation_coef", "freeze_experts", "route_pg_coef")},
+    **{name: ("hub-pathway",) for name in HUB_PATHWAY_OPTIONS},
     "select_frames": ("select",),
 }
 
