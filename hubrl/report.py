@@ -122,12 +122,15 @@ def write_report(
     seed: int = 0,
     focus: str | Sequence[str] = "hub-pathway",
     stage: int | None = None,
+    notices: list[str] | None = None,
 ) -> Path:
     """Write the report of the grid in ``root`` to ``out`` (default ``<root>/report``; a stage's
     report goes to ``<out>/at-<stage>``); return ``report.md``.
 
     ``focus`` is the method (or methods, a section each) the head-to-head compares with every other one; ``stage``
     reports the grid as it stood at that many agent steps, its compute included (see :func:`hubrl.grid.load_trials`).
+    ``notices``, when given, receives what the report says about itself that its reader should hear at once
+    (:func:`unfinished_notice`), for a command to print.
 
     :raises FileNotFoundError: when ``root`` holds no trial with an evaluation.
     """
@@ -144,6 +147,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
 
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
+    unfinished = unfinished_notice(trials)
+    if unfinished and notices is not None:
+        notices.append(unfinished)
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -156,7 +162,7 @@ def write_report(
         "",
         *_method_lines(confidence),
         "",
-        *_section_lines(tables, figures, baseline, confidence, unfinished_notice(trials)),
+        *_section_lines(tables, figures, baseline, confidence, unfinished),
         *_left_out_lines(_left_out(root, trials, skipped)),
     ]
     if (out / "routes.md").is_file():  # written by ``hubrl-bench routes`` (it needs the weights, the report does not)

@@ -215,15 +215,14 @@ def _check_report_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hubrl.grid import load_trials
-    from hubrl.report import unfinished_notice, write_report
+    from hubrl.report import write_report
 
     _check_report_methods(args)
+    notices: list[str] = []
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
-                        focus=args.focus)
+                        focus=args.focus, notices=notices)
     print(f"report: {path}")
-    notice = unfinished_notice(load_trials(args.root, args.budget))
-    if notice:
+    for notice in notices:
         print(f"warning: {notice}")
     for stage in args.stages or []:
         try:
