@@ -207,14 +207,14 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
         raise HubError(f"{where} does not hold a state_dict of tensors.")
     encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(ENCODER_PREFIX)}
     missing = [k for k in NATURE_CNN_KEYS if k not in encoder]
-    experts = {k.split(".")[2] for k in state if isinstance(k, str) and k.startswith("features_extractor.experts.")}
-    if missing and experts:  # a hubrl Hub-Pathway model.zip: stock PPO.load opens it, but it has no single encoder
-        raise HubError(
-            f"{where} is a hubrl Hub-Pathway model (a gate and {len(experts)} expert encoders), not a single-encoder "
-            "CnnPolicy: play it from its run folder (the one with its config.yaml), or load it with "
-            "hubrl.agents.HubPPO.load; as experts, use the hub it was trained from."
-        )
     if missing:
+        experts = {k.split(".")[2] for k in state if isinstance(k, str) and k.startswith("features_extractor.experts.")}
+        if experts:  # a hubrl Hub-Pathway model.zip: stock PPO.load opens it, but it has no single encoder
+            raise HubError(
+                f"{where} is a hubrl Hub-Pathway model (a gate and {len(experts)} expert encoders), not a single-encoder "
+                "CnnPolicy: play it from its run folder (the one with its config.yaml), or load it with "
+                "hubrl.agents.HubPPO.load; as experts, use the hub it was trained from."
+            )
         raise HubError(
             f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: "
             f"missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
