@@ -43,6 +43,7 @@ __all__ = [
     "importance_load_loss",
     "exploration_loss",
     "exploitation_loss",
+    "exploitation_ratio_stats",
     "route_policy_loss",
     "policy_surrogate",
 ]
@@ -137,8 +138,7 @@ def exploitation_loss(
     """
     total, count = None, 0
     for idx, logits, values in per_expert_outputs.values():
-        # validate_args=False: the check of logits and actions reads them back to the host (a GPU stall per expert)
-        log_prob = Categorical(logits=logits, validate_args=False).log_prob(actions[idx])
+        log_prob = _head_log_prob(logits, actions[idx])
         pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], clip_range)
         vf = F.mse_loss(values.flatten(), returns[idx], reduction="none")
         term = (pg + vf_coef * vf).sum()
@@ -147,6 +147,41 @@ def exploitation_loss(
     if total is None:
         return actions.new_zeros((), dtype=th.float32)
     return total / count
+
+
+def _head_log_prob(logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    # validate_args=False: the check of logits and actions reads them back to the host (a GPU stall per expert)
+    return Categorical(logits=logits, validate_args=False).log_prob(actions)
+
+
+@th.no_grad()
+def exploitation_ratio_stats(
+    per_expert_outputs: dict[int, tuple[th.Tensor, th.Tensor, th.Tensor]],
+    actions: th.Tensor,
+    old_log_prob: th.Tensor,
+    clip_range: float | None,
+) -> dict[str, th.Tensor]:
+    """How far the experts' own heads are from the acting policy on the samples routed to them.
+
+    The exploitation loss's surrogate takes each head's probability of the action over the
+    *acting* policy's (with ``aggregation="features"`` the heads do not act), so where a head has
+    drifted from the acting policy PPO's clip cuts its gradient, as SB3's ``train/clip_fraction``
+    shows for the main policy. Returned as 0-d tensors over all (sample, selected expert) pairs:
+
+    * ``exploitation_approx_kl``: ``mean((r - 1) - log r)``, SB3's estimator of KL(acting || head);
+    * ``exploitation_clip_fraction`` (PPO only): the fraction with ``|r - 1| > clip_range``.
+    """
+    log_ratios = [
+        _head_log_prob(logits, actions[idx]) - old_log_prob[idx] for idx, logits, _ in per_expert_outputs.values()
+    ]
+    if not log_ratios:
+        return {}
+    log_ratio = th.cat(log_ratios)
+    ratio = th.exp(log_ratio)
+    stats = {"exploitation_approx_kl": ((ratio - 1) - log_ratio).mean()}
+    if clip_range is not None:
+        stats["exploitation_clip_fraction"] = ((ratio - 1).abs() > clip_range).float().mean()
+    return stats
 
 
 def route_policy_loss(

@@ -33,7 +33,13 @@ from torch import nn
 from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryTerms
 from hubrl.errors import UsageError
 from hubrl.hub import Hub
-from hubrl.losses import EXPLORATION_LOSSES, exploitation_loss, exploration_loss, route_policy_loss
+from hubrl.losses import (
+    EXPLORATION_LOSSES,
+    exploitation_loss,
+    exploitation_ratio_stats,
+    exploration_loss,
+    route_policy_loss,
+)
 from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatures
 
 __all__ = [
@@ -277,8 +283,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
             return None
         routing = routed.routing
         explore = exploration_loss(routing, self.exploration_kind)
+        heads = self._head_outputs(routed)
         exploit = exploitation_loss(
-            self._head_outputs(routed), batch.actions, batch.old_log_prob, batch.advantages, batch.returns,
+            heads, batch.actions, batch.old_log_prob, batch.advantages, batch.returns,
             batch.clip_range, self.exploitation_vf_coef,
         )
         loss = self.exploration_coef * explore + self.exploitation_coef * exploit
@@ -296,6 +303,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
             reroute = (current != routing.selected.sort(1).values).any(1).float().mean()
         # 0-d tensors: the agent reads them once per update, not once per minibatch (no GPU stall here)
         logs.update(exploration_loss=explore.detach(), exploitation_loss=exploit.detach(), gate_reroute_frac=reroute)
+        logs.update(exploitation_ratio_stats(heads, batch.actions, batch.old_log_prob, batch.clip_range))
         return AuxiliaryTerms(loss, logs)
 
     # --- gate usage statistics --------------------------------------------------------------

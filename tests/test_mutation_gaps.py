@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch as th
 
-from hubrl.losses import exploitation_loss
+from hubrl.losses import exploitation_loss, exploitation_ratio_stats
 
 
 def _one_sample(p_new: float, p_old: float, advantage: float):
@@ -32,6 +32,18 @@ def _one_sample(p_new: float, p_old: float, advantage: float):
 def test_exploitation_loss_is_ppos_clipped_surrogate(p_new, p_old, advantage, expected):
     loss = exploitation_loss(*_one_sample(p_new, p_old, advantage), clip_range=0.1, vf_coef=0.5)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_exploitation_ratio_stats_measure_the_heads_distance_from_the_acting_policy():
+    outputs, actions, old_log_prob, _, _ = _one_sample(0.8, 0.4, 1.0)  # ratio 2: outside a 0.1 clip range
+    others = {1: (th.tensor([0]), th.log(th.tensor([[0.42, 0.58]])), th.tensor([[0.0]])),  # ratio 1.05: inside
+              2: (th.tensor([0]), th.log(th.tensor([[0.2, 0.8]])), th.tensor([[0.0]]))}  # ratio 0.5: outside, below
+    stats = exploitation_ratio_stats({**outputs, **others}, actions, old_log_prob, clip_range=0.1)
+    assert stats["exploitation_clip_fraction"].item() == pytest.approx(2 / 3)
+    kl = sum((r - 1) - math.log(r) for r in (2.0, 1.05, 0.5)) / 3
+    assert stats["exploitation_approx_kl"].item() == pytest.approx(kl, rel=1e-4)
+    a2c = exploitation_ratio_stats(outputs, actions, old_log_prob, clip_range=None)  # no clip range: no clip fraction
+    assert set(a2c) == {"exploitation_approx_kl"}
 
 
 def test_exploitation_loss_without_clip_range_is_the_policy_gradient():

@@ -44,6 +44,7 @@ def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tin
     for name in ("riverraid-ppo", "seaquest-ppo"):
         assert f"pathway/weight_mean/{name}" in tags and f"pathway/selection_freq/{name}" in tags
     assert {"train/exploration_loss", "train/exploitation_loss", "train/gate_reroute_frac", "eval/mean_reward"} <= tags
+    assert {"train/exploitation_clip_fraction", "train/exploitation_approx_kl"} <= tags  # the heads against the acting policy
     assert {"pathway/noise_std", "pathway/logit_spread", "pathway/logit_drift"} <= tags  # gate diagnostics per rollout
     from hubrl.callbacks import read_gate_history
 
