@@ -249,7 +249,11 @@ def test_speed_transfer_times_what_a_run_pays_gate_logging_included(capsys, monk
     monkeypatch.setattr(GateUsageCallback, "_on_rollout_end", lambda self: (logged.append(self.num_timesteps), original(self)))
     variants = [v for v in speed.TRANSFER_VARIANTS if v[1] in ("scratch", "hub-pathway")][:2]
     monkeypatch.setattr(speed, "TRANSFER_VARIANTS", variants)
+    cpu_clock = iter(range(0, 10**6, 1000))  # each call 1000 CPU seconds later: every run reads 1000
+    monkeypatch.setattr(speed.time, "process_time", lambda: float(next(cpu_clock)))
     speed.bench_transfer("Seaquest", 160, repeats=1, algo="a2c")
     assert logged == [80, 160]  # the hub-pathway run's two A2C rollouts
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| hub-pathway 2 experts k=1")]
     assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert float(cells[3]) == 1000.0 and cells[4] == "1.00x"  # the CPU column reads the process's CPU clock
