@@ -84,6 +84,7 @@ class PretrainResult:
     outcome: TrainingOutcome
     manifest: ExpertManifest | None  # None until the budget is reached (paused or stopped)
     expert: Path | None = None  # <hub>/<name> once exported
+    budget: int | None = None  # the run's budget: its saved one when resumed (not the command line's default)
 
 
 def expert_name(game: str, algo: str) -> str:
@@ -156,7 +157,7 @@ def pretrain_expert(
     cfg = run.cfg
     if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
         expert = Path(cfg.hub) / name
-        return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert)
+        return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert, cfg.timesteps)
     cfg.hyperparams = {k: v for k, v in run.hyperparams.items() if k != "n_envs"}  # saved resolved, preset included
     _check_writable(Path(cfg.hub), "--hub")  # the export comes at the end of training
     run.save_config()
@@ -172,7 +173,7 @@ def pretrain_expert(
     from hubrl.plots import plot_expert_curve
 
     draw_learning_curve(run.folder, plot_expert_curve, verbose)
-    return PretrainResult(name, run.folder, outcome, manifest, expert)
+    return PretrainResult(name, run.folder, outcome, manifest, expert, cfg.timesteps)
 
 
 def _exported_steps(folder: Path) -> int | None:

@@ -184,6 +184,17 @@ def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_
 
 
 @pytest.mark.slow
+def test_a_resumed_pause_names_the_runs_own_budget(tmp_path, tiny_ppo, capsys):
+    """``--resume --pause-at`` without ``--timesteps`` reports the pause against the budget the run
+    keeps (its config.yaml), not the command line's default of 10M."""
+    from hubrl.cli.pretrain import main
+
+    pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), progress_bar=False, verbose=0, pause_at=128)
+    assert main(["--resume", "--out", str(tmp_path / "runs"), "--pause-at", "128", "--no-progress-bar"]) == 0
+    assert "seaquest-ppo: paused at 128 of 512 steps" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
     import dataclasses
 

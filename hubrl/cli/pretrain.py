@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
             return 128 + outcome.interrupted_by
         if outcome.paused:
-            print(f"{result.name}: paused at {outcome.num_timesteps} of {args.timesteps} steps (--pause-at); "
+            print(f"{result.name}: paused at {outcome.num_timesteps} of {result.budget} steps (--pause-at); "
                   "checkpoint saved. "
                   f"Continue with --resume; --export ships it as it is.")
             continue
