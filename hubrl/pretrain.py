@@ -26,7 +26,7 @@ from hubrl.checkpoint import load_training_checkpoint
 from hubrl.envs import action_meanings, resolve_game
 from hubrl.errors import HubError, UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
-from hubrl.experts import ExpertManifest, read_manifest, save_expert
+from hubrl.experts import MANIFEST_NAME, ExpertManifest, read_manifest, save_expert
 from hubrl.harness import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -155,6 +155,8 @@ def pretrain_expert(
     run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose,
                     written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done)
     cfg = run.cfg
+    if not resume and not force:
+        _refuse_replacing_an_expert(Path(cfg.hub) / name)
     if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
         expert = Path(cfg.hub) / name
         return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert, cfg.timesteps)
@@ -174,6 +176,16 @@ def pretrain_expert(
 
     draw_learning_curve(run.folder, plot_expert_curve, verbose)
     return PretrainResult(name, run.folder, outcome, manifest, expert, cfg.timesteps)
+
+
+def _refuse_replacing_an_expert(expert: Path) -> None:
+    """Refuse a new run whose export would replace an expert already in its hub: that expert may be
+    another run's hours of training, and the export overwrites it without a word when this run ends."""
+    if (expert / MANIFEST_NAME).is_file():
+        steps = _exported_steps(expert)
+        raise UsageError(f"--hub {expert.parent} already holds the expert {expert.name}"
+                         + (f" ({steps:,} steps)" if steps is not None else "")
+                         + ", which this new run would replace when it ends: give another --hub, or --force to replace it.")
 
 
 def _exported_steps(folder: Path) -> int | None:

@@ -322,6 +322,11 @@ CASES = [
     ("speed-train-one-sb3-without-opencv", "speed",
      lambda t, h: ["train-one", "--impl", "sb3", "--algo", "a2c", "--timesteps", "1", "--env", "Gopher"],
      ["--impl sb3", "OpenCV", 'pip install -e ".[bench]"'], _no_opencv),
+    # a new pretraining run whose export would replace an expert another run put in the hub
+    ("pretrain-new-run-over-a-hub-expert", "pretrain",
+     lambda t, h: ["--env", "Seaquest", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1",
+                   "--out", str(t / "runs"), "--hub", str(make_tiny_hub(t / "hub")), "--no-progress-bar"],
+     ["--hub", "already holds the expert seaquest-ppo (0 steps)", "--force"], _leaves_nothing("runs")),
     # a --tensorboard-log that cannot be written: refused before the run folder (or the hub) is made
     ("transfer-tensorboard-log-not-writable", T,
      lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--tensorboard-log", "/proc/hubrl-tb",

@@ -54,7 +54,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in all; "
                              "the schedules still follow --timesteps, so --resume later continues as if uninterrupted. "
                              "E.g. train a 10M budget 2M at a time.")
-    parser.add_argument("--force", action="store_true", help="Delete an existing expert of the same name and start over.")
+    parser.add_argument("--force", action="store_true",
+                        help="Start over: delete an existing run of the same name in --out, and replace the hub's "
+                             "expert of that name when the run ends.")
     parser.add_argument("--eval-freq", type=steps, default=250_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
