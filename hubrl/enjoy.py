@@ -108,8 +108,14 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     if not (folder / "model.zip").is_file():
         if "game" in run and "env" not in run:  # hubrl-pretrain's config: its expert goes to a hub, not to a model.zip
             hub = f" --hub {shlex.quote(str(run['hub']))}" if run.get("hub") else ""
+            play_it = f"play the expert with --expert {folder.name}{hub}"
+            if run.get("hub") and not (Path(str(run["hub"])) / folder.name / "expert.json").is_file():
+                # paused or stopped before its budget: nothing exported yet, so --expert alone would not find it
+                raise UsageError(f"{folder} is a pretraining run whose expert is not exported yet: export its latest "
+                                 f"checkpoint with python -m hubrl pretrain --export --out "
+                                 f"{shlex.quote(str(folder.parent))} --env {shlex.quote(str(run['game']))}, then {play_it}.")
             raise UsageError(f"{folder} is a pretraining run: it exports its expert to a hub instead of writing a "
-                             f"model.zip; play the expert with --expert {folder.name}{hub}.")
+                             f"model.zip; {play_it}.")
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
     try:
         model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)

@@ -9,7 +9,7 @@ from PIL import Image
 from hubrl import enjoy
 from hubrl.enjoy import load_player, play
 from hubrl.pretrain import UsageError
-from tests.conftest import TINY_PPO, make_sb3_zip, run_script
+from tests.conftest import TINY_PPO, make_sb3_zip, make_tiny_hub, run_script
 
 
 @pytest.mark.slow
@@ -64,13 +64,24 @@ def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
 
 def test_a_pretraining_run_folder_names_the_expert_to_play(tmp_path):
     """hubrl-pretrain's run folders export their expert to a hub and never write a model.zip."""
+    import re
+
     import yaml
 
     folder = tmp_path / "runs" / "riverraid-ppo"
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"game": "riverraid", "algo": "ppo", "hub": "my hub"}}))
-    with pytest.raises(UsageError, match="is a pretraining run: it exports its expert to a hub instead of writing a "
-                                         "model.zip; play the expert with --expert riverraid-ppo --hub 'my hub'."):
+    hub = tmp_path / "my hub"
+    (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"game": "riverraid", "algo": "ppo", "hub": str(hub)}}))
+    # paused before its budget: nothing in the hub yet, so the way to play it starts with --export
+    with pytest.raises(UsageError, match=re.escape(
+            f"is a pretraining run whose expert is not exported yet: export its latest checkpoint with python -m hubrl "
+            f"pretrain --export --out {tmp_path / 'runs'} --env riverraid, then play the expert with --expert riverraid-ppo "
+            f"--hub '{hub}'.")):
+        load_player(folder)
+    make_tiny_hub(hub, names=("riverraid-ppo",))  # exported
+    with pytest.raises(UsageError, match=re.escape("is a pretraining run: it exports its expert to a hub instead of "
+                                                   f"writing a model.zip; play the expert with --expert riverraid-ppo "
+                                                   f"--hub '{hub}'.")):
         load_player(folder)
 
 
