@@ -43,7 +43,8 @@ from hubrl.evaluation import seeded_actions
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
 from hubrl.pretrain import UsageError
 
-__all__ = ["Player", "PlayResult", "load_player", "play", "VideoWriter", "mp4_available", "FRAMES_PER_SECOND"]
+__all__ = ["Player", "PlayResult", "load_player", "play", "VideoWriter", "check_video_path", "mp4_available",
+           "FRAMES_PER_SECOND"]
 
 FRAMES_PER_SECOND = 15  # agent steps per second of real play: 60 Hz / frame skip 4
 
@@ -172,6 +173,15 @@ def mp4_available() -> bool:
     return True
 
 
+def check_video_path(path: str | Path) -> Path:
+    """``path`` as a video file name (``.mp4`` or ``.gif``), refused otherwise: the command checks it
+    before it loads the agent and starts the game, so a wrong name costs nothing."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".gif"):
+        raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
+    return path
+
+
 class VideoWriter:
     """Stream RGB frames into an MP4 (imageio-ffmpeg) or collect them into an animated GIF (Pillow).
 
@@ -182,9 +192,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: int = FRAMES_PER_SECOND, scale: int = 2) -> None:
-        path = Path(path)
-        if path.suffix.lower() not in (".mp4", ".gif"):
-            raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
+        path = check_video_path(path)
         self.fell_back = path.suffix.lower() == ".mp4" and not mp4_available()
         self.path = path.with_suffix(".gif") if self.fell_back else path
         self.path.parent.mkdir(parents=True, exist_ok=True)

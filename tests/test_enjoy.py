@@ -85,6 +85,20 @@ def test_a_pretraining_run_folder_names_the_expert_to_play(tmp_path):
         load_player(folder)
 
 
+def test_a_wrong_video_name_is_refused_before_the_agent_is_loaded(monkeypatch, capsys):
+    """``--video clip.avi`` is refused first, not after the agent was loaded, the game started and
+    "recording clip.avi" printed."""
+    from hubrl.cli.enjoy import main
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the agent was loaded before --video was checked")
+
+    monkeypatch.setattr(enjoy, "load_player", loaded)
+    with pytest.raises(UsageError, match=r"--video clip.avi: give a .mp4 or .gif file name"):
+        main(["--expert", "Seaquest", "--timesteps", "5", "--video", "clip.avi"])
+    assert capsys.readouterr().out == ""
+
+
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
 

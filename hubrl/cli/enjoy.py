@@ -69,11 +69,13 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-enjoy`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = parse_args(argv, prog)
-    from hubrl.enjoy import load_player, play
+    from hubrl.enjoy import check_video_path, load_player, play
     from hubrl.envs import display_name
     from hubrl.runconfig import check_device
     from hubrl.runtime import configure_threads
 
+    if args.video is not None:
+        check_video_path(args.video)  # before the agent is loaded and the game started
     check_device(args.device)
     configure_threads(args.threads)
     player = load_player(args.model, expert=args.expert, hub=args.hub, env=args.env, device=args.device)
