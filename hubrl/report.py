@@ -140,6 +140,9 @@ def write_report(
     skipped: dict[str, str] = {}
     trials = load_trials(root, budget, stage, skipped=skipped)
     if not any(t.steps.size for t in trials):
+        if stage is not None and any(t.steps.size for t in load_trials(root, budget)):  # evaluated, but only later
+            raise FileNotFoundError(f"No trial under {root} was evaluated by {stage:,} agent steps: report a later "
+                                    "stage (trials evaluate every --eval-freq steps of run).")
         raise FileNotFoundError(f"No trial with evaluations under {root} "
                                 "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = read_grid(root)

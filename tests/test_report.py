@@ -317,6 +317,13 @@ def test_report_of_an_empty_grid_is_a_clear_error(tmp_path):
         write_report(tmp_path)
 
 
+def test_a_stage_before_any_evaluation_says_so(grid):
+    """A stage earlier than every trial's first evaluation is named as such, not as a grid without
+    evaluations (which sent the user looking for missing evaluations.json files)."""
+    with pytest.raises(FileNotFoundError, match=f"No trial under {grid} was evaluated by 100 agent steps: report a later"):
+        write_report(grid, reps=200, stage=100)
+
+
 def test_count_parameters_counts_a_shared_extractor_once(tmp_path):
     from stable_baselines3 import PPO
 
