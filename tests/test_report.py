@@ -503,6 +503,18 @@ def test_report_command_puts_stage_reports_under_out(grid, tmp_path):
     assert not (grid / "report").exists()
 
 
+def test_report_command_refuses_a_stage_past_the_budget(grid, capsys):
+    """``--stages 2k`` on a grid of 1,000-step trials is refused before anything is written, instead
+    of a report "at 2k agent steps of a 1,000-step budget" that is the final one again."""
+    from hubrl.cli.bench import main
+    from hubrl.cli.common import run_guarded
+
+    assert run_guarded(main, ["report", str(grid), "--stages", "500", "2k", "--reps", "100"]) == 2
+    assert capsys.readouterr().err == ("error: --stages 2k is past the grid's budget of 1,000 agent steps: give stages up "
+                                       "to 1k (the report without --stages is the grid at its budget).\n")
+    assert not (grid / "report").exists()
+
+
 def test_report_command_refuses_a_baseline_or_focus_the_grid_does_not_have(grid):
     from hubrl.cli.bench import main
     from hubrl.errors import UsageError

@@ -214,10 +214,24 @@ def _check_report_methods(args: argparse.Namespace) -> None:
                              f"{', '.join(methods)}.")
 
 
+def _check_report_stages(args: argparse.Namespace) -> None:
+    """Refuse a ``--stages`` step past the budget (``--timesteps``, else grid.json's): no trial trains
+    beyond it, so that "stage" would be the final report again, titled as a stage of a longer run."""
+    from hubrl.grid import read_grid
+    from hubrl.tables import step_label
+
+    budget = args.budget or read_grid(args.root).get("budget")
+    past = [stage for stage in args.stages or [] if isinstance(budget, int) and stage > budget]
+    if past:
+        raise UsageError(f"--stages {step_label(past[0])} is past the grid's budget of {budget:,} agent steps: give "
+                         f"stages up to {step_label(budget)} (the report without --stages is the grid at its budget).")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hubrl.report import write_report
 
     _check_report_methods(args)
+    _check_report_stages(args)
     notices: list[str] = []
     path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
                         focus=args.focus, notices=notices)
