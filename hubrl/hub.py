@@ -332,8 +332,24 @@ def load_sources(paths: Iterable[str | Path]) -> Hub:
     experts = []
     for p in paths:
         p = Path(p)
+        if p.is_dir() and not (p / MANIFEST_NAME).is_file():
+            _refuse_a_folder_that_holds_the_source(p)
         experts.append(load_expert_folder(p) if p.is_dir() else load_sb3_zip(p))
     return Hub(experts)
+
+
+def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
+    """A ``--sources`` folder that is not an expert but holds what was meant: a hub (its experts'
+    folders) or a run (its ``model.zip``); says which flag or path takes it. Anything else falls
+    through to :func:`load_expert_folder`'s "not an expert folder"."""
+    experts = sorted(q.name for q in folder.iterdir() if (q / MANIFEST_NAME).is_file())
+    if experts:
+        raise HubError(f"{folder} is a hub (a folder of experts: {', '.join(experts)}), not an expert: pass it as "
+                       f"--hub {shlex.quote(str(folder))}, or give its experts' folders to --sources.")
+    if (folder / "model.zip").is_file():
+        raise HubError(f"{folder} is a run folder, not an expert: give its model instead, --sources "
+                       f"{shlex.quote(str(folder / 'model.zip'))} (read as weights only; a NatureCNN CnnPolicy, as "
+                       "scratch and finetune runs save).")
 
 
 def default_hub_path() -> Path:

@@ -288,6 +288,11 @@ CASES = [
     ("zip-wrong-features-dim", T,
      lambda t, h: ["--env", "Alien", "--sources", str(_policy_zip(t / "f.zip", _nature_cnn_state(features=256)))],
      ["f.zip", "linear.0.weight", "(256, 3136)"], None),
+    # a folder that holds the source rather than is one: the flag or path that takes it
+    ("sources-a-hub", T, lambda t, h: ["--env", "Alien", "--sources", str(make_tiny_hub(t / "hub"))],
+     ["is a hub", "riverraid-ppo, seaquest-ppo", "pass it as --hub "], None),
+    ("sources-a-run-folder", T, lambda t, h: ["--env", "Alien", "--sources", _played_folder(t)],
+     ["played is a run folder", "--sources ", "played/model.zip"], None),
     ("manifest-weights-outside", T,
      lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, weights_file="../../../../etc/hostname"))],
      ["expert.json", "weights_file", "etc/hostname"], None),
