@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -82,10 +83,25 @@ def _same_setting(name: str, a: Any, b: Any) -> bool:
     return _same(a, b)
 
 
+#: The kinds of run folder, each told apart by a setting only it saves, and the command that resumes it:
+#: the other command's folder given to ``--resume`` would otherwise read as settings of another hubrl version.
+RUN_KINDS: Mapping[str, tuple[str, str]] = {
+    "game": ("a pretraining run", "python -m hubrl pretrain --resume --out {parent} --env {game}"),
+    "method": ("a transfer run", "python -m hubrl transfer --resume --out {folder}"),
+}
+
+
 def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str, Any]:
-    """``saved`` completed with the defaults of fields it predates; unknown keys are refused."""
+    """``saved`` completed with the defaults of fields it predates; unknown keys are refused, and a
+    run of the other command is named as such, with the command that resumes it."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(saved) - set(fields))
+    for key, (kind, command) in RUN_KINDS.items():
+        if key in unknown:
+            folder = source.parent
+            resume = command.format(parent=shlex.quote(str(folder.parent)), folder=shlex.quote(str(folder)),
+                                    game=shlex.quote(str(saved.get("game"))))
+            raise UsageError(f"{folder} is {kind}: resume it with {resume}.")
     if unknown:
         raise CheckpointError(f"{source} has settings this version of hubrl does not know ({', '.join(unknown)}): "
                               f"resume the run with the version that started it.")

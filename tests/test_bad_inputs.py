@@ -133,14 +133,19 @@ def _one_gpu(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
 
 def _saved_on_cuda(tmp: Path, pretrain: bool = False) -> Path:
     """A run folder whose config.yaml says it ran on cuda (its checkpoint is never reached)."""
+    return _saved_run(tmp, pretrain, device="cuda")
+
+
+def _saved_run(tmp: Path, pretrain: bool = False, device: str = "cpu", name: str | None = None) -> Path:
+    """A pretraining or transfer run folder (``tmp/runs/gopher-ppo``, ``tmp/run``) whose checkpoint is never reached."""
     if pretrain:
-        out = tmp / "runs" / "gopher-ppo"
+        out = tmp / (name or "runs/gopher-ppo")
         out.mkdir(parents=True)
-        run = {"game": "gopher", "algo": "ppo", "device": "cuda", "out": str(tmp / "runs"), "hub": str(tmp / "hub")}
+        run = {"game": "gopher", "algo": "ppo", "device": device, "out": str(tmp / "runs"), "hub": str(tmp / "hub")}
     else:
-        out = tmp / "run"
-        out.mkdir()
-        run = {"env": "Gopher", "method": "scratch", "n_envs": 2, "device": "cuda"}
+        out = tmp / (name or "run")
+        out.mkdir(parents=True)
+        run = {"env": "Gopher", "method": "scratch", "n_envs": 2, "device": device}
     (out / "config.yaml").write_text(yaml.safe_dump({"run": run}))
     (out / "checkpoint.pt").write_bytes(b"never read")
     return out
@@ -206,6 +211,13 @@ CASES = [
      ["--device 'cuda'", "--device cpu"], _no_gpu),
     ("transfer-resume-saved-on-cuda-no-gpu", T, lambda t, h: ["--resume", "--out", str(_saved_on_cuda(t))],
      ["--device 'cuda'", "--device cpu", "config.yaml"], _no_gpu),
+    # the other command's run folder: named as such, with the command that resumes it
+    ("transfer-resume-a-pretraining-run", T, lambda t, h: ["--resume", "--out", str(_saved_run(t, pretrain=True))],
+     ["runs/gopher-ppo is a pretraining run", "pretrain --resume --out", "runs --env gopher"], None),
+    ("pretrain-resume-a-transfer-run", "pretrain",
+     lambda t, h: ["--resume", "--out", str(_saved_run(t, pretrain=False, name="runs/gopher-ppo").parent), "--env", "Gopher",
+                   "--no-progress-bar"],
+     ["runs/gopher-ppo is a transfer run", "transfer --resume --out", "runs/gopher-ppo."], None),
     ("transfer-cuda-index-past-the-last-gpu", T, lambda t, h: ["--env", "Gopher", "--device", "cuda:3"],
      ["--device 'cuda:3'", "1 CUDA device"], _one_gpu),
     ("pretrain-cuda-no-gpu", "pretrain",
