@@ -269,6 +269,9 @@ def load_expert_folder(folder: str | Path) -> Expert:
 def load_hub(path: str | Path) -> Hub:
     """Load every expert folder under ``path`` (sorted by name)."""
     path = Path(path)
+    if path.is_file():  # e.g. an SB3 zip given as --hub
+        raise HubError(f"--hub {path} is a file, not a hub folder: give --hub a folder of experts, or an SB3 .zip to "
+                       f"--sources.")
     if not path.is_dir():
         raise HubError(f"Hub folder {path} does not exist: "
                        f"make one with python -m hubrl pretrain --hub {shlex.quote(str(path))}.")

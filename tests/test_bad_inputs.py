@@ -305,6 +305,8 @@ CASES = [
      ["is a hub", "riverraid-ppo, seaquest-ppo", "pass it as --hub "], None),
     ("sources-a-run-folder", T, lambda t, h: ["--env", "Alien", "--sources", _played_folder(t)],
      ["played is a run folder", "--sources ", "played/model.zip"], None),
+    ("hub-a-zip-file", T, lambda t, h: ["--env", "Alien", "--hub", str(_policy_zip(t / "p.zip", _nature_cnn_state()))],
+     ["--hub", "p.zip is a file, not a hub folder", "--sources"], None),
     ("manifest-weights-outside", T,
      lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, weights_file="../../../../etc/hostname"))],
      ["expert.json", "weights_file", "etc/hostname"], None),
