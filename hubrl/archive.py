@@ -63,13 +63,18 @@ def unsettled_reason(folder: str | Path) -> str | None:
 def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) -> ArchiveSummary:
     """Copy the records of every settled trial of the grid in ``root`` into ``dest`` (module docstring).
 
-    :raises UsageError: when ``root`` is no grid, or ``dest`` is ``root`` or inside it.
+    :raises UsageError: when ``root`` is no grid, ``dest`` is ``root`` or inside it, or ``dest`` holds a trial's
+        weights (a grid, not an archive: its weights would be deleted), before anything is written.
     """
     root, dest = Path(root), Path(dest)
     if not root.is_dir() or not (root / "grid.json").is_file():
         raise UsageError(f"No grid at {root} (no grid.json): give the --root of a grid run.")
     if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents:
         raise UsageError(f"Archive {dest} must be outside the grid {root}: give another folder.")
+    held = next((path for folder in iter_trial_folders(dest) for pattern in _WEIGHTS for path in folder.glob(pattern)), None)
+    if held is not None:  # e.g. ROOT and DEST swapped: each trial would be replaced by its records, weights deleted
+        raise UsageError(f"{dest} holds trial weights ({held}): it is a grid, not an archive, and archiving into it "
+                         f"would delete them. Give the grid first and the archive folder second (ROOT DEST).")
     ignored = [*_WEIGHTS, ".lock", "learning_curve.png", "*.tmp", *([] if tensorboard else ["tb"])]
     summary = ArchiveSummary()
     dest.mkdir(parents=True, exist_ok=True)

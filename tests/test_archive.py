@@ -97,3 +97,15 @@ def test_archive_command_and_its_refusals(grid, tmp_path, capsys):
         archive_grid(tmp_path / "nothing", tmp_path / "out")
     with pytest.raises(UsageError, match="must be outside the grid"):
         archive_grid(grid, grid / "records")
+
+
+def test_an_archive_into_a_grid_with_weights_is_refused_and_deletes_nothing(grid, tmp_path):
+    """ROOT and DEST swapped (``archive ARCHIVE GRID``): the archive is a grid too (it has grid.json), so each
+    trial of the real grid would be replaced by its weightless records. Refused before anything is written."""
+    archive = tmp_path / "archive"
+    archive_grid(grid, archive)
+    before = sorted(p.relative_to(grid).as_posix() for p in grid.rglob("*"))
+    with pytest.raises(UsageError, match="holds trial weights .*it is a grid, not an archive"):
+        archive_grid(archive, grid)
+    assert sorted(p.relative_to(grid).as_posix() for p in grid.rglob("*")) == before
+    assert (grid / "Alien/scratch/s0/model.zip").is_file()
