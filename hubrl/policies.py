@@ -44,7 +44,7 @@ from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatu
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy",
-    "load_hub_weights", "predict_with_gate_noise",
+    "check_gate_noise", "load_hub_weights", "predict_with_gate_noise",
 ]
 
 AGGREGATIONS = ("features", "heads")
@@ -372,6 +372,20 @@ def load_hub_weights(policy: HubPathwayPolicy, hub: Hub) -> None:
         module.load_state_dict(expert.encoder_tensors(policy.device))
 
 
+def check_gate_noise(model: Any) -> HubPathwayPolicy:
+    """The policy of ``model`` (an SB3 agent or its policy) if it routes with a noisy gate, which
+    :func:`predict_with_gate_noise` needs; a command checks it before it plays.
+
+    :raises UsageError: when ``model`` does not route with a noisy gate.
+    """
+    policy = getattr(model, "policy", model)
+    if not isinstance(policy, HubPathwayPolicy) or not policy.extractor.gate.has_noise:
+        raise UsageError(f"Gate noise needs a Hub-Pathway policy with a noisy gate; {type(policy).__name__} "
+                         + ("routes without noise" if isinstance(policy, HubPathwayPolicy) else "does not route")
+                         + ": drop --gate-noise.")
+    return policy
+
+
 @contextmanager
 def predict_with_gate_noise(model: Any, enabled: bool = True) -> Iterator[None]:
     """Within the block, ``predict`` of ``model`` (an SB3 agent or its policy) routes each state
@@ -387,11 +401,7 @@ def predict_with_gate_noise(model: Any, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    policy = getattr(model, "policy", model)
-    if not isinstance(policy, HubPathwayPolicy) or not policy.extractor.gate.has_noise:
-        raise UsageError(f"Gate noise needs a Hub-Pathway policy with a noisy gate; {type(policy).__name__} "
-                         + ("routes without noise" if isinstance(policy, HubPathwayPolicy) else "does not route")
-                         + ": drop --gate-noise.")
+    policy = check_gate_noise(model)
     policy.gate_noise_in_predict = True
     try:
         yield

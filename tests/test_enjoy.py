@@ -99,6 +99,19 @@ def test_a_wrong_video_name_is_refused_before_the_agent_is_loaded(monkeypatch, c
     assert capsys.readouterr().out == ""
 
 
+def test_gate_noise_on_a_policy_that_does_not_route_is_refused_before_it_plays(monkeypatch, capsys, tiny_hub):
+    """``--gate-noise`` on an expert (no gate) is refused before "Playing ..." is printed and the game starts."""
+    from hubrl.cli.enjoy import main
+
+    def played(*args, **kwargs):
+        raise AssertionError("the game started before --gate-noise was checked")
+
+    monkeypatch.setattr(enjoy, "play", played)
+    with pytest.raises(UsageError, match="Gate noise needs a Hub-Pathway policy.*does not route: drop --gate-noise"):
+        main(["--expert", "Seaquest", "--hub", str(tiny_hub), "--gate-noise"])
+    assert capsys.readouterr().out == ""
+
+
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
 

@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     check_device(args.device)
     configure_threads(args.threads)
     player = load_player(args.model, expert=args.expert, hub=args.hub, env=args.env, device=args.device)
+    if args.gate_noise:
+        from hubrl.policies import check_gate_noise
+
+        check_gate_noise(player.policy)  # before "Playing ..." and the game's start
     game = display_name(player.game)
     print(f"Playing {game} with {player.label}" + (f", recording {args.video}" if args.video else ""), flush=True)
     episodes = args.episodes if args.episodes is not None or args.steps is not None else 1
