@@ -55,11 +55,12 @@ class TransferConfig:
     """Settings of one transfer run (saved as ``config.yaml`` in the run folder).
 
     Resuming a run continues these settings as saved (:mod:`hubrl.harness`); only those in
-    ``RESUME_MAY_CHANGE`` may differ (where and on how many threads it runs, where it logs, and
-    the step budget).
+    ``RESUME_MAY_CHANGE`` may differ (where and on how many threads it runs, where it logs, the
+    step budget, and where its experts are: a hub moved or copied elsewhere, as long as it holds
+    the experts the run was started with, :func:`resumed_hub`).
     """
 
-    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE | {"hub", "sources"}
     #: Fields whose command-line flag is not ``--field-name`` (for messages).
     FLAGS: ClassVar[Mapping[str, str]] = {**FLAGS, "select_frames": "--select-timesteps"}
 
@@ -102,6 +103,47 @@ class TransferResult:
     folder: Path
     outcome: TrainingOutcome
     hub: Hub | None
+
+
+def hub_records(hub: Hub) -> list[dict[str, Any]]:
+    """What ``config.yaml`` records of each expert of ``hub`` (its ``hub`` section): name, where it
+    was read from, game and its manifest's description (steps, evaluation, ...)."""
+    return [{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub]
+
+
+def resumed_hub(cfg: TransferConfig, folder: Path) -> Hub:
+    """The experts of the run resumed in ``folder``: ``cfg``'s hub or sources (the saved ones, or
+    their new place given anew), which must hold the experts the run was started with, as
+    ``config.yaml`` describes them (all but where they were read from): the policy is built on
+    them, and their weights then come from the checkpoint.
+
+    :raises HubError: when the hub or a source is not where ``cfg`` says (moved or deleted): the
+        message asks for its new place instead of offering to pretrain a new hub.
+    :raises UsageError: when it holds other experts than the run's.
+    """
+    import yaml
+
+    from hubrl.errors import HubError
+
+    check_resumable(folder)
+    saved = [e for e in read_saved_config(folder / CONFIG_NAME).get("hub") or [] if isinstance(e, dict)]
+    names = ", ".join(str(e.get("name")) for e in saved)
+    where = [str(p) for p in ([cfg.hub] if cfg.hub else cfg.sources)]
+    flag = "--hub" if cfg.hub else "--sources"
+    missing = [p for p in where if not Path(p).exists()]
+    if missing:
+        raise HubError(f"Resuming {folder}: its {flag} {missing[0]} is not there any more; give the new place of the "
+                       f"experts it was started with ({names}) with --hub DIR or --sources ...")
+    hub = resolve_hub(cfg.hub, cfg.sources)
+    unplaced = [{k: v for k, v in e.items() if k != "source"} for e in saved]
+    if saved and yaml.safe_load(yaml.safe_dump([{k: v for k, v in e.items() if k != "source"} for e in hub_records(hub)],
+                                               sort_keys=False)) != unplaced:
+        other = "its experts in another order" if sorted(hub.names) == sorted(str(e.get("name")) for e in saved) else \
+            "other experts"
+        raise UsageError(f"Resuming {folder}: {flag} {' '.join(where)} holds {other} ({', '.join(hub.names)}) than "
+                         f"the run was started with ({names}, described in {folder / CONFIG_NAME}): give the hub it was "
+                         "started with, or its new place.")
+    return hub
 
 
 def default_run_folder(cfg: TransferConfig) -> Path:
@@ -215,7 +257,11 @@ def run_transfer(
         validate_config(cfg, _device_saved_in(Path(cfg.out) if cfg.out else default_run_folder(cfg), cfg.device))
     else:
         validate_config(cfg)
-    hub = resolve_hub(cfg.hub, cfg.sources) if cfg.method in HUB_METHODS else None
+    folder = Path(cfg.out) if cfg.out else default_run_folder(cfg)
+    if cfg.method not in HUB_METHODS:
+        hub = None
+    else:
+        hub = resumed_hub(cfg, folder) if resume else resolve_hub(cfg.hub, cfg.sources)
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
     run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
@@ -240,7 +286,7 @@ def run_transfer(
             plan.init(model.policy)
         run.save_config(  # creates the folder: everything that can refuse the run is behind
             method=plan.notes,
-            hub=[{"name": e.name, "source": e.source, "game": e.game, **e.meta} for e in hub] if hub is not None else [],
+            hub=hub_records(hub) if hub is not None else [],
         )
         run.apply_runtime(model, verbose)
         outcome = run.train(

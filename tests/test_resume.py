@@ -276,6 +276,32 @@ def test_the_printed_resume_hint_works_as_printed(saved_run, capsys, monkeypatch
     assert _transfer_main()(argv[2:]) == 0  # the hint alone: no flag of the original command line needed
 
 
+@pytest.mark.slow
+def test_a_run_whose_hub_moved_resumes_from_its_new_place(saved_run, tmp_path):
+    """The hub a run was started with has moved (another machine, a renamed folder): resuming asks
+    for its new place, not to pretrain a hub; ``--hub NEW`` with the same experts continues the run
+    (their weights come from the checkpoint) and another hub is refused, each before anything is written."""
+    from tests.test_bad_inputs import call
+
+    config = yaml.safe_load((saved_run / "config.yaml").read_text())
+    moved = Path(shutil.copytree(config["run"]["hub"], tmp_path / "moved hub"))
+    config["run"]["hub"] = str(tmp_path / "gone")  # where it was when the run started
+    (saved_run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    files = _files(saved_run)
+    code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "128")
+    assert code == 2 and err == (f"error: Resuming {saved_run}: its --hub {tmp_path / 'gone'} is not there any more; give "
+                                 "the new place of the experts it was started with (riverraid-ppo, seaquest-ppo) with "
+                                 "--hub DIR or --sources ...\n")
+    other = make_tiny_hub(tmp_path / "other", names=("alien-ppo", "gopher-ppo"))
+    code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "128", "--hub", str(other))
+    assert code == 2 and "holds other experts (alien-ppo, gopher-ppo) than the run was started with" in err
+    assert _files(saved_run) == files
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--timesteps", "128", "--hub", str(moved),
+                             "--no-progress-bar"]) == 0
+    assert load_training_checkpoint(saved_run / "checkpoint.pt")["num_timesteps"] == 128
+    assert _run_section(saved_run)["hub"] == str(moved)
+
+
 def test_resume_takes_any_name_of_the_saved_game():
     """``--resume --env gopher`` continues a run saved as ``Gopher`` (the names README says are one game)."""
     from pathlib import Path

@@ -76,8 +76,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--out", default=None, metavar="DIR", help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --out from its checkpoint, with the settings it was started with "
-                             "(a flag that contradicts them is refused; --timesteps, --device, --threads and "
-                             "--tensorboard-log may change).")
+                             "(a flag that contradicts them is refused; --timesteps, --device, --threads, "
+                             "--tensorboard-log and the place of its experts, --hub or --sources, may change).")
     parser.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
                         help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in "
                              "all (schedules still follow --timesteps); continue later with --resume.")
@@ -146,6 +146,10 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         chosen["hyperparams"] = load_overrides(chosen["hyperparams"], algo=chosen.get("algo")) if chosen["hyperparams"] else {}
     if "sources" in chosen:
         chosen["sources"] = list(chosen["sources"])
+    if args.resume and "hub" in given:  # the experts' new place replaces the saved one, whichever flag that was
+        chosen["sources"] = []
+    if args.resume and "sources" in given:
+        chosen["hub"] = None
     if not args.resume:
         if args.env is None:
             raise UsageError("--env is required (the target game), except with --resume --out DIR.")
