@@ -194,6 +194,25 @@ def test_a_resumed_pause_names_the_runs_own_budget(tmp_path, tiny_ppo, capsys):
     assert "seaquest-ppo: paused at 128 of 512 steps" in capsys.readouterr().out
 
 
+def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the first of two games: ``--resume`` finds only the runs in --out, so the stop
+    line says the second game has not started and how to start it (else it would be skipped without a word)."""
+    from types import SimpleNamespace
+
+    import hubrl.pretrain
+    from hubrl.cli.pretrain import main
+
+    def interrupted(cfg, **kwargs):
+        outcome = SimpleNamespace(already_done=False, interrupted_by=2, num_timesteps=100, paused=False)
+        return SimpleNamespace(name=hubrl.pretrain.expert_name(cfg.game, cfg.algo), outcome=outcome)
+
+    monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", interrupted)
+    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", str(tmp_path / "runs"), "--no-progress-bar"]) == 130
+    assert capsys.readouterr().out == (
+        "seaquest-ppo: stopped at 100 steps; checkpoint saved. Resume with --resume. Not started yet: Riverraid Gopher "
+        "(--resume continues started runs only): start them afterwards with --env Riverraid Gopher, without --resume.\n")
+
+
 @pytest.mark.slow
 def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
     import dataclasses

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                   f"-> {expert_folder(folder, args.hub)}")
         return 0
     status = 0
-    for game in games:
+    for index, game in enumerate(games):
         cfg = PretrainConfig(
             game=game,
             algo=args.algo,
@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if outcome.already_done:  # pretrain_expert said so in one line
             continue
         if outcome.interrupted_by is not None:
-            print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume.")
+            print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume."
+                  + _not_started(games[index + 1:], args.out, args.algo))
             return 128 + outcome.interrupted_by
         if outcome.paused:
             print(f"{result.name}: paused at {outcome.num_timesteps} of {result.budget} steps (--pause-at); "
@@ -170,6 +171,22 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
               f"eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.expert} "
               f"(run: {result.folder})")
     return status
+
+
+def _not_started(games: list[str], out: str, algo: str) -> str:
+    """The stop line's note on the ``games`` after the interrupted one that have no run in ``out`` yet:
+    ``--resume`` (which finds the runs in ``out``) would skip them, and they must be started anew."""
+    from pathlib import Path
+
+    from hubrl.envs import display_name
+    from hubrl.harness import CONFIG_NAME
+    from hubrl.pretrain import expert_name
+
+    waiting = [display_name(g) for g in games if not (Path(out) / expert_name(g, algo) / CONFIG_NAME).is_file()]
+    if not waiting:
+        return ""
+    return (f" Not started yet: {' '.join(waiting)} (--resume continues started runs only): start "
+            f"{'it' if len(waiting) == 1 else 'them'} afterwards with --env {' '.join(waiting)}, without --resume.")
 
 
 def _requested(cfg, given: set[str]) -> dict:
