@@ -82,7 +82,15 @@ from typing import Any, Callable, Sequence
 
 from hubrl.atomic import atomic_write
 from hubrl.errors import GridError
-from hubrl.grid import binding_budget, count_parameters, read_status, refusal_reason, trial_folder, trial_state
+from hubrl.grid import (
+    binding_budget,
+    count_parameters,
+    has_checkpoint,
+    read_status,
+    refusal_reason,
+    trial_folder,
+    trial_state,
+)
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 
@@ -227,7 +235,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"],
            **spec.get("overrides", {})},
     )
-    resume = (folder / "checkpoint.pt").is_file()
+    resume = has_checkpoint(folder)
     # a torn checkpoint: the previous one kept beside it
     start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
     if not resume:

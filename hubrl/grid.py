@@ -41,6 +41,7 @@ __all__ = [
     "read_grid",
     "read_status",
     "read_evaluations",
+    "has_checkpoint",
     "trial_state",
     "refusal_reason",
     "binding_budget",
@@ -111,6 +112,14 @@ def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- state of a trial folder
 
 
+def has_checkpoint(folder: str | Path) -> bool:
+    """Whether a trial can resume: a ``checkpoint.pt``, or the previous one kept beside it
+    (``checkpoint.prev.pt``, which a resume falls back to when ``checkpoint.pt`` is gone or
+    damaged: :func:`hubrl.checkpoint.load_resume_checkpoint`). Such a trial is never started afresh,
+    which would delete its checkpoint and records."""
+    return any((Path(folder) / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
+
+
 def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
     """What a trial folder's records say about training it to ``budget`` (pausing at ``pause_at``):
 
@@ -130,7 +139,7 @@ def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) ->
             return "finished"
     if refusal_reason(folder, budget) is not None:
         return "refused"
-    if (folder / "checkpoint.pt").is_file():
+    if has_checkpoint(folder):
         reached = int(status.get("num_timesteps") or 0)
         if pause_at is not None and status.get("status") == "paused" and reached >= pause_at:
             return "paused"
@@ -149,7 +158,7 @@ def binding_budget(folder: str | Path, status: dict[str, Any] | None = None) -> 
     folder = Path(folder)
     status = read_status(folder) if status is None else status
     started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
-    if started_with is None or not (_is_done(status) or (folder / "checkpoint.pt").is_file()):
+    if started_with is None or not (_is_done(status) or has_checkpoint(folder)):
         return None
     return int(started_with)
 
@@ -168,7 +177,7 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     if started_with is not None and started_with != int(budget):
         return (f"it was started with a {started_with:,}-step budget (its schedules run over that), not {int(budget):,}: "
                 f"rerun with --timesteps {started_with}, or use another --root for the new budget")
-    if done and not (folder / "checkpoint.pt").is_file() and not status.get("completed"):
+    if done and not has_checkpoint(folder) and not status.get("completed"):
         return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
                 "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
     return None

@@ -86,6 +86,25 @@ def test_trial_state(tmp_path):
     assert trial_state(folder, 100) == "refused"  # paused, checkpoint gone: never a fresh start over its results
 
 
+def test_a_trial_with_only_its_previous_checkpoint_resumes_from_it(tmp_path):
+    """``checkpoint.pt`` gone (deleted as damaged) but ``checkpoint.prev.pt`` kept: the trial resumes
+    from the previous checkpoint, as a transfer run does, instead of counting as fresh, whose start
+    would delete that checkpoint and the trial's records."""
+    from hubrl.benchmark import run_trial
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "evaluations.json").write_text(json.dumps({"points": [{"step": 50, "mean": 0.0}]}))
+    (folder / "checkpoint.prev.pt").write_bytes(b"x")
+    (folder / "status.json").write_text(json.dumps({"status": "failed", "budget": 100, "num_timesteps": 50}))
+    assert trial_state(folder, 100) == "resume"
+    assert trial_state(folder, 200) == "refused"  # its schedules run over 100
+    with pytest.raises(Exception, match="checkpoint"):  # the torn stand-in is refused by the resume, not deleted
+        run_trial({"folder": str(folder), "game": "Gopher", "method": "scratch", "seed": 0, "budget": 100,
+                   "settings": {"n_envs": 1, "device": "cpu"}})
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.prev.pt", "evaluations.json", "status.json"]
+
+
 def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     root = tmp_path / "grid"
     root.mkdir()
