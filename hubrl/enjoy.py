@@ -31,6 +31,7 @@ dependency, matplotlib's too).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,9 @@ class PlayResult:
     scores: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     steps: int = 0
-    unfinished_score: float | None = None  # the game still running when the step limit came
+    unfinished_score: float | None = None  # the game still running when the step limit (or a stop) came
     video: Path | None = None
+    interrupted_by: int | None = None  # the signal (Ctrl-C: SIGINT, SIGTERM) that stopped the play early
 
 
 def _expert_policy(expert, game: str, device: str) -> Any:
@@ -237,7 +239,7 @@ class VideoWriter:
 
 def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, seed: int = 0, deterministic: bool = False,
          video: str | Path | None = None, repeat_action_probability: float | None = None, gate_noise: bool = False,
-         on_game_end: Callable[[int, float, int], None] | None = None) -> PlayResult:
+         on_game_end: Callable[[int, float, int], None] | None = None, stop_on_signal: bool = False) -> PlayResult:
     """Play ``player`` on its game until ``episodes`` games end or ``steps`` agent steps pass (the first).
 
     Evaluation settings (:func:`hubrl.evaluation.make_eval_env`): whole games, raw rewards,
@@ -245,7 +247,9 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
     (RL Zoo's choice for Atari). ``seed`` seeds the game and the sampled actions: the same seed
     plays the same games. ``gate_noise``: a Hub-Pathway player routes with its acting gate noise
     (:func:`hubrl.policies.predict_with_gate_noise`). ``on_game_end(index, score, length)`` is
-    called as each game ends.
+    called as each game ends. ``stop_on_signal`` (``hubrl-enjoy``): Ctrl-C / SIGTERM end the play
+    after the current step, with ``interrupted_by`` set, the games so far and the video kept;
+    otherwise (a caller that plays many) Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
     if steps is None and episodes is None:
         raise UsageError("Give a number of --timesteps or --episodes to play.")
@@ -255,11 +259,18 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
                              repeat_action_probability=(player.repeat_action_probability if repeat_action_probability is None
                                                         else repeat_action_probability),
                              render_mode="rgb_array" if video is not None else None)
+    from hubrl.training import StopOnSignal
+
     writer = VideoWriter(video) if video is not None else None
     result = PlayResult()
     try:
-        with seeded_actions(player.policy, seed, gate_noise):  # a seed repeats the games, the caller's generator is kept
-            _play_games(player, env, writer, result, steps, episodes, deterministic, on_game_end)
+        # stop_on_signal: Ctrl-C / SIGTERM end the play after the current step; the games so far and the video are kept
+        then = "stopping" + (", then writing the video" if writer is not None else "")
+        stop = StopOnSignal(then) if stop_on_signal else None
+        with stop if stop is not None else contextlib.nullcontext(), \
+                seeded_actions(player.policy, seed, gate_noise):  # a seed repeats the games, the caller's generator is kept
+            _play_games(player, env, writer, result, steps, episodes, deterministic, on_game_end, stop)
+        result.interrupted_by = stop.received if stop is not None else None
     finally:
         env.close()
         if writer is not None:
@@ -268,13 +279,16 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
 
 
 def _play_games(player: Player, env, writer: VideoWriter | None, result: PlayResult, steps: int | None,
-                episodes: int | None, deterministic: bool, on_game_end: Callable[[int, float, int], None] | None) -> None:
-    """The game loop of :func:`play`: fills ``result`` (and ``writer``) in place."""
+                episodes: int | None, deterministic: bool, on_game_end: Callable[[int, float, int], None] | None,
+                stop: Any = None) -> None:
+    """The game loop of :func:`play`: fills ``result`` (and ``writer``) in place, until the limits or
+    until ``stop.received`` (a signal, :class:`hubrl.training.StopOnSignal`)."""
     obs = env.reset()
     running, game_over = 0.0, False
     if writer is not None:
         writer.add(env.get_images()[0])
-    while (steps is None or result.steps < steps) and (episodes is None or len(result.scores) < episodes):
+    while ((steps is None or result.steps < steps) and (episodes is None or len(result.scores) < episodes)
+           and (stop is None or stop.received is None)):
         action, _ = player.policy.predict(obs, deterministic=deterministic)
         obs, reward, _, infos = env.step(action)
         result.steps += 1

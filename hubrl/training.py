@@ -203,18 +203,23 @@ class CheckpointEveryCallback(BaseCallback):
 
 
 class StopOnSignal(BaseCallback):
-    """Turn SIGINT / SIGTERM into a clean stop at the next env step (the caller then checkpoints)."""
+    """Turn SIGINT / SIGTERM into a clean stop at the next env step (the caller then checkpoints).
 
-    def __init__(self) -> None:
+    Also a plain context manager for any loop that checks :attr:`received` (``hubrl-enjoy`` writes
+    its video); ``then`` says what the caller does before it stops.
+    """
+
+    def __init__(self, then: str = "saving a checkpoint, then stopping") -> None:
         super().__init__()
         self.received: int | None = None
+        self.then = then
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         if self.received is not None:  # second Ctrl-C: the user insists
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\nReceived {signal.Signals(signum).name}: saving a checkpoint, then stopping (again to abort).", flush=True)
+        print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
 
     def __enter__(self) -> "StopOnSignal":
         for sig in (signal.SIGINT, signal.SIGTERM):

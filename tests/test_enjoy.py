@@ -112,6 +112,33 @@ def test_gate_noise_on_a_policy_that_does_not_route_is_refused_before_it_plays(m
     assert capsys.readouterr().out == ""
 
 
+def test_ctrl_c_stops_the_play_reports_the_games_and_writes_the_video(monkeypatch, capsys, tmp_path, tiny_hub):
+    """Ctrl-C while watching ends the play after the current step, as the training commands stop: the
+    games so far and the video are reported and the exit code is 128 + SIGINT, not a traceback."""
+    import os
+    import signal
+
+    from hubrl.cli.enjoy import main
+
+    player = load_player(expert="Seaquest", hub=tiny_hub)
+    predict, calls = player.policy.predict, []
+
+    def predict_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return predict(*args, **kwargs)
+
+    player.policy.predict = predict_then_ctrl_c
+    monkeypatch.setattr(enjoy, "load_player", lambda *args, **kwargs: player)
+    assert main(["--expert", "Seaquest", "--timesteps", "1000", "--video", str(tmp_path / "v.gif")]) == 128 + signal.SIGINT
+    out = capsys.readouterr().out
+    assert "Received SIGINT: stopping, then writing the video (again to abort)." in out
+    assert "Seaquest: game unfinished after 5 steps" in out and f"Video: {tmp_path / 'v.gif'}" in out
+    assert Image.open(tmp_path / "v.gif").n_frames == 6  # the first screen and one per step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
 

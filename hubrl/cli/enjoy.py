@@ -88,10 +88,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     episodes = args.episodes if args.episodes is not None or args.steps is not None else 1
     result = play(player, steps=args.steps, episodes=episodes, seed=args.seed, deterministic=args.deterministic,
                   video=args.video, repeat_action_probability=args.sticky_actions, gate_noise=args.gate_noise,
+                  stop_on_signal=True,
                   on_game_end=lambda i, score, length: print(f"{game} game {i}: score {score:g} ({length} agent steps)",
                                                              flush=True))
     if result.unfinished_score is not None:
-        print(f"{game}: game unfinished after {args.steps} steps, score so far {result.unfinished_score:g}")
+        print(f"{game}: game unfinished after {result.steps} steps, score so far {result.unfinished_score:g}")
     if result.scores:
         scores = result.scores
         print(f"{game}: {len(scores)} game(s), raw score mean {sum(scores) / len(scores):.1f}, "
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         note = (" (GIF: imageio-ffmpeg is not installed; pip install -e \".[video]\" for MP4)"
                 if result.video.suffix == ".gif" and str(args.video).lower().endswith(".mp4") else "")
         print(f"Video: {result.video}{note}")
-    return 0
+    return 0 if result.interrupted_by is None else 128 + result.interrupted_by
 
 
 def cli() -> None:
