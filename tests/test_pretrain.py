@@ -213,6 +213,21 @@ def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):
         "(--resume continues started runs only): start them afterwards with --env Riverraid Gopher, without --resume.\n")
 
 
+def test_resume_checks_every_games_run_before_training_the_first(tmp_path, monkeypatch):
+    """``--resume --env Seaquest Riverraid`` where Riverraid never started: refused at once, naming it,
+    instead of after Seaquest's hours of training."""
+    import hubrl.pretrain
+    from hubrl.cli.pretrain import main
+
+    (tmp_path / "runs" / "seaquest-ppo").mkdir(parents=True)
+    (tmp_path / "runs" / "seaquest-ppo" / "checkpoint.pt").write_bytes(b"never read")
+    trained = []
+    monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", lambda cfg, **kwargs: trained.append(cfg.game))
+    with pytest.raises(UsageError, match="Nothing to resume in .*riverraid-ppo: no checkpoint.pt"):
+        main(["--resume", "--env", "Seaquest", "Riverraid", "--out", str(tmp_path / "runs"), "--no-progress-bar"])
+    assert trained == []
+
+
 @pytest.mark.slow
 def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
     import dataclasses

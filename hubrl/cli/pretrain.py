@@ -131,6 +131,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                   f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
                   f"-> {expert_folder(folder, args.hub)}")
         return 0
+    if args.resume:  # every game's run is checked before the first one trains (for hours), not when its turn comes
+        from pathlib import Path
+
+        from hubrl.harness import check_resumable
+        from hubrl.pretrain import expert_name
+
+        for game in games:
+            check_resumable(Path(args.out) / expert_name(game, args.algo))
     status = 0
     for index, game in enumerate(games):
         cfg = PretrainConfig(
