@@ -106,6 +106,13 @@ def _played_folder(tmp: Path, config: str = "run: {env: Gopher, algo: ppo}\n", m
     return str(out)
 
 
+def _routes_grid(tmp: Path) -> Path:
+    """A grid folder with a hub-pathway and a scratch trial (empty: only their folder names are read)."""
+    for method in ("hub-pathway", "scratch"):
+        (tmp / "g" / "Alien" / method / "s0").mkdir(parents=True)
+    return tmp / "g"
+
+
 def _file(tmp: Path) -> str:
     path = tmp / "a-file"
     path.write_text("x")
@@ -276,6 +283,8 @@ CASES = [
      ["--root", "a-file"], None),
     ("report-of-a-file", "bench", lambda t, h: ["report", _file(t)], ["a-file"], None),
     ("routes-of-a-file", "bench", lambda t, h: ["routes", _file(t)], ["a-file"], None),
+    ("routes-unknown-method", "bench", lambda t, h: ["routes", str(_routes_grid(t)), "--method", "hub-pathwya"],
+     ["--method 'hub-pathwya'", "no trial of it", "its methods are hub-pathway, scratch"], None),
     ("archive-of-a-file", "bench", lambda t, h: ["archive", _file(t), str(t / "out")], ["No grid at", "a-file"], None),
     ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)], ["played/model.zip", "cannot be loaded"], None),
     ("enjoy-config-not-yaml", "enjoy", lambda t, h: [_played_folder(t, config="run: [\n")],

@@ -201,13 +201,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _check_report_methods(args: argparse.Namespace) -> None:
     """Refuse a ``--baseline`` or ``--focus`` method the grid has no trial of (a typo would give empty
     ratio columns or no head-to-head). The defaults may be absent: a grid need not have scratch."""
+    asked = [("--baseline", args.baseline)] if args.baseline != REPORT_BASELINE else []
+    asked += [("--focus", m) for m in args.focus] if args.focus != REPORT_FOCUS else []
+    _check_methods(args, asked)
+
+
+def _check_methods(args: argparse.Namespace, asked: list[tuple[str, str]]) -> None:
+    """Refuse each ``(flag, method)`` of ``asked`` that names no arm of the grid in ``args.root``,
+    naming the grid's arms (folder labels)."""
     from hubrl.grid import iter_trial_folders
 
     methods = sorted({folder.parent.name for folder in iter_trial_folders(args.root)})
     if not methods:
-        return  # write_report says there is no trial
-    asked = [("--baseline", args.baseline)] if args.baseline != REPORT_BASELINE else []
-    asked += [("--focus", m) for m in args.focus] if args.focus != REPORT_FOCUS else []
+        return  # the command says there is no trial
     for flag, method in asked:
         if method not in methods:
             raise UsageError(f"{flag} {method!r}: the grid {args.root} has no trial of it; its methods are "
@@ -264,6 +270,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from hubrl.route_report import write_routes
     from hubrl.tables import routes_markdown
 
+    _check_methods(args, [("--method", m) for m in args.methods or []])
     path, rows, skipped = write_routes(args.root, args.out, args.methods, args.states, args.seed, args.play)
     for folder, why in skipped.items():
         print(f"left out {folder}: {why}")
