@@ -324,6 +324,17 @@ def test_a_stage_before_any_evaluation_says_so(grid):
         write_report(grid, reps=200, stage=100)
 
 
+def test_report_command_fails_when_a_stage_cannot_be_reported(grid, tmp_path, capsys):
+    """A stage before every evaluation is named on stderr and fails the command (exit 1), after the
+    other stages are written: a script that reports stages sees the failure."""
+    from hubrl.cli.bench import main
+
+    out = tmp_path / "out"
+    assert main(["report", str(grid), "--out", str(out), "--stages", "100", "500", "--reps", "200"]) == 1
+    assert (out / "at-500" / "report.md").is_file() and not (out / "at-100").exists()
+    assert "error: stage 100: No trial under" in capsys.readouterr().err
+
+
 def test_count_parameters_counts_a_shared_extractor_once(tmp_path):
     from stable_baselines3 import PPO
 

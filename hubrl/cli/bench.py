@@ -26,6 +26,7 @@ Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchm
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 import yaml
@@ -244,15 +245,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {path}")
     for notice in notices:
         print(f"warning: {notice}")
-    for stage in args.stages or []:
+    failed = 0
+    for stage in args.stages or []:  # a stage that cannot be reported does not stop the others, but fails the command
         try:
             staged = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps,
                                   seed=args.seed, focus=args.focus, stage=stage)
         except FileNotFoundError as exc:
-            print(f"stage {stage}: {exc}")
+            print(f"error: stage {stage}: {exc}", file=sys.stderr)
+            failed += 1
             continue
         print(f"report at {stage} steps: {staged}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
