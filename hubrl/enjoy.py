@@ -181,6 +181,10 @@ def check_video_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".mp4", ".gif"):
         raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
+    gif = path.with_suffix(".gif")
+    if path.suffix.lower() == ".mp4" and not mp4_available() and gif.exists():  # the fallback must not replace a file
+        raise UsageError(f"--video {path}: without imageio-ffmpeg the video is written as {gif}, which exists and "
+                         f"would be replaced: pip install -e \".[video]\" for MP4, or give another name.")
     return path
 
 

@@ -99,6 +99,17 @@ def test_a_wrong_video_name_is_refused_before_the_agent_is_loaded(monkeypatch, c
     assert capsys.readouterr().out == ""
 
 
+def test_the_gif_fallback_of_an_mp4_does_not_replace_an_existing_gif(monkeypatch, tmp_path):
+    """Without imageio-ffmpeg ``--video clip.mp4`` is written as clip.gif: an existing clip.gif, which
+    the user did not name, is refused rather than overwritten."""
+    monkeypatch.setattr(enjoy, "mp4_available", lambda: False)
+    (tmp_path / "clip.gif").write_bytes(b"GIF89a keep me")
+    with pytest.raises(UsageError, match=r"written as .*clip.gif, which exists and would be replaced"):
+        enjoy.check_video_path(tmp_path / "clip.mp4")
+    assert (tmp_path / "clip.gif").read_bytes() == b"GIF89a keep me"
+    assert enjoy.check_video_path(tmp_path / "other.mp4") == tmp_path / "other.mp4"  # nothing to replace: accepted
+
+
 def test_gate_noise_on_a_policy_that_does_not_route_is_refused_before_it_plays(monkeypatch, capsys, tiny_hub):
     """``--gate-noise`` on an expert (no gate) is refused before "Playing ..." is printed and the game starts."""
     from hubrl.cli.enjoy import main
