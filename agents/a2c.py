@@ -14,7 +14,7 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_mean
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_means
 from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
@@ -64,5 +64,5 @@ class HubA2C(LegacyLoadMixin, RoutedOnPolicyMixin, A2C):
         self.logger.record("train/entropy_loss", entropy_loss.item())
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
-        for key, value in aux_logs.items():
-            self.logger.record(f"train/{key}", logged_mean([value]))
+        for key, mean in logged_means({key: [value] for key, value in aux_logs.items()}).items():  # one read-back
+            self.logger.record(f"train/{key}", mean)

@@ -10,12 +10,12 @@ that same forward pass. A policy opts in by defining ``auxiliary_loss(batch)``; 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch as th
 
-__all__ = ["AuxiliaryBatch", "AuxiliaryLossPolicy", "AuxiliaryTerms", "logged_mean"]
+__all__ = ["AuxiliaryBatch", "AuxiliaryLossPolicy", "AuxiliaryTerms", "logged_means"]
 
 
 @dataclass
@@ -41,21 +41,21 @@ class AuxiliaryTerms:
     """Auxiliary loss (already weighted by its coefficients) and scalars to log under ``train/``.
 
     A logged scalar may be a 0-d tensor on the policy's device: the agent reads the logs back once
-    per update (:func:`logged_mean`), so the update does not wait on the GPU for them each minibatch.
+    per update (:func:`logged_means`), so the update does not wait on the GPU for them each minibatch.
     """
 
     loss: th.Tensor
     logs: dict[str, float | th.Tensor]
 
 
-def logged_mean(values: Sequence[float | th.Tensor]) -> float:
-    """The mean of a list of logged scalars (floats or 0-d tensors), read back from the device at
-    once; the same number as ``np.mean`` of their ``.item()`` values."""
-    if values and all(isinstance(v, th.Tensor) for v in values):
-        host = th.stack([v.detach().reshape(()) for v in values]).cpu().double().numpy()  # type: ignore[union-attr]
-    else:
-        host = np.array([float(v) for v in values], dtype=np.float64)
-    return float(np.mean(host))
+def logged_means(logs: Mapping[str, Sequence[float | th.Tensor]]) -> dict[str, float]:
+    """The mean of each key's logged scalars (floats or 0-d tensors), with every tensor among them
+    read back from the device in one transfer: one wait on the GPU per update, however many
+    scalars the policy logs. Each mean is the same number as ``np.mean`` of the values' ``.item()``."""
+    tensors = [v.detach().reshape(()).float() for values in logs.values() for v in values if isinstance(v, th.Tensor)]
+    host = iter(th.stack(tensors).cpu().double().numpy()) if tensors else iter(())
+    return {key: float(np.mean([next(host) if isinstance(v, th.Tensor) else float(v) for v in values]))
+            for key, values in logs.items()}
 
 
 @runtime_checkable

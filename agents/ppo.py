@@ -18,7 +18,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_mean
+from hubrl.agents.auxiliary import AuxiliaryBatch, AuxiliaryLossPolicy, logged_means
 from hubrl.agents.legacy import LegacyLoadMixin
 from hubrl.agents.routing import RoutedOnPolicyMixin
 
@@ -110,8 +110,8 @@ class HubPPO(LegacyLoadMixin, RoutedOnPolicyMixin, PPO):
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
-        for key, values_ in aux_logs.items():
-            self.logger.record(f"train/{key}", logged_mean(values_))  # read from the device once per update
+        for key, mean in logged_means(aux_logs).items():  # read from the device at once, once per update
+            self.logger.record(f"train/{key}", mean)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
