@@ -2,23 +2,26 @@
 # Two lanes of the 1M grid, one trial at a time each, seed-major. Lane 1: routed arm at 79b61a4; lane 2: scratch at f849f10.
 # Usage (from anywhere): bash lanes.sh 1 & bash lanes.sh 2 &   (README.md here: restoring the grid root first)
 # Each lane runs its arm from a git worktree pinned at the arm's commit, made here when missing, and
-# skips trials that are finished (the grid runner's own check); an interrupted trial resumes.
+# skips trials finished in an earlier session (status ok in the repository's archive,
+# benchmarks/transfer-1m) or in this grid root (the runner's own check); an interrupted trial resumes.
 set -u
 REPO=${REPO:-/work/main}
 [ -d /work/wt-routed1m ] || git -C "$REPO" worktree add -f --detach /work/wt-routed1m 79b61a4
 [ -d /work/wt-grid1m ] || git -C "$REPO" worktree add -f --detach /work/wt-grid1m f849f10
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 PY=${PY:-$REPO/.venv/bin/python}
+done_before() { grep -q '"status": "ok"' "$REPO/benchmarks/transfer-1m/$1/status.json" 2>/dev/null; }
 COMMON="--root /work/grids/transfer-1m --budget 1M --workers 1 --threads 1 --eval-freq 50k --eval-episodes 10 --checkpoint-freq 50k"
 if [ "$1" = 1 ]; then
   cd /work/wt-routed1m
   for s in 0 1 2; do for g in Jamesbond Alien Gopher; do
-    [ $s = 0 ] && [ $g != Jamesbond ] && continue
+    done_before $g/hub-pathway-routed/s$s && continue
     echo "== $(date -u +%FT%T) routed $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods hub-pathway-routed=hub-pathway --seeds $s
   done; done
 else
   cd /work/wt-grid1m
   for s in 1 2; do for g in Alien Gopher Jamesbond; do
+    done_before $g/scratch/s$s && continue
     echo "== $(date -u +%FT%T) scratch $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods scratch --seeds $s
   done; done
 fi
