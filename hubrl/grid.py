@@ -112,12 +112,18 @@ def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- state of a trial folder
 
 
+#: A run's checkpoint and the previous one kept beside it (hubrl.harness.CHECKPOINT_NAME and
+#: hubrl.checkpoint.previous_checkpoint of it; named here so this module stays free of torch).
+_CHECKPOINT_FILES = ("checkpoint.pt", "checkpoint.prev.pt")
+
+
 def has_checkpoint(folder: str | Path) -> bool:
     """Whether a trial can resume: a ``checkpoint.pt``, or the previous one kept beside it
     (``checkpoint.prev.pt``, which a resume falls back to when ``checkpoint.pt`` is gone or
     damaged: :func:`hubrl.checkpoint.load_resume_checkpoint`). Such a trial is never started afresh,
-    which would delete its checkpoint and records."""
-    return any((Path(folder) / name).is_file() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
+    which would delete its checkpoint and records; ``--resume`` of such a run folder is accepted
+    (:func:`hubrl.harness.check_resumable`)."""
+    return any((Path(folder) / name).is_file() for name in _CHECKPOINT_FILES)
 
 
 def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:

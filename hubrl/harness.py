@@ -44,10 +44,11 @@ from stable_baselines3.common.vec_env import VecEnv
 from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
 from hubrl.agents.presets import minibatch_warning
 from hubrl.atomic import atomic_write
-from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
+from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import make_atari_vec_env
 from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
+from hubrl.grid import has_checkpoint
 from hubrl.provenance import system_info
 from hubrl.runconfig import check_device, check_finite, check_resume, flag_name, read_saved_config, resume_config
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
@@ -120,8 +121,7 @@ def check_resumable(folder: Path) -> None:
     """Refuse ``--resume`` of a folder that holds no run to continue."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a run folder.")
-    checkpoint = folder / CHECKPOINT_NAME
-    if not checkpoint.is_file() and not previous_checkpoint(checkpoint).is_file():
+    if not has_checkpoint(folder):
         raise UsageError(f"Nothing to resume in {folder}: no {CHECKPOINT_NAME}. Run without --resume to start it.")
 
 

@@ -325,3 +325,13 @@ def test_resume_refuses_a_budget_below_the_steps_trained(saved_run, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "has trained 64 agent steps, more than --timesteps 32: give a budget above 64" in err
     assert {p.name: p.read_bytes() for p in saved_run.iterdir() if p.is_file()} == files  # nothing written
+
+
+def test_the_grid_names_the_checkpoints_the_harness_writes():
+    """``hubrl.grid`` (kept free of torch) names a run's checkpoint files itself: the same names as
+    the harness writes, so a grid trial and ``--resume`` agree on what can be resumed."""
+    from hubrl.checkpoint import previous_checkpoint
+    from hubrl.grid import _CHECKPOINT_FILES
+    from hubrl.harness import CHECKPOINT_NAME
+
+    assert _CHECKPOINT_FILES == (CHECKPOINT_NAME, previous_checkpoint(CHECKPOINT_NAME).name)
