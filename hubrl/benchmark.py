@@ -262,23 +262,24 @@ def _saved_model_inference(folder: Path, cfg: Any) -> float | None:
     """Agent steps/s of ``policy.predict`` of the trial's ``model.zip`` (what a user deploys) on a
     vector step of real observations of the game (median of 5 rounds of 100 calls).
 
-    Measured here, in the process that wrote the file, rather than by the report: loading an SB3
-    zip unpickles its ``data`` entry, which the report must not do for a grid it did not make.
+    The policy is rebuilt from the zip as weights only (:func:`hubrl.saved_model.load_saved_policy`),
+    as ``hubrl-enjoy`` plays it. Measured here, in the trial's process, rather than by the report,
+    which reads only the records a trial writes.
     """
-    from hubrl.agents import AGENT_CLASSES
     from hubrl.envs import make_atari_vec_env, resolve_game
     from hubrl.evaluation import inference_steps_per_second
+    from hubrl.saved_model import load_saved_policy
 
     path = folder / "model.zip"
     if not path.is_file():
         return None
-    model = AGENT_CLASSES[cfg.algo.lower()].load(path, device=cfg.device)
-    env = make_atari_vec_env(resolve_game(cfg.env), model.n_envs or 8, seed=cfg.seed)
+    saved = load_saved_policy(path, device=cfg.device)
+    env = make_atari_vec_env(resolve_game(cfg.env), saved.n_envs or 8, seed=cfg.seed)
     try:
         obs = env.reset()
     finally:
         env.close()
-    return round(inference_steps_per_second(model.policy, obs, calls=100, rounds=5), 1)
+    return round(inference_steps_per_second(saved.policy, obs, calls=100, rounds=5), 1)
 
 
 def _record(spec: TrialSpec, status: str, **fields: Any) -> dict[str, Any]:

@@ -4,9 +4,10 @@ The library side of ``scripts/enjoy.py`` (RL Zoo's ``enjoy.py`` + ``record_video
 
 What can play (:func:`load_player`):
 
-* a **run folder** of ``scripts/transfer.py`` (or its ``model.zip``): loaded with the algorithm's
-  stock ``load``, which unpickles the code stored in the zip's ``data``. That is fine for your
-  own runs, and needed for hubrl's own policy classes (Hub-Pathway, Zoo-Tuning);
+* a **run folder** of ``scripts/transfer.py`` (or its ``model.zip``): its policy (hubrl's own
+  classes too: Hub-Pathway, Zoo-Tuning) rebuilt as data by :func:`hubrl.saved_model.load_saved_policy`
+  (the class read off the zip without unpickling it, plain kwargs, ``policy.pth`` weights only), so
+  a run folder someone else made cannot run code either;
 * a **hub expert** by name or by game (``seaquest-ppo``, ``Seaquest``) from the shipped hub or
   ``hub=DIR``: its NatureCNN encoder and its policy/value heads (hub folders store the whole
   ``CnnPolicy`` state_dict) are put into a fresh SB3 ``CnnPolicy``;
@@ -43,6 +44,7 @@ from hubrl.envs import make_atari_vec_env, resolve_game
 from hubrl.evaluation import seeded_actions
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
 from hubrl.pretrain import UsageError
+from hubrl.saved_model import load_saved_policy
 
 __all__ = ["Player", "PlayResult", "load_player", "play", "VideoWriter", "check_video_path", "mp4_available",
            "FRAMES_PER_SECOND"]
@@ -58,6 +60,7 @@ class Player:
     game: str
     label: str
     repeat_action_probability: float = 0.25
+    trained_steps: int | None = None  # agent steps the policy was trained for, where its file says
 
 
 @dataclass
@@ -97,7 +100,6 @@ def _expert_policy(expert, game: str, device: str) -> Any:
 
 def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     from hubrl.agents import AGENT_CLASSES
-    from hubrl.errors import CheckpointError
     from hubrl.grid import read_yaml_object
 
     config = read_yaml_object(folder / "config.yaml")
@@ -120,23 +122,19 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
             raise UsageError(f"{folder} is a pretraining run: it exports its expert to a hub instead of writing a "
                              f"model.zip; {play_it}.")
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
-    try:
-        model = AGENT_CLASSES[algo].load(folder / "model.zip", device=device)
-    except Exception as exc:  # noqa: BLE001  (SB3 raises ValueError, KeyError, zip and unpickling errors alike)
-        raise CheckpointError(f"{folder / 'model.zip'} cannot be loaded as a {algo.upper()} model "
-                              f"({type(exc).__name__}: {exc}); it may be truncated or not written by hubrl: "
-                              "restore it from a copy, or run the training again.") from None
+    saved = load_saved_policy(folder / "model.zip", device=device)  # weights only: nothing in the zip runs
     if env is None and not run.get("env"):
         raise UsageError(f"{folder / 'config.yaml'} does not name the game: add --env GAME.")
     game = resolve_game(env or run["env"])
     from hubrl.envs import action_meanings
 
-    n_actions, wanted = int(model.action_space.n), len(action_meanings(game))
+    n_actions, wanted = int(saved.policy.action_space.n), len(action_meanings(game))
     if n_actions != wanted:
         raise UsageError(f"{folder.name} was trained on {run.get('env', '?')} with {n_actions} actions but {game} has "
                          f"{wanted}: play it on a game with {n_actions} actions, e.g. its own (drop --env).")
-    label = f"{folder.name} ({run.get('method', '?')}, {algo}, {model.num_timesteps:,} steps)"
-    return Player(model, game, label, float(run.get("repeat_action_probability", 0.25)))
+    steps = "?" if saved.num_timesteps is None else f"{saved.num_timesteps:,}"
+    label = f"{folder.name} ({run.get('method', '?')}, {algo}, {steps} steps)"
+    return Player(saved.policy, game, label, float(run.get("repeat_action_probability", 0.25)), saved.num_timesteps)
 
 
 def load_player(model: str | Path | None = None, *, expert: str | None = None, hub: str | Path | None = None,
@@ -156,7 +154,7 @@ def load_player(model: str | Path | None = None, *, expert: str | None = None, h
     if path.is_dir() and (path / "config.yaml").is_file():
         return _run_folder_player(path, env, device)
     if path.name == "model.zip" and (path.parent / "config.yaml").is_file():
-        return _run_folder_player(path.parent, env, device)  # your own run: its zip may hold hubrl's policies
+        return _run_folder_player(path.parent, env, device)  # a run's zip may hold hubrl's own policy classes
     if path.is_dir():
         raise UsageError(f"{path} is not a run folder (no config.yaml): give a transfer run folder, a .zip or --expert NAME.")
     source = load_sb3_zip(path)  # weights only: a third-party zip cannot run code

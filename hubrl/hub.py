@@ -27,7 +27,7 @@ import shlex
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch as th
 
@@ -36,8 +36,8 @@ from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, read_manifest
 
 __all__ = [
-    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "read_zip_member", "read_policy_state", "load_hub", "load_sb3_zip",
-    "load_sources", "default_hub_path", "resolve_hub",
+    "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "MAX_DATA_BYTES", "read_zip_member", "read_policy_state",
+    "observation_shape", "load_hub", "load_sb3_zip", "load_sources", "default_hub_path", "resolve_hub",
 ]
 
 ENCODER_PREFIX = "features_extractor."
@@ -56,7 +56,7 @@ NATURE_CNN_SHAPES = {
 #: Most bytes a zip member may inflate to. An SB3 NatureCNN policy.pth is ~7 MB (optimizer state
 #: ~14 MB); this leaves room for much bigger policies and refuses zip bombs before inflating them.
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
-_MAX_DATA_BYTES = 16 * 1024 * 1024  # an SB3 zip's JSON ``data`` entry: tens of kB
+MAX_DATA_BYTES = 16 * 1024 * 1024  # an SB3 zip's JSON ``data`` entry: tens of kB
 
 
 @dataclass
@@ -173,6 +173,21 @@ class Hub:
 def _heads_from_state_dict(state: dict) -> dict[str, th.Tensor]:
     """The policy heads stored beside the encoder (empty for an encoder-only file)."""
     return {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(HEAD_PREFIXES)}
+
+
+def observation_shape(data: dict[str, Any]) -> tuple[int, ...] | None:
+    """The observation shape that an SB3 zip's JSON ``data`` states in readable form (SB3 writes
+    ``"[4, 84, 84]"`` or ``"(4, 84, 84)"`` beside the pickled space), or None when it states none."""
+    space = data.get("observation_space")
+    shape = space.get("_shape", space.get("shape")) if isinstance(space, dict) else None
+    if isinstance(shape, str):
+        try:
+            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
+        except ValueError:
+            return None
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        return None
+    return tuple(shape)
 
 
 def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limit: int | None = None) -> bytes:
@@ -316,13 +331,10 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
         meta: dict = {"format": "sb3-zip"}
         if "data" in archive.namelist():
             try:  # JSON only: the ':serialized:' fields are never decoded
-                data = json.loads(read_zip_member(archive, "data", path, limit=_MAX_DATA_BYTES))
-                space = data.get("observation_space", {})
-                shape = space.get("shape", space.get("_shape")) if isinstance(space, dict) else None
-                if isinstance(shape, str):
-                    shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
-                if isinstance(shape, list):
-                    meta["observation_shape"] = [int(n) for n in shape]
+                data = json.loads(read_zip_member(archive, "data", path, limit=MAX_DATA_BYTES))
+                shape = observation_shape(data)
+                if shape is not None:
+                    meta["observation_shape"] = list(shape)
                 meta["num_timesteps"] = data.get("num_timesteps")
             except (ValueError, UnicodeDecodeError, TypeError, AttributeError):  # HubError is a ValueError
                 pass

@@ -38,8 +38,8 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
     (game seeds ``seed``, ``seed + 1``, ...; the same for both modes)."""
     from hubrl.enjoy import load_player, play
 
-    player = load_player(Path(folder))  # a run folder's player is its SB3 agent
-    policy = getattr(player.policy, "policy", None)
+    player = load_player(Path(folder))  # a run folder's policy, rebuilt from its model.zip as weights only
+    policy = player.policy
     if not hasattr(policy, "route_shape"):
         raise UsageError(f"{folder}: its policy does not route (route divergence is for hub-pathway runs).")
     states = collect_states(player.policy, player.game, n_states, seed=seed)
@@ -48,7 +48,7 @@ def trial_route_divergence(folder: str | Path, n_states: int = 512, seed: int = 
     for mode, gate_noise in PLAY_MODES.items() if play_games > 0 else ():  # play seeds game and actions alike
         scores[mode] = [play(player, episodes=1, seed=seed + game, gate_noise=gate_noise).scores[0]
                         for game in range(play_games)]
-    return divergence, int(player.policy.num_timesteps), scores
+    return divergence, int(player.trained_steps or 0), scores
 
 
 def grid_route_divergence(root: str | Path, methods: Sequence[str] | None = None, n_states: int = 512,

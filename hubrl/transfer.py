@@ -17,8 +17,6 @@ raw scores), for hub methods ``gates.jsonl`` (gate statistics per rollout:
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
@@ -36,12 +34,13 @@ from hubrl.harness import (
     start_run,
     validate_run_settings,
 )
-from hubrl.hub import Hub, read_zip_member, resolve_hub
+from hubrl.hub import Hub, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.runconfig import read_saved_config
+from hubrl.saved_model import saved_model_steps
 from hubrl.training import TrainingOutcome, early_eval_step
 
 __all__ = [
@@ -299,18 +298,6 @@ def run_transfer(
         atomic_write(run.folder / "model.zip", lambda h: final.save(h))
     _plot(run.folder, verbose)
     return TransferResult(run.folder, outcome, hub)
-
-
-def saved_model_steps(path: Path) -> int | None:
-    """The agent steps of the model saved in ``path`` (an SB3 ``model.zip``), ``None`` for a missing
-    or unreadable file; read from the zip's ``data`` entry as JSON, so nothing is unpickled."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = json.loads(read_zip_member(archive, "data", path))
-    except (OSError, zipfile.BadZipFile, ValueError):  # HubError and JSONDecodeError are ValueErrors
-        return None
-    steps = data.get("num_timesteps") if isinstance(data, dict) else None
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def _plot(folder: Path, verbose: int) -> None:

@@ -48,15 +48,17 @@ def test_mp4_falls_back_to_a_gif_without_imageio_ffmpeg(tmp_path, tiny_hub, monk
 
 
 @pytest.mark.slow
-def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path):
+def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path, monkeypatch):
     from hubrl.transfer import TransferConfig, run_transfer
 
     cfg = TransferConfig(env="Gopher", method="scratch", timesteps=64, n_envs=2, out=str(tmp_path / "run"), eval_freq=10**9,
                          eval_episodes=1, checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
     folder = run_transfer(cfg, progress_bar=False, verbose=0).folder
+    _no_unpickling(monkeypatch)  # a run's model.zip is rebuilt as weights only too
     for target in (folder, folder / "model.zip"):
         player = load_player(target)
-        assert player.game == "gopher" and type(player.policy).__name__ == "HubPPO"
+        assert player.game == "gopher" and type(player.policy).__name__ == "ActorCriticCnnPolicy"
+        assert player.trained_steps == 64 and "64 steps" in player.label
         assert play(player, steps=30).steps == 30
     with pytest.raises(UsageError, match="with 8 actions but pong has 6: play it on a game with 8 actions"):
         load_player(folder, env="Pong")  # ale-py would hang on Gopher's actions 6 and 7
@@ -151,14 +153,17 @@ def test_ctrl_c_stops_the_play_reports_the_games_and_writes_the_video(monkeypatc
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
-def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
-    path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
-
-    def no_unpickling(*args, **kwargs):
+def _no_unpickling(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
         raise AssertionError("the zip's data was unpickled")
 
-    monkeypatch.setattr("cloudpickle.loads", no_unpickling)
-    monkeypatch.setattr("pickle.loads", no_unpickling)
+    monkeypatch.setattr("cloudpickle.loads", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+
+
+def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
+    path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
+    _no_unpickling(monkeypatch)
     with pytest.raises(UsageError, match="add --env GAME"):
         load_player(path)
     player = load_player(path, env="Alien")

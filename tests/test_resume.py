@@ -208,7 +208,8 @@ def test_resuming_a_run_at_its_budget_says_so_and_writes_nothing(saved_run, caps
     again: one line says so; every file keeps its bytes and time. One whose model.zip was never
     written (stopped after its last checkpoint) is finished by the resume, without training."""
     from hubrl.runconfig import resume_config
-    from hubrl.transfer import TransferConfig, run_transfer, saved_model_steps
+    from hubrl.saved_model import saved_model_steps
+    from hubrl.transfer import TransferConfig, run_transfer
 
     def resume(verbose: int = 1):
         cfg = resume_config(TransferConfig, saved_run / "config.yaml", {"out": str(saved_run)})  # as --resume --out

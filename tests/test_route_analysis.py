@@ -234,11 +234,12 @@ def test_a_damaged_trial_is_left_out_with_its_reason(tmp_path, capsys):
     (bad / "model.zip").write_bytes(b"PK\x03\x04 torn")
     assert main(["routes", str(root), "--states", "8"]) == 0
     out = capsys.readouterr().out
-    assert f"left out {bad}: {bad / 'model.zip'} cannot be loaded" in out
+    assert f"left out {bad}: {bad / 'model.zip'} is not a readable SB3 model" in out
     text = (root / "report" / "routes.md").read_text()
     assert "| Gopher | hub-pathway | 0 |" in text and "| Gopher | hub-pathway | 1 |" not in text and "Left out" in text
     shutil.rmtree(good)
-    with pytest.raises(UsageError, match=r"no k=1 hub-pathway trial with a usable model.zip \(1 left out: .*cannot be loaded"):
+    with pytest.raises(UsageError, match=r"no k=1 hub-pathway trial with a usable model.zip "
+                                         r"\(1 left out: .*not a readable SB3 model"):
         main(["routes", str(root)])
 
 

@@ -138,8 +138,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     report.add_argument("--seed", type=seed, default=0, help="Seed of the bootstrap. Default: 0.")
 
     routes = sub.add_parser("routes", help="Write <root>/report/routes.md: what the route changes in each "
-                                           "hub-pathway trial's policy (opens each model.zip with SB3's load, "
-                                           "which runs code stored in it: for grids you or someone you trust ran).")
+                                           "hub-pathway trial's policy (each model.zip read as weights only, "
+                                           "never unpickled).")
     routes.add_argument("root", help="Grid folder (the --root of run).")
     routes.add_argument("--out", default=None, metavar="DIR",
                         help="Folder of routes.md and routes.csv. Default: <root>/report.")

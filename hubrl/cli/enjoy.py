@@ -6,8 +6,9 @@
     %(prog)s --expert Riverraid --hub hub --episodes 3      # an expert by game, from your hub
     %(prog)s ppo-SeaquestNoFrameskip-v4.zip --env Seaquest  # any SB3 CnnPolicy zip, weights only
 
-A run folder's model.zip is opened with SB3's load, which runs code stored in the zip: fine for
-your own runs. Any other .zip is read as weights only (never unpickled), like --sources.
+Nothing is unpickled: a run folder's model.zip is rebuilt from its policy class name, its plain
+settings and its weights (hubrl's own policies too), and any other .zip is read as weights only,
+like --sources. So a run folder or zip someone else made cannot run code.
 The video shows the screen as a person sees it (210x160 RGB, 15 frames per second of play):
 MP4 with the [video] extra (pip install -e ".[video]"), else an animated GIF.
 Entry point ``hubrl-enjoy``; also ``python -m hubrl enjoy`` and ``scripts/enjoy.py``.

@@ -1,0 +1,146 @@
+"""A model.zip's policy rebuilt as data (hubrl.saved_model): the same policy as SB3's load gives,
+and nothing in the file runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+
+from hubrl.errors import CheckpointError
+from hubrl.saved_model import load_saved_policy, pickled_global, saved_model_steps
+
+SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+class _Frames(gym.Env):
+    """Random Atari-shaped frames: an env to build and save an agent without the emulator."""
+
+    observation_space, action_space = SPACE, gym.spaces.Discrete(18)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def _save_agent(path: Path, policy: str | type, **policy_kwargs) -> object:
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from hubrl.agents import HubPPO
+
+    th.manual_seed(0)
+    model = HubPPO(policy, DummyVecEnv([_Frames]), n_steps=8, batch_size=8, device="cpu", policy_kwargs=policy_kwargs)
+    model.num_timesteps = 1234
+    model.save(path)
+    return model
+
+
+def _no_unpickling(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the zip's data was unpickled")
+
+    monkeypatch.setattr("cloudpickle.loads", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+
+
+def _rewrite(path: Path, edit_data=None, members: dict[str, bytes] | None = None) -> Path:
+    """A copy of the zip at ``path`` with its ``data`` JSON edited and/or members replaced."""
+    with zipfile.ZipFile(path) as archive:
+        content = {name: archive.read(name) for name in archive.namelist()}
+    if edit_data is not None:
+        data = json.loads(content["data"])
+        edit_data(data)
+        content["data"] = json.dumps(data).encode()
+    content.update(members or {})
+    out = path.with_name("edited.zip")
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, raw in content.items():
+            archive.writestr(name, raw)
+    return out
+
+
+@pytest.mark.parametrize("policy, kwargs", [
+    ("CnnPolicy", {}),
+    ("hubrl.policies.HubPathwayPolicy", {"expert_names": ["a", "b"], "top_k": 1}),
+    ("hubrl.zoo_tuning.ZooTuningPolicy", {"expert_names": ["a", "b"]}),
+], ids=["cnn", "hub-pathway", "zoo-tuning"])
+def test_each_saved_policy_class_comes_back_with_its_weights_and_actions_without_unpickling(tmp_path, monkeypatch,
+                                                                                            policy, kwargs):
+    import importlib
+
+    if "." in policy:
+        module, _, name = policy.rpartition(".")
+        policy = getattr(importlib.import_module(module), name)
+    model = _save_agent(tmp_path / "model.zip", policy, **kwargs)
+    _no_unpickling(monkeypatch)
+    saved = load_saved_policy(tmp_path / "model.zip")
+    assert type(saved.policy) is type(model.policy) and not saved.policy.training
+    assert (saved.num_timesteps, saved.n_envs) == (1234, 1)
+    want = model.policy.state_dict()
+    got = saved.policy.state_dict()
+    assert want.keys() == got.keys() and all(th.equal(want[k], got[k]) for k in want)
+    obs = np.stack([SPACE.sample() for _ in range(6)])
+    model.policy.set_training_mode(False)
+    assert np.array_equal(saved.policy.predict(obs, deterministic=True)[0], model.policy.predict(obs, deterministic=True)[0])
+    assert saved_model_steps(tmp_path / "model.zip") == 1234
+
+
+def test_a_policy_class_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
+    _save_agent(tmp_path / "model.zip", "CnnPolicy")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    hostile = base64.b64encode(pickle.dumps(Payload())).decode()
+    edited = _rewrite(tmp_path / "model.zip", lambda d: d["policy_class"].__setitem__(":serialized:", hostile))
+    with pytest.raises(CheckpointError, match="not a plain class reference .*does more than name a class.*refusing it"):
+        load_saved_policy(edited)
+    assert not marker.exists()
+
+
+def test_a_class_that_hubrl_does_not_save_is_refused_by_name(tmp_path):
+    _save_agent(tmp_path / "model.zip", "CnnPolicy")
+    other = base64.b64encode(pickle.dumps(zipfile.ZipFile)).decode()
+    edited = _rewrite(tmp_path / "model.zip", lambda d: d["policy_class"].__setitem__(":serialized:", other))
+    with pytest.raises(CheckpointError, match="policy class zipfile.ZipFile is not one that hubrl saves"):
+        load_saved_policy(edited)
+
+
+def test_pickled_kwargs_weights_that_do_not_fit_and_a_torn_zip_are_refused_with_the_file_named(tmp_path):
+    from hubrl.policies import HubPathwayPolicy
+
+    _save_agent(tmp_path / "model.zip", HubPathwayPolicy, expert_names=["a", "b"])
+    pickled = _rewrite(tmp_path / "model.zip", lambda d: d["policy_kwargs"].__setitem__(
+        "activation_fn", {":type:": "<class 'type'>", ":serialized:": "gAWV"}))
+    with pytest.raises(CheckpointError, match="policy_kwargs are stored as a pickle"):
+        load_saved_policy(pickled)
+    three = _rewrite(tmp_path / "model.zip", lambda d: d["policy_kwargs"].__setitem__("expert_names", ["a", "b", "c"]))
+    with pytest.raises(CheckpointError, match="do not fit this version's HubPathwayPolicy"):
+        load_saved_policy(three)
+    raw = (tmp_path / "model.zip").read_bytes()
+    (tmp_path / "torn.zip").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="torn.zip"):
+        load_saved_policy(tmp_path / "torn.zip")
+    assert saved_model_steps(tmp_path / "torn.zip") is None
+
+
+def test_pickled_global_reads_both_protocols_and_nothing_else():
+    for protocol in (2, 5):
+        text = base64.b64encode(pickle.dumps(zipfile.ZipFile, protocol=protocol)).decode()
+        assert pickled_global(text) == ("zipfile", "ZipFile")
+    for bad in (base64.b64encode(pickle.dumps([1, 2])).decode(), "not base64!", base64.b64encode(b"\x80\x05junk").decode()):
+        with pytest.raises(ValueError):
+            pickled_global(bad)
