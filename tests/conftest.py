@@ -65,6 +65,16 @@ def make_sb3_zip(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def forbid_unpickling(monkeypatch) -> None:
+    """From here on, any unpickling fails the test: what reads files as data must never call it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file's data was unpickled")
+
+    monkeypatch.setattr("cloudpickle.loads", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+
+
 @pytest.fixture
 def tiny_hub(tmp_path) -> Path:
     return make_tiny_hub(tmp_path / "hub")

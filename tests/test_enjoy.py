@@ -9,7 +9,7 @@ from PIL import Image
 from hubrl import enjoy
 from hubrl.enjoy import load_player, play
 from hubrl.pretrain import UsageError
-from tests.conftest import TINY_PPO, make_sb3_zip, make_tiny_hub, run_script
+from tests.conftest import TINY_PPO, forbid_unpickling, make_sb3_zip, make_tiny_hub, run_script
 
 
 @pytest.mark.slow
@@ -54,7 +54,7 @@ def test_a_run_folder_plays_with_its_own_policy_and_game(tmp_path, monkeypatch):
     cfg = TransferConfig(env="Gopher", method="scratch", timesteps=64, n_envs=2, out=str(tmp_path / "run"), eval_freq=10**9,
                          eval_episodes=1, checkpoint_freq=10**9, hyperparams=dict(TINY_PPO), device="cpu")
     folder = run_transfer(cfg, progress_bar=False, verbose=0).folder
-    _no_unpickling(monkeypatch)  # a run's model.zip is rebuilt as weights only too
+    forbid_unpickling(monkeypatch)  # a run's model.zip is rebuilt as weights only too
     for target in (folder, folder / "model.zip"):
         player = load_player(target)
         assert player.game == "gopher" and type(player.policy).__name__ == "ActorCriticCnnPolicy"
@@ -153,17 +153,9 @@ def test_ctrl_c_stops_the_play_reports_the_games_and_writes_the_video(monkeypatc
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
-def _no_unpickling(monkeypatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("the zip's data was unpickled")
-
-    monkeypatch.setattr("cloudpickle.loads", refuse)
-    monkeypatch.setattr("pickle.loads", refuse)
-
-
 def test_a_third_party_zip_is_read_as_weights_only(tmp_path, monkeypatch):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
-    _no_unpickling(monkeypatch)
+    forbid_unpickling(monkeypatch)
     with pytest.raises(UsageError, match="add --env GAME"):
         load_player(path)
     player = load_player(path, env="Alien")

@@ -17,6 +17,7 @@ import torch as th
 
 from hubrl.errors import CheckpointError
 from hubrl.saved_model import load_saved_policy, pickled_global, saved_model_steps
+from tests.conftest import forbid_unpickling
 
 SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 
@@ -44,14 +45,6 @@ def _save_agent(path: Path, policy: str | type, **policy_kwargs) -> object:
     model.num_timesteps = 1234
     model.save(path)
     return model
-
-
-def _no_unpickling(monkeypatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("the zip's data was unpickled")
-
-    monkeypatch.setattr("cloudpickle.loads", refuse)
-    monkeypatch.setattr("pickle.loads", refuse)
 
 
 def _rewrite(path: Path, edit_data=None, members: dict[str, bytes] | None = None) -> Path:
@@ -83,7 +76,7 @@ def test_each_saved_policy_class_comes_back_with_its_weights_and_actions_without
         module, _, name = policy.rpartition(".")
         policy = getattr(importlib.import_module(module), name)
     model = _save_agent(tmp_path / "model.zip", policy, **kwargs)
-    _no_unpickling(monkeypatch)
+    forbid_unpickling(monkeypatch)
     saved = load_saved_policy(tmp_path / "model.zip")
     assert type(saved.policy) is type(model.policy) and not saved.policy.training
     assert (saved.num_timesteps, saved.n_envs) == (1234, 1)
