@@ -219,8 +219,29 @@ def test_speed_not_adopted_checks_the_fold_and_prints_both_tables(capsys):
     bench_not_adopted([2, 4], n_envs=2, repeats=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [r.split(":")[0] for r in rows[1:]] == ["| CnnPolicy forward, B=2", "| NatureCNN forward+backward, B=2",
-                                                  "| NatureCNN forward+backward, B=4"]
+                                                  "| NatureCNN forward+backward, B=4",
+                                                  "| conv 1's weight gradient (backward), B=2",
+                                                  "| conv 1's weight gradient (backward), B=4"]
     assert all(float(r.rsplit("|", 2)[1]) > 0 for r in rows[1:])
+
+
+def test_speed_not_adopted_times_conv1_gradients_that_equal_autograds(monkeypatch):
+    """Both conv-1 weight gradients it times are autograd's gradient of an 8x8 stride-4 conv, and a
+    variant that computed something else is refused before it is timed."""
+    import torch as th
+    import torch.nn.functional as F
+
+    from hubrl.cli import speed
+
+    x, weight = th.rand(3, 4, 84, 84), th.randn(32, 4, 8, 8, requires_grad=True)
+    out = F.conv2d(x, weight, stride=4)
+    grad_out = th.randn_like(out)
+    out.backward(grad_out)
+    for variant in (speed._conv1_weight_grad, speed._conv1_weight_grad_s2d):
+        assert th.allclose(variant(x, grad_out, weight.detach()), weight.grad, rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(speed, "_conv1_weight_grad_s2d", lambda x, g, w: speed._conv1_weight_grad(x, g, w).transpose(2, 3))
+    with pytest.raises(RuntimeError, match="space-to-depth weight gradient differs"):
+        speed.bench_not_adopted([2], n_envs=2, repeats=1)
 
 
 def test_speed_inference_controls_the_routing_it_reports(capsys, monkeypatch):

@@ -6,7 +6,7 @@
     %(prog)s transfer  # every method's training wall time and inference speed vs scratch, same run
     %(prog)s rank      # wall time of ranking the default hub (--method select's first step)
     %(prog)s zoo-conv  # Zoo-Tuning's per-sample kernels: grouped conv vs output-space vs NatureCNN
-    %(prog)s not-adopted  # the two measured and not adopted: inference_mode rollouts, /255 folded into conv 1
+    %(prog)s not-adopted  # measured, not adopted: inference_mode rollouts, /255 folded into conv 1, a faster conv-1 gradient
     %(prog)s inference  # Hub-Pathway's predict vs scratch's with the routing controlled, and where its time goes
 
 (train-one is one training process of train's table: train runs it once per setup and repeat.)
@@ -472,13 +472,15 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
 
 
 def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, device: str = "cpu") -> None:
-    """Two speed-ups measured and not adopted (BENCHMARKS.md, training throughput), in ms per call:
+    """Speed-ups measured and not adopted (BENCHMARKS.md, training throughput), in ms per call:
 
     * rollout inference: SB3's ``CnnPolicy`` forward on ``n_envs`` uint8 frames (one rollout step)
       under ``torch.no_grad`` (what SB3's ``collect_rollouts`` uses) against ``torch.inference_mode``;
     * NatureCNN forward+backward with SB3's ``/255`` of the input against a copy whose first conv
       holds the weights divided by 255 and takes the raw frame values (the two are checked equal),
-      for every batch size.
+      for every batch size;
+    * the weight gradient of NatureCNN's first conv (8x8, stride 4), which autograd computes slowly
+      on CPU, against the same gradient over space-to-depth blocks (checked equal), for every batch size.
 
     One torch thread; the variants interleaved (:func:`_min_ms`), so both see the same machine state.
     """
@@ -520,8 +522,40 @@ def bench_not_adopted(batch_sizes: Sequence[int], n_envs: int, repeats: int, dev
         ms = _min_ms({"div": lambda: step(cnn, True), "folded": lambda: step(folded, False)}, repeats, sync=sync)
         print(f"| NatureCNN forward+backward, B={batch}: /255 vs folded into conv 1 | {ms['div']:.2f} | {ms['folded']:.2f} "
               f"| {ms['folded'] / ms['div']:.3f} |", flush=True)
+    weight = th.randn(32, 4, 8, 8, device=device)  # NatureCNN's first conv: 32 filters, 8x8, stride 4
+    for batch in batch_sizes:
+        x = th.rand(batch, 4, 84, 84, device=device)
+        grad_out = th.randn(batch, 32, 20, 20, device=device)
+        _check_same(_conv1_weight_grad_s2d(x, grad_out, weight), _conv1_weight_grad(x, grad_out, weight),
+                    "not-adopted: the space-to-depth weight gradient differs from autograd's (")
+        ms = _min_ms({"autograd": lambda: _conv1_weight_grad(x, grad_out, weight),
+                      "s2d": lambda: _conv1_weight_grad_s2d(x, grad_out, weight)}, repeats, sync=sync)
+        print(f"| conv 1's weight gradient (backward), B={batch}: autograd vs space-to-depth | {ms['autograd']:.2f} "
+              f"| {ms['s2d']:.2f} | {ms['s2d'] / ms['autograd']:.3f} |", flush=True)
     print(f"\nms per call, min over {repeats} repetitions (each >= 0.2 s of calls, variants interleaved). "
           f"torch {th.__version__}, device {device}, {th.get_num_threads()} thread, {_machine()}.")
+
+
+def _conv1_weight_grad(x: th.Tensor, grad_out: th.Tensor, weight: th.Tensor) -> th.Tensor:
+    """The weight gradient of an 8x8 stride-4 convolution, as autograd computes it in PPO's backward."""
+    import torch as th
+
+    return th.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[0]], [4, 4], [0, 0], [1, 1], False,
+                                            [0, 0], 1, [False, True, False])[1]
+
+
+def _conv1_weight_grad_s2d(x: th.Tensor, grad_out: th.Tensor, weight: th.Tensor) -> th.Tensor:
+    """The same gradient computed as that of a 2x2 stride-1 convolution over 4x4 space-to-depth
+    blocks of the input (16x the channels, a quarter of the side), mapped back to 8x8 weights."""
+    import torch as th
+
+    (batch, channels, height, width), out = x.shape, weight.shape[0]
+    blocks = x.reshape(batch, channels, height // 4, 4, width // 4, 4).permute(0, 1, 3, 5, 2, 4)
+    blocks = blocks.reshape(batch, channels * 16, height // 4, width // 4)
+    shape = weight.new_empty(out, channels * 16, 2, 2)
+    grad = th.ops.aten.convolution_backward(grad_out, blocks, shape, [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                            [False, True, False])[1]
+    return grad.reshape(out, channels, 4, 4, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(out, channels, 8, 8)
 
 
 def _route_by_half(gate, x: th.Tensor) -> None:
