@@ -150,24 +150,34 @@ def default_run_folder(cfg: TransferConfig) -> Path:
 
 
 #: Options only some methods read (the others would ignore them without a word): option -> those methods.
-#: ``lite`` and ``source`` are refused by value in :func:`validate_config` (their defaults mean "not asked").
+#: ``lite`` and ``source`` are also refused by value in :func:`validate_config` (their defaults mean "not
+#: asked"), for configs built without knowing which options were given (the library, a grid's ``--set``).
 METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = {
     **{name: ("hub-pathway",) for name in HUB_PATHWAY_OPTIONS},
     "select_frames": ("select",),
+    "lite": ("zoo-tuning",),
+    "source": ("finetune",),
 }
 
 
-def refuse_options_of_other_methods(method: str, given: Iterable[str]) -> None:
+def refuse_options_of_other_methods(method: str, given: Iterable[str], resuming: Path | None = None) -> None:
     """Refuse, in one line naming the flag, an option given explicitly (``given``: field names, as
     :func:`hubrl.cli.common.parse_given` or a grid's ``method:key=value`` give them) to a method
     that does not read it: ``--method finetune --freeze-experts`` would otherwise fine-tune the
     encoder anyway. Only explicit options: a saved run's config holds every option, at the
-    defaults of its day."""
+    defaults of its day.
+
+    ``resuming``: the folder of the run being resumed, whose saved method ``method`` is; the
+    message says so (``--top-k`` given to a resumed scratch run is not a change of its top-k).
+    """
     for name in sorted(given):
         readers = METHOD_OPTIONS.get(name)
         if readers and method not in readers:
             flag = TransferConfig.FLAGS.get(name, "--" + name.replace("_", "-"))
-            raise UsageError(f"{flag} is an option of --method {' or '.join(readers)}; {method} does not read it: drop it.")
+            where = f"Resuming {resuming}: " if resuming is not None else ""
+            reader = f"the run's method, {method}," if resuming is not None else method
+            raise UsageError(f"{where}{flag} is an option of --method {' or '.join(readers)}; {reader} does not read it: "
+                             "drop it.")
 
 
 def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) -> None:

@@ -263,6 +263,20 @@ CASES = [
     ("zoo-select-timesteps", T, lambda t, h: ["--env", "Gopher", "--method", "zoo-tuning", "--select-timesteps", "5k",
                                               *_tiny_run(t)],
      ["--select-timesteps", "--method select"], _leaves_nothing("run")),
+    # the same, given to a resumed run: refused as an option of another method than the run's (a scratch run
+    # has a top-k in its config.yaml, at its default), not as a change of the saved value
+    *[(f"resume-scratch-{flag[2:]}", T, lambda t, h, more=more: ["--resume", "--out", str(_saved_run(t)), *more],
+       ["Resuming", f"{flag} is an option of --method {method}", "the run's method, scratch, does not read it: drop it"],
+       None)
+      for flag, more, method in [("--top-k", ["--top-k", "2"], "hub-pathway"),
+                                 ("--noise", ["--noise", "0.5"], "hub-pathway"),
+                                 ("--freeze-experts", ["--freeze-experts"], "hub-pathway"),
+                                 ("--select-timesteps", ["--select-timesteps", "5k"], "select"),
+                                 ("--lite", ["--lite"], "zoo-tuning"),
+                                 ("--source", ["--source", "seaquest-ppo"], "finetune")]],
+    ("resume-scratch-as-hub-pathway", T,  # another --method: that is the contradiction to name
+     lambda t, h: ["--resume", "--out", str(_saved_run(t)), "--method", "hub-pathway", "--top-k", "2"],
+     ["--method 'hub-pathway' but the run has 'scratch'"], None),
     ("hyperparams-unknown-key", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "bogus_key: 1\n")],
      ["hyper.yaml", "bogus_key"], None),
     ("hyperparams-n-steps-negative", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_steps: -64\n")],

@@ -130,12 +130,20 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
 def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]):
     """The run's :class:`~hubrl.transfer.TransferConfig`: the flags (defaults included) for a new
-    run; for ``--resume``, the saved run with only the explicitly given flags laid over it."""
+    run; for ``--resume``, the saved run with only the explicitly given flags laid over it. A flag
+    of a method other than the run's (the saved one, on resume) is refused as such
+    (:func:`~hubrl.transfer.refuse_options_of_other_methods`), before its value is compared."""
     from dataclasses import fields
 
     from hubrl.agents import load_overrides
     from hubrl.runconfig import read_saved_config, resume_config
-    from hubrl.transfer import TransferConfig, check_resumable, default_run_folder, saved_source_name
+    from hubrl.transfer import (
+        TransferConfig,
+        check_resumable,
+        default_run_folder,
+        refuse_options_of_other_methods,
+        saved_source_name,
+    )
 
     names = {f.name: f for f in fields(TransferConfig)}
     # A flag whose default lives in the library is None when not given: the library's default applies.
@@ -153,6 +161,7 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     if not args.resume:
         if args.env is None:
             raise UsageError("--env is required (the target game), except with --resume --out DIR.")
+        refuse_options_of_other_methods(chosen["method"], given)
         return TransferConfig(**chosen)
     if args.out is None:
         if args.env is None:
@@ -163,8 +172,12 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         chosen["out"] = str(default_run_folder(TransferConfig(**defaults)))
     check_resumable(Path(chosen["out"]))
     config_path = Path(chosen["out"]) / "config.yaml"
+    saved = read_saved_config(config_path)
+    method = saved["run"].get("method")
+    if isinstance(method, str) and chosen.get("method", method) == method:  # another --method is refused below, by name
+        refuse_options_of_other_methods(method, given, resuming=Path(chosen["out"]))
     if chosen.get("source") is not None:  # --source Seaquest resumes the run saved as seaquest-ppo
-        chosen["source"] = saved_source_name(chosen["source"], read_saved_config(config_path))
+        chosen["source"] = saved_source_name(chosen["source"], saved)
     flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
     return resume_config(TransferConfig, config_path, chosen, flags)  # run_transfer checks the device, naming the file
 
@@ -184,10 +197,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
         print(plot_run_curve(args.out))
         return 0
-    from hubrl.transfer import refuse_options_of_other_methods, run_transfer
+    from hubrl.transfer import run_transfer
 
     cfg = transfer_config(parser, args, given)
-    refuse_options_of_other_methods(cfg.method, given)
     result = run_transfer(cfg, resume=args.resume, progress_bar=not args.no_progress_bar, pause_at=args.pause_at)
     outcome = result.outcome
     if outcome.already_done:  # run_transfer said so in one line
