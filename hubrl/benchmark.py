@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hubrl.atomic import atomic_write
-from hubrl.errors import GridError
+from hubrl.errors import GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     count_parameters,
@@ -93,6 +93,7 @@ from hubrl.grid import (
 )
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
+from hubrl.runconfig import check_pause_at
 
 __all__ = [
     "GridError",
@@ -397,7 +398,6 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
 def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], budget: int) -> None:
     """Check every method's transfer config up front (``--set`` values included), so that a bad
     value stops the grid at once instead of failing each trial when it starts."""
-    from hubrl.errors import UsageError
     from hubrl.hub import HubError, resolve_hub
     from hubrl.methods import HUB_METHODS, check_hub_serves
     from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
@@ -494,7 +494,8 @@ def run_grid(
     With ``pause_at``, every trial trains with its schedules over ``budget`` but stops cleanly at
     ``pause_at`` agent steps (checkpointed, status ``paused``); the same call with a later
     ``pause_at`` (or none) continues each trial from its checkpoint. Trials already paused at or
-    past ``pause_at`` are skipped, so a grid advances stage by stage, all trials together.
+    past ``pause_at`` are skipped, so a grid advances stage by stage, all trials together. A
+    ``pause_at`` at the budget finishes the trials; one past it is refused (none would pause).
 
     :param settings: extra :class:`~hubrl.transfer.TransferConfig` fields for every trial.
     :param workers: 0 = in this process; N >= 1 = a pool of N spawned processes, one fresh process per trial.
@@ -511,10 +512,12 @@ def run_grid(
     settings = dict(settings or {})
     if budget <= 0:
         raise GridError(f"The step budget must be positive, got {budget}.")
-    if pause_at is not None and not 0 < pause_at:
-        raise GridError(f"--pause-at must be positive, got {pause_at}.")
+    try:
+        check_pause_at(pause_at, budget)  # past the budget: every trial would finish without pausing
+    except UsageError as exc:
+        raise GridError(str(exc)) from None
     if pause_at is not None and pause_at >= budget:
-        pause_at = None  # pausing at or past the budget is finishing
+        pause_at = None  # pausing at the budget is finishing
     if workers < 0:
         raise GridError(f"--workers must be 0 (in-process) or more, got {workers}.")
     check = trial_fn is run_trial if validate is None else validate

@@ -6,8 +6,9 @@ hyperparameters, the system it ran on), ``checkpoint.pt`` (resume state), ``eval
 resumed and trained here, in the same steps, so they behave alike:
 
 1. :func:`start_run` checks the folder before anything is written (a new run needs an empty one,
-   or ``force``; a resumed one a checkpoint) and that a ``--tensorboard-log`` elsewhere can be
-   written (:func:`check_tensorboard_log`), resolves the agent's preset, and on resume continues
+   or ``force``; a resumed one a checkpoint), that a ``--tensorboard-log`` elsewhere can be
+   written (:func:`check_tensorboard_log`) and that a ``--pause-at`` is not past the run's budget
+   (:func:`hubrl.runconfig.check_pause_at`), resolves the agent's preset, and on resume continues
    the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused) from its
    checkpoint; it sets torch's CPU threads. A resumed run that has reached its budget with all
    it makes written is :attr:`Run.already_done`: the caller does nothing more.
@@ -50,7 +51,15 @@ from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.grid import has_checkpoint
 from hubrl.provenance import system_info
-from hubrl.runconfig import check_device, check_finite, check_resume, flag_name, read_saved_config, resume_config
+from hubrl.runconfig import (
+    check_device,
+    check_finite,
+    check_pause_at,
+    check_resume,
+    flag_name,
+    read_saved_config,
+    resume_config,
+)
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
 from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
@@ -195,6 +204,7 @@ class Run(Generic[C]):
     resume_state: dict[str, Any] | None = None  # the checkpoint it resumes from
     verbose: int = 1  # print the run folder when it is created
     already_done: bool = False  # resumed at its budget with everything written: nothing to do (see start_run)
+    pause_at: int | None = None  # stop training at the first rollout boundary at or past this many agent steps
     _announced: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -285,12 +295,11 @@ class Run(Generic[C]):
         callbacks: list[BaseCallback] | None = None,
         progress_bar: bool = True,
         verbose: int = 1,
-        pause_at: int | None = None,
         first_eval_at: int | None = None,
         warnings: Sequence[str] = (),
     ) -> TrainingOutcome:
         """Train ``model`` to the run's budget from where it stands, with the run's evaluation and
-        checkpoint settings (:func:`hubrl.training.run_training`).
+        checkpoint settings (:func:`hubrl.training.run_training`), pausing at :attr:`pause_at`.
 
         Settings that run but do less than asked are said here, one line each, as training starts:
         ``warnings`` (e.g. a method's, :attr:`hubrl.methods.MethodPlan.warnings`) and a PPO
@@ -304,7 +313,7 @@ class Run(Generic[C]):
             model, cfg.timesteps, self.checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
             resume_state=self.resume_state, callbacks=callbacks, progress_bar=progress_bar, tb_log_name=tb_log_name,
-            verbose=verbose, pause_at=pause_at, first_eval_at=first_eval_at,
+            verbose=verbose, pause_at=self.pause_at, first_eval_at=first_eval_at,
         )
 
 
@@ -317,9 +326,13 @@ def start_run(
     force: bool | None = None,
     verbose: int = 1,
     written: Callable[[Run[C]], bool] | None = None,
+    pause_at: int | None = None,
 ) -> Run[C]:
     """Start the run of ``cfg`` in ``folder``, or resume the one saved there; writes nothing yet
     (but clears a forced folder).
+
+    ``pause_at``: where :meth:`Run.train` pauses (agent steps in all); one past the run's budget
+    (the resumed run's, when resumed) is refused (:func:`hubrl.runconfig.check_pause_at`).
 
     A resumed run continues the saved settings: with ``given`` (the settings asked for
     explicitly, e.g. the command line's flags), the saved run with those laid over it; without,
@@ -332,10 +345,11 @@ def start_run(
     between its last checkpoint and those files is not: resuming it finishes them.
     """
     folder = Path(folder)
-    if not resume:
-        check_tensorboard_log(cfg.tensorboard_log)  # before a forced folder is cleared
-    check_run_folder(folder, resume, force)
     flags = type(cfg).FLAGS
+    if not resume:  # before a forced folder is cleared
+        check_tensorboard_log(cfg.tensorboard_log)
+        check_pause_at(pause_at, int(cfg.timesteps), flags)
+    check_run_folder(folder, resume, force)
     saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
     if saved is not None and given is not None:
         cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
@@ -346,8 +360,9 @@ def start_run(
         check_device(cfg.device, saved_in=folder / CONFIG_NAME)
     if saved is not None:
         check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
+        check_pause_at(pause_at, int(cfg.timesteps), flags)  # against the resumed run's budget
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
-    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose)
+    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose, pause_at=pause_at)
     if resume_state is not None:
         _check_steps_left(folder, run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"))
         run.already_done = _final_evaluation_done(resume_state, int(cfg.timesteps)) and (written is None or written(run))

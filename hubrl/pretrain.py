@@ -140,7 +140,8 @@ def pretrain_expert(
     (``outcome.already_done``, :func:`hubrl.harness.start_run`; the manifest is the exported one).
 
     ``pause_at`` stops at that many agent steps with a checkpoint (schedules still follow
-    ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``.
+    ``cfg.timesteps``), so a long budget can be trained in sessions with ``resume=True``; one past
+    the run's budget is refused (the run would finish without pausing).
     ``force`` clears an existing run of the same name; otherwise it is refused unless resumed.
 
     On resume the saved run wins: ``given`` holds the settings asked for explicitly (the
@@ -153,7 +154,7 @@ def pretrain_expert(
     if resume and given is None:
         given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
     run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose,
-                    written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done)
+                    written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done, pause_at=pause_at)
     cfg = run.cfg
     if not resume and not force:
         _refuse_replacing_an_expert(Path(cfg.hub) / name)
@@ -167,7 +168,7 @@ def pretrain_expert(
     with run.envs(resolve_game(cfg.game)) as (env, eval_env):
         model = run.make_agent("CnnPolicy", env)
         run.apply_runtime(model, verbose)
-        outcome = run.train(model, eval_env, tb_log_name=name, progress_bar=progress_bar, verbose=verbose, pause_at=pause_at)
+        outcome = run.train(model, eval_env, tb_log_name=name, progress_bar=progress_bar, verbose=verbose)
         if outcome.completed:
             expert = Path(cfg.hub) / name
             manifest = _write_expert(expert, cfg, run.hyperparams, model.policy, outcome.num_timesteps, eval_env,

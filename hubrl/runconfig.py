@@ -24,7 +24,7 @@ from hubrl.errors import CheckpointError, UsageError
 
 __all__ = [
     "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
-    "check_device_name", "check_finite",
+    "check_device_name", "check_finite", "check_pause_at",
 ]
 
 C = TypeVar("C")
@@ -211,3 +211,22 @@ def check_finite(cfg: Any, flags: Mapping[str, str] | None = None) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{flag_name(f.name, flags)} must be a finite number, got {value}.")
+
+
+def check_pause_at(pause_at: int | None, budget: int, flags: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``pause_at`` (``--pause-at``) that is not a positive step count or lies past the run's ``budget``.
+
+    A pause past the budget never comes: the run trains to its budget and finishes, its schedules
+    (learning rate, clip range) run out over that budget, which a later ``--resume`` with a larger
+    one cannot undo. Whoever typed the pause meant another number or a larger budget, so it is
+    refused before anything trains. A pause at the budget is where the run ends anyway: it finishes.
+    """
+    if pause_at is None:
+        return
+    if pause_at < 1:
+        raise UsageError(f"--pause-at must be a positive number of agent steps, got {pause_at}.")
+    if pause_at > budget:
+        timesteps = flag_name("timesteps", flags)
+        raise UsageError(f"--pause-at {pause_at:,} is past the budget, {timesteps} {budget:,}: the run would train to its "
+                         f"budget and finish without pausing. Give a --pause-at below {budget:,} to pause on the way, or a "
+                         f"larger {timesteps} to train further (the schedules follow {timesteps}).")

@@ -258,7 +258,8 @@ def run_transfer(
     """Build the env, hub and agent for ``cfg``; train (or resume) it; save ``model.zip``.
 
     ``pause_at`` stops at that many agent steps in all, with a checkpoint, while the schedules
-    still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have. A
+    still follow ``cfg.timesteps``: ``resume=True`` later continues as one run would have (one past
+    the budget is refused: the run would finish without pausing). A
     resumed ``cfg`` must be the saved run (:func:`hubrl.harness.start_run`); one that has already
     trained its budget and saved ``model.zip`` does nothing but say so (``outcome.already_done``).
     """
@@ -274,7 +275,7 @@ def run_transfer(
     if hub is not None and cfg.source is not None:
         cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
     run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
-                    written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done)
+                    written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done, pause_at=pause_at)
     if run.already_done:
         return TransferResult(run.folder, run.outcome_so_far(), hub)
     game = resolve_game(cfg.env)
@@ -300,7 +301,7 @@ def run_transfer(
         run.apply_runtime(model, verbose)
         outcome = run.train(
             model, eval_env, tb_log_name=f"{game}-{method_label(cfg)}", callbacks=plan.callbacks, progress_bar=progress_bar,
-            verbose=verbose, pause_at=pause_at,
+            verbose=verbose,
             first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,
             warnings=plan.warnings,
         )

@@ -378,6 +378,26 @@ CASES = [
      lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1", "--out", str(t / "runs"),
                    "--hub", str(t / "hub"), "--no-progress-bar", "--tensorboard-log", "/proc/hubrl-tb"],
      ["--tensorboard-log", "/proc/hubrl-tb", "writable"], _leaves_nothing("runs", "hub")),
+    # a pause past the budget, which the run would never reach (it would finish without a word): refused up front,
+    # against the budget the run has (a resumed run's saved one: 1M and 10M, the defaults, in these config.yaml)
+    ("transfer-pause-at-past-budget", T,  # tiny runs, one game per evaluation, in case the check is lost
+     lambda t, h: ["--env", "Gopher", "--method", "scratch", "--pause-at", "1k", "--eval-episodes", "1", *_tiny_run(t)],
+     ["--pause-at 1,000 is past the budget, --timesteps 256", "below 256", "a larger --timesteps"],
+     _leaves_nothing("run")),
+    ("transfer-resume-pause-at-past-budget", T, lambda t, h: ["--resume", "--out", str(_saved_run(t)), "--pause-at", "2M"],
+     ["--pause-at 2,000,000 is past the budget, --timesteps 1,000,000"], None),
+    ("pretrain-pause-at-past-budget", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--pause-at", "1k", "--n-envs", "1", "--eval-episodes", "1",
+                   "--out", str(t / "runs"), "--hub", str(t / "hub"), "--no-progress-bar"],
+     ["--pause-at 1,000 is past the budget, --timesteps 256"], _leaves_nothing("runs", "hub")),
+    ("pretrain-resume-pause-at-past-budget", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--resume", "--out", str(_saved_run(t, pretrain=True).parent), "--pause-at", "20M",
+                   "--no-progress-bar"],
+     ["--pause-at 20,000,000 is past the budget, --timesteps 10,000,000"], None),
+    ("bench-pause-at-past-budget", "bench",
+     lambda t, h: ["run", "--root", str(t / "g"), "--env", "Gopher", "--method", "scratch", "--seed", "0",
+                   "--timesteps", "256", "--pause-at", "1k", "--n-envs", "1", "--eval-episodes", "1", "--workers", "0"],
+     ["--pause-at 1,000 is past the budget, --timesteps 256"], _leaves_nothing("g/Gopher")),
 ]
 
 
@@ -407,6 +427,17 @@ def test_library_resume_on_a_machine_without_the_saved_gpu_names_the_config(tmp_
     with pytest.raises(UsageError, match=f"--device '{device}'") as caught:
         run_transfer(cfg, resume=True, progress_bar=False, verbose=0)
     assert (str(out / "config.yaml") in str(caught.value)) == names_the_file
+
+
+def test_a_pause_at_the_budget_is_where_the_run_ends():
+    """Only a pause past the budget is refused: one at it finishes the run (a grid's last stage may say so)."""
+    from hubrl.errors import UsageError
+    from hubrl.runconfig import check_pause_at
+
+    check_pause_at(None, 256)
+    check_pause_at(256, 256)
+    with pytest.raises(UsageError, match="--pause-at 257 is past the budget, --timesteps 256"):
+        check_pause_at(257, 256)
 
 
 def test_a_genuine_bug_keeps_its_traceback():

@@ -74,7 +74,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--timesteps", dest="budget", type=steps, required=True, metavar="STEPS", aliases=("--budget",),
                      help="Agent steps per trial (the budget), e.g. 1M, 100k.")
     run.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
-                     help="Pause every trial at the first rollout boundary at or past STEPS agent steps (schedules "
+                     help="Pause every trial at the first rollout boundary at or past STEPS agent steps, up to the "
+                          "budget (schedules "
                           "still follow --timesteps); trials paused there already are skipped; rerun with a later "
                           "--pause-at or none to continue.")
     where = run.add_mutually_exclusive_group()

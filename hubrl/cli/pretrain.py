@@ -51,7 +51,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Continue each expert's run in --out from its latest checkpoint, with the settings it was "
                              "started with (--timesteps, --device, --threads, --hub and --tensorboard-log may change).")
     parser.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
-                        help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in all; "
+                        help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in all, up "
+                             "to the budget; "
                              "the schedules still follow --timesteps, so --resume later continues as if uninterrupted. "
                              "E.g. train a 10M budget 2M at a time.")
     parser.add_argument("--force", action="store_true",

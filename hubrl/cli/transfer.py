@@ -80,7 +80,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "--tensorboard-log and the place of its experts, --hub or --sources, may change).")
     parser.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
                         help="Pause with a checkpoint at the first rollout boundary at or past STEPS agent steps in "
-                             "all (schedules still follow --timesteps); continue later with --resume.")
+                             "all, up to the budget (schedules still follow --timesteps); continue later with --resume.")
     parser.add_argument("--top-k", type=positive_int, default=1, metavar="K",
                         help="hub-pathway: experts per observation (1..hub size). Default: 1.")
     parser.add_argument("--noise", type=noise, default=None, metavar="STD",
