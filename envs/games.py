@@ -103,12 +103,17 @@ def action_meanings(game: str, full_action_space: bool = False) -> tuple[str, ..
 
     The names are those of gymnasium's ``get_action_meanings()``; they map a game's minimal action
     set onto the 18-action full set, which is how a head trained on one game is reused on another.
+
+    The lookup prints nothing: ALE's logger is set to errors only *before* the emulator is made,
+    whose constructor otherwise prints ALE's banner (``A.L.E: Arcade Learning Environment ...``),
+    so a command refused on what this returns (``hubrl-enjoy --env`` of a game with other actions)
+    prints only its error. ale-py's own ``AtariEnv`` leaves the logger at errors too, after its banner.
     """
     import ale_py
     from ale_py import roms
 
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # static: the emulator made next prints no banner
     ale = ale_py.ALEInterface()
-    ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.loadROM(roms.get_rom_path(resolve_game(game)))
     actions = ale.getLegalActionSet() if full_action_space else ale.getMinimalActionSet()
     return tuple(a.name for a in actions)

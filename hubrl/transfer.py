@@ -36,7 +36,7 @@ from hubrl.harness import (
 )
 from hubrl.hub import Hub, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
-from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, method_label, plan_method
+from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, check_hub_serves, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
 from hubrl.runconfig import read_saved_config
@@ -272,8 +272,10 @@ def run_transfer(
         hub = None
     else:
         hub = resumed_hub(cfg, folder) if resume else resolve_hub(cfg.hub, cfg.sources)
-    if hub is not None and cfg.source is not None:
-        cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
+    if hub is not None:
+        if cfg.source is not None:
+            cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
+        check_hub_serves(cfg, hub)  # --top-k, finetune's --source: refused before any emulator or agent is built
     run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
                     written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done, pause_at=pause_at)
     if run.already_done:

@@ -125,6 +125,18 @@ def test_gate_noise_on_a_policy_that_does_not_route_is_refused_before_it_plays(m
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--env", "Pong"], "error: Expert 'seaquest-ppo' has 18 actions but pong has 6: play it on a game with 18 actions."),
+    (["--gate-noise"], "error: Gate noise needs a Hub-Pathway policy with a noisy gate; ActorCriticCnnPolicy does not route"),
+])
+def test_a_refused_play_prints_only_its_error(tiny_hub, args, message):
+    """Refused once the game's actions were looked up: stderr holds the one error line, not ALE's banner before it."""
+    result = run_script("enjoy.py", "--expert", "Seaquest", "--hub", str(tiny_hub), "--timesteps", "5", *args, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_ctrl_c_stops_the_play_reports_the_games_and_writes_the_video(monkeypatch, capsys, tmp_path, tiny_hub):
     """Ctrl-C while watching ends the play after the current step, as the training commands stop: the
     games so far and the video are reported and the exit code is 128 + SIGINT, not a traceback."""

@@ -143,6 +143,20 @@ def test_action_meanings_minimal_and_full():
     env.close()
 
 
+def test_looking_up_a_games_actions_prints_nothing():
+    """Not ALE's banner either (its emulator's constructor prints it unless told before): a command refused
+    on the game's actions (``hubrl-enjoy --env`` of another game) prints only its error. In a fresh process,
+    as ALE's logger setting is process-wide."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "from hubrl.envs import action_meanings; action_meanings('Pong'); action_meanings('Alien', full_action_space=True)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and (result.stdout, result.stderr) == ("", "")
+
+
 def test_bad_n_envs():
     with pytest.raises(ValueError, match="n_envs"):
         make_atari_vec_env("Alien", 0)
