@@ -39,7 +39,7 @@ from hubrl.harness import (
 from hubrl.runconfig import resume_config
 from hubrl.training import TrainingOutcome
 
-__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "expert_folder", "export_expert", "games_in",
+__all__ = ["PretrainConfig", "PretrainResult", "expert_name", "run_folder", "expert_folder", "export_expert", "games_in",
            "pretrain_expert", "UsageError"]
 
 
@@ -90,6 +90,12 @@ class PretrainResult:
 def expert_name(game: str, algo: str) -> str:
     """Folder name of an expert: ``seaquest-ppo``."""
     return f"{resolve_game(game)}-{algo.lower()}"
+
+
+def run_folder(out: str | Path, game: str, algo: str) -> Path:
+    """The folder the pretraining run of ``game`` with ``algo`` trains in: ``<out>/<name>``
+    (``runs/pretrain/seaquest-ppo``), where every command that trains, resumes, exports or plots it looks."""
+    return Path(out) / expert_name(game, algo)
 
 
 def games_in(out: str | Path, algo: str) -> list[str]:
@@ -153,7 +159,7 @@ def pretrain_expert(
     name = expert_name(cfg.game, cfg.algo)
     if resume and given is None:
         given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
-    run = start_run(cfg, Path(cfg.out) / name, resume=resume, given=given, force=force, verbose=verbose,
+    run = start_run(cfg, run_folder(cfg.out, cfg.game, cfg.algo), resume=resume, given=given, force=force, verbose=verbose,
                     written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done, pause_at=pause_at)
     cfg = run.cfg
     if not resume and not force:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +212,35 @@ def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == (
         "seaquest-ppo: stopped at 100 steps; checkpoint saved. Resume with --resume. Not started yet: Riverraid Gopher "
         "(--resume continues started runs only): start them afterwards with --env Riverraid Gopher, without --resume.\n")
+
+
+def test_every_command_finds_a_run_where_run_folder_puts_it(tmp_path, monkeypatch, capsys):
+    """Training (the library), --resume, --export, --plot and the stop line's note on games not
+    started all take a game's run folder from hubrl.pretrain.run_folder (<out>/<game>-<algo>):
+    one place to say where a run is, so they cannot disagree. Moved, all of them look there."""
+    from types import SimpleNamespace
+
+    import hubrl.pretrain
+    from hubrl.cli.pretrain import main
+    from hubrl.pretrain import run_folder
+
+    assert run_folder(tmp_path / "runs", "ALE/Seaquest-v5", "PPO") == tmp_path / "runs" / "seaquest-ppo"
+    monkeypatch.setattr(hubrl.pretrain, "run_folder", lambda out, game, algo: Path(out) / "moved" / f"{game.lower()}-{algo}")
+    runs, moved = str(tmp_path / "runs"), re.escape(str(tmp_path / "runs" / "moved" / "seaquest-ppo"))
+    with pytest.raises(UsageError, match=f"Nothing to resume in {moved}: no checkpoint.pt"):
+        pretrain_expert(PretrainConfig(game="Seaquest", out=runs, hub=str(tmp_path / "hub")), resume=True)
+    with pytest.raises(UsageError, match=f"Nothing to resume in {moved}: no checkpoint.pt"):
+        main(["--resume", "--env", "Seaquest", "--out", runs])
+    with pytest.raises(UsageError, match=f"Nothing to export in {moved}: no checkpoint.pt"):
+        main(["--export", "--env", "Seaquest", "--out", runs])
+    with pytest.raises(UsageError, match=f"{moved} has no training history"):
+        main(["--plot", "--env", "Seaquest", "--out", runs])
+    (tmp_path / "runs" / "moved" / "riverraid-ppo").mkdir(parents=True)
+    (tmp_path / "runs" / "moved" / "riverraid-ppo" / "config.yaml").write_text("run: {game: riverraid, algo: ppo}\n")
+    stopped = SimpleNamespace(already_done=False, interrupted_by=2, num_timesteps=1, paused=False)
+    monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", lambda cfg, **kwargs: SimpleNamespace(name="x", outcome=stopped))
+    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", runs, "--no-progress-bar"]) == 130
+    assert "Not started yet: Gopher (" in capsys.readouterr().out  # Riverraid's run is where run_folder says
 
 
 def test_resume_checks_every_games_run_before_training_the_first(tmp_path, monkeypatch):

@@ -111,21 +111,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
     overrides = load_overrides(args.hyperparams, algo=args.algo) if args.hyperparams else {}
     if args.plot:
-        from pathlib import Path
-
         from hubrl.plots import plot_expert_curve
-        from hubrl.pretrain import expert_name
+        from hubrl.pretrain import run_folder
 
         for game in games:
-            print(plot_expert_curve(Path(args.out) / expert_name(game, args.algo)))
+            print(plot_expert_curve(run_folder(args.out, game, args.algo)))
         return 0
     if args.export:
-        from pathlib import Path
-
-        from hubrl.pretrain import expert_folder, expert_name, export_expert
+        from hubrl.pretrain import expert_folder, export_expert, run_folder
 
         for game in games:
-            folder = Path(args.out) / expert_name(game, args.algo)
+            folder = run_folder(args.out, game, args.algo)
             manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu",
                                      hub=args.hub)
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
@@ -133,13 +129,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                   f"-> {expert_folder(folder, args.hub)}")
         return 0
     if args.resume:  # every game's run is checked before the first one trains (for hours), not when its turn comes
-        from pathlib import Path
-
         from hubrl.harness import check_resumable
-        from hubrl.pretrain import expert_name
+        from hubrl.pretrain import run_folder
 
         for game in games:
-            check_resumable(Path(args.out) / expert_name(game, args.algo))
+            check_resumable(run_folder(args.out, game, args.algo))
     status = 0
     for index, game in enumerate(games):
         cfg = PretrainConfig(
@@ -185,13 +179,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 def _not_started(games: list[str], out: str, algo: str) -> str:
     """The stop line's note on the ``games`` after the interrupted one that have no run in ``out`` yet:
     ``--resume`` (which finds the runs in ``out``) would skip them, and they must be started anew."""
-    from pathlib import Path
-
     from hubrl.envs import display_name
     from hubrl.harness import CONFIG_NAME
-    from hubrl.pretrain import expert_name
+    from hubrl.pretrain import run_folder
 
-    waiting = [display_name(g) for g in games if not (Path(out) / expert_name(g, algo) / CONFIG_NAME).is_file()]
+    waiting = [display_name(g) for g in games if not (run_folder(out, g, algo) / CONFIG_NAME).is_file()]
     if not waiting:
         return ""
     return (f" Not started yet: {' '.join(waiting)} (--resume continues started runs only): start "
