@@ -102,6 +102,7 @@ __all__ = [
     "make_specs",
     "parse_method",
     "run_trial",
+    "trial_settings",
     "execute_trial",
     "run_grid",
 ]
@@ -206,6 +207,16 @@ def make_specs(
     return specs
 
 
+def trial_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The grid-wide ``settings`` (``--hub``, ``--sources``, ``--set``) a trial of ``method`` runs with: all
+    of them but those only other methods take, which ``method`` would refuse
+    (:data:`hubrl.transfer.METHOD_ONLY_SETTINGS`): ``--hub`` serves the grid's hub methods, not scratch;
+    ``--set source=NAME`` the finetune arm, not hub-pathway. A method's own ``NAME:KEY=VALUE`` is never dropped."""
+    from hubrl.transfer import METHOD_ONLY_SETTINGS
+
+    return {key: value for key, value in settings.items() if method in METHOD_ONLY_SETTINGS.get(key, (method,))}
+
+
 def _clear_leftovers(folder: Path) -> None:
     """Remove what an attempt that died before its first checkpoint left, so run_transfer can start."""
     if not folder.exists():
@@ -230,11 +241,11 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     from hubrl.transfer import TransferConfig, run_transfer
 
     folder = Path(spec["folder"])
+    method = spec.get("base_method", spec["method"])
     cfg = TransferConfig(
-        env=spec["game"], method=spec.get("base_method", spec["method"]), seed=spec["seed"], timesteps=spec["budget"],
-        out=str(folder),
-        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}), **spec["settings"],
-           **spec.get("overrides", {})},
+        env=spec["game"], method=method, seed=spec["seed"], timesteps=spec["budget"], out=str(folder),
+        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}),
+           **trial_settings(method, spec["settings"]), **spec.get("overrides", {})},
     )
     resume = has_checkpoint(folder)
     # a torn checkpoint: the previous one kept beside it
@@ -407,7 +418,8 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
         label, method, overrides = parse_method(token)
         try:
             refuse_options_of_other_methods(method, overrides)  # a method's own options; --set applies to all
-            cfg = TransferConfig(env=games[0], method=method, seed=0, timesteps=budget, **{**settings, **overrides})
+            cfg = TransferConfig(env=games[0], method=method, seed=0, timesteps=budget,
+                                 **{**trial_settings(method, settings), **overrides})
             validate_config(cfg)
             if method in HUB_METHODS:
                 key = (cfg.hub, tuple(cfg.sources))

@@ -44,7 +44,8 @@ from hubrl.saved_model import saved_model_steps
 from hubrl.training import TrainingOutcome, early_eval_step
 
 __all__ = [
-    "METHODS", "METHOD_OPTIONS", "TransferConfig", "TransferResult", "check_resumable", "refuse_options_of_other_methods",
+    "METHODS", "METHOD_OPTIONS", "METHOD_ONLY_SETTINGS", "TransferConfig", "TransferResult", "check_resumable",
+    "refuse_options_of_other_methods",
     "run_transfer", "saved_source_name",
 ]
 
@@ -157,6 +158,14 @@ METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = {
     "select_frames": ("select",),
     "lite": ("zoo-tuning",),
     "source": ("finetune",),
+}
+
+
+#: Settings only some methods take, which any other method refuses by value (:func:`validate_config`):
+#: setting -> the methods that take it. A grid's ``--hub``, ``--sources`` or ``--set source=...`` is meant
+#: for the arms that take it (:func:`hubrl.benchmark.trial_settings`).
+METHOD_ONLY_SETTINGS: Mapping[str, tuple[str, ...]] = {
+    "hub": HUB_METHODS, "sources": HUB_METHODS, "source": ("finetune",), "lite": ("zoo-tuning",),
 }
 
 

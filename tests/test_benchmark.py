@@ -352,3 +352,38 @@ def test_the_grid_lock_is_held_while_trials_run(tmp_path):
 
     run_grid(tmp_path, ["Alien"], ["scratch"], [0, 1], 10, trial_fn=trial, workers=0, log=None)
     assert held == [True, True]
+
+
+class _Built(Exception):
+    """Raised by a stand-in ``run_transfer``: the trial's config was built, nothing trained."""
+
+
+def test_grid_wide_settings_go_to_the_arms_that_take_them(tmp_path, monkeypatch):
+    """``--hub`` / ``--sources`` serve the grid's hub methods and ``--set source=NAME`` its finetune arm:
+    scratch and hub-pathway beside them run without what they would refuse (each used to stop the
+    whole grid: ``--method scratch hub-pathway --hub hub``, the command of ``hubrl-bench --help``).
+    A method's own ``NAME:KEY=VALUE`` is still checked."""
+    import hubrl.transfer
+    from hubrl.benchmark import make_specs, run_trial
+    from tests.conftest import make_tiny_hub
+
+    hub = str(make_tiny_hub(tmp_path / "hub"))
+    settings = {"hub": hub, "source": "seaquest-ppo"}
+    methods = ["scratch", "hub-pathway", "finetune"]
+    run_grid(tmp_path / "g", ["Alien"], methods, [0], 10, settings=settings, trial_fn=fake_trial, validate=True, log=None)
+    built: dict[str, hubrl.transfer.TransferConfig] = {}
+
+    def run_transfer(cfg, **kwargs):
+        hubrl.transfer.validate_config(cfg)
+        built[cfg.method] = cfg
+        raise _Built
+
+    monkeypatch.setattr(hubrl.transfer, "run_transfer", run_transfer)
+    for spec in make_specs(tmp_path / "h", ["Alien"], methods, [0], 10, settings):
+        with pytest.raises(_Built):
+            run_trial(spec)
+    assert (built["scratch"].hub, built["scratch"].source) == (None, None)
+    assert (built["hub-pathway"].hub, built["hub-pathway"].source) == (hub, None)
+    assert (built["finetune"].hub, built["finetune"].source) == (hub, "seaquest-ppo")
+    with pytest.raises(GridError, match="scratch uses no hub"):
+        run_grid(tmp_path / "g2", ["Alien"], [f"scratch:hub={hub}"], [0], 10, trial_fn=fake_trial, validate=True)

@@ -92,9 +92,11 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                      help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
-                        help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
+                        help="Hub folder made by hubrl-pretrain, for the methods that use one (all but scratch). "
+                             "Default: the shipped hub.")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
-                        help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
+                        help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts "
+                             "(by the methods that use a hub).")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None,
                      help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
     run.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
@@ -113,7 +115,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--checkpoint-freq", type=steps, default=None, metavar="STEPS",
                      help="Checkpoint every STEPS agent steps. Default: 100k.")
     run.add_argument("--set", dest="extra", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                     help="Any other TransferConfig field for every trial, e.g. --set top_k=2 --set aggregation=heads.")
+                     help="Any other TransferConfig field for every trial, e.g. --set top_k=2 --set aggregation=heads "
+                          "(source only for finetune, lite only for zoo-tuning: the other arms run without it).")
     run.add_argument("--verbose", type=int, default=0, metavar="LEVEL",
                      help="What each trial prints (0: nothing; 1: its run folder, resume point and evaluations, "
                           "as hubrl-transfer does). Default: 0.")
