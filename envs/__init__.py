@@ -14,6 +14,7 @@ from hubrl.envs.games import (
     display_name,
     human_normalized_score,
     resolve_game,
+    resolve_games,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "display_name",
     "human_normalized_score",
     "resolve_game",
+    "resolve_games",
 ]
 
 

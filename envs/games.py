@@ -12,6 +12,7 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 from hubrl.errors import UsageError
 
@@ -20,6 +21,7 @@ __all__ = [
     "ReferenceScore",
     "REFERENCE_SCORES",
     "resolve_game",
+    "resolve_games",
     "display_name",
     "available_games",
     "action_meanings",
@@ -90,6 +92,15 @@ def resolve_game(name: str) -> str:
         else f" {len(games)} games are available, e.g. Alien, Gopher, Seaquest."
     )
     raise UnknownGameError(f"Unknown Atari game {name!r}.{hint}")
+
+
+def resolve_games(names: Iterable[str]) -> list[str]:
+    """ROM ids of ``names`` (:func:`resolve_game`), each game once, in the order first given:
+    ``Alien alien ALE/Alien-v5`` is one game, which a command must not train twice into one folder.
+
+    :raises UnknownGameError: for the first name no shipped ROM fits.
+    """
+    return list(dict.fromkeys(resolve_game(name) for name in names))
 
 
 def display_name(game: str) -> str:

@@ -375,19 +375,26 @@ class GridSummary:
         return f"{len(self.records)} trials: {', '.join(parts) or 'none'}"
 
 
+def _game_names(games: Sequence[str]) -> list[str]:
+    """The display names of ``games`` (``Alien``), each game once however it was spelled: ``Alien alien``
+    would be two trials of one folder, trained at once by two workers."""
+    from hubrl.envs.games import display_name, resolve_games
+
+    try:
+        return [display_name(game) for game in resolve_games(games)]
+    except ValueError as exc:
+        raise GridError(str(exc)) from None
+
+
 def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], check_methods: bool) -> list[str]:
     """Resolve game names to display names; check methods and settings against hubrl.transfer."""
     from dataclasses import fields
 
-    from hubrl.envs.games import display_name
     from hubrl.transfer import METHODS, TransferConfig
 
     if not games or not methods:
         raise GridError("A grid needs at least one game and one method.")
-    try:
-        names = [display_name(g) for g in games]
-    except ValueError as exc:
-        raise GridError(str(exc)) from None
+    names = _game_names(games)
     parsed = [parse_method(m) for m in methods]
     labels = [label for label, _, _ in parsed]
     clashes = sorted({label for label in labels if labels.count(label) > 1})
@@ -539,12 +546,7 @@ def run_grid(
         methods = _expand_finetune(methods, settings)
         _validate_trial_configs(game_names, methods, settings, budget)
     else:
-        from hubrl.envs.games import display_name
-
-        try:
-            game_names = [display_name(g) for g in games]
-        except ValueError as exc:
-            raise GridError(str(exc)) from None
+        game_names = _game_names(games)
     if ray_address is None and workers >= 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     if ray_address is not None:

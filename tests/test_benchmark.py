@@ -387,3 +387,11 @@ def test_grid_wide_settings_go_to_the_arms_that_take_them(tmp_path, monkeypatch)
     assert (built["finetune"].hub, built["finetune"].source) == (hub, "seaquest-ppo")
     with pytest.raises(GridError, match="scratch uses no hub"):
         run_grid(tmp_path / "g2", ["Alien"], [f"scratch:hub={hub}"], [0], 10, trial_fn=fake_trial, validate=True)
+
+
+def test_a_game_named_twice_is_one_trial(tmp_path):
+    """``--env Alien alien ALE/Alien-v5`` is one game: one trial per method and seed, not three trials
+    of one folder (which a pool of workers would train at the same time)."""
+    summary = run_grid(tmp_path, ["Alien", "alien", "ALE/Alien-v5"], ["scratch"], [0], 10, trial_fn=fake_trial, log=None)
+    assert [r["trial"] for r in summary.records] == ["Alien/scratch/s0"]
+    assert json.loads((tmp_path / "grid.json").read_text())["games"] == ["Alien"]

@@ -258,6 +258,26 @@ def test_resume_checks_every_games_run_before_training_the_first(tmp_path, monke
     assert trained == []
 
 
+def test_a_game_named_twice_trains_once(tmp_path, monkeypatch):
+    """``--env Breakout breakout`` is one game: one run (the second used to be refused after the first had
+    trained, or with --force to delete the run and expert just made and train them again)."""
+    from types import SimpleNamespace
+
+    import hubrl.pretrain
+    from hubrl.cli.pretrain import main
+
+    trained = []
+
+    def pretrain(cfg, **kwargs):
+        trained.append(cfg.game)
+        return SimpleNamespace(outcome=SimpleNamespace(already_done=True))
+
+    monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", pretrain)
+    assert main(["--env", "Breakout", "breakout", "ALE/Breakout-v5", "Seaquest", "--force", "--out", str(tmp_path / "runs"),
+                 "--no-progress-bar"]) == 0
+    assert trained == ["breakout", "seaquest"]
+
+
 @pytest.mark.slow
 def test_an_evaluation_due_inside_the_last_rollout_waits_for_the_final_one(tmp_path, tiny_ppo):
     import dataclasses

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args, given = _check(parser, *parse_given(parser, argv))
     from hubrl.agents import load_overrides
-    from hubrl.envs import resolve_game
+    from hubrl.envs import resolve_games
     from hubrl.pretrain import PretrainConfig, pretrain_expert
 
     if "games" not in given and (args.resume or args.export or args.plot):  # the runs already in --out
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             raise UsageError(f"No {args.algo.upper()} pretraining run in {args.out} (no <game>-{args.algo}/config.yaml): "
                              "give the --out of a pretraining run, or --env GAME.")
         args.games = found
-    games = [resolve_game(g) for g in args.games]  # fail fast on a typo, before any training
+    games = resolve_games(args.games)  # fail fast on a typo, before any training; a game named twice trains once
     overrides = load_overrides(args.hyperparams, algo=args.algo) if args.hyperparams else {}
     if args.plot:
         from hubrl.plots import plot_expert_curve
