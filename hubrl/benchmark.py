@@ -413,6 +413,21 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
     return names
 
 
+def _refuse_settings_no_arm_reads(methods: Sequence[str], settings: dict[str, Any]) -> None:
+    """Refuse a grid-wide setting (``--hub``, ``--set top_k=2``) that only methods absent from the grid read
+    (:data:`hubrl.transfer.METHOD_OPTIONS`, :data:`~hubrl.transfer.METHOD_ONLY_SETTINGS`): every trial would
+    run without it, though the grid records it as asked."""
+    from hubrl.transfer import METHOD_ONLY_SETTINGS, METHOD_OPTIONS, TransferConfig
+
+    present = {parse_method(token)[1] for token in methods}
+    for name in sorted(settings):
+        readers = METHOD_OPTIONS.get(name) or METHOD_ONLY_SETTINGS.get(name)
+        if readers and not present & set(readers):
+            flag = TransferConfig.FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise GridError(f"{name} ({flag}) is read only by --method {' or '.join(readers)}, and the grid has no such "
+                            f"arm (its methods: {', '.join(sorted(present))}): drop it, or add the method.")
+
+
 def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], budget: int) -> None:
     """Check every method's transfer config up front (``--set`` values included), so that a bad
     value stops the grid at once instead of failing each trial when it starts."""
@@ -544,6 +559,7 @@ def run_grid(
     if check:
         game_names = _validate(games, methods, settings, check_methods=True)
         methods = _expand_finetune(methods, settings)
+        _refuse_settings_no_arm_reads(methods, settings)
         _validate_trial_configs(game_names, methods, settings, budget)
     else:
         game_names = _game_names(games)

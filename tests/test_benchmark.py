@@ -395,3 +395,19 @@ def test_a_game_named_twice_is_one_trial(tmp_path):
     summary = run_grid(tmp_path, ["Alien", "alien", "ALE/Alien-v5"], ["scratch"], [0], 10, trial_fn=fake_trial, log=None)
     assert [r["trial"] for r in summary.records] == ["Alien/scratch/s0"]
     assert json.loads((tmp_path / "grid.json").read_text())["games"] == ["Alien"]
+
+
+@pytest.mark.parametrize("setting, flag, reader", [({"top_k": 2}, "--top-k", "hub-pathway"),
+                                                   ({"hub": "SHIPPED"}, "--hub", "hub-pathway or finetune"),
+                                                   ({"select_frames": 5000}, "--select-timesteps", "select")])
+def test_a_grid_wide_setting_no_arm_reads_is_refused(tmp_path, setting, flag, reader):
+    """``--method scratch --set top_k=2`` (or ``--hub``): no trial reads it, so the grid refuses it before
+    anything is written instead of running every trial without it; beside an arm that reads it, it runs."""
+    from hubrl.hub import default_hub_path
+
+    setting = {key: str(default_hub_path()) if value == "SHIPPED" else value for key, value in setting.items()}
+    with pytest.raises(GridError, match=f"\\({flag}\\) is read only by --method {reader}.*its methods: scratch"):
+        run_grid(tmp_path / "g", ["Alien"], ["scratch"], [0], 10, settings=setting, trial_fn=fake_trial, validate=True)
+    assert not (tmp_path / "g" / "Alien").exists() and not (tmp_path / "g" / "grid.json").exists()
+    run_grid(tmp_path / "ok", ["Alien"], ["scratch", "hub-pathway", "select"], [0], 10, settings=setting,
+             trial_fn=fake_trial, validate=True, log=None)
