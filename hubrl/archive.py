@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubrl.errors import UsageError
-from hubrl.grid import iter_trial_folders, read_status
+from hubrl.grid import iter_trial_folders, read_grid, read_status
 
 __all__ = ["SETTLED_STATES", "ArchiveSummary", "unsettled_reason", "archive_grid"]
 
@@ -63,8 +63,9 @@ def unsettled_reason(folder: str | Path) -> str | None:
 def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) -> ArchiveSummary:
     """Copy the records of every settled trial of the grid in ``root`` into ``dest`` (module docstring).
 
-    :raises UsageError: when ``root`` is no grid, ``dest`` is ``root`` or inside it, or ``dest`` holds a trial's
-        weights (a grid, not an archive: its weights would be deleted), before anything is written.
+    :raises UsageError: when ``root`` is no grid, ``dest`` is ``root`` or inside it, ``dest`` holds a trial's
+        weights (a grid, not an archive: its weights would be deleted) or archives a grid of another budget
+        (another grid: its trials' records would be replaced), before anything is written.
     """
     root, dest = Path(root), Path(dest)
     if not root.is_dir() or not (root / "grid.json").is_file():
@@ -75,6 +76,7 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) 
     if held is not None:  # e.g. ROOT and DEST swapped: each trial would be replaced by its records, weights deleted
         raise UsageError(f"{dest} holds trial weights ({held}): it is a grid, not an archive, and archiving into it "
                          f"would delete them. Give the grid first and the archive folder second (ROOT DEST).")
+    _refuse_another_grids_archive(root, dest)
     ignored = [*_WEIGHTS, ".lock", "learning_curve.png", "*.tmp", *([] if tensorboard else ["tb"])]
     summary = ArchiveSummary()
     dest.mkdir(parents=True, exist_ok=True)
@@ -100,3 +102,13 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) 
             shutil.copy2(root / record, dest / f".{record}.archiving")
             (dest / f".{record}.archiving").replace(dest / record)
     return summary
+
+
+def _refuse_another_grids_archive(root: Path, dest: Path) -> None:
+    """Refuse a ``dest`` that archives another grid: its ``grid.json`` names another step budget (a grid keeps
+    one budget for all its launches), so archiving ``root`` into it would replace the records of every trial
+    the two grids share by name, and its ``grid.json`` and ``trials.jsonl``."""
+    ours, theirs = read_grid(root).get("budget"), read_grid(dest).get("budget")
+    if ours is not None and theirs is not None and ours != theirs:
+        raise UsageError(f"{dest} archives another grid ({theirs:,} agent steps per trial; {root} trains {ours:,}): "
+                         "archiving into it would replace the records of its trials. Give another folder.")

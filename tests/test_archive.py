@@ -109,3 +109,20 @@ def test_an_archive_into_a_grid_with_weights_is_refused_and_deletes_nothing(grid
         archive_grid(archive, grid)
     assert sorted(p.relative_to(grid).as_posix() for p in grid.rglob("*")) == before
     assert (grid / "Alien/scratch/s0/model.zip").is_file()
+
+
+def test_an_archive_of_another_grid_is_refused_and_keeps_its_records(grid, tmp_path):
+    """Archiving a new grid into the folder that archives an earlier one (another budget, the same trial names)
+    would replace the earlier grid's records of every shared trial, its grid.json and trials.jsonl. Refused
+    before anything is written; the same grid archives into it again."""
+    archive = tmp_path / "archive"
+    archive_grid(grid, archive)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grid.json").write_text('{"budget": 100000}')
+    (_trial(other, "Alien/scratch/s0", "ok") / "evaluations.json").write_text('{"points": [{"step": 100000}]}')
+    before = {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match="archives another grid .1,000,000 agent steps per trial; .* trains 100,000"):
+        archive_grid(other, archive)
+    assert {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
+    assert archive_grid(grid, archive).copied
