@@ -212,6 +212,31 @@ def test_one_parser_of_step_counts():
     assert all(parse_steps(format_steps(n)) == n for n in (1, 999, 1_000, 1_500, 250_000, 3_000_000))
 
 
+SPEED_MEASUREMENTS = ("bench_envs", "bench_train", "train_once", "bench_transfer", "bench_rank", "bench_not_adopted",
+                      "bench_inference", "bench_zoo_conv")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["rank", "--device", "cpu"], "--device"), (["train", "--threads", "2"], "--threads"),
+    (["zoo-conv", "--env", "Alien"], "--env"), (["inference", "--n-envs", "4"], "--n-envs"),
+    (["rank", "--repeats", "2"], "--repeats"), (["transfer", "--precision", "bf16"], "--precision"),
+])
+def test_speed_refuses_a_flag_its_measurement_does_not_read(argv, flag, monkeypatch):
+    """``speed rank --device cuda`` timed the CPU, ``speed train --threads 8`` each setup's own threads: a flag
+    the measurement does not read is refused before anything is measured; the flags it reads run."""
+    from hubrl.cli import speed
+    from hubrl.errors import UsageError
+
+    measured: list[tuple] = []
+    for name in SPEED_MEASUREMENTS:
+        monkeypatch.setattr(speed, name, lambda *args, **kwargs: measured.append(args) or {})
+    with pytest.raises(UsageError, match=f"{flag} is read by .*; {argv[0]} does not read it: drop it"):
+        speed.main(argv)
+    assert measured == []
+    assert speed.main(["zoo-conv", "--device", "cpu", "--experts", "2", "--n-envs", "2", "--repeats", "1"]) == 0
+    assert measured == [([2], [8, 256], 2, 1, "cpu")]
+
+
 def test_speed_not_adopted_checks_the_fold_and_prints_both_tables(capsys):
     """``benchmark_speed.py not-adopted`` (cited by BENCHMARKS.md) compares equal computations only."""
     from hubrl.cli.speed import bench_not_adopted

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from hubrl.cli.common import ArgumentParser, command_prog, device, main_guard, positive_int
+from hubrl.cli.common import ArgumentParser, command_prog, device, flag_names, main_guard, parse_given, positive_int
 from hubrl.cli.common import steps as step_count
 from hubrl.errors import UsageError
 from hubrl.provenance import cpu_model
@@ -630,6 +630,33 @@ def bench_inference(batch_sizes: Sequence[int], repeats: int, device: str = "cpu
           f"{th.get_num_threads()} thread, {_machine()}.")
 
 
+#: The measurements that read each flag (as its help says); given to another one, a flag is refused rather
+#: than ignored (``speed rank --device cuda`` would time the CPU, ``speed train --threads 8`` each setup's own).
+FLAG_READERS: dict[str, tuple[str, ...]] = {
+    "impl": ("train-one",),
+    "algo": ("train", "train-one", "transfer"),
+    "threads": ("train-one",),
+    "precision": ("train-one",),
+    "device": ("train", "train-one", "transfer", "zoo-conv", "not-adopted", "inference"),
+    "game": ("envs", "train", "train-one", "transfer", "rank"),
+    "n_envs": ("envs", "zoo-conv", "not-adopted"),
+    "steps": ("envs", "train", "train-one", "transfer", "rank"),
+    "repeats": ("envs", "train", "transfer", "zoo-conv", "not-adopted", "inference"),
+    "experts": ("zoo-conv",),
+    "batch_sizes": ("zoo-conv", "not-adopted", "inference"),
+}
+
+
+def refuse_flags_not_read(parser: argparse.ArgumentParser, what: str, given: set[str]) -> None:
+    """Refuse, naming the flag and the measurements that read it, a flag given explicitly (``given``:
+    destinations, :func:`~hubrl.cli.common.parse_given`) that the measurement ``what`` does not read."""
+    flags = flag_names(parser)
+    for dest in sorted(given):
+        readers = FLAG_READERS.get(dest)
+        if readers is not None and what not in readers:
+            parser.error(f"{flags[dest]} is read by {', '.join(readers)}; {what} does not read it: drop it.")
+
+
 def build_parser(prog: str | None = None) -> ArgumentParser:
     """The parser of ``hubrl-speed`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
     parser = ArgumentParser(prog=command_prog("speed", prog), description=__doc__,
@@ -672,8 +699,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-speed`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if args.what in ("train", "train-one", "transfer", "zoo-conv", "not-adopted", "inference"):
+    args, given = parse_given(parser, argv)
+    refuse_flags_not_read(parser, args.what, given)
+    if args.what in FLAG_READERS["device"]:
         from hubrl.runconfig import check_device
 
         check_device(args.device)
