@@ -162,10 +162,11 @@ METHOD_OPTIONS: Mapping[str, tuple[str, ...]] = {
 
 
 #: Settings only some methods take, which any other method refuses by value (:func:`validate_config`):
-#: setting -> the methods that take it. A grid's ``--hub``, ``--sources`` or ``--set source=...`` is meant
-#: for the arms that take it (:func:`hubrl.benchmark.trial_settings`).
+#: setting -> the methods that take it (the experts, and the two :data:`METHOD_OPTIONS` refused by value).
+#: A grid's ``--hub``, ``--sources`` or ``--set source=...`` is meant for the arms that take it
+#: (:func:`hubrl.benchmark.trial_settings`).
 METHOD_ONLY_SETTINGS: Mapping[str, tuple[str, ...]] = {
-    "hub": HUB_METHODS, "sources": HUB_METHODS, "source": ("finetune",), "lite": ("zoo-tuning",),
+    "hub": HUB_METHODS, "sources": HUB_METHODS, **{name: METHOD_OPTIONS[name] for name in ("source", "lite")},
 }
 
 

@@ -300,7 +300,7 @@ CASES = [
     ("routes-unknown-method", "bench", lambda t, h: ["routes", str(_routes_grid(t)), "--method", "hub-pathwya"],
      ["--method 'hub-pathwya'", "no trial of it", "its methods are hub-pathway, scratch"], None),
     ("archive-of-a-file", "bench", lambda t, h: ["archive", _file(t), str(t / "out")], ["No grid at", "a-file"], None),
-    ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)], ["played/model.zip", "cannot be loaded"], None),
+    ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)], ["played/model.zip", "not a readable SB3 model", "restore it from a copy"], None),
     ("enjoy-config-not-yaml", "enjoy", lambda t, h: [_played_folder(t, config="run: [\n")],
      ["played/config.yaml", "not a run's config"], None),
     ("enjoy-config-unknown-algo", "enjoy", lambda t, h: [_played_folder(t, config="run: {env: Gopher, algo: dqn}\n")],
