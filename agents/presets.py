@@ -82,6 +82,10 @@ def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"Hyperparameter file {path} must hold a mapping of name: value.")
+    sections = [str(k) for k, v in data.items() if isinstance(v, dict) and k not in _known_keys(algo)]
+    if sections and len(sections) == len(data):  # RL Zoo's layout: env id -> hyperparameters
+        raise UsageError(f"Hyperparameter file {path} holds sections ({', '.join(sections)}), as RL Zoo's files do: "
+                         "put the keys of one section at the top level of the file (n_steps: 128, ...).")
     check_hyperparams(data, algo, where=f"hyperparameter file {path}")
     return data
 
@@ -144,9 +148,25 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
+#: Keys of an RL Zoo hyperparameter file that are run settings there, not the agent's: where hubrl takes each.
+RL_ZOO_RUN_KEYS = {
+    "n_timesteps": "the budget is --timesteps",
+    "policy": "the policy follows from --method",
+    "env_wrapper": "hubrl's Atari env applies the Atari wrappers itself",
+    "frame_stack": "hubrl's Atari env stacks 4 frames",
+    "vec_env_wrapper": "hubrl's Atari env applies the Atari wrappers itself",
+    "normalize": "Atari frames and scores are not normalised",
+}
+
+
 def check_hyperparams(overrides: dict[str, Any], algo: str | None = None, where: str = "hyperparameters") -> None:
     """Refuse an unknown hyperparameter or a value no run can use (``n_steps: -64``), in one line
-    naming ``where`` they came from, before anything is built."""
+    naming ``where`` they came from, before anything is built. RL Zoo's run settings
+    (:data:`RL_ZOO_RUN_KEYS`, e.g. ``n_timesteps``) are refused with where hubrl takes them instead."""
+    zoo = [str(k) for k in overrides if k in RL_ZOO_RUN_KEYS]
+    if zoo:
+        raise UsageError(f"{', '.join(zoo)} in {where}: RL Zoo run setting(s), not hyperparameters of the agent ("
+                         + "; ".join(f"{k}: {RL_ZOO_RUN_KEYS[k]}" for k in zoo) + "): drop them from the file.")
     known = _known_keys(algo)
     unknown = sorted(str(k) for k in overrides if k not in known)
     if unknown:

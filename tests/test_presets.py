@@ -71,3 +71,20 @@ def test_hyperparams_overrides_still_apply_over_the_yaml_presets():
     plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"eps": 1e-3}}})
     assert kwargs["policy_kwargs"]["optimizer_kwargs"] == {"eps": 1e-3}
     assert kwargs["policy_kwargs"]["optimizer_class"].__name__ == "RMSpropTFLike"
+
+
+def test_an_rl_zoo_file_is_refused_with_where_hubrl_takes_its_run_settings(tmp_path):
+    """RL Zoo's Atari entry pasted as --hyperparams: its sections and run settings are named, with the fix."""
+    from hubrl.agents import load_overrides
+    from hubrl.errors import UsageError
+
+    zoo = tmp_path / "zoo.yml"
+    zoo.write_text("atari:\n  n_steps: 128\n  n_timesteps: !!float 1e7\n")
+    with pytest.raises(UsageError, match=r"holds sections \(atari\), as RL Zoo's files do: put the keys of one section"):
+        load_overrides(zoo, algo="ppo")
+    zoo.write_text("n_steps: 128\nn_timesteps: !!float 1e7\npolicy: CnnPolicy\nframe_stack: 4\n")
+    with pytest.raises(UsageError, match=r"n_timesteps, policy, frame_stack in hyperparameter file .*RL Zoo run setting.*"
+                                         r"n_timesteps: the budget is --timesteps; policy: the policy follows from --method"):
+        load_overrides(zoo, algo="ppo")
+    zoo.write_text("n_steps: 64\npolicy_kwargs: {net_arch: []}\n")  # a dict value that is a hyperparameter
+    assert load_overrides(zoo, algo="ppo") == {"n_steps": 64, "policy_kwargs": {"net_arch": []}}
