@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hubrl.atomic import atomic_write
-from hubrl.errors import GridError, UsageError
+from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     count_parameters,
@@ -229,6 +229,19 @@ def _clear_leftovers(folder: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def trial_config(spec: TrialSpec) -> Any:
+    """The :class:`~hubrl.transfer.TransferConfig` a trial runs with: its game, method, seed, budget
+    and folder, the grid's threads, the grid-wide settings its method takes and its arm's own."""
+    from hubrl.transfer import TransferConfig
+
+    method = spec.get("base_method", spec["method"])
+    return TransferConfig(
+        env=spec["game"], method=method, seed=spec["seed"], timesteps=spec["budget"], out=str(spec["folder"]),
+        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}),
+           **trial_settings(method, spec["settings"]), **spec.get("overrides", {})},
+    )
+
+
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """The real trial: ``run_transfer`` of ``spec`` (fresh or resumed); returns the step counters.
 
@@ -238,15 +251,10 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     from stable_baselines3.common.utils import get_device
 
     from hubrl.checkpoint import load_resume_checkpoint
-    from hubrl.transfer import TransferConfig, run_transfer
+    from hubrl.transfer import run_transfer
 
     folder = Path(spec["folder"])
-    method = spec.get("base_method", spec["method"])
-    cfg = TransferConfig(
-        env=spec["game"], method=method, seed=spec["seed"], timesteps=spec["budget"], out=str(folder),
-        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}),
-           **trial_settings(method, spec["settings"]), **spec.get("overrides", {})},
-    )
+    cfg = trial_config(spec)
     resume = has_checkpoint(folder)
     # a torn checkpoint: the previous one kept beside it
     start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
@@ -504,6 +512,33 @@ def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: 
                         "Nothing was written.")
 
 
+def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> None:
+    """Refuse, before anything is written, a launch whose settings would change a started trial
+    (``--n-envs 2`` for trials started with 1): each trial would otherwise fail on its own resume
+    check, one by one, with advice meant for a single run (:func:`hubrl.runconfig.resume_conflicts`)."""
+    import dataclasses
+
+    from hubrl.runconfig import flag_name, read_saved_run, resume_conflicts
+    from hubrl.transfer import TransferConfig
+
+    for spec in specs:
+        folder = Path(spec["folder"])
+        if not (has_checkpoint(folder) and (folder / "config.yaml").is_file()):
+            continue
+        try:
+            saved = read_saved_run(folder / "config.yaml")
+        except (CheckpointError, UsageError, OSError):
+            continue  # the trial's own resume names the damaged file
+        cfg = trial_config(spec)
+        conflicts = resume_conflicts(TransferConfig, saved, dataclasses.asdict(cfg), folder / "config.yaml")
+        if conflicts:
+            parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where it has {v!r}" for n, w, v in conflicts)
+            raise GridError(f"{folder.relative_to(root)} was started with other settings than this launch gives it "
+                            f"({parts}; saved in its config.yaml): relaunch with the settings the grid was started with "
+                            f"({root / 'grid.json'} records them), or use another --root for the new ones. "
+                            "Nothing was written.")
+
+
 @_holding_grid_lock
 def run_grid(
     root: str | Path,
@@ -569,6 +604,8 @@ def run_grid(
         threads = threads or max(1, int(cpus_per_trial))
     specs = make_specs(root, game_names, methods, seeds, budget, settings, threads, pause_at)
     _refuse_another_budget(root, specs, budget)
+    if check:
+        _refuse_changed_settings(root, specs)
     root.mkdir(parents=True, exist_ok=True)
     _write_json(
         root / "grid.json",

@@ -252,6 +252,11 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
         run_grid(root, ["Gopher"], ["hub-pathway"], [0], 256, settings=settings, workers=0, log=None)
     assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"} == before
     assert (root / "grid.json").read_text() == grid_json  # the report still reads the grid's 128-step budget
+    # so are other settings for its started trials, once, up front, not as a failure of every trial
+    with pytest.raises(GridError, match=r"Gopher/hub-pathway/s0 was started with other settings than this launch gives "
+                                        r"it \(--n-envs 1 where it has 2; .*grid.json records them\), or use another --root"):
+        run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings={**settings, "n_envs": 1}, workers=0, log=None)
+    assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"} == before
     again = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
     assert again.records[0]["status"] == "skipped"  # archived without model.zip, still finished at its own budget
 
