@@ -145,6 +145,8 @@ def load_player(model: str | Path | None = None, *, expert: str | None = None, h
     """
     if (model is None) == (expert is None):
         raise UsageError("Give what plays: a run folder or .zip, or --expert NAME (not both).")
+    if model is not None and hub is not None:
+        raise UsageError(f"--hub picks the hub of --expert; {model} plays with the weights it holds: drop --hub.")
     if expert is not None:
         found = resolve_hub(hub).get(expert)
         game = resolve_game(env or found.game or "")

@@ -239,3 +239,10 @@ def test_seeded_actions_forks_the_generator_for_a_seed_and_draws_from_the_caller
         assert th.equal(th.rand(2), expected)  # no seed: the caller's generator
     with pytest.raises(UsageError, match="does not route: drop --gate-noise"), seeded_actions(policy, 7, gate_noise=True):
         pass
+
+
+def test_hub_with_a_run_folder_or_zip_is_refused_not_ignored(tmp_path, tiny_hub):
+    path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
+    with pytest.raises(UsageError, match="--hub picks the hub of --expert; .*ppo-Seaquest.zip plays with the weights it "
+                                         "holds: drop --hub"):
+        load_player(path, hub=tiny_hub, env="Alien")
