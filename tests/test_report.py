@@ -524,6 +524,9 @@ def test_report_command_refuses_a_stage_past_the_budget(grid, capsys):
     assert capsys.readouterr().err == ("error: --stages 2k is past the grid's budget of 1,000 agent steps: give stages up "
                                        "to 1k (the report without --stages is the grid at its budget).\n")
     assert not (grid / "report").exists()
+    assert run_guarded(main, ["report", str(grid), "--timesteps", "5k", "--reps", "100"]) == 2
+    assert capsys.readouterr().err.startswith("error: --timesteps 5k is past the grid's budget of 1,000 agent steps (")
+    assert not (grid / "report").exists()
 
 
 def test_report_command_refuses_a_baseline_or_focus_the_grid_does_not_have(grid):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -227,12 +228,18 @@ def _check_methods(args: argparse.Namespace, asked: list[tuple[str, str]]) -> No
 
 
 def _check_report_stages(args: argparse.Namespace) -> None:
-    """Refuse a ``--stages`` step past the budget (``--timesteps``, else grid.json's): no trial trains
-    beyond it, so that "stage" would be the final report again, titled as a stage of a longer run."""
+    """Refuse a ``--timesteps`` past grid.json's budget, and a ``--stages`` step past the budget
+    (``--timesteps``, else grid.json's): no trial trains beyond it, so that report would wait for
+    steps no trial will reach, or be the final report again titled as a stage of a longer run."""
     from hubrl.grid import read_grid
     from hubrl.tables import step_label
 
-    budget = args.budget or read_grid(args.root).get("budget")
+    recorded = read_grid(args.root).get("budget")
+    if isinstance(recorded, int) and args.budget is not None and args.budget > recorded:
+        raise UsageError(f"--timesteps {step_label(args.budget)} is past the grid's budget of {recorded:,} agent steps "
+                         f"({Path(args.root) / 'grid.json'}): no trial trains beyond it; drop --timesteps, or give "
+                         f"--stages for earlier steps.")
+    budget = args.budget or recorded
     past = [stage for stage in args.stages or [] if isinstance(budget, int) and stage > budget]
     if past:
         raise UsageError(f"--stages {step_label(past[0])} is past the grid's budget of {budget:,} agent steps: give "
