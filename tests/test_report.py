@@ -549,7 +549,9 @@ def test_a_report_at_a_budget_no_trial_reached_says_which_stage_to_report(grid, 
     from hubrl.report import unfinished_notice
 
     assert unfinished_notice(load_trials(grid)) is None  # some trials are finished
-    assert main(["report", str(grid), "--timesteps", "2000", "--reps", "100"]) == 0
+    record = json.loads((grid / "grid.json").read_text())
+    (grid / "grid.json").write_text(json.dumps({**record, "budget": 2000}))  # trials paused at 1,000 of 2,000
+    assert main(["report", str(grid), "--reps", "100"]) == 0
     line = ("No trial has reached 2,000 agent steps yet (the furthest was evaluated at 1,000), so the tables below are "
             "empty: report the grid as it stood at an earlier step with --stages 1k.")
     assert f"warning: {line}\n" in capsys.readouterr().out
