@@ -93,7 +93,7 @@ from hubrl.grid import (
 )
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
-from hubrl.runconfig import check_pause_at
+from hubrl.runconfig import check_pause_at, flag_name
 
 __all__ = [
     "GridError",
@@ -431,7 +431,7 @@ def _refuse_settings_no_arm_reads(methods: Sequence[str], settings: dict[str, An
     for name in sorted(settings):
         readers = METHOD_OPTIONS.get(name) or METHOD_ONLY_SETTINGS.get(name)
         if readers and not present & set(readers):
-            flag = TransferConfig.FLAGS.get(name, "--" + name.replace("_", "-"))
+            flag = flag_name(name, TransferConfig.FLAGS)
             raise GridError(f"{name} ({flag}) is read only by --method {' or '.join(readers)}, and the grid has no such "
                             f"arm (its methods: {', '.join(sorted(present))}): drop it, or add the method.")
 
@@ -518,7 +518,7 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
     check, one by one, with advice meant for a single run (:func:`hubrl.runconfig.resume_conflicts`)."""
     import dataclasses
 
-    from hubrl.runconfig import flag_name, read_saved_run, resume_conflicts
+    from hubrl.runconfig import read_saved_run, resume_conflicts
     from hubrl.transfer import TransferConfig
 
     for spec in specs:

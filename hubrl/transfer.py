@@ -39,7 +39,7 @@ from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, check_hub_serves, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
 from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
-from hubrl.runconfig import read_saved_config
+from hubrl.runconfig import flag_name, read_saved_config
 from hubrl.saved_model import saved_model_steps
 from hubrl.training import TrainingOutcome, early_eval_step
 
@@ -183,7 +183,7 @@ def refuse_options_of_other_methods(method: str, given: Iterable[str], resuming:
     for name in sorted(given):
         readers = METHOD_OPTIONS.get(name)
         if readers and method not in readers:
-            flag = TransferConfig.FLAGS.get(name, "--" + name.replace("_", "-"))
+            flag = flag_name(name, TransferConfig.FLAGS)
             where = f"Resuming {resuming}: " if resuming is not None else ""
             reader = f"the run's method, {method}," if resuming is not None else method
             raise UsageError(f"{where}{flag} is an option of --method {' or '.join(readers)}; {reader} does not read it: "
