@@ -82,7 +82,8 @@ def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"Hyperparameter file {path} must hold a mapping of name: value.")
-    sections = [str(k) for k, v in data.items() if isinstance(v, dict) and k not in _known_keys(algo)]
+    known = _known_keys(algo)
+    sections = [str(k) for k, v in data.items() if isinstance(v, dict) and k not in known]
     if sections and len(sections) == len(data):  # RL Zoo's layout: env id -> hyperparameters
         raise UsageError(f"Hyperparameter file {path} holds sections ({', '.join(sections)}), as RL Zoo's files do: "
                          "put the keys of one section at the top level of the file (n_steps: 128, ...).")
