@@ -115,6 +115,18 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != argparse.SUPPRESS}
 
 
+def refuse_flags_not_read_by(parser: argparse.ArgumentParser, given: set[str], mode: str, reads: set[str]) -> None:
+    """Refuse the flags given with the mode flag ``mode`` (a destination, e.g. ``plot``) that the mode
+    does not read (``reads``), naming them: ``--plot --timesteps 1M`` would otherwise redraw the curve and
+    silently ignore the budget. ``given`` holds the destinations given explicitly (:func:`parse_given`)."""
+    flags = flag_names(parser)  # in the order of --help
+    ignored = [flag for dest, flag in flags.items() if dest in given and dest not in reads and dest != mode]
+    if ignored:
+        read = ", ".join(flag for dest, flag in flags.items() if dest in reads) or "no other flag"
+        parser.error(f"{flags[mode]} reads only {read}; it does not read {', '.join(ignored)}: "
+                     f"drop {'it' if len(ignored) == 1 else 'them'}, or run without {flags[mode]}.")
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)

@@ -27,6 +27,7 @@ from hubrl.cli.common import (
     parse_given,
     positive_int,
     probability,
+    refuse_flags_not_read_by,
     steps,
 )
 
@@ -85,8 +86,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> tuple[argparse.Namespace, set[str]]:
     if args.resume and args.force:
         parser.error("--resume and --force contradict each other: choose one.")
-    if (args.export or args.plot) and (args.resume or args.force or args.pause_at):
-        parser.error("--export and --plot read existing checkpoints: drop --resume/--force/--pause-at.")
+    if args.plot:  # reads the runs' records only
+        refuse_flags_not_read_by(parser, given, "plot", {"out", "games", "algo"})
+    if args.export:  # evaluates and exports the runs' latest checkpoints, on the CPU
+        refuse_flags_not_read_by(parser, given, "export", {"out", "games", "algo", "hub", "export_dtype", "eval_episodes"})
     return args, given
 
 

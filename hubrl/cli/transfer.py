@@ -36,6 +36,7 @@ from hubrl.cli.common import (
     parse_given,
     positive_int,
     probability,
+    refuse_flags_not_read_by,
     steps,
 )
 from hubrl.errors import UsageError
@@ -191,6 +192,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args, given = parse_given(parser, argv)
     if args.plot:
+        refuse_flags_not_read_by(parser, given, "plot", {"out"})
         if not args.out:
             parser.error("--plot needs --out RUN_FOLDER")
         from hubrl.plots import plot_run_curve
