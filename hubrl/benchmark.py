@@ -480,20 +480,29 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
 
 def _holding_grid_lock(run: Callable[..., GridSummary]) -> Callable[..., GridSummary]:
     """Run a grid only while holding ``<root>/.lock``: two runners on one root would train the
-    same trials twice into the same folders, so a second one is refused, naming the first."""
+    same trials twice into the same folders, so a second one is refused, naming the first. A
+    launch refused before it wrote anything into a root it created removes the lock and the root."""
 
     @functools.wraps(run)
     def locked(root: str | Path, *args: Any, **kwargs: Any) -> GridSummary:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise GridError(f"--root {root} is a file, not a grid folder: choose a folder.")
+        created = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
         try:
-            with exclusive_lock(root / ".lock"):
-                return run(root, *args, **kwargs)
+            with exclusive_lock(root / ".lock") as lock:
+                try:
+                    return run(root, *args, **kwargs)
+                finally:
+                    if created and [p.name for p in root.iterdir()] == [lock.name]:  # refused before writing anything
+                        lock.unlink()  # while still held: no second runner can take the lock of a folder going away
         except LockHeld as exc:
             raise GridError(f"Another runner holds the grid {root} ({exc.holder or 'pid unknown'}; lock {exc.path}): "
                             f"wait for it to finish, or stop it, then rerun.") from None
+        finally:
+            if created and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # a refused launch leaves no trace, not even the folder it made
 
     return locked
 
