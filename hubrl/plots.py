@@ -153,19 +153,24 @@ def plot_expert_curve(run_folder: str | Path, path: str | Path | None = None) ->
 
     Reads ``<run>/tb`` (``rollout/ep_rew_mean``, every resume included) and the evaluation
     history in ``<run>``; writes ``<run>/learning_curve.png`` unless ``path`` says.
+
+    :raises NothingToPlot: before a first evaluation or finished training game (nothing is written).
     """
     from matplotlib.figure import Figure
 
     folder = Path(run_folder)
     if not (folder / "checkpoint.pt").is_file() and not (folder / "evaluations.json").is_file():
         raise UsageError(f"{folder} has no training history (evaluations.json or checkpoint.pt of a pretraining run).")
-    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
-    ax = fig.subplots()
     steps, values = (tensorboard_scalars(folder / "tb", "rollout/ep_rew_mean") if (folder / "tb").is_dir()
                      else (np.array([]), np.array([])))
+    evals = _expert_eval_points(folder)
+    if not evals and not steps.size:  # an empty chart says less than this
+        raise NothingToPlot(f"{folder} has nothing to plot yet: no evaluation and no finished training game "
+                            "(rollout/ep_rew_mean).")
+    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+    ax = fig.subplots()
     if steps.size:
         ax.plot(steps, values, linewidth=1, alpha=0.7, label="training games (rollout/ep_rew_mean, last 100)")
-    evals = _expert_eval_points(folder)
     if evals:
         x = np.array([p["step"] for p in evals])
         mean, std = np.array([p["mean"] for p in evals]), np.array([p["std"] for p in evals])

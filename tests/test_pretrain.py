@@ -81,6 +81,20 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
     assert png == run / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_expert_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
+    """Before a first evaluation or finished game, the plot refuses (an empty chart says less) and the
+    end of a pretraining run says there is no curve yet, instead of writing an empty png."""
+    from hubrl.harness import draw_learning_curve
+    from hubrl.plots import NothingToPlot, plot_expert_curve
+
+    (tmp_path / "evaluations.json").write_text(json.dumps({"points": []}))
+    with pytest.raises(NothingToPlot, match="nothing to plot yet"):
+        plot_expert_curve(tmp_path)
+    assert draw_learning_curve(tmp_path, plot_expert_curve) is None
+    assert capsys.readouterr().out == "No learning curve yet: no evaluation and no finished game so far.\n"
+    assert not (tmp_path / "learning_curve.png").exists()
+
+
 @pytest.mark.slow
 def test_resume_continues_the_step_count_and_schedule(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
