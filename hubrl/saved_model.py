@@ -27,9 +27,10 @@ import importlib
 import json
 import pickletools
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -65,17 +66,36 @@ def read_model_data(path: str | Path) -> dict[str, Any]:
     base64 text, never decoded). :class:`CheckpointError` naming the file when it is missing, not a
     zip, too large or not JSON."""
     path = Path(path)
+    with _open_model(path) as archive:
+        return _model_data(archive, path)
+
+
+@contextmanager
+def _open_model(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The SB3 zip at ``path``, open; :class:`CheckpointError` when it is missing or not a zip."""
     if not path.is_file():
         raise CheckpointError(f"No model at {path}.")
     try:
-        with zipfile.ZipFile(path) as archive:
-            data = json.loads(read_zip_member(archive, "data", path, limit=MAX_DATA_BYTES))
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(_unreadable(path, exc)) from None
+    with archive:
+        yield archive
+
+
+def _model_data(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(read_zip_member(archive, "data", path, limit=MAX_DATA_BYTES))
     except (zipfile.BadZipFile, HubError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"{path} is not a readable SB3 model ({exc}): it may be truncated or not a model.zip; "
-                              "restore it from a copy, or run the training again.") from None
+        raise CheckpointError(_unreadable(path, exc)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: its data entry is not a JSON object, so it is not an SB3 model.zip.")
     return data
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (f"{path} is not a readable SB3 model ({exc}): it may be truncated or not a model.zip; "
+            "restore it from a copy, or run the training again.")
 
 
 def saved_model_steps(path: str | Path) -> int | None:
@@ -134,20 +154,20 @@ def load_saved_policy(path: str | Path, device: str = "cpu") -> SavedPolicy:
     from stable_baselines3.common.utils import get_device
 
     path = Path(path)
-    data = read_model_data(path)
-    policy_class = _policy_class(data, path)
-    kwargs = data.get("policy_kwargs", {})
-    if not isinstance(kwargs, dict) or _holds_pickle(kwargs):
-        raise CheckpointError(f"{path}: its policy_kwargs are stored as a pickle, not plain values, and hubrl does not "
-                              "unpickle model files; a hubrl run never saves such kwargs: load it with SB3's own load "
-                              "only if you trust who wrote it.")
-    observation_space = gym.spaces.Box(0, 255, _observation_shape(data, path), np.uint8)
-    action_space = gym.spaces.Discrete(_action_count(data, path))
-    try:
-        with zipfile.ZipFile(path) as archive:
+    with _open_model(path) as archive:  # settings and weights from one opening: the same file, even if replaced meanwhile
+        data = _model_data(archive, path)
+        policy_class = _policy_class(data, path)
+        kwargs = data.get("policy_kwargs", {})
+        if not isinstance(kwargs, dict) or _holds_pickle(kwargs):
+            raise CheckpointError(f"{path}: its policy_kwargs are stored as a pickle, not plain values, and hubrl does "
+                                  "not unpickle model files; a hubrl run never saves such kwargs: load it with SB3's own "
+                                  "load only if you trust who wrote it.")
+        observation_space = gym.spaces.Box(0, 255, _observation_shape(data, path), np.uint8)
+        action_space = gym.spaces.Discrete(_action_count(data, path))
+        try:
             state = read_policy_state(archive, path)
-    except (HubError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(str(exc)) from None
+        except (HubError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         policy = policy_class(observation_space, action_space, lambda _: 0.0, **kwargs)
         policy.load_state_dict(state, strict=True)

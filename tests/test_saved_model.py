@@ -130,6 +130,25 @@ def test_pickled_kwargs_weights_that_do_not_fit_and_a_torn_zip_are_refused_with_
     assert saved_model_steps(tmp_path / "torn.zip") is None
 
 
+def test_settings_and_weights_come_from_one_opening_of_a_model_replaced_meanwhile(tmp_path, monkeypatch):
+    """A run that saves its final model while another process loads it (``enjoy`` during a grid)
+    replaces the file between any two openings: the settings and the weights must come from one file."""
+    from hubrl.policies import HubPathwayPolicy
+
+    _save_agent(tmp_path / "model.zip", HubPathwayPolicy, expert_names=["a", "b"])
+    _save_agent(tmp_path / "newer.zip", "CnnPolicy")
+    real = zipfile.ZipFile
+
+    def open_then_replace(*args, **kwargs):
+        archive = real(*args, **kwargs)
+        if (tmp_path / "newer.zip").exists():  # the first opening: the file is replaced right after it
+            os.replace(tmp_path / "newer.zip", tmp_path / "model.zip")
+        return archive
+
+    monkeypatch.setattr(zipfile, "ZipFile", open_then_replace)
+    assert type(load_saved_policy(tmp_path / "model.zip").policy) is HubPathwayPolicy
+
+
 def test_pickled_global_reads_both_protocols_and_nothing_else():
     for protocol in (2, 5):
         text = base64.b64encode(pickle.dumps(zipfile.ZipFile, protocol=protocol)).decode()
