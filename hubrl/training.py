@@ -274,6 +274,7 @@ class TrainingOutcome:
     paused: bool = False
     rollout_score: float | None = None  # mean raw score of the last (up to 100) training games
     already_done: bool = False  # resumed at its budget with all written: nothing ran (hubrl.harness.Run.already_done)
+    already_paused: bool = False  # resumed at or past ``pause_at``: paused without training a step
 
 
 def steps_at_end(model: BaseAlgorithm, budget: int) -> int:
@@ -337,7 +338,8 @@ def run_training(
     if pause_at is not None and pause_at <= 0:
         raise ValueError(f"pause_at must be positive, got {pause_at}.")
     pauser = PauseAtStepCallback(pause_at) if pause_at is not None and pause_at < total_timesteps else None
-    if pauser is not None and model.num_timesteps >= pauser.pause_at:
+    already_paused = pauser is not None and model.num_timesteps >= pauser.pause_at
+    if already_paused:
         remaining, pauser.reached = 0, True  # already there: nothing to train in this call
     start = time.time()
     history_path = Path(checkpoint_path).with_name("evaluations.json")
@@ -384,4 +386,4 @@ def run_training(
     games = [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
     rollout_score = sum(games) / len(games) if games else None
     return TrainingOutcome(int(model.num_timesteps), completed, interrupted_by, time.time() - start, history, final_eval,
-                           paused, rollout_score)
+                           paused, rollout_score, already_paused=already_paused and paused)

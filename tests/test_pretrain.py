@@ -174,7 +174,8 @@ def test_the_shipped_experts_runs_resume_from_benchmarks_pretrain(tmp_path):
     result = run_script("pretrain_sources.py", "--resume", "--out", str(tmp_path / "runs"), "--env", "Seaquest",
                         "--pause-at", str(steps), "--no-progress-bar", "--hub", str(tmp_path / "hub"))
     assert result.returncode == 0, result.stderr
-    assert f"seaquest-ppo: paused at {steps} of 10000000 steps" in result.stdout
+    assert f"seaquest-ppo: already at {steps} of 10000000 steps, at or past --pause-at {steps}: nothing to train" \
+        in result.stdout
     saved = yaml.safe_load((copy / "config.yaml").read_text())["run"]
     assert saved["out"] == str(tmp_path / "runs") and saved["hub"] == str(tmp_path / "hub") and saved["timesteps"] == 10**7
 
@@ -193,6 +194,7 @@ def test_pause_at_stops_early_but_keeps_the_full_budget_schedule(tmp_path, tiny_
     assert state["optimizer"]["param_groups"][0]["lr"] > 2.5e-4 * 0.74
     again = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), resume=True, progress_bar=False, verbose=0, pause_at=128)
     assert again.outcome.paused and again.outcome.num_timesteps == 128  # already there: nothing trained
+    assert again.outcome.already_paused and not paused.outcome.already_paused
     done = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), resume=True, progress_bar=False, verbose=0)
     assert done.outcome.completed and not done.outcome.paused and done.outcome.num_timesteps == 512
     assert (folder / "expert.json").exists()
@@ -206,7 +208,7 @@ def test_a_resumed_pause_names_the_runs_own_budget(tmp_path, tiny_ppo, capsys):
 
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=512), progress_bar=False, verbose=0, pause_at=128)
     assert main(["--resume", "--out", str(tmp_path / "runs"), "--pause-at", "128", "--no-progress-bar"]) == 0
-    assert "seaquest-ppo: paused at 128 of 512 steps" in capsys.readouterr().out
+    assert "seaquest-ppo: already at 128 of 512 steps" in capsys.readouterr().out
 
 
 def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):

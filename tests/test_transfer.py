@@ -417,3 +417,19 @@ def test_the_transfer_prints_the_plans_warnings(tmp_path, tiny_hub, capsys):
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=2, timesteps=64), progress_bar=False, verbose=0)
     err = capsys.readouterr().err
     assert err.count("warning: --top-k 2 runs every expert") == 1
+
+
+@pytest.mark.slow
+def test_the_pausing_command_given_again_says_nothing_was_trained(tmp_path, capsys):
+    """``--pause-at`` at or below the steps already done trains nothing: the command says so, rather
+    than 'Paused at ...; checkpoint saved' as if it had trained up to the pause."""
+    from hubrl.cli.transfer import main
+
+    run = ["--env", "Gopher", "--method", "scratch", "--n-envs", "1", "--timesteps", "512", "--pause-at", "128",
+           "--device", "cpu", "--no-progress-bar", "--no-early-eval", "--eval-episodes", "1", "--out", str(tmp_path / "run")]
+    assert main(run) == 0
+    assert "Paused at 128 of 512 steps (--pause-at); checkpoint saved." in capsys.readouterr().out
+    assert main([*run, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "Already at 128 of 512 steps, at or past --pause-at 128: nothing to train. Continue with: " in out
+    assert "Paused at" not in out

@@ -168,6 +168,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(f"{result.name}: stopped at {outcome.num_timesteps} steps; checkpoint saved. Resume with --resume."
                   + _not_started(games[index + 1:], args.out, args.algo))
             return 128 + outcome.interrupted_by
+        if outcome.already_paused:  # e.g. the command that paused the run, given again
+            print(f"{result.name}: already at {outcome.num_timesteps} of {result.budget} steps, at or past --pause-at "
+                  f"{args.pause_at}: nothing to train. Continue with --resume and a later --pause-at (or none); "
+                  "--export ships it as it is.")
+            continue
         if outcome.paused:
             print(f"{result.name}: paused at {outcome.num_timesteps} of {result.budget} steps (--pause-at); "
                   "checkpoint saved. "

@@ -207,6 +207,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if outcome.already_done:  # run_transfer said so in one line
         return 0
     resume = f"{parser.prog} --resume --out {shlex.quote(str(result.folder))}"
+    if outcome.already_paused:  # e.g. the command that paused the run, given again
+        print(f"Already at {outcome.num_timesteps} of {cfg.timesteps} steps, at or past --pause-at {args.pause_at}: "
+              f"nothing to train. Continue with: {resume} (with a later --pause-at, or none)")
+        return 0
     if outcome.paused:
         print(f"Paused at {outcome.num_timesteps} of {cfg.timesteps} steps (--pause-at); checkpoint saved. "
               f"Continue with: {resume}")
