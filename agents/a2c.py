@@ -46,7 +46,8 @@ class HubA2C(LegacyLoadMixin, RoutedOnPolicyMixin, A2C):
 
             if isinstance(self.policy, AuxiliaryLossPolicy):
                 terms = self.policy.auxiliary_loss(
-                    AuxiliaryBatch(actions, rollout_data.old_log_prob, advantages, rollout_data.returns, None)
+                    AuxiliaryBatch(actions, rollout_data.old_log_prob, advantages, rollout_data.returns, None,
+                                   normalize_advantage=self.normalize_advantage)
                 )
                 if terms is not None:
                     loss = loss + terms.loss

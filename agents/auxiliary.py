@@ -27,6 +27,8 @@ class AuxiliaryBatch:
     :param advantages: advantages, normalised exactly as the main loss uses them.
     :param returns: TD(lambda) value targets.
     :param clip_range: PPO's current clip range; ``None`` for A2C (plain policy gradient).
+    :param normalize_advantage: whether the agent normalised ``advantages`` over the minibatch (a
+        policy that builds other advantages, e.g. for the route's policy gradient, does the same).
     """
 
     actions: th.Tensor
@@ -34,6 +36,7 @@ class AuxiliaryBatch:
     advantages: th.Tensor
     returns: th.Tensor
     clip_range: float | None
+    normalize_advantage: bool = False
 
 
 @dataclass

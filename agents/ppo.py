@@ -75,7 +75,8 @@ class HubPPO(LegacyLoadMixin, RoutedOnPolicyMixin, PPO):
 
                 if has_aux:
                     terms = self.policy.auxiliary_loss(  # type: ignore[union-attr]
-                        AuxiliaryBatch(actions, rollout_data.old_log_prob, advantages, rollout_data.returns, clip_range)
+                        AuxiliaryBatch(actions, rollout_data.old_log_prob, advantages, rollout_data.returns, clip_range,
+                                       normalize_advantage=self.normalize_advantage and len(advantages) > 1)
                     )
                     if terms is not None:
                         loss = loss + terms.loss

@@ -191,7 +191,10 @@ def route_policy_loss(
 
     :param route_log_prob: (B,) log-probability of the acting routes under the current gate.
     :param old_route_log_prob: (B,) the same under the gate that acted (stored in the rollout).
-    :param advantages: (B,) the minibatch's advantages, as the main loss uses them.
+    :param advantages: (B,) each route's advantage against a baseline that does not depend on the
+        sampled route (:meth:`hubrl.policies.HubPathwayPolicy._route_advantages`: the return minus
+        the noise-free route's value), not the agent's advantages, whose baseline is the sampled
+        route's own value.
     :param clip_range: PPO's clip range (clipped ratio surrogate), or ``None`` for A2C's plain
         ``-advantage * log-probability``.
     """

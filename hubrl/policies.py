@@ -92,8 +92,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
     :param exploitation_vf_coef: weight of the value term inside the exploitation loss.
     :param freeze_experts: keep the expert encoders fixed (default: fine-tune them).
     :param route_pg_coef: weight of the route policy gradient (:func:`hubrl.losses.route_policy_loss`):
-        the gate's noisy top-1 choice trained by the agent's surrogate with the advantage, so routes
-        compare the experts state by state. 0 (default) leaves the gate to the paper's gradients
+        the gate's noisy top-1 choice trained by the agent's surrogate with the route's advantage
+        (return minus the noise-free route's value, :meth:`_route_advantages`), so routes compare
+        the experts state by state. 0 (default) leaves the gate to the paper's gradients
         (through the pathway weights and the exploration loss). Needs k = 1 and a noisy gate.
     """
 
@@ -145,6 +146,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self._last_routed: RoutedFeatures | None = None
         self._last_route: Route | None = None  # the stored acting route replayed by evaluate_actions
+        self._last_obs: th.Tensor | None = None  # its observations, kept for the route's baseline (route_pg_coef > 0)
         self._acting_route: Route | None = None
         self._previous_logit_mean: np.ndarray | None = None
         self.reset_usage()
@@ -241,6 +243,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         """Values, log-probabilities and entropy under the stored acting ``route`` when given."""
         distribution, values, routed = self._outputs(obs, route=route)
         self._last_routed, self._last_route = routed, route  # consumed by auxiliary_loss on the same minibatch
+        self._last_obs = obs if self.route_pg_coef > 0 else None
         return values, distribution.log_prob(actions), distribution.entropy()
 
     #: ``predict`` (evaluation, ``hubrl-enjoy``) routes noise-free unless this is set; then each call
@@ -279,6 +282,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def auxiliary_loss(self, batch: AuxiliaryBatch) -> AuxiliaryTerms | None:
         routed, self._last_routed = self._last_routed, None
         replayed, self._last_route = self._last_route, None
+        obs, self._last_obs = self._last_obs, None
         if routed is None:
             return None
         routing = routed.routing
@@ -292,8 +296,10 @@ class HubPathwayPolicy(ActorCriticPolicy):
         logs: dict[str, float | th.Tensor] = {}
         # the route's policy gradient needs the acting gate's probability of the route, stored in the
         # rollout (a stock SB3 agent, which replays no route, trains without this term)
-        if self.route_pg_coef > 0 and routing.log_prob is not None and replayed is not None and replayed.log_prob is not None:
-            route_pg = route_policy_loss(routing.log_prob, replayed.log_prob, batch.advantages, batch.clip_range)
+        if (self.route_pg_coef > 0 and routing.log_prob is not None and replayed is not None
+                and replayed.log_prob is not None and obs is not None):
+            route_pg = route_policy_loss(routing.log_prob, replayed.log_prob, self._route_advantages(obs, batch),
+                                         batch.clip_range)
             loss = loss + self.route_pg_coef * route_pg
             logs["route_pg_loss"] = route_pg.detach()
             logs["route_prob"] = routing.log_prob.detach().exp().mean()  # 1/K: a coin; 1: routes decided by state
@@ -305,6 +311,25 @@ class HubPathwayPolicy(ActorCriticPolicy):
         logs.update(exploration_loss=explore.detach(), exploitation_loss=exploit.detach(), gate_reroute_frac=reroute)
         logs.update(exploitation_ratio_stats(heads, batch.actions, batch.old_log_prob, batch.clip_range))
         return AuxiliaryTerms(loss, logs)
+
+    def _route_advantages(self, obs: th.Tensor, batch: AuxiliaryBatch) -> th.Tensor:
+        """The advantage of each sample's route: its return minus the value of the state on the
+        noise-free route, normalised as the agent normalises its own advantages.
+
+        Not the agent's advantages: those are measured against the stored value of the *sampled*
+        route, V(s, r), which the critic learns per route (at k = 1 it sees the chosen expert's
+        features), so as it fits they tend to Q(s, r) - V(s, r) = 0 whichever route was better,
+        and a baseline that depends on the sampled choice biases a policy gradient. The noise-free
+        route's value depends on the state only (the greedy decode as baseline, as in self-critical
+        training): a route whose return beats it is favoured. Costs one gradient-free forward pass
+        of the minibatch.
+        """
+        with th.no_grad():
+            baseline = self._outputs(obs, explore=False)[1].flatten()
+        advantages = batch.returns.flatten() - baseline
+        if batch.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        return advantages
 
     # --- gate usage statistics --------------------------------------------------------------
     def reset_usage(self) -> None:

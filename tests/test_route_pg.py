@@ -91,7 +91,7 @@ def test_rollout_stores_the_acting_route_probability(algo, hub, tmp_path):
 
 
 def test_route_policy_loss_moves_the_gate_toward_advantageous_routes(hub, tmp_path):
-    """Routes to expert 0 earned positive advantage, routes to expert 1 negative: one step on the
+    """Routes to expert 0 earned a high return, routes to expert 1 a low one: one step on the
     auxiliary loss alone makes expert 0 more likely on those states (and without the term the
     same step leaves the gate's preference where it was)."""
     obs = th.randint(0, 255, (64, 4, 84, 84), dtype=th.uint8)
@@ -106,10 +106,10 @@ def test_route_policy_loss_moves_the_gate_toward_advantageous_routes(hub, tmp_pa
             policy(obs)
         route = policy.pop_acting_route()
         before = policy.extractor.gate(policy.preprocess(obs)).probs[:, 0].mean().item()
-        advantages = th.where(route.selected[:, 0] == 0, 1.0, -1.0)
+        returns = th.where(route.selected[:, 0] == 0, 1.0, -1.0)
         actions = th.zeros(64, dtype=th.long)
         policy.evaluate_actions(obs, actions, route=route)
-        terms = policy.auxiliary_loss(AuxiliaryBatch(actions, th.zeros(64), advantages, th.zeros(64), 0.2))
+        terms = policy.auxiliary_loss(AuxiliaryBatch(actions, th.zeros(64), th.zeros(64), returns, 0.2, True))
         gate_params = list(policy.extractor.gate.parameters())
         optimizer = th.optim.SGD(gate_params, lr=1.0)
         optimizer.zero_grad()
@@ -123,6 +123,42 @@ def test_route_policy_loss_moves_the_gate_toward_advantageous_routes(hub, tmp_pa
             assert "route_pg_loss" not in terms.logs
     assert shifts[1.0] > 0.01
     assert abs(shifts[0.0]) < 1e-3
+
+
+def test_the_route_advantage_does_not_depend_on_the_sampled_route(hub, tmp_path, monkeypatch):
+    """The critic learns a value per route (at k = 1 it reads the chosen expert's features), so the
+    agent's advantages, measured against the sampled route's own value, tend to 0 for every route
+    as it fits: with an exact critic route A earning 1 and route B 0 would both get 0. The route's
+    policy gradient measures the return against the noise-free route's value instead, a function of
+    the state only: the same states and returns give the same route advantages whichever route was
+    replayed, and a route's advantage is its return minus that baseline."""
+    import hubrl.policies
+
+    seen = []
+    real = hubrl.policies.route_policy_loss
+    monkeypatch.setattr(hubrl.policies, "route_policy_loss",
+                        lambda log_prob, old, adv, clip: seen.append(adv) or real(log_prob, old, adv, clip))
+    model = _agent(HubPPO, hub, tmp_path)
+    policy = model.policy
+    policy.set_training_mode(True)
+    obs = th.randint(0, 255, (16, 4, 84, 84), dtype=th.uint8)
+    actions = th.zeros(16, dtype=th.long)
+    returns = th.linspace(-1.0, 1.0, 16)
+    with th.no_grad():
+        policy(obs)
+    acted = policy.pop_acting_route()
+    per_route_values = []
+    for expert in (0, 1):
+        route = type(acted)(acted.noise, th.full_like(acted.selected, expert), acted.log_prob)
+        values, _, _ = policy.evaluate_actions(obs, actions, route=route)
+        per_route_values.append(values.detach().flatten())
+        agents_advantages = returns - per_route_values[-1]  # what GAE gives against this route's own value
+        policy.auxiliary_loss(AuxiliaryBatch(actions, th.zeros(16), agents_advantages, returns, 0.2))
+    assert (per_route_values[0] - per_route_values[1]).abs().max() > 1e-4  # the routes' values differ ...
+    assert th.equal(seen[0], seen[1])  # ... the route advantages do not
+    with th.no_grad():
+        noise_free = policy.predict_values(obs).flatten()
+    assert th.allclose(seen[0], returns - noise_free, atol=1e-6)
 
 
 def test_route_policy_loss_forms():
