@@ -44,7 +44,7 @@ from hubrl.pathway import DEFAULT_NOISE, HubPathwayExtractor, Route, RoutedFeatu
 
 __all__ = [
     "AGGREGATIONS", "DEFAULT_EXPLORATION_COEF", "DEFAULT_K1_WEIGHT", "DEFAULT_NOISE_FLOOR", "HubPathwayPolicy",
-    "check_gate_noise", "load_hub_weights", "predict_with_gate_noise",
+    "check_gate_noise", "load_hub_weights", "predict_with_gate_noise", "uses_net_arch",
 ]
 
 AGGREGATIONS = ("features", "heads")
@@ -52,6 +52,14 @@ AGGREGATIONS = ("features", "heads")
 DEFAULT_EXPLORATION_COEF = 0.1
 DEFAULT_NOISE_FLOOR = 0.3
 DEFAULT_K1_WEIGHT = "straight-through"
+
+
+def uses_net_arch(net_arch: Any) -> bool:
+    """Whether SB3's ``net_arch`` asks for hidden layers (``[64]``, ``dict(pi=[64], vf=[])``), which
+    :class:`HubPathwayPolicy` does not have: its heads read the aggregated features directly."""
+    if isinstance(net_arch, dict):
+        return any(net_arch.values())
+    return bool(net_arch)
 
 
 class ExpertHead(nn.Module):
@@ -136,7 +144,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
                              "experts through the softmax over their outputs.")
         if self.route_pg_coef > 0 and noise != "learned" and float(noise) == 0:
             raise ValueError("route_pg_coef needs a noisy gate (noise > 0 or 'learned'): a noise-free gate samples no route.")
-        kwargs.setdefault("net_arch", [])
+        if uses_net_arch(kwargs.setdefault("net_arch", [])):  # an MLP would be built and saved, and never trained
+            raise ValueError(f"HubPathwayPolicy takes no net_arch (got {kwargs['net_arch']!r}): its action and value "
+                             "heads read the experts' aggregated features directly; drop net_arch from policy_kwargs.")
         kwargs["features_extractor_class"] = HubPathwayExtractor
         kwargs["features_extractor_kwargs"] = {
             "expert_names": self.expert_names, "top_k": int(top_k), "noise": noise,

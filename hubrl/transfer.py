@@ -38,7 +38,7 @@ from hubrl.hub import Hub, resolve_hub
 from hubrl.losses import EXPLORATION_LOSSES
 from hubrl.methods import HUB_METHODS, HUB_PATHWAY_OPTIONS, METHODS, check_hub_serves, method_label, plan_method
 from hubrl.pathway import DEFAULT_NOISE, K1_WEIGHTS
-from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR
+from hubrl.policies import AGGREGATIONS, DEFAULT_EXPLORATION_COEF, DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR, uses_net_arch
 from hubrl.runconfig import flag_name, read_saved_config
 from hubrl.saved_model import saved_model_steps
 from hubrl.training import TrainingOutcome, early_eval_step
@@ -223,6 +223,10 @@ def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) ->
     if cfg.route_pg_coef > 0 and cfg.method == "hub-pathway" and (cfg.top_k != 1 or cfg.noise == 0):
         raise UsageError(f"--route-pg-coef trains the gate's sampled top-1 route: it needs --top-k 1 and gate noise > 0 "
                          f"(got --top-k {cfg.top_k}, --noise {cfg.noise}).")
+    policy_kwargs = cfg.hyperparams.get("policy_kwargs") if isinstance(cfg.hyperparams, Mapping) else None
+    if cfg.method == "hub-pathway" and isinstance(policy_kwargs, Mapping) and uses_net_arch(policy_kwargs.get("net_arch")):
+        raise UsageError(f"--hyperparams: policy_kwargs net_arch {policy_kwargs['net_arch']!r} is not read by Hub-Pathway, "
+                         "whose action and value heads read the experts' aggregated features directly: drop it.")
     if cfg.k1_weight not in K1_WEIGHTS:
         raise UsageError(f"--k1-weight must be one of {', '.join(K1_WEIGHTS)}, got {cfg.k1_weight!r}.")
     if not 0 <= cfg.noise_floor < float("inf"):

@@ -283,6 +283,10 @@ CASES = [
      ["hyper.yaml", "n_steps", "-64"], None),
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
+    # Hub-Pathway's heads read the aggregated features: a net_arch MLP would be built and never trained
+    ("hyperparams-net-arch-hub-pathway", T,
+     lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "policy_kwargs:\n  net_arch: [64]\n"), *_tiny_run(t)],
+     ["net_arch [64] is not read by Hub-Pathway", "drop it"], _leaves_nothing("run")),
     ("rank-json-is-a-folder", "rank", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
     ("rank-json-under-a-file", "rank", lambda t, h: ["--env", "Alien", "--timesteps", "2k", "--json", _file(t) + "/r.json"],
      ["--json", "a-file/r.json", "cannot make its folder"], None),

@@ -131,3 +131,20 @@ def test_exploitation_loss_uses_only_routed_samples():
     assert logits0.grad.abs().sum() > 0 and logits1.grad.abs().sum() > 0
     # A2C form (no clipping) runs too
     assert th.isfinite(exploitation_loss(outputs, actions, old_log_prob, advantages, returns, clip_range=None))
+
+
+@pytest.mark.parametrize("net_arch, refused", [([], False), (None, False), ({"pi": [], "vf": []}, False), ([64], True),
+                                               ({"pi": [64], "vf": []}, True)])
+def test_a_net_arch_that_hub_pathway_would_never_train_is_refused(net_arch, refused):
+    """The heads read the aggregated features directly, so an MLP from net_arch would be built,
+    saved and given to the optimizer, and never get a gradient."""
+    from hubrl.policies import HubPathwayPolicy
+
+    def build():
+        return HubPathwayPolicy(SPACE, gym.spaces.Discrete(6), lambda _: 1e-4, expert_names=["a", "b"], net_arch=net_arch)
+
+    if refused:
+        with pytest.raises(ValueError, match="takes no net_arch"):
+            build()
+    else:
+        build()
