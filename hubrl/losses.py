@@ -86,7 +86,9 @@ def _cv_squared(x: th.Tensor) -> th.Tensor:
 
 
 def importance_load_loss(routing: Routing) -> th.Tensor:
-    """Shazeer et al.'s ``CV^2(importance) + CV^2(load)``.
+    """Shazeer et al.'s ``CV^2(importance) + CV^2(load)``, with two differences from their code:
+    ``CV^2`` uses the unbiased variance (twice theirs at K = 2, the same minimum at 0), and the
+    threshold is detached, so the load term moves each expert's own clean logit, not the others'.
 
     ``load_i = sum_b Phi((clean_bi - threshold_bi) / std_bi)``: the probability, under fresh
     noise on expert i only, that i lands in the top k given the other experts' noisy logits

@@ -4,7 +4,7 @@ At k = 1 a Hub-Pathway agent acts, on each state, with the policy of the expert 
 picked. The gate statistics of a run (``gates.jsonl``, the report's routing section) say *how*
 states were routed; this module says *what that changed*: on states of the trained agent's own
 play it forces every state through each expert in turn (the stored-route replay the update uses,
-:class:`hubrl.agents.routing.Route`, so the forward pass is exactly the acting one) and compares
+:class:`hubrl.agents.routing.Route`, so the forward pass is the acting one, see :func:`per_route_outputs`) and compares
 the resulting action distributions and values:
 
 * ``kl``: mean KL divergence between two experts' action distributions, over states and ordered
@@ -58,7 +58,9 @@ class RouteDivergence:
 
 def per_route_outputs(policy, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     """Action log-probabilities (K, B, A) and values (K, B) of a k = 1 :class:`~hubrl.policies.HubPathwayPolicy`
-    with every state routed to expert 0, then 1, ... (the acting forward pass with a forced route)."""
+    with every state routed to expert 0, then 1, ... (the acting forward pass with a forced route and
+    zero noise: exactly the acting one under the default straight-through weight; under
+    ``k1_weight="prob"`` the expert's weight is its noise-free probability, not the acting draw's)."""
     from hubrl.agents.routing import Route
 
     n_experts, top_k = policy.route_shape
