@@ -135,13 +135,22 @@ def exploitation_loss(
 ) -> th.Tensor:
     """Policy + value loss of each expert's own head on the samples routed to it.
 
+    The actions were drawn by the acting policy, not by the head, so the head's policy term is
+    importance-weighted by ``pi_head / pi_acting``: PPO's clipped ratio surrogate, or under A2C
+    (``clip_range`` ``None``) the unclipped ``-A * ratio``, whose gradient is the head's policy
+    gradient on the acting policy's samples (A2C's own ``-A * log pi`` assumes its samples came
+    from the policy it trains, which holds for the acting policy but not for a head).
+
     :param per_expert_outputs: expert -> (sample indices, action logits, values) of its head.
-    :param clip_range: PPO clip range, or ``None`` for A2C's unclipped policy gradient.
+    :param clip_range: PPO clip range, or ``None`` for A2C.
     """
     total, count = None, 0
     for idx, logits, values in per_expert_outputs.values():
         log_prob = _head_log_prob(logits, actions[idx])
-        pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], clip_range)
+        if clip_range is None:
+            pg = -(advantages[idx] * th.exp(log_prob - old_log_prob[idx]))
+        else:
+            pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], clip_range)
         vf = F.mse_loss(values.flatten(), returns[idx], reduction="none")
         term = (pg + vf_coef * vf).sum()
         total = term if total is None else total + term

@@ -46,9 +46,17 @@ def test_exploitation_ratio_stats_measure_the_heads_distance_from_the_acting_pol
     assert set(a2c) == {"exploitation_approx_kl"}
 
 
-def test_exploitation_loss_without_clip_range_is_the_policy_gradient():
-    loss = exploitation_loss(*_one_sample(0.8, 0.4, 2.0), clip_range=None, vf_coef=0.5)
-    assert loss.item() == pytest.approx(-2.0 * math.log(0.8), rel=1e-5)
+def test_exploitation_loss_without_clip_range_is_the_importance_weighted_policy_gradient():
+    """Under A2C a head's term is ``-A * pi_head / pi_acting``: its gradient is ``ratio * A * grad log
+    pi_head``, the head's policy gradient on samples the acting policy drew (``-A log pi_head`` would
+    weigh them as if the head had drawn them)."""
+    outputs, actions, old_log_prob, advantages, returns = _one_sample(0.8, 0.4, 2.0)
+    index, logits, values = outputs[0]
+    logits = logits.clone().requires_grad_(True)
+    loss = exploitation_loss({0: (index, logits, values)}, actions, old_log_prob, advantages, returns, clip_range=None)
+    assert loss.item() == pytest.approx(-2.0 * 0.8 / 0.4, rel=1e-5)
+    loss.backward()  # d log pi(a=0) / d logits = onehot - p = (0.2, -0.2), times -A * ratio = -4
+    assert logits.grad[0].tolist() == pytest.approx([-0.8, 0.8], rel=1e-4)
 
 
 def test_heads_aggregation_mixes_the_heads_with_the_pathway_weights():
