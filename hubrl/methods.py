@@ -69,6 +69,7 @@ class MethodSettings(Protocol):
     exploitation_coef: float
     freeze_experts: bool
     route_pg_coef: float
+    repeat_action_probability: float  # select: its random-policy frames come from the run's env
 
 
 @dataclass
@@ -148,7 +149,8 @@ def _select(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] |
         return _finetune_plan(hub.experts[0], {"ranking": None})
     from hubrl.selection import rank_experts
 
-    rankings = rank_experts(hub, game, frames=cfg.select_frames, seed=cfg.seed)
+    rankings = rank_experts(hub, game, frames=cfg.select_frames, seed=cfg.seed,
+                            repeat_action_probability=cfg.repeat_action_probability)
     table = [{"expert": r.name, "proxy": float(r.proxy), "seconds": float(r.seconds)} for r in rankings]
     print("Expert ranking for " + game + ": " + ", ".join(f"{r['expert']} {r['proxy']:.3f}" for r in table))
     return _finetune_plan(hub.get(rankings[0].name), {"ranking": table, "proxy_frames": cfg.select_frames})

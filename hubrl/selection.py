@@ -559,10 +559,12 @@ def rank_experts(
     probe: str = "ridge",
     data: TargetData | None = None,
     on_ranked: Callable[[Ranking], None] | None = None,
+    repeat_action_probability: float = 0.25,
 ) -> list[Ranking]:
     """Rank the hub's experts for ``game`` by :func:`proxy_score`, best first.
 
-    The target data are collected once (or given as ``data``) and shared by all experts. A hub of
+    The target data are collected once (or given as ``data``; with the run's sticky actions,
+    ``repeat_action_probability``) and shared by all experts. A hub of
     one expert is returned as is (``proxy=None``), without collecting anything. ``on_ranked`` is
     called after each expert is scored (progress reporting).
 
@@ -579,7 +581,8 @@ def rank_experts(
         return [Ranking(hub.experts[0].name, None, 0.0)]
     hub.validate(data.observation_shape if data is not None else (4, 84, 84))  # before spending time on data
     if data is None:
-        data = collect_target_data(game, frames=frames, seed=seed, n_envs=n_envs)
+        data = collect_target_data(game, frames=frames, seed=seed, n_envs=n_envs,
+                                   repeat_action_probability=repeat_action_probability)
     _check_targets(np.asarray(data.returns, dtype=np.float64))
     rankings = []
     for expert in hub:

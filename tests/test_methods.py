@@ -139,3 +139,24 @@ def test_select_ranks_the_hub_then_keeps_its_choice_on_resume(tmp_path, tiny_hub
     assert resumed.outcome.num_timesteps == 128
     again = yaml.safe_load((result.folder / "config.yaml").read_text())["method"]
     assert again["source"] == notes["source"] and again["ranking"] == notes["ranking"]
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.25])
+def test_select_ranks_on_frames_of_the_runs_own_sticky_actions(tmp_path, monkeypatch, sticky):
+    """The proxy's random-policy frames come from the run's env: --sticky-actions 0 (the v4
+    protocol) must not be ranked on frames played with 0.25."""
+    import hubrl.selection
+    from hubrl.hub import resolve_hub
+    from hubrl.methods import plan_method
+
+    seen = {}
+
+    def collect(game, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("collected")
+
+    monkeypatch.setattr(hubrl.selection, "collect_target_data", collect)
+    hub = resolve_hub(str(make_tiny_hub(tmp_path / "hub")), [])
+    with pytest.raises(RuntimeError, match="collected"):
+        plan_method(_cfg(tmp_path, "select", repeat_action_probability=sticky), hub, "Gopher")
+    assert seen["repeat_action_probability"] == sticky
