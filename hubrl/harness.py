@@ -261,9 +261,9 @@ class Run(Generic[C]):
     def apply_runtime(self, model: BaseAlgorithm, verbose: int = 1) -> None:
         """Run ``model``'s encoders in the run's precision and, with ``verbose``, say how the run
         uses the machine (``Device cpu, 1 torch thread, fp32 encoders``)."""
-        apply_precision(model.policy, self.cfg.precision)
-        if verbose:
-            line = runtime_line(model.device, self.cfg.precision)
+        changed = apply_precision(model.policy, self.cfg.precision)
+        if verbose:  # the precision the encoders really run in: fp32 when none took the setting
+            line = runtime_line(model.device, self.cfg.precision if changed else "fp32")
             print(line[0].upper() + line[1:], flush=True)
 
     def create_folder(self) -> Path:

@@ -207,6 +207,10 @@ def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) ->
     if cfg.method == "scratch" and (cfg.hub or cfg.sources):
         raise UsageError("--method scratch uses no hub: drop --hub/--sources.")
     validate_run_settings(cfg, device_saved_in)  # algo, budget, evaluation, checkpoints, seed, sticky, precision, device
+    if cfg.method == "zoo-tuning" and cfg.precision != "fp32":
+        raise UsageError(f"--precision {cfg.precision} runs NatureCNN encoders in {cfg.precision}; Zoo-Tuning's adaptive "
+                         "convolutions have none, so it would train in fp32 and be compared with methods trained in "
+                         f"{cfg.precision}: drop --precision (compare the methods in fp32).")
     if cfg.aggregation not in AGGREGATIONS:
         raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}.")
     if isinstance(cfg.select_frames, bool) or not isinstance(cfg.select_frames, int) or cfg.select_frames < 1:

@@ -283,6 +283,9 @@ CASES = [
      ["hyper.yaml", "n_steps", "-64"], None),
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
+    # bf16 reaches NatureCNN encoders only: Zoo-Tuning would train in fp32 while the run said bf16
+    ("zoo-tuning-bf16", T, lambda t, h: ["--env", "Alien", "--method", "zoo-tuning", "--precision", "bf16", *_tiny_run(t)],
+     ["--precision bf16", "Zoo-Tuning", "drop --precision"], _leaves_nothing("run")),
     # Hub-Pathway's heads read the aggregated features: a net_arch MLP would be built and never trained
     ("hyperparams-net-arch-hub-pathway", T,
      lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "policy_kwargs:\n  net_arch: [64]\n"), *_tiny_run(t)],
