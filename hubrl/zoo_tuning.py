@@ -42,6 +42,15 @@ without autograd (rollouts, ``predict``) each layer's merged kernel is cached un
 changes, so lite rollouts cost one plain NatureCNN (merging the 512 x 3136 layer once per rollout
 is cheaper than the output-space form on every step).
 
+Lite under PPO / A2C: SB3 collects rollouts in eval mode, so the agent acts (and stores its
+log-probabilities and values) with the moving-average gate, while the update, in train mode, uses
+each minibatch's mean gate, which also depends on which samples share the minibatch. PPO's ratio
+is therefore not exactly 1 on the first minibatch, and the average lags the gate by about
+1 / (1 - momentum) = 100 minibatches. This follows the paper's temporal ensemble of batch-mean
+gates; a check with random experts gave first ratios of 0.997-1.002, but with dissimilar
+experts the gap can be larger. The full (non-lite) method acts and updates with the same
+per-sample gates.
+
 **Gate usage**: forward passes in eval mode (rollouts) add the gates to per-expert counters;
 :meth:`ZooTuningExtractor.usage` gives each expert's mean gate over layers and samples since
 :meth:`~ZooTuningExtractor.reset_usage` (lite, eval: the stored vectors, which are what is used).
