@@ -170,6 +170,11 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
         policy.value_net.load_state_dict(model.policy.value_net.state_dict())
         return plain
 
+    notices = []
+    if len(hub) == 1:  # a sigmoid gate cannot start at 1: every layer starts scaled by 0.9 (zoo_tuning module docstring)
+        notices.append(f"The hub has one expert ({hub.names[0]}): Zoo-Tuning aggregates nothing, and its gates start at "
+                       "0.9, so the encoder does not even start as the expert; --method finetune starts from it exactly, "
+                       "or give a hub of two or more experts.")
     return MethodPlan(
         ZooTuningPolicy,
         policy_kwargs={"expert_names": hub.names, "lite": cfg.lite},
@@ -177,6 +182,7 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
         callbacks=[GateUsageCallback(prefix="zoo")],
         notes={"lite": cfg.lite},
         finalize=finalize if cfg.lite else None,
+        warnings=notices,
     )
 
 

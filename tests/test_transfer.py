@@ -412,6 +412,16 @@ def test_hub_pathway_on_a_one_expert_hub_says_it_is_a_fine_tune(tmp_path):
     assert notice.startswith(f"The hub has one expert ({hub.names[0]})") and "--method finetune" in notice
 
 
+def test_zoo_tuning_on_a_one_expert_hub_says_it_does_not_start_as_the_expert(tmp_path):
+    from hubrl.hub import Hub, load_hub
+    from hubrl.methods import plan_method
+
+    hub = Hub(load_hub(make_tiny_hub(tmp_path / "hub")).experts[:1])
+    (notice,) = plan_method(_cfg(tmp_path, method="zoo-tuning"), hub, "gopher").warnings
+    assert notice.startswith(f"The hub has one expert ({hub.names[0]})") and "--method finetune" in notice
+    assert plan_method(_cfg(tmp_path, method="zoo-tuning"), load_hub(tmp_path / "hub"), "gopher").warnings == []
+
+
 @pytest.mark.slow
 def test_the_transfer_prints_the_plans_warnings(tmp_path, tiny_hub, capsys):
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub), top_k=2, timesteps=64), progress_bar=False, verbose=0)
