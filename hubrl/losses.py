@@ -147,10 +147,8 @@ def exploitation_loss(
     total, count = None, 0
     for idx, logits, values in per_expert_outputs.values():
         log_prob = _head_log_prob(logits, actions[idx])
-        if clip_range is None:
-            pg = -(advantages[idx] * th.exp(log_prob - old_log_prob[idx]))
-        else:
-            pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], clip_range)
+        # A2C: the unclipped ratio surrogate (an infinite clip range), not A2C's on-policy -A log pi
+        pg = policy_surrogate(log_prob, old_log_prob[idx], advantages[idx], math.inf if clip_range is None else clip_range)
         vf = F.mse_loss(values.flatten(), returns[idx], reduction="none")
         term = (pg + vf_coef * vf).sum()
         total = term if total is None else total + term
@@ -216,8 +214,9 @@ def policy_surrogate(
     log_prob: th.Tensor, old_log_prob: th.Tensor, advantages: th.Tensor, clip_range: float | None,
 ) -> th.Tensor:
     """Per-sample policy loss of the agent's objective: PPO's clipped surrogate
-    ``-min(A r, A clip(r, 1 - eps, 1 + eps))`` with ``r = exp(log_prob - old_log_prob)``, or A2C's
-    ``-A log_prob`` when ``clip_range`` is ``None`` (shared by both auxiliary policy terms)."""
+    ``-min(A r, A clip(r, 1 - eps, 1 + eps))`` with ``r = exp(log_prob - old_log_prob)`` (``-A r``
+    for an infinite ``clip_range``), or A2C's on-policy ``-A log_prob`` when ``clip_range`` is ``None``
+    (shared by both auxiliary policy terms)."""
     if clip_range is None:
         return -(advantages * log_prob)
     ratio = th.exp(log_prob - old_log_prob)
