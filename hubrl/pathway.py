@@ -110,7 +110,7 @@ def top1_route_log_prob(clean: th.Tensor, std: th.Tensor, selected: th.Tensor, n
     With noisy logits ``clean_j + std_j * eps_j`` the chosen expert i wins with probability
     ``E_x[prod_{j != i} Phi((clean_i - clean_j + std_i x) / std_j)]``, x standard normal: a smooth
     1-D integral, computed by Gauss-Hermite quadrature. Against the closed form
-    ``Phi(gap / sqrt(std_i^2 + std_j^2))`` of two experts, 32 nodes are within 1e-7 for equal stds
+    ``Phi(gap / sqrt(std_i^2 + std_j^2))`` of two experts, 32 nodes are within 2e-7 for equal stds
     (the fixed-noise default) at gaps up to 8 stds, and within about 1e-4 for stds (0.5, 1.5) at
     gaps up to 4; the error grows when the chosen expert's std is several times another's (6e-3 for
     (0.3, 1.5), 4e-2 for (0.3, 3.0)), which only a learned noise can reach. It keeps the paper's
