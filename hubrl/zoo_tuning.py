@@ -47,8 +47,8 @@ log-probabilities and values) with the moving-average gate, while the update, in
 each minibatch's mean gate, which also depends on which samples share the minibatch. PPO's ratio
 is therefore not exactly 1 on the first minibatch, and the average lags the gate by about
 1 / (1 - momentum) = 100 minibatches. This follows the paper's temporal ensemble of batch-mean
-gates; a check with random experts gave first ratios of 0.997-1.002, but with dissimilar
-experts the gap can be larger. The full (non-lite) method acts and updates with the same
+gates; with similar experts the first ratios stay near 1, with dissimilar ones they can move
+further (not measured on the shipped hub). The full (non-lite) method acts and updates with the same
 per-sample gates.
 
 **Gate usage**: forward passes in eval mode (rollouts) add the gates to per-expert counters;
