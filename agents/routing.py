@@ -142,7 +142,9 @@ class RoutedOnPolicyMixin:
     ``evaluate_actions`` under the stored routes, and GAE's bootstrap values under acting routes.
 
     It also gives Adam torch's fused implementation where this torch offers it (one kernel for the
-    whole step instead of one per tensor; same arithmetic up to rounding).
+    whole step instead of one per tensor; same arithmetic up to rounding), and keeps each optimizer
+    parameter group's ``lr_scale`` (a policy's own learning-rate factor for some parameters, such as
+    Hub-Pathway's ``gate_lr_scale``) when the schedule sets the learning rate.
     """
 
     def _setup_model(self) -> None:
@@ -156,6 +158,15 @@ class RoutedOnPolicyMixin:
                 n_experts=n_experts, top_k=top_k, route_source=policy.pop_acting_route,
             )
         fuse_adam(policy)
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        """SB3's: every group's learning rate from the schedule; then a group with an ``lr_scale``
+        gets that multiple of it."""
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                if "lr_scale" in group:
+                    group["lr"] = group["lr"] * group["lr_scale"]
 
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         """SB3's ``collect_rollouts``, with a routed policy's bootstrap values (``predict_values`` on
@@ -204,13 +215,18 @@ def unfuse_where_unsupported(optimizer: th.optim.Optimizer) -> None:
 
 
 def fuse_adam(policy: Any) -> bool:
-    """Rebuild ``policy.optimizer`` as fused Adam when it is a plain one-group Adam and torch supports
-    fused Adam on the policy's device; hyperparameters are kept. Returns whether it did."""
+    """Rebuild ``policy.optimizer`` as fused Adam when it is a plain Adam and torch supports fused
+    Adam on the policy's device; hyperparameters and parameter groups (with their own ``lr`` and
+    ``lr_scale``) are kept. Returns whether it did."""
     optimizer = getattr(policy, "optimizer", None)
-    if type(optimizer) is not th.optim.Adam or optimizer.defaults.get("fused") or len(optimizer.param_groups) != 1:
+    if type(optimizer) is not th.optim.Adam or optimizer.defaults.get("fused") or optimizer.state:
         return False
+    hyper = ("betas", "eps", "weight_decay", "amsgrad")
+    if any(group[k] != optimizer.defaults[k] for group in optimizer.param_groups for k in hyper):
+        return False  # a group with its own Adam settings: left as built
     if not fused_adam_available(next(policy.parameters()).device.type):
         return False
     defaults = {k: v for k, v in optimizer.defaults.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
-    policy.optimizer = th.optim.Adam(optimizer.param_groups[0]["params"], fused=True, **defaults)
+    groups = [{k: v for k, v in group.items() if k in ("params", "lr", "lr_scale")} for group in optimizer.param_groups]
+    policy.optimizer = th.optim.Adam(groups, fused=True, **defaults)
     return True

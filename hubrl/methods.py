@@ -44,7 +44,8 @@ HUB_METHODS = ("hub-pathway", "finetune", "zoo-tuning", "select")
 #: The settings Hub-Pathway hands its policy (:class:`hubrl.policies.HubPathwayPolicy`'s kwargs of the same
 #: names); no other method reads them, so another method given one refuses it (:mod:`hubrl.transfer`).
 HUB_PATHWAY_OPTIONS = ("top_k", "noise", "noise_floor", "k1_weight", "aggregation", "exploration_loss",
-                       "exploration_coef", "exploitation_coef", "freeze_experts", "route_pg_coef")
+                       "exploration_coef", "exploitation_coef", "freeze_experts", "route_pg_coef",
+                       "gate_lr_scale")
 
 
 class MethodSettings(Protocol):
@@ -69,6 +70,7 @@ class MethodSettings(Protocol):
     exploitation_coef: float
     freeze_experts: bool
     route_pg_coef: float
+    gate_lr_scale: float
     repeat_action_probability: float  # select: its random-policy frames come from the run's env
 
 

@@ -104,6 +104,12 @@ class HubPathwayPolicy(ActorCriticPolicy):
         (return minus the noise-free route's value, :meth:`_route_advantages`), so routes compare
         the experts state by state. 0 (default) leaves the gate to the paper's gradients
         (through the pathway weights and the exploration loss). Needs k = 1 and a noisy gate.
+    :param gate_lr_scale: the pathway generator's learning rate as a multiple of the agent's (its
+        schedule followed, the factor kept). 1 (default) trains the gate at the encoders' rate, where
+        its logits separate slowly from an even start (BENCHMARKS.md, routing); another value puts the
+        gate in its own optimizer parameter group with an ``lr_scale``, which :class:`hubrl.agents.HubPPO`
+        and :class:`hubrl.agents.HubA2C` apply at every update (a stock SB3 agent would train the
+        whole policy at one rate).
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
         exploitation_vf_coef: float = 0.5,
         freeze_experts: bool = False,
         route_pg_coef: float = 0.0,
+        gate_lr_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if aggregation not in AGGREGATIONS:
@@ -139,6 +146,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
         self.route_pg_coef = float(route_pg_coef)
         if not 0 <= self.route_pg_coef < float("inf"):
             raise ValueError(f"route_pg_coef must be a finite number >= 0, got {route_pg_coef}.")
+        self.gate_lr_scale = float(gate_lr_scale)
+        if not 0 < self.gate_lr_scale < float("inf"):
+            raise ValueError(f"gate_lr_scale must be a finite number > 0, got {gate_lr_scale}.")
         if self.route_pg_coef > 0 and int(top_k) != 1:
             raise ValueError(f"route_pg_coef needs top_k 1 (got {top_k}): at k > 1 the gate already compares the "
                              "experts through the softmax over their outputs.")
@@ -174,6 +184,15 @@ class HubPathwayPolicy(ActorCriticPolicy):
         extractor.gate.route_log_probs = self.route_pg_coef > 0
         if self.freeze_experts:
             extractor.experts.requires_grad_(False)
+        if self.gate_lr_scale != 1.0:  # SB3 built one group over every parameter: the gate gets its own
+            gate = list(extractor.gate.parameters())
+            in_gate = {id(p) for p in gate}
+            lr = lr_schedule(1)
+            self.optimizer = self.optimizer_class(
+                [{"params": [p for p in self.parameters() if id(p) not in in_gate]},
+                 {"params": gate, "lr": lr * self.gate_lr_scale, "lr_scale": self.gate_lr_scale}],
+                lr=lr, **self.optimizer_kwargs,
+            )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -193,6 +212,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
             exploitation_vf_coef=self.exploitation_vf_coef,
             freeze_experts=self.freeze_experts,
             route_pg_coef=self.route_pg_coef,
+            gate_lr_scale=self.gate_lr_scale,
         )
         return data
 

@@ -90,6 +90,7 @@ class TransferConfig:
     exploitation_coef: float = 0.5
     freeze_experts: bool = False
     route_pg_coef: float = 0.0  # hub-pathway: the gate's route trained by the policy gradient (0: off, the paper's gate)
+    gate_lr_scale: float = 1.0  # hub-pathway: the gate's learning rate as a multiple of the agent's
     eval_freq: int = 100_000
     eval_episodes: int = 10
     early_eval: bool = False  # one extra evaluation on 3 games at 10% of the budget (<= 25k steps); the CLI's default
@@ -220,6 +221,9 @@ def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) ->
     for name in ("exploration_coef", "exploitation_coef", "route_pg_coef"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}.")
+    if isinstance(cfg.gate_lr_scale, bool) or not isinstance(cfg.gate_lr_scale, (int, float)) \
+            or not 0 < cfg.gate_lr_scale < float("inf"):
+        raise UsageError(f"--gate-lr-scale must be a finite number > 0, got {cfg.gate_lr_scale!r}.")
     if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {cfg.top_k!r}.")
     if cfg.exploration_loss not in EXPLORATION_LOSSES:

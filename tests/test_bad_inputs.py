@@ -208,6 +208,8 @@ CASES = [
      ["--exploration-coef"], None),
     ("negative-exploitation-coef", T, lambda t, h: ["--env", "Alien", "--exploitation-coef", "-1"],
      ["--exploitation-coef"], None),
+    ("gate-lr-scale-zero", T, lambda t, h: ["--env", "Alien", "--gate-lr-scale", "0"], ["--gate-lr-scale", "0"], None),
+    ("gate-lr-scale-nan", T, lambda t, h: ["--env", "Alien", "--gate-lr-scale", "nan"], ["--gate-lr-scale", "nan"], None),
     ("seed-negative", T, lambda t, h: ["--env", "Alien", "--seed", "-1"], ["--seed"], None),
     ("device-tpu", T, lambda t, h: ["--env", "Alien", "--device", "tpu"], ["--device", "tpu"], None),
     # --device cuda where torch sees no GPU: refused in every command that takes it, never run on the CPU
@@ -260,6 +262,9 @@ CASES = [
      ["--freeze-experts", "--method hub-pathway", "finetune does not read it"], _leaves_nothing("run")),
     ("scratch-top-k", T, lambda t, h: ["--env", "Gopher", "--method", "scratch", "--top-k", "1", *_tiny_run(t)],
      ["--top-k", "--method hub-pathway", "scratch does not read it"], _leaves_nothing("run")),
+    ("scratch-gate-lr-scale", T, lambda t, h: ["--env", "Gopher", "--method", "scratch", "--gate-lr-scale", "10",
+                                               *_tiny_run(t)],
+     ["--gate-lr-scale", "--method hub-pathway", "scratch does not read it"], _leaves_nothing("run")),
     ("zoo-select-timesteps", T, lambda t, h: ["--env", "Gopher", "--method", "zoo-tuning", "--select-timesteps", "5k",
                                               *_tiny_run(t)],
      ["--select-timesteps", "--method select"], _leaves_nothing("run")),

@@ -29,6 +29,7 @@ from typing import Sequence
 from hubrl.cli.common import (
     ArgumentParser,
     add_common_flags,
+    bounded_float,
     command_prog,
     flag_names,
     main_guard,
@@ -113,6 +114,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="hub-pathway: weight of the policy gradient that trains the gate's sampled top-1 route "
                              "with the advantage, so routes can compare the experts state by state (needs --top-k 1 "
                              "and gate noise). Default: 0, the paper's gate (trained through the pathway weights).")
+    parser.add_argument("--gate-lr-scale", type=bounded_float(0.0, low_open=True), default=1.0, metavar="X",
+                        help="hub-pathway: the gate's learning rate as X times the agent's (its schedule followed). "
+                             "Default: 1, the encoders' rate.")
     parser.add_argument("--eval-freq", type=steps, default=100_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
