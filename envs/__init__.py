@@ -17,7 +17,12 @@ from hubrl.envs.games import (
     resolve_games,
 )
 
+#: Observations of every hubrl Atari env (:class:`AtariVecEnv`'s defaults): 4 stacked 84x84 grey
+#: frames, channels first. A hub is checked against it before any emulator starts.
+OBSERVATION_SHAPE: tuple[int, int, int] = (4, 84, 84)
+
 __all__ = [
+    "OBSERVATION_SHAPE",
     "AtariVecEnv",
     "make_atari_vec_env",
     "REFERENCE_SCORES",

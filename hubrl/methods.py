@@ -32,6 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
 
 from hubrl.callbacks import GateUsageCallback
+from hubrl.envs import OBSERVATION_SHAPE
 from hubrl.hub import Expert, Hub, HubError
 
 __all__ = [
@@ -123,12 +124,14 @@ def _finetune_plan(expert: Expert, notes: dict[str, Any]) -> MethodPlan:
 
 
 def check_hub_serves(cfg: MethodSettings, hub: Hub) -> None:
-    """Refuse, in one line, a method setting ``hub`` cannot serve: ``--top-k`` larger than the hub, a
-    finetune ``--source`` it does not have, or none where it has several experts. Each method's plan
-    checks it; a grid checks every trial's up front (:mod:`hubrl.benchmark`), before any trains.
+    """Refuse, in one line, a run ``hub`` cannot serve: experts that do not read hubrl's observations
+    (:data:`hubrl.envs.OBSERVATION_SHAPE`), ``--top-k`` larger than the hub, a finetune ``--source`` it
+    does not have, or none where it has several experts. A transfer checks it before any emulator
+    starts, and each method's plan again; a grid checks every trial's up front (:mod:`hubrl.benchmark`).
 
     :raises HubError: naming the setting and the hub's experts.
     """
+    hub.validate(OBSERVATION_SHAPE)
     if cfg.method == "hub-pathway" and cfg.top_k > len(hub):
         raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
     if cfg.method == "finetune":

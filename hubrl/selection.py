@@ -69,6 +69,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch as th
 
+from hubrl.envs import OBSERVATION_SHAPE
 from hubrl.errors import UsageError
 from hubrl.hub import Expert, Hub, HubError
 
@@ -579,7 +580,7 @@ def rank_experts(
         raise HubError("The hub is empty: give a hub folder with experts, or --sources ZIP ...")
     if len(hub) == 1:
         return [Ranking(hub.experts[0].name, None, 0.0)]
-    hub.validate(data.observation_shape if data is not None else (4, 84, 84))  # before spending time on data
+    hub.validate(data.observation_shape if data is not None else OBSERVATION_SHAPE)  # before spending time on data
     if data is None:
         data = collect_target_data(game, frames=frames, seed=seed, n_envs=n_envs,
                                    repeat_action_probability=repeat_action_probability)

@@ -297,15 +297,13 @@ def run_transfer(
     if hub is not None:
         if cfg.source is not None:
             cfg.source = hub.get(cfg.source).name  # --source Seaquest -> seaquest-ppo: same folder, label and config
-        check_hub_serves(cfg, hub)  # --top-k, finetune's --source: refused before any emulator or agent is built
+        check_hub_serves(cfg, hub)  # frame stack, --top-k, finetune's --source: refused before any emulator or agent is built
     run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
                     written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done, pause_at=pause_at)
     if run.already_done:
         return TransferResult(run.folder, run.outcome_so_far(), hub)
     game = resolve_game(cfg.env)
     with run.envs(game) as (env, eval_env):
-        if hub is not None:
-            hub.validate(env.observation_space.shape)
         plan = plan_method(cfg, hub, game, run.saved.get("method") if run.saved else None)
         for callback in plan.callbacks:
             if isinstance(callback, GateUsageCallback):

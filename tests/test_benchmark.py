@@ -16,6 +16,7 @@ import pytest
 
 from hubrl.benchmark import GridError, run_grid
 from hubrl.grid import trial_folder, trial_state
+from tests.conftest import make_tiny_hub
 
 
 def _root_of(spec: dict) -> Path:
@@ -190,6 +191,10 @@ def test_bad_grids(tmp_path):
         run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=5"], [0], 10, trial_fn=fake_trial, validate=True)
     with pytest.raises(GridError, match=r"finetune-pong: .*pong"):
         run_grid(tmp_path, ["Alien"], ["finetune:source=pong"], [0], 10, trial_fn=fake_trial, validate=True)
+    rgb = make_tiny_hub(tmp_path / "rgb-hub", names=("x-ppo", "y-ppo"), in_channels=3)
+    with pytest.raises(GridError, match="zoo-tuning: Expert 'x-ppo' reads 3 stacked frames but the target env gives 4"):
+        run_grid(tmp_path, ["Alien"], ["zoo-tuning"], [0], 10, settings={"hub": str(rgb)}, trial_fn=fake_trial,
+                 validate=True)
     assert not (tmp_path / "Alien").exists()
 
 

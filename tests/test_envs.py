@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hubrl.envs import UnknownGameError, action_meanings, human_normalized_score, make_atari_vec_env, resolve_game
+from hubrl.envs import (
+    OBSERVATION_SHAPE,
+    UnknownGameError,
+    action_meanings,
+    human_normalized_score,
+    make_atari_vec_env,
+    resolve_game,
+)
 
 
 def _random_actions(env, rng):
@@ -16,7 +23,7 @@ def test_observation_shape_dtype_and_space():
     env = make_atari_vec_env("Seaquest", 3, seed=0)
     obs = env.reset()
     assert obs.shape == (3, 4, 84, 84) and obs.dtype == np.uint8
-    assert env.observation_space.shape == (4, 84, 84)
+    assert env.observation_space.shape == OBSERVATION_SHAPE == (4, 84, 84)  # what a hub is checked against
     assert env.action_space.n == 18
     env.close()
 

@@ -113,7 +113,7 @@ def test_bad_inputs(tmp_path, tiny_hub):
     (("seaquest-ppo", "riverraid-ppo"), 4, {"method": "finetune"}, "--method finetune needs --source NAME"),
 ])
 def test_a_run_refused_while_it_is_built_names_no_run_folder(tmp_path, capsys, hub_names, in_channels, settings, message):
-    """The hub is checked against the method before start_run, against the env after it: a run
+    """The hub is checked against the method and the envs' observations before start_run: a run
     refused there prints no "Run folder: ..." (the folder is named once it is created) and writes nothing."""
     hub = make_tiny_hub(tmp_path / "hub", names=hub_names, in_channels=in_channels)
     with pytest.raises(HubError, match=message):
@@ -125,12 +125,18 @@ def test_a_run_refused_while_it_is_built_names_no_run_folder(tmp_path, capsys, h
 @pytest.mark.parametrize("settings, message", [
     ({"top_k": 3}, "--top-k 3 is larger than the hub"),
     ({"method": "finetune"}, "--method finetune needs --source NAME"),
+    ({"hub": "rgb"}, "reads 3 stacked frames but the target env gives 4"),
+    ({"hub": "rgb", "method": "zoo-tuning"}, "reads 3 stacked frames but the target env gives 4"),
 ])
 def test_a_hub_that_cannot_serve_the_method_is_refused_before_any_emulator_starts(tmp_path, tiny_hub, monkeypatch,
                                                                                   settings, message):
-    """A --top-k past the hub, or finetune without --source on a hub of several experts, is known from
-    the flags and the hub: refused before the envs (ale-py's emulators) and the agent are built."""
+    """A --top-k past the hub, finetune without --source on a hub of several experts, or experts that
+    read another frame stack than hubrl's envs give, is known from the flags and the hub: refused
+    before the envs (ale-py's emulators) and the agent are built."""
     import hubrl.harness
+
+    if settings.get("hub") == "rgb":
+        settings = {**settings, "hub": str(make_tiny_hub(tmp_path / "rgb", names=("x-ppo", "y-ppo"), in_channels=3))}
 
     def built(*args, **kwargs):
         raise AssertionError("an env was built before the hub was checked against the method")
@@ -138,7 +144,7 @@ def test_a_hub_that_cannot_serve_the_method_is_refused_before_any_emulator_start
     monkeypatch.setattr(hubrl.harness, "make_atari_vec_env", built)
     monkeypatch.setattr(hubrl.harness, "make_eval_env", built)
     with pytest.raises(HubError, match=message):
-        run_transfer(_cfg(tmp_path, hub=str(tiny_hub), **settings), progress_bar=False, verbose=0)
+        run_transfer(_cfg(tmp_path, **{"hub": str(tiny_hub), **settings}), progress_bar=False, verbose=0)
 
 
 def test_a_rollout_the_minibatch_does_not_divide_warns_in_one_line_instead_of_sb3s_paragraph(tmp_path, capsys,
