@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["GateUsageCallback", "read_gate_history", "ROUTE_SAMPLE", "ROUTE_EVERY"]
+__all__ = ["GateUsageCallback", "gate_summary", "read_gate_history", "ROUTE_SAMPLE", "ROUTE_EVERY"]
 
 #: Rollout states on which a k = 1 routed policy's routes are compared (``route_tv``).
 ROUTE_SAMPLE = 64
@@ -42,17 +42,29 @@ class GateUsageCallback(BaseCallback):
     :param history_path: JSON-lines file that gets one ``{"step": ..., "<tag>": value}`` line per
         rollout (tags without the prefix); ``None``: TensorBoard only.
     :param route_every: agent steps between two ``route_tv`` measurements (:data:`ROUTE_EVERY`).
+    :param report_every: with ``verbose``, print a one-line summary of the gate (:func:`gate_summary`)
+        at the first rollout end at or past every multiple of this many agent steps (a transfer
+        uses its evaluation interval: a line beside each ``[eval]`` line); ``None``: never.
+    :param verbose: print the summaries (0: silent).
     """
 
     def __init__(self, prefix: str = "pathway", history_path: str | Path | None = None,
-                 route_every: int = ROUTE_EVERY) -> None:
-        super().__init__()
+                 route_every: int = ROUTE_EVERY, report_every: int | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
         if route_every < 1:
             raise ValueError(f"route_every must be a positive number of agent steps, got {route_every}.")
+        if report_every is not None and report_every < 1:
+            raise ValueError(f"report_every must be a positive number of agent steps or None, got {report_every}.")
         self.prefix = prefix
         self.history_path = Path(history_path) if history_path is not None else None
         self.route_every = int(route_every)
+        self.report_every = report_every
         self._route_measured_at: int | None = None
+        self._next_report: int | None = None
+
+    def _on_training_start(self) -> None:
+        if self.report_every is not None:  # a resumed run reports at the next multiple, not at once
+            self._next_report = (self.num_timesteps // self.report_every + 1) * self.report_every
 
     def _on_step(self) -> bool:
         return True
@@ -78,6 +90,10 @@ class GateUsageCallback(BaseCallback):
         if self.history_path is not None:
             with open(self.history_path, "a") as handle:  # one short line per rollout: a torn last line is skipped on read
                 handle.write(json.dumps(row) + "\n")
+        if self._next_report is not None and self.num_timesteps >= self._next_report:
+            self._next_report = (self.num_timesteps // self.report_every + 1) * self.report_every  # type: ignore[operator]
+            if self.verbose:
+                print(gate_summary(row), flush=True)
         policy.reset_usage()
 
     def _route_stats(self, policy) -> dict[str, float]:
@@ -96,6 +112,27 @@ class GateUsageCallback(BaseCallback):
         states = states[np.linspace(0, len(states) - 1, min(ROUTE_SAMPLE, len(states))).astype(int)]
         kl, tv = route_distances(policy, th.as_tensor(states, device=policy.device))
         return {"route_tv": tv, "route_kl": kl}
+
+
+def gate_summary(row: dict[str, Any]) -> str:
+    """One line on what the gate did in a rollout, from a :class:`GateUsageCallback` row: each
+    expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning), its mean
+    weight; then how far the clean logits spread across states against the gate noise (routing by
+    state needs a spread comparable to the noise), e.g.
+    ``[gate] step 100352: seaquest-ppo 1.00, riverraid-ppo 0.00 of the states; logit spread 7.39, noise std 1.00``.
+    """
+    shares = {key.split("/", 1)[1]: value for key, value in row.items() if key.startswith("selection_freq/")}
+    what = "of the states"
+    if not shares:
+        shares = {key.split("/", 1)[1]: value for key, value in row.items() if key.startswith("weight_mean/")}
+        what = "mean gate weight"
+    line = f"[gate] step {row['step']}: " + ", ".join(f"{name} {value:.2f}" for name, value in shares.items())
+    line += f" {what}" if shares else "no expert statistics"
+    if "logit_spread" in row:
+        line += f"; logit spread {row['logit_spread']:.2f}"
+        if "noise_std" in row:
+            line += f", noise std {row['noise_std']:.2f}"
+    return line
 
 
 def read_gate_history(path: str | Path) -> list[dict[str, Any]]:

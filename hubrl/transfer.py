@@ -308,6 +308,7 @@ def run_transfer(
         for callback in plan.callbacks:
             if isinstance(callback, GateUsageCallback):
                 callback.history_path = run.folder / "gates.jsonl"
+                callback.report_every, callback.verbose = cfg.eval_freq, verbose  # a [gate] line beside each [eval]
 
         def make_agent(policy_class):
             """The agent for ``policy_class`` with the run's preset (the plan's kwargs for its own policy)."""

@@ -449,3 +449,27 @@ def test_the_pausing_command_given_again_says_nothing_was_trained(tmp_path, caps
     out = capsys.readouterr().out
     assert "Already at 128 of 512 steps, at or past --pause-at 128: nothing to train. Continue with: " in out
     assert "Paused at" not in out
+
+
+@pytest.mark.parametrize("method, what", [("hub-pathway", "of the states; logit spread"), ("zoo-tuning", "mean gate weight")])
+def test_the_console_says_what_the_gate_did_after_each_evaluation(tmp_path, tiny_hub, capsys, method, what):
+    """A ``[gate]`` line at each evaluation (the first rollout end at or past each evaluation step),
+    naming every expert's share, so routing (or its collapse) shows without TensorBoard; none
+    with verbose 0, and a resumed run goes on at the next multiple."""
+    import re
+
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), method=method, timesteps=256, eval_freq=128),
+                 progress_bar=False, verbose=1, pause_at=128)
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), method=method, timesteps=256, eval_freq=128),
+                 resume=True, progress_bar=False, verbose=1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("[gate]", "[eval]"))]
+    assert sorted(line.split(":")[0] for line in lines) == ["[eval] step 128", "[eval] step 256", "[gate] step 128",
+                                                           "[gate] step 256"], lines  # the budget's comes before its eval
+    for line in (line for line in lines if line.startswith("[gate]")):
+        shares = [float(x) for x in re.findall(r"(?:seaquest|riverraid)-ppo (\d\.\d\d)", line)]
+        assert len(shares) == 2 and what in line, line
+        if method == "hub-pathway":
+            assert sum(shares) == pytest.approx(1.0, abs=0.011)
+    run_transfer(_cfg(tmp_path, hub=str(tiny_hub), method=method, timesteps=128, eval_freq=64, out=str(tmp_path / "q")),
+                 progress_bar=False, verbose=0)
+    assert "[gate]" not in capsys.readouterr().out
