@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch as th
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 
 import hubrl  # noqa: F401
 from hubrl.agents import HubA2C, HubPPO
@@ -30,14 +31,17 @@ def _rest(model) -> th.Tensor:
     return th.cat([p.detach().flatten().clone() for p in model.policy.parameters() if id(p) not in gate])
 
 
-@pytest.mark.parametrize("algo", [HubA2C, HubPPO])
-def test_the_gate_moves_at_its_multiple_of_the_learning_rate(algo, hub, tmp_path):
+@pytest.mark.parametrize("algo, optimizer", [(HubA2C, None), (HubA2C, "RMSpropTFLike"), (HubPPO, None)])
+def test_the_gate_moves_at_its_multiple_of_the_learning_rate(algo, optimizer, hub, tmp_path):
     """Same seed, same rollout, one optimizer step (PPO: one epoch over one minibatch): the gate's
     first Adam/RMSprop step is lr-proportional, so a scale of 10 moves it ten times as far, while the
     other parameters move as before."""
     moves = {}
     for scale in (1.0, 10.0):
-        model = _agent(algo, hub, tmp_path / str(scale), lr=lambda progress: 1e-4 * progress, gate_lr_scale=scale)
+        preset = {} if optimizer is None else dict(optimizer_class=RMSpropTFLike,  # RL Zoo's A2C preset
+                                                   optimizer_kwargs=dict(alpha=0.99, eps=1e-5, weight_decay=0))
+        model = _agent(algo, hub, tmp_path / str(scale), lr=lambda progress: 1e-4 * progress, gate_lr_scale=scale,
+                       **preset)
         if algo is HubPPO:
             model.n_epochs, model.batch_size = 1, model.n_steps * model.n_envs
         _collect(model)
@@ -53,7 +57,7 @@ def test_the_gate_moves_at_its_multiple_of_the_learning_rate(algo, hub, tmp_path
 
 
 def test_the_scale_survives_save_load_and_fused_adam(hub, tmp_path):
-    model = _agent(HubPPO, hub, tmp_path, lr=1e-3, gate_lr_scale=5.0)
+    model = _agent(HubPPO, hub, tmp_path, lr=lambda progress: 1e-3 * (1 + progress) / 2, gate_lr_scale=5.0)
     optimizer = model.policy.optimizer
     assert [group.get("lr_scale") for group in optimizer.param_groups] == [None, 5.0]
     assert optimizer.param_groups[1]["params"] == list(model.policy.extractor.gate.parameters())
@@ -64,7 +68,9 @@ def test_the_scale_survives_save_load_and_fused_adam(hub, tmp_path):
     loaded = HubPPO.load(tmp_path / "model.zip", device="cpu")
     assert loaded.policy.gate_lr_scale == 5.0
     assert [group.get("lr_scale") for group in loaded.policy.optimizer.param_groups] == [None, 5.0]
-    assert loaded.policy.optimizer.param_groups[1]["lr"] == pytest.approx(5e-3)
+    saved = [group["lr"] for group in model.policy.optimizer.param_groups]  # the schedule's value at the last update
+    assert saved == pytest.approx([5e-4, 2.5e-3])  # progress 0 at the last update, then the gate's 5x
+    assert [group["lr"] for group in loaded.policy.optimizer.param_groups] == pytest.approx(saved)  # restored, not rebuilt
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan")])
