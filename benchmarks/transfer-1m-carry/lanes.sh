@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two lanes of the 1M grid, one trial at a time each, seed-major. Lane 1: routed arm at 79b61a4; lane 2: scratch at f849f10.
 # Then, as the issue orders, the finetune arms (f849f10, scratch's harness): lane 1 fine-tunes Seaquest's expert, lane 2
-# Riverraid's, Jamesbond first (where the hub falls furthest behind scratch), seed-major.
+# Riverraid's, all of Jamesbond's seeds first (where the hub falls furthest behind scratch), then Alien's, then Gopher's.
 # Usage (from anywhere): bash lanes.sh 1 & bash lanes.sh 2 &   (README.md here: restoring the grid root first)
 # Each lane runs its arm from a git worktree pinned at the arm's commit, made here when missing, and
 # skips trials finished in an earlier session (status ok in the repository's archive,
@@ -30,7 +30,7 @@ else
   SOURCE=riverraid-ppo
 fi
 cd /work/wt-grid1m
-for s in 0 1 2; do for g in Jamesbond Alien Gopher; do
+for g in Jamesbond Alien Gopher; do for s in 0 1 2; do  # game-major: Jamesbond's question (poor experts, or the routing?) first
   done_before $g/finetune-$SOURCE/s$s && continue
   echo "== $(date -u +%FT%T) finetune $SOURCE $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods finetune:source=$SOURCE --seeds $s
 done; done
