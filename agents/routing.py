@@ -160,13 +160,15 @@ class RoutedOnPolicyMixin:
         fuse_adam(policy)
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
-        """SB3's: every group's learning rate from the schedule; then a group with an ``lr_scale``
-        gets that multiple of it."""
+        """SB3's: every group's learning rate from the schedule (logged as ``train/learning_rate``);
+        then a group with an ``lr_scale`` gets that multiple of it, logged as
+        ``train/learning_rate_<its name>`` (``train/learning_rate_gate`` for Hub-Pathway's gate)."""
         super()._update_learning_rate(optimizers)  # type: ignore[misc]
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            for group in optimizer.param_groups:
+            for index, group in enumerate(optimizer.param_groups):
                 if "lr_scale" in group:
                     group["lr"] = group["lr"] * group["lr_scale"]
+                    self.logger.record(f"train/learning_rate_{group.get('name', index)}", group["lr"])  # type: ignore[attr-defined]
 
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         """SB3's ``collect_rollouts``, with a routed policy's bootstrap values (``predict_values`` on
@@ -227,6 +229,7 @@ def fuse_adam(policy: Any) -> bool:
     if not fused_adam_available(next(policy.parameters()).device.type):
         return False
     defaults = {k: v for k, v in optimizer.defaults.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
-    groups = [{k: v for k, v in group.items() if k in ("params", "lr", "lr_scale")} for group in optimizer.param_groups]
+    kept = ("params", "lr", "lr_scale", "name")  # a group's own learning rate, its factor and its name
+    groups = [{k: v for k, v in group.items() if k in kept} for group in optimizer.param_groups]
     policy.optimizer = th.optim.Adam(groups, fused=True, **defaults)
     return True

@@ -190,7 +190,7 @@ class HubPathwayPolicy(ActorCriticPolicy):
             lr = lr_schedule(1)
             self.optimizer = self.optimizer_class(
                 [{"params": [p for p in self.parameters() if id(p) not in in_gate]},
-                 {"params": gate, "lr": lr * self.gate_lr_scale, "lr_scale": self.gate_lr_scale}],
+                 {"params": gate, "lr": lr * self.gate_lr_scale, "lr_scale": self.gate_lr_scale, "name": "gate"}],
                 lr=lr, **self.optimizer_kwargs,
             )
 

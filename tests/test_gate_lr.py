@@ -50,6 +50,8 @@ def test_the_gate_moves_at_its_multiple_of_the_learning_rate(algo, optimizer, hu
         lrs = [group["lr"] for group in model.policy.optimizer.param_groups]
         schedule = model.lr_schedule(model._current_progress_remaining)
         assert lrs == pytest.approx([schedule] if scale == 1.0 else [schedule, schedule * scale])
+        if scale != 1.0:  # TensorBoard's train/learning_rate is the schedule's; the gate's has its own tag
+            assert model.logger.name_to_value["train/learning_rate_gate"] == pytest.approx(schedule * scale)
         moves[scale] = ((_gate(model) - gate).norm().item(), (_rest(model) - rest).norm().item())
     gate_ratio, rest_ratio = moves[10.0][0] / moves[1.0][0], moves[10.0][1] / moves[1.0][1]
     assert gate_ratio == pytest.approx(10, rel=0.02), moves
