@@ -118,7 +118,8 @@ def gate_summary(row: dict[str, Any]) -> str:
     """One line on what the gate did in a rollout, from a :class:`GateUsageCallback` row: each
     expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning), its mean
     weight; then how far the clean logits spread across states against the gate noise (routing by
-    state needs a spread comparable to the noise), e.g.
+    state needs a spread comparable to the noise and no expert pinned at 0 or 1: the example is a
+    gate collapsed onto one expert), e.g.
     ``[gate] step 100352: seaquest-ppo 1.00, riverraid-ppo 0.00 of the states; logit spread 7.39, noise std 1.00``.
     """
     shares = {key.split("/", 1)[1]: value for key, value in row.items() if key.startswith("selection_freq/")}

@@ -105,8 +105,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
         the experts state by state. 0 (default) leaves the gate to the paper's gradients
         (through the pathway weights and the exploration loss). Needs k = 1 and a noisy gate.
     :param gate_lr_scale: the pathway generator's learning rate as a multiple of the agent's (its
-        schedule followed, the factor kept). 1 (default) trains the gate at the encoders' rate, where
-        its logits separate slowly from an even start (BENCHMARKS.md, routing); another value puts the
+        schedule followed, the factor kept). 1 (default) trains the gate at the encoders' rate. On
+        Gopher (BENCHMARKS.md, routing; one seed) no value routed by state: 5 and 30 collapsed the
+        gate onto one expert within 3k steps, 2 swung and came back to an even coin. Another value puts the
         gate in its own optimizer parameter group with an ``lr_scale``, which :class:`hubrl.agents.HubPPO`
         and :class:`hubrl.agents.HubA2C` apply at every update (a stock SB3 agent would train the
         whole policy at one rate).
