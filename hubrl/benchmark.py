@@ -183,7 +183,19 @@ def make_specs(
     threads: int | None = None,
     pause_at: int | None = None,
 ) -> list[TrialSpec]:
-    """One spec per trial, seed-major (all of seed 0 first, so a stopped grid has whole seeds)."""
+    """One spec per trial, seed-major (all of seed 0 first, so a stopped grid has whole seeds).
+
+    :raises GridError: when two arms get the same label (``hub-pathway:top_k=2`` and
+        ``hub-pathway:noise=2`` are both ``hub-pathway-2``): their trials would share one folder, the
+        second taking the first's results as its own.
+    """
+    arms: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for token in methods:
+        label, method, overrides = parse_method(token)
+        first = arms.setdefault(label, (token, method, overrides))
+        if first[1:] != (method, overrides):
+            raise GridError(f"{first[0]!r} and {token!r} are both the arm {label!r}, whose trials would share one folder: "
+                            f"give one its own label, e.g. {label}-b={token}. Nothing was written.")
     specs = []
     for seed in seeds:
         for game in games:

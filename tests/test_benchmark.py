@@ -186,6 +186,10 @@ def test_bad_grids(tmp_path):
     with pytest.raises(GridError, match="--freeze-experts is an option of --method hub-pathway; zoo-tuning does not"):
         run_grid(tmp_path, ["Alien"], ["zoo-tuning:freeze_experts=true"], [0], 10)  # a method's own option, checked
     run_grid(tmp_path / "set", ["Alien"], ["scratch"], [0], 10, settings={"top_k": 1}, trial_fn=fake_trial)  # --set: all
+    with pytest.raises(GridError, match=r"'hub-pathway:top_k=2' and 'hub-pathway:noise=2' are both the arm 'hub-pathway-2'"):
+        run_grid(tmp_path / "same", ["Alien"], ["hub-pathway:top_k=2", "hub-pathway:noise=2"], [0], 10, trial_fn=fake_trial)
+    assert not (tmp_path / "same").exists()  # two arms in one folder: the second would skip as the first's results
+    run_grid(tmp_path / "two", ["Alien"], ["hub-pathway:top_k=2", "noise2=hub-pathway:noise=2"], [0], 10, trial_fn=fake_trial)
     # what the hub cannot serve, checked against it before any trial starts (each used to fail as it started)
     with pytest.raises(GridError, match=r"hub-pathway-5: --top-k 5 is larger than the hub \(2 experts: "):
         run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=5"], [0], 10, trial_fn=fake_trial, validate=True)
