@@ -536,22 +536,30 @@ def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: 
 def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> None:
     """Refuse, before anything is written, a launch whose settings would change a started trial
     (``--n-envs 2`` for trials started with 1): each trial would otherwise fail on its own resume
-    check, one by one, with advice meant for a single run (:func:`hubrl.runconfig.resume_conflicts`)."""
+    check, one by one, with advice meant for a single run (:func:`hubrl.runconfig.resume_conflicts`).
+    A finished or paused trial is checked too, archived without its checkpoint included: the launch
+    would skip it as done and report its results as this launch's arm."""
     import dataclasses
 
+    from hubrl.agents.presets import resolve_hyperparams
     from hubrl.runconfig import read_saved_run, resume_conflicts
-    from hubrl.transfer import TransferConfig
+    from hubrl.transfer import METHOD_OPTIONS, TransferConfig
 
     for spec in specs:
         folder = Path(spec["folder"])
-        if not (has_checkpoint(folder) and (folder / "config.yaml").is_file()):
-            continue
+        started = has_checkpoint(folder) or read_status(folder).get("status") in ("ok", "paused")
+        if not started or not (folder / "config.yaml").is_file():
+            continue  # a trial that starts afresh takes this launch's settings
         try:
             saved = read_saved_run(folder / "config.yaml")
         except (CheckpointError, UsageError, OSError):
             continue  # the trial's own resume names the damaged file
         cfg = trial_config(spec)
-        conflicts = resume_conflicts(TransferConfig, saved, dataclasses.asdict(cfg), folder / "config.yaml")
+        if cfg.n_envs is None:  # the preset's, as the trial's own resume resolves it before comparing
+            cfg.n_envs = int(resolve_hyperparams(cfg.algo, dict(cfg.hyperparams))[0]["n_envs"])
+        launch = {name: value for name, value in dataclasses.asdict(cfg).items()  # not the options its method ignores
+                  if cfg.method in METHOD_OPTIONS.get(name, (cfg.method,))}
+        conflicts = resume_conflicts(TransferConfig, saved, launch, folder / "config.yaml")
         if conflicts:
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where it has {v!r}" for n, w, v in conflicts)
             raise GridError(f"{folder.relative_to(root)} was started with other settings than this launch gives it "

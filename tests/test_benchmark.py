@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hubrl.benchmark import GridError, run_grid
-from hubrl.grid import trial_folder, trial_state
+from hubrl.grid import has_checkpoint, trial_folder, trial_state
 from tests.conftest import make_tiny_hub
 
 
@@ -268,6 +268,14 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
     assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"} == before
     again = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
     assert again.records[0]["status"] == "skipped"  # archived without model.zip, still finished at its own budget
+    # a finished trial archived without its checkpoint: another arm's settings would take its results as theirs
+    for checkpoint in folder.glob("checkpoint*.pt"):
+        checkpoint.unlink()
+    assert not has_checkpoint(folder)
+    with pytest.raises(GridError, match=r"Gopher/hub-pathway/s0 was started with other settings .*--n-envs 1 where it has 2"):
+        run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings={**settings, "n_envs": 1}, workers=0, log=None)
+    assert run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0,
+                    log=None).records[0]["status"] == "skipped"
 
 
 def _script_main():
@@ -425,3 +433,24 @@ def test_a_grid_wide_setting_no_arm_reads_is_refused(tmp_path, setting, flag, re
     assert not (tmp_path / "g" / "Alien").exists() and not (tmp_path / "g" / "grid.json").exists()
     run_grid(tmp_path / "ok", ["Alien"], ["scratch", "hub-pathway", "select"], [0], 10, settings=setting,
              trial_fn=fake_trial, validate=True, log=None)
+
+
+def test_a_started_trial_relaunched_with_the_presets_n_envs_is_not_refused(tmp_path):
+    """A grid launched without --n-envs (the preset's 8) pauses; the same command with the next
+    --pause-at must continue it. The trial's config.yaml holds the resolved 8, the launch None: the
+    up-front check resolves it as the trial's own resume does. Another --n-envs is still refused."""
+    import yaml
+
+    root = tmp_path / "grid"
+    folder = trial_folder(root, "Alien", "scratch", 0)
+    folder.mkdir(parents=True)
+    run = {"env": "Alien", "method": "scratch", "seed": 0, "timesteps": 1000, "n_envs": 8, "out": str(folder)}
+    (folder / "config.yaml").write_text(yaml.safe_dump({"run": run}))
+    (folder / "checkpoint.pt").write_bytes(b"a paused trial's checkpoint")
+    (folder / "status.json").write_text(json.dumps({"status": "paused", "num_timesteps": 256, "paused": True,
+                                                    "budget": 1000}))
+    launch = dict(trial_fn=fake_trial, validate=True, log=None)
+    summary = run_grid(root, ["Alien"], ["scratch"], [0], 1000, **launch)
+    assert summary.records[0]["status"] == "ok"
+    with pytest.raises(GridError, match=r"Alien/scratch/s0 was started with other settings .*--n-envs 4 where it has 8"):
+        run_grid(root, ["Alien"], ["scratch"], [0], 1000, settings={"n_envs": 4}, **launch)
