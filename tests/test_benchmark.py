@@ -438,13 +438,15 @@ def test_a_grid_wide_setting_no_arm_reads_is_refused(tmp_path, setting, flag, re
 def test_a_started_trial_relaunched_with_the_presets_n_envs_is_not_refused(tmp_path):
     """A grid launched without --n-envs (the preset's 8) pauses; the same command with the next
     --pause-at must continue it. The trial's config.yaml holds the resolved 8, the launch None: the
-    up-front check resolves it as the trial's own resume does. Another --n-envs is still refused."""
+    up-front check resolves it as the trial's own resume does, and skips the options the trial's
+    method does not read. Another --n-envs is still refused."""
     import yaml
 
     root = tmp_path / "grid"
     folder = trial_folder(root, "Alien", "scratch", 0)
     folder.mkdir(parents=True)
-    run = {"env": "Alien", "method": "scratch", "seed": 0, "timesteps": 1000, "n_envs": 8, "out": str(folder)}
+    run = {"env": "Alien", "method": "scratch", "seed": 0, "timesteps": 1000, "n_envs": 8, "out": str(folder),
+           "noise": "learned"}  # a hub-pathway option scratch never reads, saved at an older default
     (folder / "config.yaml").write_text(yaml.safe_dump({"run": run}))
     (folder / "checkpoint.pt").write_bytes(b"a paused trial's checkpoint")
     (folder / "status.json").write_text(json.dumps({"status": "paused", "num_timesteps": 256, "paused": True,
