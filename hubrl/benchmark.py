@@ -541,7 +541,7 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
     would skip it as done and report its results as this launch's arm."""
     import dataclasses
 
-    from hubrl.agents.presets import resolve_hyperparams
+    from hubrl.harness import resolve_run_hyperparams
     from hubrl.runconfig import read_saved_run, resume_conflicts
     from hubrl.transfer import METHOD_OPTIONS, TransferConfig
 
@@ -555,8 +555,7 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
         except (CheckpointError, UsageError, OSError):
             continue  # the trial's own resume names the damaged file
         cfg = trial_config(spec)
-        if cfg.n_envs is None:  # the preset's, as the trial's own resume resolves it before comparing
-            cfg.n_envs = int(resolve_hyperparams(cfg.algo, dict(cfg.hyperparams))[0]["n_envs"])
+        resolve_run_hyperparams(cfg)  # n_envs None -> the preset's, as the trial's own resume resolves it
         launch = {name: value for name, value in dataclasses.asdict(cfg).items()  # not the options its method ignores
                   if cfg.method in METHOD_OPTIONS.get(name, (cfg.method,))}
         conflicts = resume_conflicts(TransferConfig, saved, launch, folder / "config.yaml")

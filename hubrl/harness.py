@@ -65,7 +65,8 @@ from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
 __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
-    "check_resumable", "check_run_folder", "check_tensorboard_log", "start_run", "draw_learning_curve",
+    "check_resumable", "check_run_folder", "check_tensorboard_log", "resolve_run_hyperparams", "start_run",
+    "draw_learning_curve",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -184,7 +185,7 @@ def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
                 break  # not empty (another writer): left as it is, with the folders above it
 
 
-def _resolve_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def resolve_run_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The preset with ``cfg``'s overrides (and ``n_envs``), as plain values and as agent kwargs;
     sets ``cfg.n_envs`` to the number used."""
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
@@ -353,7 +354,7 @@ def start_run(
     saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
     if saved is not None and given is not None:
         cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
-    plain, kwargs = _resolve_hyperparams(cfg)
+    plain, kwargs = resolve_run_hyperparams(cfg)
     if saved is not None and given is None:
         check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
     if saved is not None and (given is None or "device" not in given):  # the saved run's device: is it here?
