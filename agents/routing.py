@@ -228,7 +228,7 @@ def fuse_adam(policy: Any) -> bool:
         return False  # a group with its own Adam settings: left as built
     if not fused_adam_available(next(policy.parameters()).device.type):
         return False
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+    defaults = {k: optimizer.defaults[k] for k in ("lr", *hyper)}
     kept = ("params", "lr", "lr_scale", "name")  # a group's own learning rate, its factor and its name
     groups = [{k: v for k, v in group.items() if k in kept} for group in optimizer.param_groups]
     policy.optimizer = th.optim.Adam(groups, fused=True, **defaults)
