@@ -63,7 +63,11 @@ class GateUsageCallback(BaseCallback):
         self._next_report: int | None = None
 
     def _on_training_start(self) -> None:
-        if self.report_every is not None:  # a resumed run reports at the next multiple, not at once
+        self._schedule_next_report()  # a resumed run reports at the next multiple, not at once
+
+    def _schedule_next_report(self) -> None:
+        """The next report at the first multiple of ``report_every`` past the current step (none without it)."""
+        if self.report_every is not None:
             self._next_report = (self.num_timesteps // self.report_every + 1) * self.report_every
 
     def _on_step(self) -> bool:
@@ -91,7 +95,7 @@ class GateUsageCallback(BaseCallback):
             with open(self.history_path, "a") as handle:  # one short line per rollout: a torn last line is skipped on read
                 handle.write(json.dumps(row) + "\n")
         if self._next_report is not None and self.num_timesteps >= self._next_report:
-            self._next_report = (self.num_timesteps // self.report_every + 1) * self.report_every  # type: ignore[operator]
+            self._schedule_next_report()
             if self.verbose:
                 print(gate_summary(row), flush=True)
         policy.reset_usage()

@@ -134,20 +134,24 @@ def route_divergence(policy, observations: th.Tensor, seed: int = 0) -> RouteDiv
 
 def collect_states(model, game: str, n_states: int, seed: int = 0, n_envs: int = 8, every: int = 4) -> np.ndarray:
     """``n_states`` observations (uint8) of ``model`` playing ``game`` with sampled actions, one
-    vector step in ``every`` kept (consecutive frames are nearly the same state)."""
+    vector step in ``every`` kept (consecutive frames are nearly the same state). ``seed`` seeds
+    the games and the sampled actions (:func:`hubrl.evaluation.seeded_actions`): the same weights
+    and seed give the same states, and the caller's torch generator is left as it was."""
     from hubrl.envs import make_atari_vec_env
+    from hubrl.evaluation import seeded_actions
 
     if n_states < 1:
         raise ValueError(f"n_states must be positive, got {n_states}.")
     env = make_atari_vec_env(game, n_envs, seed=seed)
     try:
         obs, kept, step = env.reset(), [], 0
-        while sum(len(k) for k in kept) < n_states:
-            if step % every == 0:
-                kept.append(obs.copy())
-            actions, _ = model.predict(obs, deterministic=False)
-            obs, *_ = env.step(actions)
-            step += 1
+        with seeded_actions(model, seed):
+            while sum(len(k) for k in kept) < n_states:
+                if step % every == 0:
+                    kept.append(obs.copy())
+                actions, _ = model.predict(obs, deterministic=False)
+                obs, *_ = env.step(actions)
+                step += 1
     finally:
         env.close()
     return np.concatenate(kept)[:n_states]

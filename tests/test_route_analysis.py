@@ -261,3 +261,25 @@ def test_a_one_expert_hub_has_one_route_and_no_distance_between_routes(hub):
     callback = GateUsageCallback(prefix="pathway")
     callback.model = Model()
     assert callback._route_stats(policy) == {}
+
+
+def test_the_states_routes_measures_are_the_same_for_the_same_seed(hub):
+    """``hubrl-bench routes --seed S`` repeated on the same weights measures the same states: the
+    sampled actions of the play that collects them come from the seed, not from torch's generator
+    wherever it stands (which made a repeat read Alien's TV 0.434, then 0.423). The caller's
+    generator is left as it was."""
+    from hubrl.route_analysis import collect_states
+
+    policy = _policy(hub)
+    th.manual_seed(123)
+    first = collect_states(policy, "Gopher", 96, seed=0, n_envs=2, every=2)
+    after = th.rand(1)
+    th.manual_seed(123)
+    th.rand(7)  # the generator elsewhere: the states must not depend on it
+    again = collect_states(policy, "Gopher", 96, seed=0, n_envs=2, every=2)
+    assert (first == again).all()
+    th.manual_seed(123)
+    collect_states(policy, "Gopher", 96, seed=0, n_envs=2, every=2)
+    assert th.equal(th.rand(1), after)  # the caller's generator as if no play had drawn from it
+    other = collect_states(policy, "Gopher", 96, seed=1, n_envs=2, every=2)
+    assert not (first == other).all()
