@@ -38,6 +38,7 @@ from hubrl.pathway import Routing
 
 __all__ = [
     "EXPLORATION_LOSSES",
+    "cv_squared",
     "entropy_balance_loss",
     "switch_balance_loss",
     "importance_load_loss",
@@ -79,16 +80,18 @@ def switch_balance_loss(probs: th.Tensor, selected: th.Tensor) -> th.Tensor:
     return n_experts * (fractions * probs.mean(dim=0)).sum()
 
 
-def _cv_squared(x: th.Tensor) -> th.Tensor:
+def cv_squared(x: th.Tensor) -> th.Tensor:
+    """Squared coefficient of variation ``Var(x) / mean(x)^2`` of a vector, with the population
+    variance as Shazeer et al.'s ``cv_squared`` (``tf.nn.moments``); 0 for fewer than two values."""
     if x.numel() <= 1:
         return x.new_zeros(())
-    return x.float().var() / (x.float().mean() ** 2 + 1e-10)
+    return x.float().var(unbiased=False) / (x.float().mean() ** 2 + 1e-10)
 
 
 def importance_load_loss(routing: Routing) -> th.Tensor:
-    """Shazeer et al.'s ``CV^2(importance) + CV^2(load)``, with two differences from their code:
-    ``CV^2`` uses the unbiased variance (twice theirs at K = 2, the same minimum at 0), and the
-    threshold is detached, so the load term moves each expert's own clean logit, not the others'.
+    """Shazeer et al.'s ``CV^2(importance) + CV^2(load)`` (:func:`cv_squared`, their population
+    variance), with one difference from their code: the threshold is detached, so the load term
+    moves each expert's own clean logit, not the others'.
 
     ``load_i = sum_b Phi((clean_bi - threshold_bi) / std_bi)``: the probability, under fresh
     noise on expert i only, that i lands in the top k given the other experts' noisy logits
@@ -100,7 +103,7 @@ def importance_load_loss(routing: Routing) -> th.Tensor:
     k = routing.selected.shape[1]
     if routing.noise_std is None or k >= n_experts:
         load = assignment_fractions(routing.selected, n_experts).to(importance.device) * batch
-        return _cv_squared(importance) + _cv_squared(load)
+        return cv_squared(importance) + cv_squared(load)
     top = routing.logits.topk(k + 1, dim=1)  # (B, k+1)
     # for an expert in the top k of these logits the others' k-th largest is the (k+1)-th overall, otherwise the
     # k-th. In the top k *of these logits*: a replayed batch's stored selection is the acting gate's, which the
@@ -110,7 +113,7 @@ def importance_load_loss(routing: Routing) -> th.Tensor:
     threshold = th.where(in_top, top.values[:, k : k + 1], top.values[:, k - 1 : k])
     normal = Normal(routing.clean.new_zeros(()), routing.clean.new_ones(()), validate_args=False)  # no read-back checks
     prob_in = normal.cdf((routing.clean - threshold.detach()) / routing.noise_std.clamp_min(1e-6))
-    return _cv_squared(importance) + _cv_squared(prob_in.sum(dim=0))
+    return cv_squared(importance) + cv_squared(prob_in.sum(dim=0))
 
 
 def exploration_loss(routing: Routing, kind: str = "switch") -> th.Tensor:

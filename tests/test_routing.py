@@ -173,6 +173,17 @@ def test_with_every_expert_selected_the_switch_loss_is_constant_and_the_others_s
         assert grad[0] > 0 > grad[1], (kind, grad)  # descent lowers the favoured expert's logit
 
 
+def test_cv_squared_is_shazeers_with_the_population_variance():
+    """``cv_squared`` of tensor2tensor's noisy top-k gating (``tf.nn.moments``: population variance),
+    so ``--exploration-loss importance-load`` weighs its terms as the paper does (the unbiased
+    variance doubles them at K = 2)."""
+    from hubrl.losses import cv_squared
+
+    assert cv_squared(th.tensor([3.0, 1.0])).item() == pytest.approx(0.25)  # mean 2, variance 1
+    assert cv_squared(th.tensor([1.0, 1.0, 1.0])).item() == 0.0
+    assert cv_squared(th.tensor([5.0])).item() == 0.0
+
+
 def test_importance_load_loss_is_larger_for_a_collapsed_gate():
     gate = PathwayGenerator(4, 3, 1, noise="learned")
     obs = th.rand(64, 4, 84, 84)
@@ -203,7 +214,8 @@ def test_importance_load_compares_each_expert_with_the_others_under_a_replayed_r
     # the current top 1 is expert 1: P(in top) = Phi(1 - 2), Phi(2 - 1), Phi(0 - 2)
     normal = th.distributions.Normal(0.0, 1.0)
     load = normal.cdf(th.tensor([-1.0, 1.0, -2.0]))
-    expected = weights.sum(0).var() / weights.sum(0).mean() ** 2 + load.var() / load.mean() ** 2
+    expected = (weights.sum(0).var(unbiased=False) / weights.sum(0).mean() ** 2
+                + load.var(unbiased=False) / load.mean() ** 2)
     assert importance_load_loss(routing(1)).item() == pytest.approx(expected.item(), rel=1e-5)
     assert importance_load_loss(routing(0)).item() == pytest.approx(expected.item(), rel=1e-5)  # acted on expert 0
 
