@@ -30,7 +30,9 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 * **HNS** = (score − random) / (human − random), DQN Zoo reference scores
   (:func:`hubrl.envs.games.human_normalized_score`); games without reference scores are left out of the
   aggregates.
-* **IQM** = mean of the middle 50% of all runs' scores pooled over games; **CIs** are 95%
+* **IQM** = mean of the middle 50% of all runs' scores pooled over games, every game weighing the
+  same (where games have different numbers of runs, a grid still running, each game's runs are
+  counted ``lcm / n`` times: :func:`hubrl.stats.stratified_bootstrap_ci`); **CIs** are 95%
   stratified-bootstrap percentile intervals (runs resampled within each game) with a fixed seed,
   so a report is reproducible.
 * **AUC** = trapezoid integral of the mean evaluation score over agent steps, divided by the
@@ -299,7 +301,9 @@ def _method_lines(confidence: float) -> list[str]:
         "Tables count the trials that reached the budget. A seed's final score is the mean raw score of its last",
         "evaluation's games; ± is the sample std over seeds. HNS = (score − random) / (human − random) with DQN Zoo",
         "references. AUC = trapezoid area under the evaluation curve divided by its step span (a time-averaged",
-        f"score). IQM = mean of the middle 50% of per-run HNS pooled over games; {100 * confidence:g}% CIs by stratified",
+        "score). IQM = mean of the middle 50% of per-run HNS pooled over games, every game weighing the same (where",
+        "games have different numbers of runs, each game's runs counted lcm / n times, so a game with more runs so far",
+        f"does not weigh more); {100 * confidence:g}% CIs by stratified",
         "bootstrap (runs resampled within each game, rliable's `get_interval_estimates`, percentile method).",
         "Steps/s = agent steps per wall second of the trial (env setup and evaluations included), mean over seeds;",
         "peak RSS = the trial process's peak resident memory (Python and torch included), max over seeds;",

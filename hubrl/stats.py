@@ -7,6 +7,9 @@ library rliable, which ``tests/test_stats_rliable.py`` checks them against on th
 * **IQM** = mean of the middle 50% of all runs' scores pooled over tasks (games): scipy's
   ``trim_mean(x, 0.25)``, which drops ``int(0.25 * n)`` values at each end (rliable's
   ``aggregate_iqm``). Implemented in numpy here: rliable pulls in scipy, arch and pandas.
+  rliable's score matrix gives every task the same number of runs; where the counts differ (a
+  grid still running), the report weighs every task the same by counting its runs
+  ``lcm / n_task`` times (``stratified_bootstrap_ci(..., balance_tasks=True)``).
 * **CIs** follow rliable's ``get_interval_estimates`` with its ``StratifiedBootstrap`` and the
   ``percentile`` method: each replicate resamples the runs *within* each task with replacement
   (keeping every task's run count), the statistic is recomputed on the pooled replicate, and the
@@ -49,34 +52,58 @@ __all__ = [
 Statistic = Callable[..., np.ndarray]
 
 
-def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None) -> np.ndarray | float:
+def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None,
+              repeats: Sequence[int] | np.ndarray | None = None) -> np.ndarray | float:
     """Mean after cutting ``int(proportion * n)`` values off each end (scipy.stats.trim_mean's rule).
 
     ``axis=None`` flattens; otherwise the cut is applied along ``axis`` (vectorised over the rest).
+    ``repeats``: one positive integer per position along ``axis`` (``axis=None``: per value): the
+    result is that of the array with each value repeated so many times (``n`` is then their sum),
+    computed without building it.
     """
     a = np.asarray(values, dtype=np.float64)
     if axis is None:
         a, axis = a.ravel(), 0
-    n = a.shape[axis]
+    a = np.moveaxis(a, axis, -1)
+    counts = _repeats(repeats, a.shape[-1])
+    n = int(counts.sum())
     if n == 0:
         raise ValueError("trim_mean of an empty array.")
     cut = int(proportion * n)
     if cut >= n - cut:
         raise ValueError(f"proportion {proportion} cuts all {n} values.")
-    a = np.sort(a, axis=axis)
-    kept = np.take(a, np.arange(cut, n - cut), axis=axis)
-    result = kept.mean(axis=axis)
+    if repeats is None:  # scipy's own arithmetic (a slice's mean), so the floats are rliable's to the last bit
+        result = np.sort(a, axis=-1)[..., cut:n - cut].mean(axis=-1)
+        return float(result) if np.ndim(result) == 0 else result
+    order = np.argsort(a, axis=-1, kind="stable")
+    ordered, copies = np.take_along_axis(a, order, axis=-1), counts[order]
+    last = np.cumsum(copies, axis=-1)  # each sorted value's copies take the places [last - copies, last)
+    kept = np.clip(np.minimum(last, n - cut) - np.maximum(last - copies, cut), 0, None)
+    result = (ordered * kept).sum(axis=-1) / (n - 2 * cut)
     return float(result) if np.ndim(result) == 0 else result
 
 
-def iqm(values: Any, axis: int | None = None) -> np.ndarray | float:
+def _repeats(repeats: Sequence[int] | np.ndarray | None, size: int) -> np.ndarray:
+    """``repeats`` as an int array of ``size`` positive counts (all ones for ``None``)."""
+    if repeats is None:
+        return np.ones(size, dtype=np.int64)
+    counts = np.asarray(repeats, dtype=np.int64)
+    if counts.shape != (size,) or (counts < 1).any():
+        raise ValueError(f"repeats must be {size} positive integers, got {counts.tolist()}.")
+    return counts
+
+
+def iqm(values: Any, axis: int | None = None, repeats: Sequence[int] | np.ndarray | None = None) -> np.ndarray | float:
     """Interquartile mean: :func:`trim_mean` with 25% cut at each end (rliable's ``aggregate_iqm``)."""
-    return trim_mean(values, 0.25, axis=axis)
+    return trim_mean(values, 0.25, axis=axis, repeats=repeats)
 
 
-def mean(values: Any, axis: int | None = None) -> np.ndarray | float:
-    """Plain mean with the signature of :func:`iqm` (a float for a full reduction)."""
-    result = np.mean(np.asarray(values, dtype=np.float64), axis=axis)
+def mean(values: Any, axis: int | None = None, repeats: Sequence[int] | np.ndarray | None = None) -> np.ndarray | float:
+    """Plain mean with the signature of :func:`iqm` (a float for a full reduction); ``repeats`` as there."""
+    a = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        a, axis = a.ravel(), 0
+    result = np.average(a, axis=axis, weights=None if repeats is None else _repeats(repeats, a.shape[axis]))
     return float(result) if np.ndim(result) == 0 else result
 
 
@@ -98,6 +125,7 @@ def stratified_bootstrap_ci(
     reps: int = 50_000,
     confidence: float = 0.95,
     seed: int = 0,
+    balance_tasks: bool = False,
 ) -> tuple[float, float, float]:
     """Point estimate and percentile CI of ``statistic`` over runs pooled across tasks (games).
 
@@ -106,16 +134,28 @@ def stratified_bootstrap_ci(
     it has, with replacement, pools the draws and applies ``statistic(pooled, axis=1)``, vectorised
     over replicates: rliable's ``StratifiedBootstrap`` (``task_bootstrap=False``).
 
+    ``balance_tasks``: every task weighs the same in the pooled statistic, as in rliable's
+    runs x tasks matrix, where every task has the same number of runs. When the counts differ
+    (a grid whose trials are still running), each task's runs are counted ``lcm / n_task`` times
+    (``statistic(..., repeats=...)``, as :func:`iqm` and :func:`mean` take it); without it a task
+    with more runs so far would weigh more, and two methods with runs on different games could
+    not be compared. Equal counts: the same numbers either way.
+
     :returns: ``(point, low, high)``.
     """
     tasks = [np.asarray(s, dtype=np.float64).ravel() for s in scores_by_task]
     tasks = [t for t in tasks if t.size]
     if not tasks:
         raise ValueError("No scores to bootstrap.")
-    point = float(statistic(np.concatenate(tasks)))
+    sizes = [t.size for t in tasks]
+    kwargs: dict[str, Any] = {}
+    if balance_tasks and len(set(sizes)) > 1:
+        common = int(np.lcm.reduce(sizes))
+        kwargs["repeats"] = np.concatenate([np.full(size, common // size, dtype=np.int64) for size in sizes])
+    point = float(statistic(np.concatenate(tasks), **kwargs))
     rng = np.random.default_rng(seed)
     replicates = np.concatenate([resample(t, reps, rng) for t in tasks], axis=1)
-    values = np.asarray(statistic(replicates, axis=1), dtype=np.float64)
+    values = np.asarray(statistic(replicates, axis=1, **kwargs), dtype=np.float64)
     return (point, *percentile_interval(values, confidence))
 
 

@@ -164,7 +164,9 @@ def aggregate_table(
     trials: Sequence[TrialResult], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
     compute: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs.
+    """Per method over games with reference scores: IQM and mean of per-run HNS with stratified-bootstrap CIs,
+    every game weighing the same (``balance_tasks``: its runs counted ``lcm / n`` times where games have
+    different run counts, as in a grid still running).
 
     With ``compute`` rows (from :func:`compute_table`), the medians over games of the ratios to
     the baseline are added.
@@ -177,8 +179,9 @@ def aggregate_table(
     rows = []
     for method, per_game in sorted(by_method.items()):
         tasks = [per_game[g] for g in sorted(per_game)]
-        point, low, high = stratified_bootstrap_ci(tasks, iqm, reps, confidence, seed)
-        mean, mean_low, mean_high = stratified_bootstrap_ci(tasks, _mean, reps, confidence, seed)
+        # every game weighs the same, also while a grid's games have different numbers of finished runs
+        point, low, high = stratified_bootstrap_ci(tasks, iqm, reps, confidence, seed, balance_tasks=True)
+        mean, mean_low, mean_high = stratified_bootstrap_ci(tasks, _mean, reps, confidence, seed, balance_tasks=True)
         row = {
             "method": method, "games": len(tasks), "runs": sum(len(t) for t in tasks),
             "iqm_hns": point, "iqm_low": low, "iqm_high": high, "mean_hns": mean, "mean_low": mean_low, "mean_high": mean_high,

@@ -227,7 +227,9 @@ def test_report_tables_and_plots(grid):
 
     aggregate = {r["method"]: r for r in _rows(out / "aggregate.csv")}
     pooled = [human_normalized_score("Alien", s) for s in (3000, 5000)] + [human_normalized_score("Gopher", 1000)]
-    assert float(aggregate["hub-pathway"]["iqm_hns"]) == pytest.approx(iqm(pooled))
+    # every game weighs the same: Gopher's one run counts as much as Alien's two
+    assert float(aggregate["hub-pathway"]["iqm_hns"]) == pytest.approx(iqm(pooled, repeats=[1, 1, 2]))
+    assert float(aggregate["hub-pathway"]["mean_hns"]) == pytest.approx((np.mean(pooled[:2]) + pooled[2]) / 2)
     assert int(aggregate["hub-pathway"]["games"]) == 2 and int(aggregate["hub-pathway"]["runs"]) == 3
     assert (float(aggregate["hub-pathway"]["iqm_low"]) <= float(aggregate["hub-pathway"]["iqm_hns"])
             <= float(aggregate["hub-pathway"]["iqm_high"]))
@@ -571,3 +573,39 @@ def test_the_report_names_the_commit_each_arm_trained_with(grid):
     text = write_report(grid, reps=200).read_text()
     assert "- Commits of the runs (by method): `111111111111` (scratch); `222222222222` (hub-pathway)" in text
     assert "abc123" not in text
+
+
+def test_repeats_count_each_value_as_often_as_repeating_it_would():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(50, 7))
+    repeats = np.array([1, 3, 2, 2, 1, 6, 3])
+    for axis_values, axis in ((values, 1), (values.T, 0)):
+        expanded = np.repeat(axis_values, repeats, axis=axis)
+        assert np.allclose(iqm(axis_values, axis=axis, repeats=repeats), iqm(expanded, axis=axis))
+        assert np.allclose(trim_mean(axis_values, 0.1, axis=axis, repeats=repeats), trim_mean(expanded, 0.1, axis=axis))
+    assert iqm(values[0], repeats=repeats) == pytest.approx(iqm(np.repeat(values[0], repeats)))
+    assert iqm([4.0, 1.0, 3.0, 2.0]) == iqm([4.0, 1.0, 3.0, 2.0], repeats=[1, 1, 1, 1]) == 2.5
+    with pytest.raises(ValueError, match="positive integers"):
+        iqm([1.0, 2.0], repeats=[1, 0])
+
+
+def test_balanced_tasks_weigh_every_game_the_same_whatever_its_run_count():
+    """A grid still running has games with different numbers of finished runs. Pooled as they are,
+    a game with more runs weighs more, and two methods whose runs so far lie on different games
+    cannot be compared: a third run of the higher-scoring game moved scratch's IQM at 1M from
+    0.393 to 0.253 in the committed 1M grid. Balanced, every game counts the same, as in rliable's
+    runs x games matrix; equal counts give the same numbers as before."""
+    from hubrl.stats import mean
+
+    uneven = [[0.0, 0.0, 0.0], [1.0]]
+    assert stratified_bootstrap_ci(uneven, mean, reps=500)[0] == pytest.approx(0.25)  # pooled: 1 of 4 runs
+    point, low, high = stratified_bootstrap_ci(uneven, mean, reps=500, balance_tasks=True)
+    assert (point, low, high) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))  # each game 1/2
+    tasks = [[0.1, 0.5, 0.9], [2.0, 2.2, 3.0], [-0.5, 0.0, 0.4]]
+    assert (stratified_bootstrap_ci(tasks, iqm, reps=2000, seed=1, balance_tasks=True)
+            == stratified_bootstrap_ci(tasks, iqm, reps=2000, seed=1))
+    # A third run on one game: balanced, the point is the IQM of the games' runs with that game's counted 2x, the others 3x.
+    tasks[0].append(0.7)
+    point, low, high = stratified_bootstrap_ci(tasks, iqm, reps=2000, seed=1, balance_tasks=True)
+    assert point == pytest.approx(iqm(np.repeat(np.concatenate(tasks), [3] * 4 + [4] * 3 + [4] * 3)))
+    assert low <= point <= high
