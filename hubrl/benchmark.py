@@ -268,8 +268,9 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     folder = Path(spec["folder"])
     cfg = trial_config(spec)
     resume = has_checkpoint(folder)
-    # a torn checkpoint: the previous one kept beside it
-    start = int(load_resume_checkpoint(folder / "checkpoint.pt")["num_timesteps"]) if resume else 0
+    # a torn checkpoint: the previous one kept beside it; both torn: the trial is restarted, not --resume'd by hand
+    again = f"delete {folder} and run the grid again, which trains this trial from the start"
+    start = int(load_resume_checkpoint(folder / "checkpoint.pt", again)["num_timesteps"]) if resume else 0
     if not resume:
         _clear_leftovers(folder)
     result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),

@@ -88,9 +88,14 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+#: What a run whose checkpoints are all damaged can do (:func:`load_resume_checkpoint`'s default).
+START_AGAIN = "start the run again without --resume (in a new --out)"
+
+
+def load_resume_checkpoint(path: str | Path, start_again: str = START_AGAIN) -> dict[str, Any]:
     """The checkpoint to resume from: ``path``, or the previous one kept beside it when ``path``
-    is missing or damaged (saying so on stderr, with the steps that are trained again)."""
+    is missing or damaged (saying so on stderr, with the steps that are trained again).
+    ``start_again``: what the error advises when neither can be used (a grid's trial is restarted otherwise)."""
     path = Path(path)
     previous = previous_checkpoint(path)
     try:
@@ -98,11 +103,11 @@ def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     except CheckpointError as exc:
         if not previous.is_file():
             raise CheckpointError(f"{exc} No previous checkpoint ({previous.name}) is kept beside it: "
-                                  f"start the run again without --resume (in a new --out).") from exc
+                                  f"{start_again}.") from exc
         try:
             state = load_training_checkpoint(previous)
         except CheckpointError as older:
-            raise CheckpointError(f"{exc} The previous one is damaged too: {older}") from exc
+            raise CheckpointError(f"{exc} The previous one is damaged too: {older} So {start_again}.") from exc
         print(f"warning: {exc} Resuming from the previous checkpoint {previous} "
               f"({int(state['num_timesteps']):,} steps) instead.", file=sys.stderr)
         return state

@@ -80,8 +80,10 @@ def _expert_policy(expert, game: str, device: str) -> Any:
     import gymnasium as gym
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
-    from hubrl.envs import action_meanings
+    from hubrl.envs import OBSERVATION_SHAPE, action_meanings
+    from hubrl.hub import Hub
 
+    Hub([expert]).validate(OBSERVATION_SHAPE)  # the frames the game gives: refused as transfer refuses it
     state = expert.policy_state()
     n_actions = int(state["action_net.weight"].shape[0])
     wanted = len(action_meanings(game))

@@ -62,6 +62,7 @@ class ExpertManifest:
     env_options: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    run_id: str = ""  # the pretraining run that exported it (hubrl.pretrain); "" unknown
     hubrl_version: str = ""
     format: str = MANIFEST_FORMAT
     format_version: int = MANIFEST_VERSION

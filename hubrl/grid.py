@@ -99,13 +99,24 @@ def read_status(folder: str | Path) -> dict[str, Any]:
     return read_json_object(Path(folder) / "status.json") or {}
 
 
-def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
-    """Points of ``<folder>/evaluations.json`` (``[]`` when it is missing or unreadable)."""
+def read_evaluations(folder: str | Path, strict: bool = False) -> list[dict[str, Any]]:
+    """Points of ``<folder>/evaluations.json`` (``[]`` when it is missing or unreadable).
+
+    ``strict`` (a report): a file that is there but unreadable, or holds no list of points, raises
+    :class:`TrialUnreadable` saying so, instead of passing for a trial with no evaluation yet.
+    """
+    path = Path(folder) / "evaluations.json"
     try:
-        data = json.loads((Path(folder) / "evaluations.json").read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise TrialUnreadable(f"evaluations.json is unreadable ({type(exc).__name__}: {exc})") from None
         return []
     points = data.get("points") if isinstance(data, dict) else None
+    if strict and not isinstance(points, list):
+        raise TrialUnreadable("evaluations.json holds no list of points")
     return points if isinstance(points, list) else []
 
 
@@ -513,7 +524,7 @@ def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> T
     type error) when its records are damaged."""
     from hubrl.envs.games import display_name
 
-    points = read_evaluations(folder)
+    points = read_evaluations(folder, strict=True)
     _check_points(points)
     points = sorted(points, key=lambda p: p["step"])
     config = read_yaml_object(folder / "config.yaml") or {}

@@ -127,12 +127,23 @@ def validate_run_settings(cfg: RunConfig, device_saved_in: Path | None = None) -
     check_device(cfg.device, saved_in=device_saved_in)
 
 
-def check_resumable(folder: Path) -> None:
-    """Refuse ``--resume`` of a folder that holds no run to continue."""
+def check_resumable(folder: Path, has_force: bool = False) -> None:
+    """Refuse ``--resume`` of a folder that holds no run to continue, saying what to do instead.
+
+    ``has_force``: the command has ``--force`` (start over in place); otherwise a folder that
+    holds a run stopped before its first checkpoint is to be restarted in another ``--out``.
+    """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a run folder.")
-    if not has_checkpoint(folder):
-        raise UsageError(f"Nothing to resume in {folder}: no {CHECKPOINT_NAME}. Run without --resume to start it.")
+    if has_checkpoint(folder):
+        return
+    nothing = f"Nothing to resume in {folder}: no {CHECKPOINT_NAME}"
+    if not folder.exists() or not any(folder.iterdir()):
+        raise UsageError(f"{nothing} (the folder {'is empty' if folder.exists() else 'does not exist'}). "
+                         "Run without --resume to start a run there.")
+    again = "with --force instead of --resume" if has_force else f"in another --out (or after deleting {folder})"
+    raise UsageError(f"{nothing}: the run there stopped before its first checkpoint, so it cannot continue. "
+                     f"Start it again {again}.")
 
 
 def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> None:
@@ -145,10 +156,13 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> N
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a folder: choose a folder for the run.")
     if resume:
-        check_resumable(folder)
+        check_resumable(folder, has_force=force is not None)
     elif folder.exists() and any(folder.iterdir()):
         if not force:
             instead = "--force to start over" if force is not None else "choose another --out"
+            if not has_checkpoint(folder):  # --resume would be refused too: no advice that goes round in a circle
+                raise UsageError(f"Run folder {folder} already exists and holds no {CHECKPOINT_NAME} to continue from: "
+                                 f"{instead}" + ("" if force is not None else f" (or delete {folder})") + ".")
             raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or {instead}.")
         shutil.rmtree(folder)
 
@@ -307,7 +321,7 @@ class Run(Generic[C]):
         ``batch_size`` that does not divide the rollout (:func:`hubrl.agents.presets.minibatch_warning`;
         :meth:`make_agent` silences SB3's paragraph), so a run refused or failing before says nothing but why."""
         cfg = self.cfg
-        for warning in [*warnings, minibatch_warning(cfg.algo, self.hyperparams)]:
+        for warning in [*warnings, minibatch_warning(cfg.algo, self.hyperparams), _short_budget_warning(model, cfg.timesteps)]:
             if warning is not None:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
         return run_training(
@@ -316,6 +330,15 @@ class Run(Generic[C]):
             resume_state=self.resume_state, callbacks=callbacks, progress_bar=progress_bar, tb_log_name=tb_log_name,
             verbose=verbose, pause_at=self.pause_at, first_eval_at=first_eval_at,
         )
+
+
+def _short_budget_warning(model: BaseAlgorithm, timesteps: int) -> str | None:
+    """A budget below one rollout: SB3 collects whole rollouts, so the run trains one anyway."""
+    rollout = int(getattr(model, "n_steps", 0) or 0) * int(model.n_envs)
+    if not 0 < timesteps < rollout:
+        return None
+    return (f"--timesteps {timesteps:,} is less than one rollout ({rollout:,} agent steps: n_steps {model.n_steps} x "
+            f"{model.n_envs} envs): the run trains one whole rollout, {rollout:,} steps.")
 
 
 def start_run(

@@ -253,11 +253,23 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
 
 
 def load_expert_folder(folder: str | Path) -> Expert:
-    """Load one ``pretrain_sources.py`` expert folder, verifying the weights checksum."""
+    """Load one ``pretrain_sources.py`` expert folder, verifying the weights checksum.
+
+    :raises HubError: what is wrong with it, and what to do: export it again from its run, or take
+        it out of the hub.
+    """
+    folder = Path(folder)
+    try:
+        return _load_expert_folder(folder)
+    except HubError as exc:
+        raise HubError(f"{exc} Export it again from its pretraining run (hubrl-pretrain --export --out RUNS "
+                       f"--hub {folder.parent}), or move {folder} out of the hub.") from exc
+
+
+def _load_expert_folder(folder: Path) -> Expert:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
     manifest = read_manifest(folder)  # fields type-checked, weights_file inside the folder
     weights = folder / manifest.weights_file
     if not weights.is_file():

@@ -15,6 +15,7 @@ manifest's score always describes the file next to it.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -73,6 +74,9 @@ class PretrainConfig:
     repeat_action_probability: float = 0.25
     hyperparams: dict[str, Any] = field(default_factory=dict)
     export_dtype: str = "float32"
+    #: Set when the run starts, written into each expert it exports (``expert.json``'s ``run_id``), so an
+    #: export replaces only its own run's expert in a hub; None: a run saved before it existed.
+    run_id: str | None = None
 
 
 @dataclass
@@ -162,8 +166,11 @@ def pretrain_expert(
     run = start_run(cfg, run_folder(cfg.out, cfg.game, cfg.algo), resume=resume, given=given, force=force, verbose=verbose,
                     written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done, pause_at=pause_at)
     cfg = run.cfg
-    if not resume and not force:
-        _refuse_replacing_an_expert(Path(cfg.hub) / name)
+    if not resume and cfg.run_id is None:
+        cfg.run_id = uuid.uuid4().hex
+    if not force:  # a resumed run may have been given another --hub
+        _refuse_replacing_an_expert(Path(cfg.hub) / name, cfg if resume else None,
+                                    replace="move that expert away" if resume else "--force to replace it")
     if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
         expert = Path(cfg.hub) / name
         return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert, cfg.timesteps)
@@ -185,14 +192,34 @@ def pretrain_expert(
     return PretrainResult(name, run.folder, outcome, manifest, expert, cfg.timesteps)
 
 
-def _refuse_replacing_an_expert(expert: Path) -> None:
-    """Refuse a new run whose export would replace an expert already in its hub: that expert may be
-    another run's hours of training, and the export overwrites it without a word when this run ends."""
-    if (expert / MANIFEST_NAME).is_file():
-        steps = _exported_steps(expert)
-        raise UsageError(f"--hub {expert.parent} already holds the expert {expert.name}"
-                         + (f" ({steps:,} steps)" if steps is not None else "")
-                         + ", which this new run would replace when it ends: give another --hub, or --force to replace it.")
+def _refuse_replacing_an_expert(expert: Path, run: PretrainConfig | None = None,
+                                replace: str = "--force to replace it") -> None:
+    """Refuse an export that would replace an expert of another run already in the hub: that expert
+    may be hours of training, and the export overwrites it without a word.
+
+    ``run`` None (a new run): any expert there is another run's. Otherwise the expert is the run's
+    own (a resumed run or ``--export`` refreshing it) when its manifest carries the run's
+    ``run_id``; an expert or a run from before ``run_id`` existed counts as the run's own when its
+    game, algorithm and seed are the run's. ``replace``: how the user replaces it, for the message.
+    """
+    if not (expert / MANIFEST_NAME).is_file():
+        return
+    try:
+        manifest: ExpertManifest | None = read_manifest(expert)
+    except HubError:
+        manifest = None  # a damaged manifest: whose it was cannot be told, so it is not replaced unasked
+    if run is not None and manifest is not None:
+        if manifest.run_id and run.run_id:
+            if manifest.run_id == run.run_id:
+                return
+        elif (manifest.game, manifest.algo, manifest.seed) == (resolve_game(run.game), run.algo.lower(), run.seed):
+            return
+    steps = manifest.timesteps if manifest is not None else None
+    raise UsageError(f"--hub {expert.parent} already holds the expert {expert.name}"
+                     + (f" ({steps:,} steps)" if steps is not None else "")
+                     + (", which this new run would replace when it ends" if run is None
+                        else f", exported by another run than {run.out}/{expert.name}, which this would replace")
+                     + f": give another --hub, or {replace}.")
 
 
 def _exported_steps(folder: Path) -> int | None:
@@ -232,6 +259,7 @@ def _write_expert(
         env_options={"repeat_action_probability": cfg.repeat_action_probability},
         hyperparameters=plain,
         seed=cfg.seed,
+        run_id=cfg.run_id or "",
         hubrl_version=__version__,
     )
     save_expert(folder, state, manifest, dtype=dtype)
@@ -247,10 +275,11 @@ def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path
 
 def export_expert(
     folder: str | Path, dtype: str | None = None, eval_episodes: int | None = None, device: str = "cpu",
-    hub: str | Path | None = None,
+    hub: str | Path | None = None, force: bool = False,
 ) -> ExpertManifest:
     """Export the run in ``folder`` (its ``checkpoint.pt``, finished or not) as an expert of ``hub``
-    (default: the hub the run was started with), into ``<hub>/<name>``.
+    (default: the hub the run was started with), into ``<hub>/<name>``. An expert another run
+    exported there is replaced only with ``force`` (:func:`_refuse_replacing_an_expert`).
 
     The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
     stochastic policy); ``expert.json`` records the agent steps, the run's budget and that score.
@@ -260,14 +289,16 @@ def export_expert(
     folder = Path(folder)
     if not (folder / CHECKPOINT_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise UsageError(f"Nothing to export in {folder}: no {CHECKPOINT_NAME} and {CONFIG_NAME} of a pretraining run.")
-    state = load_training_checkpoint(folder / CHECKPOINT_NAME)
     cfg = resume_config(PretrainConfig, folder / CONFIG_NAME)
+    expert = expert_folder(folder, hub)
+    if not force:
+        _refuse_replacing_an_expert(expert, cfg)
+    state = load_training_checkpoint(folder / CHECKPOINT_NAME)
     saved = yaml.safe_load((folder / CONFIG_NAME).read_text())
     if dtype:
         cfg.export_dtype = dtype
     if eval_episodes:
         cfg.eval_episodes = eval_episodes
-    expert = expert_folder(folder, hub)
     game = resolve_game(cfg.game)
     eval_env = make_eval_env(game, n_envs=min(cfg.eval_episodes, 8), seed=cfg.seed + 20_000,
                              repeat_action_probability=cfg.repeat_action_probability)

@@ -158,6 +158,14 @@ def _saved_run(tmp: Path, pretrain: bool = False, device: str = "cpu", name: str
     return out
 
 
+def _run_without_checkpoint(tmp: Path, name: str = "run") -> Path:
+    """A run folder that stopped before its first checkpoint: ``config.yaml`` and TensorBoard logs only."""
+    folder = _saved_run(tmp, pretrain=name != "run", name=name)
+    (folder / "checkpoint.pt").unlink()
+    (folder / "tb").mkdir()
+    return folder
+
+
 def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     """Hold the grid's lock as another runner would (a second flock conflicts even in one process)."""
     from hubrl.locks import exclusive_lock
@@ -221,6 +229,18 @@ CASES = [
     ("transfer-resume-saved-on-cuda-no-gpu", T, lambda t, h: ["--resume", "--out", str(_saved_on_cuda(t))],
      ["--device 'cuda'", "--device cpu", "config.yaml"], _no_gpu),
     # the other command's run folder: named as such, with the command that resumes it
+    # --resume where there is no run, or one stopped before its first checkpoint: what to do instead, never
+    # advice that sends the user back to the refusal they came from
+    ("transfer-resume-a-missing-folder", T, lambda t, h: ["--resume", "--out", str(t / "nowhere")],
+     ["Nothing to resume in", "the folder does not exist", "without --resume"], _leaves_nothing("nowhere")),
+    ("transfer-resume-a-run-without-checkpoint", T, lambda t, h: ["--resume", "--out", str(_run_without_checkpoint(t))],
+     ["stopped before its first checkpoint", "in another --out (or after deleting"], None),
+    ("transfer-new-run-over-a-run-without-checkpoint", T,
+     lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--out", str(_run_without_checkpoint(t))],
+     ["holds no checkpoint.pt to continue from", "choose another --out (or delete"], None),
+    ("pretrain-resume-a-run-without-checkpoint", "pretrain",
+     lambda t, h: ["--resume", "--env", "Gopher", "--out", str(_run_without_checkpoint(t, "runs/gopher-ppo").parent)],
+     ["stopped before its first checkpoint", "with --force instead of --resume"], None),
     ("transfer-resume-a-pretraining-run", T, lambda t, h: ["--resume", "--out", str(_saved_run(t, pretrain=True))],
      ["runs/gopher-ppo is a pretraining run", "pretrain --resume --out", "runs --env gopher"], None),
     ("pretrain-resume-a-transfer-run", "pretrain",
@@ -312,6 +332,11 @@ CASES = [
     ("routes-unknown-method", "bench", lambda t, h: ["routes", str(_routes_grid(t)), "--method", "hub-pathwya"],
      ["--method 'hub-pathwya'", "no trial of it", "its methods are hub-pathway, scratch"], None),
     ("archive-of-a-file", "bench", lambda t, h: ["archive", _file(t), str(t / "out")], ["No grid at", "a-file"], None),
+    # an expert that reads another frame stack: refused as transfer refuses it, not SB3's shape traceback mid-play
+    ("enjoy-expert-of-another-frame-stack", "enjoy",
+     lambda t, h: ["--expert", "seaquest-ppo", "--hub", str(make_tiny_hub(t / "hub", in_channels=3)), "--env", "Breakout",
+                   "--timesteps", "5"],
+     ["'seaquest-ppo' reads 3 stacked frames", "gives 4", "frame_stack=4"], None),
     ("enjoy-model-zip-torn", "enjoy", lambda t, h: [_played_folder(t)],
      ["played/model.zip", "not a readable SB3 model", "restore it from a copy"], None),
     ("enjoy-config-not-yaml", "enjoy", lambda t, h: [_played_folder(t, config="run: [\n")],
@@ -382,6 +407,11 @@ CASES = [
      lambda t, h: ["--env", "Seaquest", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1",
                    "--out", str(t / "runs"), "--hub", str(make_tiny_hub(t / "hub")), "--no-progress-bar"],
      ["--hub", "already holds the expert seaquest-ppo (0 steps)", "--force"], _leaves_nothing("runs")),
+    # --export into a hub whose expert of that name another run exported: refused before the checkpoint is read
+    ("pretrain-export-over-another-runs-expert", "pretrain",
+     lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True).parent),
+                   "--hub", str(make_tiny_hub(t / "hub", names=("gopher-ppo",)))],
+     ["--hub", "already holds the expert gopher-ppo (0 steps)", "exported by another run", "--force to replace it"], None),
     # a --tensorboard-log that cannot be written: refused before the run folder (or the hub) is made
     ("transfer-tensorboard-log-not-writable", T,
      lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--tensorboard-log", "/proc/hubrl-tb",
@@ -478,8 +508,11 @@ def test_report_lists_a_damaged_or_hostile_trial_as_skipped(grid, monkeypatch): 
     (corrupt / "status.json").write_text(json.dumps({"status": "ok", "history": 5}))
     hostile = grid / "Alien" / "scratch" / "s1"
     _zip(hostile / "model.zip", {"policy.pth": bytes(2 << 20)})
+    torn = grid / "Gopher" / "hub-pathway" / "s1"
+    (torn / "evaluations.json").write_text('{"points": [{"step": 2')  # not a trial with no evaluation yet
     monkeypatch.setattr("hubrl.hub.MAX_MEMBER_BYTES", 1 << 20)
     report = write_report(grid, reps=200, curve_reps=50).read_text()
     assert "`Alien/scratch/s0`: skipped: status.json: history is not a list of attempts" in report
+    assert "`Gopher/hub-pathway/s1`: skipped: evaluations.json is unreadable (JSONDecodeError" in report
     assert "`Alien/scratch/s1`: skipped: model.zip is not a readable SB3 policy" in report
     assert "| Alien | hub-pathway |" in report or "hub-pathway" in report.split("## Scores per game")[1]

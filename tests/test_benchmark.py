@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hubrl.benchmark import GridError, run_grid
+from hubrl.errors import CheckpointError
 from hubrl.grid import has_checkpoint, trial_folder, trial_state
 from tests.conftest import make_tiny_hub
 
@@ -100,10 +102,16 @@ def test_a_trial_with_only_its_previous_checkpoint_resumes_from_it(tmp_path):
     (folder / "status.json").write_text(json.dumps({"status": "failed", "budget": 100, "num_timesteps": 50}))
     assert trial_state(folder, 100) == "resume"
     assert trial_state(folder, 200) == "refused"  # its schedules run over 100
-    with pytest.raises(Exception, match="checkpoint"):  # the torn stand-in is refused by the resume, not deleted
-        run_trial({"folder": str(folder), "game": "Gopher", "method": "scratch", "seed": 0, "budget": 100,
-                   "settings": {"n_envs": 1, "device": "cpu"}})
+    spec = {"folder": str(folder), "game": "Gopher", "method": "scratch", "seed": 0, "budget": 100,
+            "settings": {"n_envs": 1, "device": "cpu"}}
+    # the torn stand-in is refused by the resume, not deleted; the advice is the grid's (no --resume, no --out there)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(folder))} and run the grid again") as refused:
+        run_trial(spec)
+    assert "--resume" not in str(refused.value) and "--out" not in str(refused.value)
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.prev.pt", "evaluations.json", "status.json"]
+    (folder / "checkpoint.pt").write_bytes(b"torn too")
+    with pytest.raises(CheckpointError, match="damaged too: .* So delete .* and run the grid again"):
+        run_trial(spec)
 
 
 def test_grid_skips_finished_records_failures_and_retries(tmp_path):

@@ -26,8 +26,11 @@ def test_checksum_mismatch_is_refused(tiny_hub):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(HubError, match="checksum"):
+    with pytest.raises(HubError, match="checksum") as refused:
         load_hub(tiny_hub)
+    # what to do too: the damaged expert named with the two ways out
+    assert str(refused.value).endswith(f"Export it again from its pretraining run (hubrl-pretrain --export --out RUNS "
+                                       f"--hub {tiny_hub}), or move {tiny_hub / 'seaquest-ppo'} out of the hub.")
 
 
 def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch as th
+import yaml
 from safetensors.torch import load_file
 
 from hubrl.atomic import sha256_file
 from hubrl.checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
 from hubrl.experts import read_manifest
 from hubrl.pretrain import PretrainConfig, UsageError, export_expert, pretrain_expert
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, make_tiny_hub, run_script
 
 
 def _cfg(tmp_path, tiny_ppo, timesteps=256, **kw):
@@ -75,6 +76,21 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
         export_expert(tmp_path / "runs" / "riverraid-ppo")
     other = export_expert(run, eval_episodes=1, hub=tmp_path / "other")  # --hub: another hub
     assert other.timesteps == 128 and (tmp_path / "other" / "seaquest-ppo" / "expert.json").is_file()
+    # the expert names the run that exported it: the run may export it again, another run may not replace it
+    run_id = yaml.safe_load((run / "config.yaml").read_text())["run"]["run_id"]
+    assert len(run_id) == 32 and manifest.run_id == other.run_id == run_id
+    export_expert(run, eval_episodes=1)  # the run's own expert: refreshed
+    path = folder / "expert.json"
+    path.write_text(path.read_text().replace(run_id, "f" * 32))  # as another run would have exported it
+    with pytest.raises(UsageError, match="already holds the expert seaquest-ppo .128 steps., exported by another run"):
+        export_expert(run, eval_episodes=1)
+    assert read_manifest(folder).run_id == "f" * 32  # untouched
+    assert export_expert(run, eval_episodes=1, force=True).run_id == run_id  # --export --force
+    # a resumed run given a --hub that holds another run's expert: refused before it trains for hours
+    foreign = make_tiny_hub(tmp_path / "foreign", names=("seaquest-ppo",))
+    with pytest.raises(UsageError, match="exported by another run.*move that expert away"):
+        pretrain_expert(PretrainConfig(game="Seaquest", timesteps=256, out=str(tmp_path / "runs"), hub=str(foreign)),
+                        resume=True, progress_bar=False, verbose=0)
     from hubrl.plots import plot_expert_curve
 
     png = plot_expert_curve(run)

@@ -176,6 +176,23 @@ def test_a_rollout_the_minibatch_does_not_divide_warns_in_one_line_instead_of_sb
     assert capsys.readouterr().err == ""  # 2 x 128 = 256: one whole mini-batch
 
 
+def test_a_budget_below_one_rollout_says_the_run_trains_a_whole_one(tmp_path, capsys, monkeypatch):
+    """SB3 collects whole rollouts: ``--timesteps 2`` trains 8 x 128 = 1,024 steps. The run says so in one
+    line instead of a progress bar that reads 1,024/1,024 for a budget of 2; a budget of a rollout or more
+    (ending where the last rollout ends, as every run does) says nothing."""
+    import hubrl.harness
+    from hubrl.harness import start_run
+
+    monkeypatch.setattr(hubrl.harness, "run_training", lambda *args, **kwargs: None)
+    for budget, said in ((2, True), (1024, False), (1500, False)):
+        cfg = _cfg(tmp_path, method="scratch", n_envs=8, hyperparams={}, timesteps=budget, out=str(tmp_path / f"r{budget}"))
+        run = start_run(cfg, cfg.out, verbose=0)
+        with run.envs("Gopher") as (env, _):
+            run.train(run.make_agent("CnnPolicy", env), env, tb_log_name="t")
+        assert capsys.readouterr().err == ("warning: --timesteps 2 is less than one rollout (1,024 agent steps: n_steps 128 "
+                                           "x 8 envs): the run trains one whole rollout, 1,024 steps.\n" if said else "")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

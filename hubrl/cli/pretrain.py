@@ -58,7 +58,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "E.g. train a 10M budget 2M at a time.")
     parser.add_argument("--force", action="store_true",
                         help="Start over: delete an existing run of the same name in --out, and replace the hub's "
-                             "expert of that name when the run ends.")
+                             "expert of that name when the run ends. With --export: replace an expert another run "
+                             "exported into the hub.")
     parser.add_argument("--eval-freq", type=steps, default=250_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
@@ -89,7 +90,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set
     if args.plot:  # reads the runs' records only
         refuse_flags_not_read_by(parser, given, "plot", {"out", "games", "algo"})
     if args.export:  # evaluates and exports the runs' latest checkpoints, on the CPU
-        refuse_flags_not_read_by(parser, given, "export", {"out", "games", "algo", "hub", "export_dtype", "eval_episodes"})
+        refuse_flags_not_read_by(parser, given, "export", {"out", "games", "algo", "hub", "export_dtype", "eval_episodes",
+                                                           "force"})
     return args, given
 
 
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         for game in games:
             folder = run_folder(args.out, game, args.algo)
             manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu",
-                                     hub=args.hub)
+                                     hub=args.hub, force=args.force)
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
                   f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
                   f"-> {expert_folder(folder, args.hub)}")
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         from hubrl.pretrain import run_folder
 
         for game in games:
-            check_resumable(run_folder(args.out, game, args.algo))
+            check_resumable(run_folder(args.out, game, args.algo), has_force=True)
     status = 0
     for index, game in enumerate(games):
         cfg = PretrainConfig(
