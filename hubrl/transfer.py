@@ -224,7 +224,9 @@ def validate_config(cfg: TransferConfig, device_saved_in: Path | None = None) ->
     if isinstance(cfg.gate_lr_scale, bool) or not isinstance(cfg.gate_lr_scale, (int, float)) \
             or not 0 < cfg.gate_lr_scale < float("inf"):
         raise UsageError(f"--gate-lr-scale must be a finite number > 0, got {cfg.gate_lr_scale!r}.")
-    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int):
+        raise UsageError(f"--top-k must be a whole number of experts, got {cfg.top_k!r}.")
+    if cfg.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {cfg.top_k!r}.")
     if cfg.exploration_loss not in EXPLORATION_LOSSES:
         raise UsageError(f"--exploration-loss must be one of {', '.join(EXPLORATION_LOSSES)}, got {cfg.exploration_loss!r}.")

@@ -189,6 +189,8 @@ def test_bad_grids(tmp_path):
         run_grid(tmp_path, ["Alien"], ["hub-pathway"], [0], 10, settings={"bogus": 1})
     with pytest.raises(GridError, match="hub-pathway-0: --top-k must be at least 1"):  # checked before any trial
         run_grid(tmp_path, ["Alien"], ["scratch", "hub-pathway:top_k=0"], [0], 10, settings={"noise_floor": 0.1})
+    with pytest.raises(GridError, match="--top-k must be a whole number of experts, got 'abc'"):  # not "at least 1"
+        run_grid(tmp_path, ["Alien"], ["hub-pathway:top_k=abc"], [0], 10)
     with pytest.raises(GridError, match=r"lite \(--lite\) is a switch: true or false, got 'yes'"):
         run_grid(tmp_path, ["Alien"], ["zoo-tuning:lite=yes"], [0], 10)  # a string would have run as "true"
     with pytest.raises(GridError, match="--freeze-experts is an option of --method hub-pathway; zoo-tuning does not"):
