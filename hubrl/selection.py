@@ -578,9 +578,9 @@ def rank_experts(
     _check_probe(probe)
     if len(hub) == 0:
         raise HubError("The hub is empty: give a hub folder with experts, or --sources ZIP ...")
-    if len(hub) == 1:
-        return [Ranking(hub.experts[0].name, None, 0.0)]
     hub.validate(data.observation_shape if data is not None else OBSERVATION_SHAPE)  # before spending time on data
+    if len(hub) == 1:  # nothing to rank, but one the target's frames cannot feed is refused all the same
+        return [Ranking(hub.experts[0].name, None, 0.0)]
     if data is None:
         data = collect_target_data(game, frames=frames, seed=seed, n_envs=n_envs,
                                    repeat_action_probability=repeat_action_probability)

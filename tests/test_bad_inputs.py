@@ -383,6 +383,13 @@ CASES = [
      lambda t, h: ["--env", "Alien", "--hub", str(_hub_with(t, observation_shape=[4, 64, 64]))],
      ["expert.json", "observation_shape"], None),
     # too few random-policy frames for select's proxy: the flag to raise, and by how much
+    # an expert the game's frames cannot feed: refused by rank as by transfer, also when there is nothing to rank
+    ("rank-one-expert-of-another-frame-stack", "rank",
+     lambda t, h: ["--env", "Alien", "--hub", str(make_tiny_hub(t / "hub", names=("x-ppo",), in_channels=3))],
+     ["'x-ppo' reads 3 stacked frames", "gives 4"], None),
+    ("rank-experts-of-another-frame-stack", "rank",
+     lambda t, h: ["--env", "Alien", "--hub", str(make_tiny_hub(t / "hub", in_channels=3)), "--timesteps", "100000"],
+     ["reads 3 stacked frames", "gives 4"], None),
     ("rank-timesteps-leave-no-known-return", "rank",
      lambda t, h: ["--env", "Alien", "--hub", str(make_tiny_hub(t / "hub")), "--timesteps", "100", "--n-envs", "2"],
      ["--timesteps", "at least 460"], None),

@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-rank`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     args = parse_args(argv, prog)
-    from hubrl.envs import display_name, resolve_game
+    from hubrl.envs import OBSERVATION_SHAPE, display_name, resolve_game
     from hubrl.hub import resolve_hub
     from hubrl.runtime import configure_threads
     from hubrl.selection import Ranking, collect_target_data, random_baseline, rank_experts
@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     start = time.perf_counter()
     game = resolve_game(args.env)
     hub = resolve_hub(args.hub, args.sources)
+    hub.validate(OBSERVATION_SHAPE)  # experts the game's frames cannot feed: refused before any data are collected
     summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe, "data": None}
     reference = None
     if len(hub) == 1:
