@@ -232,7 +232,8 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
             )
         raise HubError(
             f"{where} is not an SB3 CnnPolicy (NatureCNN) checkpoint: "
-            f"missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}."
+            f"missing {', '.join(ENCODER_PREFIX + k for k in missing[:3])}. A hub takes PPO or A2C agents saved with "
+            "CnnPolicy (model.save), or expert folders of hubrl-pretrain."
         )
     conv = encoder["cnn.0.weight"]
     channels = int(conv.shape[1]) if conv.ndim == 4 else -1

@@ -41,7 +41,8 @@ def read_saved_config(config_path: str | Path) -> dict[str, Any]:
                               f"(start a new run with another --out).") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}): the run's settings are unknown, "
-                              f"so it cannot be resumed.") from exc
+                              f"so it cannot be resumed: mend the file by hand if you know them (its "
+                              f"resolved_hyperparams and run sections), or start a new run with another --out.") from exc
     run = data.get("run") if isinstance(data, dict) else None
     if not isinstance(run, dict):
         raise CheckpointError(f"{path} has no 'run' section: it was not written by a hubrl run.")

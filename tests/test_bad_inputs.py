@@ -166,6 +166,13 @@ def _run_without_checkpoint(tmp: Path, name: str = "run") -> Path:
     return folder
 
 
+def _run_with_torn_config(tmp: Path) -> Path:
+    """A run folder whose ``config.yaml`` was cut short mid-line."""
+    folder = _saved_run(tmp)
+    (folder / "config.yaml").write_text("run: {env: Gopher, method: [scratch\n")
+    return folder
+
+
 def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     """Hold the grid's lock as another runner would (a second flock conflicts even in one process)."""
     from hubrl.locks import exclusive_lock
@@ -241,6 +248,8 @@ CASES = [
     ("pretrain-resume-a-run-without-checkpoint", "pretrain",
      lambda t, h: ["--resume", "--env", "Gopher", "--out", str(_run_without_checkpoint(t, "runs/gopher-ppo").parent)],
      ["stopped before its first checkpoint", "with --force instead of --resume"], None),
+    ("transfer-resume-a-run-with-a-torn-config", T, lambda t, h: ["--resume", "--out", str(_run_with_torn_config(t))],
+     ["config.yaml is corrupt (ParserError)", "mend the file by hand", "or start a new run with another --out"], None),
     ("transfer-resume-a-pretraining-run", T, lambda t, h: ["--resume", "--out", str(_saved_run(t, pretrain=True))],
      ["runs/gopher-ppo is a pretraining run", "pretrain --resume --out", "runs --env gopher"], None),
     ("pretrain-resume-a-transfer-run", "pretrain",

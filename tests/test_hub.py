@@ -79,7 +79,7 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path):
         # cut short, an SB3 zip can open as the torch zip inside its last member, which has other entries
         ("nested", r"or is truncated: it has no policy.pth \(entries: archive/data.pkl\); save or download it again"),
         ("truncated", "corrupt"),
-        ("mlp", "not an SB3 CnnPolicy"),
+        ("mlp", "not an SB3 CnnPolicy .* A hub takes PPO or A2C agents saved with CnnPolicy"),
         ("hub-pathway", r"is a hubrl Hub-Pathway model \(a gate and 2 expert encoders\), not a single-encoder CnnPolicy: "
                         "play it from its run folder"),
     ],
