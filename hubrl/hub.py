@@ -263,8 +263,11 @@ def load_expert_folder(folder: str | Path) -> Expert:
     try:
         return _load_expert_folder(folder)
     except HubError as exc:
-        raise HubError(f"{exc} Export it again from its pretraining run (hubrl-pretrain --export --out RUNS "
-                       f"--hub {folder.parent}), or move {folder} out of the hub.") from exc
+        if folder.resolve().parent == default_hub_path().resolve():
+            raise HubError(f"{exc} It is an expert of hubrl's own hub: reinstall hubrl.") from exc
+        raise HubError(f"{exc} If it is damaged, export it again from its pretraining run (hubrl-pretrain --export "
+                       f"--env GAME --out RUNS --hub {shlex.quote(str(folder.parent))} --force), or move "
+                       f"{shlex.quote(str(folder))} out of the hub.") from exc
 
 
 def _load_expert_folder(folder: Path) -> Expert:

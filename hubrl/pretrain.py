@@ -41,7 +41,7 @@ from hubrl.runconfig import resume_config
 from hubrl.training import TrainingOutcome
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "run_folder", "expert_folder", "export_expert", "games_in",
-           "pretrain_expert", "UsageError"]
+           "check_export_target", "pretrain_expert", "UsageError"]
 
 
 @dataclass
@@ -199,27 +199,36 @@ def _refuse_replacing_an_expert(expert: Path, run: PretrainConfig | None = None,
 
     ``run`` None (a new run): any expert there is another run's. Otherwise the expert is the run's
     own (a resumed run or ``--export`` refreshing it) when its manifest carries the run's
-    ``run_id``; an expert or a run from before ``run_id`` existed counts as the run's own when its
-    game, algorithm and seed are the run's. ``replace``: how the user replaces it, for the message.
+    ``run_id``. A run with a ``run_id`` writes it into every export, so where only one of the two
+    has one, the expert is another run's; only where neither has (a run and an expert from before
+    ``run_id`` existed) does the expert count as the run's own when its game, algorithm and seed are
+    the run's. ``replace``: how the user replaces it, for the message.
     """
     if not (expert / MANIFEST_NAME).is_file():
         return
     try:
-        manifest: ExpertManifest | None = read_manifest(expert)
-    except HubError:
-        manifest = None  # a damaged manifest: whose it was cannot be told, so it is not replaced unasked
-    if run is not None and manifest is not None:
-        if manifest.run_id and run.run_id:
-            if manifest.run_id == run.run_id:
+        manifest = read_manifest(expert)
+    except HubError as exc:  # whose it was cannot be told, so it is not replaced unasked
+        raise UsageError(f"--hub {expert.parent} holds an expert {expert.name} whose manifest cannot be read ({exc}): "
+                         f"give another --hub, or {replace}.") from exc
+    if run is not None:
+        if manifest.run_id or run.run_id:
+            if manifest.run_id == (run.run_id or ""):
                 return
         elif (manifest.game, manifest.algo, manifest.seed) == (resolve_game(run.game), run.algo.lower(), run.seed):
             return
-    steps = manifest.timesteps if manifest is not None else None
-    raise UsageError(f"--hub {expert.parent} already holds the expert {expert.name}"
-                     + (f" ({steps:,} steps)" if steps is not None else "")
+    raise UsageError(f"--hub {expert.parent} already holds the expert {expert.name} ({manifest.timesteps:,} steps)"
                      + (", which this new run would replace when it ends" if run is None
                         else f", exported by another run than {run.out}/{expert.name}, which this would replace")
                      + f": give another --hub, or {replace}.")
+
+
+def check_export_target(folder: str | Path, hub: str | Path | None = None, replace: str = "--force to replace it") -> None:
+    """Refuse, before anything trains or is evaluated, an export of the run in ``folder`` (into ``hub``,
+    default the run's own) that would replace another run's expert (:func:`_refuse_replacing_an_expert`);
+    a command over several games checks each game's run first, so none is refused after hours of another's."""
+    cfg = resume_config(PretrainConfig, Path(folder) / CONFIG_NAME)
+    _refuse_replacing_an_expert(expert_folder(folder, hub), cfg, replace)
 
 
 def _exported_steps(folder: Path) -> int | None:
@@ -289,10 +298,10 @@ def export_expert(
     folder = Path(folder)
     if not (folder / CHECKPOINT_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise UsageError(f"Nothing to export in {folder}: no {CHECKPOINT_NAME} and {CONFIG_NAME} of a pretraining run.")
+    if not force:
+        check_export_target(folder, hub)
     cfg = resume_config(PretrainConfig, folder / CONFIG_NAME)
     expert = expert_folder(folder, hub)
-    if not force:
-        _refuse_replacing_an_expert(expert, cfg)
     state = load_training_checkpoint(folder / CHECKPOINT_NAME)
     saved = yaml.safe_load((folder / CONFIG_NAME).read_text())
     if dtype:

@@ -28,6 +28,7 @@ library rliable, which ``tests/test_stats_rliable.py`` checks them against on th
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -138,8 +139,9 @@ def stratified_bootstrap_ci(
     runs x tasks matrix, where every task has the same number of runs. When the counts differ
     (a grid whose trials are still running), each task's runs are counted ``lcm / n_task`` times
     (``statistic(..., repeats=...)``, as :func:`iqm` and :func:`mean` take it); without it a task
-    with more runs so far would weigh more, and two methods with runs on different games could
-    not be compared. Equal counts: the same numbers either way.
+    with more runs so far would weigh more, and two methods with runs on the same games but in
+    other numbers could not be compared (a method with no run on a game at all still cannot be).
+    Equal counts: the same numbers either way.
 
     :returns: ``(point, low, high)``.
     """
@@ -150,7 +152,9 @@ def stratified_bootstrap_ci(
     sizes = [t.size for t in tasks]
     kwargs: dict[str, Any] = {}
     if balance_tasks and len(set(sizes)) > 1:
-        common = int(np.lcm.reduce(sizes))
+        common = math.lcm(*sizes)  # Python ints: no silent int64 wrap-around
+        if common > 2**31:
+            raise ValueError(f"Run counts {sizes} are too uneven to balance (their lcm is {common:,}).")
         kwargs["repeats"] = np.concatenate([np.full(size, common // size, dtype=np.int64) for size in sizes])
     point = float(statistic(np.concatenate(tasks), **kwargs))
     rng = np.random.default_rng(seed)

@@ -143,12 +143,15 @@ def _saved_on_cuda(tmp: Path, pretrain: bool = False) -> Path:
     return _saved_run(tmp, pretrain, device="cuda")
 
 
-def _saved_run(tmp: Path, pretrain: bool = False, device: str = "cpu", name: str | None = None) -> Path:
+def _saved_run(tmp: Path, pretrain: bool = False, device: str = "cpu", name: str | None = None,
+               run_id: str | None = None) -> Path:
     """A pretraining or transfer run folder (``tmp/runs/gopher-ppo``, ``tmp/run``) whose checkpoint is never reached."""
     if pretrain:
         out = tmp / (name or "runs/gopher-ppo")
         out.mkdir(parents=True)
         run = {"game": "gopher", "algo": "ppo", "device": device, "out": str(tmp / "runs"), "hub": str(tmp / "hub")}
+        if run_id is not None:
+            run["run_id"] = run_id
     else:
         out = tmp / (name or "run")
         out.mkdir(parents=True)
@@ -156,6 +159,13 @@ def _saved_run(tmp: Path, pretrain: bool = False, device: str = "cpu", name: str
     (out / "config.yaml").write_text(yaml.safe_dump({"run": run}))
     (out / "checkpoint.pt").write_bytes(b"never read")
     return out
+
+
+def _seeded(hub: Path, seed: int) -> Path:
+    """``hub`` with each expert's manifest recording ``seed`` (a run's game, algorithm and seed, another run's id)."""
+    for manifest in hub.glob("*/expert.json"):
+        manifest.write_text(manifest.read_text().replace('"seed": null', f'"seed": {seed}'))
+    return hub
 
 
 def _run_without_checkpoint(tmp: Path, name: str = "run") -> Path:
@@ -425,9 +435,15 @@ CASES = [
      ["--hub", "already holds the expert seaquest-ppo (0 steps)", "--force"], _leaves_nothing("runs")),
     # --export into a hub whose expert of that name another run exported: refused before the checkpoint is read
     ("pretrain-export-over-another-runs-expert", "pretrain",
-     lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True).parent),
-                   "--hub", str(make_tiny_hub(t / "hub", names=("gopher-ppo",)))],
+     lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True, run_id="a" * 32).parent),
+                   "--hub", str(_seeded(make_tiny_hub(t / "hub", names=("gopher-ppo",)), seed=0))],
      ["--hub", "already holds the expert gopher-ppo (0 steps)", "exported by another run", "--force to replace it"], None),
+    # a resumed run given a --hub where its export would replace another run's expert: refused before any
+    # game's run is even opened (the checkpoint here is never read), not when that game's turn comes
+    ("pretrain-resume-into-another-runs-expert", "pretrain",
+     lambda t, h: ["--resume", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True, run_id="a" * 32).parent),
+                   "--no-progress-bar", "--hub", str(_seeded(make_tiny_hub(t / "other", names=("gopher-ppo",)), seed=0))],
+     ["already holds the expert gopher-ppo", "exported by another run", "move that expert away"], None),
     # a --tensorboard-log that cannot be written: refused before the run folder (or the hub) is made
     ("transfer-tensorboard-log-not-writable", T,
      lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--tensorboard-log", "/proc/hubrl-tb",

@@ -29,8 +29,9 @@ def test_checksum_mismatch_is_refused(tiny_hub):
     with pytest.raises(HubError, match="checksum") as refused:
         load_hub(tiny_hub)
     # what to do too: the damaged expert named with the two ways out
-    assert str(refused.value).endswith(f"Export it again from its pretraining run (hubrl-pretrain --export --out RUNS "
-                                       f"--hub {tiny_hub}), or move {tiny_hub / 'seaquest-ppo'} out of the hub.")
+    assert str(refused.value).endswith(f"If it is damaged, export it again from its pretraining run (hubrl-pretrain "
+                                       f"--export --env GAME --out RUNS --hub {tiny_hub} --force), or move "
+                                       f"{tiny_hub / 'seaquest-ppo'} out of the hub.")
 
 
 def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):

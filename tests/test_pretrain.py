@@ -86,8 +86,16 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
         export_expert(run, eval_episodes=1)
     assert read_manifest(folder).run_id == "f" * 32  # untouched
     assert export_expert(run, eval_episodes=1, force=True).run_id == run_id  # --export --force
+    # an expert without run_id (an older run's, or the package's own) is another run's for a run that has one,
+    # even with the same game, algorithm and seed: a new run always writes its run_id
+    path.write_text(path.read_text().replace(f'"run_id": "{run_id}"', '"run_id": ""'))
+    assert read_manifest(folder).seed == 0 and read_manifest(folder).run_id == ""
+    with pytest.raises(UsageError, match="exported by another run"):
+        export_expert(run, eval_episodes=1)
     # a resumed run given a --hub that holds another run's expert: refused before it trains for hours
     foreign = make_tiny_hub(tmp_path / "foreign", names=("seaquest-ppo",))
+    manifest_path = foreign / "seaquest-ppo" / "expert.json"
+    manifest_path.write_text(manifest_path.read_text().replace('"seed": null', '"seed": 0'))  # the run's seed too
     with pytest.raises(UsageError, match="exported by another run.*move that expert away"):
         pretrain_expert(PretrainConfig(game="Seaquest", timesteps=256, out=str(tmp_path / "runs"), hub=str(foreign)),
                         resume=True, progress_bar=False, verbose=0)

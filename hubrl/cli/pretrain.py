@@ -123,8 +123,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(plot_expert_curve(run_folder(args.out, game, args.algo)))
         return 0
     if args.export:
-        from hubrl.pretrain import expert_folder, export_expert, run_folder
+        from hubrl.pretrain import check_export_target, expert_folder, export_expert, run_folder
 
+        for game in games if not args.force else ():  # none exported if one would replace another run's expert
+            folder = run_folder(args.out, game, args.algo)
+            if (folder / "config.yaml").is_file():  # else export_expert says what is missing
+                check_export_target(folder, args.hub)
         for game in games:
             folder = run_folder(args.out, game, args.algo)
             manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu",
@@ -135,10 +139,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return 0
     if args.resume:  # every game's run is checked before the first one trains (for hours), not when its turn comes
         from hubrl.harness import check_resumable
-        from hubrl.pretrain import run_folder
+        from hubrl.pretrain import check_export_target, run_folder
 
-        for game in games:
-            check_resumable(run_folder(args.out, game, args.algo), has_force=True)
+        folders = [run_folder(args.out, game, args.algo) for game in games]
+        for folder in folders:
+            check_resumable(folder, has_force=True)
+        for folder in folders:  # then whose expert each would replace (a missing config.yaml: the resume says so)
+            if (folder / "config.yaml").is_file():
+                check_export_target(folder, args.hub, replace="move that expert away")
     status = 0
     for index, game in enumerate(games):
         cfg = PretrainConfig(
