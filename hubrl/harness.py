@@ -319,7 +319,8 @@ class Run(Generic[C]):
         Settings that run but do less than asked are said here, one line each, as training starts:
         ``warnings`` (e.g. a method's, :attr:`hubrl.methods.MethodPlan.warnings`) and a PPO
         ``batch_size`` that does not divide the rollout (:func:`hubrl.agents.presets.minibatch_warning`;
-        :meth:`make_agent` silences SB3's paragraph), so a run refused or failing before says nothing but why."""
+        :meth:`make_agent` silences SB3's paragraph) and a budget below one rollout (SB3 trains a whole one),
+        so a run refused or failing before says nothing but why."""
         cfg = self.cfg
         for warning in [*warnings, minibatch_warning(cfg.algo, self.hyperparams), _short_budget_warning(model, cfg.timesteps)]:
             if warning is not None:
