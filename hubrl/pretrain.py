@@ -228,7 +228,7 @@ def check_export_target(folder: str | Path, hub: str | Path | None = None, repla
     default the run's own) that would replace another run's expert (:func:`_refuse_replacing_an_expert`);
     a command over several games checks each game's run first, so none is refused after hours of another's."""
     cfg = resume_config(PretrainConfig, Path(folder) / CONFIG_NAME)
-    _refuse_replacing_an_expert(expert_folder(folder, hub), cfg, replace)
+    _refuse_replacing_an_expert(_expert_path(cfg, hub), cfg, replace)
 
 
 def _exported_steps(folder: Path) -> int | None:
@@ -278,7 +278,11 @@ def _write_expert(
 def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path:
     """Where the run in ``run_folder`` exports its expert: ``<hub>/<name>``, by default into the
     hub the run was started with (its saved ``config.yaml``)."""
-    cfg = resume_config(PretrainConfig, Path(run_folder) / CONFIG_NAME)
+    return _expert_path(resume_config(PretrainConfig, Path(run_folder) / CONFIG_NAME), hub)
+
+
+def _expert_path(cfg: PretrainConfig, hub: str | Path | None = None) -> Path:
+    """``<hub>/<name>`` of the run ``cfg`` (its own hub without ``hub``)."""
     return Path(hub or cfg.hub) / expert_name(cfg.game, cfg.algo)
 
 
@@ -298,10 +302,10 @@ def export_expert(
     folder = Path(folder)
     if not (folder / CHECKPOINT_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise UsageError(f"Nothing to export in {folder}: no {CHECKPOINT_NAME} and {CONFIG_NAME} of a pretraining run.")
-    if not force:
-        check_export_target(folder, hub)
     cfg = resume_config(PretrainConfig, folder / CONFIG_NAME)
-    expert = expert_folder(folder, hub)
+    expert = _expert_path(cfg, hub)
+    if not force:  # before the checkpoint is read or anything evaluated
+        _refuse_replacing_an_expert(expert, cfg)
     state = load_training_checkpoint(folder / CHECKPOINT_NAME)
     saved = yaml.safe_load((folder / CONFIG_NAME).read_text())
     if dtype:
