@@ -66,14 +66,14 @@ def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None,
     if axis is None:
         a, axis = a.ravel(), 0
     a = np.moveaxis(a, axis, -1)
-    counts = _repeats(repeats, a.shape[-1])
-    n = int(counts.sum())
+    counts = None if repeats is None else _repeats(repeats, a.shape[-1])
+    n = a.shape[-1] if counts is None else int(counts.sum())
     if n == 0:
         raise ValueError("trim_mean of an empty array.")
     cut = int(proportion * n)
     if cut >= n - cut:
         raise ValueError(f"proportion {proportion} cuts all {n} values.")
-    if repeats is None:  # scipy's own arithmetic (a slice's mean), so the floats are rliable's to the last bit
+    if counts is None:  # scipy's own arithmetic (a slice's mean), so the floats are rliable's to the last bit
         result = np.sort(a, axis=-1)[..., cut:n - cut].mean(axis=-1)
         return float(result) if np.ndim(result) == 0 else result
     order = np.argsort(a, axis=-1, kind="stable")
@@ -84,10 +84,8 @@ def trim_mean(values: Any, proportion: float = 0.25, axis: int | None = None,
     return float(result) if np.ndim(result) == 0 else result
 
 
-def _repeats(repeats: Sequence[int] | np.ndarray | None, size: int) -> np.ndarray:
-    """``repeats`` as an int array of ``size`` positive counts (all ones for ``None``)."""
-    if repeats is None:
-        return np.ones(size, dtype=np.int64)
+def _repeats(repeats: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
+    """``repeats`` as an int array of ``size`` positive counts."""
     counts = np.asarray(repeats, dtype=np.int64)
     if counts.shape != (size,) or (counts < 1).any():
         raise ValueError(f"repeats must be {size} positive integers, got {counts.tolist()}.")
