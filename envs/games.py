@@ -41,6 +41,10 @@ class ReferenceScore:
     human: float
 
 
+# Environment versions gymnasium registers for ALE games (``Alien-v0``, ``AlienNoFrameskip-v4``,
+# ``ALE/Alien-v5``); any other suffix is a typo, not a game name.
+ALE_VERSIONS = frozenset({0, 4, 5})
+
 # Random / human scores from DQN Zoo (the values rliable uses).
 REFERENCE_SCORES: dict[str, ReferenceScore] = {
     "alien": ReferenceScore(227.8, 7127.7),
@@ -76,7 +80,15 @@ def resolve_game(name: str) -> str:
         raise UnknownGameError("Empty game name: pass e.g. 'Alien' or 'ALE/Alien-v5'.")
     raw = name.strip()
     base = raw.split("/", 1)[1] if raw.upper().startswith("ALE/") else raw
-    base = re.sub(r"(NoFrameskip|Deterministic)?-v\d+$", "", base)
+    version = re.search(r"(NoFrameskip|Deterministic)?-v(\d+)$", base)
+    if version:
+        if int(version.group(2)) not in ALE_VERSIONS:
+            raise UnknownGameError(
+                f"{name!r}: ALE has no v{version.group(2)} environments (v0, v4 and v5 exist). The suffix "
+                "only names the game here; the protocol (sticky actions, frame skip) comes from the "
+                "command's flags. Pass e.g. 'Alien' or 'ALE/Alien-v5'."
+            )
+        base = base[: version.start()]
     games = available_games()
     by_flat = {g.replace("_", ""): g for g in games}
     for candidate in (base, _snake(base), base.lower()):

@@ -129,6 +129,12 @@ def test_game_name_forms(name):
     assert resolve_game(name) == "alien"
 
 
+@pytest.mark.parametrize("name", ["ALE/Alien-v9", "Alien-v1", "AlienNoFrameskip-v6"])
+def test_a_version_ale_does_not_have_is_refused(name):
+    with pytest.raises(UnknownGameError, match="no v\\d+ environments .*v0, v4 and v5"):
+        resolve_game(name)
+
+
 def test_camel_case_games():
     assert resolve_game("MsPacman") == "ms_pacman"
     assert resolve_game("ms_pacman") == "ms_pacman"
