@@ -162,9 +162,13 @@ def parse_method(token: str) -> tuple[str, str, dict[str, Any]]:
     if has_label and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", custom.strip()):
         raise GridError(f"Method label {custom!r} in {token!r} must be a folder name: letters, digits, '.', '_' or '-'.")
     method = method.strip()
+    if not method:
+        raise GridError(f"{token!r} names no method: write [LABEL=]NAME[:KEY=VALUE,...], e.g. hub-pathway:top_k=2.")
     overrides: dict[str, Any] = {}
     for item in filter(None, (o.strip() for o in options.split(","))):
         key, sep, value = item.partition("=")
+        if not key.strip():
+            raise GridError(f"The option {item!r} in {token!r} has no name: write KEY=VALUE, e.g. {method}:top_k=2.")
         overrides[key.strip().replace("-", "_")] = _parse_value(value.strip()) if sep else True
     if has_label:
         return custom.strip(), method, overrides

@@ -118,7 +118,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--set", dest="extra", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="Any other TransferConfig field for every trial, e.g. --set top_k=2 --set aggregation=heads "
                           "(source only for finetune, lite only for zoo-tuning: the other arms run without it).")
-    run.add_argument("--verbose", type=int, default=0, metavar="LEVEL",
+    run.add_argument("--verbose", type=int, choices=(0, 1), default=0, metavar="LEVEL",
                      help="What each trial prints (0: nothing; 1: its run folder, resume point and evaluations, "
                           "as hubrl-transfer does). Default: 0.")
     run.add_argument("--report", action="store_true",
