@@ -359,7 +359,18 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
 
 
 def load_sources(paths: Iterable[str | Path]) -> Hub:
-    """A hub made of SB3 checkpoints and/or expert folders, in the given order."""
+    """A hub made of SB3 checkpoints and/or expert folders, in the given order.
+
+    :raises HubError: for a file or folder given twice (``a.zip ./a.zip``), which would otherwise
+        read as two experts sharing a name.
+    """
+    paths = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        first = seen.setdefault(p.resolve(), p)
+        if first is not p:
+            same = f"{first}" if str(first) == str(p) else f"{first} and {p}"
+            raise HubError(f"--sources names {same} twice: give each expert once.")
     experts = []
     for p in paths:
         p = Path(p)

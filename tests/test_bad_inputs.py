@@ -392,6 +392,10 @@ CASES = [
     # a folder that holds the source rather than is one: the flag or path that takes it
     ("sources-a-hub", T, lambda t, h: ["--env", "Alien", "--sources", str(make_tiny_hub(t / "hub"))],
      ["is a hub", "riverraid-ppo, seaquest-ppo", "pass it as --hub "], None),
+    ("sources-the-same-zip-twice", T,
+     lambda t, h: ["--env", "Alien", "--sources", str(_policy_zip(t / "a.zip", _nature_cnn_state())),
+                   str(t / "sub" / ".." / "a.zip")],
+     ["a.zip and ", "sub/../a.zip twice", "give each expert once"], None),
     ("sources-a-run-folder", T, lambda t, h: ["--env", "Alien", "--sources", _played_folder(t)],
      ["played is a run folder", "--sources ", "played/model.zip"], None),
     ("hub-a-zip-file", T, lambda t, h: ["--env", "Alien", "--hub", str(_policy_zip(t / "p.zip", _nature_cnn_state()))],
