@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from hubrl.atomic import atomic_write_bytes
 from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, main_guard, positive_int, seed, steps
 
 
@@ -52,7 +53,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
              "beat a random encoder (random features already predict some of the return).",
     )
     add_threads_flag(parser)
-    parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file.")
+    parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file (replaced whole if it exists).")
     return parser
 
 
@@ -125,9 +126,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if reference is not None:
             summary["rankings"].append(entry(None, reference))
         summary["total_seconds"] = round(total, 3)
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        atomic_write_bytes(args.json, (json.dumps(summary, indent=2) + "\n").encode())  # never a torn file
     return 0
 
 
