@@ -33,6 +33,7 @@ dependency, matplotlib's too).
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,9 @@ class VideoWriter:
         self.fell_back = path.suffix.lower() == ".mp4" and not mp4_available()
         self.path = path.with_suffix(".gif") if self.fell_back else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Frames go to a hidden file beside the video, renamed over it by close(): a play killed
+        # mid-way leaves the previous video with that name whole, never a torn one.
+        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps, self.frames = fps, 0
         self.gif = self.path.suffix.lower() == ".gif"
         self.scale = 1 if self.gif else max(int(scale), 1)
@@ -225,21 +229,24 @@ class VideoWriter:
                 import imageio_ffmpeg
 
                 height, width = frame.shape[:2]
-                self._mp4 = imageio_ffmpeg.write_frames(str(self.path), (width, height), fps=self.fps, macro_block_size=2,
+                self._mp4 = imageio_ffmpeg.write_frames(str(self._partial), (width, height), fps=self.fps, macro_block_size=2,
                                                         quality=7)
                 self._mp4.send(None)
             self._mp4.send(np.ascontiguousarray(frame))
         self.frames += 1
 
     def close(self) -> Path:
-        """Finish the file; returns its path."""
+        """Finish the file (renamed over ``path`` once complete); returns its path."""
         if self._mp4 is not None:
             self._mp4.close()
             self._mp4 = None
+            os.replace(self._partial, self.path)
         if self.gif and self._images:
             first, *rest = self._images
-            first.save(self.path, save_all=True, append_images=rest, duration=round(1000 / self.fps), loop=0, optimize=False)
+            first.save(self._partial, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps),
+                       loop=0, optimize=False)
             self._images = []
+            os.replace(self._partial, self.path)
         return self.path
 
 

@@ -246,3 +246,21 @@ def test_hub_with_a_run_folder_or_zip_is_refused_not_ignored(tmp_path, tiny_hub)
     with pytest.raises(UsageError, match="--hub picks the hub of --expert; .*ppo-Seaquest.zip plays with the weights it "
                                          "holds: drop --hub"):
         load_player(path, hub=tiny_hub, env="Alien")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_a_video_replaces_the_previous_one_only_when_complete(tmp_path, suffix):
+    """A play killed mid-way must leave the video already at that name whole: frames go to a hidden
+    partial file, renamed over the name by ``close``."""
+    if suffix == ".mp4":
+        pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the [video] extra: pip install -e '.[video]'")
+    path = tmp_path / f"clip{suffix}"
+    path.write_bytes(b"the previous video")
+    writer = enjoy.VideoWriter(path)
+    frame = np.zeros((210, 160, 3), np.uint8)
+    for value in range(0, 200, 10):
+        writer.add(frame + value)
+    assert path.read_bytes() == b"the previous video"  # a kill here loses nothing the user had
+    assert writer.close() == path
+    assert path.read_bytes() != b"the previous video" and path.stat().st_size > 1000
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left beside it

@@ -53,7 +53,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
              "beat a random encoder (random features already predict some of the return).",
     )
     add_threads_flag(parser)
-    parser.add_argument("--json", default=None, metavar="FILE", help="Also write the ranking to this JSON file (replaced whole if it exists).")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="Also write the ranking to this JSON file (replaced whole if it exists).")
     return parser
 
 
