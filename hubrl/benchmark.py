@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -94,6 +95,7 @@ from hubrl.grid import (
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 from hubrl.runconfig import check_pause_at, flag_name
+from hubrl.units import format_steps
 
 __all__ = [
     "GridError",
@@ -453,9 +455,14 @@ def _refuse_settings_no_arm_reads(methods: Sequence[str], settings: dict[str, An
                             f"arm (its methods: {', '.join(sorted(present))}): drop it, or add the method.")
 
 
-def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], budget: int) -> None:
+def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settings: dict[str, Any], budget: int,
+                            pause_at: int | None = None) -> None:
     """Check every method's transfer config up front (``--set`` values included), so that a bad
-    value stops the grid at once instead of failing each trial when it starts."""
+    value stops the grid at once instead of failing each trial when it starts.
+
+    A ``pause_at`` short of the budget must be a multiple of each arm's ``eval_freq``: the stage's
+    report reads the evaluation at the stage's step, which the trials only make on that grid.
+    """
     from hubrl.hub import HubError, resolve_hub
     from hubrl.methods import HUB_METHODS, check_hub_serves
     from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
@@ -468,6 +475,7 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
             cfg = TransferConfig(env=games[0], method=method, seed=0, timesteps=budget,
                                  **{**trial_settings(method, settings), **overrides})
             validate_config(cfg)
+            _check_stage_is_evaluated(pause_at, budget, cfg.eval_freq)
             if method in HUB_METHODS:
                 key = (cfg.hub, tuple(cfg.sources))
                 if key not in hubs:
@@ -475,6 +483,18 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
                 check_hub_serves(cfg, hubs[key])
         except (UsageError, HubError, TypeError, ValueError) as exc:
             raise GridError(f"{label}: {exc}") from None
+
+
+def _check_stage_is_evaluated(pause_at: int | None, budget: int, eval_freq: int) -> None:
+    """Refuse a pause between evaluations: a stage paused at 250k with evaluations every 100k has
+    none at 250k, so its report would have no score there (the last one is 200k's)."""
+    if pause_at is None or pause_at >= budget or pause_at % eval_freq == 0:
+        return
+    divisor = math.gcd(pause_at, eval_freq)
+    raise UsageError(f"--pause-at {format_steps(pause_at)} is not a multiple of --eval-freq {format_steps(eval_freq)}: "
+                     f"the stage would have no evaluation at {format_steps(pause_at)} to report (the last one before "
+                     f"it is at {format_steps(pause_at // eval_freq * eval_freq)}). Give --eval-freq "
+                     f"{format_steps(divisor)} (it divides both), or a --pause-at that --eval-freq divides.")
 
 
 def _expand_finetune(methods: Sequence[str], settings: dict[str, Any]) -> list[str]:
@@ -628,7 +648,7 @@ def run_grid(
         game_names = _validate(games, methods, settings, check_methods=True)
         methods = _expand_finetune(methods, settings)
         _refuse_settings_no_arm_reads(methods, settings)
-        _validate_trial_configs(game_names, methods, settings, budget)
+        _validate_trial_configs(game_names, methods, settings, budget, pause_at)
     else:
         game_names = _game_names(games)
     if ray_address is None and workers >= 1 and threads is None:

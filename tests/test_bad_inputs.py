@@ -492,6 +492,11 @@ CASES = [
      ["--plot reads only", "does not read --export"], _leaves_nothing("runs")),
     ("pretrain-export-on-a-device", "pretrain", lambda t, h: ["--export", "--device", "cuda", "--out", str(t / "runs")],
      ["--export reads only", "--export-dtype", "does not read --device"], _leaves_nothing("runs")),
+    ("bench-stage-between-evaluations", "bench",  # the 250k stage's report needs an evaluation at 250k
+     lambda t, h: ["run", "--root", str(t / "g"), "--env", "Gopher", "--method", "scratch", "--seed", "0",
+                   "--timesteps", "1M", "--pause-at", "250k", "--eval-freq", "100k", "--workers", "0"],
+     ["--pause-at 250k is not a multiple of --eval-freq 100k", "last one before it is at 200k", "--eval-freq 50k"],
+     _leaves_nothing("g")),
     ("bench-pause-at-past-budget", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Gopher", "--method", "scratch", "--seed", "0",
                    "--timesteps", "256", "--pause-at", "1k", "--n-envs", "1", "--eval-episodes", "1", "--workers", "0"],

@@ -5,7 +5,7 @@
     %(prog)s run --root bench --env Alien --method scratch hub-pathway --timesteps 1M --workers 2 --hub hub
     %(prog)s run --root bench --env Alien Gopher --timesteps 1M --ray-address auto \\
         --cpus-per-trial 4 --gpus-per-trial 0.25
-    %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k  # a stage
+    %(prog)s run --root bench --env Alien Gopher Jamesbond --timesteps 1M --pause-at 250k --eval-freq 50k  # a stage
     %(prog)s report bench --stages 250k 500k 1M
     %(prog)s routes bench  # what the route changes in each hub-pathway trial's policy (needs model.zip)
     %(prog)s archive /scratch/big benchmarks/big  # records of the stopped trials, without weights
@@ -109,8 +109,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                      help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
                           "(keys as in agents/hyperparams/<algo>.yml).")
     run.add_argument("--eval-freq", type=steps, default=None, metavar="STEPS",
-                     help="Evaluate every STEPS agent steps (the report of a stage needs an evaluation there: make "
-                          "each --pause-at a multiple of it). Default: 100k.")
+                     help="Evaluate every STEPS agent steps (the report of a stage needs an evaluation there: "
+                          "a --pause-at short of the budget must be a multiple of it). Default: 100k.")
     run.add_argument("--eval-episodes", type=positive_int, default=None, metavar="N",
                      help="Games per evaluation. Default: 10.")
     run.add_argument("--checkpoint-freq", type=steps, default=None, metavar="STEPS",
