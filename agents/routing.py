@@ -2,10 +2,11 @@
 
 A routing policy (Hub-Pathway) draws gate noise when it acts. For PPO's ratio, and for the
 auxiliary losses, to judge the policy that acted, the update must use the same pathway: the same
-noise draw (re-scaled by the gate's *current* noise std, so the gate keeps its gradient) and the
-same selected experts. :class:`RoutedRolloutBuffer` keeps them beside the observations and hands
-them out with each minibatch as ``samples.route``; :class:`RoutedOnPolicyMixin` installs it for
-any policy that implements :class:`RoutedPolicy`, and passes ``route=`` to ``evaluate_actions``.
+noise draw (scaled by the gate's *current* noise std, which enters detached: the gradient
+reaches the clean logits) and the same selected experts. :class:`RoutedRolloutBuffer` keeps them
+beside the observations and hands them out with each minibatch as ``samples.route``;
+:class:`RoutedOnPolicyMixin` installs it for any policy that implements :class:`RoutedPolicy`,
+and passes ``route=`` to ``evaluate_actions``.
 
 SB3 fills the buffer in ``collect_rollouts`` right after ``policy(obs)``: the buffer reads the
 route of that call from the policy (``pop_acting_route``), so SB3's loop is used unchanged. The

@@ -206,13 +206,22 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
             f"--top-k {cfg.top_k} runs every expert of the {len(hub)}-expert hub on every state, so the switch "
             "exploration loss is a constant and does not balance the gate's weights; use --exploration-loss "
             "importance-load or entropy to balance them.")
-    if cfg.noise == "learned" and (cfg.exploration_loss != "importance-load" or cfg.exploration_coef == 0):
-        start = math.log(2.0) + cfg.noise_floor  # softplus(0) + floor: the std's value before any training
-        notices.append(  # the task loss never trains the std (pathway module docstring); only importance-load's load term
-            f"--noise learned: only the importance-load exploration loss trains the noise std, so with "
-            f"{'--exploration-coef 0' if cfg.exploration_coef == 0 else '--exploration-loss ' + cfg.exploration_loss} "
-            f"it stays at its start, {start:.2f} for every state; use --exploration-loss importance-load, or a fixed "
-            f"--noise {start:.2f}.")
+    if cfg.noise == "learned":
+        # the task loss never trains the std (pathway module docstring); only importance-load's load term does, and
+        # that term has no noise in it when every expert is selected (losses.importance_load_loss)
+        if cfg.exploration_loss != "importance-load" or cfg.exploration_coef == 0:
+            why = "--exploration-coef 0" if cfg.exploration_coef == 0 else f"--exploration-loss {cfg.exploration_loss}"
+            fix = "use --exploration-loss importance-load"
+        elif cfg.top_k >= len(hub):
+            why = (f"--top-k {cfg.top_k}, every expert of the {len(hub)}-expert hub (the load term, which trains the std, "
+                   "needs experts left out)")
+            fix = f"use a --top-k below {len(hub)}"
+        else:
+            why = fix = ""
+        if why:
+            start = math.log(2.0) + cfg.noise_floor  # softplus(0) + floor: the std's value before any training
+            notices.append(f"--noise learned: only the importance-load exploration loss trains the noise std, so with "
+                           f"{why} it stays at its start, {start:.2f} for every state; {fix}, or a fixed --noise {start:.2f}.")
     return MethodPlan(
         HubPathwayPolicy,
         policy_kwargs=dict(expert_names=hub.names, **{name: getattr(cfg, name) for name in HUB_PATHWAY_OPTIONS}),

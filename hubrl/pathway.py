@@ -27,8 +27,10 @@ the top-k experts of the hub, and only those experts' encoders run on it.
 * :class:`HubPathwayExtractor` — an SB3 ``BaseFeaturesExtractor`` holding one NatureCNN encoder
   per expert. **Input-level routing**: each expert runs only on the samples routed to it (an
   index-select per expert, so compute grows with k, not with hub size; when one expert takes the
-  whole batch it runs on the batch as is). **Output-level aggregation**: the selected experts'
-  features are summed with the pathway weights. :meth:`HubPathwayExtractor.route` also returns each
+  whole batch it runs on the batch as is). **Aggregation**: the selected experts' features are
+  summed with the pathway weights (the default, ``aggregation="features"``; the paper's
+  output-level form, a weighted sum of per-expert heads' outputs, is ``aggregation="heads"`` in
+  :class:`hubrl.policies.HubPathwayPolicy`). :meth:`HubPathwayExtractor.route` also returns each
   expert's own features, which the policy uses for per-expert heads and the exploitation loss.
 """
 

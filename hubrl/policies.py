@@ -78,6 +78,13 @@ class ExpertHead(nn.Module):
         return self.pi(features), self.vf(features)
 
 
+def usage_dtype(device: th.device) -> th.dtype:
+    """The dtype of the gate-usage sums kept on ``device`` over a rollout: float64, but float32 on
+    Apple's MPS, which has no float64 (a rollout's few thousand terms keep float32's seven
+    significant digits, more than the logged means show)."""
+    return th.float32 if device.type == "mps" else th.float64
+
+
 class HubPathwayPolicy(ActorCriticPolicy):
     """Actor-critic over a hub of experts routed by a noisy top-k pathway generator.
 
@@ -366,7 +373,8 @@ class HubPathwayPolicy(ActorCriticPolicy):
     def reset_usage(self) -> None:
         self._usage_samples = 0
         # On the gate's device, read back once per rollout (usage, gate_stats) rather than once per
-        # acting step: (4, K) float64 sums of weight, selected, centred clean logit and its square.
+        # acting step: (4, K) sums (float64; float32 on MPS, usage_dtype) of weight, selected, centred clean logit
+        # and its square.
         self._usage_sums: th.Tensor | None = None
         self._noise_std_sum: th.Tensor | None = None
 
@@ -374,11 +382,12 @@ class HubPathwayPolicy(ActorCriticPolicy):
         routing = routed.routing
         with th.no_grad():
             w = routing.weights.detach()
-            centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().double()
-            sums = th.stack([w.sum(0).double(), (w != 0).sum(0).double(), centred.sum(0), (centred**2).sum(0)])
+            dtype = usage_dtype(w.device)
+            centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().to(dtype)
+            sums = th.stack([w.sum(0).to(dtype), (w != 0).sum(0).to(dtype), centred.sum(0), (centred**2).sum(0)])
             self._usage_sums = sums if self._usage_sums is None else self._usage_sums + sums
             if routing.noise_std is not None:
-                noise = routing.noise_std.detach().mean(1).sum().double()
+                noise = routing.noise_std.detach().mean(1).sum().to(dtype)
                 self._noise_std_sum = noise if self._noise_std_sum is None else self._noise_std_sum + noise
         self._usage_samples += w.shape[0]
 

@@ -362,3 +362,12 @@ def test_logged_means_keeps_each_keys_values_apart():
     logs = {"a": [th.tensor(1.0), th.tensor(3.0)], "b": [2.0, th.tensor(5.0, dtype=th.float64)], "c": [0.5]}
     assert logged_means(logs) == {"a": 2.0, "b": 3.5, "c": 0.5}
     assert logged_means({}) == {}
+
+
+def test_gate_usage_sums_avoid_float64_on_mps():
+    """MPS has no float64: the gate-usage sums kept on the device over a rollout must be float32 there
+    (a ``.double()`` on an MPS tensor raises), float64 elsewhere."""
+    from hubrl.policies import usage_dtype
+
+    assert usage_dtype(th.device("mps")) == th.float32
+    assert usage_dtype(th.device("cpu")) == th.float64 and usage_dtype(th.device("cuda", 0)) == th.float64

@@ -403,6 +403,7 @@ def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
     ({"noise": "learned", "exploration_loss": "entropy", "noise_floor": 0.5}, "learned"),
     ({"noise": "learned", "exploration_loss": "importance-load", "exploration_coef": 0.0}, "learned"),
     ({"noise": "learned", "exploration_loss": "importance-load"}, None),
+    ({"noise": "learned", "exploration_loss": "importance-load", "top_k": 2}, "learned-all"),  # no load term at k = K
 ])
 def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, warned):
     from hubrl.hub import load_hub
@@ -421,6 +422,10 @@ def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, w
         start = f"{0.6931 + settings.get('noise_floor', DEFAULT_NOISE_FLOOR):.2f}"  # softplus(0) + floor
         assert notice.startswith("--noise learned: only the importance-load") and f"stays at its start, {start}" in notice
         assert notice.endswith(f"--exploration-loss importance-load, or a fixed --noise {start}.")
+    elif warned == "learned-all":
+        (notice,) = plan.warnings
+        assert notice.startswith("--noise learned: only the importance-load") and "--top-k 2, every expert" in notice
+        assert notice.endswith("use a --top-k below 2, or a fixed --noise 0.99.")  # softplus(0) + the default floor
     else:
         assert plan.warnings == []
 
