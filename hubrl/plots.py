@@ -42,13 +42,32 @@ class NothingToPlot(UsageError):
 # ----------------------------------------------------------------------------- grid report
 
 
+def _plot_steps(trial: TrialResult) -> np.ndarray:
+    """``trial``'s evaluation steps, with a last one that lies within a rollout past the trial's end
+    (its stage, else its budget) put at that end.
+
+    A run ends at the first rollout boundary at or past its budget, and where that falls depends on
+    where a resume restarted the rollouts: one seed's final evaluation is at 1,000,448, another's at
+    1,000,736. On the union of the seeds' steps each would be a point of its own, the mean curve
+    ending in a zigzag of single seeds; the report already counts such an evaluation as the end's
+    (:func:`hubrl.grid.points_at_stage`).
+    """
+    steps = trial.steps.astype(np.int64, copy=True)
+    end = trial.stage or trial.budget
+    if end and trial.rollout > 0 and steps.size and end < steps[-1] < end + trial.rollout:
+        steps[-1] = end
+    return steps
+
+
 def _curve_matrix(group: Sequence[TrialResult]) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds' curves on the union of their steps (interpolated inside each seed's range, NaN outside)."""
-    grid = np.unique(np.concatenate([t.steps for t in group]))
+    """Seeds' curves on the union of their steps (interpolated inside each seed's range, NaN outside);
+    each seed's last evaluation at its end (:func:`_plot_steps`)."""
+    steps = [_plot_steps(t) for t in group]
+    grid = np.unique(np.concatenate(steps))
     curves = np.full((len(group), grid.size), np.nan)
-    for i, t in enumerate(group):
-        inside = (grid >= t.steps[0]) & (grid <= t.steps[-1])
-        curves[i, inside] = np.interp(grid[inside], t.steps, t.means)
+    for i, (t, at) in enumerate(zip(group, steps)):
+        inside = (grid >= at[0]) & (grid <= at[-1])
+        curves[i, inside] = np.interp(grid[inside], at, t.means)
     return grid, curves
 
 

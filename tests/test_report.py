@@ -609,3 +609,23 @@ def test_balanced_tasks_weigh_every_game_the_same_whatever_its_run_count():
     point, low, high = stratified_bootstrap_ci(tasks, iqm, reps=2000, seed=1, balance_tasks=True)
     assert point == pytest.approx(iqm(np.repeat(np.concatenate(tasks), [3] * 4 + [4] * 3 + [4] * 3)))
     assert low <= point <= high
+
+
+def test_mean_curve_ends_at_the_budget_with_every_seed():
+    """Seeds whose runs ended at different rollout boundaries past the budget (1,000,448 / 1,000,456 /
+    1,000,736, as resumes leave them) end the mean curve in one point over all seeds at the budget,
+    not a zigzag of single seeds on three steps."""
+    from hubrl.grid import TrialResult
+    from hubrl.plots import _curve_matrix
+
+    def trial(seed: int, last: int, scores: list[float]) -> TrialResult:
+        return TrialResult("Jamesbond", "scratch", seed, Path(f"s{seed}"), np.array([500_000, 950_000, last]),
+                           np.array(scores, float), budget=1_000_000, rollout=1024)
+
+    group = [trial(0, 1_000_736, [100, 385, 390]), trial(1, 1_000_456, [100, 340, 410]),
+             trial(2, 1_000_448, [100, 315, 315])]
+    grid, curves = _curve_matrix(group)
+    assert grid.tolist() == [500_000, 950_000, 1_000_000]
+    assert curves[:, -1].tolist() == [390, 410, 315]  # each seed's final evaluation, none missing
+    late = trial(3, 1_002_000, [100, 300, 500])  # further than a rollout past the budget: left where it is
+    assert _curve_matrix([late])[0].tolist() == [500_000, 950_000, 1_002_000]
