@@ -355,14 +355,10 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     save_training_checkpoint(model, path)
     before = path.read_bytes()
 
-    real_save = th.save
+    def killed(fd: int) -> None:  # the new checkpoint's bytes are written; the process dies at the flush to disk
+        raise KeyboardInterrupt
 
-    def torn_save(obj, handle):
-        real_save(obj, handle)
-        handle.truncate(100)  # half-written file ...
-        raise KeyboardInterrupt  # ... and the process is killed
-
-    monkeypatch.setattr(th, "save", torn_save)
+    monkeypatch.setattr(os, "fsync", killed)
     model.num_timesteps = 999
     with pytest.raises(KeyboardInterrupt):
         save_training_checkpoint(model, path)
