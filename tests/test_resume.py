@@ -7,6 +7,7 @@ steps a model has learned from.
 
 from __future__ import annotations
 
+import copy
 import shlex
 import shutil
 from pathlib import Path
@@ -68,6 +69,39 @@ def test_pause_then_resume_makes_the_same_updates_at_the_same_steps(tmp_path):
     state = load_training_checkpoint(ckpt)
     assert count.starts[0] == 128 and count.steps == 128  # continues at 128: neither from 0 nor re-running
     assert done.completed and state["num_timesteps"] == 256 and state["n_updates"] * ROLLOUT == 256
+
+
+class _StateAtStart(BaseCallback):
+    """The policy's weights and the optimizer's state as ``learn`` starts (after a resume restored them)."""
+
+    def _on_training_start(self) -> None:
+        self.policy = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+        self.optimizer = copy.deepcopy(self.model.policy.optimizer.state_dict())
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_a_resumed_run_starts_from_the_checkpoints_weights_and_optimizer_state(tmp_path):
+    """Counters alone would pass the tests above: the resumed run must also start from the saved
+    weights and Adam moments, not from a fresh model's."""
+    ckpt = tmp_path / "checkpoint.pt"
+    run_training(_model(seed=0), 256, ckpt, checkpoint_freq=10**9, progress_bar=False, verbose=0, pause_at=64)
+    state = load_training_checkpoint(ckpt)
+    saved_state = copy.deepcopy(state)  # torch's load_state_dict may keep the tensors of ``state``, which training moves
+    fresh = _model(seed=1)  # other initial weights, and no Adam state yet
+    assert not all(th.equal(v, state["policy"][k]) for k, v in fresh.policy.state_dict().items())
+    start = _StateAtStart()
+    run_training(fresh, 256, ckpt, resume_state=state, callbacks=[start], checkpoint_freq=10**9, progress_bar=False,
+                 verbose=0, pause_at=128)
+    assert start.policy.keys() == saved_state["policy"].keys()
+    for key, value in saved_state["policy"].items():
+        assert th.equal(start.policy[key], value), key
+    saved, restored = saved_state["optimizer"]["state"], start.optimizer["state"]
+    assert saved and saved.keys() == restored.keys()
+    for index, moments in saved.items():
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert th.equal(th.as_tensor(restored[index][name]), th.as_tensor(moments[name])), (index, name)
 
 
 def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monkeypatch):

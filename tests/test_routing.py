@@ -333,10 +333,11 @@ def test_a_fused_optimizer_state_loads_where_fused_adam_is_missing(hub, tmp_path
     loaded = HubPPO.load(tmp_path / "model.zip", env=model.get_env(), device="cpu")
     assert [g["fused"] for g in loaded.policy.optimizer.param_groups] == [False]
     fresh = _agent(HubPPO, hub, tmp_path)
-    fresh.policy.optimizer.param_groups[0]["fused"] = False
+    fresh.policy.optimizer.param_groups[0]["fused"] = True  # the flag the checkpoint's state brings
     restore_training_state(fresh, load_training_checkpoint(checkpoint))
     assert [g["fused"] for g in fresh.policy.optimizer.param_groups] == [False]
     loaded.learn(64)  # trains
+    fresh.learn(64)  # trains (that the state itself is restored: test_resume.py)
 
 
 def test_bf16_precision_autocasts_only_the_encoders(hub, tmp_path):
