@@ -182,18 +182,30 @@ def check_hyperparams(overrides: dict[str, Any], algo: str | None = None, where:
 
 
 def linear_schedule(initial: float) -> Callable[[float], float]:
-    """Linear decay from ``initial`` to 0 over training (SB3 passes progress remaining 1 -> 0)."""
-    return _Linear(initial)
+    """Linear decay from ``initial`` to 0 over training (SB3 passes progress remaining 1 -> 0), and 0
+    past the budget.
+
+    SB3's own :class:`~stable_baselines3.common.utils.LinearSchedule`: a run ends at the first rollout
+    boundary at or past its budget, where progress remaining is below 0, and a plain
+    ``progress * initial`` there would train the last update with a negative learning rate and clip
+    range (gradient ascent); and a ``model.zip`` that pickles SB3's class loads with SB3 alone,
+    without hubrl installed.
+    """
+    from stable_baselines3.common.utils import LinearSchedule
+
+    return LinearSchedule(float(initial), 0.0, 1.0)
 
 
 class _Linear:
-    """Picklable linear schedule (a class, not a closure, so saved models load anywhere)."""
+    """The linear schedule that ``model.zip`` files saved before SB3's class was used pickle (as
+    ``hubrl.agents.presets._Linear``, or ``agents.presets._Linear`` before issue 16): kept so that
+    they load, and clamped at 0 past the budget like :func:`linear_schedule`."""
 
     def __init__(self, initial: float) -> None:
         self.initial = float(initial)
 
     def __call__(self, progress_remaining: float) -> float:
-        return progress_remaining * self.initial
+        return max(progress_remaining, 0.0) * self.initial
 
     def __repr__(self) -> str:
         return f"lin_{self.initial:g}"

@@ -59,6 +59,7 @@ from hubrl.runconfig import (
     flag_name,
     read_saved_config,
     resume_config,
+    tensorboard_name,
 )
 from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
 from hubrl.training import EvalHistory, TrainingOutcome, run_training
@@ -328,7 +329,8 @@ class Run(Generic[C]):
         return run_training(
             model, cfg.timesteps, self.checkpoint,
             eval_env=eval_env, eval_freq=cfg.eval_freq, eval_episodes=cfg.eval_episodes, checkpoint_freq=cfg.checkpoint_freq,
-            resume_state=self.resume_state, callbacks=callbacks, progress_bar=progress_bar, tb_log_name=tb_log_name,
+            resume_state=self.resume_state, callbacks=callbacks, progress_bar=progress_bar,
+            tb_log_name=tensorboard_name(self.folder, cfg.tensorboard_log, tb_log_name),
             verbose=verbose, pause_at=self.pause_at, first_eval_at=first_eval_at,
         )
 

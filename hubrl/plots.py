@@ -232,16 +232,20 @@ def _run_gate_series(
 
 
 def _run_tensorboard_dirs(folder: Path, run: dict[str, Any]) -> list[Path]:
-    """Where a transfer run's TensorBoard events are: ``<run>/tb``, or its own runs under ``--tensorboard-log``."""
+    """Where a transfer run's TensorBoard events are: ``<run>/tb``, or its own folders under
+    ``--tensorboard-log`` (named after the run folder, :func:`hubrl.runconfig.tensorboard_name`; a run
+    made before that naming used ``<game>-<method>``, which runs of other seeds shared)."""
     if not run.get("tensorboard_log"):
         return [folder / "tb"]
     from types import SimpleNamespace
 
     from hubrl.envs import resolve_game
     from hubrl.methods import method_label
+    from hubrl.runconfig import tensorboard_name
 
-    name = f"{resolve_game(run['env'])}-{method_label(SimpleNamespace(**run))}"
-    return sorted(Path(run["tensorboard_log"]).glob(f"{name}_*"))
+    shared = Path(run["tensorboard_log"])
+    own = sorted(shared.glob(f"{tensorboard_name(folder, shared, '')}_*"))
+    return own or sorted(shared.glob(f"{resolve_game(run['env'])}-{method_label(SimpleNamespace(**run))}_*"))
 
 
 def plot_run_curve(run_folder: str | Path, path: str | Path | None = None) -> Path:

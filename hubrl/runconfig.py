@@ -24,7 +24,7 @@ from hubrl.errors import CheckpointError, UsageError
 
 __all__ = [
     "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
-    "check_device_name", "check_finite", "check_pause_at",
+    "check_device_name", "check_finite", "check_pause_at", "tensorboard_name",
 ]
 
 C = TypeVar("C")
@@ -212,6 +212,15 @@ def check_finite(cfg: Any, flags: Mapping[str, str] | None = None) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{flag_name(f.name, flags)} must be a finite number, got {value}.")
+
+
+def tensorboard_name(run_folder: str | Path, tensorboard_log: str | Path | None, name: str) -> str:
+    """The name SB3 gives a run's TensorBoard folder, ``<name>_N``: ``name`` in the run's own ``tb/``;
+    under a ``--tensorboard-log`` that several runs share, the run folder's name
+    (``alien-hub-pathway-ppo-s0``), which tells seeds and algorithms apart. SB3 resumes into the
+    latest ``<name>_N``, so a name two runs shared would send one's resume into the other's folder and
+    mix their curves."""
+    return name if not tensorboard_log else Path(run_folder).name
 
 
 def check_pause_at(pause_at: int | None, budget: int, flags: Mapping[str, str] | None = None) -> None:

@@ -149,6 +149,7 @@ def test_a_model_zip_saved_under_the_old_module_names_still_loads(tmp_path, monk
 
     from stable_baselines3 import PPO
 
+    import hubrl.agents.presets as presets
     from hubrl.agents import HubPPO, legacy_custom_objects, resolve_hyperparams
     from hubrl.envs import make_atari_vec_env
 
@@ -157,6 +158,7 @@ def test_a_model_zip_saved_under_the_old_module_names_still_loads(tmp_path, monk
     monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
     env = make_atari_vec_env("Seaquest", 1, seed=0)
     _, kwargs = resolve_hyperparams("ppo", {**tiny_ppo, "batch_size": 32})
+    kwargs.update(learning_rate=presets._Linear(2.5e-4), clip_range=presets._Linear(0.1))  # hubrl's schedules then
     model = HubPPO("CnnPolicy", env, seed=0, device="cpu", **kwargs)
     old = _save_as_before_issue_16(model, tmp_path / "old.zip", monkeypatch)
     env.close()

@@ -88,3 +88,36 @@ def test_an_rl_zoo_file_is_refused_with_where_hubrl_takes_its_run_settings(tmp_p
         load_overrides(zoo, algo="ppo")
     zoo.write_text("n_steps: 64\npolicy_kwargs: {net_arch: []}\n")  # a dict value that is a hyperparameter
     assert load_overrides(zoo, algo="ppo") == {"n_steps": 64, "policy_kwargs": {"net_arch": []}}
+
+
+def test_linear_schedules_stop_at_zero_past_the_budget():
+    """A run ends at the first rollout boundary past its budget (progress remaining below 0): the last
+    update must not train with a negative learning rate or clip range, nor may an old zip's schedule."""
+    from hubrl.agents.presets import _Linear, linear_schedule
+
+    for schedule in (linear_schedule(2.5e-4), _Linear(2.5e-4)):
+        assert schedule(1.0) == pytest.approx(2.5e-4) and schedule(0.5) == pytest.approx(1.25e-4)
+        assert schedule(0.0) == 0.0 and schedule(-0.3) == 0.0
+
+
+def test_a_saved_scratch_model_loads_with_sb3_alone(tmp_path, tiny_ppo):
+    """A run's ``model.zip`` with a stock SB3 policy (scratch, finetune) pickles no hubrl class: stock
+    SB3 loads it where hubrl is not installed (here: its import blocked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from hubrl.agents import HubPPO
+    from hubrl.envs import make_atari_vec_env
+
+    env = make_atari_vec_env("Gopher", 1, seed=0)
+    _, kwargs = resolve_hyperparams("ppo", {**tiny_ppo, "batch_size": 32})
+    HubPPO("CnnPolicy", env, seed=0, device="cpu", **kwargs).save(tmp_path / "model.zip")
+    env.close()
+    script = ("import sys; sys.modules['hubrl'] = None; sys.modules['agents'] = None\n"
+              "from stable_baselines3 import PPO\n"
+              "m = PPO.load('model.zip', device='cpu')\n"
+              "assert m.lr_schedule(-0.01) == 0.0 and m.clip_range(-0.01) == 0.0\n"
+              "print(type(m.policy).__name__)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ActorCriticCnnPolicy"

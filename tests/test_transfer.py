@@ -93,6 +93,36 @@ def test_transfer_resume(tmp_path, tiny_hub):
     assert result.outcome.num_timesteps == 256
 
 
+def test_runs_sharing_a_tensorboard_log_keep_their_own_folders_across_a_resume(tmp_path):
+    """Two seeds log to one --tensorboard-log; seed 0 pauses, seed 1 runs, seed 0 resumes. SB3 resumes
+    into the latest ``<name>_N``: with a name both runs share (game and method) seed 0's resume wrote
+    into seed 1's folder and their curves mixed. Each run's events stay in its own folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    shared = tmp_path / "tb"
+
+    def cfg(seed: int, timesteps: int = 128) -> TransferConfig:
+        return _cfg(tmp_path, method="scratch", seed=seed, timesteps=timesteps, tensorboard_log=str(shared),
+                    out=str(tmp_path / f"gopher-scratch-ppo-s{seed}"))
+
+    run_transfer(cfg(0), progress_bar=False, verbose=0, pause_at=64)
+    run_transfer(cfg(1), progress_bar=False, verbose=0)
+    run_transfer(cfg(0), resume=True, progress_bar=False, verbose=0)
+    assert sorted(p.name for p in shared.iterdir()) == ["gopher-scratch-ppo-s0_1", "gopher-scratch-ppo-s1_1"]
+
+    def steps(folder: str) -> list[int]:
+        acc = EventAccumulator(str(shared / folder))
+        acc.Reload()
+        return sorted({e.step for e in acc.Scalars("time/fps")})
+
+    assert steps("gopher-scratch-ppo-s0_1") == [64, 128] and steps("gopher-scratch-ppo-s1_1") == [64, 128]
+    from hubrl.plots import _run_tensorboard_dirs  # the run's learning curve reads its own folder only
+    from hubrl.runconfig import read_saved_run
+
+    run0 = tmp_path / "gopher-scratch-ppo-s0"
+    assert _run_tensorboard_dirs(run0, read_saved_run(run0 / "config.yaml")) == [shared / "gopher-scratch-ppo-s0_1"]
+
+
 @pytest.mark.slow
 def test_bad_inputs(tmp_path, tiny_hub):
     with pytest.raises(HubError, match="larger than the hub"):
