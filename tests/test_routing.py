@@ -21,9 +21,9 @@ from hubrl.policies import HubPathwayPolicy, load_hub_weights
 TINY = {HubPPO: dict(n_steps=32, batch_size=64, n_epochs=2), HubA2C: dict(n_steps=8)}
 
 
-def _agent(algo, hub, tmp_path, lr=0.0, n_envs=4, **policy_kwargs):
-    env = make_atari_vec_env("Gopher", n_envs, seed=0)
-    model = algo(HubPathwayPolicy, env, learning_rate=lr, seed=0, device="cpu",
+def _agent(algo, hub, tmp_path, lr=0.0, n_envs=4, seed=0, **policy_kwargs):
+    env = make_atari_vec_env("Gopher", n_envs, seed=seed)
+    model = algo(HubPathwayPolicy, env, learning_rate=lr, seed=seed, device="cpu",
                  policy_kwargs=dict(expert_names=hub.names, **policy_kwargs), **TINY[algo])
     load_hub_weights(model.policy, hub)
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
@@ -64,6 +64,34 @@ def test_update_sees_exactly_the_acting_policy(algo, policy_kwargs, hub, tmp_pat
         # and this is the stored route's doing: fresh noise in the update gives other pathways
         _, fresh, _ = model.policy.evaluate_actions(data.observations, data.actions.long().flatten())
         assert (fresh - data.old_log_prob).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("algo", [HubPPO, HubA2C])
+def test_train_evaluates_every_batch_on_its_stored_routes(algo, hub, tmp_path):
+    """The algorithms' own ``train()`` (not only the helper above) hands each batch's stored routes to
+    ``evaluate_actions``: at learning rate 0 every batch's log-probabilities are the acting ones."""
+    model = _agent(algo, hub, tmp_path)
+    _collect(model)
+    buffer, policy = model.rollout_buffer, model.policy
+    batches, seen = [], []
+    get, evaluate = buffer.get, policy.evaluate_actions
+
+    def recording_get(*args, **kwargs):
+        for data in get(*args, **kwargs):
+            batches.append(data)
+            yield data
+
+    def spy(observations, actions, *args, **kwargs):
+        out = evaluate(observations, actions, *args, **kwargs)
+        seen.append((kwargs.get("route"), out[1].detach()))
+        return out
+
+    buffer.get, policy.evaluate_actions = recording_get, spy
+    model.train()
+    assert len(seen) == len(batches) > 0
+    for (route, log_prob), data in zip(seen, batches):
+        assert route is not None
+        assert th.allclose(log_prob, data.old_log_prob, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("algo", [HubPPO, HubA2C])
@@ -129,8 +157,8 @@ def test_acting_draws_noise_and_predict_is_noise_free(hub, tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gate_starts_even_after_sb3_init(hub, tmp_path, seed):
     """SB3's orthogonal init used to leave a fixed logit gap (>= 96.9% of frames to one expert)."""
+    policy = _agent(HubPPO, hub, tmp_path, seed=seed).policy.eval()  # SB3 seeds torch: each seed its own init
     th.manual_seed(seed)
-    policy = _agent(HubPPO, hub, tmp_path).policy.eval()
     obs = th.randint(0, 255, (512, 4, 84, 84), dtype=th.uint8)
     with th.no_grad():
         routing = policy.extractor.gate(policy.preprocess(obs))
