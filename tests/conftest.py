@@ -66,13 +66,31 @@ def make_sb3_zip(path: Path, seed: int = 0) -> Path:
 
 
 def forbid_unpickling(monkeypatch) -> None:
-    """From here on, any unpickling fails the test: what reads files as data must never call it."""
+    """From here on, any unpickling fails the test: what reads files as data must never call it.
+
+    Covers pickle's and cloudpickle's entry points (``loads``, ``load``, ``Unpickler``, which a
+    ``torch.load(weights_only=False)`` builds on) and ``torch.load`` itself unless it is given
+    ``weights_only=True`` (torch's restricted unpickler, which rebuilds tensors only)."""
+    import torch
 
     def refuse(*args, **kwargs):
         raise AssertionError("the file's data was unpickled")
 
-    monkeypatch.setattr("cloudpickle.loads", refuse)
-    monkeypatch.setattr("pickle.loads", refuse)
+    class RefusingUnpickler:
+        def __init__(self, *args, **kwargs):
+            refuse()
+
+    real_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        if kwargs.get("weights_only") is not True:
+            raise AssertionError("torch.load without weights_only=True unpickles the file")
+        return real_load(*args, **kwargs)
+
+    for name in ("pickle.loads", "pickle.load", "cloudpickle.loads", "cloudpickle.load"):
+        monkeypatch.setattr(name, refuse)
+    monkeypatch.setattr("pickle.Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(torch, "load", weights_only_load)
 
 
 @pytest.fixture

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import pickle
+import shlex
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch as th
 
 from hubrl.hub import HubError, load_hub, load_sb3_zip, load_sources, resolve_hub
-from tests.conftest import make_sb3_zip, make_tiny_hub
+from tests.conftest import forbid_unpickling, make_sb3_zip, make_tiny_hub
 
 
 def test_load_hub_folder(tiny_hub):
@@ -53,22 +57,30 @@ def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):
 
 
 class _Payload:
+    """Unpickled, it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/hubrl-pwned",))
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
 
 
-def test_pickle_payload_is_refused_and_never_executed(tmp_path):
+def test_pickle_payload_is_refused_and_never_executed(tmp_path, monkeypatch):
+    """Both entries of an SB3 zip carry a working payload: the tensors (``policy.pth``) and the
+    cloudpickled ``data``. Reading the zip as an expert unpickles neither."""
+    marker = tmp_path / "pwned"
     evil = tmp_path / "evil.zip"
     buf = io.BytesIO()
-    th.save({"features_extractor.cnn.0.weight": _Payload()}, buf)
+    th.save({"features_extractor.cnn.0.weight": _Payload(marker)}, buf)
+    payload = base64.b64encode(pickle.dumps(_Payload(marker))).decode()
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("policy.pth", buf.getvalue())
-        z.writestr("data", json.dumps({"policy_class": {":serialized:": "gARjb3MKc3lzdGVtCg=="}}))
-    if os.path.exists("/tmp/hubrl-pwned"):
-        os.remove("/tmp/hubrl-pwned")
+        z.writestr("data", json.dumps({"policy_class": {":serialized:": payload}}))
+    forbid_unpickling(monkeypatch)
     with pytest.raises(HubError, match="refusing to load"):
         load_sb3_zip(evil)
-    assert not os.path.exists("/tmp/hubrl-pwned")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -131,8 +143,11 @@ def test_empty_hub_and_missing_folder(tmp_path):
 
 def test_duplicate_names_and_both_sources(tmp_path, tiny_hub):
     z = make_sb3_zip(tmp_path / "a.zip")
+    with pytest.raises(HubError, match="names .*a.zip twice: give each expert once"):
+        load_sources([z, z])  # the same file
+    (tmp_path / "other").mkdir()
     with pytest.raises(HubError, match="Two experts are named a"):
-        load_sources([z, z])
+        load_sources([z, make_sb3_zip(tmp_path / "other" / "a.zip", seed=1)])  # two files, one name
     with pytest.raises(HubError, match="either --hub"):
         resolve_hub(tiny_hub, [z])
 
