@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 
+import numpy as np
 import pytest
 import torch as th
 import yaml
@@ -54,11 +55,16 @@ def test_tiny_transfer_to_gopher_and_stock_load_gives_same_actions(tmp_path, tin
 
     loaded = PPO.load(folder / "model.zip", device="cpu")
     assert loaded.policy.aggregation == aggregation and loaded.action_space.n == 8
+    from hubrl.saved_model import load_saved_policy
+
+    rebuilt = load_saved_policy(folder / "model.zip").policy  # weights only, nothing unpickled (enjoy's way)
     env = make_atari_vec_env("Gopher", 2, seed=1)
     obs = env.reset()
     for _ in range(5):
-        ours, _ = loaded.predict(obs, deterministic=True)
-        obs = env.step(ours)[0]
+        stock, _ = loaded.predict(obs, deterministic=True)
+        ours, _ = rebuilt.predict(obs, deterministic=True)
+        assert np.array_equal(stock, ours)
+        obs = env.step(stock)[0]
     trained_state = th.load(folder / "checkpoint.pt", weights_only=True)["policy"]
     for key, value in loaded.policy.state_dict().items():
         assert th.equal(value, trained_state[key]), key
