@@ -108,6 +108,16 @@ def saved_model_steps(path: str | Path) -> int | None:
     return _plain_int(data.get("num_timesteps"))
 
 
+def _opcodes(raw: bytes) -> Iterator[tuple[Any, Any]]:
+    """``(opcode, argument)`` of each instruction of the pickle ``raw``, disassembled (never run); a
+    pickle pickletools cannot read (truncated, not a pickle) is one ``ValueError`` naming that."""
+    try:
+        for opcode, arg, _ in pickletools.genops(raw):
+            yield opcode, arg
+    except Exception as exc:  # noqa: BLE001  pickletools raises several types (ValueError too) for a bad pickle
+        raise ValueError(f"not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
 def pickled_global(serialized: str) -> tuple[str, str]:
     """The (module, name) that a base64 pickle of a single global reference (a class, as SB3 stores
     ``policy_class``) names, read by disassembling its opcodes, never by unpickling.
@@ -121,23 +131,18 @@ def pickled_global(serialized: str) -> tuple[str, str]:
         raise ValueError(f"not base64 text ({exc})") from None
     strings: list[str] = []
     found: list[tuple[str, str]] = []
-    try:
-        for opcode, arg, _ in pickletools.genops(raw):
-            if opcode.name not in _REFERENCE_OPCODES:
-                raise ValueError(f"the pickle does more than name a class (opcode {opcode.name})")
-            if isinstance(arg, str) and opcode.name != "GLOBAL":
-                strings.append(arg)
-            elif opcode.name == "GLOBAL":  # protocol < 4: "module name" in one operand
-                module, _, name = str(arg).partition(" ")
-                found.append((module, name))
-            if opcode.name == "STACK_GLOBAL":
-                if len(strings) < 2:
-                    raise ValueError("the pickle's STACK_GLOBAL has no module and name before it")
-                found.append((strings[-2], strings[-1]))
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001  pickletools raises several types for a truncated pickle
-        raise ValueError(f"not a readable pickle ({type(exc).__name__}: {exc})") from None
+    for opcode, arg in _opcodes(raw):
+        if opcode.name not in _REFERENCE_OPCODES:
+            raise ValueError(f"the pickle does more than name a class (opcode {opcode.name})")
+        if isinstance(arg, str) and opcode.name != "GLOBAL":
+            strings.append(arg)
+        elif opcode.name == "GLOBAL":  # protocol < 4: "module name" in one operand
+            module, _, name = str(arg).partition(" ")
+            found.append((module, name))
+        if opcode.name == "STACK_GLOBAL":
+            if len(strings) < 2:
+                raise ValueError("the pickle's STACK_GLOBAL has no module and name before it")
+            found.append((strings[-2], strings[-1]))
     if len(found) != 1:
         raise ValueError(f"the pickle names {len(found)} globals, not one class")
     return found[0]

@@ -40,7 +40,7 @@ def test_top_k_selects_the_largest_logits(k):
 def test_top_k_bounds():
     with pytest.raises(ValueError, match="between 1 and the hub size 2"):
         PathwayGenerator(4, 2, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="between 1 and the hub size 2, got 0"):
         PathwayGenerator(4, 2, 0)
 
 

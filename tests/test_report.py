@@ -40,7 +40,7 @@ def test_iqm_matches_trim_mean_convention():
     assert trim_mean(np.arange(1.0, 11.0), 0.1) == pytest.approx(5.5)  # cut 1 of 10
     rows = np.array([[4, 3, 2, 1], [1, 1, 1, 50.0]])
     assert np.allclose(iqm(rows, axis=1), [2.5, 1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty"):
         iqm([])
 
 
@@ -95,7 +95,7 @@ def test_probability_of_improvement():
     assert probability_of_improvement([5, 6], [1, 2]) == 1.0
     assert probability_of_improvement([1, 2], [5, 6]) == 0.0
     assert probability_of_improvement([4], [4]) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one run of each method"):
         probability_of_improvement([], [1])
 
 
@@ -115,7 +115,7 @@ def test_learning_curve_auc():
     assert learning_curve_auc([100, 200, 400], [0, 10, 10]) == pytest.approx((100 * 5 + 200 * 10) / 300)
     assert learning_curve_auc([0, 50, 100], [3, 3, 3]) == pytest.approx(3)
     assert learning_curve_auc([500], [7]) == 7
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="as many values as steps, at least one"):
         learning_curve_auc([], [])
 
 

@@ -153,6 +153,8 @@ def test_pickled_global_reads_both_protocols_and_nothing_else():
     for protocol in (2, 5):
         text = base64.b64encode(pickle.dumps(zipfile.ZipFile, protocol=protocol)).decode()
         assert pickled_global(text) == ("zipfile", "ZipFile")
-    for bad in (base64.b64encode(pickle.dumps([1, 2])).decode(), "not base64!", base64.b64encode(b"\x80\x05junk").decode()):
-        with pytest.raises(ValueError):
+    for bad, message in ((base64.b64encode(pickle.dumps([1, 2])).decode(), "does more than name a class"),
+                         ("not base64!", "not base64 text"),
+                         (base64.b64encode(b"\x80\x05junk").decode(), "not a readable pickle")):
+        with pytest.raises(ValueError, match=message):
             pickled_global(bad)
