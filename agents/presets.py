@@ -137,9 +137,73 @@ def _check_value(key: str, value: Any) -> str | None:
         number = _number(value)
         return None if number is not None and math.isfinite(number) and number > 0 else "a positive number"
     if key == "policy_kwargs":
-        return None if isinstance(value, dict) else "a mapping"
+        return _check_policy_kwargs(value)
     number = _number(value)
     return None if number is None or math.isfinite(number) else "a finite number"
+
+
+#: Optimizers ``policy_kwargs`` may name (``optimizer: RMSpropTFLike``, or SB3's key ``optimizer_class``):
+#: SB3's TF-like RMSprop (RL Zoo's A2C choice) and torch's own.
+OPTIMIZERS = ("RMSpropTFLike", "Adam", "AdamW", "RMSprop", "SGD")
+#: Activations ``policy_kwargs: {activation_fn: ReLU}`` may name (``nn.ReLU`` as RL Zoo writes it too).
+ACTIVATIONS = ("ReLU", "Tanh", "ELU", "LeakyReLU", "GELU", "SiLU")
+#: ``policy_kwargs`` that ``--method`` sets: the method builds its own feature extractor.
+_METHOD_POLICY_KWARGS = ("features_extractor_class", "features_extractor_kwargs")
+
+
+def _activation_name(text: str) -> str:
+    """``nn.ReLU`` / ``th.nn.ReLU`` / ``torch.nn.ReLU`` / ``ReLU`` -> ``ReLU``."""
+    return text.rsplit(".", 1)[-1]
+
+
+def _check_policy_kwargs(value: Any) -> str | None:
+    """Why ``value`` cannot be ``policy_kwargs`` (None when it can): a mapping of SB3 actor-critic
+    policy arguments, optimizers and activations by name (YAML holds no classes)."""
+    import inspect
+
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    if not isinstance(value, dict):
+        return "a mapping"
+    fixed = [k for k in _METHOD_POLICY_KWARGS if k in value]
+    if fixed:
+        return f"a mapping without {', '.join(fixed)} (--method sets the feature extractor)"
+    known = (set(inspect.signature(ActorCriticCnnPolicy.__init__).parameters)
+             - {"self", "observation_space", "action_space", "lr_schedule", *_METHOD_POLICY_KWARGS}) | {"optimizer"}
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        return f"a mapping of SB3 policy arguments ({', '.join(unknown)}: not one; known are {', '.join(sorted(known))})"
+    if "optimizer" in value and "optimizer_class" in value:
+        return "one of optimizer and optimizer_class, not both"
+    for name in ("optimizer", "optimizer_class"):
+        given = value.get(name)
+        if name in value and not (isinstance(given, type) or given in OPTIMIZERS):
+            return f"{name} one of {', '.join(OPTIMIZERS)}"
+    activation = value.get("activation_fn")
+    if "activation_fn" in value and not (isinstance(activation, type) or
+                                         (isinstance(activation, str) and _activation_name(activation) in ACTIVATIONS)):
+        return f"activation_fn one of {', '.join(ACTIVATIONS)}"
+    return None
+
+
+def _resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``policy_kwargs`` (checked by :func:`_check_policy_kwargs`) for SB3: the optimizer, named under
+    ``optimizer`` or ``optimizer_class``, as ``optimizer_class``; an activation named as its class."""
+    from torch import nn, optim
+
+    resolved = dict(policy_kwargs)
+    optimizer = resolved.pop("optimizer", resolved.pop("optimizer_class", None))
+    if optimizer == "RMSpropTFLike":
+        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+        optimizer = RMSpropTFLike
+    elif isinstance(optimizer, str):
+        optimizer = getattr(optim, optimizer)
+    if optimizer is not None:
+        resolved["optimizer_class"] = optimizer
+    if isinstance(resolved.get("activation_fn"), str):
+        resolved["activation_fn"] = getattr(nn, _activation_name(resolved["activation_fn"]))
+    return resolved
 
 
 def _float_or_none(text: str) -> float | None:
@@ -234,12 +298,7 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
         elif value is not None:
             config[key] = value
     kwargs = {k: _schedule(v) for k, v in config.items() if k != "n_envs"}
-    policy_kwargs = dict(kwargs.pop("policy_kwargs", {}) or {})
-    if policy_kwargs.get("optimizer") == "RMSpropTFLike":
-        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
-
-        policy_kwargs["optimizer_class"] = RMSpropTFLike
-        policy_kwargs.pop("optimizer")
+    policy_kwargs = _resolve_policy_kwargs(kwargs.pop("policy_kwargs", {}) or {})
     if policy_kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
     return config, kwargs

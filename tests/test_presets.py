@@ -121,3 +121,31 @@ def test_a_saved_scratch_model_loads_with_sb3_alone(tmp_path, tiny_ppo):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ActorCriticCnnPolicy"
+
+
+@pytest.mark.parametrize("policy_kwargs, named", [
+    ({"foo": 1}, "foo: not one; known are activation_fn"),
+    ({"optimizer_class": "Adamm"}, "optimizer_class one of RMSpropTFLike, Adam"),
+    ({"optimizer": "RMSpropTFLike", "optimizer_class": "Adam"}, "one of optimizer and optimizer_class, not both"),
+    ({"activation_fn": "nn.Swish"}, "activation_fn one of ReLU, Tanh"),
+    ({"features_extractor_class": "NatureCNN"}, "--method sets the feature extractor"),
+])
+def test_policy_kwargs_a_run_cannot_use_are_refused_before_anything_is_built(policy_kwargs, named):
+    """A ``policy_kwargs`` that SB3 would take for a class (``optimizer_class: RMSpropTFLike`` read as
+    a string) or refuse mid-build used to end in a traceback; it is one line naming the key."""
+    from hubrl.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"Hyperparameter policy_kwargs: .* expected .*{named}"):
+        resolve_hyperparams("ppo", {"policy_kwargs": policy_kwargs})
+
+
+def test_policy_kwargs_name_optimizers_and_activations_as_rl_zoo_users_write_them():
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+    from torch import nn, optim
+
+    for key in ("optimizer", "optimizer_class"):  # hubrl's key and SB3's
+        _, kwargs = resolve_hyperparams("ppo", {"policy_kwargs": {key: "RMSpropTFLike", "activation_fn": "nn.Tanh"}})
+        assert kwargs["policy_kwargs"]["optimizer_class"] is RMSpropTFLike and "optimizer" not in kwargs["policy_kwargs"]
+        assert kwargs["policy_kwargs"]["activation_fn"] is nn.Tanh
+    _, kwargs = resolve_hyperparams("ppo", {"policy_kwargs": {"optimizer_class": "AdamW"}})
+    assert kwargs["policy_kwargs"]["optimizer_class"] is optim.AdamW
