@@ -304,6 +304,12 @@ CASES = [
      ["--sticky-actions"], None),
     # usage
     ("resume-without-out", T, lambda t, h: ["--resume"], ["--resume", "--out"], None),
+    # RL Zoo's flags: what this command takes instead
+    ("zoo-n", T, lambda t, h: ["--env", "Alien", "-n", "1000", "-tb", "logs"],
+     ["unrecognized arguments: -n 1000 -tb logs", "RL Zoo's -n: use --timesteps", "RL Zoo's -tb: use --tensorboard-log"],
+     _leaves_nothing("runs")),
+    ("zoo-enjoy-stochastic", "enjoy", lambda t, h: ["--expert", "Seaquest", "--stochastic"],
+     ["RL Zoo's --stochastic: actions are sampled by default (--deterministic for greedy ones)"], None),
     ("no-env", T, lambda t, h: ["--timesteps", "1k"], ["--env"], None),
     # an option of another method, which this one would ignore without a word (tiny runs in case the check is lost)
     ("finetune-freeze-experts", T, lambda t, h: ["--env", "Gopher", "--method", "finetune", "--freeze-experts", *_tiny_run(t)],

@@ -75,7 +75,41 @@ class ArgumentParser(argparse.ArgumentParser):
         return renamed
 
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        raise UsageError(f"{message}{self._rl_zoo_hints(message)} (see {self.prog} --help)")
+
+    def _rl_zoo_hints(self, message: str) -> str:
+        """For RL Zoo flags among unrecognized arguments, what this command takes instead
+        (:data:`RL_ZOO_FLAGS`): ``-n 1M`` is ``--timesteps 1M`` here."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        hints = []
+        for token in message.split(":", 1)[1].split():
+            flag = token.partition("=")[0]
+            if flag in RL_ZOO_FLAGS and flag not in self._option_string_actions:
+                target, why = RL_ZOO_FLAGS[flag]
+                if target is None or target in self._option_string_actions:
+                    hints.append(f"RL Zoo's {flag}: {why}")
+        return f"; {'; '.join(dict.fromkeys(hints))}" if hints else ""
+
+
+#: RL Zoo's train.py / enjoy.py flags a Zoo user types -> (the flag of ours it needs, or None, and what to
+#: use here). A hint is given only where the command has that flag.
+RL_ZOO_FLAGS: dict[str, tuple[str | None, str]] = {
+    "-n": ("--timesteps", "use --timesteps (agent steps, e.g. 1M)"),
+    "--n-timesteps": ("--timesteps", "use --timesteps (agent steps, e.g. 1M)"),
+    "-tb": ("--tensorboard-log", "use --tensorboard-log DIR"),
+    "-f": ("--out", "use --out, the run folder itself"),
+    "--log-folder": ("--out", "use --out, the run folder itself"),
+    "-P": ("--no-progress-bar", "the progress bar is on by default (--no-progress-bar turns it off)"),
+    "--progress": ("--no-progress-bar", "the progress bar is on by default (--no-progress-bar turns it off)"),
+    "--save-freq": ("--checkpoint-freq", "use --checkpoint-freq (a resumable checkpoint.pt)"),
+    "-i": ("--resume", "use --resume --out RUN to continue a run, --sources ZIP to transfer from one"),
+    "--trained-agent": ("--resume", "use --resume --out RUN to continue a run, --sources ZIP to transfer from one"),
+    "--stochastic": ("--deterministic", "actions are sampled by default (--deterministic for greedy ones)"),
+    "--exp-id": (None, "give the run folder itself"),
+    "--load-best": (None, "a run keeps its final model.zip; evaluations.json holds every evaluation"),
+    "--no-render": (None, "nothing is rendered (--video records one)"),
+}
 
 
 # One flag name per concept across the commands; the old spellings still work (hidden, deprecated).
