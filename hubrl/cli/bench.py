@@ -112,7 +112,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                      help="Evaluate every STEPS agent steps (the report of a stage needs an evaluation there: "
                           "a --pause-at short of the budget must be a multiple of it). Default: 100k.")
     run.add_argument("--eval-episodes", type=positive_int, default=None, metavar="N",
-                     help="Games per evaluation. Default: 10.")
+                     help="Games per evaluation (whole games, raw score, actions sampled as RL Zoo does for Atari). "
+                          "Default: 10.")
     run.add_argument("--checkpoint-freq", type=steps, default=None, metavar="STEPS",
                      help="Checkpoint every STEPS agent steps. Default: 100k.")
     run.add_argument("--set", dest="extra", type=_setting, action="append", default=[], metavar="KEY=VALUE",

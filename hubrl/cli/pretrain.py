@@ -63,7 +63,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--eval-freq", type=steps, default=250_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
-                        help="Games per evaluation (also of --export). Default: 10.")
+                        help="Games per evaluation, also of --export (whole games, raw score, actions sampled as RL Zoo does "
+                             "for Atari). Default: 10.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, metavar="STEPS",
                         help="Checkpoint every STEPS agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25, metavar="P",

@@ -120,7 +120,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--eval-freq", type=steps, default=100_000, metavar="STEPS",
                         help="Evaluate every STEPS agent steps. Default: 100k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
-                        help="Games per evaluation. Default: 10.")
+                        help="Games per evaluation (whole games, raw score, actions sampled as RL Zoo does for Atari). "
+                             "Default: 10.")
     parser.add_argument("--early-eval", action=argparse.BooleanOptionalAction, default=True,
                         help="One extra evaluation on 3 games at 10%% of the budget (at most 25k steps), "
                              "for a score early. Default: on.")
