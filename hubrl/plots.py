@@ -54,7 +54,8 @@ def _plot_steps(trial: TrialResult) -> np.ndarray:
     """
     steps = trial.steps.astype(np.int64, copy=True)
     end = trial.stage or trial.budget
-    if end and trial.rollout > 0 and steps.size and end < steps[-1] < end + trial.rollout:
+    if (end and trial.rollout > 0 and steps.size and end < steps[-1] < end + trial.rollout
+            and (steps.size == 1 or steps[-2] < end)):  # not onto an evaluation already at the end
         steps[-1] = end
     return steps
 
