@@ -192,7 +192,7 @@ def _resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     from torch import nn, optim
 
     resolved = dict(policy_kwargs)
-    optimizer = resolved.pop("optimizer", resolved.pop("optimizer_class", None))
+    optimizer = resolved.pop("optimizer", None) or resolved.pop("optimizer_class", None)
     if optimizer == "RMSpropTFLike":
         from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 
@@ -294,7 +294,11 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
     check_hyperparams(overrides or {}, algo.lower())
     for key, value in (overrides or {}).items():
         if key == "policy_kwargs" and isinstance(value, dict):
-            config.setdefault("policy_kwargs", {}).update(value)
+            merged = config.setdefault("policy_kwargs", {})
+            if {"optimizer", "optimizer_class"} & value.keys():  # the override's optimizer, under either key, wins
+                merged.pop("optimizer", None)
+                merged.pop("optimizer_class", None)
+            merged.update(value)
         elif value is not None:
             config[key] = value
     kwargs = {k: _schedule(v) for k, v in config.items() if k != "n_envs"}

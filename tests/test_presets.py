@@ -149,3 +149,8 @@ def test_policy_kwargs_name_optimizers_and_activations_as_rl_zoo_users_write_the
         assert kwargs["policy_kwargs"]["activation_fn"] is nn.Tanh
     _, kwargs = resolve_hyperparams("ppo", {"policy_kwargs": {"optimizer_class": "AdamW"}})
     assert kwargs["policy_kwargs"]["optimizer_class"] is optim.AdamW
+    # over A2C's preset (optimizer: RMSpropTFLike) the user's optimizer wins, under either key; its eps stays
+    for key in ("optimizer", "optimizer_class"):
+        plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {key: "Adam"}})
+        assert kwargs["policy_kwargs"]["optimizer_class"] is optim.Adam
+        assert plain["policy_kwargs"] == {key: "Adam", "optimizer_kwargs": {"eps": 1e-5}}
