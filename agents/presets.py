@@ -156,9 +156,11 @@ def _activation_name(text: str) -> str:
     return text.rsplit(".", 1)[-1]
 
 
-def _check_policy_kwargs(value: Any) -> str | None:
+def _check_policy_kwargs(value: Any, default_optimizer: str | None = None) -> str | None:
     """Why ``value`` cannot be ``policy_kwargs`` (None when it can): a mapping of SB3 actor-critic
-    policy arguments, optimizers and activations by name (YAML holds no classes)."""
+    policy arguments, optimizers and activations by name (YAML holds no classes), and
+    ``optimizer_kwargs`` that the optimizer takes (the one named, else ``default_optimizer``; None:
+    not checked, as for an override whose optimizer the preset may name)."""
     import inspect
 
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
@@ -175,30 +177,45 @@ def _check_policy_kwargs(value: Any) -> str | None:
         return f"a mapping of SB3 policy arguments ({', '.join(unknown)}: not one; known are {', '.join(sorted(known))})"
     if "optimizer" in value and "optimizer_class" in value:
         return "one of optimizer and optimizer_class, not both"
-    for name in ("optimizer", "optimizer_class"):
-        given = value.get(name)
-        if name in value and not (isinstance(given, type) or given in OPTIMIZERS):
-            return f"{name} one of {', '.join(OPTIMIZERS)}"
+    for name in ("optimizer", "optimizer_class"):  # names, not classes: config.yaml records them
+        if name in value and value[name] not in OPTIMIZERS:
+            return f"{name} one of {', '.join(OPTIMIZERS)} (by name)"
     activation = value.get("activation_fn")
-    if "activation_fn" in value and not (isinstance(activation, type) or
-                                         (isinstance(activation, str) and _activation_name(activation) in ACTIVATIONS)):
-        return f"activation_fn one of {', '.join(ACTIVATIONS)}"
+    if "activation_fn" in value and not (isinstance(activation, str) and _activation_name(activation) in ACTIVATIONS):
+        return f"activation_fn one of {', '.join(ACTIVATIONS)} (by name)"
+    kwargs = value.get("optimizer_kwargs", {})
+    if not isinstance(kwargs, dict):
+        return "optimizer_kwargs as a mapping"
+    optimizer = value.get("optimizer", value.get("optimizer_class", default_optimizer))
+    if kwargs and optimizer is not None:
+        taken = set(inspect.signature(_optimizer_class(optimizer).__init__).parameters) - {"self", "params"}
+        unknown = sorted(str(k) for k in kwargs if k not in taken)
+        if unknown:
+            return (f"optimizer_kwargs that {optimizer} takes ({', '.join(unknown)}: not one; "
+                    f"it takes {', '.join(sorted(taken))})")
     return None
+
+
+def _optimizer_class(name: str) -> type:
+    """The optimizer class named ``name`` (one of :data:`OPTIMIZERS`)."""
+    if name == "RMSpropTFLike":
+        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+        return RMSpropTFLike
+    from torch import optim
+
+    return getattr(optim, name)
 
 
 def _resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``policy_kwargs`` (checked by :func:`_check_policy_kwargs`) for SB3: the optimizer, named under
     ``optimizer`` or ``optimizer_class``, as ``optimizer_class``; an activation named as its class."""
-    from torch import nn, optim
+    from torch import nn
 
     resolved = dict(policy_kwargs)
     optimizer = resolved.pop("optimizer", None) or resolved.pop("optimizer_class", None)
-    if optimizer == "RMSpropTFLike":
-        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
-
-        optimizer = RMSpropTFLike
-    elif isinstance(optimizer, str):
-        optimizer = getattr(optim, optimizer)
+    if isinstance(optimizer, str):
+        optimizer = _optimizer_class(optimizer)
     if optimizer is not None:
         resolved["optimizer_class"] = optimizer
     if isinstance(resolved.get("activation_fn"), str):
@@ -253,10 +270,12 @@ def linear_schedule(initial: float) -> Callable[[float], float]:
     boundary at or past its budget, where progress remaining is below 0, and a plain
     ``progress * initial`` there would train the last update with a negative learning rate and clip
     range (gradient ascent); and a ``model.zip`` that pickles SB3's class loads with SB3 alone,
-    without hubrl installed.
+    without hubrl installed (SB3 >= 2.7; with an older SB3, :class:`_Linear`, which needs hubrl).
     """
-    from stable_baselines3.common.utils import LinearSchedule
-
+    try:
+        from stable_baselines3.common.utils import LinearSchedule  # SB3 >= 2.7
+    except ImportError:  # an older SB3 (pyproject allows >= 2.3): hubrl's own, clamped the same way
+        return _Linear(initial)
     return LinearSchedule(float(initial), 0.0, 1.0)
 
 
@@ -295,12 +314,17 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         if key == "policy_kwargs" and isinstance(value, dict):
             merged = config.setdefault("policy_kwargs", {})
-            if {"optimizer", "optimizer_class"} & value.keys():  # the override's optimizer, under either key, wins
-                merged.pop("optimizer", None)
-                merged.pop("optimizer_class", None)
+            if {"optimizer", "optimizer_class"} & value.keys():  # the override's optimizer, under either key, wins,
+                for stale in ("optimizer", "optimizer_class", "optimizer_kwargs"):  # without the preset's arguments
+                    merged.pop(stale, None)
             merged.update(value)
         elif value is not None:
             config[key] = value
+    if overrides and "policy_kwargs" in overrides:  # the merge may pair the override's kwargs with the preset's optimizer
+        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer="Adam")  # SB3's default
+        if expected:
+            raise UsageError(f"Hyperparameter policy_kwargs, merged over the {algo.lower()} preset's "
+                             f"({config['policy_kwargs']!r}), is not valid: expected {expected}.")
     kwargs = {k: _schedule(v) for k, v in config.items() if k != "n_envs"}
     policy_kwargs = _resolve_policy_kwargs(kwargs.pop("policy_kwargs", {}) or {})
     if policy_kwargs:

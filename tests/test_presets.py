@@ -129,13 +129,16 @@ def test_a_saved_scratch_model_loads_with_sb3_alone(tmp_path, tiny_ppo):
     ({"optimizer": "RMSpropTFLike", "optimizer_class": "Adam"}, "one of optimizer and optimizer_class, not both"),
     ({"activation_fn": "nn.Swish"}, "activation_fn one of ReLU, Tanh"),
     ({"features_extractor_class": "NatureCNN"}, "--method sets the feature extractor"),
+    ({"optimizer": "Adam", "optimizer_kwargs": {"momentum": 0.9}}, "optimizer_kwargs that Adam takes .*momentum: not one"),
+    ({"optimizer_kwargs": {"alpha": 0.9}}, "optimizer_kwargs that Adam takes \\(alpha: not one"),  # PPO: SB3's Adam
+    ({"activation_fn": __import__("torch").nn.ReLU}, "activation_fn one of ReLU, Tanh, ELU, LeakyReLU, GELU, SiLU \\(by name"),
 ])
 def test_policy_kwargs_a_run_cannot_use_are_refused_before_anything_is_built(policy_kwargs, named):
     """A ``policy_kwargs`` that SB3 would take for a class (``optimizer_class: RMSpropTFLike`` read as
     a string) or refuse mid-build used to end in a traceback; it is one line naming the key."""
     from hubrl.errors import UsageError
 
-    with pytest.raises(UsageError, match=f"Hyperparameter policy_kwargs: .* expected .*{named}"):
+    with pytest.raises(UsageError, match=f"Hyperparameter policy_kwargs.* expected .*{named}"):
         resolve_hyperparams("ppo", {"policy_kwargs": policy_kwargs})
 
 
@@ -149,8 +152,21 @@ def test_policy_kwargs_name_optimizers_and_activations_as_rl_zoo_users_write_the
         assert kwargs["policy_kwargs"]["activation_fn"] is nn.Tanh
     _, kwargs = resolve_hyperparams("ppo", {"policy_kwargs": {"optimizer_class": "AdamW"}})
     assert kwargs["policy_kwargs"]["optimizer_class"] is optim.AdamW
-    # over A2C's preset (optimizer: RMSpropTFLike) the user's optimizer wins, under either key; its eps stays
+    # over A2C's preset (optimizer: RMSpropTFLike, eps 1e-5) the user's optimizer wins, under either key, without
+    # the preset's arguments for RMSprop (SGD takes no eps)
     for key in ("optimizer", "optimizer_class"):
-        plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {key: "Adam"}})
-        assert kwargs["policy_kwargs"]["optimizer_class"] is optim.Adam
-        assert plain["policy_kwargs"] == {key: "Adam", "optimizer_kwargs": {"eps": 1e-5}}
+        plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {key: "SGD", "optimizer_kwargs": {"lr": 0.1}}})
+        assert kwargs["policy_kwargs"]["optimizer_class"] is optim.SGD
+        assert plain["policy_kwargs"] == {key: "SGD", "optimizer_kwargs": {"lr": 0.1}}
+    _, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer": "SGD"}})
+    assert "optimizer_kwargs" not in kwargs["policy_kwargs"]
+
+
+def test_optimizer_kwargs_merged_over_the_a2c_preset_must_fit_its_optimizer():
+    """A2C's preset trains with RMSpropTFLike: kwargs it does not take are refused once merged over it."""
+    from hubrl.errors import UsageError
+
+    with pytest.raises(UsageError, match="merged over the a2c preset's .* expected optimizer_kwargs that RMSpropTFLike takes"):
+        resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"betas": (0.9, 0.99)}}})
+    _, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"alpha": 0.95}}})
+    assert kwargs["policy_kwargs"]["optimizer_kwargs"] == {"alpha": 0.95}  # replaces the preset's (eps), as a key does
