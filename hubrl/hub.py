@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shlex
 import zipfile
@@ -367,7 +368,11 @@ def load_sources(paths: Iterable[str | Path]) -> Hub:
     paths = [Path(p) for p in paths]
     seen: dict[Path, Path] = {}
     for p in paths:
-        first = seen.setdefault(p.resolve(), p)
+        try:
+            where = p.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: load_expert_folder / load_sb3_zip say what is wrong
+            where = Path(os.path.abspath(p))
+        first = seen.setdefault(where, p)
         if first is not p:
             same = f"{first}" if str(first) == str(p) else f"{first} and {p}"
             raise HubError(f"--sources names {same} twice: give each expert once.")

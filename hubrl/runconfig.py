@@ -13,7 +13,10 @@ new setting is covered by adding the field.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -216,11 +219,16 @@ def check_finite(cfg: Any, flags: Mapping[str, str] | None = None) -> None:
 
 def tensorboard_name(run_folder: str | Path, tensorboard_log: str | Path | None, name: str) -> str:
     """The name SB3 gives a run's TensorBoard folder, ``<name>_N``: ``name`` in the run's own ``tb/``;
-    under a ``--tensorboard-log`` that several runs share, the run folder's name
-    (``alien-hub-pathway-ppo-s0``), which tells seeds and algorithms apart. SB3 resumes into the
-    latest ``<name>_N``, so a name two runs shared would send one's resume into the other's folder and
-    mix their curves."""
-    return name if not tensorboard_log else Path(run_folder).name
+    under a ``--tensorboard-log`` that several runs share, one only this run folder has: its name
+    (a grid trial's ``<game>/<arm>/s<seed>``) and a digest of its absolute path,
+    ``alien-hub-pathway-ppo-s0-1f3a9c2e``. SB3 resumes into the latest ``<name>_N``, so a name two
+    runs shared (``<game>-<method>``, or two seeds' ``s0``) would send one's resume into the other's
+    folder and mix their curves."""
+    if not tensorboard_log:
+        return name
+    folder = Path(os.path.abspath(run_folder))
+    readable = "-".join(folder.parts[-3:]) if re.fullmatch(r"s\d+", folder.name) else folder.name
+    return f"{readable}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
 
 
 def check_pause_at(pause_at: int | None, budget: int, flags: Mapping[str, str] | None = None) -> None:

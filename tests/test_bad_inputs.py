@@ -196,6 +196,13 @@ def _no_opencv(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
     monkeypatch.setitem(sys.modules, "cv2", None)
 
 
+def _symlink_loop(tmp: Path) -> str:
+    """A path that is a link to itself (resolving it raises rather than naming a file)."""
+    loop = tmp / "loop"
+    loop.symlink_to(loop)
+    return str(loop)
+
+
 def _leaves_nothing(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitStack], None]:
     """A setup that checks, once the command has been refused, that it created none of ``names`` (under the
     temporary folder): a refused run writes nothing."""
@@ -402,6 +409,8 @@ CASES = [
      lambda t, h: ["--env", "Alien", "--sources", str(_policy_zip(t / "a.zip", _nature_cnn_state())),
                    str(t / "sub" / ".." / "a.zip")],
      ["a.zip and ", "sub/../a.zip twice", "give each expert once"], None),
+    ("sources-a-symlink-loop", T, lambda t, h: ["--env", "Alien", "--sources", _symlink_loop(t)],
+     ["loop does not exist"], None),
     ("sources-a-run-folder", T, lambda t, h: ["--env", "Alien", "--sources", _played_folder(t)],
      ["played is a run folder", "--sources ", "played/model.zip"], None),
     ("hub-a-zip-file", T, lambda t, h: ["--env", "Alien", "--hub", str(_policy_zip(t / "p.zip", _nature_cnn_state()))],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,19 +115,34 @@ def test_runs_sharing_a_tensorboard_log_keep_their_own_folders_across_a_resume(t
     run_transfer(cfg(0), progress_bar=False, verbose=0, pause_at=64)
     run_transfer(cfg(1), progress_bar=False, verbose=0)
     run_transfer(cfg(0), resume=True, progress_bar=False, verbose=0)
-    assert sorted(p.name for p in shared.iterdir()) == ["gopher-scratch-ppo-s0_1", "gopher-scratch-ppo-s1_1"]
+    from hubrl.runconfig import read_saved_run, tensorboard_name
+
+    run0, run1 = tmp_path / "gopher-scratch-ppo-s0", tmp_path / "gopher-scratch-ppo-s1"
+    name0, name1 = (f"{tensorboard_name(run, shared, 'unused')}_1" for run in (run0, run1))
+    assert name0.startswith("gopher-scratch-ppo-s0-") and name1.startswith("gopher-scratch-ppo-s1-")
+    assert sorted(p.name for p in shared.iterdir()) == sorted([name0, name1])
 
     def steps(folder: str) -> list[int]:
         acc = EventAccumulator(str(shared / folder))
         acc.Reload()
         return sorted({e.step for e in acc.Scalars("time/fps")})
 
-    assert steps("gopher-scratch-ppo-s0_1") == [64, 128] and steps("gopher-scratch-ppo-s1_1") == [64, 128]
+    assert steps(name0) == [64, 128] and steps(name1) == [64, 128]
     from hubrl.plots import _run_tensorboard_dirs  # the run's learning curve reads its own folder only
-    from hubrl.runconfig import read_saved_run
 
-    run0 = tmp_path / "gopher-scratch-ppo-s0"
-    assert _run_tensorboard_dirs(run0, read_saved_run(run0 / "config.yaml")) == [shared / "gopher-scratch-ppo-s0_1"]
+    assert _run_tensorboard_dirs(run0, read_saved_run(run0 / "config.yaml")) == [shared / name0]
+
+
+def test_tensorboard_names_under_a_shared_folder_tell_grid_trials_and_same_named_runs_apart(tmp_path):
+    """A grid trial's folder is only ``s<seed>``; two runs may have one name in different parents."""
+    from hubrl.runconfig import tensorboard_name
+
+    names = {tensorboard_name(tmp_path / game / arm / "s0", "tb", "x") for game in ("Alien", "Gopher")
+             for arm in ("scratch", "hub-pathway")}
+    assert len(names) == 4 and all(n.startswith(("Alien-", "Gopher-")) for n in names)
+    assert tensorboard_name(tmp_path / "a" / "run", "tb", "x") != tensorboard_name(tmp_path / "b" / "run", "tb", "x")
+    assert tensorboard_name(tmp_path / "run", None, "gopher-scratch") == "gopher-scratch"  # its own tb/: as before
+    assert tensorboard_name(".", "tb", "x").startswith(Path.cwd().name + "-")
 
 
 @pytest.mark.slow
