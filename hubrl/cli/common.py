@@ -82,12 +82,17 @@ class ArgumentParser(argparse.ArgumentParser):
         (:data:`RL_ZOO_FLAGS`): ``-n 1M`` is ``--timesteps 1M`` here."""
         if not message.startswith("unrecognized arguments:"):
             return ""
+        known = set(self._option_string_actions)  # a subcommand's flags too: the top parser reports its leftovers
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    known |= set(sub._option_string_actions)
         hints = []
         for token in message.split(":", 1)[1].split():
             flag = token.partition("=")[0]
-            if flag in RL_ZOO_FLAGS and flag not in self._option_string_actions:
+            if flag in RL_ZOO_FLAGS and flag not in known:
                 target, why = RL_ZOO_FLAGS[flag]
-                if target is None or target in self._option_string_actions:
+                if target is None or target in known:
                     hints.append(f"RL Zoo's {flag}: {why}")
         return f"; {'; '.join(dict.fromkeys(hints))}" if hints else ""
 
