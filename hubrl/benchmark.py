@@ -490,11 +490,13 @@ def _check_stage_is_evaluated(pause_at: int | None, budget: int, eval_freq: int)
     none at 250k, so its report would have no score there (the last one is 200k's)."""
     if pause_at is None or pause_at >= budget or pause_at % eval_freq == 0:
         return
-    divisor = math.gcd(pause_at, eval_freq)
+    divisor, below = math.gcd(pause_at, eval_freq), pause_at // eval_freq * eval_freq
+    before = f"the last one before it is at {format_steps(below)}" if below else "there is none before it"
+    stages = " or ".join(format_steps(step) for step in (below, below + eval_freq) if 0 < step < budget)
     raise UsageError(f"--pause-at {format_steps(pause_at)} is not a multiple of --eval-freq {format_steps(eval_freq)}: "
-                     f"the stage would have no evaluation at {format_steps(pause_at)} to report (the last one before "
-                     f"it is at {format_steps(pause_at // eval_freq * eval_freq)}). Give --eval-freq "
-                     f"{format_steps(divisor)} (it divides both), or a --pause-at that --eval-freq divides.")
+                     f"the stage would have no evaluation at {format_steps(pause_at)} to report ({before}). Give "
+                     f"--eval-freq {format_steps(divisor)} (it divides both; a grid keeps the --eval-freq it started "
+                     f"with){f', or --pause-at {stages}' if stages else ''}.")
 
 
 def _expand_finetune(methods: Sequence[str], settings: dict[str, Any]) -> list[str]:

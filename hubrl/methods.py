@@ -212,7 +212,7 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
         if cfg.exploration_loss != "importance-load" or cfg.exploration_coef == 0:
             why = "--exploration-coef 0" if cfg.exploration_coef == 0 else f"--exploration-loss {cfg.exploration_loss}"
             fix = "use --exploration-loss importance-load"
-        elif cfg.top_k >= len(hub):
+        elif cfg.top_k >= len(hub) > 1:  # (one expert: the hub's own notice above says what to do)
             why = (f"--top-k {cfg.top_k}, every expert of the {len(hub)}-expert hub (the load term, which trains the std, "
                    "needs experts left out)")
             fix = f"use a --top-k below {len(hub)}"

@@ -490,6 +490,8 @@ def test_hub_pathway_on_a_one_expert_hub_says_it_is_a_fine_tune(tmp_path):
     plan = plan_method(_cfg(tmp_path, method="hub-pathway"), hub, "gopher")
     (notice,) = plan.warnings  # not the switch loss's notice: there is nothing to balance
     assert notice.startswith(f"The hub has one expert ({hub.names[0]})") and "--method finetune" in notice
+    learned = _cfg(tmp_path, method="hub-pathway", noise="learned", exploration_loss="importance-load")
+    assert plan_method(learned, hub, "gopher").warnings == [notice]  # not "use a --top-k below 1"
 
 
 def test_zoo_tuning_on_a_one_expert_hub_says_it_does_not_start_as_the_expert(tmp_path):
