@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -205,9 +206,9 @@ class VideoWriter:
         self.fell_back = path.suffix.lower() == ".mp4" and not mp4_available()
         self.path = path.with_suffix(".gif") if self.fell_back else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Frames go to a hidden file beside the video, renamed over it by close(): a play killed
-        # mid-way leaves the previous video with that name whole, never a torn one.
-        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        # Frames go to a hidden file of this writer's own beside the video, renamed over it by close():
+        # a play killed mid-way leaves the previous video with that name whole, never a torn one.
+        self._partial: Path | None = None
         self.fps, self.frames = fps, 0
         self.gif = self.path.suffix.lower() == ".gif"
         self.scale = 1 if self.gif else max(int(scale), 1)
@@ -229,25 +230,41 @@ class VideoWriter:
                 import imageio_ffmpeg
 
                 height, width = frame.shape[:2]
-                self._mp4 = imageio_ffmpeg.write_frames(str(self._partial), (width, height), fps=self.fps, macro_block_size=2,
-                                                        quality=7)
+                self._mp4 = imageio_ffmpeg.write_frames(str(self._partial_file()), (width, height), fps=self.fps,
+                                                        macro_block_size=2, quality=7)
                 self._mp4.send(None)
             self._mp4.send(np.ascontiguousarray(frame))
         self.frames += 1
 
     def close(self) -> Path:
-        """Finish the file (renamed over ``path`` once complete); returns its path."""
-        if self._mp4 is not None:
-            self._mp4.close()
-            self._mp4 = None
-            os.replace(self._partial, self.path)
-        if self.gif and self._images:
-            first, *rest = self._images
-            first.save(self._partial, format="GIF", save_all=True, append_images=rest, duration=round(1000 / self.fps),
-                       loop=0, optimize=False)
-            self._images = []
-            os.replace(self._partial, self.path)
+        """Finish the file (renamed over ``path`` once complete); returns its path. A failure leaves
+        the previous video and no partial file."""
+        try:
+            if self._mp4 is not None:
+                mp4, self._mp4 = self._mp4, None
+                mp4.close()
+            if self.gif and self._images:
+                first, *rest = self._images
+                self._images = []
+                first.save(self._partial_file(), format="GIF", save_all=True, append_images=rest,
+                           duration=round(1000 / self.fps), loop=0, optimize=False)
+            if self._partial is not None:
+                os.replace(self._partial, self.path)
+                self._partial = None
+        finally:
+            if self._partial is not None:
+                self._partial.unlink(missing_ok=True)
+                self._partial = None
         return self.path
+
+    def _partial_file(self) -> Path:
+        """This writer's hidden file beside the video (made once, unique: two plays do not share it)."""
+        if self._partial is None:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
+                                        dir=self.path.parent)
+            os.close(fd)
+            self._partial = Path(name)
+        return self._partial
 
 
 def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, seed: int = 0, deterministic: bool = False,

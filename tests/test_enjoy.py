@@ -264,3 +264,28 @@ def test_a_video_replaces_the_previous_one_only_when_complete(tmp_path, suffix):
     assert writer.close() == path
     assert path.read_bytes() != b"the previous video" and path.stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left beside it
+
+
+def test_a_video_that_fails_to_finish_leaves_the_previous_one_and_no_partial_file(tmp_path, monkeypatch):
+    """Two writers of one name do not share a partial file; one whose encoder fails at ``close``
+    leaves the previous video and nothing beside it."""
+    from PIL import Image
+
+    path = tmp_path / "clip.gif"
+    path.write_bytes(b"the previous video")
+    frame = np.zeros((210, 160, 3), np.uint8)
+    first, second = enjoy.VideoWriter(path), enjoy.VideoWriter(path)
+    for writer in (first, second):
+        writer.add(frame)
+    assert first._partial_file() != second._partial_file()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        first.close()
+    assert path.read_bytes() == b"the previous video"
+    monkeypatch.undo()
+    assert second.close() == path and path.read_bytes()[:3] == b"GIF"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.gif"]
