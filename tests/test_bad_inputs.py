@@ -196,6 +196,14 @@ def _no_opencv(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
     monkeypatch.setitem(sys.modules, "cv2", None)
 
 
+def _grid_json(tmp: Path) -> str:
+    """A grid root holding only grid.json: a 1M budget evaluated every 50k."""
+    root = tmp / "grid"
+    root.mkdir()
+    (root / "grid.json").write_text(json.dumps({"budget": 1_000_000, "settings": {"eval_freq": 50_000}}))
+    return str(root)
+
+
 def _symlink_loop(tmp: Path) -> str:
     """A path that is a link to itself (resolving it raises rather than naming a file)."""
     loop = tmp / "loop"
@@ -372,6 +380,8 @@ CASES = [
     ("root-is-a-file", "bench", lambda t, h: ["run", "--root", _file(t), "--env", "Alien", "--timesteps", "1k"],
      ["--root", "a-file"], None),
     ("report-of-a-file", "bench", lambda t, h: ["report", _file(t)], ["a-file"], None),
+    ("report-stage-between-evaluations", "bench", lambda t, h: ["report", _grid_json(t), "--stages", "275k"],
+     ["--stages 275k: the grid evaluates every 50k", "no trial has a score at 275k", "e.g. 250k or 300k"], None),
     ("routes-of-a-file", "bench", lambda t, h: ["routes", _file(t)], ["a-file"], None),
     ("routes-unknown-method", "bench", lambda t, h: ["routes", str(_routes_grid(t)), "--method", "hub-pathwya"],
      ["--method 'hub-pathwya'", "no trial of it", "its methods are hub-pathway, scratch"], None),

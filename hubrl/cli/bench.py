@@ -245,6 +245,17 @@ def _check_report_stages(args: argparse.Namespace) -> None:
     if past:
         raise UsageError(f"--stages {step_label(past[0])} is past the grid's budget of {budget:,} agent steps: give "
                          f"stages up to {step_label(budget)} (the report without --stages is the grid at its budget).")
+    settings = read_grid(args.root).get("settings")
+    every = settings.get("eval_freq") if isinstance(settings, dict) else None
+    between = [stage for stage in args.stages or [] if isinstance(every, int) and every > 0 and stage % every
+               and not (isinstance(budget, int) and stage >= budget)]
+    if between:  # no trial has an evaluation there: every table would be empty
+        stage = between[0]
+        near = " or ".join(step_label(step) for step in (stage // every * every, stage // every * every + every)
+                           if 0 < step and not (isinstance(budget, int) and step > budget))
+        raise UsageError(f"--stages {step_label(stage)}: the grid evaluates every {step_label(every)} (grid.json), so "
+                         f"no trial has a score at {step_label(stage)}; give multiples of {step_label(every)}"
+                         f"{f', e.g. {near}' if near else ''}.")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
