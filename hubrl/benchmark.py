@@ -86,6 +86,7 @@ from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     count_parameters,
+    evaluations_around,
     has_checkpoint,
     read_status,
     refusal_reason,
@@ -490,9 +491,9 @@ def _check_stage_is_evaluated(pause_at: int | None, budget: int, eval_freq: int)
     none at 250k, so its report would have no score there (the last one is 200k's)."""
     if pause_at is None or pause_at >= budget or pause_at % eval_freq == 0:
         return
-    divisor, below = math.gcd(pause_at, eval_freq), pause_at // eval_freq * eval_freq
-    before = f"the last one before it is at {format_steps(below)}" if below else "there is none before it"
-    stages = " or ".join(format_steps(step) for step in (below, below + eval_freq) if 0 < step < budget)
+    divisor, around = math.gcd(pause_at, eval_freq), evaluations_around(pause_at, eval_freq)
+    before = f"the last one before it is at {format_steps(around[0])}" if around[0] else "there is none before it"
+    stages = " or ".join(format_steps(step) for step in around if 0 < step < budget)
     raise UsageError(f"--pause-at {format_steps(pause_at)} is not a multiple of --eval-freq {format_steps(eval_freq)}: "
                      f"the stage would have no evaluation at {format_steps(pause_at)} to report ({before}). Give "
                      f"--eval-freq {format_steps(divisor)} (it divides both; a grid keeps the --eval-freq it started "

@@ -468,6 +468,14 @@ def _rollout_steps(config: dict[str, Any]) -> int:
     return int(n_steps) * int(n_envs)
 
 
+def evaluations_around(step: int, every: int) -> tuple[int, int]:
+    """The evaluation steps of a run evaluated every ``every`` agent steps that are nearest below and
+    above ``step`` (``(200_000, 300_000)`` for 250k every 100k; the first is 0 when none is before it),
+    the stages a pause or a stage report can take instead of ``step``."""
+    below = step // every * every
+    return below, below + every
+
+
 def points_at_stage(points: list[dict[str, Any]], stage: int, rollout: int) -> list[dict[str, Any]]:
     """A trial's evaluation points (sorted by step) as it stood at ``stage`` agent steps: those up
     to the stage and, when none is at the stage itself, the first within one rollout past it.

@@ -232,10 +232,11 @@ def _check_report_stages(args: argparse.Namespace) -> None:
     """Refuse a ``--timesteps`` past grid.json's budget, and a ``--stages`` step past the budget
     (``--timesteps``, else grid.json's): no trial trains beyond it, so that report would wait for
     steps no trial will reach, or be the final report again titled as a stage of a longer run."""
-    from hubrl.grid import read_grid
+    from hubrl.grid import evaluations_around, read_grid
     from hubrl.tables import step_label
 
-    recorded = read_grid(args.root).get("budget")
+    grid = read_grid(args.root)
+    recorded = grid.get("budget")
     if isinstance(recorded, int) and args.budget is not None and args.budget > recorded:
         raise UsageError(f"--timesteps {step_label(args.budget)} is past the grid's budget of {recorded:,} agent steps "
                          f"({Path(args.root) / 'grid.json'}): no trial trains beyond it; drop --timesteps, or give "
@@ -245,13 +246,13 @@ def _check_report_stages(args: argparse.Namespace) -> None:
     if past:
         raise UsageError(f"--stages {step_label(past[0])} is past the grid's budget of {budget:,} agent steps: give "
                          f"stages up to {step_label(budget)} (the report without --stages is the grid at its budget).")
-    settings = read_grid(args.root).get("settings")
+    settings = grid.get("settings")
     every = settings.get("eval_freq") if isinstance(settings, dict) else None
     between = [stage for stage in args.stages or [] if isinstance(every, int) and every > 0 and stage % every
                and not (isinstance(budget, int) and stage >= budget)]
     if between:  # no trial has an evaluation there: every table would be empty
         stage = between[0]
-        near = " or ".join(step_label(step) for step in (stage // every * every, stage // every * every + every)
+        near = " or ".join(step_label(step) for step in evaluations_around(stage, every)
                            if 0 < step and not (isinstance(budget, int) and step > budget))
         raise UsageError(f"--stages {step_label(stage)}: the grid evaluates every {step_label(every)} (grid.json), so "
                          f"no trial has a score at {step_label(stage)}; give multiples of {step_label(every)}"
