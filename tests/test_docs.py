@@ -328,7 +328,8 @@ def test_each_command_has_help_examples():
     assert {cmd.name for cmd in HELP_EXAMPLES} == set(COMMANDS)
 
 
-OTHER_TOOLS_FLAGS = {"--index-url", "--logdir", "--exclude"}  # pip's, TensorBoard's and tar's, in the docs' commands
+# pip's, TensorBoard's, tar's and git's flags, in the docs' commands
+OTHER_TOOLS_FLAGS = {"--index-url", "--logdir", "--exclude", "--source", "--cached"}
 
 
 def test_every_flag_the_docs_name_is_a_current_flag():
