@@ -314,8 +314,11 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         if key == "policy_kwargs" and isinstance(value, dict):
             merged = config.setdefault("policy_kwargs", {})
-            if {"optimizer", "optimizer_class"} & value.keys():  # the override's optimizer, under either key, wins,
-                for stale in ("optimizer", "optimizer_class", "optimizer_kwargs"):  # without the preset's arguments
+            named = value.get("optimizer", value.get("optimizer_class"))
+            if named is not None:  # the override's optimizer, under either key, wins; the preset's arguments stay
+                preset_optimizer = merged.get("optimizer", merged.get("optimizer_class"))  # only if it is the same one
+                for stale in ("optimizer", "optimizer_class") if named == preset_optimizer else (
+                        "optimizer", "optimizer_class", "optimizer_kwargs"):
                     merged.pop(stale, None)
             merged.update(value)
         elif value is not None:

@@ -160,6 +160,11 @@ def test_policy_kwargs_name_optimizers_and_activations_as_rl_zoo_users_write_the
         assert plain["policy_kwargs"] == {key: "SGD", "optimizer_kwargs": {"lr": 0.1}}
     _, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer": "SGD"}})
     assert "optimizer_kwargs" not in kwargs["policy_kwargs"]
+    # naming the preset's own optimizer (README's example) keeps its arguments: A2C's RMSprop stays at eps 1e-5
+    for key in ("optimizer", "optimizer_class"):
+        plain, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {key: "RMSpropTFLike", "activation_fn": "nn.Tanh"}})
+        assert kwargs["policy_kwargs"]["optimizer_class"] is RMSpropTFLike
+        assert plain["policy_kwargs"] == {key: "RMSpropTFLike", "optimizer_kwargs": {"eps": 1e-5}, "activation_fn": "nn.Tanh"}
 
 
 def test_optimizer_kwargs_merged_over_the_a2c_preset_must_fit_its_optimizer():
