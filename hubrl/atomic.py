@@ -31,9 +31,8 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_partial(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -45,6 +44,21 @@ def atomic_write(
         _discard(tmp)
         raise
     return path
+
+
+def open_partial(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new hidden file beside ``path`` (``.<name>.<random><suffix>``, unique: two writers of one
+    name never share it), open: ``(descriptor, name)``. What a write goes into before it is renamed
+    over ``path``. It gets the usual permissions of a new file (0666 minus the umask), not mkstemp's
+    0600, so what is renamed into place is as readable as any other output."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        _discard(name)
+        raise
+    return fd, name
 
 
 def _keep(path: Path, previous: Path) -> None:

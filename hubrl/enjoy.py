@@ -35,13 +35,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from hubrl.atomic import open_partial
 from hubrl.envs import make_atari_vec_env, resolve_game
 from hubrl.evaluation import seeded_actions
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
@@ -260,8 +260,7 @@ class VideoWriter:
     def _partial_file(self) -> Path:
         """This writer's hidden file beside the video (made once, unique: two plays do not share it)."""
         if self._partial is None:
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
-                                        dir=self.path.parent)
+            fd, name = open_partial(self.path, suffix=f".partial{self.path.suffix}")  # the encoder picks by suffix
             os.close(fd)
             self._partial = Path(name)
         return self._partial
