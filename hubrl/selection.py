@@ -224,9 +224,9 @@ def _more_frames_hint(frames: int, n_envs: int, min_seen: int) -> str:
     """
     need = n_envs * min_seen
     if n_envs >= 2 and frames < need:
-        return (f"raise the frames ({FRAMES_FLAGS}) to at least {need} ({min_seen} steps in each of {n_envs} envs); "
+        return (f"raise the agent steps ({FRAMES_FLAGS}) to at least {need} ({min_seen} in each of {n_envs} envs); "
                 "the default 20k ranks more steadily")
-    more = f"raise the frames ({FRAMES_FLAGS}), e.g. to {max(need, 2 * frames)}"
+    more = f"raise the agent steps ({FRAMES_FLAGS}), e.g. to {max(need, 2 * frames)}"
     return more + (", or collect with --n-envs 2 or more" if n_envs == 1 else "")
 
 
@@ -260,7 +260,7 @@ def collect_target_data(
     if not 0.0 < max_tail_weight < 1.0 or not 0.0 < gamma < 1.0:
         raise ValueError("gamma and max_tail_weight must be in (0, 1).")
     if frames < n_envs:
-        raise UsageError(f"{frames} random-policy frames cannot be spread over {n_envs} envs: "
+        raise UsageError(f"{frames} random-policy agent steps cannot be spread over {n_envs} envs: "
                          f"{_more_frames_hint(frames, n_envs, _min_seen(gamma, max_tail_weight))}.")
     steps = frames // n_envs
     t0 = time.perf_counter()
@@ -307,13 +307,13 @@ def collect_target_data(
     stack_index = index[keep]
     if not len(stack_index):
         raise UsageError(
-            f"{frames} random-policy frames of {game} leave no observation with a known return (no episode ended "
+            f"{frames} random-policy agent steps of {game} leave no observation with a known return (no episode ended "
             f"within {steps} steps per env): {_more_frames_hint(frames, n_envs, min_seen)}."
         )
     n_episodes = len(np.unique(episodes[keep]))
     if n_episodes < 2:  # found here, where the frames and envs are known, rather than by the probe's folds
         raise UsageError(
-            f"{frames} random-policy frames of {game} leave labelled observations of {n_episodes} episode only "
+            f"{frames} random-policy agent steps of {game} leave labelled observations of {n_episodes} episode only "
             f"(cross-validation by episode needs 2): {_more_frames_hint(frames, n_envs, min_seen)}."
         )
     # Unlabelled tails leave unreferenced frames; compact (a copy: a transient second pool) only
@@ -424,7 +424,7 @@ def _folds(groups: np.ndarray, folds: int) -> np.ndarray:
     if k < 2:
         raise UsageError(
             f"The target data hold {len(ids)} episode(s): cross-validation by episode needs at least 2. "
-            f"Collect more frames ({FRAMES_FLAGS})."
+            f"Collect more agent steps ({FRAMES_FLAGS})."
         )
     sizes = np.zeros(k, dtype=np.int64)
     fold_of_id = np.empty(len(ids), dtype=np.int64)
@@ -445,7 +445,7 @@ def _check_targets(y: np.ndarray) -> None:
     if len(y) < 2 or not np.isfinite(y).all() or float(y.std()) <= 1e-8 * max(1.0, float(abs(y).max())):
         raise UsageError(
             "The target returns are constant (the random policy scored nothing in the collected frames), so no "
-            f"expert's features can predict them: collect more frames ({FRAMES_FLAGS})."
+            f"expert's features can predict them: collect more agent steps ({FRAMES_FLAGS})."
         )
 
 

@@ -425,6 +425,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     done = run_script("pretrain_sources.py", "--env", "Seaquest", "--timesteps", str(steps + 64), "--out", str(out),
                       "--resume", "--no-progress-bar", "--device", "cpu")
     assert done.returncode == 0, done.stderr
+    # the summary's score is the export's own evaluation, named as such (not the last training evaluation's)
+    assert re.search(r"seaquest-ppo: \d+ steps in \d+s; export evaluation over \d+ new games -?[\d.]+ ± ", done.stdout)
     assert load_training_checkpoint(out / "seaquest-ppo" / "checkpoint.pt")["num_timesteps"] >= steps + 64
     # exported into the hub the run was started with (--hub is not needed to resume)
     assert json.loads((hub / "seaquest-ppo" / "expert.json").read_text())["timesteps"] >= steps + 64

@@ -189,9 +189,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                   "checkpoint saved. "
                   f"Continue with --resume; --export ships it as it is.")
             continue
-        print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; "
-              f"eval {result.manifest.eval['mean']:.1f} ± {result.manifest.eval['std']:.1f} -> {result.expert} "
-              f"(run: {result.folder})")
+        exported = result.manifest.eval  # its own games (seed + 20000), apart from the training evaluations
+        print(f"{result.name}: {outcome.num_timesteps} steps in {outcome.seconds:.0f}s; export evaluation over "
+              f"{exported.get('episodes', len(exported.get('scores', [])))} new games {exported['mean']:.1f} ± "
+              f"{exported['std']:.1f} -> {result.expert} (run: {result.folder})")
     return status
 
 

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         data = collect_target_data(game, frames=args.frames, seed=args.seed, n_envs=args.n_envs)
         summary["data"] = {**data.info, "episodes": data.n_episodes}
         print(
-            f"{display_name(game)}: {data.info['steps']} random-policy frames in {data.info['seconds']:.1f}s, "
+            f"{display_name(game)}: {data.info['steps']} random-policy agent steps in {data.info['seconds']:.1f}s, "
             f"{len(data)} labelled ({data.n_episodes} episodes, {data.info['rewarded_steps']} rewarded steps). "
             f"Scoring {len(hub)} experts ({args.probe} probe, held-out R²) ...",
             flush=True,

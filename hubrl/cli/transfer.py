@@ -1,7 +1,7 @@
 """Fine-tune an agent on a target Atari game by transfer from a hub of pretrained experts.
 
     %(prog)s --env Alien                         # Hub-Pathway, PPO, the package's default hub
-    %(prog)s --env Gopher --hub hub --top-k 2
+    %(prog)s --env Gopher --hub hub --top-k 2 --exploration-loss importance-load
     %(prog)s --env Alien --sources ppo-SeaquestNoFrameskip-v4.zip ppo-RiverraidNoFrameskip-v4.zip
     %(prog)s --env Alien --method scratch                # the baselines, same harness:
     %(prog)s --env Alien --method finetune --source seaquest-ppo
