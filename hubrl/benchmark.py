@@ -86,6 +86,7 @@ from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     count_parameters,
+    damaged_records,
     evaluations_around,
     has_checkpoint,
     read_status,
@@ -241,6 +242,8 @@ def _clear_leftovers(folder: Path) -> None:
     if not folder.exists():
         return
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
+    if (folder / "model.zip").exists():  # trial_state refuses such a folder; never delete a model on any other path
+        foreign.append("model.zip")
     if foreign:
         raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): "
                         "move them away.")
@@ -700,7 +703,7 @@ def run_grid(
             record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
                            error=refusal_reason(spec["folder"], budget)))
             continue
-        previous = read_status(spec["folder"])
+        previous = {} if damaged_records(spec["folder"]) else read_status(spec["folder"])  # resumed: rewritten
         if previous:
             # num_timesteps: where the attempt stopped, which places it in a stage's report (hubrl.grid.attempt_ends)
             keep = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")

@@ -137,20 +137,56 @@ def has_checkpoint(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in _CHECKPOINT_FILES)
 
 
+def damaged_records(folder: str | Path) -> str | None:
+    """What is wrong with a trial's ``status.json`` or ``evaluations.json`` (None when each is
+    missing or sound): unreadable, not the mapping it should be, or a field of the wrong type (a
+    step that is not a whole number, a history that is not a list). A grid never reads its way
+    past such a file: without a checkpoint the trial is refused rather than counted as leftovers and
+    cleared, which would delete what the damaged file hid (a finished run, its model.zip)."""
+    folder = Path(folder)
+    for name in ("status.json", "evaluations.json"):
+        path = folder / name
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            return f"{name} is unreadable ({type(exc).__name__}: {exc})"
+        if not isinstance(data, dict):
+            return f"{name} holds no JSON object"
+        if name == "status.json":
+            wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not _whole(data[key])]
+            wrong += ["status"] * (data.get("status") is not None and not isinstance(data["status"], str))
+            wrong += ["history"] * ("history" in data and not isinstance(data["history"], list))
+            if wrong:
+                return f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})"
+        else:
+            points = data.get("points")
+            if not isinstance(points, list) or not all(isinstance(p, dict) and _whole(p.get("step")) for p in points):
+                return "evaluations.json holds no list of points with whole-number steps"
+    return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
     """What a trial folder's records say about training it to ``budget`` (pausing at ``pause_at``):
 
     * ``finished``: its last evaluation reached the budget, and it has a ``model.zip`` or a
       ``status.json`` recording the completed run (a grid archived without its weights stays done);
     * ``paused``: its ``status.json`` records a pause at or past ``pause_at``, and it has a ``checkpoint.pt``;
-    * ``resume``: it has a ``checkpoint.pt``;
+    * ``resume``: it has a ``checkpoint.pt`` (which rewrites damaged records as it goes on);
     * ``refused``: it must not be trained to ``budget`` (:func:`refusal_reason` says why);
-    * ``fresh``: none of these (nothing, or the leftovers of an attempt that died before its first checkpoint).
+    * ``fresh``: none of these (nothing, or the leftovers of an attempt that died before its first
+      checkpoint: no ``model.zip``, and records that are sound and show no result).
     """
     folder = Path(folder)
-    points = read_evaluations(folder)
-    status = read_status(folder)
-    if points and int(points[-1].get("step", -1)) >= budget:
+    damaged = damaged_records(folder)
+    points = [] if damaged else read_evaluations(folder)
+    status = {} if damaged else read_status(folder)
+    if points and points[-1]["step"] >= budget:
         recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
         if (folder / "model.zip").is_file() or recorded:
             return "finished"
@@ -188,7 +224,11 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     restarted from scratch, which would delete its recorded results.
     """
     folder = Path(folder)
-    status = read_status(folder)
+    damaged = damaged_records(folder)
+    if damaged and not has_checkpoint(folder):
+        return (f"{damaged}: mend or restore it (from the grid's archive, say), or delete {folder} to train this "
+                "trial again from the start")
+    status = {} if damaged else read_status(folder)
     done = _is_done(status)
     started_with = binding_budget(folder, status)
     if started_with is not None and started_with != int(budget):
@@ -197,6 +237,11 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     if done and not has_checkpoint(folder) and not status.get("completed"):
         return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
                 "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
+    if not has_checkpoint(folder) and (done or (folder / "model.zip").is_file()):  # not leftovers: a result
+        held = "a model.zip" if (folder / "model.zip").is_file() else "a status.json recording a finished run"
+        return (f"it holds {held} but no checkpoint, and its evaluations do not reach {int(budget):,} steps: a "
+                f"fresh start would delete that result; move it away, or delete {folder} to train this trial again "
+                "from the start")
     return None
 
 

@@ -62,7 +62,10 @@ def test_trial_state(tmp_path):
     folder.mkdir()
     (folder / "evaluations.json").write_text(json.dumps({"points": [{"step": 50, "mean": 0.0}]}))
     (folder / "model.zip").write_bytes(b"x")
+    assert trial_state(folder, 100) == "refused"  # a model.zip is a result, not leftovers: never deleted by a fresh start
+    (folder / "model.zip").unlink()
     assert trial_state(folder, 100) == "fresh"  # budget not reached, nothing to resume from
+    (folder / "model.zip").write_bytes(b"x")
     (folder / "checkpoint.pt").write_bytes(b"x")
     assert trial_state(folder, 100) == "resume"
     assert trial_state(folder, 50) == "finished"
@@ -87,6 +90,39 @@ def test_trial_state(tmp_path):
     assert trial_state(folder, 200) == "refused"  # its schedules run over 100
     (folder / "checkpoint.pt").unlink()
     assert trial_state(folder, 100) == "refused"  # paused, checkpoint gone: never a fresh start over its results
+
+
+@pytest.mark.parametrize("name, text", [
+    ("evaluations.json", '{"points": [{"step": 25'),  # torn mid-write
+    ("evaluations.json", '{"points": [5]}'),
+    ("evaluations.json", '{"points": [{"step": "x"}]}'),
+    ("status.json", '{"status": "ok", "completed": tr'),
+    ("status.json", '{"status": "failed", "num_timesteps": "abc"}'),
+    ("status.json", '{"status": "failed", "budget": "1M"}'),
+    ("status.json", '{"status": "failed", "history": 5}'),
+    ("status.json", '[1, 2]'),
+])
+def test_a_trial_with_a_damaged_record_is_refused_not_cleared(tmp_path, name, text):
+    """A finished trial archived without checkpoints whose status.json or evaluations.json is damaged
+    was counted as leftovers: the grid deleted its records and model.zip and trained it again from 0;
+    a damaged field ended the whole launch in a traceback. Now the trial is refused, naming the file."""
+    from hubrl.benchmark import run_grid
+
+    root = tmp_path / "grid"
+    folder = trial_folder(root, "Gopher", "scratch", 0)
+    folder.mkdir(parents=True)
+    (folder / "evaluations.json").write_text(json.dumps({"points": [{"step": 64, "mean": 100.0}]}))
+    (folder / "status.json").write_text(json.dumps({"status": "ok", "completed": True, "num_timesteps": 64, "budget": 64}))
+    (folder / name).write_text(text)
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert trial_state(folder, 64) == "refused"
+    called = []
+    summary = run_grid(root, ["Gopher"], ["scratch"], [0], 64, workers=0, trial_fn=lambda spec: called.append(spec))
+    assert not called and summary.count("refused") == 1
+    assert name in summary.records[0]["error"] and "delete" in summary.records[0]["error"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept  # nothing deleted or rewritten
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    assert trial_state(folder, 64) == "resume"  # a checkpoint continues it; the run rewrites its records
 
 
 def test_a_trial_with_only_its_previous_checkpoint_resumes_from_it(tmp_path):
@@ -148,9 +184,11 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     assert all("num_timesteps" in h for h in status["history"])  # and where it stopped (a stage's report needs it)
     assert len(_journal(root)) == 24
 
-    # A bigger budget makes every trial unfinished again.
+    # A bigger budget: the finished trial's model.zip is a result, never cleared for a fresh start (a real run's
+    # status also records its budget, whose schedules bind it: refused either way).
     fourth = run_grid(root, ["Alien"], ["scratch"], [0], 200, **kw)
-    assert fourth.count("ok") == 1
+    assert fourth.count("refused") == 1 and "model.zip" in fourth.records[0]["error"]
+    assert (trial_folder(root, "Alien", "scratch", 0) / "model.zip").read_bytes() == b"fake"
 
 
 @pytest.mark.slow
