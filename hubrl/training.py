@@ -203,7 +203,11 @@ class CheckpointEveryCallback(BaseCallback):
 
 
 class StopOnSignal(BaseCallback):
-    """Turn SIGINT / SIGTERM into a clean stop at the next env step (the caller then checkpoints).
+    """Turn SIGINT / SIGTERM / SIGHUP into a clean stop at the next env step (the caller then checkpoints).
+
+    SIGHUP is what a closed terminal or a dropped ssh session sends: by default it kills the process
+    with nothing saved since the last periodic checkpoint (up to ``--checkpoint-freq`` steps). It is
+    taken only where it would kill: under ``nohup`` (SIGHUP ignored) the run goes on as the user asked.
 
     Also a plain context manager for any loop that checks :attr:`received` (``hubrl-enjoy`` writes
     its video); ``then`` says what the caller does before it stops.
@@ -219,10 +223,16 @@ class StopOnSignal(BaseCallback):
         if self.received is not None:  # second Ctrl-C: the user insists
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
+        try:
+            print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
+        except OSError:  # the terminal that sent SIGHUP is gone: stop quietly, the checkpoint matters
+            pass
 
     def __enter__(self) -> "StopOnSignal":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        hangup = getattr(signal, "SIGHUP", None)  # POSIX only
+        for sig in (signal.SIGINT, signal.SIGTERM, hangup):
+            if sig is None or (sig == hangup and signal.getsignal(sig) is not signal.SIG_DFL):
+                continue  # nohup (ignored) or the caller's own handler: left as it is
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread

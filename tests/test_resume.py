@@ -370,3 +370,28 @@ def test_the_grid_names_the_checkpoints_the_harness_writes():
     from hubrl.harness import CHECKPOINT_NAME
 
     assert _CHECKPOINT_FILES == (CHECKPOINT_NAME, previous_checkpoint(CHECKPOINT_NAME).name)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="SIGHUP is POSIX")
+def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup():
+    """SIGHUP (terminal closed, ssh dropped) used to kill a run with nothing saved since the last
+    periodic checkpoint; it now stops it like SIGTERM (the caller checkpoints). Under nohup, where
+    SIGHUP is ignored, the run goes on: the stopper leaves that disposition alone."""
+    import os
+    import signal
+
+    from hubrl.training import StopOnSignal
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with StopOnSignal() as stopper:
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert stopper.received == signal.SIGHUP
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored on exit
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+        with StopOnSignal() as stopper:
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert stopper.received is None and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
