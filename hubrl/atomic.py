@@ -91,8 +91,8 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, keep_previous: str | Path | None = None) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), keep_previous=keep_previous)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -92,17 +93,31 @@ def canonical_state_dict(state_dict: dict[str, th.Tensor]) -> dict[str, th.Tenso
 def save_expert(
     folder: str | Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest, dtype: th.dtype = th.float32,
 ) -> Path:
-    """Write weights (safetensors) then the manifest that pins their checksum, both atomically."""
+    """Write weights (safetensors) then the manifest that pins their checksum, both atomically.
+
+    The pair changes together or not at all: an expert replaced in place keeps its previous weights
+    aside until the new manifest is in, and gets them back if that write fails (a full disk, an
+    interrupt), so a failed export leaves the previous expert whole instead of a manifest whose
+    checksum no longer matches its weights.
+    """
     from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in canonical_state_dict(state_dict).items()}
     weights = folder / manifest.weights_file
-    atomic_write_bytes(weights, save(tensors, metadata={"format": "hubrl-expert-weights"}))
-    manifest.weights_sha256 = sha256_file(weights)
-    manifest.weights_dtype = str(dtype).replace("torch.", "")
-    atomic_write(folder / MANIFEST_NAME, lambda handle: handle.write(manifest.to_json()), mode="w")
+    previous = weights.with_name(f".{weights.name}.previous") if weights.is_file() else None
+    atomic_write_bytes(weights, save(tensors, metadata={"format": "hubrl-expert-weights"}), keep_previous=previous)
+    try:
+        manifest.weights_sha256 = sha256_file(weights)
+        manifest.weights_dtype = str(dtype).replace("torch.", "")
+        atomic_write(folder / MANIFEST_NAME, lambda handle: handle.write(manifest.to_json()), mode="w")
+    except BaseException:
+        if previous is not None:  # the old manifest is still in place: give it back its weights
+            os.replace(previous, weights)
+        raise
+    if previous is not None:
+        previous.unlink(missing_ok=True)
     return folder
 
 

@@ -38,6 +38,35 @@ def test_checksum_mismatch_is_refused(tiny_hub):
                                        f"{tiny_hub / 'seaquest-ppo'} out of the hub.")
 
 
+def test_an_export_that_fails_leaves_the_previous_expert_whole(tmp_path, monkeypatch):
+    """Re-exporting an expert replaced its weights, then its manifest: a failure in between (a full
+    disk at the manifest) left weights that no longer matched the manifest's checksum, and the old
+    expert was gone. Now the old weights come back when the manifest cannot be written."""
+    from hubrl import experts
+    from hubrl.experts import read_manifest, save_expert
+    from hubrl.hub import load_expert_folder
+
+    folder = make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo",)) / "seaquest-ppo"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    state = {k: v + 1 for k, v in load_expert_folder(folder).policy_state().items()}
+    real_write = experts.atomic_write
+
+    def full_disk(path, *args, **kwargs):
+        if Path(path).name == "expert.json":
+            raise OSError(28, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(experts, "atomic_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_expert(folder, state, read_manifest(folder))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the same files, nothing left beside them
+    load_expert_folder(folder)  # checksum verified
+    monkeypatch.undo()
+    save_expert(folder, state, read_manifest(folder))  # a successful export replaces both, no file left aside
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+    assert th.equal(load_expert_folder(folder).policy_state()["action_net.bias"], state["action_net.bias"])
+
+
 def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
     expert = load_sb3_zip(path)
