@@ -216,17 +216,19 @@ def _observation_shape(data: dict[str, Any], path: Path) -> tuple[int, ...]:
     dims = observation_shape(data)
     space = data.get("observation_space")
     dtype = space.get("dtype") if isinstance(space, dict) else None
-    if dims is None or len(dims) != 3 or min(dims) < 1 or dtype != "uint8":
-        raise CheckpointError(f"{path}: its observation space (shape {dims}, dtype {dtype}) is not stacked uint8 frames, "
-                              "which every hubrl model sees.")
+    # (frames, 84, 84) as an expert manifest's (hubrl.experts.read_manifest): the shape sizes the buffers that are
+    # allocated before any weight is read, so a file claiming (4, 40000, 40000) must not get that far
+    if dims is None or len(dims) != 3 or tuple(dims[1:]) != (84, 84) or not 1 <= dims[0] <= 64 or dtype != "uint8":
+        raise CheckpointError(f"{path}: its observation space (shape {dims}, dtype {dtype}) is not stacked 84x84 uint8 "
+                              "frames, which every hubrl model sees.")
     return dims
 
 
 def _action_count(data: dict[str, Any], path: Path) -> int:
     space = data.get("action_space")
     n = _plain_int(space.get("n")) if isinstance(space, dict) else None
-    if n is None or n < 1:
-        raise CheckpointError(f"{path}: its action space is not a discrete one with a readable action count, which "
+    if n is None or not 1 <= n <= 18:  # ALE's full action set is 18
+        raise CheckpointError(f"{path}: its action space is not a discrete one of 1-18 actions (an Atari game's), which "
                               "every hubrl model has.")
     return n
 

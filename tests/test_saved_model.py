@@ -130,6 +130,25 @@ def test_pickled_kwargs_weights_that_do_not_fit_and_a_torn_zip_are_refused_with_
     assert saved_model_steps(tmp_path / "torn.zip") is None
 
 
+@pytest.mark.parametrize("space, value, message", [
+    ("observation_space", "[4, 40000, 40000]", "not stacked 84x84 uint8 frames"),  # 6 GB of buffers, before any weight
+    ("observation_space", "[100000, 84, 84]", "not stacked 84x84 uint8 frames"),
+    ("action_space", "100000", "not a discrete one of 1-18 actions"),
+])
+def test_spaces_that_would_size_huge_buffers_are_refused_before_anything_is_built(tmp_path, space, value, message):
+    """A model.zip is untrusted: its spaces size what is built to play it, so a hostile one made
+    ``enjoy`` allocate gigabytes and die with a MemoryError traceback."""
+    _save_agent(tmp_path / "model.zip", "CnnPolicy")
+
+    def edit(data):
+        for key in ("_shape", "shape") if space == "observation_space" else ("n",):
+            if key in data[space]:
+                data[space][key] = value if key != "n" else int(value)
+
+    with pytest.raises(CheckpointError, match=message):
+        load_saved_policy(_rewrite(tmp_path / "model.zip", edit))
+
+
 def test_settings_and_weights_come_from_one_opening_of_a_model_replaced_meanwhile(tmp_path, monkeypatch):
     """A run that saves its final model while another process loads it (``enjoy`` during a grid)
     replaces the file between any two openings: the settings and the weights must come from one file."""
