@@ -206,6 +206,8 @@ def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limi
     if info.file_size > limit:
         raise HubError(f"{where}: {name} would inflate to {info.file_size:,} bytes, more than the {limit:,} this "
                        f"reader allows (a NatureCNN policy is about 7 MB): refusing it (a damaged or hostile file).")
+    if info.flag_bits & 0x1:  # zipfile would raise RuntimeError("... password required") on open
+        raise HubError(f"{where}: {name} is encrypted; SB3 never writes encrypted zips: save it again without a password.")
     try:
         with archive.open(info) as member:
             data = member.read(limit + 1)

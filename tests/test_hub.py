@@ -124,6 +124,7 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path, monkeypatch):
         ("mlp", "not an SB3 CnnPolicy .* A hub takes PPO or A2C agents saved with CnnPolicy"),
         ("hub-pathway", r"is a hubrl Hub-Pathway model \(a gate and 2 expert encoders\), not a single-encoder CnnPolicy: "
                         "play it from its run folder"),
+        ("encrypted", "policy.pth is encrypted; SB3 never writes encrypted zips"),  # was a RuntimeError traceback
     ],
 )
 def test_bad_checkpoints(tmp_path, content, message):
@@ -143,6 +144,14 @@ def test_bad_checkpoints(tmp_path, content, message):
     elif content == "truncated":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("policy.pth", b"PK\x03\x04 half a file")
+    elif content == "encrypted":  # the headers' encryption flag, as a password-protected zip sets it
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("policy.pth", b"ciphertext")
+        raw = bytearray(path.read_bytes())
+        local, central = raw.find(b"PK\x03\x04"), raw.find(b"PK\x01\x02")
+        raw[local + 6] |= 0x1  # general purpose flags: local file header at +6, central directory entry at +8
+        raw[central + 8] |= 0x1
+        path.write_bytes(bytes(raw))
     elif content == "mlp":
         buf = io.BytesIO()
         th.save({"mlp_extractor.policy_net.0.weight": th.zeros(64, 4)}, buf)
