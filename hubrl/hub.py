@@ -81,8 +81,19 @@ class Expert:
         if not all(any(k.startswith(p) for k in self.heads) for p in HEAD_PREFIXES):
             raise HubError(f"Expert {self.name!r} stores only its encoder (no action_net/value_net): "
                            "it cannot play on its own.")
+        heads = {k: v.float() for k, v in self.heads.items()}
+        n_actions = heads["action_net.weight"].shape[0] if "action_net.weight" in heads else 0
+        wanted = {"action_net.weight": (n_actions, self.features_dim), "action_net.bias": (n_actions,),
+                  "value_net.weight": (1, self.features_dim), "value_net.bias": (1,)}
+        shapes = {k: tuple(v.shape) for k, v in heads.items()}
+        if shapes != wanted or not n_actions:  # e.g. an SB3 zip saved with another net_arch: heads on its own MLP
+            raise HubError(f"Expert {self.name!r}'s heads {shapes} are not a CnnPolicy's on its {self.features_dim} "
+                           f"encoder features {wanted}: it cannot play on its own (saved with another net_arch?); its "
+                           "encoder still serves as a transfer source.")
+        if not all(bool(th.isfinite(v).all()) for v in heads.values()):
+            raise HubError(f"Expert {self.name!r}'s heads hold NaN or infinite weights: it cannot play.")
         state = {ENCODER_PREFIX + k: v.float() for k, v in self.encoder_state.items()}
-        return {**state, **{k: v.float() for k, v in self.heads.items()}}
+        return {**state, **heads}
 
     def encoder_tensors(self, device: th.device | str = "cpu") -> dict[str, th.Tensor]:
         """The encoder's state_dict as float32 on ``device`` (shipped weights may be float16)."""

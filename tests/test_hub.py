@@ -241,6 +241,17 @@ def test_experts_keep_their_heads_to_play(tmp_path, tiny_hub):
     state = expert.policy_state()
     assert state["action_net.weight"].shape == (18, 512) and "features_extractor.cnn.0.weight" in state
     assert load_sb3_zip(make_sb3_zip(tmp_path / "ppo.zip")).policy_state()["value_net.weight"].shape == (1, 512)
+    heads = dict(expert.heads)
     expert.heads = {}
     with pytest.raises(HubError, match="stores only its encoder"):
+        expert.policy_state()
+    # heads on an MLP of another net_arch (SB3 CnnPolicy with net_arch=[64]): a size-mismatch traceback in enjoy
+    expert.heads = {**heads, "action_net.weight": th.zeros(18, 64), "value_net.weight": th.zeros(1, 64)}
+    with pytest.raises(HubError, match="are not a CnnPolicy's on its 512 encoder features .* another net_arch"):
+        expert.policy_state()
+    expert.heads = {k: v for k, v in heads.items() if k != "action_net.weight"}  # a KeyError in enjoy
+    with pytest.raises(HubError, match="are not a CnnPolicy's"):
+        expert.policy_state()
+    expert.heads = {**heads, "action_net.bias": th.full((18,), float("nan"))}  # a ValueError mid-play
+    with pytest.raises(HubError, match="NaN or infinite"):
         expert.policy_state()
