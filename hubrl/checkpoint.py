@@ -114,9 +114,24 @@ def load_resume_checkpoint(path: str | Path, start_again: str = START_AGAIN) -> 
 
 
 def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
-    """Load weights, optimizer state and counters of a checkpoint into a freshly built ``model``."""
+    """Load weights, optimizer state and counters of a checkpoint into a freshly built ``model``.
+
+    A checkpoint of another agent or method (copied between run folders, say) is refused in one
+    line that says which, rather than with torch's list of every mismatched tensor.
+    """
     from collections import deque
 
+    fix = "resume it with the settings it was trained with (its run's config.yaml), or train this run in a new --out"
+    saved_algo, algo = state.get("algo"), type(model).__name__
+    if isinstance(saved_algo, str) and saved_algo != algo:
+        raise CheckpointError(f"Checkpoint was saved by {saved_algo}, not {algo}: {fix}.")
+    saved, wanted = set(state.get("policy") or {}), set(model.policy.state_dict())
+    if saved != wanted:
+        missing, foreign = sorted(wanted - saved), sorted(saved - wanted)
+        raise CheckpointError(
+            f"Checkpoint holds another model's weights than this {type(model.policy).__name__}'s: {len(missing)} of its "
+            f"tensors missing{f' (e.g. {missing[0]})' if missing else ''}, {len(foreign)} not its own"
+            f"{f' (e.g. {foreign[0]})' if foreign else ''} (another method or expert count?): {fix}.")
     try:
         model.policy.load_state_dict(state["policy"])
         model.policy.optimizer.load_state_dict(state["optimizer"])

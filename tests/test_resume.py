@@ -395,3 +395,26 @@ def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup():
         assert stopper.received is None and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_checkpoint_of_another_agent_or_model_is_refused_in_one_line(tmp_path):
+    """Resuming from another method's checkpoint printed torch's list of ~100 mismatched tensors; it
+    now names what differs and what to do."""
+    from stable_baselines3 import A2C
+
+    from hubrl.checkpoint import restore_training_state
+
+    env = make_atari_vec_env("Seaquest", 1, seed=0)
+    try:
+        ppo = PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu")
+        state = load_training_checkpoint(save_training_checkpoint(ppo, tmp_path / "checkpoint.pt"))
+        with pytest.raises(CheckpointError, match="saved by PPO, not A2C: resume it with the settings it was trained with"):
+            restore_training_state(A2C("CnnPolicy", env, n_steps=8, device="cpu"), state)
+        other = PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu", policy_kwargs={"net_arch": [64]})
+        with pytest.raises(CheckpointError, match=r"another model's weights than this ActorCriticCnnPolicy's: 4 of its "
+                                                  r"tensors missing \(e.g. mlp_extractor\.") as refused:
+            restore_training_state(other, state)
+        assert len(str(refused.value)) < 400
+        restore_training_state(PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu"), state)  # its own: fine
+    finally:
+        env.close()
