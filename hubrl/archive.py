@@ -110,5 +110,8 @@ def _refuse_another_grids_archive(root: Path, dest: Path) -> None:
     the two grids share by name, and its ``grid.json`` and ``trials.jsonl``."""
     ours, theirs = read_grid(root).get("budget"), read_grid(dest).get("budget")
     if ours is not None and theirs is not None and ours != theirs:
-        raise UsageError(f"{dest} archives another grid ({theirs:,} agent steps per trial; {root} trains {ours:,}): "
+        def steps(budget: object) -> str:  # a hand-edited grid.json may hold "1M" here
+            return f"{budget:,}" if isinstance(budget, int) else repr(budget)
+
+        raise UsageError(f"{dest} archives another grid ({steps(theirs)} agent steps per trial; {root} trains {steps(ours)}): "
                          "archiving into it would replace the records of its trials. Give another folder.")

@@ -145,6 +145,10 @@ def write_report(
         if stage is not None and any(t.steps.size for t in load_trials(root, budget)):  # evaluated, but only later
             raise FileNotFoundError(f"No trial under {root} was evaluated by {stage:,} agent steps: report a later "
                                     "stage (trials evaluate every --eval-freq steps of run).")
+        if skipped:  # there are trials, but none could be read: say why, rather than that there are none
+            first, *rest = skipped.items()
+            raise FileNotFoundError(f"No readable trial under {root}: {len(skipped)} left out, e.g. {first[0]}: "
+                                    f"{first[1]}{f' (and {len(rest)} more)' if rest else ''}.")
         raise FileNotFoundError(f"No trial with evaluations under {root} "
                                 "(expected <root>/<Game>/<method>/s<seed>/evaluations.json).")
     grid = read_grid(root)
@@ -264,8 +268,8 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
     from hubrl.provenance import machine_info, system_label
 
     lines = []
-    info = grid.get("machine") or {}
-    if info:
+    info = grid.get("machine")
+    if isinstance(info, dict) and info:  # a hand-edited grid.json may hold anything here: then it is left out
         lines.append(
             f"- Grid launched on `{info.get('host')}`: {info.get('platform')}, {info.get('processor')}, "
             f"{info.get('cpu_count')} CPUs, "

@@ -125,4 +125,7 @@ def test_an_archive_of_another_grid_is_refused_and_keeps_its_records(grid, tmp_p
     with pytest.raises(UsageError, match="archives another grid .1,000,000 agent steps per trial; .* trains 100,000"):
         archive_grid(other, archive)
     assert {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
+    (other / "grid.json").write_text('{"budget": "1M"}')  # hand-edited: refused all the same, not a format traceback
+    with pytest.raises(UsageError, match="archives another grid .1,000,000 agent steps per trial; .* trains '1M'"):
+        archive_grid(other, archive)
     assert archive_grid(grid, archive).copied

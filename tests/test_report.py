@@ -317,6 +317,16 @@ def test_count_parameters_reads_only_policy_pth(tmp_path):
 def test_report_of_an_empty_grid_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="No trial with evaluations"):
         write_report(tmp_path)
+    # trials that are there but all unreadable: the reason, not "no trial" (which sent users looking for files)
+    folder = tmp_path / "Alien" / "scratch" / "s0"
+    folder.mkdir(parents=True)
+    (folder / "evaluations.json").write_text('{"points": [{"step": 25')
+    with pytest.raises(FileNotFoundError, match=r"No readable trial under .*: 1 left out, e.g. Alien/scratch/s0: "
+                                                r"evaluations.json is unreadable"):
+        write_report(tmp_path)
+    (folder / "evaluations.json").write_text('{"points": [{"step": 25, "mean": 1.0, "std": 0.0, "scores": [1.0]}]}')
+    (tmp_path / "grid.json").write_text('{"machine": "x"}')  # hand-edited: left out of the report, not a traceback
+    assert write_report(tmp_path).is_file()
 
 
 def test_a_stage_before_any_evaluation_says_so(grid):
