@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch as th
 
 from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file
 from hubrl.errors import HubError
+from hubrl.plaintypes import fits_type, type_name
 
 __all__ = [
     "MANIFEST_NAME",
@@ -142,8 +141,8 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         raise HubError(f"{path} is not a hubrl expert manifest.")
     version = raw.get("format_version")
-    if not _fits(version, int) or version > MANIFEST_VERSION or version < 1:
-        fix = "upgrade hubrl" if _fits(version, int) and version > MANIFEST_VERSION else "the manifest is damaged"
+    if not fits_type(version, int) or version > MANIFEST_VERSION or version < 1:
+        fix = "upgrade hubrl" if fits_type(version, int) and version > MANIFEST_VERSION else "the manifest is damaged"
         raise HubError(f"{path} has format_version {version!r}; this version of hubrl reads {MANIFEST_VERSION}: {fix}.")
     hints = typing.get_type_hints(ExpertManifest)
     missing = [f.name for f in dataclasses.fields(ExpertManifest)
@@ -151,8 +150,8 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
     if missing:
         raise HubError(f"{path} is missing fields: {', '.join(missing)}.")
     for name, value in raw.items():
-        if name in hints and not _fits(value, hints[name]):
-            raise HubError(f"{path}: field {name} is {value!r} ({type(value).__name__}), expected {_type_name(hints[name])}.")
+        if name in hints and not fits_type(value, hints[name]):
+            raise HubError(f"{path}: field {name} is {value!r} ({type(value).__name__}), expected {type_name(hints[name])}.")
     manifest = ExpertManifest(**{k: v for k, v in raw.items() if k in hints})
     shape = manifest.observation_shape
     if len(shape) != 3 or shape[1:] != [84, 84] or not 1 <= shape[0] <= 64:
@@ -169,32 +168,3 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
 
 #: Most bytes an ``expert.json`` may have (a real one is a few kB).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON ``value`` has the type ``hint`` (str, int, float, bool, list[...], dict[...], X | None, Any)."""
-    if hint is Any:
-        return True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict:
-        return (isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
-                if args else isinstance(value, dict))
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")

@@ -18,12 +18,14 @@ import math
 import os
 import re
 import shlex
+import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
 
 from hubrl.errors import CheckpointError, UsageError
+from hubrl.plaintypes import fits_type, type_name
 
 __all__ = [
     "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
@@ -109,6 +111,12 @@ def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str
     if unknown:
         raise CheckpointError(f"{source} has settings this version of hubrl does not know ({', '.join(unknown)}): "
                               f"resume the run with the version that started it.")
+    hints = typing.get_type_hints(cls)
+    for name, value in saved.items():  # a hand-edited value fails here, named, not later as a flag the user never gave
+        if not fits_type(value, hints[name]):
+            raise UsageError(f"{source}: the run's saved {name} is {value!r} ({type(value).__name__}), not "
+                             f"{type_name(hints[name])}: mend that line of {source.name}, or start a new run with "
+                             "another --out.")
     values = dict(saved)
     for name, f in fields.items():
         if name not in values:  # a run saved before the field existed ran with its default

@@ -8,6 +8,7 @@ steps a model has learned from.
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -418,3 +419,20 @@ def test_a_checkpoint_of_another_agent_or_model_is_refused_in_one_line(tmp_path)
         restore_training_state(PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu"), state)  # its own: fine
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("name, value", [("timesteps", "1M"), ("sources", 7), ("algo", ["ppo"]),
+                                         ("repeat_action_probability", "abc")])
+def test_a_hand_edited_config_yaml_value_of_the_wrong_type_is_named_with_its_file(tmp_path, name, value):
+    """A resumed run's settings come from its config.yaml, which the docs invite users to mend by hand:
+    a value of the wrong type blamed a flag the user never gave (``--timesteps must be a positive
+    integer``, ``drop --hub/--sources``) or ended in a TypeError; now the file and the line are named."""
+    from hubrl.errors import UsageError
+    from hubrl.runconfig import resume_conflicts
+    from hubrl.transfer import TransferConfig
+
+    source = tmp_path / "config.yaml"
+    saved = {"env": "Alien", "timesteps": 1000, name: value}
+    with pytest.raises(UsageError, match=rf"{re.escape(str(source))}: the run's saved {name} is .*, not .*mend that line"):
+        resume_conflicts(TransferConfig, saved, {}, source)
+    assert resume_conflicts(TransferConfig, {"env": "Alien", "timesteps": 1000}, {}, source) == []
