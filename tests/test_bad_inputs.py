@@ -239,6 +239,9 @@ CASES = [
     ("timesteps-inf", T, lambda t, h: ["--env", "Alien", "--timesteps", "inf"], ["--timesteps", "inf"], None),
     ("timesteps-1e400", T, lambda t, h: ["--env", "Alien", "--timesteps", "1e400"], ["--timesteps", "1e400"], None),
     ("n-envs-inf", T, lambda t, h: ["--env", "Alien", "--n-envs", "inf"], ["--n-envs"], None),
+    # 100,000 emulators ran silently until killed, with no output and no run folder
+    ("n-envs-huge", T, lambda t, h: ["--env", "Alien", "--n-envs", "100000"],
+     ["--n-envs", "100000 is out of range", "parallel games from 1 to 1,024"], None),
     ("noise-negative", T, lambda t, h: ["--env", "Alien", "--noise", "-1"], ["--noise", "-1"], None),
     ("noise-nan", T, lambda t, h: ["--env", "Alien", "--noise", "nan"], ["--noise", "nan"], None),
     ("noise-inf", T, lambda t, h: ["--env", "Alien", "--noise", "inf"], ["--noise", "inf"], None),

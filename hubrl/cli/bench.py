@@ -37,6 +37,7 @@ from hubrl.cli.common import (
     bounded_float,
     command_prog,
     device,
+    env_count,
     main_guard,
     non_negative_float,
     positive_int,
@@ -100,7 +101,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "(by the methods that use a hub).")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None,
                      help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
-    run.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
+    run.add_argument("--n-envs", type=env_count, default=None, metavar="N",
                      help="Parallel games per trial (default: the preset's, 8 for PPO, 16 for A2C).")
     run.add_argument("--device", type=device, default=None, metavar="DEVICE",
                      help="Torch device of each trial: auto, cpu, cuda, cuda:1, mps ... "

@@ -191,6 +191,16 @@ def positive_int(text: str) -> int:
     return _integer(_number(text, "a positive integer"), text, 1, MAX_STEPS, "a positive integer")
 
 
+#: Most parallel games a command starts: each is an emulator in this process's memory; far more stalls the
+#: machine before the first step (100,000 ran silently until killed) rather than failing.
+MAX_ENVS = 1024
+
+
+def env_count(text: str) -> int:
+    """A number of parallel games, 1 .. :data:`MAX_ENVS` (``--n-envs``)."""
+    return _integer(_number(text, "a number of parallel games"), text, 1, MAX_ENVS, "a number of parallel games")
+
+
 def seed(text: str) -> int:
     """A random seed: a whole number in numpy's range 0 .. 2**32 - 1."""
     return _integer(_number(text, "a seed (a whole number)"), text, 0, MAX_SEED, "a seed")
@@ -245,8 +255,8 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"],
                         help="RL algorithm (RL Zoo Atari presets). Default: ppo.")
-    parser.add_argument("--n-envs", type=positive_int, default=None, metavar="N",
-                        help="Parallel games (default: the preset's, 8 for PPO, 16 for A2C).")
+    parser.add_argument("--n-envs", type=env_count, default=None, metavar="N",
+                        help="Parallel games, up to 1024 (default: the preset's, 8 for PPO, 16 for A2C).")
     parser.add_argument("--seed", type=seed, default=0, metavar="SEED", help="Random seed of agent and envs. Default: 0.")
     parser.add_argument("--device", type=device, default="auto", metavar="DEVICE",
                         help="Torch device: auto, cpu, cuda, cuda:1, mps ... "

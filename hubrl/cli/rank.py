@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hubrl.atomic import atomic_write_bytes
-from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, main_guard, positive_int, seed, steps
+from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, seed, steps
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="SB3 checkpoints (.zip) or expert folders to rank.")
     parser.add_argument("--timesteps", dest="frames", type=steps, default=20_000, metavar="STEPS", aliases=("--frames",),
                         help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")
-    parser.add_argument("--n-envs", type=positive_int, default=8, metavar="N",
+    parser.add_argument("--n-envs", type=env_count, default=8, metavar="N",
                         help="Parallel games for the data collection. Default: 8.")
     parser.add_argument("--probe", choices=["ridge", "knn"], default="ridge",
                         help="Probe on the frozen features: ridge (scores every frame) or knn (cosine kNN, k=20, "

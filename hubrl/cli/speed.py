@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from hubrl.cli.common import ArgumentParser, command_prog, device, flag_names, main_guard, parse_given, positive_int
+from hubrl.cli.common import ArgumentParser, command_prog, device, env_count, flag_names, main_guard, parse_given, positive_int
 from hubrl.cli.common import steps as step_count
 from hubrl.errors import UsageError
 from hubrl.provenance import cpu_model
@@ -678,7 +678,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "(the tables in BENCHMARKS.md); envs and rank run on the CPU.")
     parser.add_argument("--env", dest="game", default="Seaquest", metavar="GAME", aliases=("--game",),
                         help="envs, train, train-one, transfer, rank: game to measure on. Default: Seaquest.")
-    parser.add_argument("--n-envs", type=positive_int, default=8, metavar="N",
+    parser.add_argument("--n-envs", type=env_count, default=8, metavar="N",
                         help="envs: parallel games; zoo-conv, not-adopted: the rollout batch (one frame per game). "
                              "Default: 8 (train, train-one and transfer use the preset's).")
     parser.add_argument("--timesteps", dest="steps", type=step_count, default=None, metavar="STEPS", aliases=("--steps",),
