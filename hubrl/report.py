@@ -224,7 +224,8 @@ def _header_lines(root: Path, grid: dict[str, Any], trials: Sequence[TrialResult
         "# Benchmark report" + (f" at {step_label(stage)} agent steps" if stage else ""),
         "",
         f"- Grid: `{root}`",
-        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there; its compute from "
+        (f"- Stage: every trial as it stood at {stage:,} agent steps (its evaluation there, or at the end of the rollout "
+         f"that crossed it: each trial's step is listed below; its compute from "
          f"the attempts that stopped there, not from later training) of a {format_value(grid_budget)}-step budget"
          if stage else
          f"- Budget: {format_value(eff_budget) if eff_budget else 'unknown (each trial’s own)'} agent steps per trial"),
