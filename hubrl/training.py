@@ -26,7 +26,9 @@ the environments start new games and the random generators are not restored.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +204,25 @@ class CheckpointEveryCallback(BaseCallback):
             self._due = False
 
 
+def _silence_terminal_output() -> None:
+    """Point stdout and stderr (file descriptors 1 and 2) at the null device, where they are a
+    terminal: after a hang-up, writes to it fail with EIO, and a progress bar's refresh or a
+    message would raise before the checkpoint is saved. Files and pipes are left as they are."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):  # a terminal (isatty may already fail on a hung-up one)
+                    os.dup2(null, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(null)
+
+
 class StopOnSignal(BaseCallback):
     """Turn SIGINT / SIGTERM / SIGHUP into a clean stop at the next env step (the caller then checkpoints).
 
@@ -220,13 +241,16 @@ class StopOnSignal(BaseCallback):
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        if self.received is not None:  # second Ctrl-C: the user insists
+        hangup = signum == getattr(signal, "SIGHUP", None)
+        if self.received is not None:  # second Ctrl-C: the user insists (a closing terminal may hang up twice)
+            if hangup:
+                return
             raise KeyboardInterrupt
         self.received = signum
-        try:
-            print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
-        except OSError:  # the terminal that sent SIGHUP is gone: stop quietly, the checkpoint matters
-            pass
+        if hangup:  # the terminal is gone: every later write to it would fail (EIO) and could cost the checkpoint
+            _silence_terminal_output()
+            return
+        print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
 
     def __enter__(self) -> "StopOnSignal":
         hangup = getattr(signal, "SIGHUP", None)  # POSIX only
@@ -335,9 +359,13 @@ def run_training(
     With ``verbose``, a resumed run prints the step it resumes from.
     """
     history = EvalHistory()
+    history_path = Path(checkpoint_path).with_name("evaluations.json")
     if resume_state is not None:
         restore_training_state(model, resume_state)
         history.points = list(resume_state.get("extra", {}).get("eval_history", []))
+        # evaluations.json as of the checkpoint (what the run goes on from): a damaged or lost one is mended, also
+        # for a run with nothing left to train, which writes no evaluation after this
+        history.save(history_path)
         if verbose:
             print(f"Resuming at step {model.num_timesteps:,} of {int(total_timesteps):,}", flush=True)
 
@@ -352,7 +380,6 @@ def run_training(
     if already_paused:
         remaining, pauser.reached = 0, True  # already there: nothing to train in this call
     start = time.time()
-    history_path = Path(checkpoint_path).with_name("evaluations.json")
     evaluator = (RawScoreEvalCallback(eval_env, eval_freq, eval_episodes, history, verbose, history_path,
                                       budget=int(total_timesteps), first_eval_at=first_eval_at)
                  if eval_env is not None else None)
@@ -383,9 +410,9 @@ def run_training(
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
                 if boundary.inside:  # stopped inside a rollout: its steps were never trained on
                     model.num_timesteps = boundary.start_timesteps
+                save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
                 if bar is not None:
                     bar.close(final_step=model.num_timesteps)  # the count the pause or stop message gives
-                save_training_checkpoint(model, checkpoint_path, extra())
             interrupted_by = stopper.received
     completed = interrupted_by is None and model.num_timesteps >= total_timesteps
     paused = not completed and interrupted_by is None and pauser is not None and pauser.reached

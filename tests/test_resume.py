@@ -374,7 +374,7 @@ def test_the_grid_names_the_checkpoints_the_harness_writes():
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="SIGHUP is POSIX")
-def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup():
+def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup(monkeypatch):
     """SIGHUP (terminal closed, ssh dropped) used to kill a run with nothing saved since the last
     periodic checkpoint; it now stops it like SIGTERM (the caller checkpoints). Under nohup, where
     SIGHUP is ignored, the run goes on: the stopper leaves that disposition alone."""
@@ -384,11 +384,14 @@ def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup():
     from hubrl.training import StopOnSignal
 
     before = signal.getsignal(signal.SIGHUP)
+    silenced = []  # the real one would point this process's terminal output at /dev/null
+    monkeypatch.setattr(hubrl.training, "_silence_terminal_output", lambda: silenced.append(True))
     try:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         with StopOnSignal() as stopper:
             os.kill(os.getpid(), signal.SIGHUP)
-        assert stopper.received == signal.SIGHUP
+            os.kill(os.getpid(), signal.SIGHUP)  # a closing terminal may hang up twice: not "again to abort"
+        assert stopper.received == signal.SIGHUP and silenced == [True]
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored on exit
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
         with StopOnSignal() as stopper:
@@ -409,7 +412,7 @@ def test_a_checkpoint_of_another_agent_or_model_is_refused_in_one_line(tmp_path)
     try:
         ppo = PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu")
         state = load_training_checkpoint(save_training_checkpoint(ppo, tmp_path / "checkpoint.pt"))
-        with pytest.raises(CheckpointError, match="saved by PPO, not A2C: resume it with the settings it was trained with"):
+        with pytest.raises(CheckpointError, match="saved by PPO, not A2C: it is not this run's own"):
             restore_training_state(A2C("CnnPolicy", env, n_steps=8, device="cpu"), state)
         other = PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu", policy_kwargs={"net_arch": [64]})
         with pytest.raises(CheckpointError, match=r"another model's weights than this ActorCriticCnnPolicy's: 4 of its "
@@ -436,3 +439,57 @@ def test_a_hand_edited_config_yaml_value_of_the_wrong_type_is_named_with_its_fil
     with pytest.raises(UsageError, match=rf"{re.escape(str(source))}: the run's saved {name} is .*, not .*mend that line"):
         resume_conflicts(TransferConfig, saved, {}, source)
     assert resume_conflicts(TransferConfig, {"env": "Alien", "timesteps": 1000}, {}, source) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="SIGHUP and ptys are POSIX")
+def test_a_run_in_a_terminal_that_hangs_up_saves_its_checkpoint(tmp_path):
+    """The real case: a run with its progress bar in a terminal that goes away. Every write to the
+    terminal then fails (EIO), and the bar's last refresh raised before the checkpoint was saved."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "scripts" / "transfer.py"), "--env", "Gopher", "--method", "scratch", "--n-envs",
+            "1", "--timesteps", "1M", "--checkpoint-freq", "1M", "--eval-freq", "1M", "--no-early-eval", "--device", "cpu",
+            "--out", str(out)]
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    deadline = time.time() + 120
+    while not list(out.rglob("events.out.tfevents*")) and time.time() < deadline:
+        try:
+            os.read(master, 65536)  # keep the terminal drained while the run starts
+        except OSError:
+            pass
+        time.sleep(0.2)
+    time.sleep(3)  # some steps, the progress bar drawn
+    os.close(master)  # the terminal is gone: writes to it fail with EIO from here
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    assert load_training_checkpoint(out / "checkpoint.pt")["num_timesteps"] > 0
+
+
+def test_a_resume_mends_a_damaged_evaluations_json_from_its_checkpoint(tmp_path):
+    """A run already at its budget trains nothing when resumed, so it used to leave a torn
+    evaluations.json torn (and a grid's report skipped the trial on every launch): the resume writes
+    the checkpoint's evaluation history back first."""
+    import json
+
+    ckpt = tmp_path / "checkpoint.pt"
+    eval_env = make_atari_vec_env("Gopher", 1, seed=1)
+    try:
+        run_training(_model(), 64, ckpt, eval_env=eval_env, eval_freq=64, eval_episodes=1, checkpoint_freq=10**9,
+                     progress_bar=False, verbose=0)
+        points = json.loads((tmp_path / "evaluations.json").read_text())["points"]
+        assert points and points[-1]["step"] == 64
+        (tmp_path / "evaluations.json").write_text('{"points": [{"step": 6')
+        done = run_training(_model(), 64, ckpt, resume_state=load_training_checkpoint(ckpt), eval_env=eval_env,
+                            eval_freq=64, eval_episodes=1, checkpoint_freq=10**9, progress_bar=False, verbose=0)
+        assert done.completed and json.loads((tmp_path / "evaluations.json").read_text())["points"] == points
+    finally:
+        eval_env.close()
