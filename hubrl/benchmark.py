@@ -86,11 +86,11 @@ from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     count_parameters,
-    damaged_records,
     evaluations_around,
     has_checkpoint,
     read_status,
     refusal_reason,
+    sound_status,
     trial_folder,
     trial_state,
 )
@@ -242,11 +242,12 @@ def _clear_leftovers(folder: Path) -> None:
     if not folder.exists():
         return
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
-    if (folder / "model.zip").exists():  # trial_state refuses such a folder; never delete a model on any other path
-        foreign.append("model.zip")
     if foreign:
         raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): "
                         "move them away.")
+    if (folder / "model.zip").exists():  # trial_state refuses such a folder; never delete a model on any other path
+        raise GridError(f"Trial folder {folder} holds a model.zip but no checkpoint: a fresh start would delete that "
+                        "model; move it away, or delete the folder to train this trial again.")
     for path in folder.iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -589,7 +590,10 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
         resolve_run_hyperparams(cfg)  # n_envs None -> the preset's, as the trial's own resume resolves it
         launch = {name: value for name, value in dataclasses.asdict(cfg).items()  # not the options its method ignores
                   if cfg.method in METHOD_OPTIONS.get(name, (cfg.method,))}
-        conflicts = resume_conflicts(TransferConfig, saved, launch, folder / "config.yaml")
+        try:
+            conflicts = resume_conflicts(TransferConfig, saved, launch, folder / "config.yaml")
+        except (CheckpointError, UsageError):
+            continue  # a hand-edited value: the trial's own resume names it, the other trials run
         if conflicts:
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where it has {v!r}" for n, w, v in conflicts)
             raise GridError(f"{folder.relative_to(root)} was started with other settings than this launch gives it "
@@ -703,7 +707,7 @@ def run_grid(
             record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
                            error=refusal_reason(spec["folder"], budget)))
             continue
-        previous = {} if damaged_records(spec["folder"]) else read_status(spec["folder"])  # resumed: rewritten
+        previous = sound_status(spec["folder"])  # a damaged one is rewritten by the resumed run
         if previous:
             # num_timesteps: where the attempt stopped, which places it in a stage's report (hubrl.grid.attempt_ends)
             keep = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")

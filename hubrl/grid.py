@@ -137,13 +137,15 @@ def has_checkpoint(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in _CHECKPOINT_FILES)
 
 
-def damaged_records(folder: str | Path) -> str | None:
-    """What is wrong with a trial's ``status.json`` or ``evaluations.json`` (None when each is
-    missing or sound): unreadable, not the mapping it should be, or a field of the wrong type (a
-    step that is not a whole number, a history that is not a list). A grid never reads its way
-    past such a file: without a checkpoint the trial is refused rather than counted as leftovers and
-    cleared, which would delete what the damaged file hid (a finished run, its model.zip)."""
+def damaged_records(folder: str | Path) -> dict[str, str]:
+    """What is wrong with a trial's ``status.json`` and ``evaluations.json``, by file (empty when
+    each is missing or sound): unreadable, not the mapping it should be, or a field of the wrong
+    type (a step that is not a whole number, a history that is not a list). A grid never reads its
+    way past such a file: without a checkpoint the trial is refused rather than counted as leftovers
+    and cleared, which would delete what the damaged file hid (a finished run, its model.zip); the
+    other, sound file is still read."""
     folder = Path(folder)
+    damaged: dict[str, str] = {}
     for name in ("status.json", "evaluations.json"):
         path = folder / name
         try:
@@ -151,20 +153,26 @@ def damaged_records(folder: str | Path) -> str | None:
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as exc:
-            return f"{name} is unreadable ({type(exc).__name__}: {exc})"
+            damaged[name] = f"{name} is unreadable ({type(exc).__name__}: {exc})"
+            continue
         if not isinstance(data, dict):
-            return f"{name} holds no JSON object"
-        if name == "status.json":
+            damaged[name] = f"{name} holds no JSON object"
+        elif name == "status.json":
             wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not _whole(data[key])]
             wrong += ["status"] * (data.get("status") is not None and not isinstance(data["status"], str))
             wrong += ["history"] * ("history" in data and not isinstance(data["history"], list))
             if wrong:
-                return f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})"
+                damaged[name] = f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})"
         else:
             points = data.get("points")
             if not isinstance(points, list) or not all(isinstance(p, dict) and _whole(p.get("step")) for p in points):
-                return "evaluations.json holds no list of points with whole-number steps"
-    return None
+                damaged[name] = "evaluations.json holds no list of points with whole-number steps"
+    return damaged
+
+
+def sound_status(folder: str | Path) -> dict[str, Any]:
+    """The trial's ``status.json`` when it is sound (:func:`damaged_records`), else ``{}``."""
+    return {} if "status.json" in damaged_records(folder) else read_status(folder)
 
 
 def _whole(value: Any) -> bool:
@@ -184,8 +192,8 @@ def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) ->
     """
     folder = Path(folder)
     damaged = damaged_records(folder)
-    points = [] if damaged else read_evaluations(folder)
-    status = {} if damaged else read_status(folder)
+    points = [] if "evaluations.json" in damaged else read_evaluations(folder)
+    status = {} if "status.json" in damaged else read_status(folder)
     if points and points[-1]["step"] >= budget:
         recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
         if (folder / "model.zip").is_file() or recorded:
@@ -209,7 +217,7 @@ def binding_budget(folder: str | Path, status: dict[str, Any] | None = None) -> 
     has a checkpoint: its schedules run over that budget); None for a trial that may start afresh.
     ``status``: the folder's ``status.json`` when the caller has read it already."""
     folder = Path(folder)
-    status = read_status(folder) if status is None else status
+    status = sound_status(folder) if status is None else status
     started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
     if started_with is None or not (_is_done(status) or has_checkpoint(folder)):
         return None
@@ -226,9 +234,9 @@ def refusal_reason(folder: str | Path, budget: int) -> str | None:
     folder = Path(folder)
     damaged = damaged_records(folder)
     if damaged and not has_checkpoint(folder):
-        return (f"{damaged}: mend or restore it (from the grid's archive, say), or delete {folder} to train this "
-                "trial again from the start")
-    status = {} if damaged else read_status(folder)
+        return (f"{'; '.join(damaged.values())}: mend or restore it (from the grid's archive, say), or delete {folder} "
+                "to train this trial again from the start")
+    status = {} if "status.json" in damaged else read_status(folder)
     done = _is_done(status)
     started_with = binding_budget(folder, status)
     if started_with is not None and started_with != int(budget):

@@ -125,6 +125,35 @@ def test_a_trial_with_a_damaged_record_is_refused_not_cleared(tmp_path, name, te
     assert trial_state(folder, 64) == "resume"  # a checkpoint continues it; the run rewrites its records
 
 
+def test_a_damaged_record_beside_a_checkpoint_or_a_finished_model_is_read_around(tmp_path):
+    """Only the damaged file is set aside: a sound status.json keeps the trial's history of attempts
+    when evaluations.json is torn; a finished trial (model.zip, evaluations at the budget) stays
+    finished with a torn status.json; a budget of the wrong type beside a checkpoint is no traceback."""
+    from hubrl.benchmark import run_grid
+
+    root = tmp_path / "grid"
+    folder = trial_folder(root, "Gopher", "scratch", 0)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    attempts = [{"status": "interrupted", "num_timesteps": 32, "seconds": 5400.0}]
+    (folder / "status.json").write_text(json.dumps({"status": "interrupted", "budget": 64, "num_timesteps": 48,
+                                                    "history": attempts}))
+    (folder / "evaluations.json").write_text('{"points": [{"step": 25')
+    assert trial_state(folder, 64) == "resume"
+    summary = run_grid(root, ["Gopher"], ["scratch"], [0], 64, workers=0, trial_fn=fake_trial)
+    assert summary.count("ok") == 1
+    history = json.loads((folder / "status.json").read_text())["history"]
+    assert history[0] == attempts[0] and history[1]["num_timesteps"] == 48  # earlier attempts kept, this one added
+    (folder / "status.json").write_text('{"status": "ok", "compl')  # finished: model.zip and evaluations at 64
+    (folder / "checkpoint.pt").unlink()
+    assert trial_state(folder, 64) == "finished"
+    for status in ("ok", "failed"):
+        (folder / "status.json").write_text(json.dumps({"status": status, "completed": True, "budget": "1M"}))
+        (folder / "evaluations.json").write_text('{"points": []}')
+        (folder / "checkpoint.pt").write_bytes(b"x")
+        assert run_grid(root, ["Gopher"], ["scratch"], [0], 64, workers=0, trial_fn=fake_trial).count("ok") == 1
+
+
 def test_a_trial_with_only_its_previous_checkpoint_resumes_from_it(tmp_path):
     """``checkpoint.pt`` gone (deleted as damaged) but ``checkpoint.prev.pt`` kept: the trial resumes
     from the previous checkpoint, as a transfer run does, instead of counting as fresh, whose start
