@@ -119,7 +119,11 @@ def _number(value: Any) -> float | None:
 def _check_value(key: str, value: Any) -> str | None:
     """Why ``value`` cannot be the hyperparameter ``key`` (None when it can, or is not checked here)."""
     if key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+        from hubrl.envs import MAX_ENVS
+
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if ok and key == "n_envs" and value > MAX_ENVS:
+            return f"a number of parallel games up to {MAX_ENVS:,}"
         return None if ok else "a positive integer"
     if key in ("learning_rate", "clip_range"):  # learning_rate 0 is allowed: a check that the update changes nothing
         number = (_number(value) if not (isinstance(value, str) and value.startswith("lin_"))

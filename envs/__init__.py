@@ -21,7 +21,13 @@ from hubrl.envs.games import (
 #: frames, channels first. A hub is checked against it before any emulator starts.
 OBSERVATION_SHAPE: tuple[int, int, int] = (4, 84, 84)
 
+#: Most parallel games a run starts (``--n-envs``, or ``n_envs`` in ``--hyperparams``): each is an
+#: emulator in the process's memory; far more stalls the machine before the first step (100,000
+#: ran silently until killed) instead of failing.
+MAX_ENVS = 1024
+
 __all__ = [
+    "MAX_ENVS",
     "OBSERVATION_SHAPE",
     "AtariVecEnv",
     "make_atari_vec_env",

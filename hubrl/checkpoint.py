@@ -121,7 +121,8 @@ def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     """
     from collections import deque
 
-    fix = "resume it with the settings it was trained with (its run's config.yaml), or train this run in a new --out"
+    fix = ("it is not this run's own (copied from another run folder?): put the run's own checkpoint.pt back, or train "
+           "again from the start in a new run folder")
     saved_algo, algo = state.get("algo"), type(model).__name__
     if isinstance(saved_algo, str) and saved_algo != algo:
         raise CheckpointError(f"Checkpoint was saved by {saved_algo}, not {algo}: {fix}.")

@@ -89,15 +89,21 @@ def canonical_state_dict(state_dict: dict[str, th.Tensor]) -> dict[str, th.Tenso
     return out
 
 
+def previous_weights(weights: Path) -> Path:
+    """Where :func:`save_expert` keeps an expert's previous weights while it replaces them."""
+    return weights.with_name(f".{weights.name}.previous")
+
+
 def save_expert(
     folder: str | Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest, dtype: th.dtype = th.float32,
 ) -> Path:
     """Write weights (safetensors) then the manifest that pins their checksum, both atomically.
 
-    The pair changes together or not at all: an expert replaced in place keeps its previous weights
-    aside until the new manifest is in, and gets them back if that write fails (a full disk, an
-    interrupt), so a failed export leaves the previous expert whole instead of a manifest whose
-    checksum no longer matches its weights.
+    An expert replaced in place keeps its previous weights aside (:func:`previous_weights`) until
+    the new manifest is in, and gets them back if that write fails (a full disk, an interrupt), so
+    a failed export leaves the previous expert whole. A process killed outright between the two
+    writes leaves the new weights beside the old manifest: the loader then finds the previous
+    weights, which still match it (:func:`hubrl.hub.load_expert_folder`).
     """
     from safetensors.torch import save
 
@@ -105,7 +111,7 @@ def save_expert(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in canonical_state_dict(state_dict).items()}
     weights = folder / manifest.weights_file
-    previous = weights.with_name(f".{weights.name}.previous") if weights.is_file() else None
+    previous = previous_weights(weights) if weights.is_file() else None
     atomic_write_bytes(weights, save(tensors, metadata={"format": "hubrl-expert-weights"}), keep_previous=previous)
     try:
         manifest.weights_sha256 = sha256_file(weights)

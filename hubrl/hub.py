@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import shlex
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch as th
 
 from hubrl.atomic import sha256_file
 from hubrl.errors import HubError
-from hubrl.experts import MANIFEST_NAME, read_manifest
+from hubrl.experts import MANIFEST_NAME, previous_weights, read_manifest
 
 __all__ = [
     "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "MAX_DATA_BYTES", "read_zip_member", "read_policy_state",
@@ -296,8 +297,14 @@ def _load_expert_folder(folder: Path) -> Expert:
         raise HubError(f"Expert {manifest.name}: {weights} is {weights.stat().st_size:,} bytes, more than the "
                        f"{MAX_MEMBER_BYTES:,} this reader allows (a NatureCNN policy is about 7 MB).")
     if manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
-        raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest "
-                       "(corrupt or replaced).")
+        kept = previous_weights(weights)  # an export killed between its weights and its manifest left these
+        if not (kept.is_file() and sha256_file(kept) == manifest.weights_sha256):
+            raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest "
+                           "(corrupt or replaced).")
+        print(f"warning: expert {manifest.name}: {weights.name} is newer than its manifest (an export was stopped "
+              f"between the two); loading the previous weights kept beside them ({kept.name}), which match it. "
+              "Export the expert again to finish.", file=sys.stderr)
+        weights = kept
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:

@@ -361,6 +361,8 @@ CASES = [
      ["hyper.yaml", "bogus_key"], None),
     ("hyperparams-n-steps-negative", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_steps: -64\n")],
      ["hyper.yaml", "n_steps", "-64"], None),
+    ("hyperparams-n-envs-huge", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_envs: 100000\n")],
+     ["hyper.yaml", "n_envs", "100000", "up to 1,024"], None),  # the --n-envs cap, not bypassed by a file
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
     # bf16 reaches NatureCNN encoders only: Zoo-Tuning would train in fp32 while the run said bf16

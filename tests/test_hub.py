@@ -38,6 +38,13 @@ def test_checksum_mismatch_is_refused(tiny_hub):
                                        f"{tiny_hub / 'seaquest-ppo'} out of the hub.")
 
 
+def experts_before_bias(files: dict[str, bytes]) -> th.Tensor:
+    """The action head's bias in an expert folder's weights, from the folder's bytes."""
+    from safetensors.torch import load
+
+    return load(files["weights.safetensors"])["action_net.bias"].float()
+
+
 def test_an_export_that_fails_leaves_the_previous_expert_whole(tmp_path, monkeypatch):
     """Re-exporting an expert replaced its weights, then its manifest: a failure in between (a full
     disk at the manifest) left weights that no longer matched the manifest's checksum, and the old
@@ -62,6 +69,15 @@ def test_an_export_that_fails_leaves_the_previous_expert_whole(tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the same files, nothing left beside them
     load_expert_folder(folder)  # checksum verified
     monkeypatch.undo()
+    # killed outright between the two writes: the new weights beside the old manifest, the old ones kept aside
+    from hubrl.experts import previous_weights
+
+    weights = folder / read_manifest(folder).weights_file
+    previous_weights(weights).write_bytes(weights.read_bytes())
+    weights.write_bytes(b"the new weights, whose manifest never came")
+    assert th.equal(load_expert_folder(folder).policy_state()["action_net.bias"], experts_before_bias(before))
+    previous_weights(weights).unlink()
+    weights.write_bytes(before[weights.name])
     save_expert(folder, state, read_manifest(folder))  # a successful export replaces both, no file left aside
     assert sorted(p.name for p in folder.iterdir()) == sorted(before)
     assert th.equal(load_expert_folder(folder).policy_state()["action_net.bias"], state["action_net.bias"])

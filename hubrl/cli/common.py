@@ -191,13 +191,10 @@ def positive_int(text: str) -> int:
     return _integer(_number(text, "a positive integer"), text, 1, MAX_STEPS, "a positive integer")
 
 
-#: Most parallel games a command starts: each is an emulator in this process's memory; far more stalls the
-#: machine before the first step (100,000 ran silently until killed) rather than failing.
-MAX_ENVS = 1024
-
-
 def env_count(text: str) -> int:
-    """A number of parallel games, 1 .. :data:`MAX_ENVS` (``--n-envs``)."""
+    """A number of parallel games, 1 .. :data:`hubrl.envs.MAX_ENVS` (``--n-envs``)."""
+    from hubrl.envs import MAX_ENVS
+
     return _integer(_number(text, "a number of parallel games"), text, 1, MAX_ENVS, "a number of parallel games")
 
 
