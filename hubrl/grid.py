@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from hubrl.plaintypes import fits_type
 from hubrl.stats import learning_curve_auc
 
 __all__ = [
@@ -158,14 +159,14 @@ def damaged_records(folder: str | Path) -> dict[str, str]:
         if not isinstance(data, dict):
             damaged[name] = f"{name} holds no JSON object"
         elif name == "status.json":
-            wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not _whole(data[key])]
+            wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not fits_type(data[key], int)]
             wrong += ["status"] * (data.get("status") is not None and not isinstance(data["status"], str))
             wrong += ["history"] * ("history" in data and not isinstance(data["history"], list))
             if wrong:
                 damaged[name] = f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})"
         else:
             points = data.get("points")
-            if not isinstance(points, list) or not all(isinstance(p, dict) and _whole(p.get("step")) for p in points):
+            if not isinstance(points, list) or not all(isinstance(p, dict) and fits_type(p.get("step"), int) for p in points):
                 damaged[name] = "evaluations.json holds no list of points with whole-number steps"
     return damaged
 
@@ -173,10 +174,6 @@ def damaged_records(folder: str | Path) -> dict[str, str]:
 def sound_status(folder: str | Path) -> dict[str, Any]:
     """The trial's ``status.json`` when it is sound (:func:`damaged_records`), else ``{}``."""
     return {} if "status.json" in damaged_records(folder) else read_status(folder)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
