@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALGOS",
+    "agent_kwargs",
     "check_hyperparams",
     "linear_schedule",
     "load_overrides",
@@ -332,11 +333,18 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
         if expected:
             raise UsageError(f"Hyperparameter policy_kwargs, merged over the {algo.lower()} preset's "
                              f"({config['policy_kwargs']!r}), is not valid: expected {expected}.")
+    return config, agent_kwargs(config)
+
+
+def agent_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The SB3 constructor's kwargs for a resolved plain ``config`` (the first half of
+    :func:`resolve_hyperparams`' answer, or a run's saved ``resolved_hyperparams``): schedules as
+    callables, the optimizer class resolved, ``n_envs`` left out (it sizes the env)."""
     kwargs = {k: _schedule(v) for k, v in config.items() if k != "n_envs"}
-    policy_kwargs = _resolve_policy_kwargs(kwargs.pop("policy_kwargs", {}) or {})
+    policy_kwargs = _resolve_policy_kwargs(copy.deepcopy(kwargs.pop("policy_kwargs", {}) or {}))
     if policy_kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
-    return config, kwargs
+    return kwargs
 
 
 def minibatch_warning(algo: str, hyperparams: Mapping[str, Any]) -> str | None:

@@ -9,8 +9,9 @@ resumed and trained here, in the same steps, so they behave alike:
    or ``force``; a resumed one a checkpoint), that a ``--tensorboard-log`` elsewhere can be
    written (:func:`check_tensorboard_log`) and that a ``--pause-at`` is not past the run's budget
    (:func:`hubrl.runconfig.check_pause_at`), resolves the agent's preset, and on resume continues
-   the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused) from its
-   checkpoint; it sets torch's CPU threads. A resumed run that has reached its budget with all
+   the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused), with the
+   hyperparameters it was started with even where a preset changed since, from its checkpoint;
+   it sets torch's CPU threads. A resumed run that has reached its budget with all
    it makes written is :attr:`Run.already_done`: the caller does nothing more.
 2. :meth:`Run.envs` opens the training and evaluation envs, :meth:`Run.make_agent` builds the
    SB3 agent with the run's preset, seed, device and TensorBoard folder, and
@@ -43,7 +44,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
-from hubrl.agents.presets import minibatch_warning
+from hubrl.agents.presets import agent_kwargs, check_hyperparams, minibatch_warning
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import make_atari_vec_env
@@ -221,6 +222,7 @@ class Run(Generic[C]):
     verbose: int = 1  # print the run folder when it is created
     already_done: bool = False  # resumed at its budget with everything written: nothing to do (see start_run)
     pause_at: int | None = None  # stop training at the first rollout boundary at or past this many agent steps
+    notes: list[str] = field(default_factory=list)  # said as training starts, e.g. a resume's kept hyperparameters
     _announced: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -318,12 +320,13 @@ class Run(Generic[C]):
         checkpoint settings (:func:`hubrl.training.run_training`), pausing at :attr:`pause_at`.
 
         Settings that run but do less than asked are said here, one line each, as training starts:
-        ``warnings`` (e.g. a method's, :attr:`hubrl.methods.MethodPlan.warnings`) and a PPO
+        :attr:`notes`, ``warnings`` (e.g. a method's, :attr:`hubrl.methods.MethodPlan.warnings`) and a PPO
         ``batch_size`` that does not divide the rollout (:func:`hubrl.agents.presets.minibatch_warning`;
         :meth:`make_agent` silences SB3's paragraph) and a budget below one rollout (SB3 trains a whole one),
         so a run refused or failing before says nothing but why."""
         cfg = self.cfg
-        for warning in [*warnings, minibatch_warning(cfg.algo, self.hyperparams), _short_budget_warning(model, cfg.timesteps)]:
+        for warning in [*self.notes, *warnings, minibatch_warning(cfg.algo, self.hyperparams),
+                        _short_budget_warning(model, cfg.timesteps)]:
             if warning is not None:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
         return run_training(
@@ -388,8 +391,13 @@ def start_run(
     if saved is not None:
         check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
         check_pause_at(pause_at, int(cfg.timesteps), flags)  # against the resumed run's budget
+    notes = []
+    if saved is not None:
+        plain, kwargs, kept = _keep_saved_hyperparams(cfg.algo, plain, kwargs, saved.get("resolved_hyperparams"),
+                                                      folder / CONFIG_NAME)
+        notes = [kept] if kept else []
     resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
-    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose, pause_at=pause_at)
+    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose, pause_at=pause_at, notes=notes)
     if resume_state is not None:
         _check_steps_left(folder, run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"))
         run.already_done = _final_evaluation_done(resume_state, int(cfg.timesteps)) and (written is None or written(run))
@@ -400,6 +408,38 @@ def start_run(
         return run
     configure_threads(cfg.threads)
     return run
+
+
+def _keep_saved_hyperparams(
+    algo: str, plain: dict[str, Any], kwargs: dict[str, Any], saved: Any, source: Path,
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The hyperparameters a resumed run continues with: those it was started with.
+
+    ``plain``/``kwargs`` are what this version of hubrl resolves the saved settings to; they differ
+    from the run's saved ``resolved_hyperparams`` when a preset changed since the run began (an
+    RL Zoo value corrected, an optimizer's ``eps``). Resuming with the new ones would change the
+    run half-way, and silently in part: the checkpoint's optimizer state brings back its own
+    ``eps``, ``alpha`` or ``betas`` whatever the preset says, while ``config.yaml`` would record the
+    preset's. So the saved values win, and a note (said as training starts) names each difference.
+    A key the run's preset lacked stays unset (SB3's default, as then). A run saved before
+    ``resolved_hyperparams`` were recorded keeps this version's, as before.
+    """
+    if not isinstance(saved, dict):
+        return plain, kwargs, None
+    current = yaml.safe_load(yaml.safe_dump(plain))  # compared as config.yaml holds them
+    if current == saved:
+        return plain, kwargs, None
+    try:
+        check_hyperparams(saved, algo, where=f"{source}'s resolved_hyperparams")
+        kept = agent_kwargs(saved)
+    except (UsageError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{exc} The run continues the hyperparameters it was started with: mend that section of "
+                         f"{source.name}, or start a new run with another --out.") from None
+    unset = "unset (SB3's default)"  # a key the preset of the run's day did not have, or has no more
+    changed = [f"{key} {saved.get(key, unset)!r} (now {current.get(key, unset)!r})".replace(repr(unset), unset)
+               for key in sorted(set(current) | set(saved)) if current.get(key, unset) != saved.get(key, unset)]
+    return saved, kept, (f"{source.parent} continues the hyperparameters it was started with, not this version of "
+                         f"hubrl's {algo} preset: {'; '.join(changed)}.")
 
 
 def _final_evaluation_done(state: Mapping[str, Any], budget: int) -> bool:

@@ -232,6 +232,39 @@ def test_resume_alone_continues_the_saved_run(saved_run, capsys):
     assert load_training_checkpoint(saved_run / "checkpoint.pt")["num_timesteps"] == 128
 
 
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_hyperparameters_it_was_started_with(saved_run, capsys):
+    """A run started under another preset (simulated: its saved ``resolved_hyperparams`` hold
+    ent_coef 0.02 where this version's PPO preset has 0.01, and no vf_coef) resumes with its own
+    values, not the preset's: the agent trains with them, config.yaml keeps recording them, and
+    one line says what differs from the preset. A damaged section is refused, naming its file."""
+    import json
+    import zipfile
+
+    config_path = saved_run / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    hyper = config["resolved_hyperparams"]
+    assert hyper["ent_coef"] == 0.01 and hyper["vf_coef"] == 0.5  # this version's preset
+    hyper["ent_coef"] = 0.02
+    del hyper["vf_coef"]
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert _transfer_main()(["--resume", "--out", str(saved_run), "--timesteps", "128", "--no-progress-bar"]) == 0
+    err = capsys.readouterr().err
+    assert (f"{saved_run} continues the hyperparameters it was started with, not this version of hubrl's ppo preset: "
+            "ent_coef 0.02 (now 0.01); vf_coef unset (SB3's default) (now 0.5).") in err
+    with zipfile.ZipFile(saved_run / "model.zip") as archive:  # the agent SB3 saved: the run's own values
+        data = json.loads(archive.read("data"))
+    assert data["ent_coef"] == 0.02 and data["num_timesteps"] == 128
+    assert yaml.safe_load(config_path.read_text())["resolved_hyperparams"] == hyper
+
+    hyper["n_steps"] = "many"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    from tests.test_bad_inputs import call
+
+    code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "192")
+    assert code == 2 and err.count("\n") == 1 and "resolved_hyperparams" in err and "n_steps" in err, err
+
+
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder``: its bytes and modification time."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
