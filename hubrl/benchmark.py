@@ -89,8 +89,8 @@ from hubrl.grid import (
     evaluations_around,
     has_checkpoint,
     read_status,
+    read_trial_records,
     refusal_reason,
-    sound_status,
     trial_folder,
     trial_state,
 )
@@ -698,16 +698,17 @@ def run_grid(
 
     todo = []
     for spec in specs:
-        state = trial_state(spec["folder"], budget, pause_at)
+        records = read_trial_records(spec["folder"])  # read once: the state, a refusal and the history agree
+        state = trial_state(spec["folder"], budget, pause_at, records)
         if state in ("finished", "paused"):
             reason = "finished already" if state == "finished" else f"paused at or past {pause_at:,} steps already"
             record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now(), reason=reason))
             continue
         if state == "refused":  # recorded in trials.jsonl only: the trial's own status.json stays as it was
             record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
-                           error=refusal_reason(spec["folder"], budget)))
+                           error=refusal_reason(spec["folder"], budget, records)))
             continue
-        previous = sound_status(spec["folder"])  # a damaged one is rewritten by the resumed run
+        previous = records.status  # {} when damaged: the resumed run rewrites it
         if previous:
             # num_timesteps: where the attempt stopped, which places it in a stage's report (hubrl.grid.attempt_ends)
             keep = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")

@@ -43,6 +43,9 @@ __all__ = [
     "read_status",
     "read_evaluations",
     "has_checkpoint",
+    "TrialRecords",
+    "read_trial_records",
+    "sound_status",
     "trial_state",
     "refusal_reason",
     "binding_budget",
@@ -138,45 +141,63 @@ def has_checkpoint(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in _CHECKPOINT_FILES)
 
 
-def damaged_records(folder: str | Path) -> dict[str, str]:
-    """What is wrong with a trial's ``status.json`` and ``evaluations.json``, by file (empty when
-    each is missing or sound): unreadable, not the mapping it should be, or a field of the wrong
-    type (a step that is not a whole number, a history that is not a list). A grid never reads its
-    way past such a file: without a checkpoint the trial is refused rather than counted as leftovers
-    and cleared, which would delete what the damaged file hid (a finished run, its model.zip); the
-    other, sound file is still read."""
+@dataclass(frozen=True)
+class TrialRecords:
+    """A trial's ``status.json`` and ``evaluations.json`` as one read found them (each file read
+    once, so the status and the points come from the same moment of a running trial)."""
+
+    status: dict[str, Any]  # {} when missing or damaged
+    points: list[dict[str, Any]]  # [] when missing or damaged
+    damaged: dict[str, str]  # file name -> what is wrong with it (empty when each is missing or sound)
+
+
+def _status_damage(data: dict[str, Any]) -> str | None:
+    wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not fits_type(data[key], int)]
+    wrong += ["status"] * (data.get("status") is not None and not isinstance(data["status"], str))
+    wrong += ["history"] * ("history" in data and not isinstance(data["history"], list))
+    return f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})" if wrong else None
+
+
+def _points_damage(data: dict[str, Any]) -> str | None:
+    points = data.get("points")
+    if not isinstance(points, list) or not all(isinstance(p, dict) and fits_type(p.get("step"), int) for p in points):
+        return "evaluations.json holds no list of points with whole-number steps"
+    return None
+
+
+def read_trial_records(folder: str | Path) -> TrialRecords:
+    """Read a trial's records, each file once, and say what is wrong with a damaged one:
+    unreadable, not the mapping it should be, or a field of the wrong type (a step that is not a
+    whole number, a history that is not a list). A grid never reads its way past such a file:
+    without a checkpoint the trial is refused rather than counted as leftovers and cleared, which
+    would delete what the damaged file hid (a finished run, its model.zip); the other, sound file
+    is still read."""
     folder = Path(folder)
+    found: dict[str, dict[str, Any]] = {}
     damaged: dict[str, str] = {}
-    for name in ("status.json", "evaluations.json"):
-        path = folder / name
+    for name, damage in (("status.json", _status_damage), ("evaluations.json", _points_damage)):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads((folder / name).read_text())
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as exc:
             damaged[name] = f"{name} is unreadable ({type(exc).__name__}: {exc})"
             continue
-        if not isinstance(data, dict):
-            damaged[name] = f"{name} holds no JSON object"
-        elif name == "status.json":
-            wrong = [key for key in ("num_timesteps", "budget") if data.get(key) is not None and not fits_type(data[key], int)]
-            wrong += ["status"] * (data.get("status") is not None and not isinstance(data["status"], str))
-            wrong += ["history"] * ("history" in data and not isinstance(data["history"], list))
-            if wrong:
-                damaged[name] = f"status.json has a {wrong[0]!r} of the wrong type ({data[wrong[0]]!r})"
+        wrong = f"{name} holds no JSON object" if not isinstance(data, dict) else damage(data)
+        if wrong:
+            damaged[name] = wrong
         else:
-            points = data.get("points")
-            if not isinstance(points, list) or not all(isinstance(p, dict) and fits_type(p.get("step"), int) for p in points):
-                damaged[name] = "evaluations.json holds no list of points with whole-number steps"
-    return damaged
+            found[name] = data
+    return TrialRecords(status=found.get("status.json", {}), points=found.get("evaluations.json", {}).get("points", []),
+                        damaged=damaged)
 
 
 def sound_status(folder: str | Path) -> dict[str, Any]:
-    """The trial's ``status.json`` when it is sound (:func:`damaged_records`), else ``{}``."""
-    return {} if "status.json" in damaged_records(folder) else read_status(folder)
+    """The trial's ``status.json`` when it is sound (:func:`read_trial_records`), else ``{}``."""
+    return read_trial_records(folder).status
 
 
-def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) -> str:
+def trial_state(folder: str | Path, budget: int, pause_at: int | None = None, records: TrialRecords | None = None) -> str:
     """What a trial folder's records say about training it to ``budget`` (pausing at ``pause_at``):
 
     * ``finished``: its last evaluation reached the budget, and it has a ``model.zip`` or a
@@ -186,16 +207,17 @@ def trial_state(folder: str | Path, budget: int, pause_at: int | None = None) ->
     * ``refused``: it must not be trained to ``budget`` (:func:`refusal_reason` says why);
     * ``fresh``: none of these (nothing, or the leftovers of an attempt that died before its first
       checkpoint: no ``model.zip``, and records that are sound and show no result).
+
+    ``records``: the folder's (:func:`read_trial_records`) when the caller has read them already.
     """
     folder = Path(folder)
-    damaged = damaged_records(folder)
-    points = [] if "evaluations.json" in damaged else read_evaluations(folder)
-    status = {} if "status.json" in damaged else read_status(folder)
+    records = read_trial_records(folder) if records is None else records
+    points, status = records.points, records.status
     if points and points[-1]["step"] >= budget:
         recorded = status.get("status") == "ok" and status.get("completed") and int(status.get("num_timesteps") or 0) >= budget
         if (folder / "model.zip").is_file() or recorded:
             return "finished"
-    if refusal_reason(folder, budget) is not None:
+    if refusal_reason(folder, budget, records) is not None:
         return "refused"
     if has_checkpoint(folder):
         reached = int(status.get("num_timesteps") or 0)
@@ -221,19 +243,20 @@ def binding_budget(folder: str | Path, status: dict[str, Any] | None = None) -> 
     return int(started_with)
 
 
-def refusal_reason(folder: str | Path, budget: int) -> str | None:
+def refusal_reason(folder: str | Path, budget: int, records: TrialRecords | None = None) -> str | None:
     """Why the trial in ``folder`` must not be trained to ``budget`` (None: it may).
 
     A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
     continues only to that budget (:func:`binding_budget`); and a finished or paused trial is never
-    restarted from scratch, which would delete its recorded results.
+    restarted from scratch, which would delete its recorded results. ``records``: the folder's
+    (:func:`read_trial_records`) when the caller has read them already.
     """
     folder = Path(folder)
-    damaged = damaged_records(folder)
-    if damaged and not has_checkpoint(folder):
-        return (f"{'; '.join(damaged.values())}: mend or restore it (from the grid's archive, say), or delete {folder} "
-                "to train this trial again from the start")
-    status = {} if "status.json" in damaged else read_status(folder)
+    records = read_trial_records(folder) if records is None else records
+    if records.damaged and not has_checkpoint(folder):
+        return (f"{'; '.join(records.damaged.values())}: mend or restore it (from the grid's archive, say), or delete "
+                f"{folder} to train this trial again from the start")
+    status = records.status
     done = _is_done(status)
     started_with = binding_budget(folder, status)
     if started_with is not None and started_with != int(budget):
