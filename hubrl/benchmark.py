@@ -97,6 +97,7 @@ from hubrl.grid import (
 from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import git_commit, machine_info, system_info
 from hubrl.runconfig import check_pause_at, flag_name
+from hubrl.signals import SignalStop
 from hubrl.units import format_steps
 
 __all__ = [
@@ -346,7 +347,8 @@ def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, A
     """Run ``trial_fn(spec)``, time it, catch its exception, measure memory; write ``status.json``.
 
     Returns the trial's record (status ``ok``, ``failed`` or ``interrupted``). Never raises for
-    a failing trial: that is what lets the rest of the grid run.
+    a failing trial: that is what lets the rest of the grid run; nor for one stopped at once by a
+    second signal (``interrupted``), whose record would otherwise be lost.
     """
     started, t0 = _now(), time.perf_counter()
     Path(spec["folder"]).mkdir(parents=True, exist_ok=True)
@@ -356,6 +358,9 @@ def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, A
         extra: dict[str, Any] = {"error": None, "traceback": None}
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, not raised
         out, status, extra = {}, "failed", _failure_fields(exc)
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: the run stopped at once, its checkpoint saved on the way out
+        out, status = {}, "interrupted"
+        extra = {"error": "KeyboardInterrupt: stopped at once by a second signal", "traceback": None}
     seconds = time.perf_counter() - t0
     steps = int(out.get("steps", 0) or 0)
     fields = {**extra, **out}
@@ -746,6 +751,12 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: i
 
     When a worker dies (killed for memory, a segfault), ``concurrent.futures`` fails every trial
     running in that pool: they are recorded as failed and retried by the next rerun.
+
+    A signal (Ctrl-C, SIGTERM from ``kill -- -PGID``, a scheduler or ``timeout``, or the hang-up of a
+    closed terminal) reaches the workers too, which stop their trials and checkpoint; this process
+    (:class:`hubrl.signals.SignalStop`) starts no further trial, records theirs as they come back
+    and returns, so ``trials.jsonl`` holds every attempt. Only a second Ctrl-C or SIGTERM stops it
+    waiting.
     """
     pending = list(todo)
     isolated = sys.version_info >= (3, 11)
@@ -753,7 +764,8 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: i
         spec["isolated"] = isolated
     pool = _new_pool(workers, threads)
     running: dict[Future, tuple[TrialSpec, ProcessPoolExecutor]] = {}
-    stopping = False
+    stop = SignalStop(then="the running trials save their checkpoints; no further trial starts")
+    stopping = False  # a signal here, or a trial stopped by one this process did not see
 
     def failed(spec: TrialSpec, **fields: Any) -> dict[str, Any]:
         rec = _record(spec, "failed", **fields, seconds=0.0, steps=0, finished=_now())
@@ -761,34 +773,36 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: i
         return rec
 
     try:
-        while pending or running:
-            while pending and len(running) < workers and not stopping:
-                spec = pending.pop(0)
-                running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                spec, its_pool = running.pop(future)
-                try:
-                    rec = future.result()
-                except BrokenProcessPool as exc:
-                    rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or crashed): {exc}",
-                                 traceback=None)
-                    if its_pool is pool:
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        pool = _new_pool(workers, threads)
-                except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                    rec = failed(spec, **_failure_fields(exc))
-                record(rec)
-                if rec["status"] == "interrupted":
-                    stopping = True
-            if stopping and pending:
-                say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to continue.")
-                pending.clear()
+        with stop:
+            while pending or running:
+                while pending and len(running) < workers and not stopping:
+                    spec = pending.pop(0)
+                    running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec, its_pool = running.pop(future)
+                    try:
+                        rec = future.result()
+                    except BrokenProcessPool as exc:
+                        rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or "
+                                                 f"crashed): {exc}", traceback=None)
+                        if its_pool is pool:
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            pool = _new_pool(workers, threads)
+                    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                        rec = failed(spec, **_failure_fields(exc))
+                    record(rec)
+                    stopping = stopping or rec["status"] == "interrupted"
+                stopping = stopping or stop.received is not None
+                if stopping and pending:
+                    say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to "
+                        "continue.")
+                    pending.clear()
     except KeyboardInterrupt:
-        # The workers got the signal too (same process group): they checkpoint and return.
-        say("Interrupted: waiting for the running trials to save their checkpoints (Ctrl-C again to abort).")
+        # The second signal: the workers got it too (same process group) and stop at once, checkpointing.
+        say("Interrupted again: waiting for the running trials to save their checkpoints (again to abort).")
         for future, (spec, _) in running.items():
             try:
                 record(future.result())

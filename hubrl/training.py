@@ -26,9 +26,6 @@ the environments start new games and the random generators are not restored.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +38,7 @@ from hubrl.atomic import atomic_write
 from hubrl.checkpoint import restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
 from hubrl.progress import StepProgressBar
+from hubrl.signals import SignalStop
 
 __all__ = [
     "EvalHistory", "early_eval_step", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback", "StopOnSignal",
@@ -204,68 +202,21 @@ class CheckpointEveryCallback(BaseCallback):
             self._due = False
 
 
-def _silence_terminal_output() -> None:
-    """Point stdout and stderr (file descriptors 1 and 2) at the null device, where they are a
-    terminal: after a hang-up, writes to it fail with EIO, and a progress bar's refresh or a
-    message would raise before the checkpoint is saved. Files and pipes are left as they are."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        for fd in (1, 2):
-            try:
-                if stat.S_ISCHR(os.fstat(fd).st_mode):  # a terminal (isatty may already fail on a hung-up one)
-                    os.dup2(null, fd)
-            except OSError:
-                pass
-    finally:
-        os.close(null)
-
-
-class StopOnSignal(BaseCallback):
-    """Turn SIGINT / SIGTERM / SIGHUP into a clean stop at the next env step (the caller then checkpoints).
-
-    SIGHUP is what a closed terminal or a dropped ssh session sends: by default it kills the process
-    with nothing saved since the last periodic checkpoint (up to ``--checkpoint-freq`` steps). It is
-    taken only where it would kill: under ``nohup`` (SIGHUP ignored) the run goes on as the user asked.
+class StopOnSignal(SignalStop, BaseCallback):
+    """Stop ``learn()`` at the next env step after SIGINT / SIGTERM / SIGHUP (the caller then
+    checkpoints): :class:`hubrl.signals.SignalStop` as an SB3 callback.
 
     Also a plain context manager for any loop that checks :attr:`received` (``hubrl-enjoy`` writes
     its video); ``then`` says what the caller does before it stops.
     """
 
     def __init__(self, then: str = "saving a checkpoint, then stopping") -> None:
-        super().__init__()
-        self.received: int | None = None
-        self.then = then
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        hangup = signum == getattr(signal, "SIGHUP", None)
-        if self.received is not None:  # second Ctrl-C: the user insists (a closing terminal may hang up twice)
-            if hangup:
-                return
-            raise KeyboardInterrupt
-        self.received = signum
-        if hangup:  # the terminal is gone: every later write to it would fail (EIO) and could cost the checkpoint
-            _silence_terminal_output()
-            return
-        print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
+        BaseCallback.__init__(self)
+        SignalStop.__init__(self, then)
 
     def __enter__(self) -> "StopOnSignal":
-        hangup = getattr(signal, "SIGHUP", None)  # POSIX only
-        for sig in (signal.SIGINT, signal.SIGTERM, hangup):
-            if sig is None or (sig == hangup and signal.getsignal(sig) is not signal.SIG_DFL):
-                continue  # nohup (ignored) or the caller's own handler: left as it is
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
+        SignalStop.__enter__(self)
         return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
     def _on_step(self) -> bool:
         return self.received is None

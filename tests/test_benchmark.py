@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from hubrl.benchmark import GridError, run_grid
 from hubrl.errors import CheckpointError
 from hubrl.grid import has_checkpoint, trial_folder, trial_state
-from tests.conftest import make_tiny_hub
+from tests.conftest import ROOT, make_tiny_hub
 
 
 def _root_of(spec: dict) -> Path:
@@ -45,6 +47,22 @@ def fake_trial(spec: dict) -> dict:
 def slow_fake_trial(spec: dict) -> dict:
     time.sleep(0.5)
     return fake_trial(spec)
+
+
+def signal_aware_trial(spec: dict) -> dict:
+    """Like a training run: marks itself started, then runs until a signal (Ctrl-C, SIGTERM, a
+    hang-up) and returns as interrupted; finishes as :func:`fake_trial` after 60 s without one."""
+    from hubrl.signals import SignalStop
+
+    folder = Path(spec["folder"])
+    with SignalStop() as stop:
+        (folder / "started").touch()
+        deadline = time.time() + 60
+        while stop.received is None and time.time() < deadline:
+            time.sleep(0.05)
+    if stop.received is None:
+        return fake_trial(spec)
+    return {"steps": 32, "num_timesteps": 32, "interrupted_by": stop.received}
 
 
 def _calls(root: Path) -> list[str]:
@@ -231,6 +249,60 @@ def test_process_pool_runs_trials_in_fresh_processes(tmp_path):
     assert len({r["pid"] for r in ok}) == 2 and os.getpid() not in {r["pid"] for r in ok}
     assert all(r["rss_isolated"] == (sys.version_info >= (3, 11)) for r in summary.records)
     assert summary.failed[0]["error"] == "RuntimeError: boom in Alien/scratch/s1"
+
+
+def aborted_trial(spec: dict) -> dict:
+    raise KeyboardInterrupt  # what a run stopped at once by a second Ctrl-C/SIGTERM raises, its checkpoint saved
+
+
+def test_a_trial_stopped_at_once_by_a_second_signal_is_recorded_as_interrupted(tmp_path):
+    """The second Ctrl-C raised KeyboardInterrupt through the trial's record: no status.json, no
+    journal line. It is now an interrupted attempt like the first signal's, and the grid stops."""
+    root = tmp_path / "grid"
+    summary = run_grid(root, ["Alien"], ["scratch"], [0, 1], 64, trial_fn=aborted_trial, workers=0, log=None)
+    assert [r["status"] for r in summary.records] == ["interrupted"]
+    status = json.loads((trial_folder(root, "Alien", "scratch", 0) / "status.json").read_text())
+    assert status["status"] == "interrupted" and "second signal" in status["error"]
+    assert [r["status"] for r in _journal(root)] == ["interrupted"]
+
+
+_GRID_UNDER_SIGNAL = """
+import signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (a test run under nohup would ignore it)
+from hubrl.benchmark import run_grid
+from tests.test_benchmark import signal_aware_trial
+summary = run_grid(sys.argv[1], ["Alien"], ["scratch"], [0, 1, 2, 3], 64, trial_fn=signal_aware_trial, workers=2, log=None)
+print("returned", [r["status"] for r in summary.records])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="process groups and SIGHUP are POSIX")
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_path, signum):
+    """SIGTERM to the grid's process group (``kill -- -PGID``, a scheduler, ``timeout``) or the
+    hang-up of a closed terminal used to kill the grid's own process at once: the trials in its
+    workers checkpointed, but trials.jsonl never heard of them. Now it waits for them, records
+    them, starts none of the others and exits normally."""
+    root = tmp_path / "grid"
+    proc = subprocess.Popen([sys.executable, "-c", _GRID_UNDER_SIGNAL, str(root)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(root.glob("*/*/s*/started"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(list(root.glob("*/*/s*/started"))) == 2, proc.stderr.read() if proc.poll() is not None else "slow"
+        os.killpg(proc.pid, getattr(signal, signum))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "returned ['interrupted', 'interrupted']" in out
+    journal = _journal(root)
+    assert [r["status"] for r in journal] == ["interrupted", "interrupted"]
+    assert {r["trial"] for r in journal} == {"Alien/scratch/s0", "Alien/scratch/s1"}
+    assert not list(root.glob("Alien/scratch/s[23]/started"))  # no further trial began
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
+import hubrl.signals
 import hubrl.training
 from hubrl.checkpoint import (
     CheckpointError,
@@ -418,7 +419,7 @@ def test_a_closed_terminal_stops_a_run_cleanly_unless_it_runs_under_nohup(monkey
 
     before = signal.getsignal(signal.SIGHUP)
     silenced = []  # the real one would point this process's terminal output at /dev/null
-    monkeypatch.setattr(hubrl.training, "_silence_terminal_output", lambda: silenced.append(True))
+    monkeypatch.setattr(hubrl.signals, "silence_terminal_output", lambda: silenced.append(True))
     try:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         with StopOnSignal() as stopper:
