@@ -65,27 +65,15 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import re
-import resource
-import shutil
-import socket
-import sys
-import time
-import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hubrl.atomic import atomic_write
 from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
-    count_parameters,
     evaluations_around,
     has_checkpoint,
     read_status,
@@ -95,9 +83,20 @@ from hubrl.grid import (
     trial_state,
 )
 from hubrl.locks import LockHeld, exclusive_lock
-from hubrl.provenance import git_commit, machine_info, system_info
+from hubrl.provenance import git_commit, machine_info
 from hubrl.runconfig import check_pause_at, flag_name
-from hubrl.signals import SignalStop
+from hubrl.trial import (
+    TrialFn,
+    TrialSpec,
+    execute_trial,
+    make_record,
+    now,
+    run_trial,
+    trial_config,
+    trial_settings,
+    write_json,
+)
+from hubrl.trial_runners import run_in_pool, run_in_process, run_on_ray
 from hubrl.units import format_steps
 
 __all__ = [
@@ -106,37 +105,11 @@ __all__ = [
     "GridSummary",
     "make_specs",
     "parse_method",
-    "run_trial",
+    "run_trial",  # hubrl.trial's, the grid's default trial function
     "trial_settings",
     "execute_trial",
     "run_grid",
 ]
-
-TrialSpec = dict[str, Any]
-TrialFn = Callable[[TrialSpec], dict[str, Any]]
-
-#: Files a hubrl run leaves in its folder; only these are cleared before a fresh attempt.
-_RUN_ARTIFACTS = frozenset({"status.json", "config.yaml", "evaluations.json", "gates.jsonl", "model.zip", "tb",
-                            "checkpoint.prev.pt", "learning_curve.png"})
-_TRACEBACK_TAIL = 3000  # characters of the traceback kept in the records
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: a killed process never leaves a torn file."""
-    atomic_write(path, lambda handle: json.dump(data, handle, indent=1, default=str), mode="w")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 # ----------------------------------------------------------------------------- trials
@@ -226,166 +199,6 @@ def make_specs(
                     }
                 )
     return specs
-
-
-def trial_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The grid-wide ``settings`` (``--hub``, ``--sources``, ``--set``) a trial of ``method`` runs with: all
-    of them but those only other methods take, which ``method`` would refuse
-    (:data:`hubrl.transfer.METHOD_ONLY_SETTINGS`): ``--hub`` serves the grid's hub methods, not scratch;
-    ``--set source=NAME`` the finetune arm, not hub-pathway. A method's own ``NAME:KEY=VALUE`` is never dropped."""
-    from hubrl.transfer import METHOD_ONLY_SETTINGS
-
-    return {key: value for key, value in settings.items() if method in METHOD_ONLY_SETTINGS.get(key, (method,))}
-
-
-def _clear_leftovers(folder: Path) -> None:
-    """Remove what an attempt that died before its first checkpoint left, so run_transfer can start."""
-    if not folder.exists():
-        return
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
-    if foreign:
-        raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): "
-                        "move them away.")
-    if (folder / "model.zip").exists():  # trial_state refuses such a folder; never delete a model on any other path
-        raise GridError(f"Trial folder {folder} holds a model.zip but no checkpoint: a fresh start would delete that "
-                        "model; move it away, or delete the folder to train this trial again.")
-    for path in folder.iterdir():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def trial_config(spec: TrialSpec) -> Any:
-    """The :class:`~hubrl.transfer.TransferConfig` a trial runs with: its game, method, seed, budget
-    and folder, the grid's threads, the grid-wide settings its method takes and its arm's own."""
-    from hubrl.transfer import TransferConfig
-
-    method = spec.get("base_method", spec["method"])
-    return TransferConfig(
-        env=spec["game"], method=method, seed=spec["seed"], timesteps=spec["budget"], out=str(spec["folder"]),
-        **{**({"threads": int(spec["threads"])} if spec.get("threads") else {}),
-           **trial_settings(method, spec["settings"]), **spec.get("overrides", {})},
-    )
-
-
-def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    """The real trial: ``run_transfer`` of ``spec`` (fresh or resumed); returns the step counters.
-
-    ``spec["settings"]`` holds the extra :class:`~hubrl.transfer.TransferConfig` fields (hub,
-    sources, algo, n_envs, device, eval_freq, eval_episodes, hyperparams, ...).
-    """
-    from stable_baselines3.common.utils import get_device
-
-    from hubrl.checkpoint import load_resume_checkpoint
-    from hubrl.transfer import run_transfer
-
-    folder = Path(spec["folder"])
-    cfg = trial_config(spec)
-    resume = has_checkpoint(folder)
-    # a torn checkpoint: the previous one kept beside it; both torn: the trial is restarted, not --resume'd by hand
-    again = f"delete {folder} and run the grid again, which trains this trial from the start"
-    start = int(load_resume_checkpoint(folder / "checkpoint.pt", again)["num_timesteps"]) if resume else 0
-    if not resume:
-        _clear_leftovers(folder)
-    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),
-                          pause_at=spec.get("pause_at"))
-    outcome = result.outcome
-    return {
-        "num_timesteps": outcome.num_timesteps,
-        "paused": outcome.paused,
-        "steps": outcome.num_timesteps - start,
-        "resumed": resume,
-        "completed": outcome.completed,
-        "interrupted_by": outcome.interrupted_by,
-        "train_seconds": outcome.seconds,
-        "device": str(get_device(cfg.device)),
-        "inference_steps_per_s": _saved_model_inference(result.folder, cfg) if outcome.completed else None,
-        "rollout_score": outcome.rollout_score,
-        "params": count_parameters(result.folder / "model.zip") if outcome.completed else None,
-    }
-
-
-def _saved_model_inference(folder: Path, cfg: Any) -> float | None:
-    """Agent steps/s of ``policy.predict`` of the trial's ``model.zip`` (what a user deploys) on a
-    vector step of real observations of the game (median of 5 rounds of 100 calls).
-
-    The policy is rebuilt from the zip as weights only (:func:`hubrl.saved_model.load_saved_policy`),
-    as ``hubrl-enjoy`` plays it. Measured here, in the trial's process, rather than by the report,
-    which reads only the records a trial writes.
-    """
-    from hubrl.envs import make_atari_vec_env, resolve_game
-    from hubrl.evaluation import inference_steps_per_second
-    from hubrl.saved_model import load_saved_policy
-
-    path = folder / "model.zip"
-    if not path.is_file():
-        return None
-    saved = load_saved_policy(path, device=cfg.device)
-    env = make_atari_vec_env(resolve_game(cfg.env), saved.n_envs or 8, seed=cfg.seed)
-    try:
-        obs = env.reset()
-    finally:
-        env.close()
-    return round(inference_steps_per_second(saved.policy, obs, calls=100, rounds=5), 1)
-
-
-def _record(spec: TrialSpec, status: str, **fields: Any) -> dict[str, Any]:
-    base = {k: spec[k] for k in ("trial", "game", "method", "seed", "budget", "folder")}
-    return {**base, "status": status, **fields}
-
-
-def _failure_fields(exc: BaseException) -> dict[str, Any]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-_TRACEBACK_TAIL:]}
-
-
-def _save_status(spec: TrialSpec, record: dict[str, Any]) -> None:
-    """``status.json`` = this attempt's record + a summary of the earlier attempts (for totals)."""
-    history = list(spec.get("history") or [])
-    _write_json(Path(spec["folder"]) / "status.json", {**record, "history": history})
-
-
-def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, Any]:
-    """Run ``trial_fn(spec)``, time it, catch its exception, measure memory; write ``status.json``.
-
-    Returns the trial's record (status ``ok``, ``failed`` or ``interrupted``). Never raises for
-    a failing trial: that is what lets the rest of the grid run; nor for one stopped at once by a
-    second signal (``interrupted``), whose record would otherwise be lost.
-    """
-    started, t0 = _now(), time.perf_counter()
-    Path(spec["folder"]).mkdir(parents=True, exist_ok=True)
-    try:
-        out = dict(trial_fn(spec) or {})
-        status = "interrupted" if out.get("interrupted_by") is not None else "paused" if out.get("paused") else "ok"
-        extra: dict[str, Any] = {"error": None, "traceback": None}
-    except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, not raised
-        out, status, extra = {}, "failed", _failure_fields(exc)
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: the run stopped at once, its checkpoint saved on the way out
-        out, status = {}, "interrupted"
-        extra = {"error": "KeyboardInterrupt: stopped at once by a second signal", "traceback": None}
-    seconds = time.perf_counter() - t0
-    steps = int(out.get("steps", 0) or 0)
-    fields = {**extra, **out}
-    fields.update(
-        seconds=round(seconds, 3),
-        steps=steps,
-        steps_per_s=round(steps / seconds, 2) if seconds > 0 and steps else None,
-        peak_rss_mb=round(_peak_rss_mb(), 1),
-        rss_isolated=bool(spec.get("isolated", False)),
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        started=started,
-        finished=_now(),
-        system=system_info(),
-    )
-    record = _record(spec, status, **fields)
-    _save_status(spec, record)
-    return record
-
-
-def _init_worker(threads: int | None) -> None:
-    """Pool initializer: cap BLAS/OpenMP threads before torch is imported in the worker."""
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(threads)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -675,11 +488,11 @@ def run_grid(
     if check:
         _refuse_changed_settings(root, specs)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(
+    write_json(
         root / "grid.json",
         {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget),
          "pause_at": pause_at, "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
-         "machine": machine_info(), "updated": _now()},
+         "machine": machine_info(), "updated": now()},
     )
     summary = GridSummary(root)
     journal = root / "trials.jsonl"
@@ -707,10 +520,10 @@ def run_grid(
         state = trial_state(spec["folder"], budget, pause_at, records)
         if state in ("finished", "paused"):
             reason = "finished already" if state == "finished" else f"paused at or past {pause_at:,} steps already"
-            record(_record(spec, "skipped", seconds=0.0, steps=0, finished=_now(), reason=reason))
+            record(make_record(spec, "skipped", seconds=0.0, steps=0, finished=now(), reason=reason))
             continue
         if state == "refused":  # recorded in trials.jsonl only: the trial's own status.json stays as it was
-            record(_record(spec, "refused", seconds=0.0, steps=0, finished=_now(),
+            record(make_record(spec, "refused", seconds=0.0, steps=0, finished=now(),
                            error=refusal_reason(spec["folder"], budget, records)))
             continue
         previous = records.status  # {} when damaged: the resumed run rewrites it
@@ -723,126 +536,11 @@ def run_grid(
     if not todo:
         return summary
     if ray_address is not None:
-        _run_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record)
+        run_on_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record)
     elif workers == 0:
-        for spec in todo:
-            rec = execute_trial(spec, trial_fn)
-            record(rec)
-            if rec["status"] == "interrupted":
-                say("Stopped by a signal: rerun the same command to continue the grid.")
-                break
+        run_in_process(todo, trial_fn, record, say)
     else:
-        _run_pool(todo, trial_fn, workers, threads, record, say)
+        run_in_pool(todo, trial_fn, workers, threads, record, say)
     return summary
 
 
-def _new_pool(workers: int, threads: int | None) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("spawn")
-    try:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,),
-                                   max_tasks_per_child=1)
-    except TypeError:  # Python < 3.11: workers are reused, so peak memory spans several trials
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
-
-
-def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: int | None,
-              record: Callable[[dict[str, Any]], None], say: Callable[[str], None]) -> None:
-    """At most ``workers`` trials in flight; a pool broken by a dead worker is replaced.
-
-    When a worker dies (killed for memory, a segfault), ``concurrent.futures`` fails every trial
-    running in that pool: they are recorded as failed and retried by the next rerun.
-
-    A signal (Ctrl-C, SIGTERM from ``kill -- -PGID``, a scheduler or ``timeout``, or the hang-up of a
-    closed terminal) reaches the workers too, which stop their trials and checkpoint; this process
-    (:class:`hubrl.signals.SignalStop`) starts no further trial, records theirs as they come back
-    and returns, so ``trials.jsonl`` holds every attempt. Only a second Ctrl-C or SIGTERM stops it
-    waiting.
-    """
-    pending = list(todo)
-    isolated = sys.version_info >= (3, 11)
-    for spec in pending:
-        spec["isolated"] = isolated
-    pool = _new_pool(workers, threads)
-    running: dict[Future, tuple[TrialSpec, ProcessPoolExecutor]] = {}
-    stop = SignalStop(then="the running trials save their checkpoints; no further trial starts")
-    stopping = False  # a signal here, or a trial stopped by one this process did not see
-
-    def failed(spec: TrialSpec, **fields: Any) -> dict[str, Any]:
-        rec = _record(spec, "failed", **fields, seconds=0.0, steps=0, finished=_now())
-        _save_status(spec, rec)
-        return rec
-
-    try:
-        with stop:
-            while pending or running:
-                while pending and len(running) < workers and not stopping:
-                    spec = pending.pop(0)
-                    running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    spec, its_pool = running.pop(future)
-                    try:
-                        rec = future.result()
-                    except BrokenProcessPool as exc:
-                        rec = failed(spec, error=f"The worker process died (killed by the OS, e.g. for memory, or "
-                                                 f"crashed): {exc}", traceback=None)
-                        if its_pool is pool:
-                            pool.shutdown(wait=False, cancel_futures=True)
-                            pool = _new_pool(workers, threads)
-                    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                        rec = failed(spec, **_failure_fields(exc))
-                    record(rec)
-                    stopping = stopping or rec["status"] == "interrupted"
-                stopping = stopping or stop.received is not None
-                if stopping and pending:
-                    say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to "
-                        "continue.")
-                    pending.clear()
-    except KeyboardInterrupt:
-        # The second signal: the workers got it too (same process group) and stop at once, checkpointing.
-        say("Interrupted again: waiting for the running trials to save their checkpoints (again to abort).")
-        for future, (spec, _) in running.items():
-            try:
-                record(future.result())
-            except Exception as exc:  # noqa: BLE001
-                record(failed(spec, **_failure_fields(exc)))
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float, gpus: float,
-             record: Callable[[dict[str, Any]], None]) -> None:
-    """Each trial a Ray task in a fresh worker process; records are collected as tasks finish."""
-    try:
-        import ray
-    except ImportError:
-        raise GridError('Running on Ray needs the ray package: pip install "hubrl[ray]".') from None
-    started_here = False
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False)
-        started_here = True
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=0)(execute_trial)
-    for spec in todo:
-        spec["isolated"] = True
-    refs = {remote.remote(spec, trial_fn): spec for spec in todo}
-    try:
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                spec = refs.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
-                    rec = _record(spec, "failed", **_failure_fields(exc), seconds=0.0, steps=0, finished=_now())
-                    _save_status(spec, rec)
-                record(rec)
-    except KeyboardInterrupt:
-        for ref in refs:
-            ray.cancel(ref)
-        raise
-    finally:
-        if started_here:
-            ray.shutdown()
