@@ -242,7 +242,7 @@ def test_speed_refuses_a_flag_its_measurement_does_not_read(argv, flag, monkeypa
 
 def test_speed_not_adopted_checks_the_fold_and_prints_both_tables(capsys):
     """``benchmark_speed.py not-adopted`` (cited by BENCHMARKS.md) compares equal computations only."""
-    from hubrl.cli.speed import bench_not_adopted
+    from hubrl.speed.kernels import bench_not_adopted
 
     bench_not_adopted([2, 4], n_envs=2, repeats=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
@@ -259,7 +259,7 @@ def test_speed_not_adopted_times_conv1_gradients_that_equal_autograds(monkeypatc
     import torch as th
     import torch.nn.functional as F
 
-    from hubrl.cli import speed
+    from hubrl.speed import kernels as speed
 
     x, weight = th.rand(3, 4, 84, 84), th.randn(32, 4, 8, 8, requires_grad=True)
     out = F.conv2d(x, weight, stride=4)
@@ -275,7 +275,7 @@ def test_speed_not_adopted_times_conv1_gradients_that_equal_autograds(monkeypatc
 def test_speed_inference_controls_the_routing_it_reports(capsys, monkeypatch):
     """``benchmark_speed.py inference`` (cited by BENCHMARKS.md): one row per batch size, and it refuses
     to print a "split in half" figure when the frames were not split."""
-    from hubrl.cli import speed
+    from hubrl.speed import kernels as speed
 
     speed.bench_inference([1, 4], repeats=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
@@ -291,7 +291,7 @@ def test_speed_transfer_times_what_a_run_pays_gate_logging_included(capsys, monk
     """``benchmark_speed.py transfer`` trains each method with the callbacks its runs use (Hub-Pathway's
     gate logging among them), so its time ratios are those of real runs."""
     from hubrl.callbacks import GateUsageCallback
-    from hubrl.cli import speed
+    from hubrl.speed import throughput as speed
 
     logged: list[int] = []
     original = GateUsageCallback._on_rollout_end

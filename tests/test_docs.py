@@ -377,7 +377,7 @@ def test_the_readme_layout_names_every_module():
             folder, _, line = line.partition(" ")
         if folder:
             entries[folder] = entries.get(folder, "") + " " + line
-    for folder in ("hubrl/", "hubrl/cli/", "agents/", "envs/", "scripts/"):
+    for folder in ("hubrl/", "hubrl/cli/", "hubrl/speed/", "agents/", "envs/", "scripts/"):
         named = set(re.findall(r"\b\w+\.py\b", entries.get(folder, "")))
         present = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
         assert named == present, f"{folder}: not in the layout {sorted(present - named)}, gone {sorted(named - present)}"
