@@ -336,10 +336,21 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
     return config, agent_kwargs(config)
 
 
-def agent_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+def agent_kwargs(config: Mapping[str, Any], algo: str | None = None, where: str = "hyperparameters") -> dict[str, Any]:
     """The SB3 constructor's kwargs for a resolved plain ``config`` (the first half of
     :func:`resolve_hyperparams`' answer, or a run's saved ``resolved_hyperparams``): schedules as
-    callables, the optimizer class resolved, ``n_envs`` left out (it sizes the env)."""
+    callables, the optimizer class resolved, ``n_envs`` left out (it sizes the env).
+
+    With ``algo``, ``config`` is checked first as a whole (:func:`check_hyperparams`, and its
+    optimizer arguments against the optimizer they go to, SB3's Adam when none is named), so a
+    damaged one is refused in one line naming ``where`` rather than failing in SB3's constructor.
+    """
+    if algo is not None:
+        check_hyperparams(dict(config), algo.lower(), where)
+        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer="Adam")
+        if expected:
+            raise UsageError(f"Hyperparameter policy_kwargs {config['policy_kwargs']!r} in {where} is not valid: "
+                             f"expected {expected}.")
     kwargs = {k: _schedule(v) for k, v in config.items() if k != "n_envs"}
     policy_kwargs = _resolve_policy_kwargs(copy.deepcopy(kwargs.pop("policy_kwargs", {}) or {}))
     if policy_kwargs:

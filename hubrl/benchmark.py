@@ -210,6 +210,8 @@ class GridSummary:
 
     root: Path
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: The signal that stopped the grid before its last trial (Ctrl-C, SIGTERM, a hang-up); None when none did.
+    stopped_by: int | None = None
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.records)
@@ -538,9 +540,9 @@ def run_grid(
     if ray_address is not None:
         run_on_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record)
     elif workers == 0:
-        run_in_process(todo, trial_fn, record, say)
+        summary.stopped_by = run_in_process(todo, trial_fn, record, say)
     else:
-        run_in_pool(todo, trial_fn, workers, threads, record, say)
+        summary.stopped_by = run_in_pool(todo, trial_fn, workers, threads, record, say)
     return summary
 
 

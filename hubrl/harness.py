@@ -44,7 +44,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
-from hubrl.agents.presets import agent_kwargs, check_hyperparams, minibatch_warning
+from hubrl.agents.presets import agent_kwargs, minibatch_warning
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import make_atari_vec_env
@@ -429,9 +429,9 @@ def _keep_saved_hyperparams(
     current = yaml.safe_load(yaml.safe_dump(plain))  # compared as config.yaml holds them
     if current == saved:
         return plain, kwargs, None
+    saved = {"n_envs": current.get("n_envs"), **saved}  # a section without it: the run's own n_envs, which resolved here
     try:
-        check_hyperparams(saved, algo, where=f"{source}'s resolved_hyperparams")
-        kept = agent_kwargs(saved)
+        kept = agent_kwargs(saved, algo, where=f"{source}'s resolved_hyperparams")
     except (UsageError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{exc} The run continues the hyperparameters it was started with: mend that section of "
                          f"{source.name}, or start a new run with another --out.") from None
@@ -439,7 +439,7 @@ def _keep_saved_hyperparams(
     changed = [f"{key} {saved.get(key, unset)!r} (now {current.get(key, unset)!r})".replace(repr(unset), unset)
                for key in sorted(set(current) | set(saved)) if current.get(key, unset) != saved.get(key, unset)]
     return saved, kept, (f"{source.parent} continues the hyperparameters it was started with, not this version of "
-                         f"hubrl's {algo} preset: {'; '.join(changed)}.")
+                         f"hubrl's {algo} preset: {'; '.join(changed)}." if changed else None)
 
 
 def _final_evaluation_done(state: Mapping[str, Any], budget: int) -> bool:

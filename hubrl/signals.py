@@ -6,6 +6,13 @@ grid after its running trials have checkpointed). A second Ctrl-C or SIGTERM is 
 it raises :class:`KeyboardInterrupt` there and then. :class:`hubrl.training.StopOnSignal` is the
 same stop as an SB3 callback.
 
+A grid's worker processes (:mod:`hubrl.trial_runners`) call :func:`defer_signals` first: a signal
+that reaches a worker outside any :class:`SignalStop` (starting up, setting up its trial, idle) is
+kept instead of killing it, and the next :class:`SignalStop` starts stopped. The grid also sends
+its workers :data:`STOP_REQUEST` (SIGUSR1), a stop that is never taken as the second signal, so a
+signal that reached only the grid's own process stops the trials too, and one that reached the
+whole process group does not abort them.
+
 This module imports only the standard library (a grid's parent process uses it without torch).
 """
 
@@ -14,9 +21,61 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-__all__ = ["SignalStop", "silence_terminal_output"]
+__all__ = ["STOP_REQUEST", "SignalStop", "defer_signals", "deferred_signals", "pending_signal", "request_stop",
+           "silence_terminal_output"]
+
+#: The stop a grid asks of its workers: like a first SIGTERM, and never an abort however often it comes.
+STOP_REQUEST: int | None = getattr(signal, "SIGUSR1", None)  # POSIX only
+_HANGUP: int | None = getattr(signal, "SIGHUP", None)
+_pending: int | None = None  # the first signal a deferring process received outside any SignalStop
+
+
+def _defer(signum, frame) -> None:  # noqa: ARG001
+    global _pending
+    if _pending is None:
+        _pending = signum
+
+
+def defer_signals() -> None:
+    """Keep a SIGINT / SIGTERM / SIGHUP (not ignored, e.g. by ``nohup``) or :data:`STOP_REQUEST`
+    that arrives outside any :class:`SignalStop` for the next one to find (:func:`pending_signal`),
+    instead of ending the process: a grid's worker calls this when it starts."""
+    for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST):
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _defer)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """:func:`defer_signals` for a while (a grid running its trials in its own process); on exit
+    the handlers are restored and a kept signal forgotten."""
+    global _pending
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST)
+                if sig is not None}
+    defer_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending = None
+
+
+def pending_signal() -> int | None:
+    """The signal :func:`defer_signals` kept (None when none came)."""
+    return _pending
+
+
+def request_stop(pid: int) -> None:
+    """Send :data:`STOP_REQUEST` to the process ``pid`` (a grid's worker), if it still runs."""
+    if STOP_REQUEST is not None:
+        try:
+            os.kill(pid, STOP_REQUEST)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def silence_terminal_output() -> None:
@@ -47,6 +106,8 @@ class SignalStop:
     hang-up the terminal is gone, so the process's terminal output is pointed at the null device
     (:func:`silence_terminal_output`); a second hang-up is ignored (a closing terminal may send two).
     The first signal is said in one line, with ``then``, what the caller does before it stops.
+    In a grid's worker (:func:`defer_signals`) it also takes :data:`STOP_REQUEST`, which stops but
+    never counts as the first of two, and starts stopped when a signal came before it was entered.
     """
 
     def __init__(self, then: str = "saving a checkpoint, then stopping") -> None:
@@ -55,28 +116,39 @@ class SignalStop:
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        hangup = signum == getattr(signal, "SIGHUP", None)
-        if self.received is not None:  # second Ctrl-C: the user insists (a closing terminal may hang up twice)
-            if hangup:
+        if signum == STOP_REQUEST:  # the grid's request: a stop, never an abort, and said by the grid itself
+            if self.received is None:
+                self.received = signum
+            return
+        hangup = signum == _HANGUP
+        if self.received is not None and self.received != STOP_REQUEST:  # second Ctrl-C: the user insists
+            if hangup:  # a closing terminal may hang up twice
                 return
             raise KeyboardInterrupt
-        self.received = signum
+        self.received = signum  # the first signal (the grid's request may have come first: SIGUSR1 < SIGTERM)
         if hangup:  # the terminal is gone: every later write to it would fail (EIO) and could cost the checkpoint
             silence_terminal_output()
             return
         print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
 
     def __enter__(self) -> "SignalStop":
-        hangup = getattr(signal, "SIGHUP", None)  # POSIX only
-        for sig in (signal.SIGINT, signal.SIGTERM, hangup):
-            if sig is None or (sig == hangup and signal.getsignal(sig) is not signal.SIG_DFL):
+        for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST):
+            if sig is None:
+                continue
+            current = signal.getsignal(sig)
+            if sig == STOP_REQUEST and current is not _defer:
+                continue  # only a grid's worker takes the grid's request
+            if sig == _HANGUP and current not in (signal.SIG_DFL, _defer):
                 continue  # nohup (ignored) or the caller's own handler: left as it is
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread
                 pass
+        if _pending is not None and self.received is None:  # it came while setting up: stop at once
+            self.received = _pending
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()

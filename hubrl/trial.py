@@ -201,9 +201,10 @@ def execute_trial(spec: TrialSpec, trial_fn: TrialFn = run_trial) -> dict[str, A
         extra: dict[str, Any] = {"error": None, "traceback": None}
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, not raised
         out, status, extra = {}, "failed", failure_fields(exc)
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM: the run stopped at once, its checkpoint saved on the way out
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM in training: it stopped at once, checkpointing on the way out
         out, status = {}, "interrupted"
-        extra = {"error": "KeyboardInterrupt: stopped at once by a second signal", "traceback": None}
+        extra = {"error": "KeyboardInterrupt: stopped at once by a second signal (it resumes from its last checkpoint)",
+                 "traceback": None}
     seconds = time.perf_counter() - t0
     steps = int(out.get("steps", 0) or 0)
     fields = {**extra, **out}

@@ -10,35 +10,57 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from hubrl.errors import GridError
-from hubrl.signals import SignalStop
+from hubrl.signals import SignalStop, defer_signals, deferred_signals, pending_signal, request_stop
 from hubrl.trial import TrialFn, TrialSpec, execute_trial, failure_fields, make_record, now, save_status
 
 __all__ = ["run_in_process", "run_in_pool", "run_on_ray"]
 
+_POLL_SECONDS = 1.0  # how often a waiting grid looks for a signal of its own, to pass on to its workers
+
 
 def run_in_process(todo: list[TrialSpec], trial_fn: TrialFn, record: Callable[[dict[str, Any]], None],
-                   say: Callable[[str], None]) -> None:
-    """One trial after another in this process (debugging; peak memory is the process's so far);
-    a trial stopped by a signal (its own handler, :class:`hubrl.training.StopOnSignal`) ends the grid."""
-    for spec in todo:
-        rec = execute_trial(spec, trial_fn)
-        record(rec)
-        if rec["status"] == "interrupted":
-            say("Stopped by a signal: rerun the same command to continue the grid.")
-            break
+                   say: Callable[[str], None]) -> int | None:
+    """One trial after another in this process (debugging; peak memory is the process's so far).
+
+    A signal during a trial's training stops it there (:class:`hubrl.training.StopOnSignal`); one
+    between trainings (setting up, evaluating at the end) is kept (:func:`hubrl.signals.deferred_signals`):
+    the trial in progress finishes what it was doing and no further trial starts. Returns the
+    signal that stopped the grid (None: every trial ran).
+    """
+    with deferred_signals():
+        for spec in todo:
+            if pending_signal() is not None:
+                say("Stopped by a signal: rerun the same command to continue the grid.")
+                return pending_signal()
+            rec = execute_trial(spec, trial_fn)
+            record(rec)
+            if rec["status"] == "interrupted":
+                say("Stopped by a signal: rerun the same command to continue the grid.")
+                return int(rec.get("interrupted_by") or pending_signal() or signal.SIGINT)
+        return pending_signal()
 
 
 def _init_worker(threads: int | None) -> None:
-    """Pool initializer: cap BLAS/OpenMP threads before torch is imported in the worker."""
+    """Pool initializer: cap BLAS/OpenMP threads before torch is imported in the worker, and keep a
+    signal that comes outside a trial's training for the training to stop on
+    (:func:`hubrl.signals.defer_signals`) instead of dying of it, which would break the pool and
+    fail every running trial."""
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(threads)
+    defer_signals()
+
+
+def _worker_pids(pool: ProcessPoolExecutor) -> list[int]:
+    """The pool's worker processes (CPython's ``_processes``; none where that is not there)."""
+    return list(getattr(pool, "_processes", None) or {})
 
 
 def _new_pool(workers: int, threads: int | None) -> ProcessPoolExecutor:
@@ -52,17 +74,18 @@ def _new_pool(workers: int, threads: int | None) -> ProcessPoolExecutor:
 
 
 def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads: int | None,
-                record: Callable[[dict[str, Any]], None], say: Callable[[str], None]) -> None:
+                record: Callable[[dict[str, Any]], None], say: Callable[[str], None]) -> int | None:
     """At most ``workers`` trials in flight; a pool broken by a dead worker is replaced.
 
     When a worker dies (killed for memory, a segfault), ``concurrent.futures`` fails every trial
     running in that pool: they are recorded as failed and retried by the next rerun.
 
-    A signal (Ctrl-C, SIGTERM from ``kill -- -PGID``, a scheduler or ``timeout``, or the hang-up of a
-    closed terminal) reaches the workers too, which stop their trials and checkpoint; this process
-    (:class:`hubrl.signals.SignalStop`) starts no further trial, records theirs as they come back
-    and returns, so ``trials.jsonl`` holds every attempt. Only a second Ctrl-C or SIGTERM stops it
-    waiting.
+    A signal (Ctrl-C, SIGTERM, the hang-up of a closed terminal), whether it reached the whole
+    process group or only this process, stops the grid cleanly: this process
+    (:class:`hubrl.signals.SignalStop`) starts no further trial and asks each worker to stop
+    (:func:`hubrl.signals.request_stop`, never taken as a second signal); the trials checkpoint and
+    come back, and each is journalled. A second Ctrl-C or SIGTERM stops the waiting. Returns the
+    signal that stopped the grid (None: every trial ran).
     """
     pending = list(todo)
     isolated = sys.version_info >= (3, 11)
@@ -71,7 +94,8 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
     pool = _new_pool(workers, threads)
     running: dict[Future, tuple[TrialSpec, ProcessPoolExecutor]] = {}
     stop = SignalStop(then="the running trials save their checkpoints; no further trial starts")
-    stopping = False  # a signal here, or a trial stopped by one this process did not see
+    stopped_by: int | None = None  # this process's signal, or one a trial stopped on that this process did not see
+    asked: set[int] = set()
 
     def failed(spec: TrialSpec, **fields: Any) -> dict[str, Any]:
         rec = make_record(spec, "failed", **fields, seconds=0.0, steps=0, finished=now())
@@ -81,14 +105,14 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
     try:
         with stop:
             while pending or running:
-                while pending and len(running) < workers and not stopping:
+                while pending and len(running) < workers and stopped_by is None and stop.received is None:
                     spec = pending.pop(0)
                     running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
                 if not running:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for future in done:
-                    spec, its_pool = running.pop(future)
+                    spec, its_pool = running[future]
                     try:
                         rec = future.result()
                     except BrokenProcessPool as exc:
@@ -100,14 +124,19 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
                         rec = failed(spec, **failure_fields(exc))
                     record(rec)
-                    stopping = stopping or rec["status"] == "interrupted"
-                stopping = stopping or stop.received is not None
-                if stopping and pending:
+                    del running[future]  # after its record: a second signal in between cannot lose it
+                    if rec["status"] == "interrupted" and stopped_by is None:
+                        stopped_by = int(rec.get("interrupted_by") or signal.SIGINT)
+                if stop.received is not None:
+                    stopped_by = stop.received
+                    for pid in {pid for _, its_pool in running.values() for pid in _worker_pids(its_pool)} - asked:
+                        request_stop(pid)  # a signal to this process alone (kill PID) reaches the trials too
+                        asked.add(pid)
+                if stopped_by is not None and pending:
                     say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to "
                         "continue.")
                     pending.clear()
     except KeyboardInterrupt:
-        # The second signal: the workers got it too (same process group) and stop at once, checkpointing.
         say("Interrupted again: waiting for the running trials to save their checkpoints (again to abort).")
         for future, (spec, _) in running.items():
             try:
@@ -117,6 +146,7 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return stopped_by
 
 
 def run_on_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float, gpus: float,

@@ -50,14 +50,20 @@ def slow_fake_trial(spec: dict) -> dict:
 
 
 def signal_aware_trial(spec: dict) -> dict:
-    """Like a training run: marks itself started, then runs until a signal (Ctrl-C, SIGTERM, a
-    hang-up) and returns as interrupted; finishes as :func:`fake_trial` after 60 s without one."""
+    """Like a training run: sets up (marking ``setting-up``; while ``<root>/hold-setup`` exists, until
+    ``<root>/go`` does), marks itself ``started``, then trains until a signal (Ctrl-C, SIGTERM, a
+    hang-up, the grid's request) and returns as interrupted; finishes as :func:`fake_trial` after
+    60 s without one."""
     from hubrl.signals import SignalStop
 
-    folder = Path(spec["folder"])
+    folder, root = Path(spec["folder"]), _root_of(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "setting-up").touch()
+    deadline = time.time() + 60
+    while (root / "hold-setup").exists() and not (root / "go").exists() and time.time() < deadline:
+        time.sleep(0.05)
     with SignalStop() as stop:
         (folder / "started").touch()
-        deadline = time.time() + 60
         while stop.received is None and time.time() < deadline:
             time.sleep(0.05)
     if stop.received is None:
@@ -272,37 +278,93 @@ signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (a test run und
 from hubrl.benchmark import run_grid
 from tests.test_benchmark import signal_aware_trial
 summary = run_grid(sys.argv[1], ["Alien"], ["scratch"], [0, 1, 2, 3], 64, trial_fn=signal_aware_trial, workers=2, log=None)
-print("returned", [r["status"] for r in summary.records])
+print("returned", [r["status"] for r in summary.records], summary.stopped_by)
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="process groups and SIGHUP are POSIX")
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
-def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_path, signum):
-    """SIGTERM to the grid's process group (``kill -- -PGID``, a scheduler, ``timeout``) or the
-    hang-up of a closed terminal used to kill the grid's own process at once: the trials in its
-    workers checkpointed, but trials.jsonl never heard of them. Now it waits for them, records
-    them, starts none of the others and exits normally."""
-    root = tmp_path / "grid"
+def _grid_under_signal(root: Path, signum: int, marker: str, whole_group: bool = True) -> tuple[str, list[dict]]:
+    """Run the two-worker grid above in its own process group, send ``signum`` (to the group, or to
+    the grid's own process only) once both running trials have written ``marker``, and return what
+    the grid printed and journalled."""
+    root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", _GRID_UNDER_SIGNAL, str(root)], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while len(list(root.glob("*/*/s*/started"))) < 2 and time.time() < deadline and proc.poll() is None:
+        while len(list(root.glob(f"*/*/s*/{marker}"))) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert len(list(root.glob("*/*/s*/started"))) == 2, proc.stderr.read() if proc.poll() is not None else "slow"
-        os.killpg(proc.pid, getattr(signal, signum))
+        assert len(list(root.glob(f"*/*/s*/{marker}"))) == 2, proc.stderr.read() if proc.poll() is not None else "slow"
+        (os.killpg if whole_group else os.kill)(proc.pid, signum)
+        (root / "go").touch()
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err
-    assert "returned ['interrupted', 'interrupted']" in out
-    journal = _journal(root)
+    return out, _journal(root)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="process groups and SIGHUP are POSIX")
+@pytest.mark.parametrize("signum, whole_group, hold", [
+    ("SIGTERM", True, False),  # kill -- -PGID, a scheduler's cancel, timeout: the workers get it too
+    ("SIGHUP", True, False),  # the terminal closed
+    ("SIGTERM", False, False),  # kill PID of the grid alone: it asks its workers to stop
+    ("SIGTERM", True, True),  # while the trials set up, before their training handles signals
+])
+def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_path, signum, whole_group, hold):
+    """A signal to the grid used to kill its own process at once: the trials in its workers
+    checkpointed, but trials.jsonl never heard of them; one that reached a worker outside its
+    training killed the worker and failed the running trials as "killed by the OS"; one that
+    reached only the grid's process left the trials training. Now each stops its trials cleanly,
+    journals them, starts none of the others and says which signal stopped it."""
+    root = tmp_path / "grid"
+    if hold:
+        root.mkdir()
+        (root / "hold-setup").touch()
+    out, journal = _grid_under_signal(root, getattr(signal, signum), "setting-up" if hold else "started", whole_group)
+    assert f"returned ['interrupted', 'interrupted'] {int(getattr(signal, signum))}" in out
     assert [r["status"] for r in journal] == ["interrupted", "interrupted"]
     assert {r["trial"] for r in journal} == {"Alien/scratch/s0", "Alien/scratch/s1"}
-    assert not list(root.glob("Alien/scratch/s[23]/started"))  # no further trial began
+    assert not list(root.glob("Alien/scratch/s[23]/setting-up"))  # no further trial began
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_the_grids_stop_request_never_counts_as_a_first_signal():
+    """In a worker, the grid's request (SIGUSR1) may be handled before the group's SIGTERM (signals
+    run in number order): that SIGTERM is still the first signal, a clean stop, and only another one
+    aborts. A signal that came before training began is found when it starts."""
+    from hubrl.signals import SignalStop, deferred_signals, pending_signal
+
+    with deferred_signals():
+        with SignalStop() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.received == signal.SIGUSR1
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM  # not an abort
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # between trainings: kept, not the end of the process
+        assert pending_signal() == signal.SIGTERM
+        with SignalStop() as stop:
+            assert stop.received == signal.SIGTERM
+    assert pending_signal() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stopped_grid_exits_as_a_stopped_run_and_writes_no_report(tmp_path, monkeypatch, capsys):
+    """128 + the signal, like a stopped transfer, so a scheduler or ``&&`` sees the grid did not
+    finish; and no --report of a grid cut short."""
+    import hubrl.benchmark
+    import hubrl.report
+    from hubrl.benchmark import GridSummary
+    from hubrl.cli import command_main
+
+    monkeypatch.setattr(hubrl.benchmark, "run_grid", lambda root, *a, **k: GridSummary(Path(root), stopped_by=15))
+    monkeypatch.setattr(hubrl.report, "write_report", lambda *a, **k: pytest.fail("a report of a stopped grid"))
+    argv = ["run", "--root", str(tmp_path), "--env", "Alien", "--method", "scratch", "--timesteps", "1k", "--report"]
+    code = command_main("bench")(argv)
+    assert code == 128 + 15
+    assert "Stopped by a signal: rerun the same command to continue the grid (then --report)." in capsys.readouterr().out
 
 
 @pytest.mark.slow

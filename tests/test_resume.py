@@ -258,12 +258,12 @@ def test_a_resumed_run_keeps_the_hyperparameters_it_was_started_with(saved_run, 
     assert data["ent_coef"] == 0.02 and data["num_timesteps"] == 128
     assert yaml.safe_load(config_path.read_text())["resolved_hyperparams"] == hyper
 
-    hyper["n_steps"] = "many"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     from tests.test_bad_inputs import call
 
-    code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "192")
-    assert code == 2 and err.count("\n") == 1 and "resolved_hyperparams" in err and "n_steps" in err, err
+    for key, damage in (("n_steps", "many"), ("policy_kwargs", {"optimizer_kwargs": {"alpha": 0.99}})):  # Adam: no alpha
+        config_path.write_text(yaml.safe_dump({**config, "resolved_hyperparams": {**hyper, key: damage}}, sort_keys=False))
+        code, err = call("transfer", "--resume", "--out", str(saved_run), "--timesteps", "192")
+        assert code == 2 and err.count("\n") == 1 and "resolved_hyperparams" in err and key in err, err
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:

@@ -200,6 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{summary} -> {summary.root}/trials.jsonl")
     for rec in summary.failed:
         print(f"  failed: {rec['trial']}: {rec['error']}")
+    if summary.stopped_by is not None:  # as a stopped run: 128 + the signal, and no report of a grid cut short
+        print("Stopped by a signal: rerun the same command to continue the grid"
+              + (" (then --report)." if args.report else "."))
+        return 128 + summary.stopped_by
     if args.report:
         from hubrl.report import write_report
 
