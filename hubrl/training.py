@@ -313,7 +313,9 @@ def run_training(
     history_path = Path(checkpoint_path).with_name("evaluations.json")
     if resume_state is not None:
         restore_training_state(model, resume_state)
-        history.points = list(resume_state.get("extra", {}).get("eval_history", []))
+        # (a checkpoint of an older hubrl may hold an evaluation from a rollout it discarded: made again below)
+        history.points = [p for p in resume_state.get("extra", {}).get("eval_history", [])
+                          if int(p.get("step", 0)) <= model.num_timesteps]
         # evaluations.json as of the checkpoint (what the run goes on from): a damaged or lost one is mended, also
         # for a run with nothing left to train, which writes no evaluation after this
         history.save(history_path)
@@ -359,9 +361,14 @@ def run_training(
                 )
             finally:
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
+                discarded = boundary.inside and any(p["step"] > boundary.start_timesteps for p in history.points)
                 if boundary.inside:  # stopped inside a rollout: its steps were never trained on
                     model.num_timesteps = boundary.start_timesteps
+                    # and an evaluation made in it is made again at its step on resume: one point per step
+                    history.points = [p for p in history.points if p["step"] <= model.num_timesteps]
                 save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
+                if discarded and evaluator is not None:
+                    history.save(history_path)
                 if bar is not None:
                     bar.close(final_step=model.num_timesteps)  # the count the pause or stop message gives
             interrupted_by = stopper.received

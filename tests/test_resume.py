@@ -517,3 +517,30 @@ def test_a_resume_mends_a_damaged_evaluations_json_from_its_checkpoint(tmp_path)
         assert done.completed and json.loads((tmp_path / "evaluations.json").read_text())["points"] == points
     finally:
         eval_env.close()
+
+
+def test_an_evaluation_inside_a_discarded_rollout_is_redone_once_on_resume(tmp_path):
+    """A run stopped inside a rollout goes back to the rollout's start (its steps were never
+    trained on), but kept the evaluation made in it: on resume that evaluation was made again at
+    the same step, and evaluations.json had two points at 10,000 (the README's first command,
+    stopped at 9,216). Now the stopped run drops it, in the checkpoint and in evaluations.json, and
+    the resumed run has one point per evaluation step, also from an older checkpoint that kept it."""
+    import json
+
+    ckpt = tmp_path / "checkpoint.pt"
+    eval_env = make_atari_vec_env("Gopher", 1, seed=1)
+    kw = dict(eval_env=eval_env, eval_freq=160, first_eval_at=80, eval_episodes=1, checkpoint_freq=10**9,
+              progress_bar=False, verbose=0)  # the early evaluation at 80, as the README's at 10,000
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):  # evaluated at 80, then stopped at 96 of 64..128
+            run_training(_model(), 192, ckpt, callbacks=[_Count(fail_at=96)], **kw)
+        state = load_training_checkpoint(ckpt)
+        assert state["num_timesteps"] == ROLLOUT and state["extra"]["eval_history"] == []
+        assert json.loads((tmp_path / "evaluations.json").read_text())["points"] == []
+        stale = {"step": 80, "mean": 1.0, "std": 0.0, "episodes": 1, "scores": [1.0]}  # as an older hubrl saved it
+        state["extra"]["eval_history"].append(stale)
+        done = run_training(_model(), 192, ckpt, resume_state=state, **kw)
+        steps = [p["step"] for p in json.loads((tmp_path / "evaluations.json").read_text())["points"]]
+        assert done.completed and steps == [80, 160, 192]
+    finally:
+        eval_env.close()
