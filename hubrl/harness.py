@@ -62,7 +62,7 @@ from hubrl.runconfig import (
     resume_config,
     tensorboard_name,
 )
-from hubrl.runtime import PRECISIONS, apply_precision, configure_threads, runtime_line
+from hubrl.runtime import PRECISIONS, apply_precision, busy_cores_warning, configure_threads, runtime_line
 from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
 __all__ = [
@@ -278,11 +278,15 @@ class Run(Generic[C]):
 
     def apply_runtime(self, model: BaseAlgorithm, verbose: int = 1) -> None:
         """Run ``model``'s encoders in the run's precision and, with ``verbose``, say how the run
-        uses the machine (``Device cpu, 1 torch thread, fp32 encoders``)."""
+        uses the machine (``Device cpu, 1 torch thread, fp32 encoders``), with a warning when its
+        default threads would share busy cores (:func:`hubrl.runtime.busy_cores_warning`)."""
         changed = apply_precision(model.policy, self.cfg.precision)
         if verbose:  # the precision the encoders really run in: fp32 when none took the setting
             line = runtime_line(model.device, self.cfg.precision if changed else "fp32")
             print(line[0].upper() + line[1:], flush=True)
+            busy = busy_cores_warning(self.cfg.threads, model.device)
+            if busy:
+                print(f"warning: {busy}", file=sys.stderr, flush=True)
 
     def create_folder(self) -> Path:
         """Create the run folder: the first thing a run writes, once what it needs is built; with

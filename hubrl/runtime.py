@@ -5,8 +5,12 @@ A single run takes torch's own default (one thread per core, or ``OMP_NUM_THREAD
 2-core VM, PPO trained at 303 agent steps/s with 2 threads against 172 with 1 (BENCHMARKS.md).
 When processes share the cores (a grid's workers, anyone else's jobs) torch's OpenMP threads
 stall whenever one of them is descheduled: a batch-8 ``predict`` went from 6 ms to 329 ms with 2
-threads on 2 busy cores (issue 18). A grid therefore gives each worker ``cores // workers``
-threads, and ``--threads N`` sets the number for any command.
+threads on 2 busy cores (issue 18), and a PPO training process beside two grid trials on 2 cores
+ran at 57-58 agent steps/s with 2 threads against 134-151 with 1 (BENCHMARKS.md). A grid
+therefore gives each worker ``cores // workers`` threads, ``--threads N`` sets the number for any
+command, and a run left at torch's default on a machine already busy says so
+(:func:`busy_cores_warning`), without changing it: the thread count changes a run's floating-point
+sums, so a seed gives the same run only at the same count.
 
 ``--precision bf16`` runs the NatureCNN encoders (experts and scratch's CNN) under bfloat16
 autocast: on a CPU with AVX512-BF16 their forward+backward ran 2.24x faster than float32 at one
@@ -18,13 +22,14 @@ optimizer state stay float32, and ``model.zip`` holds float32 weights (a loaded 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import torch as th
 from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 
-__all__ = ["DEFAULT_THREADS", "PRECISIONS", "configure_threads", "apply_precision", "runtime_line"]
+__all__ = ["DEFAULT_THREADS", "PRECISIONS", "configure_threads", "busy_cores_warning", "apply_precision", "runtime_line"]
 
 DEFAULT_THREADS = None  # torch's own default: one thread per core, or OMP_NUM_THREADS
 PRECISIONS = ("fp32", "bf16")
@@ -41,6 +46,28 @@ def configure_threads(threads: int | None = None) -> int:
     if th.get_num_threads() != n:
         th.set_num_threads(n)
     return n
+
+
+def busy_cores_warning(threads: int | None, device: str | th.device, load: float | None = None,
+                       cores: int | None = None) -> str | None:
+    """The warning for a CPU run at torch's default threads (``threads`` None) on a machine whose
+    other work already keeps its cores busy (``load``: the 1-minute load average, before this run
+    trains; ``cores``: the machine's), so that its threads would share cores and stall; ``None``
+    when the run chose its threads, runs on a GPU, or there are cores enough."""
+    if threads is not None or th.device(device).type != "cpu":
+        return None
+    n = th.get_num_threads()
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not on this platform
+            return None
+    if n < 2 or cores - load >= n - 0.5:
+        return None
+    return (f"this machine is busy (load {load:.1f} on {cores} cores), so torch's {n} threads would share cores and "
+            f"stall (PPO beside two grid trials on 2 cores: 57-58 agent steps/s with 2 threads, 134-151 with 1, "
+            f"BENCHMARKS.md): pass --threads 1, or a number up to the idle cores.")
 
 
 def _autocast_forward(forward: Callable[..., th.Tensor], observations: th.Tensor, *args: Any, **kwargs: Any) -> th.Tensor:

@@ -404,3 +404,26 @@ def test_threads_default_leaves_torchs_setting_and_a_number_sets_it():
             configure_threads(0)
     finally:
         th.set_num_threads(before)
+
+
+def test_a_run_at_default_threads_on_busy_cores_is_told_to_take_fewer():
+    """Torch's 2 threads beside two grid trials on 2 cores trained PPO at 57-58 agent steps/s
+    against 134-151 with one (BENCHMARKS.md): a CPU run left at the default on a machine already
+    that busy is told, in one line, to pass --threads 1. Not changed behind its back (the thread
+    count changes a run's sums), and nothing is said for a chosen --threads, a GPU, or idle cores."""
+    from hubrl.runtime import busy_cores_warning
+
+    before = th.get_num_threads()
+    try:
+        th.set_num_threads(2)
+        said = busy_cores_warning(None, "cpu", load=2.1, cores=2)
+        assert said is not None and said.startswith("this machine is busy (load 2.1 on 2 cores)") and "--threads 1" in said
+        assert busy_cores_warning(None, "cpu", load=0.9, cores=2) is not None  # one core left: 2 threads would share it
+        assert busy_cores_warning(None, "cpu", load=0.3, cores=2) is None  # idle
+        assert busy_cores_warning(2, "cpu", load=3.0, cores=2) is None  # chosen
+        assert busy_cores_warning(None, "cuda", load=3.0, cores=2) is None
+        assert busy_cores_warning(None, "cpu", load=4.0, cores=16) is None  # 12 idle cores for 2 threads
+        th.set_num_threads(1)
+        assert busy_cores_warning(None, "cpu", load=3.0, cores=2) is None  # one thread stalls nothing
+    finally:
+        th.set_num_threads(before)
