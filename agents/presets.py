@@ -329,11 +329,17 @@ def resolve_hyperparams(algo: str, overrides: dict[str, Any] | None = None,
         elif value is not None:
             config[key] = value
     if overrides and "policy_kwargs" in overrides:  # the merge may pair the override's kwargs with the preset's optimizer
-        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer="Adam")  # SB3's default
+        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer=_sb3_optimizer(algo))
         if expected:
             raise UsageError(f"Hyperparameter policy_kwargs, merged over the {algo.lower()} preset's "
                              f"({config['policy_kwargs']!r}), is not valid: expected {expected}.")
     return config, agent_kwargs(config)
+
+
+def _sb3_optimizer(algo: str) -> str:
+    """The optimizer SB3 gives ``algo`` when ``policy_kwargs`` names none: A2C's RMSprop (its
+    ``use_rms_prop`` default), else the policies' Adam."""
+    return "RMSprop" if algo.lower() == "a2c" else "Adam"
 
 
 def agent_kwargs(config: Mapping[str, Any], algo: str | None = None, where: str = "hyperparameters") -> dict[str, Any]:
@@ -342,12 +348,12 @@ def agent_kwargs(config: Mapping[str, Any], algo: str | None = None, where: str 
     callables, the optimizer class resolved, ``n_envs`` left out (it sizes the env).
 
     With ``algo``, ``config`` is checked first as a whole (:func:`check_hyperparams`, and its
-    optimizer arguments against the optimizer they go to, SB3's Adam when none is named), so a
+    optimizer arguments against the optimizer they go to, SB3's default when none is named), so a
     damaged one is refused in one line naming ``where`` rather than failing in SB3's constructor.
     """
     if algo is not None:
         check_hyperparams(dict(config), algo.lower(), where)
-        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer="Adam")
+        expected = _check_policy_kwargs(config.get("policy_kwargs") or {}, default_optimizer=_sb3_optimizer(algo))
         if expected:
             raise UsageError(f"Hyperparameter policy_kwargs {config['policy_kwargs']!r} in {where} is not valid: "
                              f"expected {expected}.")

@@ -52,8 +52,9 @@ def busy_cores_warning(threads: int | None, device: str | th.device, load: float
                        cores: int | None = None) -> str | None:
     """The warning for a CPU run at torch's default threads (``threads`` None) on a machine whose
     other work already keeps its cores busy (``load``: the 1-minute load average, before this run
-    trains; ``cores``: the machine's), so that its threads would share cores and stall; ``None``
-    when the run chose its threads, runs on a GPU, or there are cores enough."""
+    trains, its own start included; ``cores``: the machine's) that leaves fewer idle cores than its
+    threads by a whole core or more, so that its threads would share cores and stall; ``None`` when
+    the run chose its threads, runs on a GPU, or there are cores enough."""
     if threads is not None or th.device(device).type != "cpu":
         return None
     n = th.get_num_threads()
@@ -63,7 +64,7 @@ def busy_cores_warning(threads: int | None, device: str | th.device, load: float
             load = os.getloadavg()[0]
         except (AttributeError, OSError):  # not on this platform
             return None
-    if n < 2 or cores - load >= n - 0.5:
+    if n < 2 or load < max(1.0, cores - n + 1):  # other work takes at least a core that the threads would need
         return None
     return (f"this machine is busy (load {load:.1f} on {cores} cores), so torch's {n} threads would share cores and "
             f"stall (PPO beside two grid trials on 2 cores: 57-58 agent steps/s with 2 threads, 134-151 with 1, "

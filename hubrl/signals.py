@@ -24,8 +24,8 @@ import stat
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["STOP_REQUEST", "SignalStop", "defer_signals", "deferred_signals", "pending_signal", "request_stop",
-           "silence_terminal_output"]
+__all__ = ["STOP_REQUEST", "SignalStop", "defer_signals", "deferred_signals", "held_signals", "pending_signal",
+           "request_stop", "silence_terminal_output"]
 
 #: The stop a grid asks of its workers: like a first SIGTERM, and never an abort however often it comes.
 STOP_REQUEST: int | None = getattr(signal, "SIGUSR1", None)  # POSIX only
@@ -35,17 +35,48 @@ _pending: int | None = None  # the first signal a deferring process received out
 
 def _defer(signum, frame) -> None:  # noqa: ARG001
     global _pending
-    if _pending is None:
+    if signum == _HANGUP:  # the terminal is gone: the trial's next line to it would fail (EIO)
+        silence_terminal_output()
+    if _pending is None or _pending == STOP_REQUEST:
         _pending = signum
+    elif signum not in (_HANGUP, STOP_REQUEST):  # a second Ctrl-C or SIGTERM: the user insists, also between trainings
+        raise KeyboardInterrupt
+
+
+_STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST) if sig is not None)
 
 
 def defer_signals() -> None:
     """Keep a SIGINT / SIGTERM / SIGHUP (not ignored, e.g. by ``nohup``) or :data:`STOP_REQUEST`
     that arrives outside any :class:`SignalStop` for the next one to find (:func:`pending_signal`),
-    instead of ending the process: a grid's worker calls this when it starts."""
-    for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST):
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+    instead of ending the process: a grid's worker calls this when it starts. Signals held back
+    since the worker was started (:func:`held_signals`) are let through now, into this keeping."""
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _defer)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold the stop signals back in this thread while it starts processes (a grid's pool), so
+    that each process starts with them held (a blocked mask is inherited) until it can keep them
+    (:func:`defer_signals`): a SIGTERM to the process group, or the grid's :data:`STOP_REQUEST`,
+    would otherwise end a worker that is still starting, whose death breaks the whole pool. The
+    signals are delivered to this process when the block ends. Where the platform cannot block
+    signals, nothing is held."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # launching it later would unblock SIGINT and SIGTERM in this thread
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
@@ -53,8 +84,7 @@ def deferred_signals() -> Iterator[None]:
     """:func:`defer_signals` for a while (a grid running its trials in its own process); on exit
     the handlers are restored and a kept signal forgotten."""
     global _pending
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST)
-                if sig is not None}
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     defer_signals()
     try:
         yield

@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from hubrl.errors import GridError
-from hubrl.signals import SignalStop, defer_signals, deferred_signals, pending_signal, request_stop
+from hubrl.signals import SignalStop, defer_signals, deferred_signals, held_signals, pending_signal, request_stop
 from hubrl.trial import TrialFn, TrialSpec, execute_trial, failure_fields, make_record, now, save_status
 
 __all__ = ["run_in_process", "run_in_pool", "run_on_ray"]
@@ -44,7 +44,7 @@ def run_in_process(todo: list[TrialSpec], trial_fn: TrialFn, record: Callable[[d
             if rec["status"] == "interrupted":
                 say("Stopped by a signal: rerun the same command to continue the grid.")
                 return int(rec.get("interrupted_by") or pending_signal() or signal.SIGINT)
-        return pending_signal()
+        return None  # every trial ran: a signal kept during the last one's final evaluation cut nothing short
 
 
 def _init_worker(threads: int | None) -> None:
@@ -84,18 +84,25 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
     process group or only this process, stops the grid cleanly: this process
     (:class:`hubrl.signals.SignalStop`) starts no further trial and asks each worker to stop
     (:func:`hubrl.signals.request_stop`, never taken as a second signal); the trials checkpoint and
-    come back, and each is journalled. A second Ctrl-C or SIGTERM stops the waiting. Returns the
-    signal that stopped the grid (None: every trial ran).
+    come back, and each is journalled. Workers start with the signals held
+    (:func:`hubrl.signals.held_signals`: the pool's manager thread, created by the first submit
+    under the hold, keeps it for the workers it starts later), so none dies of one while starting,
+    which would break the pool. A second Ctrl-C or SIGTERM aborts the trials (each still saves its
+    checkpoint on the way out) and this process waits for their records; a third leaves without
+    them. Returns the signal that cut the grid short (None: every trial ran).
     """
     pending = list(todo)
     isolated = sys.version_info >= (3, 11)
     for spec in pending:
         spec["isolated"] = isolated
-    pool = _new_pool(workers, threads)
+    with held_signals():
+        pool = _new_pool(workers, threads)
     running: dict[Future, tuple[TrialSpec, ProcessPoolExecutor]] = {}
     stop = SignalStop(then="the running trials save their checkpoints; no further trial starts")
     stopped_by: int | None = None  # this process's signal, or one a trial stopped on that this process did not see
+    cut_short = False  # a trial interrupted, or one never started: what makes the grid "stopped"
     asked: set[int] = set()
+    journalled: set[Future] = set()
 
     def failed(spec: TrialSpec, **fields: Any) -> dict[str, Any]:
         rec = make_record(spec, "failed", **fields, seconds=0.0, steps=0, finished=now())
@@ -107,7 +114,8 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
             while pending or running:
                 while pending and len(running) < workers and stopped_by is None and stop.received is None:
                     spec = pending.pop(0)
-                    running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
+                    with held_signals():  # the worker it may start keeps a signal from its first instant
+                        running[pool.submit(execute_trial, spec, trial_fn)] = (spec, pool)
                 if not running:
                     break
                 done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -120,13 +128,16 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
                                                  f"crashed): {exc}", traceback=None)
                         if its_pool is pool:
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = _new_pool(workers, threads)
+                            with held_signals():
+                                pool = _new_pool(workers, threads)
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
                         rec = failed(spec, **failure_fields(exc))
+                    journalled.add(future)  # before its record: a second signal in between journals it once
                     record(rec)
-                    del running[future]  # after its record: a second signal in between cannot lose it
-                    if rec["status"] == "interrupted" and stopped_by is None:
-                        stopped_by = int(rec.get("interrupted_by") or signal.SIGINT)
+                    del running[future]
+                    if rec["status"] == "interrupted":
+                        cut_short = True
+                        stopped_by = stopped_by or int(rec.get("interrupted_by") or signal.SIGINT)
                 if stop.received is not None:
                     stopped_by = stop.received
                     for pid in {pid for _, its_pool in running.values() for pid in _worker_pids(its_pool)} - asked:
@@ -136,9 +147,12 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
                     say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same command to "
                         "continue.")
                     pending.clear()
+                    cut_short = True
     except KeyboardInterrupt:
         say("Interrupted again: waiting for the running trials to save their checkpoints (again to abort).")
         for future, (spec, _) in running.items():
+            if future in journalled:
+                continue
             try:
                 record(future.result())
             except Exception as exc:  # noqa: BLE001
@@ -146,7 +160,7 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return stopped_by
+    return stopped_by if cut_short else None
 
 
 def run_on_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float, gpus: float,

@@ -330,7 +330,7 @@ def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
-def test_the_grids_stop_request_never_counts_as_a_first_signal():
+def test_the_grids_stop_request_never_makes_a_signal_the_second():
     """In a worker, the grid's request (SIGUSR1) may be handled before the group's SIGTERM (signals
     run in number order): that SIGTERM is still the first signal, a clean stop, and only another one
     aborts. A signal that came before training began is found when it starts."""
@@ -349,6 +349,75 @@ def test_the_grids_stop_request_never_counts_as_a_first_signal():
         with SignalStop() as stop:
             assert stop.received == signal.SIGTERM
     assert pending_signal() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def slow_starting_worker() -> None:
+    """A grid worker that takes a second to start: exits with the signal it kept (0: none)."""
+    from hubrl.signals import defer_signals, pending_signal
+
+    time.sleep(1.0)  # importing torch, say: the signals are not in hubrl's hands yet
+    defer_signals()
+    time.sleep(0.2)
+    sys.exit(int(pending_signal() or 0))
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
+def test_a_worker_signalled_while_it_starts_keeps_the_signal_instead_of_dying(signum):
+    """A SIGTERM to the grid's process group, or the grid's own stop request, reaching a worker
+    still starting (before it can keep signals) ended it, and a dead worker breaks the pool and
+    fails every running trial. Started with the signals held (signals.held_signals), it keeps it."""
+    import multiprocessing
+
+    from hubrl.signals import held_signals
+
+    with held_signals():
+        worker = multiprocessing.get_context("spawn").Process(target=slow_starting_worker)
+        worker.start()
+    try:
+        time.sleep(0.3)
+        os.kill(worker.pid, getattr(signal, signum))
+        worker.join(timeout=60)
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    assert worker.exitcode == int(getattr(signal, signum))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_a_signal_kept_between_trainings_still_hangs_up_and_aborts_like_one_in_training(monkeypatch):
+    """Kept signals behave as in training: a hang-up points the terminal output away at once (the
+    trial's next line to a closed terminal would fail), and a second Ctrl-C or SIGTERM aborts."""
+    import hubrl.signals
+    from hubrl.signals import deferred_signals, pending_signal
+
+    silenced = []
+    monkeypatch.setattr(hubrl.signals, "silence_terminal_output", lambda: silenced.append(True))
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert pending_signal() == signal.SIGHUP and silenced == [True]
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_a_grid_whose_every_trial_ran_is_not_stopped_by_a_late_signal(tmp_path):
+    """A signal kept during the last trial's final evaluation cuts nothing short: the grid is not
+    reported as stopped (no 128 + signal exit, --report still written)."""
+    root = tmp_path / "grid"
+
+    def last_trial_signalled(spec: dict) -> dict:
+        os.kill(os.getpid(), signal.SIGTERM)  # kept (not in training), as in a final evaluation
+        return fake_trial(spec)
+
+    summary = run_grid(root, ["Alien"], ["scratch"], [0], 64, trial_fn=last_trial_signalled, workers=0, log=None)
+    assert [r["status"] for r in summary.records] == ["ok"] and summary.stopped_by is None
 
 
 def test_a_stopped_grid_exits_as_a_stopped_run_and_writes_no_report(tmp_path, monkeypatch, capsys):

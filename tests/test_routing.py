@@ -418,8 +418,8 @@ def test_a_run_at_default_threads_on_busy_cores_is_told_to_take_fewer():
         th.set_num_threads(2)
         said = busy_cores_warning(None, "cpu", load=2.1, cores=2)
         assert said is not None and said.startswith("this machine is busy (load 2.1 on 2 cores)") and "--threads 1" in said
-        assert busy_cores_warning(None, "cpu", load=0.9, cores=2) is not None  # one core left: 2 threads would share it
-        assert busy_cores_warning(None, "cpu", load=0.3, cores=2) is None  # idle
+        assert busy_cores_warning(None, "cpu", load=1.2, cores=2) is not None  # one core left: 2 threads would share it
+        assert busy_cores_warning(None, "cpu", load=0.6, cores=2) is None  # idle but for this run's own start
         assert busy_cores_warning(2, "cpu", load=3.0, cores=2) is None  # chosen
         assert busy_cores_warning(None, "cuda", load=3.0, cores=2) is None
         assert busy_cores_warning(None, "cpu", load=4.0, cores=16) is None  # 12 idle cores for 2 threads
