@@ -393,9 +393,10 @@ def test_a_signal_kept_between_trainings_still_hangs_up_and_aborts_like_one_in_t
 
     silenced = []
     monkeypatch.setattr(hubrl.signals, "silence_terminal_output", lambda: silenced.append(True))
-    before = signal.getsignal(signal.SIGHUP)
+    before = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGINT)
     try:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal: a background job (CI) ignores both
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with deferred_signals():
             os.kill(os.getpid(), signal.SIGHUP)
             assert pending_signal() == signal.SIGHUP and silenced == [True]
@@ -404,7 +405,8 @@ def test_a_signal_kept_between_trainings_still_hangs_up_and_aborts_like_one_in_t
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGTERM)
     finally:
-        signal.signal(signal.SIGHUP, before)
+        signal.signal(signal.SIGHUP, before[0])
+        signal.signal(signal.SIGINT, before[1])
 
 
 def test_a_grid_whose_every_trial_ran_is_not_stopped_by_a_late_signal(tmp_path):
