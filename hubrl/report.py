@@ -61,7 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from hubrl.grid import TrialResult, iter_trial_folders, load_trials, read_grid, read_status
+from hubrl.grid import TrialResult, iter_trial_folders, load_trials, read_grid, read_status, read_yaml_object
 from hubrl.plots import plot_aggregate, plot_curves, plot_routing
 from hubrl.tables import (
     COLLAPSE_SHARE,
@@ -386,7 +386,7 @@ def _left_out(root: Path, trials: Sequence[TrialResult], skipped: dict[str, str]
     for t in trials:
         if not t.finished:
             left_out.setdefault(str(t.folder.relative_to(root)), []).append(
-                f"last evaluation at {int(t.steps[-1]) if t.steps.size else 0:,} steps")
+                f"last evaluation at {int(t.steps[-1]) if t.steps.size else 0:,} steps{_off_stage(t)}")
     for name, why in skipped.items():
         left_out[name] = [f"skipped: {why}"]
     for folder in iter_trial_folders(root):
@@ -400,6 +400,16 @@ def _left_out(root: Path, trials: Sequence[TrialResult], skipped: dict[str, str]
         elif not (folder / "evaluations.json").is_file():
             left_out.setdefault(name, []).append("no evaluations")
     return left_out
+
+
+def _off_stage(trial: TrialResult) -> str:
+    """Why a trial has no score at its report's stage when its evaluations never fall there (an arm
+    run with its own ``eval_freq``, one the grid's --stages check cannot see): '' otherwise."""
+    every = (read_yaml_object(trial.folder / "config.yaml") or {}).get("run", {})
+    every = every.get("eval_freq") if isinstance(every, dict) else None
+    if trial.stage is None or not isinstance(every, int) or isinstance(every, bool) or every <= 0 or trial.stage % every == 0:
+        return ""
+    return f" (it evaluates every {every:,} steps, so it has no score at {step_label(trial.stage)})"
 
 
 def _left_out_lines(left_out: dict[str, list[str]]) -> list[str]:

@@ -384,6 +384,18 @@ def test_report_at_a_stage_reads_the_grid_as_it_stood_then(grid):
     assert "Gopher/hub-pathway/s1 at 500" in write_report(grid, reps=200).read_text()
 
 
+def test_a_stage_report_says_when_an_arm_never_evaluates_at_the_stage(grid):
+    """An arm run with its own eval_freq (``hub-pathway:eval_freq=400``) has no score at a stage
+    between its evaluations; the grid's --stages check reads only grid.json's, so the report says
+    why that trial is not in the stage's tables rather than only where it stopped."""
+    _trial(grid, "Alien", "sparse", 0, [[1.0], [2.0], [3.0]], steps=(400, 800, 1000),
+           config={"env": "ALE/Alien-v5", "seed": 0, "eval_freq": 400})
+    text = write_report(grid, reps=200, stage=500).read_text()
+    assert ("`Alien/sparse/s0`: last evaluation at 400 steps (it evaluates every 400 steps, so it has no score at "
+            "500)") in text
+    assert "Alien/scratch/s0`: last evaluation" not in text  # evaluated at 500: in the tables
+
+
 def test_the_last_stage_counts_the_evaluation_a_run_takes_at_its_end(tmp_path):
     """A run that ends at its budget evaluates at its final step, up to a rollout past the budget
     (1,000,448 for 1M and rollouts of 1,024), where a pause evaluates at the stage's own step: the
