@@ -31,6 +31,7 @@ __all__ = ["STOP_REQUEST", "SignalStop", "defer_signals", "deferred_signals", "h
 STOP_REQUEST: int | None = getattr(signal, "SIGUSR1", None)  # POSIX only
 _HANGUP: int | None = getattr(signal, "SIGHUP", None)
 _pending: int | None = None  # the first signal a deferring process received outside any SignalStop
+_STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST) if sig is not None)
 
 
 def _defer(signum, frame) -> None:  # noqa: ARG001
@@ -41,9 +42,6 @@ def _defer(signum, frame) -> None:  # noqa: ARG001
         _pending = signum
     elif signum not in (_HANGUP, STOP_REQUEST):  # a second Ctrl-C or SIGTERM: the user insists, also between trainings
         raise KeyboardInterrupt
-
-
-_STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST) if sig is not None)
 
 
 def defer_signals() -> None:
@@ -162,9 +160,7 @@ class SignalStop:
         print(f"\nReceived {signal.Signals(signum).name}: {self.then} (again to abort).", flush=True)
 
     def __enter__(self) -> "SignalStop":
-        for sig in (signal.SIGINT, signal.SIGTERM, _HANGUP, STOP_REQUEST):
-            if sig is None:
-                continue
+        for sig in _STOP_SIGNALS:
             current = signal.getsignal(sig)
             if sig == STOP_REQUEST and current is not _defer:
                 continue  # only a grid's worker takes the grid's request
