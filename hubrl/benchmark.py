@@ -538,7 +538,7 @@ def run_grid(
     if not todo:
         return summary
     if ray_address is not None:
-        run_on_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record)
+        summary.stopped_by = run_on_ray(todo, trial_fn, ray_address, cpus_per_trial, gpus_per_trial, record, say)
     elif workers == 0:
         summary.stopped_by = run_in_process(todo, trial_fn, record, say)
     else:

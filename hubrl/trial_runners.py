@@ -36,9 +36,10 @@ def run_in_process(todo: list[TrialSpec], trial_fn: TrialFn, record: Callable[[d
     """
     with deferred_signals():
         for spec in todo:
-            if pending_signal() is not None:
+            kept = pending_signal()
+            if kept is not None:
                 say("Stopped by a signal: rerun the same command to continue the grid.")
-                return pending_signal()
+                return kept
             rec = execute_trial(spec, trial_fn)
             record(rec)
             if rec["status"] == "interrupted":
@@ -163,36 +164,83 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
     return stopped_by if cut_short else None
 
 
+def _ray_trial(spec: TrialSpec, trial_fn: TrialFn) -> dict[str, Any]:
+    """A Ray task's body: :func:`hubrl.trial.execute_trial`, keeping a stop that comes outside the
+    trial's training (setting up, evaluating) for the training to stop on, as a pool worker does
+    (:func:`hubrl.signals.defer_signals`). Each task has a fresh worker process (``max_calls=1``)."""
+    defer_signals()
+    return execute_trial(spec, trial_fn)
+
+
 def run_on_ray(todo: list[TrialSpec], trial_fn: TrialFn, address: str, cpus: float, gpus: float,
-               record: Callable[[dict[str, Any]], None]) -> None:
-    """Each trial a Ray task in a fresh worker process; records are collected as tasks finish."""
+               record: Callable[[dict[str, Any]], None], say: Callable[[str], None]) -> int | None:
+    """Each trial a Ray task in a fresh worker process; records are collected as tasks finish.
+
+    A signal to this process (Ctrl-C, SIGTERM, a hang-up: Ray's workers run in process groups of
+    their own, so they never get the terminal's) stops the grid cleanly: every task is cancelled
+    once, which Ray delivers to a running trial as a SIGINT, a first signal: it stops at its next
+    step, saves its checkpoint and returns its record, which is journalled; a queued trial never
+    starts. A second Ctrl-C or SIGTERM cancels them again, which aborts the trials (each still saves
+    its checkpoint on the way out), and this process waits for their records; a third leaves
+    without them. Returns the signal that cut the grid short (None: every trial ran).
+    """
     try:
         import ray
+        from ray.exceptions import TaskCancelledError
     except ImportError:
         raise GridError('Running on Ray needs the ray package: pip install "hubrl[ray]".') from None
     started_here = False
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, log_to_driver=False)
         started_here = True
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=0)(execute_trial)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=0)(_ray_trial)
     for spec in todo:
         spec["isolated"] = True
     refs = {remote.remote(spec, trial_fn): spec for spec in todo}
+    stop = SignalStop(then="the running trials save their checkpoints; no further trial starts")
+    stopped_by: int | None = None
+    cut_short = False  # a trial interrupted, or one never started: what makes the grid "stopped"
+
+    def collect(ref: Any) -> None:
+        nonlocal cut_short, stopped_by
+        spec = refs.pop(ref)
+        try:
+            rec = ray.get(ref)
+        except TaskCancelledError:  # cancelled before it started (or before it could keep the signal)
+            cut_short = True
+            return
+        except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
+            rec = make_record(spec, "failed", **failure_fields(exc), seconds=0.0, steps=0, finished=now())
+            save_status(spec, rec)
+        record(rec)
+        if rec["status"] == "interrupted":
+            cut_short = True
+            stopped_by = stopped_by or int(rec.get("interrupted_by") or signal.SIGINT)
+
     try:
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                spec = refs.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
-                    rec = make_record(spec, "failed", **failure_fields(exc), seconds=0.0, steps=0, finished=now())
-                    save_status(spec, rec)
-                record(rec)
-    except KeyboardInterrupt:
-        for ref in refs:
-            ray.cancel(ref)
-        raise
+        try:
+            with stop:
+                while refs:
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=_POLL_SECONDS)
+                    for ref in ready:
+                        collect(ref)
+                    if stop.received is not None and stopped_by is None:
+                        stopped_by = stop.received
+                        say("Stopped by a signal: waiting for the running trials to checkpoint; rerun the same "
+                            "command to continue.")
+                        for ref in refs:
+                            ray.cancel(ref)  # a running trial takes it as a first signal; a queued one never starts
+        except KeyboardInterrupt:
+            say("Interrupted again: the trials stop at once, saving their checkpoints (again to leave without "
+                "their records).")
+            for ref in refs:
+                ray.cancel(ref)  # their second signal: an abort
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    collect(ref)
+            raise
     finally:
         if started_here:
             ray.shutdown()
+    return stopped_by if cut_short else None

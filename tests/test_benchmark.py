@@ -277,18 +277,25 @@ import signal, sys
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (a test run under nohup would ignore it)
 from hubrl.benchmark import run_grid
 from tests.test_benchmark import signal_aware_trial
-summary = run_grid(sys.argv[1], ["Alien"], ["scratch"], [0, 1, 2, 3], 64, trial_fn=signal_aware_trial, workers=2, log=None)
+runner = {"workers": 2}
+if sys.argv[2] == "ray":  # a local Ray instance with room for two trials at once
+    import os, ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+    runner = {"ray_address": "auto"}
+summary = run_grid(sys.argv[1], ["Alien"], ["scratch"], [0, 1, 2, 3], 64, trial_fn=signal_aware_trial, log=None, **runner)
 print("returned", [r["status"] for r in summary.records], summary.stopped_by)
 """
 
 
-def _grid_under_signal(root: Path, signum: int, marker: str, whole_group: bool = True) -> tuple[str, list[dict]]:
-    """Run the two-worker grid above in its own process group, send ``signum`` (to the group, or to
-    the grid's own process only) once both running trials have written ``marker``, and return what
-    the grid printed and journalled."""
+def _grid_under_signal(root: Path, signum: int, marker: str, whole_group: bool = True,
+                       runner: str = "pool") -> tuple[str, list[dict]]:
+    """Run the grid above (two trials at once: a pool of two workers, or Ray tasks) in its own
+    process group, send ``signum`` (to the group, or to the grid's own process only) once both
+    running trials have written ``marker``, and return what the grid printed and journalled."""
     root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", _GRID_UNDER_SIGNAL, str(root)], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _GRID_UNDER_SIGNAL, str(root), runner], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while len(list(root.glob(f"*/*/s*/{marker}"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -325,6 +332,27 @@ def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_
     out, journal = _grid_under_signal(root, getattr(signal, signum), "setting-up" if hold else "started", whole_group)
     assert f"returned ['interrupted', 'interrupted'] {int(getattr(signal, signum))}" in out
     assert [r["status"] for r in journal] == ["interrupted", "interrupted"]
+    assert {r["trial"] for r in journal} == {"Alien/scratch/s0", "Alien/scratch/s1"}
+    assert not list(root.glob("Alien/scratch/s[23]/setting-up"))  # no further trial began
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="process groups and SIGHUP are POSIX")
+@pytest.mark.parametrize("signum, marker", [("SIGINT", "started"), ("SIGTERM", "setting-up")])
+def test_a_signalled_ray_grid_checkpoints_and_journals_its_trials_and_starts_no_more(tmp_path, signum, marker):
+    """Ray's workers run in process groups of their own: a Ctrl-C reaches only the grid's process.
+    It used to cancel the tasks and shut Ray down at once: the trials were killed before their
+    checkpoint and trials.jsonl never heard of them. Now the running trials stop as on a first
+    signal (in training, or kept while they set up) and are journalled; the queued ones never start."""
+    pytest.importorskip("ray", reason="needs the [ray] extra: pip install -e '.[ray]'")
+    root = tmp_path / "grid"
+    root.mkdir()
+    if marker == "setting-up":
+        (root / "hold-setup").touch()
+    out, journal = _grid_under_signal(root, getattr(signal, signum), marker, whole_group=False, runner="ray")
+    assert f"returned ['interrupted', 'interrupted'] {int(getattr(signal, signum))}" in out
+    assert [r["status"] for r in journal] == ["interrupted", "interrupted"]
+    assert all(r["interrupted_by"] == signal.SIGINT for r in journal)  # Ray's cancel: a first SIGINT in the trial
     assert {r["trial"] for r in journal} == {"Alien/scratch/s0", "Alien/scratch/s1"}
     assert not list(root.glob("Alien/scratch/s[23]/setting-up"))  # no further trial began
 
