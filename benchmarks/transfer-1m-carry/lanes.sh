@@ -8,8 +8,10 @@
 # benchmarks/transfer-1m) or in this grid root (the runner's own check); an interrupted trial resumes.
 set -u
 REPO=${REPO:-/work/main}
-[ -d /work/wt-routed1m ] || git -C "$REPO" worktree add -f --detach /work/wt-routed1m 79b61a4
-[ -d /work/wt-grid1m ] || git -C "$REPO" worktree add -f --detach /work/wt-grid1m f849f10
+{ flock 9  # the two lanes start together: one makes the worktrees, the other waits for them
+  [ -d /work/wt-routed1m ] || git -C "$REPO" worktree add -f --detach /work/wt-routed1m 79b61a4
+  [ -d /work/wt-grid1m ] || git -C "$REPO" worktree add -f --detach /work/wt-grid1m f849f10
+} 9> /tmp/grid1m-worktrees.lock
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 PY=${PY:-$REPO/.venv/bin/python}
 done_before() { grep -q '"status": "ok"' "$REPO/benchmarks/transfer-1m/$1/status.json" 2>/dev/null; }
