@@ -36,7 +36,7 @@ class EvalResult:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"{self.mean:.1f} ± {self.std:.1f} over {self.episodes} episodes"
+        return f"{self.mean:.1f} ± {self.std:.1f} over {self.episodes} episode{'s' if self.episodes != 1 else ''}"
 
 
 def make_eval_env(game: str, n_envs: int = 4, seed: int = 10_000, **options):
@@ -72,7 +72,8 @@ def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10,
     """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
     statistics. ``seed`` and ``gate_noise``: see :func:`seeded_actions`; a seed scores the same
     weights on the same ``env`` seed the same (seed ``env`` too), ``None`` draws from the caller's
-    generator, as training's periodic evaluations do."""
+    generator (training's periodic evaluations pass a seed of their own:
+    :func:`hubrl.training.eval_seed`)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
     with seeded_actions(model, seed, gate_noise):

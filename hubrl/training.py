@@ -41,8 +41,8 @@ from hubrl.progress import StepProgressBar
 from hubrl.signals import SignalStop
 
 __all__ = [
-    "EvalHistory", "early_eval_step", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback", "StopOnSignal",
-    "PauseAtStepCallback", "TrainingOutcome", "steps_at_end", "run_training",
+    "EvalHistory", "early_eval_step", "eval_seed", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback",
+    "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "steps_at_end", "run_training",
 ]
 
 
@@ -79,6 +79,13 @@ def early_eval_step(budget: int, eval_freq: int) -> int | None:
     return step if 0 < step < eval_freq else None
 
 
+def eval_seed(run_seed: int | None, step: int) -> int | None:
+    """The seed of a run's evaluation at ``step``: its own per run and step, drawn from neither
+    training's generator nor another evaluation's. ``None`` (an unseeded run): the caller's
+    generator, as before."""
+    return None if run_seed is None else (int(run_seed) * 1_000_003 + int(step)) % 2**63
+
+
 class RawScoreEvalCallback(BaseCallback):
     """Evaluate every ``eval_freq`` agent steps on a separate env and log the raw score.
 
@@ -91,6 +98,12 @@ class RawScoreEvalCallback(BaseCallback):
     evaluation: ``learn()`` overshoots the budget to the end of its last rollout and then updates
     the policy once more, so an evaluation inside that rollout would score weights that are not
     the ones saved, and cost a second evaluation a few hundred steps later.
+
+    Each evaluation samples its actions from a generator of its own, seeded with the run's seed
+    and the step (:func:`eval_seed`), not from training's: a run's training is then the same
+    whatever its evaluation settings (``eval_freq``, games, an early evaluation), so two runs of
+    one seed that differ only in those stay paired, and an evaluation is repeatable from its
+    weights.
     """
 
     def __init__(
@@ -126,7 +139,8 @@ class RawScoreEvalCallback(BaseCallback):
 
     def evaluate(self, n_episodes: int | None = None) -> EvalResult:
         """Play ``n_episodes`` games (default: the run's), record and log their raw scores."""
-        result = evaluate_model(self.model, self.eval_env, n_episodes or self.n_episodes)
+        result = evaluate_model(self.model, self.eval_env, n_episodes or self.n_episodes,
+                                seed=eval_seed(self.model.seed, self.num_timesteps))
         self.history.add(self.num_timesteps, result)
         if self.history_path is not None:
             self.history.save(self.history_path)
@@ -278,6 +292,18 @@ def steps_at_end(model: BaseAlgorithm, budget: int) -> int:
     return start + -(-(int(budget) - start) // rollout) * rollout
 
 
+def _ready_without_learn(model: BaseAlgorithm, callback: BaseCallback, tb_log_name: str) -> None:
+    """Set ``callback`` up as ``learn()`` would, for a call that has nothing left to train: the
+    model's logger (TensorBoard's run folder continued, as a resumed ``learn()`` does), the
+    callback's model and step counter."""
+    from stable_baselines3.common.utils import configure_logger
+
+    if getattr(model, "_logger", None) is None:
+        model.set_logger(configure_logger(model.verbose, model.tensorboard_log, tb_log_name, reset_num_timesteps=False))
+    callback.init_callback(model)
+    callback.num_timesteps = int(model.num_timesteps)
+
+
 def run_training(
     model: BaseAlgorithm,
     total_timesteps: int,
@@ -376,7 +402,10 @@ def run_training(
     paused = not completed and interrupted_by is None and pauser is not None and pauser.reached
     final_eval = None
     if completed and evaluator is not None:
-        final_eval = evaluator.evaluate() if not history.points or history.points[-1]["step"] != model.num_timesteps else None
+        if not history.points or history.points[-1]["step"] != model.num_timesteps:
+            if remaining <= 0:  # resumed at the budget, its final evaluation missing (stopped in it, or an older checkpoint)
+                _ready_without_learn(model, evaluator, tb_log_name)
+            final_eval = evaluator.evaluate()
         save_training_checkpoint(model, checkpoint_path, extra())
     games = [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
     rollout_score = sum(games) / len(games) if games else None

@@ -8,6 +8,7 @@ steps a model has learned from.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import shutil
@@ -71,6 +72,52 @@ def test_pause_then_resume_makes_the_same_updates_at_the_same_steps(tmp_path):
     state = load_training_checkpoint(ckpt)
     assert count.starts[0] == 128 and count.steps == 128  # continues at 128: neither from 0 nor re-running
     assert done.completed and state["num_timesteps"] == 256 and state["n_updates"] * ROLLOUT == 256
+
+
+def test_a_runs_training_does_not_depend_on_its_evaluations(tmp_path):
+    """An evaluation used to sample its actions from training's generator, so the same seed
+    trained other weights with another ``eval_freq`` (or an early evaluation): two runs that
+    differ only in how they are scored were not paired. Now it draws from a generator of its own."""
+    from hubrl.evaluation import make_eval_env
+
+    def weights(eval_env) -> dict[str, th.Tensor]:
+        model = _model()
+        run_training(model, 128, tmp_path / f"{eval_env is not None}" / "checkpoint.pt", eval_env=eval_env,
+                     eval_freq=ROLLOUT, eval_episodes=1, checkpoint_freq=10**9, progress_bar=False, verbose=0)
+        return {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+
+    eval_env = make_eval_env("Gopher", n_envs=1)
+    try:
+        scored = weights(eval_env)  # an evaluation at 64, inside training, and the final one
+    finally:
+        eval_env.close()
+    assert json.loads((tmp_path / "True" / "evaluations.json").read_text())["points"][0]["step"] == ROLLOUT
+    unscored = weights(None)
+    assert scored.keys() == unscored.keys()
+    for key, value in unscored.items():
+        assert th.equal(scored[key], value), key
+
+
+def test_a_run_resumed_at_its_budget_without_its_final_evaluation_makes_it(tmp_path):
+    """A run stopped during its final evaluation (or resumed from the previous checkpoint, saved
+    before it) has its whole budget trained and no score at its last step: the resume used to fail
+    with an AttributeError (the evaluator was never set up, as learn() did not run) and a grid
+    failed that trial on every rerun. Now it makes the evaluation and records it at its step."""
+    from hubrl.evaluation import make_eval_env
+
+    ckpt = tmp_path / "checkpoint.pt"
+    run_training(_model(), 128, ckpt, checkpoint_freq=10**9, progress_bar=False, verbose=0)
+    state = load_training_checkpoint(ckpt)
+    assert state["num_timesteps"] == 128 and not state["extra"]["eval_history"]
+    eval_env = make_eval_env("Gopher", n_envs=1)
+    try:
+        outcome = run_training(_model(), 128, ckpt, resume_state=state, eval_env=eval_env, eval_episodes=1,
+                               checkpoint_freq=10**9, progress_bar=False, verbose=0)
+    finally:
+        eval_env.close()
+    assert outcome.completed and outcome.final_eval is not None
+    assert [p["step"] for p in json.loads((tmp_path / "evaluations.json").read_text())["points"]] == [128]
+    assert [p["step"] for p in load_training_checkpoint(ckpt)["extra"]["eval_history"]] == [128]
 
 
 class _StateAtStart(BaseCallback):
