@@ -36,6 +36,7 @@ import torch as th
 from hubrl.atomic import sha256_file
 from hubrl.errors import HubError
 from hubrl.experts import MANIFEST_NAME, previous_weights, read_manifest
+from hubrl.method_catalog import SHIPPED_HUB
 
 __all__ = [
     "HubError", "Expert", "Hub", "MAX_MEMBER_BYTES", "MAX_DATA_BYTES", "read_zip_member", "read_policy_state",
@@ -325,8 +326,9 @@ def load_hub(path: str | Path) -> Hub:
         raise HubError(f"--hub {path} is a file, not a hub folder: give --hub a folder of experts, or an SB3 .zip to "
                        f"--sources.")
     if not path.is_dir():
-        raise HubError(f"Hub folder {path} does not exist: "
-                       f"make one with python -m hubrl pretrain --hub {shlex.quote(str(path))}.")
+        raise HubError(f"Hub folder {path} does not exist: leave --hub out to use the shipped hub "
+                       f"({', '.join(p.parent.name for p in sorted(SHIPPED_HUB.glob('*/' + MANIFEST_NAME)))}), or make one "
+                       f"with python -m hubrl pretrain --hub {shlex.quote(str(path))} (hours of training).")
     if (path / MANIFEST_NAME).is_file():  # a single expert folder is a hub of one
         return Hub([load_expert_folder(path)])
     folders = sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
@@ -422,7 +424,7 @@ def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
 def default_hub_path() -> Path:
     """The hub shipped inside the package (``hubrl/default_hub``): experts only, their
     pretraining runs are kept outside the package (``benchmarks/pretrain``)."""
-    return Path(__file__).resolve().parent / "default_hub"
+    return SHIPPED_HUB
 
 
 def resolve_hub(hub: str | Path | None = None, sources: Sequence[str | Path] | None = None) -> Hub:

@@ -34,14 +34,13 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, BasePolicy
 from hubrl.callbacks import GateUsageCallback
 from hubrl.envs import OBSERVATION_SHAPE
 from hubrl.hub import Expert, Hub, HubError
+from hubrl.method_catalog import HUB_METHODS, METHODS
 
 __all__ = [
-    "METHODS", "HUB_METHODS", "HUB_PATHWAY_OPTIONS", "MethodSettings", "MethodPlan", "plan_method", "load_encoder",
-    "method_label", "check_hub_serves",
+    "METHODS", "HUB_METHODS", "HUB_PATHWAY_OPTIONS", "MethodSettings", "MethodPlan",
+    "plan_method", "load_encoder", "method_label", "check_hub_serves",
 ]
 
-METHODS = ("hub-pathway", "scratch", "finetune", "zoo-tuning", "select")
-HUB_METHODS = ("hub-pathway", "finetune", "zoo-tuning", "select")
 #: The settings Hub-Pathway hands its policy (:class:`hubrl.policies.HubPathwayPolicy`'s kwargs of the same
 #: names); no other method reads them, so another method given one refuses it (:mod:`hubrl.transfer`).
 HUB_PATHWAY_OPTIONS = ("top_k", "noise", "noise_floor", "k1_weight", "aggregation", "exploration_loss",
@@ -206,6 +205,12 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
             f"--top-k {cfg.top_k} runs every expert of the {len(hub)}-expert hub on every state, so the switch "
             "exploration loss is a constant and does not balance the gate's weights; use --exploration-loss "
             "importance-load or entropy to balance them.")
+    if cfg.freeze_experts and cfg.aggregation == "features" and cfg.exploitation_coef > 0:
+        notices.append(  # the loss reaches the experts' own heads only (policies._head_outputs), which never act here
+            f"--freeze-experts with --aggregation features: the exploitation loss can train only the experts' own "
+            f"heads, which never act in this aggregation (the shared heads read the aggregated features), so at "
+            f"--exploitation-coef {cfg.exploitation_coef:g} it costs time and changes nothing the agent does; use "
+            f"--exploitation-coef 0, or --aggregation heads, where those heads act.")
     if cfg.noise == "learned":
         # the task loss never trains the std (pathway module docstring); only importance-load's load term does, and
         # that term has no noise in it when every expert is selected (losses.importance_load_loss)

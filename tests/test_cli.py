@@ -185,6 +185,20 @@ def test_help_says_what_every_argument_is_and_its_default(where):
             assert "default" in action.help.lower(), f"{name}: its default {action.default!r} is not in its help"
 
 
+@pytest.mark.parametrize("where", [("transfer",), ("bench", "run")], ids=" ".join)
+def test_the_help_of_a_command_that_takes_a_method_says_what_each_is_and_names_the_shipped_hub(where):
+    """--method listed the names only: nothing said what zoo-tuning or select do, nor which experts
+    the default hub holds."""
+    from hubrl.method_catalog import METHOD_SUMMARIES, METHODS, SHIPPED_HUB
+
+    assert tuple(METHOD_SUMMARIES) == METHODS  # a new method gets its line
+    text = " ".join(_parser(*where).format_help().split())
+    for name, summary in METHOD_SUMMARIES.items():
+        assert f"{name} {' '.join(summary.split())}" in text, name
+    experts = sorted(p.parent.name for p in SHIPPED_HUB.glob("*/expert.json"))
+    assert experts and f"({SHIPPED_HUB}): {', '.join(experts)}." in text
+
+
 def test_a_flag_reads_the_same_in_every_help():
     """A flag shows one metavar in every command (``--pause-at STEPS``, ``--sticky-actions P``), and
     every step count (10M, 250k ...) shows ``STEPS``."""

@@ -189,7 +189,8 @@ def test_empty_hub_and_missing_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HubError, match="no finished expert"):
         load_hub(tmp_path / "empty")
-    with pytest.raises(HubError, match="does not exist"):
+    with pytest.raises(HubError, match=r"does not exist: leave --hub out to use the shipped hub \(riverraid-ppo, "
+                                       r"seaquest-ppo\), or make one with python -m hubrl pretrain --hub .*missing"):
         load_hub(tmp_path / "missing")
     with pytest.raises(HubError, match="empty"):
         load_sources([]).validate((4, 84, 84))

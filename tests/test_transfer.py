@@ -336,7 +336,7 @@ def played(monkeypatch):
 
     calls = []
 
-    def fake_evaluate(model, env, n_episodes=10, deterministic=False):
+    def fake_evaluate(model, env, n_episodes=10, deterministic=False, seed=None):
         calls.append((model.num_timesteps, n_episodes))
         return EvalResult(100.0 + len(calls), 10.0, n_episodes, [1.0] * n_episodes, [1] * n_episodes)
 
@@ -456,6 +456,10 @@ def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
     ({"noise": "learned", "exploration_loss": "importance-load", "exploration_coef": 0.0}, "learned"),
     ({"noise": "learned", "exploration_loss": "importance-load"}, None),
     ({"noise": "learned", "exploration_loss": "importance-load", "top_k": 2}, "learned-all"),  # no load term at k = K
+    ({"freeze_experts": True}, "frozen"),  # the exploitation loss could train only heads that never act
+    ({"freeze_experts": True, "exploitation_coef": 0.0}, None),
+    ({"freeze_experts": True, "aggregation": "heads"}, None),  # the experts' heads are the acting policy
+    ({"aggregation": "features"}, None),  # unfrozen: the loss trains the experts' encoders, which act
 ])
 def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, warned):
     from hubrl.hub import load_hub
@@ -474,6 +478,10 @@ def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, w
         start = f"{0.6931 + settings.get('noise_floor', DEFAULT_NOISE_FLOOR):.2f}"  # softplus(0) + floor
         assert notice.startswith("--noise learned: only the importance-load") and f"stays at its start, {start}" in notice
         assert notice.endswith(f"--exploration-loss importance-load, or a fixed --noise {start}.")
+    elif warned == "frozen":
+        (notice,) = plan.warnings
+        assert notice.startswith("--freeze-experts with --aggregation features: the exploitation loss")
+        assert notice.endswith("use --exploitation-coef 0, or --aggregation heads, where those heads act.")
     elif warned == "learned-all":
         (notice,) = plan.warnings
         assert notice.startswith("--noise learned: only the importance-load") and "--top-k 2, every expert" in notice

@@ -45,6 +45,7 @@ from hubrl.cli.common import (
     steps,
 )
 from hubrl.errors import UsageError
+from hubrl.method_catalog import METHODS, methods_help
 
 REPORT_BASELINE = "scratch"  # report's defaults: a grid may lack them (no scratch arm), a method given must exist
 REPORT_FOCUS = ["hub-pathway"]
@@ -63,12 +64,13 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.")
+    run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.", epilog=methods_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--root", required=True, metavar="DIR", help="Grid folder: trials go to DIR/<Game>/<method>/s<seed>/.")
     run.add_argument("--env", dest="games", nargs="+", required=True, metavar="GAME", aliases=("--games",),
                      help="Target games: Alien Gopher Jamesbond ...")
     run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
-                     help="Transfer methods (default: all: hub-pathway scratch finetune zoo-tuning select; a bare "
+                     help=f"Transfer methods (default: all: {' '.join(METHODS)}, each said at the end; a bare "
                           "finetune is one arm per hub expert unless --set source=NAME); a variant is "
                           "NAME:KEY=VALUE,... (hub-pathway:top_k=2), an arm with its own name LABEL=NAME[:...].")
     run.add_argument("--seed", dest="seeds", nargs="+", type=seed, default=[0, 1, 2], metavar="SEED", aliases=("--seeds",),
@@ -95,7 +97,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source = run.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain, for the methods that use one (all but scratch). "
-                             "Default: the shipped hub.")
+                             "Default: the shipped hub, named at the end.")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
                         help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts "
                              "(by the methods that use a hub).")
@@ -187,7 +189,6 @@ def _settings(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from hubrl.benchmark import run_grid
     from hubrl.runconfig import check_device
-    from hubrl.transfer import METHODS
 
     if args.device is not None:
         check_device(args.device)  # before the grid is locked and its folder made

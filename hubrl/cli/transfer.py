@@ -41,6 +41,7 @@ from hubrl.cli.common import (
     steps,
 )
 from hubrl.errors import UsageError
+from hubrl.method_catalog import METHODS, methods_help
 
 
 def noise(text: str) -> str | float:
@@ -55,13 +56,13 @@ def noise(text: str) -> str | float:
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
     """The parser of ``hubrl-transfer`` (``prog``: how it was started, see :func:`~hubrl.cli.common.command_prog`)."""
-    parser = ArgumentParser(prog=command_prog("transfer", prog), description=__doc__,
+    parser = ArgumentParser(prog=command_prog("transfer", prog), description=__doc__, epilog=methods_help(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default=None, metavar="GAME",
                         help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ... "
                              "(required to train, except to resume a run).")
     parser.add_argument("--method", default="hub-pathway", metavar="METHOD",
-                        help="hub-pathway, scratch, finetune, zoo-tuning or select. Default: hub-pathway.")
+                        help=f"{', '.join(METHODS)} (each said at the end). Default: hub-pathway.")
     parser.add_argument("--source", default=None, metavar="NAME", help="finetune: the expert whose encoder starts the agent.")
     parser.add_argument("--lite", action="store_true", help="zoo-tuning: batch-mean gates; model.zip is one merged NatureCNN.")
     parser.add_argument("--select-timesteps", dest="select_frames", type=steps, default=20_000, metavar="STEPS",
@@ -70,7 +71,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "ranks the experts (as hubrl-rank --timesteps). Default: 20k.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", default=None, metavar="DIR",
-                        help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
+                        help="Hub folder made by hubrl-pretrain (default: the shipped hub, named at the end).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
