@@ -108,7 +108,7 @@ def load_resume_checkpoint(path: str | Path, start_again: str = START_AGAIN) -> 
             state = load_training_checkpoint(previous)
         except CheckpointError as older:
             raise CheckpointError(f"{exc} The previous one is damaged too: {older} So {start_again}.") from exc
-        print(f"warning: {exc} Resuming from the previous checkpoint {previous} "
+        print(f"warning: {exc} Using the previous checkpoint {previous} "
               f"({int(state['num_timesteps']):,} steps) instead.", file=sys.stderr)
         return state
 

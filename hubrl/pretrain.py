@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Mapping
 import torch as th
 import yaml
 
-from hubrl.checkpoint import load_training_checkpoint
+from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import action_meanings, resolve_game
 from hubrl.errors import HubError, UsageError
 from hubrl.evaluation import evaluate_model, make_eval_env
@@ -296,6 +296,7 @@ def export_expert(
 
     The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
     stochastic policy); ``expert.json`` records the agent steps, the run's budget and that score.
+    A damaged ``checkpoint.pt`` gives way to the previous one kept beside it, said on stderr.
     """
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
@@ -306,7 +307,9 @@ def export_expert(
     expert = _expert_path(cfg, hub)
     if not force:  # before the checkpoint is read or anything evaluated
         _refuse_replacing_an_expert(expert, cfg)
-    state = load_training_checkpoint(folder / CHECKPOINT_NAME)
+    # a damaged checkpoint.pt: the previous one, with a warning naming its steps (expert.json records them too)
+    state = load_resume_checkpoint(folder / CHECKPOINT_NAME, start_again="nothing is left to export: train the "
+                                   "expert again (pretrain without --resume, in a new --out)")
     saved = yaml.safe_load((folder / CONFIG_NAME).read_text())
     if dtype:
         cfg.export_dtype = dtype

@@ -53,6 +53,23 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
 
 
 @pytest.mark.slow
+def test_export_of_a_run_whose_checkpoint_is_damaged_takes_the_previous_one(tmp_path, tiny_ppo, capsys):
+    """--resume fell back to checkpoint.prev.pt, --export refused the run in one line without a fix."""
+    pretrain_expert(_cfg(tmp_path, tiny_ppo), progress_bar=False, verbose=0)  # checkpoints at 128 and 256
+    run = tmp_path / "runs" / "seaquest-ppo"
+    previous = load_training_checkpoint(run / "checkpoint.prev.pt")["num_timesteps"]
+    (run / "checkpoint.pt").write_bytes(os.urandom(4096))
+    capsys.readouterr()
+    manifest = export_expert(run, eval_episodes=1, hub=tmp_path / "other")
+    assert manifest.timesteps == previous
+    assert re.search(rf"warning: .*checkpoint.pt is corrupt.* Using the previous checkpoint .*checkpoint.prev.pt "
+                     rf"\({previous:,} steps\) instead", capsys.readouterr().err)
+    (run / "checkpoint.prev.pt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="The previous one is damaged too: .* So nothing is left to export"):
+        export_expert(run, eval_episodes=1, hub=tmp_path / "other", force=True)
+
+
+@pytest.mark.slow
 def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tiny_ppo):
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=128), progress_bar=False, verbose=0)
     folder = tmp_path / "hub" / "seaquest-ppo"
@@ -61,7 +78,7 @@ def test_export_mid_training_evaluates_the_written_float16_weights(tmp_path, tin
     # a longer budget, stopped half-way: the checkpoint is at 128 of 1M steps; without --hub the
     # run exports into the hub it was started with
     result = run_script("pretrain_sources.py", "--env", "Seaquest", "--out", str(tmp_path / "runs"), "--export",
-                        "--export-dtype", "float16", "--eval-episodes", "1")
+                        "--export-dtype", "float16", "--eval-episodes", "1", "--threads", "1", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "exported 128 steps (float16)" in result.stdout and str(folder) in result.stdout
     manifest = read_manifest(folder)

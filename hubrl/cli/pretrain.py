@@ -90,9 +90,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set
         parser.error("--resume and --force contradict each other: choose one.")
     if args.plot:  # reads the runs' records only
         refuse_flags_not_read_by(parser, given, "plot", {"out", "games", "algo"})
-    if args.export:  # evaluates and exports the runs' latest checkpoints, on the CPU
+    if args.export:  # evaluates and exports the runs' latest checkpoints (on the CPU unless --device says otherwise)
         refuse_flags_not_read_by(parser, given, "export", {"out", "games", "algo", "hub", "export_dtype", "eval_episodes",
-                                                           "force"})
+                                                           "force", "device", "threads"})
+        if "device" in given:  # before any run is read: a GPU this machine lacks is refused, never run on the CPU
+            from hubrl.runconfig import check_device
+
+            check_device(args.device)
     return args, given
 
 
@@ -124,7 +128,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(plot_expert_curve(run_folder(args.out, game, args.algo)))
         return 0
     if args.export:
+        from stable_baselines3.common.utils import get_device
+
         from hubrl.pretrain import check_export_target, expert_folder, export_expert, run_folder
+        from hubrl.runtime import configure_threads
+
+        configure_threads(args.threads)
+        export_device = str(get_device(args.device)) if "device" in given else "cpu"  # checked in _check
 
         for game in games if not args.force else ():  # none exported if one would replace another run's expert
             folder = run_folder(args.out, game, args.algo)
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 check_export_target(folder, args.hub)
         for game in games:
             folder = run_folder(args.out, game, args.algo)
-            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device="cpu",
+            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device=export_device,
                                      hub=args.hub, force=args.force)
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
                   f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
