@@ -342,6 +342,11 @@ def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
     """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
     the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
     member is missing, corrupt, too large (:func:`read_zip_member`) or holds pickled objects beyond tensors."""
+    names = archive.namelist()
+    torch_file = any(n.endswith("/data.pkl") for n in names)  # torch.save's own zip format (also an SB3 zip cut short)
+    if "policy.pth" not in names and torch_file and Path(str(where)).suffix in (".pt", ".pth"):
+        raise HubError(f"{where} is a torch file (a run's checkpoint.pt?), not an SB3 .zip: give the run folder or "
+                       f"its model.zip instead.")
     if "policy.pth" not in archive.namelist():  # a truncated SB3 zip can open as the zip nested in its last member
         raise HubError(f"{where} is not an SB3 checkpoint, or is truncated: it has no policy.pth "
                        f"(entries: {', '.join(archive.namelist()[:4]) or 'none'}); save or download it again.")

@@ -137,6 +137,8 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path, monkeypatch):
         # cut short, an SB3 zip can open as the torch zip inside its last member, which has other entries
         ("nested", r"or is truncated: it has no policy.pth \(entries: archive/data.pkl\); save or download it again"),
         ("truncated", "corrupt"),
+        ("checkpoint.pt", r"checkpoint.pt is a torch file \(a run's checkpoint.pt\?\), not an SB3 .zip: give the run "
+                          "folder or its model.zip instead"),  # was: "not an SB3 checkpoint, or is truncated"
         ("mlp", "not an SB3 CnnPolicy .* A hub takes PPO or A2C agents saved with CnnPolicy"),
         ("hub-pathway", r"is a hubrl Hub-Pathway model \(a gate and 2 expert encoders\), not a single-encoder CnnPolicy: "
                         "play it from its run folder"),
@@ -145,7 +147,16 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path, monkeypatch):
 )
 def test_bad_checkpoints(tmp_path, content, message):
     path = tmp_path / "x.zip"
-    if content == "no-policy":
+    if content == "checkpoint.pt":  # a training checkpoint given where a model is read
+        from hubrl.checkpoint import save_training_checkpoint
+
+        path = tmp_path / "checkpoint.pt"
+        from stable_baselines3 import PPO
+
+        from hubrl.envs import make_atari_vec_env
+
+        save_training_checkpoint(PPO("CnnPolicy", make_atari_vec_env("Gopher", 1), device="cpu"), path, {})
+    elif content == "no-policy":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("data", "{}")
     elif content == "nested":
