@@ -384,6 +384,10 @@ def minibatch_warning(algo: str, hyperparams: Mapping[str, Any]) -> str | None:
     envs = -(-n_envs // step) * step
     last = (f"each epoch is one mini-batch of {rollout}" if rollout < batch_size
             else f"each epoch ends with a mini-batch of {rollout % batch_size}")
+    from hubrl.envs import MAX_ENVS
+
+    more_envs = f"pass --n-envs {envs}, or " if envs <= MAX_ENVS else ""  # never a count --n-envs refuses
+    divisor = rollout if rollout < batch_size else math.gcd(rollout, batch_size)  # the largest that divides, up to it
     return (f"PPO's batch_size {batch_size} does not divide its rollout of n_steps {n_steps} x n_envs {n_envs} = "
-            f"{rollout} agent steps, so {last}: pass --n-envs {envs}, or batch_size: {math.gcd(rollout, batch_size)} "
+            f"{rollout} agent steps, so {last}: {more_envs}batch_size: {divisor} "
             "in a --hyperparams file.")

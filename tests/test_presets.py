@@ -175,3 +175,17 @@ def test_optimizer_kwargs_merged_over_the_a2c_preset_must_fit_its_optimizer():
         resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"betas": (0.9, 0.99)}}})
     _, kwargs = resolve_hyperparams("a2c", {"policy_kwargs": {"optimizer_kwargs": {"alpha": 0.95}}})
     assert kwargs["policy_kwargs"]["optimizer_kwargs"] == {"alpha": 0.95}  # replaces the preset's (eps), as a key does
+
+
+@pytest.mark.parametrize("n_steps, batch_size, n_envs, fixes", [
+    (128, 256, 1, "pass --n-envs 2, or batch_size: 128 in a --hyperparams file."),
+    (128, 100_000, 8, "each epoch is one mini-batch of 1024: batch_size: 1024 in a --hyperparams file."),  # no --n-envs
+    (128, 96, 8, "each epoch ends with a mini-batch of 64: pass --n-envs 9, or batch_size: 32 in a --hyperparams file."),
+])
+def test_the_minibatch_warning_names_only_fixes_that_work(n_steps, batch_size, n_envs, fixes):
+    """It suggested --n-envs 3125 for a batch_size of 100,000, a count --n-envs refuses (at most
+    1024), and batch_size: 32 where the whole rollout, 1024, is what fits."""
+    from agents.presets import minibatch_warning
+
+    assert minibatch_warning("ppo", {"n_steps": n_steps, "batch_size": batch_size, "n_envs": n_envs}).endswith(fixes)
+    assert minibatch_warning("ppo", {"n_steps": 128, "batch_size": 256, "n_envs": 2}) is None
