@@ -629,7 +629,10 @@ def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> T
         budget=budget if budget is not None else run.get("timesteps"), status=read_status(folder),
         stage=stage, rollout=rollout,
     )
-    _check_trial(trial)
+    _check_trial(trial)  # a status.json of the wrong shape, named field by field
+    damaged = read_trial_records(folder).damaged.get("status.json")
+    if damaged:  # unreadable, or no JSON object: read as {} above, it would pass for a trial without attempts
+        raise TrialUnreadable(damaged)
     if points:
         trial.final = float(trial.means[-1])
         trial.hns = _hns(game, trial.final)

@@ -596,11 +596,14 @@ def test_report_lists_a_damaged_or_hostile_trial_as_skipped(grid, monkeypatch): 
     (corrupt / "status.json").write_text(json.dumps({"status": "ok", "history": 5}))
     hostile = grid / "Alien" / "scratch" / "s1"
     _zip(hostile / "model.zip", {"policy.pth": bytes(2 << 20)})
+    garbled = grid / "Gopher" / "hub-pathway" / "s0"
+    (garbled / "status.json").write_bytes(os.urandom(64))  # was read as {} and its trial reported as sound
     torn = grid / "Gopher" / "hub-pathway" / "s1"
     (torn / "evaluations.json").write_text('{"points": [{"step": 2')  # not a trial with no evaluation yet
     monkeypatch.setattr("hubrl.hub.MAX_MEMBER_BYTES", 1 << 20)
     report = write_report(grid, reps=200, curve_reps=50).read_text()
     assert "`Alien/scratch/s0`: skipped: status.json: history is not a list of attempts" in report
     assert "`Gopher/hub-pathway/s1`: skipped: evaluations.json is unreadable (JSONDecodeError" in report
+    assert "`Gopher/hub-pathway/s0`: skipped: status.json is unreadable (" in report
     assert "`Alien/scratch/s1`: skipped: model.zip is not a readable SB3 policy" in report
     assert "| Alien | hub-pathway |" in report or "hub-pathway" in report.split("## Scores per game")[1]
