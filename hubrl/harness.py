@@ -68,7 +68,7 @@ from hubrl.training import EvalHistory, TrainingOutcome, run_training
 __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
     "check_resumable", "check_run_folder", "check_tensorboard_log", "resolve_run_hyperparams", "start_run",
-    "draw_learning_curve",
+    "draw_learning_curve", "writable_folder_problem",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -157,6 +157,9 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> N
     """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a folder: choose a folder for the run.")
+    blocker = next((p for p in folder.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # pretraining's run folder is <--out>/<game>-<algo>
+        raise UsageError(f"--out {folder}: {blocker} is a file, not a folder; choose another --out.")
     if resume:
         check_resumable(folder, has_force=force is not None)
     elif folder.exists() and any(folder.iterdir()):
@@ -180,7 +183,16 @@ def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
     """
     if tensorboard_log is None:
         return
-    folder = Path(tensorboard_log)
+    problem = writable_folder_problem(Path(tensorboard_log))
+    if problem:
+        raise UsageError(f"--tensorboard-log {tensorboard_log} {problem}: pass a writable --tensorboard-log, "
+                         "or drop it to log under the run folder's tb/.")
+
+
+def writable_folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` ("is not a folder", "cannot be written (...)"), or
+    None: it is made and a file written and removed in it, and the folders made for the test are
+    removed again (the writer makes them anew), so a refused command leaves nothing behind."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this check creates, deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -188,9 +200,10 @@ def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        problem = "is not a folder" if folder.exists() and not folder.is_dir() else f"cannot be written ({exc.strerror})"
-        raise UsageError(f"--tensorboard-log {folder} {problem}: pass a writable --tensorboard-log, "
-                         "or drop it to log under the run folder's tb/.") from exc
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            return "is not a folder" if blocker == folder else f"cannot be made: {blocker} is a file"
+        return f"cannot be written ({exc.strerror})"
     finally:
         for path in made:
             try:
@@ -199,6 +212,7 @@ def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
                 continue  # the mkdir stopped above it
             except OSError:
                 break  # not empty (another writer): left as it is, with the folders above it
+    return None
 
 
 def resolve_run_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -36,6 +36,7 @@ from hubrl.harness import (
     draw_learning_curve,
     start_run,
     validate_run_settings,
+    writable_folder_problem,
 )
 from hubrl.runconfig import resume_config
 from hubrl.training import TrainingOutcome
@@ -126,14 +127,10 @@ def _validate(cfg: PretrainConfig) -> None:
 
 
 def _check_writable(root: Path, flag: str) -> None:
-    """Create ``root`` and make sure files can be written there (before hours of training)."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".hubrl-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"Cannot write to {flag} {root}: {exc.strerror}. Choose a writable folder.") from exc
+    """Make sure files can be written in ``root`` (before hours of training), leaving nothing behind."""
+    problem = writable_folder_problem(root)
+    if problem:
+        raise UsageError(f"{flag} {root} {problem}: choose a writable folder.")
 
 
 def pretrain_expert(

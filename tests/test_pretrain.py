@@ -458,7 +458,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
         (["--n-envs", "-2"], "--n-envs: must be positive"),
         (["--resume"], "Nothing to resume"),
         (["--out", "/proc/hubrl-cannot-write-here"], "Cannot create run folder /proc/hubrl-cannot-write-here/seaquest-ppo"),
-        (["--hub", "/proc/hubrl-cannot-write-here"], "Cannot write to --hub"),
+        (["--hub", "/proc/hubrl-cannot-write-here"], "--hub /proc/hubrl-cannot-write-here cannot be written ("),
     ],
 )
 @pytest.mark.slow

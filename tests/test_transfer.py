@@ -546,7 +546,8 @@ def test_the_console_says_what_the_gate_did_at_each_evaluation(tmp_path, tiny_hu
     import hubrl.training
     from hubrl.evaluation import EvalResult
 
-    monkeypatch.setattr(hubrl.training, "evaluate_model", lambda model, env, n: EvalResult(1.0, 0.0, n, [1.0] * n, [1] * n))
+    monkeypatch.setattr(hubrl.training, "evaluate_model",
+                        lambda model, env, n, seed=None: EvalResult(1.0, 0.0, n, [1.0] * n, [1] * n))
     cfg = dict(hub=str(tiny_hub), timesteps=256, eval_freq=128)
     run_transfer(_cfg(tmp_path, **cfg), progress_bar=False, verbose=1, pause_at=128)
     run_transfer(_cfg(tmp_path, **cfg), resume=True, progress_bar=False, verbose=1)
