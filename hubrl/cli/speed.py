@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args, given = parse_given(parser, argv)
     refuse_flags_not_read(parser, args.what, given)
+    if getattr(args, "game", None) is not None:  # a typo is named first, with close matches, before any other check
+        from hubrl.envs import resolve_game
+
+        resolve_game(args.game)
     if args.what in FLAG_READERS["device"]:
         from hubrl.runconfig import check_device
 
