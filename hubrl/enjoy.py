@@ -196,8 +196,8 @@ class VideoWriter:
     """Stream RGB frames into an MP4 (imageio-ffmpeg) or collect them into an animated GIF (Pillow).
 
     MP4 frames go straight to ffmpeg (constant memory) at ``scale`` x the screen size (nearest
-    neighbour, 420x320 for 2); a GIF keeps every frame in memory as a palette image (about
-    34 kB per agent step) until :meth:`close` writes it, at the screen's own size.
+    neighbour, 420x320 for 2); a GIF keeps every frame in memory as a palette image (210x160
+    bytes, 33.6 kB, per agent step) until :meth:`close` writes it, at the screen's own size.
     A ``.mp4`` path without ``imageio-ffmpeg`` is written as a GIF next to it (``.gif``).
     """
 
