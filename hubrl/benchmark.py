@@ -418,8 +418,8 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where it has {v!r}" for n, w, v in conflicts)
             raise GridError(f"{folder.relative_to(root)} was started with other settings than this launch gives it "
                             f"({parts}; saved in its config.yaml): relaunch with the settings the grid was started with "
-                            f"({root / 'grid.json'} records them), or use another --root for the new ones. "
-                            "Nothing was written.")
+                            f"({root / 'grid.json'} records them: run --root {root} --continue), or use another --root "
+                            "for the new ones. Nothing was written.")
 
 
 @_holding_grid_lock

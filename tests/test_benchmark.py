@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hubrl.benchmark import GridError, run_grid
-from hubrl.errors import CheckpointError
+from hubrl.errors import CheckpointError, UsageError
 from hubrl.grid import has_checkpoint, trial_folder, trial_state
 from tests.conftest import ROOT, make_tiny_hub
 
@@ -463,7 +463,8 @@ def test_a_stopped_grid_exits_as_a_stopped_run_and_writes_no_report(tmp_path, mo
     argv = ["run", "--root", str(tmp_path), "--env", "Alien", "--method", "scratch", "--timesteps", "1k", "--report"]
     code = command_main("bench")(argv)
     assert code == 128 + 15
-    assert "Stopped by a signal: rerun the same command to continue the grid (then --report)." in capsys.readouterr().out
+    assert (f"Stopped by a signal: rerun the same command, or run --root {tmp_path} --continue, to continue the grid "
+            "(then --report).") in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -573,7 +574,8 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
     assert (root / "grid.json").read_text() == grid_json  # the report still reads the grid's 128-step budget
     # so are other settings for its started trials, once, up front, not as a failure of every trial
     with pytest.raises(GridError, match=r"Gopher/hub-pathway/s0 was started with other settings than this launch gives "
-                                        r"it \(--n-envs 1 where it has 2; .*grid.json records them\), or use another --root"):
+                                        r"it \(--n-envs 1 where it has 2; .*grid.json records them: run --root .* "
+                                        r"--continue\), or use another --root"):
         run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings={**settings, "n_envs": 1}, workers=0, log=None)
     assert {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.name != ".lock"} == before
     again = run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0, log=None)
@@ -586,6 +588,44 @@ def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_a
         run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings={**settings, "n_envs": 1}, workers=0, log=None)
     assert run_grid(root, ["Gopher"], ["hub-pathway"], [0], 128, settings=settings, workers=0,
                     log=None).records[0]["status"] == "skipped"
+
+
+def test_run_continue_relaunches_the_grids_last_launch_from_its_grid_json(tmp_path, monkeypatch):
+    """A grid stopped by a signal says "rerun the same command"; a user who no longer has it typed
+    every flag again, and one left out was refused as other settings. ``run --continue`` takes the
+    launch grid.json records; only how and how far to run may be given anew."""
+    import hubrl.benchmark
+    from hubrl.benchmark import GridSummary
+    from hubrl.cli.bench import main
+
+    root = tmp_path / "g"
+    root.mkdir()
+    launch = {"games": ["Alien", "Gopher"], "methods": ["scratch", "finetune:source=seaquest-ppo"], "seeds": [2],
+              "budget": 1_000_000, "pause_at": 250_000, "settings": {"eval_freq": 50_000, "eval_episodes": 10},
+              "workers": 2, "ray_address": None}
+    (root / "grid.json").write_text(json.dumps(launch))
+    calls = []
+
+    def fake_run_grid(root_, games, methods, seeds, budget, **kwargs):
+        calls.append((games, methods, seeds, budget, kwargs))
+        return GridSummary(Path(root_))
+
+    monkeypatch.setattr(hubrl.benchmark, "run_grid", fake_run_grid)
+    assert main(["run", "--root", str(root), "--continue", "--pause-at", "500k", "--threads", "1"]) == 0
+    games, methods, seeds, budget, kwargs = calls[-1]
+    assert (games, methods, seeds, budget) == (["Alien", "Gopher"], ["scratch", "finetune:source=seaquest-ppo"], [2],
+                                               1_000_000)
+    assert kwargs["settings"] == launch["settings"] and kwargs["workers"] == 2 and kwargs["threads"] == 1
+    assert kwargs["pause_at"] == 500_000  # how far: as given now (none: to the budget)
+    main(["run", "--root", str(root), "--continue", "--workers", "1"])
+    assert calls[-1][4]["workers"] == 1 and calls[-1][4]["pause_at"] is None
+    with pytest.raises(UsageError, match="--continue reads only .*; it does not read --seed"):  # it would change it
+        main(["run", "--root", str(root), "--continue", "--seed", "0", "1", "2"])
+    assert len(calls) == 2
+    with pytest.raises(UsageError, match=r"--continue: .*new has no grid.json, so there is no launch to continue"):
+        main(["run", "--root", str(tmp_path / "new"), "--continue"])
+    with pytest.raises(UsageError, match=r"required: --timesteps \(or --continue"):
+        main(["run", "--root", str(root), "--env", "Alien"])
 
 
 def _script_main():

@@ -40,6 +40,7 @@ from hubrl.cli.common import (
     env_count,
     main_guard,
     non_negative_float,
+    parse_given,
     positive_int,
     seed,
     steps,
@@ -67,16 +68,20 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.", epilog=methods_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--root", required=True, metavar="DIR", help="Grid folder: trials go to DIR/<Game>/<method>/s<seed>/.")
-    run.add_argument("--env", dest="games", nargs="+", required=True, metavar="GAME", aliases=("--games",),
-                     help="Target games: Alien Gopher Jamesbond ...")
+    run.add_argument("--env", dest="games", nargs="+", default=None, metavar="GAME", aliases=("--games",),
+                     help="Target games: Alien Gopher Jamesbond ... (required, but with --continue).")
     run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
                      help=f"Transfer methods (default: all: {' '.join(METHODS)}, each said at the end; a bare "
                           "finetune is one arm per hub expert unless --set source=NAME); a variant is "
                           "NAME:KEY=VALUE,... (hub-pathway:top_k=2), an arm with its own name LABEL=NAME[:...].")
     run.add_argument("--seed", dest="seeds", nargs="+", type=seed, default=[0, 1, 2], metavar="SEED", aliases=("--seeds",),
                      help="Seeds. Default: 0 1 2.")
-    run.add_argument("--timesteps", dest="budget", type=steps, required=True, metavar="STEPS", aliases=("--budget",),
-                     help="Agent steps per trial (the budget), e.g. 1M, 100k.")
+    run.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
+                     help="Agent steps per trial (the budget), e.g. 1M, 100k (required, but with --continue).")
+    run.add_argument("--continue", dest="continue_grid", action="store_true",
+                     help="Continue the grid's last launch as its grid.json records it (games, methods, seeds, budget "
+                          "and settings), without typing them again; --pause-at (default: none, to the budget), "
+                          "--workers or --ray-address, --threads, --verbose and --report may be given anew.")
     run.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
                      help="Pause every trial at the first rollout boundary at or past STEPS agent steps, up to the "
                           "budget (schedules "
@@ -186,15 +191,51 @@ def _settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+#: What ``run --continue`` reads from the command line; the rest comes from the grid's grid.json.
+CONTINUE_READS = {"root", "pause_at", "workers", "ray_address", "threads", "cpus_per_trial", "gpus_per_trial", "verbose",
+                  "report"}
+
+
+def _continue_launch(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> dict:
+    """``run --continue``: the grid's last launch from its grid.json (games, methods, seeds, budget,
+    settings) into ``args``; returns its settings. Flags that would change the launch are refused."""
+    from hubrl.cli.common import refuse_flags_not_read_by
+    from hubrl.grid import read_grid
+
+    refuse_flags_not_read_by(parser, given, "continue_grid", CONTINUE_READS)
+    launch = read_grid(args.root)
+    needed = ("games", "methods", "seeds", "budget", "settings")
+    if not all(key in launch for key in needed):
+        what = "has no grid.json" if not launch else "has a grid.json without its launch (" + ", ".join(
+            key for key in needed if key not in launch) + ")"
+        raise UsageError(f"--continue: {args.root} {what}, so there is no launch to continue: give --env, --timesteps "
+                         "and the other flags of the grid.")
+    args.games, args.methods, args.seeds, args.budget = (launch[key] for key in needed[:4])
+    if "workers" not in given and "ray_address" not in given:
+        args.workers = launch.get("workers", args.workers)
+        args.ray_address = launch.get("ray_address")
+    return dict(launch["settings"])
+
+
+def cmd_run(args: argparse.Namespace, given: set[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     from hubrl.benchmark import run_grid
     from hubrl.runconfig import check_device
 
-    if args.device is not None:
-        check_device(args.device)  # before the grid is locked and its folder made
+    parser = parser or _run_parser()
+    given = given if given is not None else set()
+    if args.continue_grid:
+        settings = _continue_launch(parser, args, given)
+    else:
+        missing = [flag for dest, flag in (("games", "--env"), ("budget", "--timesteps")) if getattr(args, dest) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)} (or --continue, to continue the "
+                         "grid's last launch)")
+        settings = _settings(args)
+    if settings.get("device") is not None:
+        check_device(settings["device"])  # before the grid is locked and its folder made
 
     summary = run_grid(
-        args.root, args.games, args.methods or list(METHODS), args.seeds, args.budget, settings=_settings(args),
+        args.root, args.games, args.methods or list(METHODS), args.seeds, args.budget, settings=settings,
         workers=args.workers, threads=args.threads, ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, pause_at=args.pause_at,
     )
@@ -202,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for rec in summary.failed:
         print(f"  failed: {rec['trial']}: {rec['error']}")
     if summary.stopped_by is not None:  # as a stopped run: 128 + the signal, and no report of a grid cut short
-        print("Stopped by a signal: rerun the same command to continue the grid"
+        print(f"Stopped by a signal: rerun the same command, or run --root {args.root} --continue, to continue the grid"
               + (" (then --report)." if args.report else "."))
         return 128 + summary.stopped_by
     if args.report:
@@ -313,10 +354,21 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``run`` subcommand's own parser."""
+    parser = build_parser(prog)
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, prog)
-    commands = {"run": cmd_run, "report": cmd_report, "routes": cmd_routes, "archive": cmd_archive}
+    if args.command == "run":  # parsed again by its own parser, to know which flags were given (--continue)
+        run = _run_parser(prog)
+        args, given = parse_given(run, argv[argv.index("run") + 1:])
+        return cmd_run(args, given, run)
+    commands = {"report": cmd_report, "routes": cmd_routes, "archive": cmd_archive}
     return commands[args.command](args)
 
 
