@@ -199,6 +199,19 @@ def test_the_help_of_a_command_that_takes_a_method_says_what_each_is_and_names_t
     assert experts and f"({SHIPPED_HUB}): {', '.join(experts)}." in text
 
 
+def test_the_flags_given_are_known_also_for_a_flag_given_several_times():
+    """``bench run --set K=V`` appends: its not-given marker broke the parse of every ``run`` that gave it."""
+    from hubrl.cli.common import parse_given
+
+    run = _parser("bench", "run")
+    args, given = parse_given(run, ["--root", "g", "--env", "Alien", "--timesteps", "1k", "--set", "top_k=2", "--set",
+                                    "lite=true"])
+    assert args.extra == [("top_k", 2), ("lite", True)] and type(args.extra) is list
+    assert given == {"root", "games", "budget", "extra"}
+    args, given = parse_given(run, ["--root", "g", "--continue"])
+    assert args.extra == [] and given == {"root", "continue_grid"}
+
+
 def test_a_flag_reads_the_same_in_every_help():
     """A flag shows one metavar in every command (``--pause-at STEPS``, ``--sticky-actions P``), and
     every step count (10M, 250k ...) shows ``STEPS``."""

@@ -185,7 +185,7 @@ def test_optimizer_kwargs_merged_over_the_a2c_preset_must_fit_its_optimizer():
 def test_the_minibatch_warning_names_only_fixes_that_work(n_steps, batch_size, n_envs, fixes):
     """It suggested --n-envs 3125 for a batch_size of 100,000, a count --n-envs refuses (at most
     1024), and batch_size: 32 where the whole rollout, 1024, is what fits."""
-    from agents.presets import minibatch_warning
+    from hubrl.agents.presets import minibatch_warning
 
     assert minibatch_warning("ppo", {"n_steps": n_steps, "batch_size": batch_size, "n_envs": n_envs}).endswith(fixes)
     assert minibatch_warning("ppo", {"n_steps": 128, "batch_size": 256, "n_envs": 2}) is None

@@ -42,6 +42,7 @@ from hubrl.cli.common import (
     non_negative_float,
     parse_given,
     positive_int,
+    refuse_flags_not_read_by,
     seed,
     steps,
 )
@@ -175,7 +176,28 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
-    return build_parser(prog).parse_args(argv)
+    """Parse ``hubrl-bench``'s command line as :func:`main` does, its checks included; runs nothing."""
+    return _parse(argv, prog)[0]
+
+
+def _parse(argv: Sequence[str] | None, prog: str | None) -> tuple[argparse.Namespace, set[str], argparse.ArgumentParser]:
+    """The arguments, the flags given explicitly (``run``'s; else none) and the parser that read them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        return args, set(), parser
+    run = _run_parser(prog)  # parsed again by its own parser, to know which flags were given (--continue)
+    args, given = parse_given(run, argv[argv.index("run") + 1:])
+    args.command = "run"
+    if args.continue_grid:
+        refuse_flags_not_read_by(run, given, "continue_grid", CONTINUE_READS)
+    else:
+        missing = [flag for dest, flag in (("games", "--env"), ("budget", "--timesteps")) if getattr(args, dest) is None]
+        if missing:
+            run.error(f"the following arguments are required: {', '.join(missing)} (or --continue, to continue the "
+                      "grid's last launch)")
+    return args, given, run
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -196,13 +218,12 @@ CONTINUE_READS = {"root", "pause_at", "workers", "ray_address", "threads", "cpus
                   "report"}
 
 
-def _continue_launch(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> dict:
+def _continue_launch(args: argparse.Namespace, given: set[str]) -> dict:
     """``run --continue``: the grid's last launch from its grid.json (games, methods, seeds, budget,
-    settings) into ``args``; returns its settings. Flags that would change the launch are refused."""
-    from hubrl.cli.common import refuse_flags_not_read_by
+    settings) into ``args``; returns its settings (flags that would change the launch were refused
+    when parsing)."""
     from hubrl.grid import read_grid
 
-    refuse_flags_not_read_by(parser, given, "continue_grid", CONTINUE_READS)
     launch = read_grid(args.root)
     needed = ("games", "methods", "seeds", "budget", "settings")
     if not all(key in launch for key in needed):
@@ -217,20 +238,11 @@ def _continue_launch(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     return dict(launch["settings"])
 
 
-def cmd_run(args: argparse.Namespace, given: set[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     from hubrl.benchmark import run_grid
     from hubrl.runconfig import check_device
 
-    parser = parser or _run_parser()
-    given = given if given is not None else set()
-    if args.continue_grid:
-        settings = _continue_launch(parser, args, given)
-    else:
-        missing = [flag for dest, flag in (("games", "--env"), ("budget", "--timesteps")) if getattr(args, dest) is None]
-        if missing:
-            parser.error(f"the following arguments are required: {', '.join(missing)} (or --continue, to continue the "
-                         "grid's last launch)")
-        settings = _settings(args)
+    settings = _continue_launch(args, given) if args.continue_grid else _settings(args)
     if settings.get("device") is not None:
         check_device(settings["device"])  # before the grid is locked and its folder made
 
@@ -362,12 +374,9 @@ def _run_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv, prog)
-    if args.command == "run":  # parsed again by its own parser, to know which flags were given (--continue)
-        run = _run_parser(prog)
-        args, given = parse_given(run, argv[argv.index("run") + 1:])
-        return cmd_run(args, given, run)
+    args, given, _ = _parse(argv, prog)
+    if args.command == "run":
+        return cmd_run(args, given)
     commands = {"report": cmd_report, "routes": cmd_routes, "archive": cmd_archive}
     return commands[args.command](args)
 

@@ -127,16 +127,25 @@ FLAG_VOCABULARY: dict[str, tuple[str, tuple[str, ...]]] = {  # concept -> (flag,
 }
 
 
+class _UnsetList(list):
+    """The not-given marker of an appending flag: argparse copies it before appending a value."""
+
+
 def parse_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
     """Parse ``argv``; also return the destinations the user gave explicitly.
 
     A flag given with its default value still counts as given (``--timesteps 1M`` on a resumed
     100k run is a request, not a no-op), which comparing values with the defaults cannot tell.
     """
-    unset = object()
-    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    # one marker per destination; an appending flag (--set) copies what it finds and appends, so its marker is a list
+    unset = {a.dest: _UnsetList() if isinstance(a, (argparse._AppendAction, argparse._AppendConstAction)) else object()
+             for a in parser._actions if a.dest != argparse.SUPPRESS}
+    namespace = argparse.Namespace(**unset)
     parser.parse_args(argv, namespace=namespace)
-    given = {dest for dest, value in vars(namespace).items() if value is not unset}
+    given = {dest for dest, value in vars(namespace).items() if value is not unset.get(dest)}
+    for dest in given:
+        if isinstance(getattr(namespace, dest), _UnsetList):  # the marker's copy with the values appended
+            setattr(namespace, dest, list(getattr(namespace, dest)))
     for dest in set(vars(namespace)) - given:
         setattr(namespace, dest, parser.get_default(dest))
     return namespace, given
