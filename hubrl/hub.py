@@ -347,9 +347,9 @@ def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
     if "policy.pth" not in names and torch_file and Path(str(where)).suffix in (".pt", ".pth"):
         raise HubError(f"{where} is a torch file (a run's checkpoint.pt?), not an SB3 .zip: give the run folder or "
                        f"its model.zip instead.")
-    if "policy.pth" not in archive.namelist():  # a truncated SB3 zip can open as the zip nested in its last member
+    if "policy.pth" not in names:  # a truncated SB3 zip can open as the zip nested in its last member
         raise HubError(f"{where} is not an SB3 checkpoint, or is truncated: it has no policy.pth "
-                       f"(entries: {', '.join(archive.namelist()[:4]) or 'none'}); save or download it again.")
+                       f"(entries: {', '.join(names[:4]) or 'none'}); save or download it again.")
     raw = read_zip_member(archive, "policy.pth", where)
     try:
         return th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)

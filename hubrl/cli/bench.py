@@ -187,7 +187,7 @@ def _parse(argv: Sequence[str] | None, prog: str | None) -> tuple[argparse.Names
     args = parser.parse_args(argv)
     if args.command != "run":
         return args, set(), parser
-    run = _run_parser(prog)  # parsed again by its own parser, to know which flags were given (--continue)
+    run = _run_parser(parser)  # parsed again by its own parser, to know which flags were given (--continue)
     args, given = parse_given(run, argv[argv.index("run") + 1:])
     args.command = "run"
     if args.continue_grid:
@@ -366,9 +366,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``run`` subcommand's own parser."""
-    parser = build_parser(prog)
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``run`` subcommand's own parser, inside ``parser`` (:func:`build_parser`'s)."""
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
 
 
