@@ -34,8 +34,14 @@ SHIPPED_HUB = Path(__file__).resolve().parent / "default_hub"
 def methods_help() -> str:
     """The methods, one line each, and the shipped hub's experts: a command's ``--help`` epilog."""
     experts = sorted(p.name for p in SHIPPED_HUB.iterdir() if p.is_dir()) if SHIPPED_HUB.is_dir() else []
-    lines = ["methods:"] + [textwrap.fill(text, 100, initial_indent=f"  {name:<13}", subsequent_indent=" " * 15)
-                            for name, text in METHOD_SUMMARIES.items()]
-    lines.append(textwrap.fill(f"The shipped hub, used without --hub or --sources ({SHIPPED_HUB}): "
-                               f"{', '.join(experts) or 'no experts in this installation'}.", 100))
+    # Never break at a hyphen or inside a word: 'riverraid-ppo' and the hub's path must read whole
+    # wherever the package is installed.
+    wrap = textwrap.TextWrapper(100, break_on_hyphens=False, break_long_words=False)
+    lines = ["methods:"]
+    for name, text in METHOD_SUMMARIES.items():
+        wrap.initial_indent, wrap.subsequent_indent = f"  {name:<13}", " " * 15
+        lines.append(wrap.fill(text))
+    wrap.initial_indent = wrap.subsequent_indent = ""
+    lines.append(wrap.fill(f"The shipped hub, used without --hub or --sources ({SHIPPED_HUB}): "
+                           f"{', '.join(experts) or 'no experts in this installation'}."))
     return "\n".join(lines)

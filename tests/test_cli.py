@@ -333,3 +333,20 @@ def test_speed_transfer_times_what_a_run_pays_gate_logging_included(capsys, monk
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert float(cells[3]) == 1000.0 and cells[4] == "1.00x"  # the CPU column reads the process's CPU clock
+
+
+@pytest.mark.parametrize("depth", range(0, 48, 3))
+def test_the_help_epilog_never_breaks_a_name_at_its_hyphen_wherever_the_package_is_installed(
+        depth, tmp_path, monkeypatch):
+    """The epilog was wrapped at hyphens, so with the package under a path of another length
+    'riverraid-ppo' came out as 'riverraid- ppo' (CI at 10f8e86 caught it from /check/work/main)."""
+    import hubrl.method_catalog as catalog
+
+    hub = tmp_path / ("d" * depth) / "default_hub"
+    for name in ("riverraid-ppo", "seaquest-ppo"):
+        (hub / name).mkdir(parents=True)
+    monkeypatch.setattr(catalog, "SHIPPED_HUB", hub)
+    text = " ".join(catalog.methods_help().split())
+    assert f"({hub}): riverraid-ppo, seaquest-ppo." in text
+    for name, summary in catalog.METHOD_SUMMARIES.items():
+        assert f"{name} {' '.join(summary.split())}" in text, name
