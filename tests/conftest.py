@@ -17,6 +17,12 @@ th.set_num_threads(1)
 TINY_PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 1}
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 8. Each worker holds torch, ALE
+    and a few tiny agents (about 0.5 GB), so a many-core machine need not start dozens."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @pytest.fixture
 def tiny_ppo() -> dict:
     return dict(TINY_PPO)

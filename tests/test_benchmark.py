@@ -53,13 +53,14 @@ def signal_aware_trial(spec: dict) -> dict:
     """Like a training run: sets up (marking ``setting-up``; while ``<root>/hold-setup`` exists, until
     ``<root>/go`` does), marks itself ``started``, then trains until a signal (Ctrl-C, SIGTERM, a
     hang-up, the grid's request) and returns as interrupted; finishes as :func:`fake_trial` after
-    60 s without one."""
+    180 s without one. (60 s was too short: on a loaded machine the second trial's fresh Ray worker
+    took longer than that to import torch, so the first finished before the signal was sent.)"""
     from hubrl.signals import SignalStop
 
     folder, root = Path(spec["folder"]), _root_of(spec)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "setting-up").touch()
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     while (root / "hold-setup").exists() and not (root / "go").exists() and time.time() < deadline:
         time.sleep(0.05)
     with SignalStop() as stop:
@@ -303,7 +304,7 @@ def _grid_under_signal(root: Path, signum: int, marker: str, whole_group: bool =
         assert len(list(root.glob(f"*/*/s*/{marker}"))) == 2, proc.stderr.read() if proc.poll() is not None else "slow"
         (os.killpg if whole_group else os.kill)(proc.pid, signum)
         (root / "go").touch()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=240)  # a trial that never sees the signal ends at 180 s
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -337,6 +338,7 @@ def test_a_signalled_grid_records_its_interrupted_trials_and_starts_no_more(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray instance at a time: pytest-xdist runs a group on one worker
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="process groups and SIGHUP are POSIX")
 @pytest.mark.parametrize("signum, marker", [("SIGINT", "started"), ("SIGTERM", "setting-up")])
 def test_a_signalled_ray_grid_checkpoints_and_journals_its_trials_and_starts_no_more(tmp_path, signum, marker):
@@ -519,6 +521,7 @@ def test_ray_missing_gives_the_install_hint(tmp_path, monkeypatch):
         run_grid(tmp_path, ["Alien"], ["scratch"], [0], 10, trial_fn=fake_trial, ray_address="auto", log=None)
 
 
+@pytest.mark.xdist_group("ray")
 def test_ray_runs_trials_as_tasks(tmp_path):
     ray = pytest.importorskip("ray", reason="needs the [ray] extra: pip install -e '.[ray]'")
     root = tmp_path / "grid"
