@@ -40,7 +40,14 @@ def test_pyproject_lists_every_package_with_its_folder():
     assert setuptools["package-dir"] == folders
     found = {".".join((package, *init.parent.relative_to(ROOT / folder).parts))
              for package, folder in folders.items() for init in (ROOT / folder).rglob("__init__.py")}
-    assert sorted(setuptools["packages"]) == sorted(found)
+    # Folders of data only (the shipped hub, the presets) are listed too, each with its own package-data.
+    data = set(setuptools["packages"]) - found
+    assert data <= set(setuptools["package-data"]), data
+    for package in data:
+        parent, name = package.rsplit(".", 1)
+        folder = ROOT / folders[parent] / name
+        assert folder.is_dir() and not list(folder.glob("*.py")), package
+    assert sorted(setuptools["packages"]) == sorted(found | data)
 
 
 def test_importing_every_module_loads_no_generic_top_level_package():
@@ -96,13 +103,16 @@ def test_the_wheel_installs_agents_and_envs_inside_hubrl(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "-w", str(wheels), "--no-deps",
                             "--no-build-isolation", "-q"], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
+    # A data folder with an importable name left out of `packages` makes setuptools warn, at length, on every install.
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr
     wheel = next(wheels.glob("hubrl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"hubrl", f"hubrl-{wheel.name.split('-')[1]}.dist-info"}, tops  # no agents/, envs/, tests/ ...
     for needed in ("hubrl/agents/__init__.py", "hubrl/agents/ppo.py", "hubrl/agents/hyperparams/ppo.yml",
                    "hubrl/agents/hyperparams/a2c.yml", "hubrl/envs/__init__.py", "hubrl/envs/atari.py",
-                   "hubrl/cli/transfer.py", "hubrl/__main__.py", "hubrl/default_hub/seaquest-ppo/expert.json"):
+                   "hubrl/cli/transfer.py", "hubrl/__main__.py", "hubrl/default_hub/seaquest-ppo/expert.json",
+                   "hubrl/default_hub/riverraid-ppo/weights.safetensors"):
         assert needed in names
     dist_info = f"hubrl-{wheel.name.split('-')[1]}.dist-info"
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
