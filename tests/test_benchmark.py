@@ -53,14 +53,14 @@ def signal_aware_trial(spec: dict) -> dict:
     """Like a training run: sets up (marking ``setting-up``; while ``<root>/hold-setup`` exists, until
     ``<root>/go`` does), marks itself ``started``, then trains until a signal (Ctrl-C, SIGTERM, a
     hang-up, the grid's request) and returns as interrupted; finishes as :func:`fake_trial` after
-    180 s without one. (60 s was too short: on a loaded machine the second trial's fresh Ray worker
+    300 s without one. (60 s was too short: on a loaded machine the second trial's fresh Ray worker
     took longer than that to import torch, so the first finished before the signal was sent.)"""
     from hubrl.signals import SignalStop
 
     folder, root = Path(spec["folder"]), _root_of(spec)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "setting-up").touch()
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while (root / "hold-setup").exists() and not (root / "go").exists() and time.time() < deadline:
         time.sleep(0.05)
     with SignalStop() as stop:
@@ -281,7 +281,7 @@ from tests.test_benchmark import signal_aware_trial
 runner = {"workers": 2}
 if sys.argv[2] == "ray":  # a local Ray instance with room for two trials at once
     import os, ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     runner = {"ray_address": "auto"}
 summary = run_grid(sys.argv[1], ["Alien"], ["scratch"], [0, 1, 2, 3], 64, trial_fn=signal_aware_trial, log=None, **runner)
@@ -298,13 +298,13 @@ def _grid_under_signal(root: Path, signum: int, marker: str, whole_group: bool =
     proc = subprocess.Popen([sys.executable, "-c", _GRID_UNDER_SIGNAL, str(root), runner], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # both trials' workers import torch; the first trial waits 300 s for its signal
         while len(list(root.glob(f"*/*/s*/{marker}"))) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert len(list(root.glob(f"*/*/s*/{marker}"))) == 2, proc.stderr.read() if proc.poll() is not None else "slow"
         (os.killpg if whole_group else os.kill)(proc.pid, signum)
         (root / "go").touch()
-        out, err = proc.communicate(timeout=240)  # a trial that never sees the signal ends at 180 s
+        out, err = proc.communicate(timeout=360)  # a trial that never sees the signal ends at 300 s
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -527,12 +527,15 @@ def test_ray_runs_trials_as_tasks(tmp_path):
     root = tmp_path / "grid"
     root.mkdir()
     (root / "fail-Alien-scratch-s1").touch()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     try:
         summary = run_grid(root, ["Alien"], ["scratch"], [0, 1], 64, trial_fn=fake_trial, ray_address="auto", log=None)
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():  # ray.init installs its own, which shutdown leaves: the tests
+            signal.signal(sig, handler)        # that run after this one in the same (xdist) worker expect the default
     assert (summary.count("ok"), summary.count("failed")) == (1, 1)
     assert summary.failed[0]["error"] == "RuntimeError: boom in Alien/scratch/s1"
     assert all(r["pid"] != os.getpid() and r["rss_isolated"] for r in summary.records)

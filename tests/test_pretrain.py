@@ -464,6 +464,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 @pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     defaults = [] if "--out" in args else ["--out", str(tmp_path / "runs")]
+    defaults += [] if "--hub" in args else ["--hub", str(tmp_path / "hub")]  # not ./hub in the checkout
     defaults += [] if "--env" in args else ["--env", "Seaquest"]
     result = run_script("pretrain_sources.py", *defaults, *args)
     assert result.returncode == 2
