@@ -36,12 +36,9 @@ def methods_help() -> str:
     experts = sorted(p.name for p in SHIPPED_HUB.iterdir() if p.is_dir()) if SHIPPED_HUB.is_dir() else []
     # Never break at a hyphen or inside a word: 'riverraid-ppo' and the hub's path must read whole
     # wherever the package is installed.
-    wrap = textwrap.TextWrapper(100, break_on_hyphens=False, break_long_words=False)
-    lines = ["methods:"]
-    for name, text in METHOD_SUMMARIES.items():
-        wrap.initial_indent, wrap.subsequent_indent = f"  {name:<13}", " " * 15
-        lines.append(wrap.fill(text))
-    wrap.initial_indent = wrap.subsequent_indent = ""
-    lines.append(wrap.fill(f"The shipped hub, used without --hub or --sources ({SHIPPED_HUB}): "
-                           f"{', '.join(experts) or 'no experts in this installation'}."))
+    whole = {"width": 100, "break_on_hyphens": False, "break_long_words": False}
+    lines = ["methods:"] + [textwrap.fill(text, initial_indent=f"  {name:<13}", subsequent_indent=" " * 15, **whole)
+                            for name, text in METHOD_SUMMARIES.items()]
+    lines.append(textwrap.fill(f"The shipped hub, used without --hub or --sources ({SHIPPED_HUB}): "
+                               f"{', '.join(experts) or 'no experts in this installation'}.", **whole))
     return "\n".join(lines)

@@ -17,6 +17,15 @@ th.set_num_threads(1)
 TINY_PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 1}
 
 
+def read_pyproject() -> dict:
+    """The repository's pyproject.toml, parsed (tomllib; the dev extra's tomli on Python 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (pyproject's addopts): one worker per core, at most 8. Each worker holds torch, ALE
     and a few tiny agents (about 0.5 GB), so a many-core machine need not start dozens."""

@@ -40,11 +40,9 @@ def test_the_entry_points_are_installed_and_are_the_commands():
     """pyproject.toml's [project.scripts] and the installed metadata (reinstall after editing it)."""
     from importlib.metadata import entry_points
 
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the dev extra's tomli
-        import tomli as tomllib
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    from tests.conftest import read_pyproject
+
+    declared = read_pyproject()["project"]["scripts"]
     assert declared == {f"hubrl-{command}": f"hubrl.cli.{command}:cli" for command in COMMANDS}
     installed = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name.startswith("hubrl-")}
     assert installed == declared

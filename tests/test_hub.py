@@ -251,11 +251,9 @@ def test_the_package_folder_holds_only_what_ships():
     assert experts and all(p.is_dir() and sorted(f.name for f in p.iterdir()) == sorted(SHIPPED) for p in experts)
     pyproject = package.parent / "pyproject.toml"
     if pyproject.is_file():  # a source checkout: the wheel ships exactly these files
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: the dev extra's tomli
-            import tomli as tomllib
-        setuptools = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
+        from tests.conftest import read_pyproject
+
+        setuptools = read_pyproject()["tool"]["setuptools"]
         assert "hubrl.default_hub" in setuptools["packages"]
         assert sorted(setuptools["package-data"]["hubrl.default_hub"]) == sorted(f"*/{name}" for name in SHIPPED)
 

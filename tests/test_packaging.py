@@ -31,11 +31,9 @@ def test_no_code_imports_the_generic_top_level_names():
 
 def test_pyproject_lists_every_package_with_its_folder():
     """setuptools is told the packages by name (find cannot map folders): a new subpackage must be listed."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the dev extra's tomli
-        import tomli as tomllib
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    from tests.conftest import read_pyproject
+
+    setuptools = read_pyproject()["tool"]["setuptools"]
     folders = {"hubrl": "hubrl", "hubrl.agents": "agents", "hubrl.envs": "envs"}
     assert setuptools["package-dir"] == folders
     found = {".".join((package, *init.parent.relative_to(ROOT / folder).parts))

@@ -180,13 +180,13 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     return _parse(argv, prog)[0]
 
 
-def _parse(argv: Sequence[str] | None, prog: str | None) -> tuple[argparse.Namespace, set[str], argparse.ArgumentParser]:
-    """The arguments, the flags given explicitly (``run``'s; else none) and the parser that read them."""
+def _parse(argv: Sequence[str] | None, prog: str | None) -> tuple[argparse.Namespace, set[str]]:
+    """The arguments and the flags given explicitly (``run``'s; else none)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.command != "run":
-        return args, set(), parser
+        return args, set()
     run = _run_parser(parser)  # parsed again by its own parser, to know which flags were given (--continue)
     args, given = parse_given(run, argv[argv.index("run") + 1:])
     args.command = "run"
@@ -197,7 +197,7 @@ def _parse(argv: Sequence[str] | None, prog: str | None) -> tuple[argparse.Names
         if missing:
             run.error(f"the following arguments are required: {', '.join(missing)} (or --continue, to continue the "
                       "grid's last launch)")
-    return args, given, run
+    return args, given
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -373,7 +373,7 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``hubrl-bench`` with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
-    args, given, _ = _parse(argv, prog)
+    args, given = _parse(argv, prog)
     if args.command == "run":
         return cmd_run(args, given)
     commands = {"report": cmd_report, "routes": cmd_routes, "archive": cmd_archive}
