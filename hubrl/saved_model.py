@@ -10,8 +10,9 @@ Playing, inspecting or timing a trained policy needs none of that, so hubrl's ow
 * the policy class is read off the ``:serialized:`` pickle of ``policy_class`` by
   *disassembling* it (:func:`pickled_global`, :mod:`pickletools`: nothing is executed) and must
   be one of the classes a hubrl run saves (:data:`POLICY_CLASSES`);
-* the constructor's keyword arguments are the plain-JSON ``policy_kwargs`` (a model whose kwargs
-  needed pickling is refused), the spaces come from the JSON shape, dtype and action count;
+* the constructor's keyword arguments are the plain-JSON ``policy_kwargs``, or, where SB3 had to
+  pickle them (an optimizer or activation class: every A2C), the plain entries it writes beside the
+  pickle (:func:`_policy_kwargs`); the spaces come from the JSON shape, dtype and action count;
 * the weights are ``policy.pth`` read with ``torch.load(weights_only=True)``
   (:func:`hubrl.hub.read_policy_state`) and loaded strictly, so every tensor must fit.
 
@@ -26,6 +27,7 @@ import binascii
 import importlib
 import json
 import pickletools
+import re
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,11 +164,7 @@ def load_saved_policy(path: str | Path, device: str = "cpu") -> SavedPolicy:
     with _open_model(path) as archive:  # settings and weights from one opening: the same file, even if replaced meanwhile
         data = _model_data(archive, path)
         policy_class = _policy_class(data, path)
-        kwargs = data.get("policy_kwargs", {})
-        if not isinstance(kwargs, dict) or _holds_pickle(kwargs):
-            raise CheckpointError(f"{path}: its policy_kwargs are stored as a pickle, not plain values, and hubrl does "
-                                  "not unpickle model files; a hubrl run never saves such kwargs: load it with SB3's own "
-                                  "load only if you trust who wrote it.")
+        kwargs = _policy_kwargs(data, path)
         observation_space = gym.spaces.Box(0, 255, _observation_shape(data, path), np.uint8)
         action_space = gym.spaces.Discrete(_action_count(data, path))
         try:
@@ -201,6 +199,48 @@ def _policy_class(data: dict[str, Any], path: Path) -> type:
                               f"({known}): play a hubrl run's model, or give an SB3 CnnPolicy zip (not a run folder) "
                               "to read its encoder as weights only.")
     return getattr(importlib.import_module(POLICY_CLASSES[reference]), reference[1])
+
+
+#: ``str()`` of a torch activation class, as SB3 writes an entry of a dict it had to pickle.
+_ACTIVATION_TEXT = re.compile(r"<class 'torch\.nn\.modules\.activation\.(\w+)'>")
+#: What a policy needs only to train, which a played policy never uses: dropped from kwargs.
+_OPTIMIZER_KEYS = ("optimizer_class", "optimizer_kwargs")
+
+
+def _policy_kwargs(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The policy's constructor kwargs from ``data``, as plain values, never unpickled.
+
+    A ``policy_kwargs`` that holds a class (every A2C's ``optimizer_class``, RMSprop by default;
+    an ``activation_fn``) is not JSON, so SB3 stores it as a pickle and writes each entry beside it,
+    as JSON where it can and as its ``str()`` where not. The kwargs are rebuilt from those entries:
+    the optimizer is dropped (playing needs none; the policy makes SB3's default), an activation
+    named by its torch class becomes that class when it is one of
+    :data:`hubrl.agents.presets.ACTIVATIONS`, and any other entry that was not JSON is refused.
+    """
+    from torch import nn
+
+    from hubrl.agents.presets import ACTIVATIONS
+
+    kwargs = data.get("policy_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: its policy_kwargs are not a mapping, so it is not an SB3 model.zip.")
+    if ":serialized:" in kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith(":") and k not in _OPTIMIZER_KEYS}
+        activation = kwargs.get("activation_fn")
+        match = _ACTIVATION_TEXT.fullmatch(activation) if isinstance(activation, str) else None
+        if match and match.group(1) in ACTIVATIONS:
+            kwargs["activation_fn"] = getattr(nn, match.group(1))
+        objects = sorted(k for k, v in kwargs.items() if isinstance(v, str) and v.startswith("<") and v.endswith(">"))
+        if objects:
+            raise CheckpointError(f"{path}: its policy_kwargs hold objects that only unpickling would rebuild "
+                                  f"({', '.join(objects)}), and hubrl does not unpickle model files; a hubrl run saves "
+                                  "none but an optimizer and an activation: load it with SB3's own load only if you "
+                                  "trust who wrote it.")
+    if _holds_pickle(kwargs):
+        raise CheckpointError(f"{path}: its policy_kwargs hold a pickle inside an entry, and hubrl does not unpickle "
+                              "model files; a hubrl run never saves such kwargs: load it with SB3's own load only if "
+                              "you trust who wrote it.")
+    return kwargs
 
 
 def _holds_pickle(value: Any) -> bool:

@@ -35,13 +35,15 @@ class _Frames(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def _save_agent(path: Path, policy: str | type, **policy_kwargs) -> object:
+def _save_agent(path: Path, policy: str | type, algo: str = "ppo", **policy_kwargs) -> object:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from hubrl.agents import HubPPO
+    from hubrl.agents import HubA2C, HubPPO
 
     th.manual_seed(0)
-    model = HubPPO(policy, DummyVecEnv([_Frames]), n_steps=8, batch_size=8, device="cpu", policy_kwargs=policy_kwargs)
+    sizes = {"n_steps": 8, "batch_size": 8} if algo == "ppo" else {"n_steps": 5}
+    agent = HubPPO if algo == "ppo" else HubA2C
+    model = agent(policy, DummyVecEnv([_Frames]), device="cpu", policy_kwargs=policy_kwargs, **sizes)
     model.num_timesteps = 1234
     model.save(path)
     return model
@@ -63,22 +65,32 @@ def _rewrite(path: Path, edit_data=None, members: dict[str, bytes] | None = None
     return out
 
 
-@pytest.mark.parametrize("policy, kwargs", [
-    ("CnnPolicy", {}),
-    ("hubrl.policies.HubPathwayPolicy", {"expert_names": ["a", "b"], "top_k": 1}),
-    ("hubrl.zoo_tuning.ZooTuningPolicy", {"expert_names": ["a", "b"]}),
-], ids=["cnn", "hub-pathway", "zoo-tuning"])
+#: A2C's preset optimizer (agents/hyperparams/a2c.yml), and an activation a preset may name: classes,
+#: so SB3 pickles such kwargs and writes their entries beside the pickle as text.
+_A2C_KWARGS = {"optimizer_class": "RMSpropTFLike", "optimizer_kwargs": {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0}}
+
+
+@pytest.mark.parametrize("policy, algo, kwargs", [
+    ("CnnPolicy", "ppo", {}),
+    ("hubrl.policies.HubPathwayPolicy", "ppo", {"expert_names": ["a", "b"], "top_k": 1}),
+    ("hubrl.zoo_tuning.ZooTuningPolicy", "ppo", {"expert_names": ["a", "b"]}),
+    ("CnnPolicy", "a2c", _A2C_KWARGS),
+    ("hubrl.policies.HubPathwayPolicy", "a2c", {"expert_names": ["a", "b"], **_A2C_KWARGS, "activation_fn": "Tanh"}),
+], ids=["cnn", "hub-pathway", "zoo-tuning", "a2c-cnn", "a2c-hub-pathway-tanh"])
 def test_each_saved_policy_class_comes_back_with_its_weights_and_actions_without_unpickling(tmp_path, monkeypatch,
-                                                                                            policy, kwargs):
+                                                                                            policy, algo, kwargs):
     import importlib
+
+    from hubrl.agents.presets import _resolve_policy_kwargs
 
     if "." in policy:
         module, _, name = policy.rpartition(".")
         policy = getattr(importlib.import_module(module), name)
-    model = _save_agent(tmp_path / "model.zip", policy, **kwargs)
+    model = _save_agent(tmp_path / "model.zip", policy, algo, **_resolve_policy_kwargs(kwargs))
     forbid_unpickling(monkeypatch)
     saved = load_saved_policy(tmp_path / "model.zip")
     assert type(saved.policy) is type(model.policy) and not saved.policy.training
+    assert saved.policy.activation_fn is model.policy.activation_fn
     assert (saved.num_timesteps, saved.n_envs) == (1234, 1)
     want = model.policy.state_dict()
     got = saved.policy.state_dict()
@@ -118,8 +130,13 @@ def test_pickled_kwargs_weights_that_do_not_fit_and_a_torn_zip_are_refused_with_
     _save_agent(tmp_path / "model.zip", HubPathwayPolicy, expert_names=["a", "b"])
     pickled = _rewrite(tmp_path / "model.zip", lambda d: d["policy_kwargs"].__setitem__(
         "activation_fn", {":type:": "<class 'type'>", ":serialized:": "gAWV"}))
-    with pytest.raises(CheckpointError, match="policy_kwargs are stored as a pickle"):
+    with pytest.raises(CheckpointError, match="policy_kwargs hold a pickle inside an entry"):
         load_saved_policy(pickled)
+    _save_agent(tmp_path / "a2c.zip", "CnnPolicy", "a2c", optimizer_class=th.optim.RMSprop)
+    other = _rewrite(tmp_path / "a2c.zip", lambda d: d["policy_kwargs"].__setitem__(
+        "features_extractor_class", "<class 'evil.Extractor'>"))
+    with pytest.raises(CheckpointError, match=r"hold objects that only unpickling would rebuild \(features_extractor_class\)"):
+        load_saved_policy(other)
     three = _rewrite(tmp_path / "model.zip", lambda d: d["policy_kwargs"].__setitem__("expert_names", ["a", "b", "c"]))
     with pytest.raises(CheckpointError, match="do not fit this version's HubPathwayPolicy"):
         load_saved_policy(three)

@@ -80,6 +80,12 @@ def test_tiny_transfer_to_alien_from_stock_sb3_zips_with_a2c(tmp_path):
     assert result.hub.names == ["ppo-Seaquest", "ppo-Riverraid"]
     model = A2C.load(result.folder / "model.zip", device="cpu")
     assert model.action_space.n == 18 and model.policy.extractor.top_k == 2
+    # A2C's preset optimizer is a class, so SB3 pickles its policy_kwargs: enjoy's weights-only reader still plays it
+    from hubrl.saved_model import load_saved_policy
+
+    rebuilt = load_saved_policy(result.folder / "model.zip").policy
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    assert np.array_equal(rebuilt.predict(obs, deterministic=True)[0], model.policy.predict(obs, deterministic=True)[0])
 
 
 @pytest.mark.slow
