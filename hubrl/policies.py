@@ -467,8 +467,8 @@ def predict_with_gate_noise(model: Any, enabled: bool = True) -> Iterator[None]:
         yield
         return
     policy = check_gate_noise(model)
-    policy.gate_noise_in_predict = True
+    before, policy.gate_noise_in_predict = policy.gate_noise_in_predict, True
     try:
         yield
     finally:
-        policy.gate_noise_in_predict = False
+        policy.gate_noise_in_predict = before  # a nested block leaves the outer one's noise on

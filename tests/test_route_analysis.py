@@ -88,6 +88,10 @@ def test_gate_noise_in_predict_plays_the_acting_routes_and_only_inside_the_block
     with pytest.raises(KeyError), predict_with_gate_noise(policy):
         raise KeyError("stopped")
     assert not policy.gate_noise_in_predict  # ... also when the block raised
+    with predict_with_gate_noise(policy):
+        with predict_with_gate_noise(policy):
+            pass
+        assert policy.gate_noise_in_predict  # a nested block leaves the outer one's noise on
 
 
 def test_gate_noise_is_refused_for_what_does_not_route_with_noise(hub, tiny_hub):
