@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_bytes", "probe_writable", "sha256_file"]
 
 
 def atomic_write(
@@ -51,7 +51,10 @@ def open_partial(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
     name never share it), open: ``(descriptor, name)``. What a write goes into before it is renamed
     over ``path``. It gets the usual permissions of a new file (0666 minus the umask), not mkstemp's
     0600, so what is renamed into place is as readable as any other output."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # named as the file asked for, not the hidden one that could not be made
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
     except BaseException:
@@ -59,6 +62,15 @@ def open_partial(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
         _discard(name)
         raise
     return fd, name
+
+
+def probe_writable(path: str | Path) -> None:
+    """Raise now the ``OSError`` that writing ``path`` would meet (named by ``path``), rather than
+    after the work that makes its content (a play, a ranking): a hidden file is made beside it and
+    removed. Its folder must exist."""
+    fd, name = open_partial(Path(path), suffix=".probe")
+    os.close(fd)
+    _discard(name)
 
 
 def _keep(path: Path, previous: Path) -> None:

@@ -22,6 +22,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from hubrl.agents.routing import unfuse_where_unsupported
 from hubrl.atomic import atomic_write
 from hubrl.errors import CheckpointError
+from hubrl.hub import load_weights_only
 
 __all__ = [
     "CheckpointError",
@@ -73,7 +74,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}.")
     try:
-        state = th.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except (PermissionError, IsADirectoryError):
         raise
     except Exception as exc:  # torch raises several types for truncated / empty / foreign files

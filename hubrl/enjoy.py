@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from hubrl.atomic import open_partial
+from hubrl.atomic import open_partial, probe_writable
 from hubrl.envs import make_atari_vec_env, resolve_game
 from hubrl.evaluation import seeded_actions
 from hubrl.hub import HubError, load_sb3_zip, resolve_hub
@@ -206,6 +206,7 @@ class VideoWriter:
         self.fell_back = path.suffix.lower() == ".mp4" and not mp4_available()
         self.path = path.with_suffix(".gif") if self.fell_back else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        probe_writable(self.path)  # a folder it cannot write in is refused now, not after the play
         # Frames go to a hidden file of this writer's own beside the video, renamed over it by close():
         # a play killed mid-way leaves the previous video with that name whole, never a torn one.
         self._partial: Path | None = None
@@ -284,13 +285,13 @@ def play(player: Player, *, steps: int | None = None, episodes: int | None = 1, 
         raise UsageError("Give a number of --timesteps or --episodes to play.")
     if (steps is not None and steps < 1) or (episodes is not None and episodes < 1):
         raise UsageError("--timesteps and --episodes must be positive.")
+    writer = VideoWriter(video) if video is not None else None
     env = make_atari_vec_env(player.game, 1, seed=seed, terminal_on_life_loss=False, clip_reward=False,
                              repeat_action_probability=(player.repeat_action_probability if repeat_action_probability is None
                                                         else repeat_action_probability),
                              render_mode="rgb_array" if video is not None else None)
     from hubrl.training import StopOnSignal
 
-    writer = VideoWriter(video) if video is not None else None
     result = PlayResult()
     try:
         # stop_on_signal: Ctrl-C / SIGTERM end the play after the current step; the games so far and the video are kept

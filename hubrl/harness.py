@@ -6,7 +6,10 @@ hyperparameters, the system it ran on), ``checkpoint.pt`` (resume state), ``eval
 resumed and trained here, in the same steps, so they behave alike:
 
 1. :func:`start_run` checks the folder before anything is written (a new run needs an empty one,
-   or ``force``; a resumed one a checkpoint), that a ``--tensorboard-log`` elsewhere can be
+   or ``force``, which deletes the old run only at the new one's first write; a resumed one a
+   checkpoint), takes the folder's lock (``.lock``: a second process on the same run is refused,
+   naming the first, instead of both overwriting one checkpoint; the caller holds the run
+   ``with run:`` until it has written what it makes), that a ``--tensorboard-log`` elsewhere can be
    written (:func:`check_tensorboard_log`) and that a ``--pause-at`` is not past the run's budget
    (:func:`hubrl.runconfig.check_pause_at`), resolves the agent's preset, and on resume continues
    the *saved* run (:mod:`hubrl.runconfig`: a setting that contradicts it is refused), with the
@@ -33,7 +36,7 @@ import dataclasses
 import shutil
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Protocol, Sequence, TypeVar
@@ -51,6 +54,7 @@ from hubrl.envs import make_atari_vec_env
 from hubrl.errors import UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.grid import has_checkpoint
+from hubrl.locks import LockHeld, exclusive_lock
 from hubrl.provenance import system_info
 from hubrl.runconfig import (
     check_device,
@@ -66,13 +70,15 @@ from hubrl.runtime import PRECISIONS, apply_precision, busy_cores_warning, confi
 from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
 __all__ = [
-    "CONFIG_NAME", "CHECKPOINT_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run", "validate_run_settings",
-    "check_resumable", "check_run_folder", "check_tensorboard_log", "resolve_run_hyperparams", "start_run",
-    "draw_learning_curve", "writable_folder_problem",
+    "CONFIG_NAME", "CHECKPOINT_NAME", "RUN_LOCK_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run",
+    "validate_run_settings", "check_resumable", "check_run_folder", "check_tensorboard_log", "hold_run_folder",
+    "resolve_run_hyperparams", "start_run", "draw_learning_curve", "writable_folder_problem",
 ]
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The run folder's lock file (:func:`hold_run_folder`), held by the process training the run.
+RUN_LOCK_NAME = ".lock"
 
 #: Settings a resumed run may change: its step budget, and where it runs and logs.
 RESUME_MAY_CHANGE: frozenset[str] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
@@ -148,12 +154,15 @@ def check_resumable(folder: Path, has_force: bool = False) -> None:
                      f"Start it again {again}.")
 
 
-def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> None:
-    """Apply the overwrite rules to ``folder`` before anything is written.
+def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> bool:
+    """Apply the overwrite rules to ``folder`` before anything is written; whether the new run
+    replaces what is there (the caller clears it only at the run's first write: :meth:`Run.create_folder`).
 
     A resumed run needs a checkpoint there. A new run needs the folder empty or missing: an
-    existing run is cleared with ``force=True`` and refused otherwise (``force=None``: the command
-    has no ``--force``, so the message suggests another ``--out``).
+    existing run is replaced with ``force=True`` and refused otherwise (``force=None``: the command
+    has no ``--force``, so the message suggests another ``--out``). A new run's folder must be
+    writable, so a bad ``--out`` is refused now rather than after what a run does before its
+    first write (a proxy ranking experts, building the agent).
     """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a folder: choose a folder for the run.")
@@ -162,14 +171,37 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> N
         raise UsageError(f"--out {folder}: {blocker} is a file, not a folder; choose another --out.")
     if resume:
         check_resumable(folder, has_force=force is not None)
-    elif folder.exists() and any(folder.iterdir()):
+    elif _holds_a_run(folder):
         if not force:
             instead = "--force to start over" if force is not None else "choose another --out"
             if not has_checkpoint(folder):  # --resume would be refused too: no advice that goes round in a circle
                 raise UsageError(f"Run folder {folder} already exists and holds no {CHECKPOINT_NAME} to continue from: "
                                  f"{instead}" + ("" if force is not None else f" (or delete {folder})") + ".")
             raise UsageError(f"Run folder {folder} already exists: pass --resume to continue it or {instead}.")
-        shutil.rmtree(folder)
+    if not resume:
+        problem = writable_folder_problem(folder)
+        if problem:
+            raise UsageError(f"Cannot create run folder {folder}: it {problem}; choose another --out.")
+    return not resume and _holds_a_run(folder)
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but its lock file (which outlives the process that held it)."""
+    return folder.is_dir() and any(p.name != RUN_LOCK_NAME for p in folder.iterdir())
+
+
+def hold_run_folder(folder: Path, stack: ExitStack) -> None:
+    """Take ``folder``'s lock (:data:`RUN_LOCK_NAME`) until ``stack`` closes: two processes on one
+    run (a second ``--resume`` of it, a ``--force`` over it, a grid trial resumed by hand) would
+    overwrite each other's checkpoints and files.
+
+    :raises UsageError: another process holds it, named by its pid and host.
+    """
+    try:
+        stack.enter_context(exclusive_lock(folder / RUN_LOCK_NAME))
+    except LockHeld as exc:
+        raise UsageError(f"Run folder {folder} is in use by another process ({exc.holder or 'pid unknown'}): wait for "
+                         "it to end or stop it; two processes on one run would overwrite each other's checkpoints.") from None
 
 
 def check_tensorboard_log(tensorboard_log: str | Path | None) -> None:
@@ -237,7 +269,21 @@ class Run(Generic[C]):
     already_done: bool = False  # resumed at its budget with everything written: nothing to do (see start_run)
     pause_at: int | None = None  # stop training at the first rollout boundary at or past this many agent steps
     notes: list[str] = field(default_factory=list)  # said as training starts, e.g. a resume's kept hyperparameters
+    replaces: bool = False  # a forced new run over an old one: the old one is deleted at the first write, not before
+    held: ExitStack | None = field(default=None, repr=False)  # the folder's lock, once taken (hold_run_folder)
     _announced: bool = field(default=False, init=False, repr=False)
+
+    def __enter__(self) -> Run[C]:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the run folder's lock: the run has written what it makes (``with run:`` does this)."""
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     @property
     def resumed(self) -> bool:
@@ -304,9 +350,21 @@ class Run(Generic[C]):
 
     def create_folder(self) -> Path:
         """Create the run folder: the first thing a run writes, once what it needs is built; with
-        ``verbose``, say where it is (once), so a run refused before never names a folder."""
+        ``verbose``, say where it is (once), so a run refused before never names a folder.
+
+        A forced run (:attr:`replaces`) deletes the old run here, so a refusal anywhere before
+        (hyperparameters, a hub that cannot be written, a method that cannot plan) loses nothing.
+        """
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            if self.held is None:  # a new run's folder, made just now: locked before anything is written in it
+                self.held = ExitStack()
+                hold_run_folder(self.folder, self.held)
+            if self.replaces:  # the old run's files go; its lock file stays, held by this run since start_run
+                for child in self.folder.iterdir():
+                    if child.name != RUN_LOCK_NAME:
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            self.replaces = False
         except OSError as exc:
             raise UsageError(f"Cannot create run folder {self.folder}: {exc.strerror}.") from exc
         if self.verbose and not self._announced:
@@ -377,7 +435,7 @@ def start_run(
     pause_at: int | None = None,
 ) -> Run[C]:
     """Start the run of ``cfg`` in ``folder``, or resume the one saved there; writes nothing yet
-    (but clears a forced folder).
+    (a forced run deletes the old one at its first write: :meth:`Run.create_folder`).
 
     ``pause_at``: where :meth:`Run.train` pauses (agent steps in all); one past the run's budget
     (the resumed run's, when resumed) is refused (:func:`hubrl.runconfig.check_pause_at`).
@@ -394,37 +452,46 @@ def start_run(
     """
     folder = Path(folder)
     flags = type(cfg).FLAGS
-    if not resume:  # before a forced folder is cleared
+    if not resume:  # before the folder is looked at: a bad setting is named first
         check_tensorboard_log(cfg.tensorboard_log)
         check_pause_at(pause_at, int(cfg.timesteps), flags)
-    check_run_folder(folder, resume, force)
-    saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
-    if saved is not None and given is not None:
-        cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
-    plain, kwargs = resolve_run_hyperparams(cfg)
-    if saved is not None and given is None:
-        check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
-    if saved is not None and (given is None or "device" not in given):  # the saved run's device: is it here?
-        check_device(cfg.device, saved_in=folder / CONFIG_NAME)
-    if saved is not None:
-        check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
-        check_pause_at(pause_at, int(cfg.timesteps), flags)  # against the resumed run's budget
-    notes = []
-    if saved is not None:
-        plain, kwargs, kept = _keep_saved_hyperparams(cfg.algo, plain, kwargs, saved.get("resolved_hyperparams"),
-                                                      folder / CONFIG_NAME)
-        notes = [kept] if kept else []
-    resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
-    run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose, pause_at=pause_at, notes=notes)
-    if resume_state is not None:
-        _check_steps_left(folder, run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"))
-        run.already_done = _final_evaluation_done(resume_state, int(cfg.timesteps)) and (written is None or written(run))
-    if run.already_done:
-        if verbose:
-            print(f"{folder} has already trained {run.steps_done:,} of its {int(cfg.timesteps):,} agent steps: nothing to do "
-                  f"(a larger {flag_name('timesteps', flags)} trains it further).", flush=True)
-        return run
-    configure_threads(cfg.threads)
+    replaces = check_run_folder(folder, resume, force)
+    held = ExitStack() if resume or replaces else None  # a run is in the folder: locked before its files are read
+    with ExitStack() as refused:  # a refusal below lets the lock go
+        if held is not None:
+            refused.callback(held.close)
+            hold_run_folder(folder, held)
+        saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
+        if saved is not None and given is not None:
+            cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
+        plain, kwargs = resolve_run_hyperparams(cfg)
+        if saved is not None and given is None:
+            check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
+        if saved is not None and (given is None or "device" not in given):  # the saved run's device: is it here?
+            check_device(cfg.device, saved_in=folder / CONFIG_NAME)
+        if saved is not None:
+            check_tensorboard_log(cfg.tensorboard_log)  # the resumed run's: saved, or given anew
+            check_pause_at(pause_at, int(cfg.timesteps), flags)  # against the resumed run's budget
+        notes = []
+        if saved is not None:
+            plain, kwargs, kept = _keep_saved_hyperparams(cfg.algo, plain, kwargs, saved.get("resolved_hyperparams"),
+                                                          folder / CONFIG_NAME)
+            notes = [kept] if kept else []
+        resume_state = load_resume_checkpoint(folder / CHECKPOINT_NAME) if saved is not None else None
+        run = Run(cfg, folder, plain, kwargs, saved, resume_state, verbose, pause_at=pause_at, notes=notes,
+                  replaces=replaces, held=held)
+        if resume_state is not None:
+            _check_steps_left(folder, run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"))
+            stretched = _new_budget_note(run.steps_done, int(cfg.timesteps), saved["run"].get("timesteps"), flags)
+            run.notes += [stretched] if stretched else []
+            run.already_done = _final_evaluation_done(resume_state, int(cfg.timesteps)) and (written is None or written(run))
+        if run.already_done:
+            if verbose:
+                print(f"{folder} has already trained {run.steps_done:,} of its {int(cfg.timesteps):,} agent steps: "
+                      f"nothing to do (a larger {flag_name('timesteps', flags)} trains it further).", flush=True)
+        else:
+            configure_threads(cfg.threads)
+        refused.pop_all()  # started: the run holds the lock until the caller's ``with run:`` ends
     return run
 
 
@@ -476,6 +543,19 @@ def _check_steps_left(folder: Path, done: int, budget: int, saved_budget: Any) -
     if done > budget and saved_budget is not None and int(saved_budget) != budget:
         raise UsageError(f"{folder} has trained {done:,} agent steps, more than --timesteps {budget:,}: give a budget "
                          f"above {done:,} to train it further, or drop --timesteps to keep its {int(saved_budget):,}.")
+
+
+def _new_budget_note(done: int, budget: int, saved_budget: Any, flags: Mapping[str, str]) -> str | None:
+    """What a resume to another budget does to the schedules, or None: SB3's schedules follow the
+    fraction of the budget left, so a linear one (PPO's learning rate and clip range in the Atari
+    presets) jumps where the run resumes. Said, not refused: training a finished run further is
+    what a larger budget is for."""
+    if isinstance(saved_budget, bool) or not isinstance(saved_budget, int) or saved_budget == budget or saved_budget < 1:
+        return None
+    before, after = max(1 - done / saved_budget, 0.0), 1 - done / budget
+    return (f"resumed with {flag_name('timesteps', flags)} {budget:,} instead of the run's {saved_budget:,}: the schedules "
+            f"now run over {budget:,} steps, so at step {done:,} a linear one (the learning rate, PPO's clip range) goes "
+            f"from {before:.0%} to {after:.0%} of its start value (--pause-at keeps one schedule across sessions).")
 
 
 def draw_learning_curve(folder: Path, plot: Callable[[Path], Path], verbose: int = 1) -> Path | None:

@@ -26,6 +26,7 @@ import os
 import pickle
 import shlex
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +339,15 @@ def load_hub(path: str | Path) -> Hub:
     return Hub([load_expert_folder(p) for p in folders])
 
 
+def load_weights_only(source: str | Path | io.BytesIO) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU, without torch's warning about a pickle
+    protocol it did not write: a file that is not a torch file is the caller's one-line error, not
+    two lines of torch's first."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return th.load(source, map_location="cpu", weights_only=True)
+
+
 def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
     """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
     the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
@@ -352,7 +362,7 @@ def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
                        f"(entries: {', '.join(names[:4]) or 'none'}); save or download it again.")
     raw = read_zip_member(archive, "policy.pth", where)
     try:
-        return th.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        return load_weights_only(io.BytesIO(raw))
     except pickle.UnpicklingError as exc:
         raise HubError(f"{where}: policy.pth holds pickled objects beyond tensors; "
                        "refusing to load it (it could run code).") from exc

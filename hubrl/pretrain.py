@@ -162,27 +162,28 @@ def pretrain_expert(
         given = {k: getattr(cfg, k) for k in sorted(PretrainConfig.RESUME_MAY_CHANGE) if getattr(cfg, k) is not None}
     run = start_run(cfg, run_folder(cfg.out, cfg.game, cfg.algo), resume=resume, given=given, force=force, verbose=verbose,
                     written=lambda r: _exported_steps(Path(r.cfg.hub) / name) == r.steps_done, pause_at=pause_at)
-    cfg = run.cfg
-    if not resume and cfg.run_id is None:
-        cfg.run_id = uuid.uuid4().hex
-    if not force:  # a resumed run may have been given another --hub
-        _refuse_replacing_an_expert(Path(cfg.hub) / name, cfg if resume else None,
-                                    replace="move that expert away" if resume else "--force to replace it")
-    if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
-        expert = Path(cfg.hub) / name
-        return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert, cfg.timesteps)
-    cfg.hyperparams = {k: v for k, v in run.hyperparams.items() if k != "n_envs"}  # saved resolved, preset included
-    _check_writable(Path(cfg.hub), "--hub")  # the export comes at the end of training
-    run.save_config()
-    expert = manifest = None
-    with run.envs(resolve_game(cfg.game)) as (env, eval_env):
-        model = run.make_agent("CnnPolicy", env)
-        run.apply_runtime(model, verbose)
-        outcome = run.train(model, eval_env, tb_log_name=name, progress_bar=progress_bar, verbose=verbose)
-        if outcome.completed:
+    with run:  # the folder's lock (another process on this run is refused) until the expert is exported
+        cfg = run.cfg
+        if not resume and cfg.run_id is None:
+            cfg.run_id = uuid.uuid4().hex
+        if not force:  # a resumed run may have been given another --hub
+            _refuse_replacing_an_expert(Path(cfg.hub) / name, cfg if resume else None,
+                                        replace="move that expert away" if resume else "--force to replace it")
+        if run.already_done:  # trained and exported: its expert stays as it is (--export re-exports on demand)
             expert = Path(cfg.hub) / name
-            manifest = _write_expert(expert, cfg, run.hyperparams, model.policy, outcome.num_timesteps, eval_env,
-                                     seed=cfg.seed + 20_000)
+            return PretrainResult(name, run.folder, run.outcome_so_far(), read_manifest(expert), expert, cfg.timesteps)
+        cfg.hyperparams = {k: v for k, v in run.hyperparams.items() if k != "n_envs"}  # saved resolved, preset included
+        _check_writable(Path(cfg.hub), "--hub")  # the export comes at the end of training
+        run.save_config()
+        expert = manifest = None
+        with run.envs(resolve_game(cfg.game)) as (env, eval_env):
+            model = run.make_agent("CnnPolicy", env)
+            run.apply_runtime(model, verbose)
+            outcome = run.train(model, eval_env, tb_log_name=name, progress_bar=progress_bar, verbose=verbose)
+            if outcome.completed:
+                expert = Path(cfg.hub) / name
+                manifest = _write_expert(expert, cfg, run.hyperparams, model.policy, outcome.num_timesteps, eval_env,
+                                         seed=cfg.seed + 20_000)
     from hubrl.plots import plot_expert_curve
 
     draw_learning_curve(run.folder, plot_expert_curve, verbose)
@@ -304,6 +305,7 @@ def export_expert(
     expert = _expert_path(cfg, hub)
     if not force:  # before the checkpoint is read or anything evaluated
         _refuse_replacing_an_expert(expert, cfg)
+    _check_writable(expert.parent, "--hub")  # ... as is a hub it cannot write in
     # a damaged checkpoint.pt: the previous one, with a warning naming its steps (expert.json records them too)
     state = load_resume_checkpoint(folder / CHECKPOINT_NAME, start_again="nothing is left to export: train the "
                                    "expert again (pretrain without --resume, in a new --out)")

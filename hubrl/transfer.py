@@ -302,36 +302,37 @@ def run_transfer(
         check_hub_serves(cfg, hub)  # frame stack, --top-k, finetune's --source: refused before any emulator or agent is built
     run = start_run(cfg, Path(cfg.out) if cfg.out else default_run_folder(cfg), resume=resume, verbose=verbose,
                     written=lambda r: saved_model_steps(r.folder / "model.zip") == r.steps_done, pause_at=pause_at)
-    if run.already_done:
-        return TransferResult(run.folder, run.outcome_so_far(), hub)
-    game = resolve_game(cfg.env)
-    with run.envs(game) as (env, eval_env):
-        plan = plan_method(cfg, hub, game, run.saved.get("method") if run.saved else None)
-        for callback in plan.callbacks:
-            if isinstance(callback, GateUsageCallback):
-                callback.history_path = run.folder / "gates.jsonl"
-                callback.report_every, callback.verbose = cfg.eval_freq, verbose  # a [gate] line beside each [eval]
+    with run:  # the folder's lock (another process on this run is refused) until model.zip is written
+        if run.already_done:
+            return TransferResult(run.folder, run.outcome_so_far(), hub)
+        game = resolve_game(cfg.env)
+        with run.envs(game) as (env, eval_env):
+            plan = plan_method(cfg, hub, game, run.saved.get("method") if run.saved else None)
+            for callback in plan.callbacks:
+                if isinstance(callback, GateUsageCallback):
+                    callback.history_path = run.folder / "gates.jsonl"
+                    callback.report_every, callback.verbose = cfg.eval_freq, verbose  # a [gate] line beside each [eval]
 
-        def make_agent(policy_class):
-            """The agent for ``policy_class`` with the run's preset (the plan's kwargs for its own policy)."""
-            return run.make_agent(policy_class, env, plan.policy_kwargs if policy_class is plan.policy else None)
+            def make_agent(policy_class):
+                """The agent for ``policy_class`` with the run's preset (the plan's kwargs for its own policy)."""
+                return run.make_agent(policy_class, env, plan.policy_kwargs if policy_class is plan.policy else None)
 
-        model = make_agent(plan.policy)
-        if not run.resumed:
-            plan.init(model.policy)
-        run.save_config(  # creates the folder: everything that can refuse the run is behind
-            method=plan.notes,
-            hub=hub_records(hub) if hub is not None else [],
-        )
-        run.apply_runtime(model, verbose)
-        outcome = run.train(
-            model, eval_env, tb_log_name=f"{game}-{method_label(cfg)}", callbacks=plan.callbacks, progress_bar=progress_bar,
-            verbose=verbose,
-            first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,
-            warnings=plan.warnings,
-        )
-        final = plan.finalize(model, make_agent) if plan.finalize is not None else model
-        atomic_write(run.folder / "model.zip", lambda h: final.save(h))
+            model = make_agent(plan.policy)
+            if not run.resumed:
+                plan.init(model.policy)
+            run.save_config(  # creates the folder: everything that can refuse the run is behind
+                method=plan.notes,
+                hub=hub_records(hub) if hub is not None else [],
+            )
+            run.apply_runtime(model, verbose)
+            outcome = run.train(
+                model, eval_env, tb_log_name=f"{game}-{method_label(cfg)}", callbacks=plan.callbacks,
+                progress_bar=progress_bar, verbose=verbose,
+                first_eval_at=early_eval_step(cfg.timesteps, cfg.eval_freq) if cfg.early_eval else None,
+                warnings=plan.warnings,
+            )
+            final = plan.finalize(model, make_agent) if plan.finalize is not None else model
+            atomic_write(run.folder / "model.zip", lambda h: final.save(h))
     _plot(run.folder, verbose)
     return TransferResult(run.folder, outcome, hub)
 

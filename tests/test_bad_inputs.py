@@ -191,6 +191,19 @@ def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     stack.enter_context(exclusive_lock(root / ".lock"))
 
 
+def _run_in_use(pretrain: bool) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitStack], None]:
+    """A setup that makes a saved run (:func:`_saved_run`: ``tmp/run``, ``tmp/runs/gopher-ppo``) and holds
+    its folder's lock as a process training it would; the refused command must leave its checkpoint."""
+    def setup(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+        from hubrl.locks import exclusive_lock
+
+        folder = _saved_run(tmp, pretrain=pretrain)
+        stack.callback(lambda: (folder / "checkpoint.pt").read_bytes() == b"never read" or pytest.fail("checkpoint lost"))
+        stack.enter_context(exclusive_lock(folder / ".lock"))
+
+    return setup
+
+
 def _no_opencv(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
     """A machine without OpenCV (``import cv2`` fails), which SB3's make_atari_env pipeline needs."""
     monkeypatch.setitem(sys.modules, "cv2", None)
@@ -222,6 +235,35 @@ def _leaves_nothing(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextl
         stack.callback(check)
 
     return setup
+
+
+def _keeps(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitStack], None]:
+    """A setup that checks, once the command has been refused, that ``names`` (under the temporary
+    folder) are still there: a refused ``--force`` deletes nothing a user made."""
+    def setup(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+        def check() -> None:
+            lost = [name for name in names if not (tmp / name).exists()]
+            assert not lost, f"the refused command deleted {lost}"
+
+        stack.callback(check)
+
+    return setup
+
+
+def _no_ranking(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """Fail the test if ``select`` ranks the experts: a refusal that needs no ranking comes first."""
+    def rank(*args, **kwargs):
+        raise AssertionError("the experts were ranked before the run folder was checked")
+
+    monkeypatch.setattr("hubrl.selection.rank_experts", rank)
+
+
+def _no_play(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """Fail the test if ``enjoy`` plays: a refusal that needs no play comes first."""
+    def play(*args, **kwargs):
+        raise AssertionError("the game was played before the video's path was checked")
+
+    monkeypatch.setattr("hubrl.enjoy._play_games", play)
 
 
 T = "transfer"
@@ -372,6 +414,16 @@ CASES = [
     ("hyperparams-net-arch-hub-pathway", T,
      lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "policy_kwargs:\n  net_arch: [64]\n"), *_tiny_run(t)],
      ["net_arch [64] is not read by Hub-Pathway", "drop it"], _leaves_nothing("run")),
+    # outputs that cannot be written are refused before the work that makes them (a ranking, a play, an evaluation)
+    ("rank-json-unwritable", "rank", lambda t, h: ["--env", "Alien", "--json", "/proc/hubrl-cannot-write-here.json"],
+     ["--json /proc/hubrl-cannot-write-here.json: cannot be written"], _no_ranking),
+    ("enjoy-video-unwritable", "enjoy", lambda t, h: ["--expert", "Seaquest", "--timesteps", "5", "--video",
+                                                      "/proc/hubrl-cannot-write-here.gif"],
+     ["/proc/hubrl-cannot-write-here.gif"], _no_play),
+    ("pretrain-export-unwritable-hub", "pretrain",  # the checkpoint here is unreadable: the hub is named first
+     lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True).parent), "--hub",
+                   "/proc/hubrl-cannot-write-here"],
+     ["--hub /proc/hubrl-cannot-write-here cannot be written"], None),
     ("rank-json-is-a-folder", "rank", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
     ("rank-json-under-a-file", "rank", lambda t, h: ["--env", "Alien", "--timesteps", "2k", "--json", _file(t) + "/r.json"],
      ["--json", "a-file/r.json", "cannot make its folder"], None),
@@ -490,6 +542,24 @@ CASES = [
      lambda t, h: ["--env", "Seaquest", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1",
                    "--out", str(t / "runs"), "--hub", str(make_tiny_hub(t / "hub")), "--no-progress-bar"],
      ["--hub", "already holds the expert seaquest-ppo (0 steps)", "--force"], _leaves_nothing("runs")),
+    # --force over a run, with a --hub that cannot be written: refused before the old run is deleted
+    ("pretrain-force-with-an-unwritable-hub-keeps-the-old-run", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1", "--force",
+                   "--out", str(_saved_run(t, pretrain=True).parent), "--hub", "/proc/hubrl-cannot-write-here",
+                   "--no-progress-bar"],
+     ["--hub /proc/hubrl-cannot-write-here cannot be written"], _keeps("runs/gopher-ppo/checkpoint.pt")),
+    # a run another process is training: a second resume, or a --force over it, is refused before either touches it
+    ("transfer-resume-of-a-run-in-use", T, lambda t, h: ["--resume", "--out", str(t / "run")],
+     ["Run folder", "is in use by another process (pid", "wait for it to end"], _run_in_use(pretrain=False)),
+    ("pretrain-force-over-a-run-in-use", "pretrain",
+     lambda t, h: ["--env", "Gopher", "--timesteps", "256", "--n-envs", "1", "--force", "--out", str(t / "runs"),
+                   "--hub", str(t / "hub"), "--no-progress-bar"],
+     ["Run folder", "gopher-ppo is in use by another process (pid"], _run_in_use(pretrain=True)),
+    # an --out that cannot be written is refused before select spends minutes ranking the experts
+    ("transfer-select-unwritable-out", T,
+     lambda t, h: ["--env", "Gopher", "--method", "select", "--hub", str(make_tiny_hub(t / "hub")),
+                   "--out", "/proc/hubrl-cannot-write-here", "--n-envs", "1", "--device", "cpu"],
+     ["Cannot create run folder /proc/hubrl-cannot-write-here", "choose another --out"], _no_ranking),
     # --export into a hub whose expert of that name another run exported: refused before the checkpoint is read
     ("pretrain-export-over-another-runs-expert", "pretrain",
      lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True, run_id="a" * 32).parent),
@@ -618,3 +688,24 @@ def test_report_lists_a_damaged_or_hostile_trial_as_skipped(grid, monkeypatch): 
     assert "`Gopher/hub-pathway/s0`: skipped: status.json is unreadable (" in report
     assert "`Alien/scratch/s1`: skipped: model.zip is not a readable SB3 policy" in report
     assert "| Alien | hub-pathway |" in report or "hub-pathway" in report.split("## Scores per game")[1]
+
+
+def test_a_foreign_pickle_is_refused_without_torch_warnings_before_the_error(tmp_path):
+    """A pickle torch did not write (protocol 4) as checkpoint.pt or an SB3 zip's policy.pth is one error
+    line: torch's own two-line warning about the protocol came before it."""
+    import pickle
+    import warnings
+
+    from hubrl.checkpoint import load_training_checkpoint
+    from hubrl.errors import CheckpointError, HubError
+    from hubrl.hub import load_sb3_zip
+
+    foreign = pickle.dumps({"format": 1}, protocol=4)
+    (tmp_path / "checkpoint.pt").write_bytes(foreign)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="corrupt"):
+            load_training_checkpoint(tmp_path / "checkpoint.pt")
+        with pytest.raises(HubError, match="policy.pth"):
+            load_sb3_zip(_zip(tmp_path / "foreign.zip", {"policy.pth": foreign}))
+    assert [str(w.message) for w in caught] == []

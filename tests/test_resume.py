@@ -314,8 +314,12 @@ def test_a_resumed_run_keeps_the_hyperparameters_it_was_started_with(saved_run, 
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``folder``: its bytes and modification time."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    """Every file under ``folder``: its bytes and modification time (but the lock file's, which names the
+    process that last opened the run: each one rewrites it)."""
+    from hubrl.harness import RUN_LOCK_NAME
+
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and p.name != RUN_LOCK_NAME}
 
 
 @pytest.mark.slow

@@ -100,10 +100,12 @@ def test_hub_weights_are_loaded_and_frozen_experts_stay_fixed(tmp_path, tiny_hub
 
 
 @pytest.mark.slow
-def test_transfer_resume(tmp_path, tiny_hub):
+def test_transfer_resume(tmp_path, tiny_hub, capsys):
     run_transfer(_cfg(tmp_path, hub=str(tiny_hub)), progress_bar=False, verbose=0)
     result = run_transfer(_cfg(tmp_path, hub=str(tiny_hub), timesteps=256), resume=True, progress_bar=False, verbose=0)
     assert result.outcome.num_timesteps == 256
+    # the new budget stretches the schedules from where the run stopped: said, not silent
+    assert "resumed with --timesteps 256 instead of the run's 128" in capsys.readouterr().err
 
 
 def test_runs_sharing_a_tensorboard_log_keep_their_own_folders_across_a_resume(tmp_path):
@@ -292,6 +294,13 @@ def test_source_by_game_name_runs_like_the_expert_name(tmp_path, tiny_hub, monke
                           progress_bar=False, verbose=0)
     assert result.folder.name == "gopher-finetune-seaquest-ppo-ppo-s0"
     assert yaml.safe_load((result.folder / "config.yaml").read_text())["method"]["source"] == "seaquest-ppo"
+    from hubrl.cli.common import parse_given
+    from hubrl.cli.transfer import build_parser, transfer_config
+
+    parser = build_parser("hubrl-transfer")  # resumed with the same flags, no --out: the same default folder
+    args, given = parse_given(parser, ["--resume", "--env", "Gopher", "--method", "finetune", "--source", "Seaquest",
+                                       "--hub", str(tiny_hub), "--timesteps", "128"])
+    assert Path(transfer_config(parser, args, given).out).resolve() == result.folder.resolve()
 
 
 def test_saved_source_name_maps_a_game_to_the_saved_hubs_expert():
@@ -323,6 +332,23 @@ def test_resume_with_source_given_by_game_name(tmp_path, tiny_hub):
     args, given = parse_given(parser, ["--resume", "--out", str(out), "--source", "Riverraid"])
     with pytest.raises(UsageError, match="riverraid-ppo"):
         transfer_config(parser, args, given)
+
+
+def test_a_run_holds_its_folder_lock_from_its_first_write_until_it_is_done(tmp_path):
+    """Two processes on one run would overwrite each other's checkpoints: the run folder's lock is
+    taken when the folder is made (a new run) and let go when the caller's ``with run:`` ends."""
+    from hubrl.harness import RUN_LOCK_NAME, start_run
+    from hubrl.locks import LockHeld, exclusive_lock
+
+    run = start_run(_cfg(tmp_path), tmp_path / "run", verbose=0)
+    with run:
+        run.create_folder()
+        with pytest.raises(LockHeld), exclusive_lock(tmp_path / "run" / RUN_LOCK_NAME):
+            pass
+    with exclusive_lock(tmp_path / "run" / RUN_LOCK_NAME):  # free again
+        pass
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [RUN_LOCK_NAME]
+    assert start_run(_cfg(tmp_path), tmp_path / "run", verbose=0).replaces is False  # the lock file alone is no run
 
 
 def test_early_eval_step():

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from hubrl.atomic import atomic_write_bytes
+from hubrl.atomic import atomic_write_bytes, probe_writable
 from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, seed, steps
 
 
@@ -68,6 +68,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             parser.error(f"--json {args.json}: cannot make its folder ({exc.strerror or exc})")
+        try:
+            probe_writable(args.json)
+        except OSError as exc:
+            parser.error(f"--json {args.json}: cannot be written ({exc.strerror or exc})")
     return args
 
 

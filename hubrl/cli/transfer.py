@@ -40,7 +40,7 @@ from hubrl.cli.common import (
     refuse_flags_not_read_by,
     steps,
 )
-from hubrl.errors import UsageError
+from hubrl.errors import HubError, UsageError
 from hubrl.method_catalog import METHODS, methods_help
 
 
@@ -176,6 +176,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         defaults = {name: getattr(args, name) for name, f in names.items()
                     if hasattr(args, name) and name != "hyperparams"
                     and (getattr(args, name) is not None or f.default is None)}
+        if defaults.get("source") is not None:  # the folder a new run made: named after the expert, not the game
+            defaults["source"] = _expert_name(defaults["source"], args.hub, args.sources)
         chosen["out"] = str(default_run_folder(TransferConfig(**defaults)))
     check_resumable(Path(chosen["out"]))
     config_path = Path(chosen["out"]) / "config.yaml"
@@ -187,6 +189,18 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         chosen["source"] = saved_source_name(chosen["source"], saved)
     flags = {**TransferConfig.FLAGS, **{k: v for k, v in flag_names(parser).items() if k in names}}
     return resume_config(TransferConfig, config_path, chosen, flags)  # run_transfer checks the device, naming the file
+
+
+def _expert_name(source: str, hub: str | None, sources: Sequence[str] | None) -> str:
+    """``--source`` as a new run names its default folder: the expert's name (``Seaquest`` ->
+    ``seaquest-ppo``) in the hub the command names; as typed where that hub does not resolve it
+    (the resume check then names the folder it looked for)."""
+    from hubrl.hub import resolve_hub
+
+    try:
+        return resolve_hub(hub, sources).get(source).name
+    except HubError:
+        return source
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
