@@ -431,9 +431,26 @@ def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
         raise HubError(f"{folder} is a hub (a folder of experts: {', '.join(experts)}), not an expert: pass it as "
                        f"--hub {shlex.quote(str(folder))}, or give its experts' folders to --sources.")
     if (folder / "model.zip").is_file():
+        method = _run_method(folder)
+        if method in ("hub-pathway", "zoo-tuning"):  # its model mixes several encoders: no one of them is an expert
+            raise HubError(f"{folder} is a {method} run, not an expert: its model holds the encoders of the hub it was "
+                           "trained from, mixed by the method, and no single one to transfer; give that hub (its "
+                           "config.yaml's hub or sources) instead.")
         raise HubError(f"{folder} is a run folder, not an expert: give its model instead, --sources "
                        f"{shlex.quote(str(folder / 'model.zip'))} (read as weights only; a NatureCNN CnnPolicy, as "
                        "scratch and finetune runs save).")
+
+
+def _run_method(folder: Path) -> str | None:
+    """The ``method`` a run folder's ``config.yaml`` names (plain YAML), ``None`` where it names none."""
+    import yaml
+
+    try:
+        run = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("run")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    method = run.get("method") if isinstance(run, dict) else None
+    return method if isinstance(method, str) else None
 
 
 def default_hub_path() -> Path:

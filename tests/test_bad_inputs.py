@@ -494,6 +494,9 @@ CASES = [
      ["loop does not exist"], None),
     ("sources-a-run-folder", T, lambda t, h: ["--env", "Alien", "--sources", _played_folder(t)],
      ["played is a run folder", "--sources ", "played/model.zip"], None),
+    ("sources-a-hub-pathway-run-folder", T,  # its model.zip is no one expert: the advice above would be refused
+     lambda t, h: ["--env", "Alien", "--sources", _played_folder(t, config="run: {env: Gopher, method: hub-pathway}\n")],
+     ["played is a hub-pathway run, not an expert", "give that hub"], None),
     ("hub-a-zip-file", T, lambda t, h: ["--env", "Alien", "--hub", str(_policy_zip(t / "p.zip", _nature_cnn_state()))],
      ["--hub", "p.zip is a file, not a hub folder", "--sources"], None),
     ("manifest-weights-outside", T,
