@@ -276,7 +276,8 @@ def test_every_torch_load_maps_to_the_cpu_and_reads_weights_only():
                     assert "map_location" in keywords, f"{where}: torch.load without map_location"
                     weights_only = keywords.get("weights_only")
                     assert isinstance(weights_only, ast.Constant) and weights_only.value is True, where
-    assert len(calls) >= 2, calls  # hubrl.checkpoint and hubrl.hub
+    assert calls, calls  # hubrl.hub.load_weights_only, which every reader of checkpoints and zips calls
+    assert "load_weights_only(path)" in (ROOT / "hubrl" / "checkpoint.py").read_text()
 
 
 # ----------------------------------------------------------------------------- on a GPU (scripts/gpu_check.sh)
