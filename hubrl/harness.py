@@ -169,9 +169,10 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> b
     blocker = next((p for p in folder.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():  # pretraining's run folder is <--out>/<game>-<algo>
         raise UsageError(f"--out {folder}: {blocker} is a file, not a folder; choose another --out.")
+    occupied = not resume and _holds_a_run(folder)
     if resume:
         check_resumable(folder, has_force=force is not None)
-    elif _holds_a_run(folder):
+    elif occupied:
         if not force:
             instead = "--force to start over" if force is not None else "choose another --out"
             if not has_checkpoint(folder):  # --resume would be refused too: no advice that goes round in a circle
@@ -182,7 +183,7 @@ def check_run_folder(folder: Path, resume: bool, force: bool | None = None) -> b
         problem = writable_folder_problem(folder)
         if problem:
             raise UsageError(f"Cannot create run folder {folder}: it {problem}; choose another --out.")
-    return not resume and _holds_a_run(folder)
+    return occupied
 
 
 def _holds_a_run(folder: Path) -> bool:

@@ -158,9 +158,11 @@ def test_resuming_an_exported_run_at_its_budget_says_so_and_writes_nothing(tmp_p
     pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), progress_bar=False, verbose=0)
     run, expert = tmp_path / "runs" / "seaquest-ppo", tmp_path / "hub" / "seaquest-ppo"
 
+    from hubrl.harness import RUN_LOCK_NAME
+
     def files() -> dict[str, tuple[bytes, int]]:  # but the run's lock file, rewritten by each process that opens the run
         return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")
-                if p.is_file() and p.name != ".lock"}
+                if p.is_file() and p.name != RUN_LOCK_NAME}
 
     before = files()
     result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64), resume=True, progress_bar=False)
