@@ -33,6 +33,7 @@ that cannot run, naming the flag.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import warnings
@@ -70,9 +71,9 @@ from hubrl.runtime import PRECISIONS, apply_precision, busy_cores_warning, confi
 from hubrl.training import EvalHistory, TrainingOutcome, run_training
 
 __all__ = [
-    "CONFIG_NAME", "CHECKPOINT_NAME", "RUN_LOCK_NAME", "RESUME_MAY_CHANGE", "FLAGS", "RunConfig", "Run",
-    "validate_run_settings", "check_resumable", "check_run_folder", "check_tensorboard_log", "hold_run_folder",
-    "resolve_run_hyperparams", "start_run", "draw_learning_curve", "writable_folder_problem",
+    "CONFIG_NAME", "CHECKPOINT_NAME", "RUN_LOCK_NAME", "RESUME_MAY_CHANGE", "FLAGS", "PATH_FIELDS", "RunConfig", "Run",
+    "absolute_paths", "validate_run_settings", "check_resumable", "check_run_folder", "check_tensorboard_log",
+    "hold_run_folder", "resolve_run_hyperparams", "start_run", "draw_learning_curve", "writable_folder_problem",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -84,6 +85,9 @@ RUN_LOCK_NAME = ".lock"
 RESUME_MAY_CHANGE: frozenset[str] = frozenset({"timesteps", "device", "threads", "out", "tensorboard_log"})
 #: Settings whose command-line flag is not ``--field-name`` (for messages).
 FLAGS: Mapping[str, str] = {"repeat_action_probability": "--sticky-actions"}
+#: Settings that name files or folders outside the run folder: made absolute when a run starts
+#: (:func:`absolute_paths`), so the run resumed or exported from another directory finds them.
+PATH_FIELDS: frozenset[str] = frozenset({"tensorboard_log"})
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -93,6 +97,7 @@ class RunConfig(Protocol):
 
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]]  # the settings a resume may change (the others: the saved run's)
     FLAGS: ClassVar[Mapping[str, str]]  # field -> flag, where the flag is not --field-name
+    PATH_FIELDS: ClassVar[frozenset[str]]  # the settings that are paths outside the run folder (absolute_paths)
 
     algo: str  # a key of hubrl.agents.AGENT_CLASSES
     timesteps: int  # the budget in agent steps; the schedules follow it
@@ -465,6 +470,7 @@ def start_run(
         saved = read_saved_config(folder / CONFIG_NAME) if resume else None  # a missing or corrupt one names itself
         if saved is not None and given is not None:
             cfg = resume_config(type(cfg), folder / CONFIG_NAME, given, flags)
+        absolute_paths(cfg)
         plain, kwargs = resolve_run_hyperparams(cfg)
         if saved is not None and given is None:
             check_resume(cfg, saved["run"], folder / CONFIG_NAME, flags)  # n_envs resolved: compared like with like
@@ -494,6 +500,24 @@ def start_run(
             configure_threads(cfg.threads)
         refused.pop_all()  # started: the run holds the lock until the caller's ``with run:`` ends
     return run
+
+
+def absolute_paths(cfg: RunConfig) -> None:
+    """Make ``cfg``'s settings that name files or folders (its class's ``PATH_FIELDS``: the hub,
+    the sources, the TensorBoard folder) absolute, against the current directory, in place.
+
+    ``config.yaml`` then records where they are, not where they were from the directory the run
+    was started in: resumed or exported from another directory, a run saved with ``--hub hub``
+    would otherwise look for its experts there, or export a finished expert into a new ``hub``
+    folder beside the user, and log to a second TensorBoard folder. A run saved before this
+    (relative paths) keeps the old reading: against the directory it is resumed from.
+    """
+    for name in getattr(type(cfg), "PATH_FIELDS", PATH_FIELDS):
+        value = getattr(cfg, name)
+        if isinstance(value, (list, tuple)):
+            setattr(cfg, name, [os.path.abspath(v) for v in value])
+        elif value:
+            setattr(cfg, name, os.path.abspath(value))
 
 
 def _keep_saved_hyperparams(

@@ -32,6 +32,7 @@ from hubrl.harness import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     FLAGS,
+    PATH_FIELDS,
     RESUME_MAY_CHANGE,
     draw_learning_curve,
     start_run,
@@ -57,6 +58,8 @@ class PretrainConfig:
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE | {"hub"}
     #: Fields whose command-line flag is not ``--field-name`` (for messages).
     FLAGS: ClassVar[Mapping[str, str]] = FLAGS
+    #: Saved absolute (:func:`hubrl.harness.absolute_paths`): resumed from elsewhere, the expert goes to its hub.
+    PATH_FIELDS: ClassVar[frozenset[str]] = PATH_FIELDS | {"hub"}
 
     game: str
     algo: str = "ppo"

@@ -28,6 +28,7 @@ from hubrl.errors import CheckpointError, UsageError
 from hubrl.harness import (
     CONFIG_NAME,
     FLAGS,
+    PATH_FIELDS,
     RESUME_MAY_CHANGE,
     check_resumable,
     draw_learning_curve,
@@ -63,6 +64,8 @@ class TransferConfig:
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = RESUME_MAY_CHANGE | {"hub", "sources"}
     #: Fields whose command-line flag is not ``--field-name`` (for messages).
     FLAGS: ClassVar[Mapping[str, str]] = {**FLAGS, "select_frames": "--select-timesteps"}
+    #: Saved absolute (:func:`hubrl.harness.absolute_paths`): resumed from elsewhere, the run finds its experts.
+    PATH_FIELDS: ClassVar[frozenset[str]] = PATH_FIELDS | {"hub", "sources"}
 
     env: str
     method: str = "hub-pathway"

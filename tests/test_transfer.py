@@ -351,6 +351,24 @@ def test_a_run_holds_its_folder_lock_from_its_first_write_until_it_is_done(tmp_p
     assert start_run(_cfg(tmp_path), tmp_path / "run", verbose=0).replaces is False  # the lock file alone is no run
 
 
+def test_a_runs_hub_sources_and_tensorboard_folder_are_saved_absolute(tmp_path, monkeypatch):
+    """Relative ``--hub``, ``--sources`` and ``--tensorboard-log`` mean relative to where the run
+    starts; config.yaml saves them absolute, so the run resumed from another directory finds its
+    experts and keeps logging where it did (the run folder itself may move: ``--out`` names it)."""
+    from hubrl.harness import start_run
+
+    monkeypatch.chdir(tmp_path)
+    for settings, absolute in [
+        (dict(hub="hub", tensorboard_log="logs/tb"),
+         dict(hub=str(tmp_path / "hub"), tensorboard_log=str(tmp_path / "logs" / "tb"))),
+        (dict(sources=["a.zip", "x/b.zip"]), dict(sources=[str(tmp_path / "a.zip"), str(tmp_path / "x" / "b.zip")])),
+    ]:
+        with start_run(_cfg(tmp_path, **settings), tmp_path / "run", verbose=0, force=True) as run:
+            run.save_config()
+        saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run"]
+        assert {name: saved[name] for name in absolute} == absolute
+
+
 def test_early_eval_step():
     from hubrl.training import early_eval_step
 
