@@ -278,6 +278,29 @@ def test_a_resumed_pause_names_the_runs_own_budget(tmp_path, tiny_ppo, capsys):
     assert "seaquest-ppo: already at 128 of 512 steps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_run_resumed_from_another_directory_exports_into_the_hub_it_was_started_with(tmp_path, tiny_ppo, monkeypatch):
+    """``--hub hub`` and ``--tensorboard-log tb`` are relative to where the run was started:
+    config.yaml saves them absolute, so the run resumed from elsewhere exports its expert into
+    that hub (not a new ``hub`` folder beside the user) and logs to the same TensorBoard folder."""
+    from hubrl.cli.pretrain import main
+
+    (tmp_path / "start").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    cfg = _cfg(tmp_path, tiny_ppo, timesteps=256)
+    cfg.hub, cfg.tensorboard_log = "hub", "tb"
+    pretrain_expert(cfg, progress_bar=False, verbose=0, pause_at=128)
+    run = tmp_path / "runs" / "seaquest-ppo"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["run"]
+    assert saved["hub"] == str(tmp_path / "start" / "hub") and saved["tensorboard_log"] == str(tmp_path / "start" / "tb")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["--resume", "--out", str(tmp_path / "runs"), "--no-progress-bar"]) == 0
+    assert read_manifest(tmp_path / "start" / "hub" / "seaquest-ppo").timesteps == 256
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert len(list((tmp_path / "start" / "tb").iterdir())) == 1  # one TensorBoard run, continued
+
+
 def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):
     """Ctrl-C during the first of two games: ``--resume`` finds only the runs in --out, so the stop
     line says the second game has not started and how to start it (else it would be skipped without a word)."""
@@ -431,10 +454,17 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     events = out / "seaquest-ppo" / "tb"
+
+    def logged() -> int:  # the TensorBoard bytes written so far: SB3 writes (and flushes) a record after each update
+        return sum(f.stat().st_size for f in events.rglob("events.out.tfevents*"))
+
     deadline = time.time() + 120
-    while not list(events.rglob("events.out.tfevents*")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # let it take some steps
+    while not logged() and time.time() < deadline:  # the file is made as training starts, with a header alone
+        time.sleep(0.2)
+    started = logged()
+    while logged() == started and time.time() < deadline:  # an update is logged: steps to save, however slow the machine
+        time.sleep(0.2)
+    assert logged() > started, "no update logged in 120 s"
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, output
