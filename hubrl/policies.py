@@ -384,7 +384,9 @@ class HubPathwayPolicy(ActorCriticPolicy):
             w = routing.weights.detach()
             dtype = usage_dtype(w.device)
             centred = (routing.clean - routing.clean.mean(1, keepdim=True)).detach().to(dtype)
-            sums = th.stack([w.sum(0).to(dtype), (w != 0).sum(0).to(dtype), centred.sum(0), (centred**2).sum(0)])
+            # selected, not w != 0: a selected expert's weight can underflow to 0 (a top-k softmax over a wide gap)
+            selected = th.zeros_like(w, dtype=dtype).scatter_(1, routing.selected, 1.0).sum(0)
+            sums = th.stack([w.sum(0).to(dtype), selected, centred.sum(0), (centred**2).sum(0)])
             self._usage_sums = sums if self._usage_sums is None else self._usage_sums + sums
             if routing.noise_std is not None:
                 noise = routing.noise_std.detach().mean(1).sum().to(dtype)

@@ -169,6 +169,20 @@ def test_gate_starts_even_after_sb3_init(hub, tmp_path, seed):
     assert all(0.4 < s < 0.6 for s in share), share
 
 
+def test_selection_frequency_counts_the_gates_selections_not_nonzero_weights(hub, tmp_path):
+    """With top-k 2 of 2 experts every state selects both; a logit gap past float32's range gives
+    the second a weight of exactly 0, and it is still selected (its encoder runs, its route is
+    stored): ``selection_freq`` is 1 for each, not the share of states where its weight is non-zero."""
+    policy = _agent(HubPPO, hub, tmp_path, top_k=2).policy.eval()
+    with th.no_grad():
+        policy.extractor.gate.w_gate.bias.copy_(th.tensor([0.0, -200.0]))
+        policy(th.randint(0, 255, (8, 4, 84, 84), dtype=th.uint8))
+    policy.pop_acting_route()
+    usage = policy.usage()
+    assert usage[hub.names[1]]["weight_mean"] == 0.0
+    assert [stats["selection_freq"] for stats in usage.values()] == [1.0, 1.0]
+
+
 def test_switch_loss_sees_collapsed_assignments_that_entropy_misses():
     batch = 100
     probs = th.tensor([[0.6, 0.4]]).repeat(batch, 1)
