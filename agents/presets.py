@@ -24,6 +24,8 @@ from hubrl.errors import UsageError
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
+    from torch import nn
+
 __all__ = [
     "ALGOS",
     "agent_kwargs",
@@ -161,6 +163,15 @@ def _activation_name(text: str) -> str:
     return text.rsplit(".", 1)[-1]
 
 
+def activation_class(text: str) -> type[nn.Module] | None:
+    """The torch activation ``text`` names (``ReLU``, ``nn.ReLU`` ...), one of :data:`ACTIVATIONS`;
+    ``None`` for any other name (never an arbitrary attribute of ``torch.nn``)."""
+    from torch import nn
+
+    name = _activation_name(text)
+    return getattr(nn, name) if name in ACTIVATIONS else None
+
+
 def _check_policy_kwargs(value: Any, default_optimizer: str | None = None) -> str | None:
     """Why ``value`` cannot be ``policy_kwargs`` (None when it can): a mapping of SB3 actor-critic
     policy arguments, optimizers and activations by name (YAML holds no classes), and
@@ -215,8 +226,6 @@ def _optimizer_class(name: str) -> type:
 def _resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``policy_kwargs`` (checked by :func:`_check_policy_kwargs`) for SB3: the optimizer, named under
     ``optimizer`` or ``optimizer_class``, as ``optimizer_class``; an activation named as its class."""
-    from torch import nn
-
     resolved = dict(policy_kwargs)
     optimizer = resolved.pop("optimizer", None) or resolved.pop("optimizer_class", None)
     if isinstance(optimizer, str):
@@ -224,7 +233,7 @@ def _resolve_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     if optimizer is not None:
         resolved["optimizer_class"] = optimizer
     if isinstance(resolved.get("activation_fn"), str):
-        resolved["activation_fn"] = getattr(nn, _activation_name(resolved["activation_fn"]))
+        resolved["activation_fn"] = activation_class(resolved["activation_fn"])
     return resolved
 
 

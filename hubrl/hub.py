@@ -442,14 +442,15 @@ def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
 
 
 def _run_method(folder: Path) -> str | None:
-    """The ``method`` a run folder's ``config.yaml`` names (plain YAML), ``None`` where it names none."""
-    import yaml
+    """The ``method`` a run folder's ``config.yaml`` names, ``None`` where it names none or cannot
+    be read (the caller then says what the folder is by its ``model.zip`` alone)."""
+    from hubrl.errors import CheckpointError
+    from hubrl.runconfig import read_saved_run
 
     try:
-        run = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("run")
-    except (OSError, yaml.YAMLError, AttributeError):
+        method = read_saved_run(folder / "config.yaml").get("method")
+    except (CheckpointError, OSError):
         return None
-    method = run.get("method") if isinstance(run, dict) else None
     return method if isinstance(method, str) else None
 
 

@@ -215,11 +215,10 @@ def _policy_kwargs(data: dict[str, Any], path: Path) -> dict[str, Any]:
     as JSON where it can and as its ``str()`` where not. The kwargs are rebuilt from those entries:
     the optimizer is dropped (playing needs none; the policy makes SB3's default), an activation
     named by its torch class becomes that class when it is one of
-    :data:`hubrl.agents.presets.ACTIVATIONS`, and any other entry that was not JSON is refused.
+    :data:`hubrl.agents.presets.ACTIVATIONS` (:func:`hubrl.agents.presets.activation_class`), and
+    any other entry that was not JSON is refused.
     """
-    from torch import nn
-
-    from hubrl.agents.presets import ACTIVATIONS
+    from hubrl.agents.presets import activation_class
 
     kwargs = data.get("policy_kwargs", {})
     if not isinstance(kwargs, dict):
@@ -228,8 +227,9 @@ def _policy_kwargs(data: dict[str, Any], path: Path) -> dict[str, Any]:
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith(":") and k not in _OPTIMIZER_KEYS}
         activation = kwargs.get("activation_fn")
         match = _ACTIVATION_TEXT.fullmatch(activation) if isinstance(activation, str) else None
-        if match and match.group(1) in ACTIVATIONS:
-            kwargs["activation_fn"] = getattr(nn, match.group(1))
+        known = activation_class(match.group(1)) if match else None
+        if known is not None:
+            kwargs["activation_fn"] = known
         objects = sorted(k for k, v in kwargs.items() if isinstance(v, str) and v.startswith("<") and v.endswith(">"))
         if objects:
             raise CheckpointError(f"{path}: its policy_kwargs hold objects that only unpickling would rebuild "
