@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["GateUsageCallback", "gate_summary", "read_gate_history", "ROUTE_SAMPLE", "ROUTE_EVERY"]
+__all__ = ["GateUsageCallback", "gate_shares", "gate_summary", "read_gate_history", "ROUTE_SAMPLE", "ROUTE_EVERY"]
 
 #: Rollout states on which a k = 1 routed policy's routes are compared (``route_tv``).
 ROUTE_SAMPLE = 64
@@ -118,6 +118,18 @@ class GateUsageCallback(BaseCallback):
         return {"route_tv": tv, "route_kl": kl}
 
 
+def gate_shares(row: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The per-expert statistic a :class:`GateUsageCallback` row holds and its experts, in the row's order:
+    ``("selection_freq", ...)`` for a top-k gate (each expert's share of the states), else
+    ``("weight_mean", ...)`` for a soft gate (Zoo-Tuning: each expert's mean weight), with no
+    experts when the row has neither."""
+    for statistic in ("selection_freq", "weight_mean"):
+        experts = [key.split("/", 1)[1] for key in row if key.startswith(f"{statistic}/")]
+        if experts:
+            return statistic, experts
+    return "selection_freq", []
+
+
 def gate_summary(row: dict[str, Any]) -> str:
     """One line on what the gate did in a rollout, from a :class:`GateUsageCallback` row: each
     expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning), its mean
@@ -126,11 +138,9 @@ def gate_summary(row: dict[str, Any]) -> str:
     gate collapsed onto one expert), e.g.
     ``[gate] step 100352: seaquest-ppo 1.00, riverraid-ppo 0.00 of the states; logit spread 7.39, noise std 1.00``.
     """
-    shares = {key.split("/", 1)[1]: value for key, value in row.items() if key.startswith("selection_freq/")}
-    what = "of the states"
-    if not shares:
-        shares = {key.split("/", 1)[1]: value for key, value in row.items() if key.startswith("weight_mean/")}
-        what = "mean gate weight"
+    statistic, experts = gate_shares(row)
+    shares = {name: row[f"{statistic}/{name}"] for name in experts}
+    what = "of the states" if statistic == "selection_freq" else "mean gate weight"
     line = f"[gate] step {row['step']}: " + ", ".join(f"{name} {value:.2f}" for name, value in shares.items())
     line += f" {what}" if shares else "no expert statistics"
     if "logit_spread" in row:

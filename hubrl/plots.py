@@ -110,10 +110,11 @@ def _save_step_plot(fig: Any, ax: Any, title: str, ylabel: str, path: Path, lege
 
 
 def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = None) -> list[Path]:
-    """One PNG per game: each routed trial's selection share of each expert (but the last) per rollout."""
+    """One PNG per game: each routed trial's selection share of each expert (but the last) per rollout
+    (a soft gate's, Zoo-Tuning's, mean weight)."""
     from matplotlib.figure import Figure
 
-    from hubrl.callbacks import read_gate_history
+    from hubrl.callbacks import gate_shares, read_gate_history
 
     by_game: dict[str, list[tuple[TrialResult, list[dict[str, Any]]]]] = {}
     for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
@@ -125,11 +126,11 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
         fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
         ax = fig.subplots()
         for t, history in runs:
-            experts = sorted(k.split("/", 1)[1] for k in history[0] if k.startswith("selection_freq/"))
+            statistic, experts = gate_shares(history[0])  # a soft gate (Zoo-Tuning): its mean weights
             steps = [r["step"] for r in history]
-            for name in experts[:-1]:
-                ax.plot(steps, [r.get(f"selection_freq/{name}", np.nan) for r in history], linewidth=0.8,
-                        label=f"{t.method} s{t.seed}: {name}")
+            for name in sorted(experts)[:-1]:
+                ax.plot(steps, [r.get(f"{statistic}/{name}", np.nan) for r in history], linewidth=0.8,
+                        label=f"{t.method} s{t.seed}: {name}" + ("" if statistic == "selection_freq" else " (weight)"))
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
         paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout",

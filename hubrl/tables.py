@@ -261,12 +261,14 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
     :data:`ROUTING_WARMUP` steps, up to ``stage``).
 
     ``collapsed`` = share of rollouts with >= :data:`COLLAPSE_SHARE` of the states on one expert;
-    ``share/<expert>`` = mean selection frequency; ``logit_spread`` (variation across states) and
+    ``share/<expert>`` = mean selection frequency (``share_of`` "states"), or for a soft gate
+    (Zoo-Tuning, which selects none) its mean weight (``share_of`` "mean weight", and ``collapsed``
+    counts rollouts with that much weight on one expert); ``logit_spread`` (variation across states) and
     ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std;
     ``route_tv`` = mean total-variation distance between the policies of different routes on the
     rollouts' states (logged by runs since :mod:`hubrl.route_analysis`; None before).
     """
-    from hubrl.callbacks import read_gate_history
+    from hubrl.callbacks import gate_shares, read_gate_history
 
     rows = []
     for t in sorted(trials, key=lambda t: (t.game, t.method, t.seed)):
@@ -274,10 +276,14 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
                    if r["step"] > ROUTING_WARMUP and (stage is None or r["step"] <= stage)]
         if not history:
             continue
-        experts = sorted(k.split("/", 1)[1] for k in history[0] if k.startswith("selection_freq/"))
-        shares = np.array([[r.get(f"selection_freq/{e}", np.nan) for e in experts] for r in history])
+        statistic, experts = gate_shares(history[0])  # a soft gate (Zoo-Tuning) logs mean weights, no selections
+        if not experts:
+            continue
+        experts = sorted(experts)
+        shares = np.array([[r.get(f"{statistic}/{e}", np.nan) for e in experts] for r in history])
         row: dict[str, Any] = {"game": t.game, "method": t.method, "seed": t.seed, "rollouts": len(history),
                                "last_step": int(history[-1]["step"]),
+                               "share_of": "states" if statistic == "selection_freq" else "mean weight",
                                "collapsed": float(np.mean(np.nanmax(shares, axis=1) >= COLLAPSE_SHARE))}
         for i, name in enumerate(experts):
             row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
@@ -439,9 +445,9 @@ def head_to_head_markdown(rows: Sequence[dict[str, Any]], confidence: float) -> 
 def routing_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown of :func:`routing_table`: one column per expert seen in any row."""
     shares = sorted({k for r in rows for k in r if k.startswith("share/")})
-    headers = ["game", "method", "seed", "rollouts", "collapsed", *[s.split("/", 1)[1] for s in shares],
+    headers = ["game", "method", "seed", "rollouts", "collapsed", "share of", *[s.split("/", 1)[1] for s in shares],
                "logit spread (states)", "logit drift (rollouts)", "noise std", "TV between routes"]
-    body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%",
+    body = [[r["game"], r["method"], r["seed"], r["rollouts"], f"{100 * r['collapsed']:.0f}%", r.get("share_of", "states"),
              *[format_value(r.get(s), 2) for s in shares],
              format_value(r["logit_spread"], 3), format_value(r["logit_drift"], 3), format_value(r["noise_std"], 2),
              format_value(r.get("route_tv"), 3)]

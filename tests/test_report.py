@@ -487,6 +487,23 @@ def test_routing_section_reads_each_trials_gate_history(grid):
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
 
+def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
+    """Zoo-Tuning's gate selects no expert: its gates.jsonl holds each expert's mean weight alone.
+    The report lists it by those weights (marked as such) beside the routed trials, and draws it,
+    where a history without selections used to stop the whole report."""
+    from hubrl.tables import routing_markdown, routing_table
+
+    folder = _trial(grid, "Alien", "zoo-tuning", 0, [[500], [800]], status=_st(1000, 20, 800.0))
+    rows = [{"step": 1024 * i, "weight_mean/a": share, "weight_mean/b": 1 - share} for i, share in ((3, 0.97), (4, 0.6))]
+    (folder / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (row,) = routing_table(load_trials(grid))
+    assert (row["method"], row["share_of"], row["rollouts"]) == ("zoo-tuning", "mean weight", 2)
+    assert row["share/a"] == pytest.approx((0.97 + 0.6) / 2) and row["collapsed"] == pytest.approx(0.5)
+    assert "| mean weight |" in routing_markdown([row])
+    report = write_report(grid, reps=200)
+    assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
+
+
 def test_a_speed_ratio_timed_apart_from_the_baseline_is_marked(tmp_path):
     """Steps/s ratios only mean something for trials that shared the machine: the compute table
     gives the share of a method's training time that ran alongside the baseline, and marks (†)
@@ -550,6 +567,12 @@ def test_report_command_refuses_a_stage_past_the_budget(grid, capsys):
     assert not (grid / "report").exists()
     assert run_guarded(main, ["report", str(grid), "--timesteps", "5k", "--reps", "100"]) == 2
     assert capsys.readouterr().err.startswith("error: --timesteps 5k is past the grid's budget of 1,000 agent steps (")
+    assert not (grid / "report").exists()
+    # below it, the trials' later evaluations would be reported as if made there: --stages is the report at a step
+    assert run_guarded(main, ["report", str(grid), "--timesteps", "500", "--reps", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --timesteps 500 is below the grid's budget of 1,000 agent steps (")
+    assert err.endswith("give --stages 500 for the grid as it stood at 500.\n")
     assert not (grid / "report").exists()
 
 

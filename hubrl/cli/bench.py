@@ -139,7 +139,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     report.add_argument("--out", default=None, metavar="DIR", help="Report folder. Default: <root>/report.")
     report.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
                         help="Budget: the tables count the trials evaluated at this many agent steps "
-                             "(default: the grid's budget, from grid.json).")
+                             "(default: the grid's budget, from grid.json; for a grid that records it, only that "
+                             "budget: --stages reports earlier steps).")
     report.add_argument("--stages", type=steps, nargs="+", default=None, metavar="STEPS",
                         help="Also report the grid as it stood at each of these agent steps (e.g. 250k 500k 1M): scores "
                              "and compute up to that stage, in <report folder>/at-<steps>/.")
@@ -288,7 +289,9 @@ def _check_methods(args: argparse.Namespace, asked: list[tuple[str, str]]) -> No
 
 
 def _check_report_stages(args: argparse.Namespace) -> None:
-    """Refuse a ``--timesteps`` past grid.json's budget, and a ``--stages`` step past the budget
+    """Refuse a ``--timesteps`` other than grid.json's budget (past it, no trial trains there; below
+    it, trials further on would be scored by their later evaluations: ``--stages`` cuts them off
+    there), and a ``--stages`` step past the budget
     (``--timesteps``, else grid.json's): no trial trains beyond it, so that report would wait for
     steps no trial will reach, or be the final report again titled as a stage of a longer run."""
     from hubrl.grid import evaluations_around, read_grid
@@ -300,6 +303,11 @@ def _check_report_stages(args: argparse.Namespace) -> None:
         raise UsageError(f"--timesteps {step_label(args.budget)} is past the grid's budget of {recorded:,} agent steps "
                          f"({Path(args.root) / 'grid.json'}): no trial trains beyond it; drop --timesteps, or give "
                          f"--stages for earlier steps.")
+    if isinstance(recorded, int) and args.budget is not None and args.budget < recorded:  # scores past it would count
+        raise UsageError(f"--timesteps {step_label(args.budget)} is below the grid's budget of {recorded:,} agent steps "
+                         f"({Path(args.root) / 'grid.json'}): the report at a budget scores each trial by its last "
+                         f"evaluation, so trials further on would be counted at their later scores; give --stages "
+                         f"{step_label(args.budget)} for the grid as it stood at {step_label(args.budget)}.")
     budget = args.budget or recorded
     past = [stage for stage in args.stages or [] if isinstance(budget, int) and stage > budget]
     if past:
