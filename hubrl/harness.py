@@ -32,6 +32,7 @@ that cannot run, naming the flag.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -52,7 +53,7 @@ from hubrl.agents.presets import agent_kwargs, minibatch_warning
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import make_atari_vec_env
-from hubrl.errors import UsageError
+from hubrl.errors import CheckpointError, UsageError
 from hubrl.evaluation import make_eval_env
 from hubrl.grid import has_checkpoint
 from hubrl.locks import LockHeld, exclusive_lock
@@ -65,6 +66,7 @@ from hubrl.runconfig import (
     flag_name,
     read_saved_config,
     resume_config,
+    resume_conflicts,
     tensorboard_name,
 )
 from hubrl.runtime import PRECISIONS, apply_precision, busy_cores_warning, configure_threads, runtime_line
@@ -461,6 +463,8 @@ def start_run(
     if not resume:  # before the folder is looked at: a bad setting is named first
         check_tensorboard_log(cfg.tensorboard_log)
         check_pause_at(pause_at, int(cfg.timesteps), flags)
+    if not resume and not force:
+        _refuse_another_run(cfg, folder, force is not None)
     replaces = check_run_folder(folder, resume, force)
     held = ExitStack() if resume or replaces else None  # a run is in the folder: locked before its files are read
     with ExitStack() as refused:  # a refusal below lets the lock go
@@ -502,6 +506,40 @@ def start_run(
     return run
 
 
+def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
+    """A new run whose folder holds a run of other settings is refused as such, naming what differs.
+
+    The default run folder names the game, method, algorithm and seed, not ``--top-k``, the
+    aggregation, the hyperparameters ...: a second run that differs only there lands in the first
+    one's folder, where "pass --resume" (:func:`check_run_folder`'s advice for the same run) would
+    only be refused in turn. Settings a resume may change (the budget, where it runs and logs) do not
+    count, but the experts do (a resume may find them moved; a new run with others is another run),
+    nor do the hyperparameter overrides (a resume keeps the saved ones:
+    :func:`_keep_saved_hyperparams`); a folder whose ``config.yaml`` cannot be read is left to
+    :func:`check_run_folder`.
+    """
+    path = folder / CONFIG_NAME
+    if not path.is_file() or not has_checkpoint(folder):  # no checkpoint: check_run_folder offers no --resume
+        return
+    probe = copy.deepcopy(cfg)
+    try:
+        saved = read_saved_config(path)["run"]
+        resolve_run_hyperparams(probe)  # n_envs as saved: the preset's number, not None
+        absolute_paths(probe)
+        paths = getattr(type(cfg), "PATH_FIELDS", PATH_FIELDS)
+        saved = {k: _absolute(v) if k in paths else v for k, v in saved.items()}  # a run saved with relative ones
+        # None: the run decides (run_id); hyperparams: saved resolved by some commands, compared as resumes compare them
+        chosen = {k: v for k, v in dataclasses.asdict(probe).items() if v is not None and k != "hyperparams"}
+        conflicts = resume_conflicts(type(cfg), saved, chosen, path, may_change=RESUME_MAY_CHANGE)
+    except (CheckpointError, UsageError, ValueError, TypeError):
+        return
+    if conflicts:
+        flags = type(cfg).FLAGS
+        differ = "; ".join(f"{flag_name(n, flags)} {s!r} there, {w!r} here" for n, w, s in conflicts)
+        raise UsageError(f"Run folder {folder} already holds another run ({differ}): give this one another --out"
+                         + (", or --force to replace that one." if has_force else "."))
+
+
 def absolute_paths(cfg: RunConfig) -> None:
     """Make ``cfg``'s settings that name files or folders (its class's ``PATH_FIELDS``: the hub,
     the sources, the TensorBoard folder) absolute, against the current directory, in place.
@@ -513,11 +551,14 @@ def absolute_paths(cfg: RunConfig) -> None:
     (relative paths) keeps the old reading: against the directory it is resumed from.
     """
     for name in getattr(type(cfg), "PATH_FIELDS", PATH_FIELDS):
-        value = getattr(cfg, name)
-        if isinstance(value, (list, tuple)):
-            setattr(cfg, name, [os.path.abspath(v) for v in value])
-        elif value:
-            setattr(cfg, name, os.path.abspath(value))
+        setattr(cfg, name, _absolute(getattr(cfg, name)))
+
+
+def _absolute(value: Any) -> Any:
+    """A path setting made absolute: one path, or a list of them; unset (None, empty) as it is."""
+    if isinstance(value, (list, tuple)):
+        return [os.path.abspath(v) for v in value]
+    return os.path.abspath(value) if value else value
 
 
 def _keep_saved_hyperparams(

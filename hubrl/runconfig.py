@@ -129,9 +129,12 @@ def _saved_values(cls: type, saved: Mapping[str, Any], source: Path) -> dict[str
 
 def resume_conflicts(
     cls: type, saved: Mapping[str, Any], wanted: Mapping[str, Any], source: Path,
+    may_change: frozenset[str] | None = None,
 ) -> list[tuple[str, Any, Any]]:
-    """``(field, wanted, saved)`` for every wanted value that would change the saved run."""
-    may_change = getattr(cls, "RESUME_MAY_CHANGE", frozenset())
+    """``(field, wanted, saved)`` for every wanted value that would change the saved run (but the
+    fields in ``may_change``, by default the class's ``RESUME_MAY_CHANGE``)."""
+    if may_change is None:
+        may_change = getattr(cls, "RESUME_MAY_CHANGE", frozenset())
     values = _saved_values(cls, saved, source)
     return [(name, value, values.get(name)) for name, value in wanted.items()
             if name not in may_change and not _same_setting(name, value, values.get(name))]

@@ -369,6 +369,28 @@ def test_a_runs_hub_sources_and_tensorboard_folder_are_saved_absolute(tmp_path, 
         assert {name: saved[name] for name in absolute} == absolute
 
 
+def test_a_new_run_in_a_folder_holding_another_runs_settings_is_told_so(tmp_path):
+    """The default run folder names the game, method, algorithm and seed, not --top-k: a second run
+    that differs there lands in the first one's folder. It is told what differs and to use another
+    --out, not to pass --resume (which would refuse it in turn), and so is one with other experts;
+    the same settings again are offered --resume, and settings a resume may change (the budget, the
+    device) are not a difference."""
+    from hubrl.harness import start_run
+
+    with start_run(_cfg(tmp_path, top_k=1), tmp_path / "run", verbose=0) as run:
+        run.save_config()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")  # its first checkpoint: what --resume would continue
+    with pytest.raises(UsageError) as refused:
+        start_run(_cfg(tmp_path, top_k=2), tmp_path / "run", verbose=0, force=False)
+    assert str(refused.value) == (f"Run folder {tmp_path / 'run'} already holds another run (--top-k 1 there, 2 here): "
+                                  "give this one another --out, or --force to replace that one.")
+    with pytest.raises(UsageError, match=r"another run \(--sources \[\] there, \['/.*/a.zip'\] here\)"):
+        start_run(_cfg(tmp_path, top_k=1, sources=["a.zip"]), tmp_path / "run", verbose=0, force=False)  # other experts
+    with pytest.raises(UsageError, match="already exists: pass --resume to continue it"):
+        start_run(_cfg(tmp_path, top_k=1, timesteps=256, device="auto"), tmp_path / "run", verbose=0, force=False)
+    assert start_run(_cfg(tmp_path, top_k=2), tmp_path / "run", verbose=0, force=True).replaces
+
+
 def test_early_eval_step():
     from hubrl.training import early_eval_step
 
