@@ -78,7 +78,7 @@ def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise UsageError(f"Cannot read hyperparameter file {path}: {exc.strerror}.") from exc
+        raise UsageError(f"--hyperparams: cannot read the file {path}: {exc.strerror}.") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"Hyperparameter file {path} is not valid YAML: {exc}.") from exc
     if data is None:

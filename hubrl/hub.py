@@ -374,7 +374,8 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
     """Read the encoder of an SB3 ``.zip`` checkpoint without unpickling anything."""
     path = Path(path)
     if not path.is_file():
-        raise HubError(f"Checkpoint {path} does not exist.")
+        raise HubError(f"Checkpoint {path} does not exist: check the path (an SB3 model .zip, an expert folder or a "
+                       "run folder).")
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:

@@ -132,7 +132,8 @@ def check_hub_serves(cfg: MethodSettings, hub: Hub) -> None:
     """
     hub.validate(OBSERVATION_SHAPE)
     if cfg.method == "hub-pathway" and cfg.top_k > len(hub):
-        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}).")
+        raise HubError(f"--top-k {cfg.top_k} is larger than the hub ({len(hub)} experts: {', '.join(hub.names)}): "
+                       f"choose 1 to {len(hub)}, or a larger hub.")
     if cfg.method == "finetune":
         if cfg.source is None and len(hub) > 1:
             raise HubError(f"--method finetune needs --source NAME, one of the hub's experts: {', '.join(hub.names)}.")

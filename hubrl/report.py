@@ -139,7 +139,7 @@ def write_report(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is a file, not a grid folder: give the --root of a grid." if root.exists()
-                                else f"No grid folder {root}.")
+                                else f"No grid folder {root}: give the --root of a grid run.")
     skipped: dict[str, str] = {}
     trials = load_trials(root, budget, stage, skipped=skipped)
     if not any(t.steps.size for t in trials):

@@ -172,7 +172,8 @@ def transfer_config(parser: argparse.ArgumentParser, args: argparse.Namespace, g
         return TransferConfig(**chosen)
     if args.out is None:
         if args.env is None:
-            raise UsageError("--resume needs the run folder: --resume --out DIR.")
+            raise UsageError("--resume needs the run folder: --resume --out DIR, or the flags the run was started with "
+                             "(--env GAME and, for a method's own folder, --method ...), which name its default folder.")
         defaults = {name: getattr(args, name) for name, f in names.items()
                     if hasattr(args, name) and name != "hyperparams"
                     and (getattr(args, name) is not None or f.default is None)}
