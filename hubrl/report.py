@@ -55,6 +55,7 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,8 +159,9 @@ def write_report(
 
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
     unfinished = unfinished_notice(trials)
-    if unfinished and notices is not None:
-        notices.append(unfinished)
+    auc_ranges = auc_range_notice(trials)
+    if notices is not None:
+        notices += [notice for notice in (unfinished, auc_ranges) if notice]
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -172,7 +174,7 @@ def write_report(
         "",
         *_method_lines(confidence),
         "",
-        *_section_lines(tables, figures, baseline, confidence, unfinished),
+        *_section_lines(tables, figures, baseline, confidence, unfinished, auc_ranges),
         *_left_out_lines(_left_out(root, trials, skipped)),
     ]
     if (out / "routes.md").is_file():  # written by ``hubrl-bench routes`` (it needs the weights, the report does not)
@@ -322,6 +324,26 @@ def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
 
 
+def auc_range_notice(trials: Sequence[TrialResult]) -> str | None:
+    """The line to show when the finished trials of one game were first evaluated at different steps
+    (arms given their own ``eval_freq`` or ``early_eval``): a trial's AUC is its mean score from its
+    first evaluation to its last, so such arms' AUCs cover different ranges and their differences are
+    not like for like (the final scores are). ``None`` when every arm starts within a rollout."""
+    tolerance = max((t.rollout for t in trials), default=0)
+    for game in sorted({t.game for t in trials}):
+        starts: dict[str, float] = {}
+        for t in trials:
+            if t.game == game and t.finished and t.steps.size:
+                starts[t.method] = min(starts.get(t.method, math.inf), float(t.steps[0]))
+        if len(starts) > 1 and max(starts.values()) - min(starts.values()) > tolerance:
+            early, late = min(starts, key=starts.get), max(starts, key=starts.get)
+            return (f"AUCs cover different step ranges: on {game}, {early} was first evaluated at {starts[early]:,.0f} "
+                    f"agent steps and {late} at {starts[late]:,.0f}; an AUC is a trial's mean score from its first "
+                    "evaluation to its last, so the AUC differences of such arms are not like for like (give every "
+                    "arm the same eval_freq and early_eval).")
+    return None
+
+
 def unfinished_notice(trials: Sequence[TrialResult]) -> str | None:
     """The line to show when no trial has reached its budget (a grid paused at a stage, reported at
     its full budget): its tables would be empty, so it names the furthest step evaluated and the
@@ -336,7 +358,7 @@ def unfinished_notice(trials: Sequence[TrialResult]) -> str | None:
 
 
 def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float,
-                   unfinished: str | None = None) -> list[str]:
+                   unfinished: str | None = None, auc_ranges: str | None = None) -> list[str]:
     """The sections of ``report.md``: aggregate, scores, head-to-head, routing, compute, curves, files."""
     lines = [
         "## Aggregate across games",
@@ -351,6 +373,8 @@ def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence
     lines += ["## Scores per game", "", score_markdown(tables.scores)]
     for rows in _by_focus(tables.versus):
         lines += [f"## Head-to-head: `{rows[0]['method']}` against each method", "", head_to_head_markdown(rows, confidence)]
+    if auc_ranges and tables.versus:
+        lines += [auc_ranges, ""]
     if tables.routing:
         lines += _routing_lines(tables.routing, figures.routing)
     lines += ["## Compute", "", compute_markdown(tables.compute, baseline)]

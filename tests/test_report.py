@@ -504,6 +504,22 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
 
+def test_arms_first_evaluated_at_different_steps_are_told_their_aucs_differ_in_range(grid):
+    """A trial's AUC is its mean score from its first evaluation to its last: an arm evaluated first
+    at 250 steps beside arms first evaluated at 500 covers more of the early, low part of the curve.
+    The report says so under the head-to-head and to the command's notices; arms alike say nothing."""
+    from hubrl.report import auc_range_notice
+
+    assert auc_range_notice(load_trials(grid)) is None
+    _trial(grid, "Alien", "zoo-tuning", 0, [[0], [500], [800]], steps=(250, 500, 1000), status=_st(1000, 20, 800.0))
+    notice = auc_range_notice(load_trials(grid))
+    assert notice.startswith("AUCs cover different step ranges: on Alien, zoo-tuning was first evaluated at 250 agent "
+                             "steps and ")
+    notices: list[str] = []
+    report = write_report(grid, reps=200, notices=notices)
+    assert notices == [notice] and notice in report.read_text()
+
+
 def test_a_speed_ratio_timed_apart_from_the_baseline_is_marked(tmp_path):
     """Steps/s ratios only mean something for trials that shared the machine: the compute table
     gives the share of a method's training time that ran alongside the baseline, and marks (†)
