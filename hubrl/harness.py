@@ -513,9 +513,9 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
     aggregation, the hyperparameters ...: a second run that differs only there lands in the first
     one's folder, where "pass --resume" (:func:`check_run_folder`'s advice for the same run) would
     only be refused in turn. Settings a resume may change (the budget, where it runs and logs) do not
-    count, but the experts do (a resume may find them moved; a new run with others is another run),
-    nor do the hyperparameter overrides (a resume keeps the saved ones:
-    :func:`_keep_saved_hyperparams`); a folder whose ``config.yaml`` cannot be read is left to
+    count, nor do the hyperparameter overrides (a resume keeps the saved ones:
+    :func:`_keep_saved_hyperparams`); the experts do (a resume may find them moved, but a new run
+    with other experts is another run). A folder whose ``config.yaml`` cannot be read is left to
     :func:`check_run_folder`.
     """
     path = folder / CONFIG_NAME
