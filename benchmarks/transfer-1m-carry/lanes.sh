@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two lanes of the 1M grid, one trial at a time each, seed-major. Lane 1: routed arm at 79b61a4; lane 2: scratch at f849f10.
 # Then, as the issue orders, the finetune arms (f849f10, scratch's harness): lane 1 fine-tunes Seaquest's expert, lane 2
-# Riverraid's, all of Jamesbond's seeds first (where the hub falls furthest behind scratch), then Alien's, then Gopher's.
+# Riverraid's, all of Jamesbond's seeds first (where the hub falls furthest behind scratch), then Alien's, then Gopher's;
+# then select (lane 1) and zoo-tuning (lane 2), in the same order.
 # Usage (from anywhere): bash lanes.sh 1 & bash lanes.sh 2 &   (README.md here: restoring the grid root first)
 # Each lane runs its arm from a git worktree pinned at the arm's commit, made here when missing, and
 # skips trials finished in an earlier session (status ok in the repository's archive,
@@ -35,4 +36,13 @@ cd /work/wt-grid1m
 for g in Jamesbond Alien Gopher; do for s in 0 1 2; do  # game-major: Jamesbond's question (poor experts, or the routing?) first
   done_before $g/finetune-$SOURCE/s$s && continue
   echo "== $(date -u +%FT%T) finetune $SOURCE $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods finetune:source=$SOURCE --seeds $s
+done; done
+# Then, "as compute allows" (the issue), the field's other two methods at the same harness (f849f10):
+# lane 1 select (ranks the experts on 20k random-policy steps, outside the budget, then fine-tunes the
+# best: a finetune's cost), lane 2 zoo-tuning (both experts mixed per sample: about 1.9x a finetune's
+# training time, so about 4 hours a trial here). Game-major, Jamesbond first, as the finetunes.
+if [ "$1" = 1 ]; then METHOD=select; else METHOD=zoo-tuning; fi
+for g in Jamesbond Alien Gopher; do for s in 0 1 2; do
+  done_before $g/$METHOD/s$s && continue
+  echo "== $(date -u +%FT%T) $METHOD $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods $METHOD --seeds $s
 done; done
