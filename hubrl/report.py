@@ -330,11 +330,12 @@ def auc_range_notice(trials: Sequence[TrialResult]) -> str | None:
     first evaluation to its last, so such arms' AUCs cover different ranges and their differences are
     not like for like (the final scores are). ``None`` when every arm starts within a rollout."""
     tolerance = max((t.rollout for t in trials), default=0)
-    for game in sorted({t.game for t in trials}):
-        starts: dict[str, float] = {}
-        for t in trials:
-            if t.game == game and t.finished and t.steps.size:
-                starts[t.method] = min(starts.get(t.method, math.inf), float(t.steps[0]))
+    first: dict[str, dict[str, float]] = {}  # game -> method -> its trials' earliest first evaluation
+    for t in trials:
+        if t.finished and t.steps.size:
+            by_method = first.setdefault(t.game, {})
+            by_method[t.method] = min(by_method.get(t.method, math.inf), float(t.steps[0]))
+    for game, starts in sorted(first.items()):
         if len(starts) > 1 and max(starts.values()) - min(starts.values()) > tolerance:
             early, late = min(starts, key=starts.get), max(starts, key=starts.get)
             return (f"AUCs cover different step ranges: on {game}, {early} was first evaluated at {starts[early]:,.0f} "
