@@ -24,6 +24,7 @@ import torch as th
 
 from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file
 from hubrl.errors import HubError
+from hubrl.locks import exclusive_lock
 from hubrl.plaintypes import fits_type, type_name
 
 __all__ = [
@@ -104,11 +105,22 @@ def save_expert(
     a failed export leaves the previous expert whole. A process killed outright between the two
     writes leaves the new weights beside the old manifest: the loader then finds the previous
     weights, which still match it (:func:`hubrl.hub.load_expert_folder`).
-    """
-    from safetensors.torch import save
 
+    Two exports into one folder at once (two runs of one game ending together, or ``--export``
+    beside a finishing run) take turns on the lock ``<hub>/.<name>.lock``: without it their four
+    writes could interleave and leave one's manifest over the other's weights.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.parent / f".{folder.name}.lock", wait=True):
+        return _write_weights_then_manifest(folder, state_dict, manifest, dtype)
+
+
+def _write_weights_then_manifest(folder: Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest,
+                                 dtype: th.dtype) -> Path:
+    """:func:`save_expert`'s two writes, under its lock."""
+    from safetensors.torch import save
+
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in canonical_state_dict(state_dict).items()}
     weights = folder / manifest.weights_file
     previous = previous_weights(weights) if weights.is_file() else None

@@ -30,10 +30,13 @@ class LockHeld(HubrlError):
 
 
 @contextmanager
-def exclusive_lock(path: str | Path) -> Iterator[Path]:
-    """Hold an exclusive, non-blocking lock on ``path`` (created if needed) for the block.
+def exclusive_lock(path: str | Path, wait: bool = False) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (created if needed) for the block.
 
-    :raises LockHeld: when another process holds it, with its pid and host.
+    ``wait`` False: refused at once when another process holds it; True: wait for it (for locks
+    held a moment, such as an expert's two writes).
+
+    :raises LockHeld: when another process holds it and ``wait`` is False, with its pid and host.
     """
     path = Path(path)
     try:
@@ -44,7 +47,7 @@ def exclusive_lock(path: str | Path) -> Iterator[Path]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
             raise LockHeld(path, holder) from None

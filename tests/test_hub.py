@@ -83,6 +83,31 @@ def test_an_export_that_fails_leaves_the_previous_expert_whole(tmp_path, monkeyp
     assert th.equal(load_expert_folder(folder).policy_state()["action_net.bias"], state["action_net.bias"])
 
 
+def test_two_exports_into_one_expert_take_turns(tmp_path):
+    """Two processes exporting one expert at once (two runs of a game ending together, or
+    ``--export`` beside a finishing run) could interleave their writes and leave one's manifest
+    over the other's weights. An export now waits while another holds ``<hub>/.<name>.lock``."""
+    import threading
+
+    from hubrl.experts import read_manifest, save_expert
+    from hubrl.hub import load_expert_folder
+    from hubrl.locks import exclusive_lock
+
+    folder = make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo",)) / "seaquest-ppo"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    state = {k: v + 1 for k, v in load_expert_folder(folder).policy_state().items()}
+    manifest = read_manifest(folder)
+    with exclusive_lock(folder.parent / ".seaquest-ppo.lock"):  # another export in the middle of its writes
+        export = threading.Thread(target=save_expert, args=(folder, state, manifest))
+        export.start()
+        export.join(timeout=1.0)
+        assert export.is_alive(), "the export did not wait for the one holding the lock"
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    export.join(timeout=30)
+    assert not export.is_alive()
+    assert th.equal(load_expert_folder(folder).policy_state()["action_net.bias"], state["action_net.bias"])
+
+
 def test_sb3_zip_with_and_without_duplicate_extractor_keys(tmp_path):
     path = make_sb3_zip(tmp_path / "ppo-Seaquest.zip")
     expert = load_sb3_zip(path)
