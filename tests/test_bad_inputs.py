@@ -424,6 +424,8 @@ CASES = [
      lambda t, h: ["--export", "--env", "Gopher", "--out", str(_saved_run(t, pretrain=True).parent), "--hub",
                    "/proc/hubrl-cannot-write-here"],
      ["--hub /proc/hubrl-cannot-write-here cannot be written"], None),
+    ("rank-json-unknown-game", "rank", lambda t, h: ["--env", "Alienn", "--json", str(t / "new" / "r.json")],  # was:
+     ["Alienn"], _leaves_nothing("new")),  # --json's folder made before the game was checked
     ("rank-json-is-a-folder", "rank", lambda t, h: ["--env", "Alien", "--json", str(t)], ["--json", "is a folder"], None),
     ("rank-json-under-a-file", "rank", lambda t, h: ["--env", "Alien", "--timesteps", "2k", "--json", _file(t) + "/r.json"],
      ["--json", "a-file/r.json", "cannot make its folder"], None),

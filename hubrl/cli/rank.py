@@ -25,6 +25,7 @@ from typing import Sequence
 
 from hubrl.atomic import atomic_write_bytes, probe_writable
 from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, seed, steps
+from hubrl.errors import UsageError
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
@@ -63,16 +64,21 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     args = parser.parse_args(argv)
     if args.json is not None and Path(args.json).is_dir():  # found out before the ranking's work, not after
         parser.error(f"--json {args.json} is a folder: give a file name, e.g. {Path(args.json) / 'ranking.json'}")
-    if args.json is not None:  # its folder made now, as enjoy --video makes its own: a bad path fails before the work
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            parser.error(f"--json {args.json}: cannot make its folder ({exc.strerror or exc})")
-        try:
-            probe_writable(args.json)
-        except OSError as exc:
-            parser.error(f"--json {args.json}: cannot be written ({exc.strerror or exc})")
     return args
+
+
+def prepare_json(path: str) -> None:
+    """Make ``--json``'s folder and check the file can be written, before the ranking's work (as
+    enjoy --video makes its own); called once the game and the hub are accepted, so a refused
+    command leaves no folder behind."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot make its folder ({exc.strerror or exc})") from None
+    try:
+        probe_writable(path)
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot be written ({exc.strerror or exc})") from None
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -88,6 +94,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     game = resolve_game(args.env)
     hub = resolve_hub(args.hub, args.sources)
     hub.validate(OBSERVATION_SHAPE)  # experts the game's frames cannot feed: refused before any data are collected
+    if args.json:
+        prepare_json(args.json)
     summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe, "data": None}
     reference = None
     if len(hub) == 1:
