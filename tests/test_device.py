@@ -340,8 +340,9 @@ def test_on_cuda_route_shares_leave_the_gpu_generator_as_it_was(hub, env):
     plan = plan_method(cfg, hub, "gopher")
     model = HubPPO(plan.policy, env, seed=0, device="cuda", policy_kwargs=plan.policy_kwargs, **TINY[HubPPO])
     plan.init(model.policy)
+    frames = th.randint(0, 256, (16, 4, 84, 84), dtype=th.uint8, device="cuda")  # drawn before the state is read
     generator = th.cuda.get_rng_state()
-    route_shares(model.policy, th.randint(0, 256, (16, 4, 84, 84), dtype=th.uint8, device="cuda"), seed=3)
+    route_shares(model.policy, frames, seed=3)
     assert th.equal(th.cuda.get_rng_state(), generator)
 
 

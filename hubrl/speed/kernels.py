@@ -98,7 +98,8 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
     * plain NatureCNN convs: SB3's ``NatureCNN`` convolutions, holding the kernels the adaptive
       layers built for sample 0.
 
-    The three are checked to give the same output before timing. ``forward (no_grad)`` is timed
+    The three are checked to give the same output before timing (in full float32: TF32 off for the
+    check, on as by default for the timing). ``forward (no_grad)`` is timed
     for batches of at most ``n_envs`` (rollouts run without grad on one observation per env),
     ``forward+backward`` (of the output's sum, into every parameter) for every batch size.
     Random experts, alignment and input-dependent gates: the speed does not depend on the weights.
@@ -140,7 +141,12 @@ def bench_zoo_conv(experts: Sequence[int], batch_sizes: Sequence[int], n_envs: i
         for batch in batch_sizes:
             gen = th.Generator().manual_seed(batch)  # frames of different brightness, so the gates differ per sample
             x = (th.rand(batch, *space.shape, generator=gen) * th.rand(batch, 1, 1, 1, generator=gen)).to(device)
-            with th.no_grad():
+            # checked in full float32: on a GPU cuDNN runs float32 convolutions in TF32 by default
+            # (10-bit mantissa), which alone moves the paths apart by ~1e-3; they are timed with the default
+            with th.no_grad(), th.backends.cudnn.flags(enabled=th.backends.cudnn.enabled,
+                                                        benchmark=th.backends.cudnn.benchmark,
+                                                        deterministic=th.backends.cudnn.deterministic,
+                                                        allow_tf32=False):
                 h, gates = x, []
                 for layer in layers:
                     y, alpha = layer(h)
