@@ -18,7 +18,10 @@ def test_cpu_model_reads_cpuinfo_and_falls_back(tmp_path):
 
 def test_package_versions():
     versions = package_versions(("torch", "surely-not-a-distribution-hubrl"))
-    assert versions == {"torch": torch.__version__, "surely-not-a-distribution-hubrl": None}
+    assert versions["surely-not-a-distribution-hubrl"] is None
+    # the installed distribution's version: some CUDA builds' metadata lack the local label that
+    # torch.__version__ carries (2.11.0 for 2.11.0+cu130, seen on the device machine)
+    assert versions["torch"] and torch.__version__.startswith(versions["torch"])
 
 
 def test_system_info_and_label():
