@@ -4,7 +4,7 @@
 #   here, in the checkout's root, once:  mkdir -p .whl && cp ../shared/device-wheels/*.whl .whl/
 #   device tool:  run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
 #
-# About 5 minutes on one H200 with 16 cores (estimated, not yet timed). Stages, each command under its own time limit;
+# 293 s on one H200 with 16 cores (2026-11-30: benchmarks/gpu/h200-2026-11-30/). Stages, each command under its own time limit;
 # a failing command does not stop the others:
 #   setup  the wheels of .whl/ (gymnasium, ale-py, SB3) into /tmp/site; versions, GPU, this checkout first on PYTHONPATH
 #   tests  tests/test_device.py (its CUDA tests run here) and the --device rows of tests/test_bad_inputs.py
