@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "probe_writable", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "probe_writable", "sha256_file"]
 
 
 def atomic_write(
@@ -105,6 +105,11 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | Path, data: bytes, keep_previous: str | Path | None = None) -> Path:
     return atomic_write(path, lambda handle: handle.write(data), keep_previous=keep_previous)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``text`` (UTF-8) into ``path`` atomically: a report or table that readers never find torn."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: str | Path) -> str:

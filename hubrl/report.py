@@ -62,6 +62,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from hubrl.atomic import atomic_write_text
 from hubrl.grid import TrialResult, iter_trial_folders, load_trials, read_grid, read_status, read_yaml_object
 from hubrl.plots import plot_aggregate, plot_curves, plot_routing
 from hubrl.tables import (
@@ -181,7 +182,7 @@ def write_report(
         lines += ["", "What the route changes in each hub-pathway policy (from the trials' `model.zip`, "
                   "`hubrl-bench routes`): [routes.md](routes.md)."]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     return report
 
 
@@ -203,17 +204,17 @@ def _write_tables(out: Path, tables: _Tables, baseline: str, confidence: float) 
     """Each table as CSV, and as Markdown but for ``runs`` and ``routing`` (whose CSV is written only when a
     trial was routed)."""
     write_csv(out / "results.csv", tables.scores)
-    (out / "results.md").write_text(score_markdown(tables.scores))
+    atomic_write_text(out / "results.md", score_markdown(tables.scores))
     write_csv(out / "compute.csv", tables.compute)
-    (out / "compute.md").write_text(compute_markdown(tables.compute, baseline))
+    atomic_write_text(out / "compute.md", compute_markdown(tables.compute, baseline))
     write_csv(out / "aggregate.csv", tables.aggregate)
-    (out / "aggregate.md").write_text(aggregate_markdown(tables.aggregate, baseline, confidence))
+    atomic_write_text(out / "aggregate.md", aggregate_markdown(tables.aggregate, baseline, confidence))
     write_csv(out / "head_to_head.csv", tables.versus, HEAD_TO_HEAD_COLUMNS)
     sections = [head_to_head_markdown(rows, confidence) for rows in _by_focus(tables.versus)]
-    (out / "head_to_head.md").write_text("\n".join(sections))
+    atomic_write_text(out / "head_to_head.md", "\n".join(sections))
     write_csv(out / "runs.csv", tables.runs, RUNS_COLUMNS)
     if tables.routing:
-        write_csv(out / "routing.csv", tables.routing, list(dict.fromkeys(k for r in tables.routing for k in r)))
+        write_csv(out / "routing.csv", tables.routing)
 
 
 def _header_lines(root: Path, grid: dict[str, Any], trials: Sequence[TrialResult], budget: int | None,
@@ -407,8 +408,11 @@ def _routing_lines(routing: Sequence[dict[str, Any]], pngs: Sequence[Path]) -> l
 
 def _left_out(root: Path, trials: Sequence[TrialResult], skipped: dict[str, str]) -> dict[str, list[str]]:
     """Trial folder (relative to ``root``) -> why it is not in the tables: unfinished, skipped as
-    unreadable, failed or interrupted, or without evaluations."""
+    unreadable, failed or interrupted, or without evaluations. A trial the tables count (finished, or
+    at a stage report evaluated there) is not listed, whatever its last attempt's status: a trial
+    interrupted at 600k is in the 250k report's tables."""
     left_out: dict[str, list[str]] = {}
+    counted = {str(t.folder.relative_to(root)) for t in trials if t.finished}
     for t in trials:
         if not t.finished:
             left_out.setdefault(str(t.folder.relative_to(root)), []).append(
@@ -418,7 +422,7 @@ def _left_out(root: Path, trials: Sequence[TrialResult], skipped: dict[str, str]
     for folder in iter_trial_folders(root):
         status = read_status(folder)
         name = str(folder.relative_to(root))
-        if name in skipped:
+        if name in skipped or name in counted:
             continue
         if status.get("status") in ("failed", "interrupted"):
             error = str(status.get("error") or "").splitlines()

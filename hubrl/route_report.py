@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch as th
 
+from hubrl.atomic import atomic_write_text
 from hubrl.errors import HubrlError, UsageError
 from hubrl.route_analysis import RouteDivergence, collect_states, route_divergence
 
@@ -147,5 +148,5 @@ def write_routes(root: str | Path, out: str | Path | None = None, methods: Seque
                "bootstrap CI.\n\n" + gate_noise_markdown(scores) + "\n" if scores else "")
             + "".join(f"\nLeft out: `{folder}`: {why}\n" for folder, why in skipped.items()))
     path = out / "routes.md"
-    path.write_text(text)
+    atomic_write_text(path, text)
     return path, rows, skipped

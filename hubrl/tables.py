@@ -19,12 +19,14 @@ Missing values are NaN in the rows, empty cells in CSV and ``–`` in Markdown.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from hubrl.atomic import atomic_write_text
 from hubrl.grid import TrialResult
 from hubrl.stats import (
     MIN_SEEDS_FOR_VERDICT,
@@ -343,13 +345,15 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """``rows`` as CSV with ``columns`` (default: the first row's keys; other keys are left out), NaN as an empty cell."""
-    columns = list(columns or (rows[0].keys() if rows else []))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    """``rows`` as CSV with ``columns`` (default: every key of any row, in the order first seen; keys not
+    in ``columns`` are left out), NaN as an empty cell; written atomically."""
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def score_markdown(rows: Sequence[dict[str, Any]]) -> str:

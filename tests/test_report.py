@@ -377,6 +377,7 @@ def test_report_at_a_stage_reads_the_grid_as_it_stood_then(grid):
     report = write_report(grid, reps=200, stage=500)
     assert report.parent == grid / "report" / "at-500"
     text = report.read_text()
+    assert "Gopher/hub-pathway/s1`: failed" not in text  # its attempt past 500 failed: counted here, so not "left out"
     assert text.startswith("# Benchmark report at 500 agent steps") and "as it stood at 500 agent steps" in text
     finals = {(r["game"], r["method"], r["seed"]): float(r["final"]) for r in _rows(report.parent / "runs.csv")}
     assert finals[("Alien", "hub-pathway", "1")] == 2000 and finals[("Gopher", "hub-pathway", "1")] == 300
@@ -690,3 +691,14 @@ def test_mean_curve_ends_at_the_budget_with_every_seed():
     assert curves[:, -1].tolist() == [390, 410, 315]  # each seed's final evaluation, none missing
     late = trial(3, 1_002_000, [100, 300, 500])  # further than a rollout past the budget: left where it is
     assert _curve_matrix([late])[0].tolist() == [500_000, 950_000, 1_002_000]
+
+
+def test_write_csv_keeps_every_rows_columns(tmp_path):
+    """routes.csv took its columns from the first row: a later trial's share columns (another hub,
+    other expert names) vanished from the CSV while routes.md showed them."""
+    from hubrl.tables import write_csv
+
+    write_csv(tmp_path / "t.csv", [{"trial": "a", "share/seaquest": 0.5}, {"trial": "b", "share/pong": 0.25, "x": float("nan")}])
+    assert _rows(tmp_path / "t.csv") == [{"trial": "a", "share/seaquest": "0.5", "share/pong": "", "x": ""},
+                                         {"trial": "b", "share/seaquest": "", "share/pong": "0.25", "x": ""}]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # written through a temporary file, none left beside it
