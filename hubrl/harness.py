@@ -513,9 +513,11 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
     aggregation, the hyperparameters ...: a second run that differs only there lands in the first
     one's folder, where "pass --resume" (:func:`check_run_folder`'s advice for the same run) would
     only be refused in turn. Settings a resume may change (the budget, where it runs and logs) do not
-    count, nor do the hyperparameter overrides (a resume keeps the saved ones:
-    :func:`_keep_saved_hyperparams`); the experts do (a resume may find them moved, but a new run
-    with other experts is another run). A folder whose ``config.yaml`` cannot be read is left to
+    count; the experts do (a resume may find them moved, but a new run with other experts is another
+    run), and so does each hyperparameter this run overrides (``--hyperparams``, ``--set``) whose
+    value differs from the one the saved run trained with (its ``resolved_hyperparams``; one this
+    run leaves to the preset is not compared: a resume keeps the saved ones,
+    :func:`_keep_saved_hyperparams`). A folder whose ``config.yaml`` cannot be read is left to
     :func:`check_run_folder`.
     """
     path = folder / CONFIG_NAME
@@ -523,14 +525,17 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
         return
     probe = copy.deepcopy(cfg)
     try:
-        saved = read_saved_config(path)["run"]
-        resolve_run_hyperparams(probe)  # n_envs as saved: the preset's number, not None
+        config = read_saved_config(path)
+        saved = config["run"]
+        plain, _ = resolve_run_hyperparams(probe)  # n_envs as saved: the preset's number, not None
         absolute_paths(probe)
         paths = getattr(type(cfg), "PATH_FIELDS", PATH_FIELDS)
         saved = {k: _absolute(v) if k in paths else v for k, v in saved.items()}  # a run saved with relative ones
-        # None: the run decides (run_id); hyperparams: saved resolved by some commands, compared as resumes compare them
+        # None: the run decides (run_id); hyperparams: the run section holds the preset resolved for some commands
+        # and the overrides for others, so they are compared by value below, against what the run trained with
         chosen = {k: v for k, v in dataclasses.asdict(probe).items() if v is not None and k != "hyperparams"}
         conflicts = resume_conflicts(type(cfg), saved, chosen, path, may_change=RESUME_MAY_CHANGE)
+        conflicts += _hyperparam_conflicts(probe.hyperparams, plain, config.get("resolved_hyperparams"))
     except (CheckpointError, UsageError, ValueError, TypeError):
         return
     if conflicts:
@@ -538,6 +543,18 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
         differ = "; ".join(f"{flag_name(n, flags)} {s!r} there, {w!r} here" for n, w, s in conflicts)
         raise UsageError(f"Run folder {folder} already holds another run ({differ}): give this one another --out"
                          + (", or --force to replace that one." if has_force else "."))
+
+
+def _hyperparam_conflicts(overrides: Mapping[str, Any], plain: Mapping[str, Any],
+                          saved: Any) -> list[tuple[str, Any, Any]]:
+    """``("hyperparams", "key: here", "key: there")`` for each hyperparameter in ``overrides`` whose
+    resolved value (``plain``, as ``config.yaml`` holds it) differs from the ``saved`` run's
+    ``resolved_hyperparams`` (nothing where that section is missing: a run from before it)."""
+    if not isinstance(saved, dict):
+        return []
+    current = yaml.safe_load(yaml.safe_dump(dict(plain)))  # compared as config.yaml holds them
+    return [("hyperparams", f"{key}: {current[key]!r}", f"{key}: {saved.get(key, 'unset')!r}")
+            for key in sorted(overrides) if key in current and current[key] != saved.get(key, "unset")]
 
 
 def absolute_paths(cfg: RunConfig) -> None:

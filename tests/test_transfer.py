@@ -386,6 +386,9 @@ def test_a_new_run_in_a_folder_holding_another_runs_settings_is_told_so(tmp_path
                                   "give this one another --out, or --force to replace that one.")
     with pytest.raises(UsageError, match=r"another run \(--sources \[\] there, \['/.*/a.zip'\] here\)"):
         start_run(_cfg(tmp_path, top_k=1, sources=["a.zip"]), tmp_path / "run", verbose=0, force=False)  # other experts
+    with pytest.raises(UsageError, match=r"another run \(--hyperparams 'ent_coef: 0\.01' there, 'ent_coef: 0\.05' here\)"):
+        start_run(_cfg(tmp_path, top_k=1, hyperparams={**TINY_PPO, "ent_coef": 0.05}), tmp_path / "run", verbose=0,
+                  force=False)  # another value of a hyperparameter it overrides (one left to the preset is not compared)
     with pytest.raises(UsageError, match="already exists: pass --resume to continue it"):
         start_run(_cfg(tmp_path, top_k=1, timesteps=256, device="auto"), tmp_path / "run", verbose=0, force=False)
     assert start_run(_cfg(tmp_path, top_k=2), tmp_path / "run", verbose=0, force=True).replaces
