@@ -12,7 +12,8 @@
 #          on the CPU); enjoy a run and a hub expert; --device cuda:99 and a hidden GPU refused in one line
 #   grid   bench run --device cuda, 3 workers on one GPU; the device each trial recorded; bench report
 #   speed  speed train / transfer / zoo-conv on the GPU, and hubrl's training on this machine's CPU for comparison
-# tests, cli and grid run side by side (16 cores); speed runs alone after them.
+# tests, cli and grid run side by side (16 cores); speed runs alone after them. Optional, after speed (about 480 s in all
+# on the H200 with both: BUDGET=570, timeout_s=600): SUITE=1, the whole suite but slow; THROUGHPUT=1, 12 grid trials at once.
 #
 # Results in $OUT (at most 8 files): summary.txt (one line per command: ok/FAILED, seconds), log.txt (all output),
 # speed.md (the throughput tables), runs.tgz (config.yaml, status.json, trials.jsonl, evaluations.json, expert.json,
@@ -29,6 +30,8 @@ TESTS=${TESTS:-1}                    # 0: skip the pytest stage
 EXTRA=${EXTRA:-}                     # more flags for every training command (a dry run on a small CPU: --n-envs 2)
 SEQUENTIAL=${SEQUENTIAL:-0}          # 1: one command at a time (a dry run on a small CPU)
 GRID_WORKERS=${GRID_WORKERS:-3}      # trials of the grid at once, each in its own process
+SUITE=${SUITE:-0}                    # 1: then the whole test suite but slow (-n 16 on the H200: 103 s)
+THROUGHPUT=${THROUGHPUT:-0}          # 1: then 12 grid trials at once, 20k steps each (85 s there): agent steps/s per trial
 W=$(mktemp -d /tmp/hubrl-gpu.XXXXXX)
 START=$SECONDS
 mkdir -p "$OUT" "$W/logs"
@@ -164,6 +167,17 @@ if [ "$SPEED" = 1 ]; then
   for name in speed-train speed-train-one-cpu-8-threads speed-transfer speed-zoo-conv; do
     { echo "## $name"; echo; cat "$W/logs/$name.log"; echo; } >>"$OUT/speed.md"
   done
+fi
+
+# ------------------------------------------------------------------------------------------ suite, throughput (alone)
+if [ "$SUITE" = 1 ]; then
+  say "suite"
+  step suite 240 $PY -m pytest -m "not slow" -q -p no:cacheprovider -n "$(nproc)" --tb=short
+fi
+if [ "$THROUGHPUT" = 1 ]; then
+  say "throughput"
+  step throughput 240 $PY -m hubrl bench run --root "$W/throughput" --env Alien Gopher Jamesbond \
+    --method scratch hub-pathway --seed 0 1 --timesteps 20k --eval-episodes 1 --workers 12 --threads 1 --device "$DEVICE" $EXTRA
 fi
 
 # ------------------------------------------------------------------------------------------ results
