@@ -26,6 +26,7 @@ from hubrl.hub import load_weights_only
 
 __all__ = [
     "CheckpointError",
+    "DivergedWeights",
     "save_training_checkpoint",
     "load_training_checkpoint",
     "load_resume_checkpoint",
@@ -37,17 +38,42 @@ FORMAT = "hubrl-training-checkpoint"
 FORMAT_VERSION = 1
 
 
+class DivergedWeights(CheckpointError):
+    """The weights to checkpoint are not finite (NaN or inf): training diverged. Nothing is written,
+    so the run's last checkpoint (the last sound state) stays as it was."""
+
+
+def non_finite_tensor(tensors: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor in ``tensors`` holding a NaN or an infinity, else ``None``."""
+    for name, value in tensors.items():
+        if isinstance(value, th.Tensor) and value.is_floating_point() and not bool(th.isfinite(value).all()):
+            return name
+    return None
+
+
 def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Atomically save what resuming ``model`` needs: weights, optimizer state, counters.
 
     The learning-rate and clip-range schedules are functions of ``num_timesteps`` and the run's
     total budget, so restoring the counter restores the schedules.
+
+    Weights that are not finite are never written (:class:`DivergedWeights`): a diverged run would
+    otherwise replace its last sound checkpoint, and on resume its ``checkpoint.prev.pt`` too. The
+    checkpoint it replaces is kept as ``checkpoint.prev.pt`` only when it is sound itself: a damaged
+    one (a run resumed from ``checkpoint.prev.pt`` because ``checkpoint.pt`` was torn or diverged)
+    is replaced without taking the sound previous one's place.
     """
+    policy = model.policy.state_dict()
+    bad = non_finite_tensor(policy)
+    if bad is not None:
+        raise DivergedWeights(f"Training diverged by step {int(model.num_timesteps):,}: the weights hold NaN or inf "
+                              f"({bad}). No checkpoint is written over the last sound one ({Path(path).name}); "
+                              "resume from it with a lower learning rate, or train again.")
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "algo": type(model).__name__,
-        "policy": model.policy.state_dict(),
+        "policy": policy,
         "optimizer": model.policy.optimizer.state_dict(),
         "num_timesteps": int(model.num_timesteps),
         "n_updates": int(getattr(model, "_n_updates", 0)),
@@ -59,7 +85,17 @@ def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict
     buffer = io.BytesIO()
     th.save(state, buffer)
     data = buffer.getbuffer()
-    return atomic_write(path, lambda handle: handle.write(data), keep_previous=previous_checkpoint(path))
+    keep = previous_checkpoint(path) if _is_sound(Path(path)) else None
+    return atomic_write(path, lambda handle: handle.write(data), keep_previous=keep)
+
+
+def _is_sound(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint :func:`load_training_checkpoint` accepts (not missing, torn or diverged)."""
+    try:
+        load_training_checkpoint(path)
+    except (CheckpointError, OSError):
+        return False
+    return True
 
 
 def previous_checkpoint(path: str | Path) -> Path:
@@ -86,6 +122,10 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if (not isinstance(state.get("policy"), dict) or not isinstance(state.get("num_timesteps"), int)
             or state["num_timesteps"] < 0):
         raise CheckpointError(f"Checkpoint {path} is corrupt (no policy weights or step counter).")
+    bad = non_finite_tensor(state["policy"])
+    if bad is not None:  # written by a diverged run (hubrl before it refused to save them): nothing to resume
+        raise CheckpointError(f"Checkpoint {path} holds weights that are not finite (NaN or inf in {bad}): its run "
+                              "had diverged.")
     return state
 
 

@@ -26,6 +26,7 @@ the environments start new games and the random generators are not restored.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from hubrl.atomic import atomic_write
-from hubrl.checkpoint import restore_training_state, save_training_checkpoint
+from hubrl.checkpoint import DivergedWeights, restore_training_state, save_training_checkpoint
 from hubrl.evaluation import EvalResult, evaluate_model
 from hubrl.progress import StepProgressBar
 from hubrl.signals import SignalStop
@@ -392,7 +393,10 @@ def run_training(
                     model.num_timesteps = boundary.start_timesteps
                     # and an evaluation made in it is made again at its step on resume: one point per step
                     history.points = [p for p in history.points if p["step"] <= model.num_timesteps]
-                save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
+                try:
+                    save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
+                except DivergedWeights as exc:  # the last sound checkpoint stays; whatever ended learn() goes on up
+                    print(f"warning: {exc}", file=sys.stderr)
                 if discarded and evaluator is not None:
                     history.save(history_path)
                 if bar is not None:

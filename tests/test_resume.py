@@ -230,6 +230,50 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
         load_resume_checkpoint(path)
 
 
+def test_diverged_weights_never_replace_the_last_sound_checkpoint(tmp_path, capsys):
+    """A run whose weights went NaN (an update diverged, then SB3's Categorical raised) saved them in
+    learn()'s ``finally`` over its sound checkpoint, and a resume loaded them without a word; its
+    first save then moved the NaN checkpoint over checkpoint.prev.pt: the last sound state was gone.
+    Now NaN weights are never written, a NaN checkpoint (hubrl before this) counts as damaged, and a
+    damaged checkpoint.pt does not take the sound previous one's place."""
+    from hubrl.checkpoint import DivergedWeights
+
+    class Diverge(BaseCallback):
+        def _on_rollout_start(self) -> None:
+            if self.model.num_timesteps >= ROLLOUT:  # after the first update: weights go NaN, then the crash
+                with th.no_grad():
+                    next(self.model.policy.parameters()).fill_(float("nan"))
+                raise RuntimeError("simulated crash after a diverged update")
+
+        def _on_step(self) -> bool:
+            return True
+
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(RuntimeError, match="diverged update"):  # the crash goes on up, not the refused save
+        run_training(_model(), 256, ckpt, checkpoint_freq=ROLLOUT, callbacks=[Diverge()], progress_bar=False, verbose=0)
+    assert "Training diverged by step 64" in capsys.readouterr().err
+    assert load_training_checkpoint(ckpt)["num_timesteps"] == ROLLOUT  # the periodic one, before the NaN
+    model = _model()
+    with th.no_grad():
+        next(model.policy.parameters()).fill_(float("nan"))
+    with pytest.raises(DivergedWeights, match="NaN or inf"):
+        save_training_checkpoint(model, ckpt)
+    assert load_training_checkpoint(ckpt)["num_timesteps"] == ROLLOUT and not previous_checkpoint(ckpt).exists()
+
+    # a NaN checkpoint written before this (beside a sound previous one): damaged, the previous one resumes
+    save_training_checkpoint(_model(), ckpt)  # step 0 over step 64: 64 becomes checkpoint.prev.pt
+    state = load_training_checkpoint(ckpt)
+    state["policy"] = {k: th.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["policy"].items()}
+    th.save(state, ckpt)
+    assert load_resume_checkpoint(ckpt)["num_timesteps"] == ROLLOUT
+    assert "not finite" in capsys.readouterr().err
+    resumed = _model()
+    resumed.num_timesteps = 2 * ROLLOUT
+    save_training_checkpoint(resumed, ckpt)  # the resumed run's first save: the NaN one is not kept as previous
+    assert load_training_checkpoint(previous_checkpoint(ckpt))["num_timesteps"] == ROLLOUT
+    assert load_training_checkpoint(ckpt)["num_timesteps"] == 2 * ROLLOUT
+
+
 # ----------------------------------------------------------------------------- resume = the saved run
 
 
