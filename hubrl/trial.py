@@ -80,9 +80,28 @@ def trial_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def clear_leftovers(folder: Path) -> None:
-    """Remove what an attempt that died before its first checkpoint left, so run_transfer can start."""
+    """Remove what an attempt that died before its first checkpoint left, so run_transfer can start.
+
+    A run still working in the folder (started by hand, or a trial whose grid runner was killed
+    outright: no checkpoint yet, so the grid reads the folder as fresh) holds its lock
+    (:data:`hubrl.harness.RUN_LOCK_NAME`): then nothing is deleted and the trial is refused, naming
+    that process. The lock file itself is never deleted (a second lock on a new file would let two
+    processes train one folder)."""
+    from hubrl.harness import RUN_LOCK_NAME
+    from hubrl.locks import LockHeld, exclusive_lock
+
     if not folder.exists():
         return
+    try:
+        with exclusive_lock(folder / RUN_LOCK_NAME):
+            _clear_unlocked(folder, keep=RUN_LOCK_NAME)
+    except LockHeld as exc:
+        raise GridError(f"Trial folder {folder} is in use by another process ({exc.holder or 'pid unknown'}): wait for it "
+                        "to end or stop it, then run the grid again.") from None
+
+
+def _clear_unlocked(folder: Path, keep: str) -> None:
+    """:func:`clear_leftovers`' checks and deletions, the folder's lock held (``keep``: its file)."""
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in _RUN_ARTIFACTS and not p.name.startswith("."))
     if foreign:
         raise GridError(f"Trial folder {folder} holds files that are not a hubrl run's ({', '.join(foreign)}): "
@@ -91,7 +110,8 @@ def clear_leftovers(folder: Path) -> None:
         raise GridError(f"Trial folder {folder} holds a model.zip but no checkpoint: a fresh start would delete that "
                         "model; move it away, or delete the folder to train this trial again.")
     for path in folder.iterdir():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.name != keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def trial_config(spec: TrialSpec) -> Any:

@@ -542,6 +542,25 @@ def test_ray_runs_trials_as_tasks(tmp_path):
     assert trial_state(trial_folder(root, "Alien", "scratch", 0), 64) == "finished"
 
 
+def test_leftovers_of_a_run_still_working_are_not_cleared(tmp_path):
+    """A trial folder without a checkpoint reads as fresh, and the grid cleared it, lock file
+    included: a run still working there (started by hand, or orphaned by a runner killed outright)
+    lost its records, and the new attempt locked a new .lock file, so both trained one folder.
+    Now the folder's lock is taken first; held, the trial is refused and nothing is deleted."""
+    from hubrl.locks import exclusive_lock
+    from hubrl.trial import clear_leftovers
+
+    folder = trial_folder(tmp_path, "Gopher", "scratch", 0)
+    (folder / "tb").mkdir(parents=True)
+    (folder / "config.yaml").write_text("run: {}\n")
+    with exclusive_lock(folder / ".lock"):  # the run working there
+        with pytest.raises(GridError, match=f"{folder} is in use by another process \\(pid {os.getpid()}"):
+            clear_leftovers(folder)
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml", "tb"]
+    clear_leftovers(folder)  # it ended: an attempt's leftovers, cleared but for the lock file
+    assert [p.name for p in folder.iterdir()] == [".lock"]
+
+
 @pytest.mark.slow
 def test_real_trials_in_process_clear_leftovers_then_pause_continue_and_refuse_another_budget(tmp_path):
     from tests.conftest import TINY_PPO, make_tiny_hub
