@@ -78,6 +78,7 @@ def save_training_checkpoint(model: BaseAlgorithm, path: str | Path, extra: dict
         "num_timesteps": int(model.num_timesteps),
         "n_updates": int(getattr(model, "_n_updates", 0)),
         "episode_returns": [float(ep["r"]) for ep in (model.ep_info_buffer or [])],
+        "episode_lengths": [int(ep.get("l", 0)) for ep in (model.ep_info_buffer or [])],
         "extra": extra or {},
     }
     # Serialise in memory first: torch's zip writer turns a full disk into an opaque
@@ -183,6 +184,11 @@ def restore_training_state(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     model.num_timesteps = int(state["num_timesteps"])
     model._n_updates = int(state.get("n_updates", 0))
     # SB3 recreates this buffer in learn() only when it is None, so pre-filling it keeps
-    # rollout/ep_rew_mean continuous across a resume.
-    model.ep_info_buffer = deque(({"r": r, "l": 0} for r in state.get("episode_returns", [])), maxlen=model._stats_window_size)
+    # rollout/ep_rew_mean and rollout/ep_len_mean continuous across a resume (lengths: checkpoints
+    # since they were saved; 0 before, as then).
+    returns = state.get("episode_returns", [])
+    lengths = state.get("episode_lengths")
+    if not isinstance(lengths, list) or len(lengths) != len(returns):
+        lengths = [0] * len(returns)
+    model.ep_info_buffer = deque(({"r": r, "l": n} for r, n in zip(returns, lengths)), maxlen=model._stats_window_size)
     model.ep_success_buffer = deque(maxlen=model._stats_window_size)

@@ -230,6 +230,21 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
         load_resume_checkpoint(path)
 
 
+def test_a_resume_keeps_the_games_lengths_as_well_as_their_returns(tmp_path):
+    """Only the returns of the last games were saved, so after a resume SB3's rollout/ep_len_mean
+    read 0-length games until about 100 new ones had ended; their lengths are kept now."""
+    from collections import deque
+
+    from hubrl.checkpoint import restore_training_state
+
+    model = _model()
+    model.ep_info_buffer = deque([{"r": 10.0, "l": 812, "t": 1.0}, {"r": 30.0, "l": 1204, "t": 2.0}], maxlen=100)
+    save_training_checkpoint(model, tmp_path / "checkpoint.pt")
+    resumed = _model()
+    restore_training_state(resumed, load_training_checkpoint(tmp_path / "checkpoint.pt"))
+    assert [(ep["r"], ep["l"]) for ep in resumed.ep_info_buffer] == [(10.0, 812), (30.0, 1204)]
+
+
 def test_diverged_weights_never_replace_the_last_sound_checkpoint(tmp_path, capsys):
     """A run whose weights went NaN (an update diverged, then SB3's Categorical raised) saved them in
     learn()'s ``finally`` over its sound checkpoint, and a resume loaded them without a word; its
