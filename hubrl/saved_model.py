@@ -171,6 +171,7 @@ def load_saved_policy(path: str | Path, device: str = "cpu") -> SavedPolicy:
             state = read_policy_state(archive, path)
         except (HubError, zipfile.BadZipFile) as exc:
             raise CheckpointError(str(exc)) from None
+    _refuse_sizes_beyond_the_weights(kwargs, state, path)
     try:
         policy = policy_class(observation_space, action_space, lambda _: 0.0, **kwargs)
         policy.load_state_dict(state, strict=True)
@@ -241,6 +242,36 @@ def _policy_kwargs(data: dict[str, Any], path: Path) -> dict[str, Any]:
                               "model files; a hubrl run never saves such kwargs: load it with SB3's own load only if "
                               "you trust who wrote it.")
     return kwargs
+
+
+def _refuse_sizes_beyond_the_weights(kwargs: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    """Refuse ``policy_kwargs`` that would build a policy bigger than the file's own weights, before
+    it is built: a number larger than every dimension of every saved tensor (a layer width, a
+    feature size), or a list longer than the number of saved tensors (expert names: one NatureCNN
+    encoder each). A layer the policy builds has its sizes among the weights that fill it, so a
+    hubrl model passes; a hostile 1 KB file naming a million experts would otherwise allocate them
+    all before the strict load found that its weights do not fit."""
+    tensors = [v for v in state.values() if hasattr(v, "shape")]  # torch tensors (torch is imported lazily here)
+    widest = max((max(t.shape, default=1) for t in tensors), default=1)
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int) and value > widest:
+            raise CheckpointError(f"{path}: its policy_kwargs' {key} is {value:,}, larger than any dimension of the "
+                                  f"weights it holds ({widest:,}): not a model hubrl saved; refusing to build it.")
+        if isinstance(value, (list, tuple)):
+            if len(value) > len(tensors):
+                raise CheckpointError(f"{path}: its policy_kwargs' {key} has {len(value):,} entries for "
+                                      f"{len(tensors):,} saved tensors: not a model hubrl saved; refusing to build it.")
+            for item in value:
+                check(key, item)
+        if isinstance(value, dict):
+            for name, item in value.items():
+                check(f"{key}.{name}", item)
+
+    for key, value in kwargs.items():
+        check(key, value)
 
 
 def _holds_pickle(value: Any) -> bool:

@@ -166,6 +166,28 @@ def test_spaces_that_would_size_huge_buffers_are_refused_before_anything_is_buil
         load_saved_policy(_rewrite(tmp_path / "model.zip", edit))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"expert_names": [f"e{i}" for i in range(5000)]}, "expert_names has 5,000 entries for"),  # 5,000 NatureCNNs
+    ({"expert_names": ["a", "b"], "features_dim": 10**7}, "features_dim is 10,000,000, larger than any dimension"),
+    ({"expert_names": ["a", "b"], "net_arch": {"pi": [10**6]}}, r"net_arch\.pi is 1,000,000"),
+])
+def test_policy_kwargs_that_would_build_more_than_the_weights_are_refused_before_building(tmp_path, monkeypatch,
+                                                                                         kwargs, message):
+    """A model.zip is untrusted: its policy_kwargs size what is built before the strict load checks
+    the weights, so a 1 KB file naming thousands of experts allocated an encoder for each (hours
+    and gigabytes, then a MemoryError). Sizes beyond the saved weights are refused unbuilt."""
+    from hubrl import policies
+
+    _save_agent(tmp_path / "model.zip", policies.HubPathwayPolicy, expert_names=["a", "b"])
+
+    def built(*args, **kw):
+        raise AssertionError("the policy was built")
+
+    monkeypatch.setattr(policies.HubPathwayPolicy, "__init__", built)
+    with pytest.raises(CheckpointError, match=message):
+        load_saved_policy(_rewrite(tmp_path / "model.zip", lambda data: data["policy_kwargs"].update(kwargs)))
+
+
 def test_settings_and_weights_come_from_one_opening_of_a_model_replaced_meanwhile(tmp_path, monkeypatch):
     """A run that saves its final model while another process loads it (``enjoy`` during a grid)
     replaces the file between any two openings: the settings and the weights must come from one file."""
