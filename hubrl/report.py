@@ -159,7 +159,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
 
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
-    unfinished = unfinished_notice(trials)
+    settings = grid.get("settings")
+    unfinished = unfinished_notice(trials, settings.get("eval_freq") if isinstance(settings, dict) else None)
     auc_ranges = auc_range_notice(trials)
     if notices is not None:
         notices += [notice for notice in (unfinished, auc_ranges) if notice]
@@ -346,17 +347,30 @@ def auc_range_notice(trials: Sequence[TrialResult]) -> str | None:
     return None
 
 
-def unfinished_notice(trials: Sequence[TrialResult]) -> str | None:
+def unfinished_notice(trials: Sequence[TrialResult], every: int | None = None) -> str | None:
     """The line to show when no trial has reached its budget (a grid paused at a stage, reported at
     its full budget): its tables would be empty, so it names the furthest step evaluated and the
-    ``--stages`` that reports it; ``None`` when some trial has finished."""
+    ``--stages`` that reports it; ``None`` when some trial has finished.
+
+    ``every``: the grid's ``eval_freq`` (``grid.json``), whose multiples are the only stages
+    ``bench report`` takes: the stage named is the furthest of them that a trial evaluated at (up to
+    a rollout past it), not an early evaluation's step between them."""
     if not trials or any(t.finished for t in trials):
         return None
     budget = max((t.budget for t in trials if t.budget is not None), default=None)
     furthest = int(max(float(t.steps[-1]) for t in trials if t.steps.size))
+    stage = furthest
+    if isinstance(every, int) and not isinstance(every, bool) and every > 0:
+        stages = [int(s) // every * every for t in trials for s in t.steps if int(s) // every * every > 0
+                  and int(s) - int(s) // every * every <= t.rollout]
+        if not stages:
+            return (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the "
+                    f"furthest was evaluated at {furthest:,}), so the tables below are empty; no trial has reached the "
+                    f"grid's first stage ({step_label(every)}: it evaluates every {step_label(every)}) yet.")
+        stage = max(stages)
     return (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the furthest was "
             f"evaluated at {furthest:,}), so the tables below are empty: report the grid as it stood at an earlier step "
-            f"with --stages {step_label(furthest)}.")
+            f"with --stages {step_label(stage)}.")
 
 
 def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float,

@@ -469,6 +469,29 @@ def test_a_stopped_grid_exits_as_a_stopped_run_and_writes_no_report(tmp_path, mo
             "(then --report).") in capsys.readouterr().out
 
 
+def test_run_report_of_a_paused_grid_warns_and_reports_its_stage(tmp_path, monkeypatch, capsys):
+    """``run --pause-at 500 --report``: the report at the budget has empty tables; its warning was
+    dropped (only ``report`` printed it), and the stage the grid paused at went unreported."""
+    import hubrl.benchmark
+    import hubrl.report
+    from hubrl.benchmark import GridSummary
+    from hubrl.cli import command_main
+
+    def report(root, *args, stage=None, notices=None, **kwargs):
+        if notices is not None:
+            notices.append("No trial has reached 1,000 agent steps yet")
+        return Path(root) / "report" / (f"at-{stage}" if stage else "") / "report.md"
+
+    monkeypatch.setattr(hubrl.benchmark, "run_grid", lambda root, *a, **k: GridSummary(Path(root)))
+    monkeypatch.setattr(hubrl.report, "write_report", report)
+    argv = ["run", "--root", str(tmp_path), "--env", "Alien", "--method", "scratch", "--timesteps", "1k",
+            "--pause-at", "500", "--report"]
+    assert command_main("bench")(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: No trial has reached 1,000 agent steps yet\n" in out
+    assert f"report at 500 steps: {tmp_path / 'report' / 'at-500' / 'report.md'}" in out
+
+
 @pytest.mark.slow
 def test_a_dead_worker_fails_its_trial_and_the_grid_goes_on(tmp_path):
     root = tmp_path / "grid"

@@ -620,6 +620,12 @@ def test_a_report_at_a_budget_no_trial_reached_says_which_stage_to_report(grid, 
             "empty: report the grid as it stood at an earlier step with --stages 1k.")
     assert f"warning: {line}\n" in capsys.readouterr().out
     assert line in (grid / "report" / "report.md").read_text()
+    # the stage it names is one the grid evaluates at (bench report refuses others): the furthest evaluation at a
+    # multiple of its eval_freq, not an early evaluation's step; none yet, it says so
+    trials = load_trials(grid)
+    assert unfinished_notice(trials, every=1000).endswith("--stages 1k.")
+    assert unfinished_notice(trials, every=2000).endswith("no trial has reached the grid's first stage (2k: it "
+                                                          "evaluates every 2k) yet.")
 
 
 def test_the_report_names_the_commit_each_arm_trained_with(grid):
@@ -698,7 +704,8 @@ def test_write_csv_keeps_every_rows_columns(tmp_path):
     other expert names) vanished from the CSV while routes.md showed them."""
     from hubrl.tables import write_csv
 
-    write_csv(tmp_path / "t.csv", [{"trial": "a", "share/seaquest": 0.5}, {"trial": "b", "share/pong": 0.25, "x": float("nan")}])
+    write_csv(tmp_path / "t.csv", [{"trial": "a", "share/seaquest": 0.5},
+                                   {"trial": "b", "share/pong": 0.25, "x": float("nan")}])
     assert _rows(tmp_path / "t.csv") == [{"trial": "a", "share/seaquest": "0.5", "share/pong": "", "x": ""},
                                          {"trial": "b", "share/seaquest": "", "share/pong": "0.25", "x": ""}]
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # written through a temporary file, none left beside it

@@ -262,7 +262,16 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     if args.report:
         from hubrl.report import write_report
 
-        print(f"report: {write_report(args.root)}")
+        notices: list[str] = []
+        print(f"report: {write_report(args.root, notices=notices)}")
+        for notice in notices:  # e.g. the grid paused short of its budget: that report's tables are empty
+            print(f"warning: {notice}")
+        if args.pause_at is not None and not summary.failed:  # and the stage this launch paused the grid at
+            try:
+                print(f"report at {args.pause_at} steps: {write_report(args.root, stage=args.pause_at)}")
+            except FileNotFoundError as exc:
+                print(f"error: stage {args.pause_at}: {exc}", file=sys.stderr)
+                return 1
     return 1 if summary.failed else 0
 
 
