@@ -125,16 +125,20 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
     for game, runs in by_game.items():
         fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
         ax = fig.subplots()
+        soft = False
         for t, history in runs:
             statistic, experts = gate_shares(history[0])  # a soft gate (Zoo-Tuning): its mean weights
+            soft |= statistic != "selection_freq"
             steps = [r["step"] for r in history]
             for name in sorted(experts)[:-1]:
                 ax.plot(steps, [r.get(f"{statistic}/{name}", np.nan) for r in history], linewidth=0.8,
                         label=f"{t.method} s{t.seed}: {name}" + ("" if statistic == "selection_freq" else " (weight)"))
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
-        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout",
-                                     "selection frequency", out / f"routing_{game}.png", "x-small"))
+        paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout"
+                                     + (" (soft gates: mean weight)" if soft else ""),
+                                     "selection frequency" + (" / mean gate weight" if soft else ""),
+                                     out / f"routing_{game}.png", "x-small"))
     return paths
 
 
@@ -148,7 +152,8 @@ def plot_aggregate(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax = fig.subplots()
     y = np.arange(len(rows))
     points = np.array([r["iqm_hns"] for r in rows])
-    errors = np.array([[r["iqm_hns"] - r["iqm_low"] for r in rows], [r["iqm_high"] - r["iqm_hns"] for r in rows]])
+    errors = np.nan_to_num(  # no CI (one run per game): no error bar
+        np.array([[r["iqm_hns"] - r["iqm_low"] for r in rows], [r["iqm_high"] - r["iqm_hns"] for r in rows]]))
     ax.barh(y, points, xerr=errors, capsize=4, alpha=0.8)
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.set_xlabel("IQM of human-normalised score (95% stratified bootstrap CI)")

@@ -382,8 +382,9 @@ def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence
         (aggregate_markdown(tables.aggregate, baseline, confidence) if tables.aggregate
          else (unfinished or "No game with reference scores among the finished trials.") + "\n"),
     ]
-    if len({r["games"] for r in tables.aggregate}) > 1:
-        lines += ["Methods cover different numbers of games here: their aggregates are not comparable.", ""]
+    if len({r["game_names"] for r in tables.aggregate}) > 1:
+        covered = "; ".join(f"{r['method']}: {r['game_names'].replace(' ', ', ')}" for r in tables.aggregate)
+        lines += [f"Methods cover different games here ({covered}): their aggregates are not comparable.", ""]
     if figures.aggregate:
         lines += [f"![IQM]({figures.aggregate.name})", ""]
     lines += ["## Scores per game", "", score_markdown(tables.scores)]

@@ -184,8 +184,11 @@ def aggregate_table(
         # every game weighs the same, also while a grid's games have different numbers of finished runs
         point, low, high = stratified_bootstrap_ci(tasks, iqm, reps, confidence, seed, balance_tasks=True)
         mean, mean_low, mean_high = stratified_bootstrap_ci(tasks, _mean, reps, confidence, seed, balance_tasks=True)
+        if max(len(t) for t in tasks) < 2:  # one run per game: resampling runs within games cannot vary, no CI
+            low = high = mean_low = mean_high = math.nan
         row = {
-            "method": method, "games": len(tasks), "runs": sum(len(t) for t in tasks),
+            "method": method, "games": len(tasks), "game_names": " ".join(sorted(per_game)),
+            "runs": sum(len(t) for t in tasks),
             "iqm_hns": point, "iqm_low": low, "iqm_high": high, "mean_hns": mean, "mean_low": mean_low, "mean_high": mean_high,
         }
         for key in ("steps_per_s_ratio", "peak_rss_ratio", "params_ratio", "inference_ratio"):
@@ -404,11 +407,18 @@ def aggregate_markdown(rows: Sequence[dict[str, Any]], baseline: str, confidence
     return _md_table(
         ["method", "games", "runs", f"IQM HNS [{pct} CI]", f"mean HNS [{pct} CI]", f"steps/s × {baseline}",
          f"peak RSS × {baseline}", f"params × {baseline}", f"inference × {baseline}"],
-        [[r["method"], r["games"], r["runs"], f"{r['iqm_hns']:.3f} [{r['iqm_low']:.3f}, {r['iqm_high']:.3f}]",
-          f"{r['mean_hns']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]", _speed_ratio(r),
+        [[r["method"], r["games"], r["runs"], _with_ci(r["iqm_hns"], r["iqm_low"], r["iqm_high"]),
+          _with_ci(r["mean_hns"], r["mean_low"], r["mean_high"]), _speed_ratio(r),
           format_value(r["peak_rss_ratio"], 2), format_value(r["params_ratio"], 2), format_value(r["inference_ratio"], 2)]
          for r in rows],
     ) + ("\n" + TIMED_APART_NOTE + "\n" if any(_speed_ratio(r).endswith("†") for r in rows) else "")
+
+
+def _with_ci(point: float, low: float, high: float) -> str:
+    """``0.303 [0.251, 0.355]``; ``0.303 [n/a: one run per game]`` where no CI exists."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{point:.3f} [n/a: one run per game]"
+    return f"{point:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _signed(value: float) -> str:

@@ -242,7 +242,8 @@ def test_report_tables_and_plots(grid):
     text = report.read_text()
     assert "Budget: 1,000 agent steps" in text and "Seeds: 0, 1" in text and "`abc123`" in text
     assert "Gopher/hub-pathway/s1`: failed: RuntimeError: boom; last evaluation at 500 steps" in text
-    assert "not comparable" in text  # scratch ran on Alien only
+    assert ("Methods cover different games here (hub-pathway: Alien, Gopher; scratch: Alien): their aggregates are not "
+            "comparable.") in text  # scratch ran on Alien only
     # Which systems trained: 2 attempts on one, 1 on another, 3 (hub s0, hub s1's first, Gopher s0) unrecorded.
     assert "Systems of the attempts that trained (2;" in text and "AMD EPYC (AVX2), torch 2.13.0 (2 attempts)" in text
     assert "Intel Xeon (AVX512), torch 2.13.0 (1 attempt)" in text and "3 attempts made before systems were recorded" in text
@@ -709,3 +710,21 @@ def test_write_csv_keeps_every_rows_columns(tmp_path):
     assert _rows(tmp_path / "t.csv") == [{"trial": "a", "share/seaquest": "0.5", "share/pong": "", "x": ""},
                                          {"trial": "b", "share/seaquest": "", "share/pong": "0.25", "x": ""}]
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # written through a temporary file, none left beside it
+
+
+def test_an_aggregate_of_one_run_per_game_has_no_ci(tmp_path):
+    """With one run per game the stratified bootstrap resamples nothing: the aggregate showed a 95%
+    CI of zero width, as certain as can be. It says n/a now, and the plot draws no error bar."""
+    root = tmp_path / "grid"
+    root.mkdir()
+    (root / "grid.json").write_text(json.dumps({"budget": 1000, "seeds": [0]}))
+    for game, final in (("Alien", 900), ("Gopher", 1500)):
+        _trial(root, game, "scratch", 0, [[100], [final]], status=_st(1000, 10, 400.0))
+    out = write_report(root, reps=200).parent
+    assert "| scratch | 2 | 2 | " in (out / "aggregate.md").read_text()
+    assert (out / "aggregate.md").read_text().count("[n/a: one run per game]") == 2
+    row = _rows(out / "aggregate.csv")[0]
+    assert row["game_names"] == "Alien Gopher" and row["iqm_low"] == row["iqm_high"] == ""
+    _trial(root, "Alien", "scratch", 1, [[100], [1200]], status=_st(1000, 10, 400.0))  # a second run: a CI again
+    row = _rows(write_report(root, reps=200).parent / "aggregate.csv")[0]
+    assert float(row["iqm_low"]) < float(row["iqm_high"])
