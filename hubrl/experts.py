@@ -18,7 +18,7 @@ import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch as th
 
@@ -97,6 +97,7 @@ def previous_weights(weights: Path) -> Path:
 
 def save_expert(
     folder: str | Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest, dtype: th.dtype = th.float32,
+    check: Callable[[], None] | None = None,
 ) -> Path:
     """Write weights (safetensors) then the manifest that pins their checksum, both atomically.
 
@@ -108,11 +109,15 @@ def save_expert(
 
     Two exports into one folder at once (two runs of one game ending together, or ``--export``
     beside a finishing run) take turns on the lock ``<hub>/.<name>.lock``: without it their four
-    writes could interleave and leave one's manifest over the other's weights.
+    writes could interleave and leave one's manifest over the other's weights. ``check``, called
+    under that lock before anything is written, may refuse the write (raise) by what the folder
+    holds then: an expert another export put there since the caller last looked.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(folder.parent / f".{folder.name}.lock", wait=True):
+        if check is not None:
+            check()
         return _write_weights_then_manifest(folder, state_dict, manifest, dtype)
 
 

@@ -186,7 +186,10 @@ def pretrain_expert(
             if outcome.completed:
                 expert = Path(cfg.hub) / name
                 manifest = _write_expert(expert, cfg, run.hyperparams, model.policy, outcome.num_timesteps, eval_env,
-                                         seed=cfg.seed + 20_000)
+                                         seed=cfg.seed + 20_000, force=force,
+                                         replace=f"this run's checkpoint is kept: export it with hubrl-pretrain --export "
+                                                 f"--env {cfg.game} --out {cfg.out} and --hub DIR (elsewhere) or "
+                                                 "--force (over that expert)")
     from hubrl.plots import plot_expert_curve
 
     draw_learning_curve(run.folder, plot_expert_curve, verbose)
@@ -242,9 +245,15 @@ def _exported_steps(folder: Path) -> int | None:
 
 def _write_expert(
     folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int,
+    force: bool = False, replace: str = "--force to replace it",
 ) -> ExpertManifest:
     """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest into the
-    expert folder ``folder`` (nothing else)."""
+    expert folder ``folder`` (nothing else).
+
+    Unless ``force``, the folder is looked at again under the expert's lock, just before the write:
+    an expert another run exported there since this one started (two seeds of a game ending hours
+    apart into one hub), or a later export of this run (a finishing run beside an ``--export`` of
+    an older checkpoint), is refused, not replaced (``replace``: how the user replaces it)."""
     from hubrl import __version__
 
     dtype = getattr(th, cfg.export_dtype)
@@ -272,7 +281,16 @@ def _write_expert(
         run_id=cfg.run_id or "",
         hubrl_version=__version__,
     )
-    save_expert(folder, state, manifest, dtype=dtype)
+    def still_ours() -> None:
+        if force:
+            return
+        _refuse_replacing_an_expert(folder, cfg, replace)
+        later = _exported_steps(folder)
+        if later is not None and later > num_timesteps:
+            raise UsageError(f"--hub {folder.parent} already holds a later export of this run ({folder.name} at "
+                             f"{later:,} steps, this one {num_timesteps:,}): it is kept; {replace}.")
+
+    save_expert(folder, state, manifest, dtype=dtype, check=still_ours)
     return manifest
 
 
@@ -327,6 +345,6 @@ def export_expert(
         except RuntimeError as exc:
             raise UsageError(f"{folder / CHECKPOINT_NAME} is not a CnnPolicy checkpoint of {game} ({exc}).") from exc
         return _write_expert(expert, cfg, saved.get("resolved_hyperparams", {}), policy, int(state["num_timesteps"]),
-                             eval_env, seed=cfg.seed + 20_000)
+                             eval_env, seed=cfg.seed + 20_000, force=force)
     finally:
         eval_env.close()

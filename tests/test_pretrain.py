@@ -52,6 +52,45 @@ def test_tiny_pretraining_makes_a_loadable_hub(tmp_path, tiny_ppo):
     assert list((run / "tb").rglob("events.out.tfevents*")), "TensorBoard events expected"
 
 
+def test_an_expert_exported_meanwhile_is_not_replaced(tmp_path, monkeypatch):
+    """The check that an export does not replace another run's expert ran when the run started (or
+    before --export evaluated): another run's export landing meanwhile (two seeds of a game ending
+    hours apart into one hub) was silently replaced. It is looked at again under the expert's lock."""
+    import dataclasses
+
+    from stable_baselines3 import PPO
+
+    import hubrl.pretrain
+    from hubrl.envs import make_atari_vec_env
+    from hubrl.evaluation import EvalResult
+
+    run = tmp_path / "runs" / "seaquest-ppo"
+    run.mkdir(parents=True)
+    cfg = PretrainConfig(game="Seaquest", timesteps=128, out=str(tmp_path / "runs"), hub=str(tmp_path / "hub"),
+                         eval_episodes=1, run_id="a" * 32)
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(cfg), "resolved_hyperparams": {}}))
+    model = PPO("CnnPolicy", make_atari_vec_env("Seaquest", 1, seed=0), n_steps=8, batch_size=8, device="cpu")
+    model.num_timesteps = 128
+    save_training_checkpoint(model, run / "checkpoint.pt")
+    foreign = make_tiny_hub(tmp_path / "foreign", names=("seaquest-ppo",)) / "seaquest-ppo"
+
+    def evaluate_while_another_run_exports(*args, **kwargs):
+        if not (tmp_path / "hub" / "seaquest-ppo" / "expert.json").exists():  # the other run's export lands now
+            __import__("shutil").copytree(foreign, tmp_path / "hub" / "seaquest-ppo", dirs_exist_ok=True)
+        return EvalResult(mean=0.0, std=0.0, episodes=1, scores=[0.0])
+
+    monkeypatch.setattr(hubrl.pretrain, "evaluate_model", evaluate_while_another_run_exports)
+    with pytest.raises(UsageError, match="already holds the expert seaquest-ppo .0 steps., exported by another run"):
+        export_expert(run)
+    assert read_manifest(tmp_path / "hub" / "seaquest-ppo").run_id == ""  # the other run's, untouched
+    assert export_expert(run, force=True).run_id == "a" * 32  # --force replaces it
+    # a later export of this run (the run finished beside an --export of an older checkpoint) is kept too
+    path = tmp_path / "hub" / "seaquest-ppo" / "expert.json"
+    path.write_text(path.read_text().replace('"timesteps": 128', '"timesteps": 256'))
+    with pytest.raises(UsageError, match="already holds a later export of this run .seaquest-ppo at 256 steps, this one 128"):
+        export_expert(run)
+
+
 @pytest.mark.slow
 def test_export_of_a_run_whose_checkpoint_is_damaged_takes_the_previous_one(tmp_path, tiny_ppo, capsys):
     """--resume fell back to checkpoint.prev.pt, --export refused the run in one line without a fix."""
