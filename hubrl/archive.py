@@ -12,8 +12,8 @@ finished and paused trials can land while the grid goes on:
   earlier copy of it in the archive is kept as it was, so the archive only ever holds records of
   stopped trials;
 * **without weights**: ``checkpoint*.pt`` and ``model.zip`` are never copied; nor are TensorBoard
-  logs (large; ``tensorboard=True`` keeps them) or ``learning_curve.png`` (the report redraws
-  curves from ``evaluations.json``);
+  logs (large; ``tensorboard=True`` copies them, and a later archive without it keeps those it
+  copied) or ``learning_curve.png`` (the report redraws curves from ``evaluations.json``);
 * **atomic per trial**: each trial is copied into a temporary folder beside its destination and
   then swapped in, so an interrupted archive leaves every trial either as it was or complete.
 
@@ -90,6 +90,8 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) 
         staging = target.with_name(f".{target.name}.archiving")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(*ignored))
+        if not tensorboard and (target / "tb").is_dir() and not (staging / "tb").exists():
+            shutil.copytree(target / "tb", staging / "tb")  # archived by an earlier --tensorboard: kept, not dropped
         previous = target.with_name(f".{target.name}.previous")
         shutil.rmtree(previous, ignore_errors=True)
         if target.exists():

@@ -71,6 +71,8 @@ def test_only_stopped_trials_are_archived_and_never_their_weights(grid, tmp_path
     assert not [p for p in dest.rglob(".*")]  # no staging folder or file left behind
     with_tb = archive_grid(grid, tmp_path / "with-tb", tensorboard=True)
     assert (tmp_path / "with-tb" / with_tb.copied[0] / "tb" / "events.out.tfevents.1").is_file()
+    archive_grid(grid, tmp_path / "with-tb")  # again without --tensorboard: the logs archived before stay
+    assert (tmp_path / "with-tb" / with_tb.copied[0] / "tb" / "events.out.tfevents.1").is_file()
 
 
 def test_an_archived_copy_is_kept_while_its_trial_trains_again_and_replaced_once_it_stops(grid, tmp_path):
