@@ -174,7 +174,7 @@ def write_report(
     lines = [
         *_header_lines(root, grid, trials, budget, stage, baseline, reps, seed),
         "",
-        *_method_lines(confidence),
+        *_method_lines(confidence, stage),
         "",
         *_section_lines(tables, figures, baseline, confidence, unfinished, auc_ranges),
         *_left_out_lines(_left_out(root, trials, skipped)),
@@ -305,10 +305,13 @@ def _machine_lines(grid: dict[str, Any], trials: Sequence[TrialResult]) -> list[
     return lines
 
 
-def _method_lines(confidence: float) -> list[str]:
-    """How the tables are computed, in one paragraph."""
+def _method_lines(confidence: float, stage: int | None = None) -> list[str]:
+    """How the tables are computed, in one paragraph (``stage``: a report of the grid as it stood then)."""
+    counted = (f"Tables count the trials evaluated at {stage:,} agent steps, as they stood there" if stage else
+               "Tables count the trials that reached the budget") + (
+        " (`runs.csv` and the routing table list every trial, finished or not).")
     return [
-        "Tables count the trials that reached the budget. A seed's final score is the mean raw score of its last",
+        counted + " A seed's final score is the mean raw score of its last",
         "evaluation's games; ± is the sample std over seeds. HNS = (score − random) / (human − random) with DQN Zoo",
         "references. AUC = trapezoid area under the evaluation curve divided by its step span (a time-averaged",
         "score). IQM = mean of the middle 50% of per-run HNS pooled over games, every game weighing the same (where",

@@ -728,3 +728,10 @@ def test_an_aggregate_of_one_run_per_game_has_no_ci(tmp_path):
     _trial(root, "Alien", "scratch", 1, [[100], [1200]], status=_st(1000, 10, 400.0))  # a second run: a CI again
     row = _rows(write_report(root, reps=200).parent / "aggregate.csv")[0]
     assert float(row["iqm_low"]) < float(row["iqm_high"])
+
+
+def test_the_methods_paragraph_says_which_trials_a_stage_report_counts(grid):
+    """A stage report said its tables counted "the trials that reached the budget"."""
+    assert "Tables count the trials that reached the budget (" in write_report(grid, reps=200).read_text()
+    assert "Tables count the trials evaluated at 500 agent steps, as they stood there (" in write_report(
+        grid, reps=200, stage=500).read_text()
