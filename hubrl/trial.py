@@ -135,7 +135,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """
     from stable_baselines3.common.utils import get_device
 
-    from hubrl.checkpoint import load_resume_checkpoint
+    from hubrl.checkpoint import CheckpointError, load_resume_checkpoint
     from hubrl.transfer import run_transfer
 
     folder = Path(spec["folder"])
@@ -146,8 +146,13 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     start = int(load_resume_checkpoint(folder / "checkpoint.pt", again)["num_timesteps"]) if resume else 0
     if not resume:
         clear_leftovers(folder)
-    result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),
-                          pause_at=spec.get("pause_at"))
+    try:
+        result = run_transfer(cfg, resume=resume, progress_bar=False, verbose=int(spec.get("verbose", 0)),
+                              pause_at=spec.get("pause_at"))
+    except CheckpointError as exc:  # its advice is a command's ("another --out"): a grid's trial has none
+        if not resume:
+            raise
+        raise CheckpointError(f"{exc} For this grid's trial: {again}.") from None
     outcome = result.outcome
     return {
         "num_timesteps": outcome.num_timesteps,

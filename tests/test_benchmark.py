@@ -565,6 +565,25 @@ def test_ray_runs_trials_as_tasks(tmp_path):
     assert trial_state(trial_folder(root, "Alien", "scratch", 0), 64) == "finished"
 
 
+def test_a_trial_whose_config_is_gone_is_told_the_grids_fix(tmp_path):
+    """A trial with a checkpoint but no config.yaml (a partial copy) failed with a command's advice,
+    "start a new run with another --out", which a grid's trial has no way to follow."""
+    from stable_baselines3 import PPO
+
+    from hubrl.checkpoint import save_training_checkpoint
+    from hubrl.envs import make_atari_vec_env
+
+    root = tmp_path / "grid"
+    folder = trial_folder(root, "Gopher", "scratch", 0)
+    folder.mkdir(parents=True)
+    model = PPO("CnnPolicy", make_atari_vec_env("Gopher", 1, seed=0), n_steps=8, batch_size=8, device="cpu")
+    model.num_timesteps = 64
+    save_training_checkpoint(model, folder / "checkpoint.pt")
+    summary = run_grid(root, ["Gopher"], ["scratch"], [0], 128, settings=dict(n_envs=1, device="cpu"), workers=0, log=None)
+    error = summary.failed[0]["error"]
+    assert "config.yaml is missing" in error and f"For this grid's trial: delete {folder} and run the grid again" in error
+
+
 def test_leftovers_of_a_run_still_working_are_not_cleared(tmp_path):
     """A trial folder without a checkpoint reads as fresh, and the grid cleared it, lock file
     included: a run still working there (started by hand, or orphaned by a runner killed outright)
