@@ -144,6 +144,10 @@ class PathwayGenerator(nn.Module):
         et al.; trained only by a balancing loss that looks at it, see the module docstring).
     :param noise_floor: added to the learned std, so exploration of routes never dies out.
     :param k1_weight: weight of the single selected expert when k = 1 (see the module docstring).
+        With ``"prob"`` a noise-free pass (evaluation, ``predict``) weighs the expert by its
+        noise-free probability, on average lower than the noisy softmax it acted with in training
+        (about 0.5 against 0.7 for two even experts at noise 1): features at another scale than the
+        heads were trained on. ``"straight-through"`` (HubPathwayPolicy's default) weighs it 1 either way.
     """
 
     def __init__(

@@ -103,7 +103,10 @@ class HubPathwayPolicy(ActorCriticPolicy):
     :param aggregation: ``"features"`` or ``"heads"`` (see module docstring).
     :param exploration_loss: load-balancing form, one of :data:`hubrl.losses.EXPLORATION_LOSSES`.
     :param exploration_coef: weight of the exploration loss.
-    :param exploitation_coef: weight of the exploitation loss.
+    :param exploitation_coef: weight of the exploitation loss. With ``aggregation="heads"`` at
+        k = 1 and the straight-through weight, the acting head is the chosen expert's own, so this
+        loss repeats the task loss on every sample (the policy term counted 1 + coef times, the
+        value term ``vf_coef + coef * exploitation_vf_coef``): not extra signal, a reweighting.
     :param exploitation_vf_coef: weight of the value term inside the exploitation loss.
     :param freeze_experts: keep the expert encoders fixed (default: fine-tune them).
     :param route_pg_coef: weight of the route policy gradient (:func:`hubrl.losses.route_policy_loss`):

@@ -96,7 +96,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--k1-weight", choices=["prob", "straight-through"], default=None,
                         help="hub-pathway: weight of the chosen expert at --top-k 1: its gate probability, "
                              "or 1 with that probability's gradient "
-                             "(keeps the expert's features at their pretrained scale). Default: straight-through.")
+                             "(keeps the expert's features at their pretrained scale). With prob, evaluation "
+                             "(noise-free) weighs the expert by its noise-free probability, lower than the noisy "
+                             "one it acted with in training (about 0.5 against 0.7 for 2 even experts at noise 1). "
+                             "Default: straight-through.")
     parser.add_argument("--exploration-loss", choices=["switch", "entropy", "importance-load"], default="switch",
                         help="hub-pathway: load balancing of the gate: switch (K*sum f_i*P_i on the actual assignments), "
                              "entropy of the batch-mean "
@@ -104,7 +107,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "equals the hub size: use another there).")
     parser.add_argument("--aggregation", choices=["features", "heads"], default="features",
                         help="hub-pathway: aggregate the expert features into one head (features) "
-                             "or per-expert heads' outputs (heads, the paper's form). Default: features.")
+                             "or per-expert heads' outputs (heads, the paper's form; at --top-k 1 with the "
+                             "straight-through weight the acting head is the chosen expert's own, so the "
+                             "exploitation loss repeats the task loss: 1.5x its policy term). Default: features.")
     parser.add_argument("--exploration-coef", type=non_negative_float, default=None, metavar="W",
                         help="hub-pathway: weight of the exploration loss (>= 0). Default: 0.1.")
     parser.add_argument("--exploitation-coef", type=non_negative_float, default=0.5, metavar="W",
