@@ -2,7 +2,7 @@
 # Two lanes of the 1M grid, one trial at a time each, seed-major. Lane 1: routed arm at 79b61a4; lane 2: scratch at f849f10.
 # Then, as the issue orders, the finetune arms (f849f10, scratch's harness): lane 1 fine-tunes Seaquest's expert, lane 2
 # Riverraid's, all of Jamesbond's seeds first (where the hub falls furthest behind scratch), then Alien's, then Gopher's;
-# then select (lane 1) and zoo-tuning (lane 2), in the same order.
+# then zoo-tuning in both lanes (select is the finetune of the expert it ranks first: see the end).
 # Usage (from anywhere): bash lanes.sh 1 & bash lanes.sh 2 &   (README.md here: restoring the grid root first)
 # Each lane runs its arm from a git worktree pinned at the arm's commit, made here when missing, and
 # skips trials finished in an earlier session (status ok in the repository's archive,
@@ -37,12 +37,20 @@ for g in Jamesbond Alien Gopher; do for s in 0 1 2; do  # game-major: Jamesbond'
   done_before $g/finetune-$SOURCE/s$s && continue
   echo "== $(date -u +%FT%T) finetune $SOURCE $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods finetune:source=$SOURCE --seeds $s
 done; done
-# Then, "as compute allows" (the issue), the field's other two methods at the same harness (f849f10):
-# lane 1 select (ranks the experts on 20k random-policy steps, outside the budget, then fine-tunes the
-# best: a finetune's cost), lane 2 zoo-tuning (both experts mixed per sample: about 1.9x a finetune's
-# training time, so about 4 hours a trial here). Game-major, Jamesbond first, as the finetunes.
-if [ "$1" = 1 ]; then METHOD=select; else METHOD=zoo-tuning; fi
-for g in Jamesbond Alien Gopher; do for s in 0 1 2; do
-  done_before $g/$METHOD/s$s && continue
-  echo "== $(date -u +%FT%T) $METHOD $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods $METHOD --seeds $s
-done; done
+# Then, "as compute allows" (the issue), Zoo-Tuning at the same harness (f849f10), in both lanes: both
+# experts mixed per sample, about 1.9x a finetune's training time, so about 4 hours a trial here. Lane 2
+# (free first) takes the trials game-major from Jamesbond's seed 0, lane 1 from Gopher's seed 2, each
+# skipping one the other lane is training (its run lock held), so they meet in the middle.
+# Select is not run: it ranks the experts (hubrl rank --env GAME --seed SEED: the ranking it does at its
+# start, 20k random-policy steps) and then fine-tunes the one ranked first with a finetune's code path and
+# seed, so each of its trials is the finetune trial of that expert (bit-identical at 100k for 8 of 9
+# trials). BENCHMARKS.md's 1M section reports it so, with the rankings (benchmarks/transfer-1m-select/).
+ZOO=(Jamesbond/0 Jamesbond/1 Jamesbond/2 Alien/0 Alien/1 Alien/2 Gopher/0 Gopher/1 Gopher/2)
+[ "$1" = 1 ] && ZOO=($(printf '%s\n' "${ZOO[@]}" | tac))
+for t in "${ZOO[@]}"; do
+  g=${t%/*} s=${t#*/}
+  done_before $g/zoo-tuning/s$s && continue
+  lock=/work/grids/transfer-1m/$g/zoo-tuning/s$s/.lock
+  [ -e "$lock" ] && ! flock -n "$lock" true && continue  # the other lane is training it
+  echo "== $(date -u +%FT%T) zoo-tuning $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods zoo-tuning --seeds $s
+done
