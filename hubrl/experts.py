@@ -13,8 +13,10 @@ parallel (one process per game) never race to update a shared file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import tempfile
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,17 +110,30 @@ def save_expert(
     weights, which still match it (:func:`hubrl.hub.load_expert_folder`).
 
     Two exports into one folder at once (two runs of one game ending together, or ``--export``
-    beside a finishing run) take turns on the lock ``<hub>/.<name>.lock``: without it their four
-    writes could interleave and leave one's manifest over the other's weights. ``check``, called
+    beside a finishing run) take turns on a lock (:func:`export_lock_path`, outside the hub, which
+    keeps only expert folders): without it their four writes could interleave and leave one's
+    manifest over the other's weights. ``check``, called
     under that lock before anything is written, may refuse the write (raise) by what the folder
     holds then: an expert another export put there since the caller last looked.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(folder.parent / f".{folder.name}.lock", wait=True):
+    with exclusive_lock(export_lock_path(folder), wait=True):
         if check is not None:
             check()
         return _write_weights_then_manifest(folder, state_dict, manifest, dtype)
+
+
+def export_lock_path(folder: str | Path) -> Path:
+    """The lock file exports into the expert folder ``folder`` take turns on: in the temporary folder
+    (per user), named by a hash of the folder's absolute path, so a hub holds nothing but its expert
+    folders (code that lists a hub need not skip lock files). Exports on one host exclude each
+    other, as ``flock`` does."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:32]
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    locks = Path(tempfile.gettempdir()) / f"hubrl-export-locks-{user}"
+    locks.mkdir(exist_ok=True)
+    return locks / f"{key}.lock"
 
 
 def _write_weights_then_manifest(folder: Path, state_dict: dict[str, th.Tensor], manifest: ExpertManifest,

@@ -86,18 +86,19 @@ def test_an_export_that_fails_leaves_the_previous_expert_whole(tmp_path, monkeyp
 def test_two_exports_into_one_expert_take_turns(tmp_path):
     """Two processes exporting one expert at once (two runs of a game ending together, or
     ``--export`` beside a finishing run) could interleave their writes and leave one's manifest
-    over the other's weights. An export now waits while another holds ``<hub>/.<name>.lock``."""
+    over the other's weights. An export now waits while another holds the expert's export lock."""
     import threading
 
-    from hubrl.experts import read_manifest, save_expert
+    from hubrl.experts import export_lock_path, read_manifest, save_expert
     from hubrl.hub import load_expert_folder
     from hubrl.locks import exclusive_lock
 
     folder = make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo",)) / "seaquest-ppo"
+    assert [p.name for p in folder.parent.iterdir()] == ["seaquest-ppo"]  # the lock is not in the hub: only experts
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     state = {k: v + 1 for k, v in load_expert_folder(folder).policy_state().items()}
     manifest = read_manifest(folder)
-    with exclusive_lock(folder.parent / ".seaquest-ppo.lock"):  # another export in the middle of its writes
+    with exclusive_lock(export_lock_path(folder)):  # another export in the middle of its writes
         export = threading.Thread(target=save_expert, args=(folder, state, manifest))
         export.start()
         export.join(timeout=1.0)
