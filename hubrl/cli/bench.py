@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
 
@@ -259,20 +259,33 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
         print(f"Stopped by a signal: rerun the same command, or run --root {args.root} --continue, to continue the grid"
               + (" (then --report)." if args.report else "."))
         return 128 + summary.stopped_by
-    if args.report:
-        from hubrl.report import write_report
-
-        notices: list[str] = []
-        print(f"report: {write_report(args.root, notices=notices)}")
-        for notice in notices:  # e.g. the grid paused short of its budget: that report's tables are empty
-            print(f"warning: {notice}")
-        if args.pause_at is not None and not summary.failed:  # and the stage this launch paused the grid at
-            try:
-                print(f"report at {args.pause_at} steps: {write_report(args.root, stage=args.pause_at)}")
-            except FileNotFoundError as exc:
-                print(f"error: stage {args.pause_at}: {exc}", file=sys.stderr)
-                return 1
+    if args.report:  # with the stage this launch paused the grid at (the report at the budget would be empty)
+        stages = [args.pause_at] if args.pause_at is not None and not summary.failed else []
+        if _write_reports(args.root, stages):
+            return 1
     return 1 if summary.failed else 0
+
+
+def _write_reports(root: str, stages: Sequence[int], **kwargs: Any) -> int:
+    """Write the report of the grid in ``root`` (``kwargs``: :func:`hubrl.report.write_report`'s),
+    printing its path and warnings, then one report per stage; the number of stages that could not be
+    reported (each said on stderr: one does not stop the others)."""
+    from hubrl.report import write_report
+
+    notices: list[str] = []
+    print(f"report: {write_report(root, notices=notices, **kwargs)}")
+    for notice in notices:  # e.g. the grid paused short of its budget: that report's tables are empty
+        print(f"warning: {notice}")
+    failed = 0
+    for stage in stages:
+        try:
+            staged = write_report(root, stage=stage, **kwargs)
+        except FileNotFoundError as exc:
+            print(f"error: stage {stage}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"report at {stage} steps: {staged}")
+    return failed
 
 
 def _check_report_methods(args: argparse.Namespace) -> None:
@@ -336,27 +349,11 @@ def _check_report_stages(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hubrl.report import write_report
-
     _check_report_methods(args)
     _check_report_stages(args)
-    notices: list[str] = []
-    path = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps, seed=args.seed,
-                        focus=args.focus, notices=notices)
-    print(f"report: {path}")
-    for notice in notices:
-        print(f"warning: {notice}")
-    failed = 0
-    for stage in args.stages or []:  # a stage that cannot be reported does not stop the others, but fails the command
-        try:
-            staged = write_report(args.root, args.out, budget=args.budget, baseline=args.baseline, reps=args.reps,
-                                  seed=args.seed, focus=args.focus, stage=stage)
-        except FileNotFoundError as exc:
-            print(f"error: stage {stage}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"report at {stage} steps: {staged}")
-    return 1 if failed else 0
+    failed = _write_reports(args.root, args.stages or [], out=args.out, budget=args.budget, baseline=args.baseline,
+                            reps=args.reps, seed=args.seed, focus=args.focus)
+    return 1 if failed else 0  # a stage that cannot be reported does not stop the others, but fails the command
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
