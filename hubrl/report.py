@@ -362,18 +362,16 @@ def unfinished_notice(trials: Sequence[TrialResult], every: int | None = None) -
         return None
     budget = max((t.budget for t in trials if t.budget is not None), default=None)
     furthest = int(max(float(t.steps[-1]) for t in trials if t.steps.size))
+    empty = (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the furthest was "
+             f"evaluated at {furthest:,}), so the tables below are empty")
     stage = furthest
     if isinstance(every, int) and not isinstance(every, bool) and every > 0:
-        stages = [int(s) // every * every for t in trials for s in t.steps if int(s) // every * every > 0
-                  and int(s) - int(s) // every * every <= t.rollout]
-        if not stages:
-            return (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the "
-                    f"furthest was evaluated at {furthest:,}), so the tables below are empty; no trial has reached the "
-                    f"grid's first stage ({step_label(every)}: it evaluates every {step_label(every)}) yet.")
-        stage = max(stages)
-    return (f"No trial has reached {f'{int(budget):,} agent steps' if budget else 'its budget'} yet (the furthest was "
-            f"evaluated at {furthest:,}), so the tables below are empty: report the grid as it stood at an earlier step "
-            f"with --stages {step_label(stage)}.")
+        stage = max((below for t in trials for below, step in ((int(s) // every * every, int(s)) for s in t.steps)
+                     if below > 0 and step - below <= t.rollout), default=0)
+        if not stage:
+            return (f"{empty}; no trial has reached the grid's first stage ({step_label(every)}: it evaluates every "
+                    f"{step_label(every)}) yet.")
+    return f"{empty}: report the grid as it stood at an earlier step with --stages {step_label(stage)}."
 
 
 def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float,
