@@ -545,6 +545,12 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
                          + (", or --force to replace that one." if has_force else "."))
 
 
+def _as_saved(plain: Mapping[str, Any]) -> Any:
+    """``plain`` hyperparameters as ``config.yaml`` holds them (a YAML round trip: tuples become lists),
+    so that they compare with a saved run's ``resolved_hyperparams``."""
+    return yaml.safe_load(yaml.safe_dump(dict(plain)))
+
+
 def _hyperparam_conflicts(overrides: Mapping[str, Any], plain: Mapping[str, Any],
                           saved: Any) -> list[tuple[str, Any, Any]]:
     """``("hyperparams", "key: here", "key: there")`` for each hyperparameter in ``overrides`` whose
@@ -552,7 +558,7 @@ def _hyperparam_conflicts(overrides: Mapping[str, Any], plain: Mapping[str, Any]
     ``resolved_hyperparams`` (nothing where that section is missing: a run from before it)."""
     if not isinstance(saved, dict):
         return []
-    current = yaml.safe_load(yaml.safe_dump(dict(plain)))  # compared as config.yaml holds them
+    current = _as_saved(plain)
     return [("hyperparams", f"{key}: {current[key]!r}", f"{key}: {saved.get(key, 'unset')!r}")
             for key in sorted(overrides) if key in current and current[key] != saved.get(key, "unset")]
 
@@ -594,7 +600,7 @@ def _keep_saved_hyperparams(
     """
     if not isinstance(saved, dict):
         return plain, kwargs, None
-    current = yaml.safe_load(yaml.safe_dump(plain))  # compared as config.yaml holds them
+    current = _as_saved(plain)
     if current == saved:
         return plain, kwargs, None
     saved = {"n_envs": current.get("n_envs"), **saved}  # a section without it: the run's own n_envs, which resolved here
