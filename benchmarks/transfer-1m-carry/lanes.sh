@@ -33,14 +33,32 @@ else
   SOURCE=riverraid-ppo
 fi
 cd /work/wt-grid1m
+# One trial, unless the other lane is training it: the pinned harness (f849f10) takes no run lock of its own,
+# so each lane holds a lane lock per trial for as long as it trains it (flock -n: skip when the other holds it).
+trial() {  # trial GAME METHOD-NAME SEED RUN-ARGS...
+  local g=$1 m=$2 s=$3; shift 3
+  done_before $g/$m/s$s && return 0
+  mkdir -p /work/grids/transfer-1m/.lanes
+  exec 8> /work/grids/transfer-1m/.lanes/$g-$m-s$s.lock
+  if flock -n 8; then
+    echo "== $(date -u +%FT%T) $m $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --seeds $s "$@"
+  else
+    echo "== $(date -u +%FT%T) $m $g s$s: the other lane is training it, skipped"
+  fi
+  exec 8>&-
+}
 for g in Jamesbond Alien Gopher; do for s in 0 1 2; do  # game-major: Jamesbond's question (poor experts, or the routing?) first
-  done_before $g/finetune-$SOURCE/s$s && continue
-  echo "== $(date -u +%FT%T) finetune $SOURCE $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods finetune:source=$SOURCE --seeds $s
+  trial $g finetune-$SOURCE $s --methods finetune:source=$SOURCE
 done; done
+# The issue's arms before "as compute allows": lane 2, done with Riverraid's expert first, helps lane 1 with
+# Seaquest's Gopher seeds from the other end (2, 1, 0).
+if [ "$1" = 2 ]; then for s in 2 1 0; do
+  trial Gopher finetune-seaquest-ppo $s --methods finetune:source=seaquest-ppo
+done; fi
 # Then, "as compute allows" (the issue), Zoo-Tuning at the same harness (f849f10), in both lanes: both
 # experts mixed per sample, about 1.9x a finetune's training time, so about 4 hours a trial here. Lane 2
 # (free first) takes the trials game-major from Jamesbond's seed 0, lane 1 from Gopher's seed 2, each
-# skipping one the other lane is training (its run lock held), so they meet in the middle.
+# skipping one the other lane is training (its lane lock held), so they meet in the middle.
 # Select is not run: it ranks the experts (hubrl rank --env GAME --seed SEED: the ranking it does at its
 # start, 20k random-policy steps) and then fine-tunes the one ranked first with a finetune's code path and
 # seed, so each of its trials is the finetune trial of that expert (bit-identical at 100k for 8 of 9
@@ -48,9 +66,5 @@ done; done
 ZOO=(Jamesbond/0 Jamesbond/1 Jamesbond/2 Alien/0 Alien/1 Alien/2 Gopher/0 Gopher/1 Gopher/2)
 [ "$1" = 1 ] && ZOO=($(printf '%s\n' "${ZOO[@]}" | tac))
 for t in "${ZOO[@]}"; do
-  g=${t%/*} s=${t#*/}
-  done_before $g/zoo-tuning/s$s && continue
-  lock=/work/grids/transfer-1m/$g/zoo-tuning/s$s/.lock
-  [ -e "$lock" ] && ! flock -n "$lock" true && continue  # the other lane is training it
-  echo "== $(date -u +%FT%T) zoo-tuning $g s$s"; $PY scripts/benchmark.py run $COMMON --games $g --methods zoo-tuning --seeds $s
+  trial ${t%/*} zoo-tuning ${t#*/} --methods zoo-tuning
 done
