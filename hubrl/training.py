@@ -17,7 +17,9 @@ callbacks' ``on_step`` runs here, and returning ``False`` stops ``learn`` before
 ``train()``. A periodic checkpoint is therefore written at the start of the next rollout, after
 the update of the one that crossed ``checkpoint_freq``; a run stopped inside a rollout (signal,
 pause, crash) is saved with the step counter of that rollout's start, because its steps were
-never learned from. Resuming then collects that rollout again and makes its update: a run
+never learned from, and so is one stopped inside that rollout's update (a second Ctrl-C, a crash
+in ``train()``), with the weights and optimizer state the update started from
+(:class:`RolloutBoundary`). Resuming then collects that rollout again and makes its update: a run
 stopped and resumed any number of times makes its updates at the same step counts, with the same
 schedules, as one run in one go. The numbers are not bit for bit those of an uninterrupted run:
 the environments start new games and the random generators are not restored.
@@ -25,6 +27,7 @@ the environments start new games and the random generators are not restored.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -167,23 +170,57 @@ class RawScoreEvalCallback(BaseCallback):
 
 
 class RolloutBoundary(BaseCallback):
-    """Track the step counter at the start of the current rollout and whether ``learn`` is
-    inside a rollout (its steps taken, its update not made yet)."""
+    """Track where ``learn`` stands against its rollout boundaries, so that a run ended between two
+    of them is saved at the one before: the step counter at the start of the current rollout,
+    whether ``learn`` is inside a rollout (its steps taken, its update not made yet) or inside its
+    update (:attr:`updating`), and, during the update, the weights and optimizer state it started
+    from (:meth:`undo_update`).
+
+    An update ended part-way (a second Ctrl-C, which raises at once, or an error in ``train()``)
+    leaves weights that some minibatches moved and others did not, possibly in the middle of one
+    optimizer step: no state a run in one go ever had. Undone, the run is saved at the rollout's
+    start, like one stopped inside the rollout, and resuming collects it again. Keeping the state
+    costs one copy of the weights and optimizer state per rollout (milliseconds against its seconds).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.start_timesteps = 0
         self.inside = False
+        self.updating = False
+        self._before_update: tuple[dict[str, Any], dict[str, Any], int] | None = None
+
+    @property
+    def untrained(self) -> bool:
+        """Whether ``learn`` is between a rollout's start and the end of its update: the steps of
+        that rollout (from :attr:`start_timesteps`) are not learned from yet."""
+        return self.inside or self.updating
 
     def _on_training_start(self) -> None:
         self.start_timesteps = int(self.model.num_timesteps)
 
     def _on_rollout_start(self) -> None:
         self.start_timesteps = int(self.model.num_timesteps)
-        self.inside = True
+        self.inside, self.updating, self._before_update = True, False, None
 
     def _on_rollout_end(self) -> None:
-        self.inside = False
+        policy = self.model.policy
+        self._before_update = ({name: value.detach().clone() for name, value in policy.state_dict().items()},
+                               copy.deepcopy(policy.optimizer.state_dict()), int(getattr(self.model, "_n_updates", 0)))
+        self.inside, self.updating = False, True  # set last: stopped while copying, the update had not begun
+
+    def _on_training_end(self) -> None:
+        self.updating, self._before_update = False, None
+
+    def undo_update(self) -> None:
+        """Put back the weights, optimizer state and update count the current update started from."""
+        if self._before_update is None:
+            return
+        weights, optimizer, n_updates = self._before_update
+        self.model.policy.load_state_dict(weights)
+        self.model.policy.optimizer.load_state_dict(optimizer)
+        self.model._n_updates = n_updates
+        self.updating, self._before_update = False, None
 
     def _on_step(self) -> bool:
         return True
@@ -388,8 +425,9 @@ def run_training(
                 )
             finally:
                 # Whatever ended learn() — done, signal, or an exception — keep what was learned.
-                discarded = boundary.inside and any(p["step"] > boundary.start_timesteps for p in history.points)
-                if boundary.inside:  # stopped inside a rollout: its steps were never trained on
+                discarded = boundary.untrained and any(p["step"] > boundary.start_timesteps for p in history.points)
+                if boundary.untrained:  # stopped inside a rollout or its update: its steps are not trained on
+                    boundary.undo_update()  # an update ended part-way: the weights it started from
                     model.num_timesteps = boundary.start_timesteps
                     # and an evaluation made in it is made again at its step on resume: one point per step
                     history.points = [p for p in history.points if p["step"] <= model.num_timesteps]

@@ -196,6 +196,40 @@ def test_every_checkpoint_holds_a_rollout_boundary_after_its_update(tmp_path, mo
     assert (state["num_timesteps"], state["n_updates"]) == (128, 2)
 
 
+def test_an_update_ended_part_way_is_undone_before_the_checkpoint(tmp_path):
+    """A second Ctrl-C raises at once, also in the middle of an update: the checkpoint saved on the
+    way out used to hold weights some of the update's minibatches had moved, counted as the whole
+    rollout trained. It now holds the weights and optimizer state the update started from, at the
+    rollout's start, so resuming collects the rollout again (two minibatches per update here)."""
+    model = PPO("CnnPolicy", make_atari_vec_env("Gopher", 2, seed=0), n_steps=32, batch_size=32, n_epochs=1, seed=0,
+                device="cpu")
+    at_rollout_end: dict[int, dict[str, th.Tensor]] = {}
+
+    class Weights(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            at_rollout_end[int(self.model.num_timesteps)] = copy.deepcopy(self.model.policy.state_dict())
+
+        def _on_step(self) -> bool:
+            return True
+
+    real_step, steps = model.policy.optimizer.step, []
+
+    def step(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 4:  # the second minibatch of the second update
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    model.policy.optimizer.step = step
+    with pytest.raises(KeyboardInterrupt):
+        run_training(model, 256, tmp_path / "checkpoint.pt", checkpoint_freq=10**9, callbacks=[Weights()],
+                     progress_bar=False, verbose=0)
+    state = load_training_checkpoint(tmp_path / "checkpoint.pt")
+    assert (state["num_timesteps"], state["n_updates"]) == (ROLLOUT, 1)  # the first update only
+    assert all(th.equal(state["policy"][name], value) for name, value in at_rollout_end[2 * ROLLOUT].items())
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {2}  # Adam: the first update's 2 steps
+
+
 def test_checkpoints_are_read_as_weights_only(tmp_path):
     """A checkpoint carrying a pickled object is refused; its payload never runs."""
     marker = tmp_path / "payload-ran"
