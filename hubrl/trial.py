@@ -153,7 +153,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         if not resume:
             raise
         raise CheckpointError(f"{exc} For this grid's trial: {again}.") from None
-    outcome = result.outcome
+    outcome, out = result.outcome, result.folder
     return {
         "num_timesteps": outcome.num_timesteps,
         "paused": outcome.paused,
@@ -163,10 +163,25 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "interrupted_by": outcome.interrupted_by,
         "train_seconds": outcome.seconds,
         "device": str(get_device(cfg.device)),
-        "inference_steps_per_s": _saved_model_inference(result.folder, cfg) if outcome.completed else None,
+        "inference_steps_per_s": (_measure("inference speed", out, lambda: _saved_model_inference(out, cfg))
+                                  if outcome.completed else None),
         "rollout_score": outcome.rollout_score,
-        "params": count_parameters(result.folder / "model.zip") if outcome.completed else None,
+        "params": _measure("parameter count", out, lambda: count_parameters(out / "model.zip")) if outcome.completed else None,
     }
+
+
+def _measure(what: str, folder: Path, measure: Callable[[], Any]) -> Any:
+    """``measure()`` of a finished trial's saved model (its inference speed, its parameter count),
+    or ``None`` when it fails, said on stderr: the trial trained, evaluated and saved everything
+    before it, so one failing measure of its compute costs is recorded as missing, not as a failed
+    trial (whose scores the archive and the report would leave out, and which the next run of the
+    grid would train again)."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - whatever a measure meets, the trained trial stands
+        print(f"warning: the {what} of {folder / 'model.zip'} could not be measured ({type(exc).__name__}: {exc}); "
+              "recorded as missing", file=sys.stderr)
+        return None
 
 
 def _saved_model_inference(folder: Path, cfg: Any) -> float | None:
