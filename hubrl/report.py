@@ -14,7 +14,7 @@
 * ``aggregate.csv`` / ``.md``: across games, the interquartile mean (IQM) and the mean of the
   per-run HNS with 95% stratified-bootstrap confidence intervals;
 * ``head_to_head.csv`` / ``.md``: one method (default ``hub-pathway``; or several, a section each) against each other one,
-  per game (difference of final scores and of AUC with bootstrap CIs, win / tie / loss) and
+  per game (difference of final scores and of AUC with Welch t CIs, win / tie / loss) and
   across games (probability of improvement with its CI);
 * ``runs.csv``: one row per trial (the raw data of the tables);
 * ``curves_<Game>.png``: learning curves of all methods on one game; ``aggregate_iqm.png``;
@@ -39,14 +39,16 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
   step span between the first and the last evaluation: a time-averaged score in raw score units
   (a single evaluation gives its own score). It rewards learning early, which the final score ignores.
 * **Head-to-head** (:func:`hubrl.tables.head_to_head`), one method (``hub-pathway``) against each other:
-  per game, the difference of the mean final scores with a 95% bootstrap CI (each method's seeds
-  resampled independently) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
+  per game, the difference of the mean final scores with a 95% Welch t interval (unequal
+  variances; a percentile bootstrap of 2-5 seeds is far too narrow, a false verdict in 17-33% of
+  null cases: :func:`hubrl.stats.welch_difference_ci`) and a verdict: *win* when the CI lies above 0, *loss* below, *tie*
   otherwise (*n/a* when a method has a single seed there); across games, rliable's **probability of
   improvement** P(X > Y): per game the Mann-Whitney statistic over all pairs of runs (ties count ½),
   averaged over games, with a
   stratified *independent* bootstrap CI (both methods' runs resampled within each game).
-  With 3 seeds these intervals are wide and, being percentile intervals of 3 values, optimistic:
-  a *tie* means "not separable at this budget and seed count", not "equal".
+  With 3 seeds these intervals are wide: a *tie* means "not separable at this budget and seed
+  count", not "equal". The across-game intervals stay bootstrap ones, as rliable's, and with 3
+  seeds they are optimistic too.
 * **Curves** (every trial with evaluations, finished or not): mean over seeds of the evaluation score
   at each evaluation step (seeds evaluated at other steps are linearly interpolated onto the union of
   steps, never extrapolated), with a 95%
@@ -317,7 +319,8 @@ def _method_lines(confidence: float, stage: int | None = None) -> list[str]:
         "score). IQM = mean of the middle 50% of per-run HNS pooled over games, every game weighing the same (where",
         "games have different numbers of runs, each game's runs counted lcm / n times, so a game with more runs so far",
         f"does not weigh more); {100 * confidence:g}% CIs by stratified",
-        "bootstrap (runs resampled within each game, rliable's `get_interval_estimates`, percentile method).",
+        "bootstrap (runs resampled within each game, rliable's `get_interval_estimates`, percentile method);",
+        "the per-game differences of the head-to-head by Welch's t interval (a bootstrap of 2-5 seeds is far too narrow).",
         "Steps/s = agent steps per wall second of the trial (env setup and evaluations included), mean over seeds;",
         "peak RSS = the trial process's peak resident memory (Python and torch included), max over seeds;",
         "parameters = tensor elements in `model.zip`'s `policy.pth`.",

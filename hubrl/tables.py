@@ -30,10 +30,10 @@ from hubrl.atomic import atomic_write_text
 from hubrl.grid import TrialResult
 from hubrl.stats import (
     MIN_SEEDS_FOR_VERDICT,
-    difference_ci,
     iqm,
     probability_of_improvement,
     stratified_bootstrap_ci,
+    welch_difference_ci,
 )
 from hubrl.stats import mean as _mean
 from hubrl.stats import probability_of_improvement_ci as _poi_ci
@@ -213,7 +213,8 @@ def head_to_head(
     """``focus`` against every other method, on each metric of :data:`HEAD_TO_HEAD_METRICS`.
 
     One row per (metric, other method, game) with the difference of mean raw scores
-    ``focus - other``, its bootstrap CI and verdict (:func:`difference_ci`, :func:`_verdict`) and
+    ``focus - other``, its Welch t interval and verdict (:func:`welch_difference_ci`: a bootstrap of
+    2-5 seeds is far too narrow; :func:`_verdict`) and
     the game's P(focus > other); then one row per (metric, other method) with ``game="all"``: the
     probability of improvement averaged over the games both methods finished, with its stratified
     independent bootstrap CI, and the counts of wins, ties and losses. Empty when ``focus`` has no
@@ -232,7 +233,7 @@ def head_to_head(
                     continue
                 x = [getattr(t, metric) for t in groups[game, focus]]
                 y = [getattr(t, metric) for t in groups[game, other]]
-                diff, low, high = difference_ci(x, y, reps, confidence, seed)
+                diff, low, high = welch_difference_ci(x, y, confidence)
                 verdict = _verdict(low, high, min(len(x), len(y)))
                 pairs.append((x, y))
                 verdicts.append(verdict)
@@ -441,15 +442,18 @@ def head_to_head_markdown(rows: Sequence[dict[str, Any]], confidence: float) -> 
             line = [other]
             for game in games:
                 r = cells.get(game)
-                line.append(f"{_signed(r['difference'])} [{_signed(r['low'])}, {_signed(r['high'])}] **{r['verdict']}**"
-                            if r else "–")
+                if r is None:
+                    line.append("–")
+                    continue
+                interval = "n/a" if math.isnan(r["low"]) else f"{_signed(r['low'])}, {_signed(r['high'])}"
+                line.append(f"{_signed(r['difference'])} [{interval}] **{r['verdict']}**")
             total = cells.get("all")
             line.append(("n/a" if math.isnan(total["p_improvement"]) else
                          f"{total['p_improvement']:.2f} [{total['p_low']:.2f}, {total['p_high']:.2f}]")
                         + f" ({total['verdict']})" if total else "–")
             table.append(line)
         parts.append(
-            f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} bootstrap CI]; "
+            f"{name} of `{focus}` minus the other method's, mean over seeds [{pct} Welch t CI]; "
             f"verdict win / loss when the CI excludes 0, n/a with fewer than {MIN_SEEDS_FOR_VERDICT} seeds on a side:\n\n"
             + _md_table(["versus", *games, f"P({focus} > versus) over games [{pct} CI]"], table)
         )
