@@ -162,17 +162,14 @@ def _select(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] |
 
 
 def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
-    from hubrl.zoo_tuning import ZooTuningPolicy, load_zoo_weights, merge_lite
+    from hubrl.zoo_tuning import ZooTuningPolicy, load_merged_lite, load_zoo_weights
 
     def finalize(model: BaseAlgorithm, make_agent: Callable[[type[BasePolicy]], BaseAlgorithm]) -> BaseAlgorithm:
         """Lite: save a plain NatureCNN ``CnnPolicy`` holding the merged experts (scratch's cost)."""
         model.policy.set_training_mode(False)
         plain = make_agent(ActorCriticCnnPolicy)
         plain.num_timesteps = model.num_timesteps
-        policy = plain.policy
-        policy.features_extractor.load_state_dict(merge_lite(model.policy.features_extractor))
-        policy.action_net.load_state_dict(model.policy.action_net.state_dict())
-        policy.value_net.load_state_dict(model.policy.value_net.state_dict())
+        load_merged_lite(model.policy, plain.policy)
         return plain
 
     notices = []

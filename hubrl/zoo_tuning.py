@@ -73,7 +73,8 @@ from torch.nn import functional as F
 
 from hubrl.hub import Hub
 
-__all__ = ["AdaptiveConv2d", "AdaptiveLinear", "ZooTuningExtractor", "ZooTuningPolicy", "load_zoo_weights", "merge_lite"]
+__all__ = ["AdaptiveConv2d", "AdaptiveLinear", "ZooTuningExtractor", "ZooTuningPolicy", "load_zoo_weights", "merge_lite",
+           "load_merged_lite"]
 
 # NatureCNN's convolutions: (out channels, kernel size, stride)
 NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
@@ -381,6 +382,20 @@ def merge_lite(extractor: ZooTuningExtractor | ActorCriticPolicy) -> dict[str, t
             weight, bias = layer.merged(layer.ema_gate)
             state[f"{key}.weight"], state[f"{key}.bias"] = weight.clone(), bias.clone()
     return state
+
+
+def load_merged_lite(trained: ActorCriticPolicy, plain: ActorCriticPolicy) -> None:
+    """Load a trained Zoo-Tuning lite policy into ``plain``, an SB3 ``ActorCriticCnnPolicy`` built
+    with the same ``net_arch``: the merged encoder (:func:`merge_lite`) into each of its
+    features extractors (one, or the policy's and the value's when ``plain`` does not share
+    them: the lite policy always does), and every other module (the ``net_arch`` MLP, the
+    action and value heads) as trained. ``plain`` then computes what ``trained`` does in eval mode."""
+    encoder = merge_lite(trained)
+    extractors = (plain.features_extractor, plain.pi_features_extractor, plain.vf_features_extractor)
+    for extractor in {id(module): module for module in extractors}.values():
+        extractor.load_state_dict(encoder)
+    for name in ("mlp_extractor", "action_net", "value_net"):
+        getattr(plain, name).load_state_dict(getattr(trained, name).state_dict())
 
 
 class ZooTuningPolicy(ActorCriticPolicy):

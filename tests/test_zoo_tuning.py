@@ -164,6 +164,31 @@ def test_lite_merge_equals_lite_eval_after_training(hub):
     assert diff <= 1e-5
 
 
+@pytest.mark.parametrize("policy_kwargs", [{}, {"net_arch": [64]}, {"share_features_extractor": False},
+                                           {"net_arch": {"pi": [32], "vf": [16]}, "share_features_extractor": False}])
+def test_the_saved_lite_policy_computes_what_the_trained_one_does(hub, policy_kwargs):
+    """Lite saves a plain CnnPolicy built with the run's policy kwargs. The copy used to take only
+    the encoder and the two heads: with a net_arch MLP, or unshared extractors, the saved policy
+    had freshly initialised layers (value off by up to 1.85) while evaluation scored the trained one."""
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    from hubrl.zoo_tuning import load_merged_lite
+
+    action_space, lr = gym.spaces.Discrete(6), lambda _: 1e-4
+    th.manual_seed(0)
+    trained = ZooTuningPolicy(SPACE, action_space, lr, expert_names=hub.names, lite=True, **policy_kwargs)
+    load_zoo_weights(trained, hub)
+    trained.set_training_mode(False)
+    plain = ActorCriticCnnPolicy(SPACE, action_space, lr, **policy_kwargs)
+    load_merged_lite(trained, plain)
+    plain.set_training_mode(False)
+    x = _obs(8, seed=4) * 255
+    with th.no_grad():
+        probs = [p.get_distribution(x).distribution.probs for p in (trained, plain)]
+        values = [p.predict_values(x) for p in (trained, plain)]
+    assert (probs[0] - probs[1]).abs().max() <= 1e-5 and (values[0] - values[1]).abs().max() <= 1e-4
+
+
 def test_ema_updates_only_in_training_and_is_detached():
     ext = _extractor(lite=True, ema_momentum=0.9)
     first = ext.convs[0]
