@@ -262,6 +262,15 @@ COLLAPSE_SHARE = 0.95
 ROUTING_WARMUP = 2048
 
 
+def _as_shares(weights: np.ndarray) -> np.ndarray:
+    """Each rollout's row as shares of its sum: a soft gate's weights (Zoo-Tuning's sigmoids, one
+    per expert) need not sum to 1, so two experts at 0.96 each would both pass as "one expert
+    takes it all"; selection frequencies already sum to 1 and stay as they are."""
+    totals = np.nansum(weights, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, weights / totals, np.nan)
+
+
 def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> list[dict[str, Any]]:
     """One row per trial with a ``gates.jsonl``: what its gate did over the rollouts (after
     :data:`ROUTING_WARMUP` steps, up to ``stage``).
@@ -269,7 +278,7 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
     ``collapsed`` = share of rollouts with >= :data:`COLLAPSE_SHARE` of the states on one expert;
     ``share/<expert>`` = mean selection frequency (``share_of`` "states"), or for a soft gate
     (Zoo-Tuning, which selects none) its mean weight (``share_of`` "mean weight", and ``collapsed``
-    counts rollouts with that much weight on one expert); ``logit_spread`` (variation across states) and
+    counts rollouts with that share of the weights' sum on one expert); ``logit_spread`` (variation across states) and
     ``logit_drift`` (change between rollouts) = their means; ``noise_std`` = mean gate noise std;
     ``route_tv`` = mean total-variation distance between the policies of different routes on the
     rollouts' states (logged by runs since :mod:`hubrl.route_analysis`; None before).
@@ -290,7 +299,7 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
         row: dict[str, Any] = {"game": t.game, "method": t.method, "seed": t.seed, "rollouts": len(history),
                                "last_step": int(history[-1]["step"]),
                                "share_of": "states" if statistic == "selection_freq" else "mean weight",
-                               "collapsed": float(np.mean(np.nanmax(shares, axis=1) >= COLLAPSE_SHARE))}
+                               "collapsed": float(np.mean(np.nanmax(_as_shares(shares), axis=1) >= COLLAPSE_SHARE))}
         for i, name in enumerate(experts):
             row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
         for key in ("logit_spread", "logit_drift", "noise_std", "route_tv"):

@@ -545,6 +545,11 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
     assert (row["method"], row["share_of"], row["rollouts"]) == ("zoo-tuning", "mean weight", 2)
     assert row["share/a"] == pytest.approx((0.97 + 0.6) / 2) and row["collapsed"] == pytest.approx(0.5)
     assert "| mean weight |" in routing_markdown([row])
+    # Zoo-Tuning's gates are a sigmoid each: both experts at 0.96 is an even mix, not a collapse onto one
+    (folder / "gates.jsonl").write_text(json.dumps({"step": 4096, "weight_mean/a": 0.96, "weight_mean/b": 0.96}))
+    (even,) = routing_table(load_trials(grid))
+    assert even["collapsed"] == 0.0 and even["share/a"] == pytest.approx(0.96)
+    (folder / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     report = write_report(grid, reps=200)
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
