@@ -171,6 +171,23 @@ def test_rank_hub_script_lists_every_expert(tmp_path):
     assert all(np.isfinite(r["proxy"]) for r in report["rankings"])
 
 
+@pytest.mark.slow
+def test_rank_names_the_expert_select_would_fine_tune_for_a_runs_seed_and_sticky_actions(tmp_path):
+    """select ranks with its run's seed and sticky actions (``rank_experts`` as plan_method calls
+    it); hubrl rank with the same --seed and --sticky-actions gives the same scores. It had no
+    --sticky-actions, so for a run at another setting it ranked on other frames."""
+    from hubrl.cli.rank import main
+
+    hub = make_tiny_hub(tmp_path / "hub")
+    out = tmp_path / "ranking.json"
+    assert main(["--env", "Alien", "--hub", str(hub), "--timesteps", "3k", "--seed", "1", "--sticky-actions", "0",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    select = rank_experts(load_hub(hub), "Alien", frames=3000, seed=1, repeat_action_probability=0.0)
+    assert report["repeat_action_probability"] == 0.0
+    assert [(r["name"], r["proxy"]) for r in report["rankings"]] == [(r.name, pytest.approx(r.proxy)) for r in select]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--env", "NotAGame"], "Unknown Atari game"),
     (["--env", "Alien", "--hub", "/nonexistent/hub"], "does not exist"),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hubrl.atomic import atomic_write_bytes, probe_writable
-from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, seed, steps
+from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, probability, seed, steps
 from hubrl.errors import UsageError
 
 
@@ -46,7 +46,12 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Probe on the frozen features: ridge (scores every frame) or knn (cosine kNN, k=20, "
                              "scores 4k held-out frames). Default: ridge.")
     parser.add_argument("--seed", type=seed, default=0, metavar="SEED",
-                        help="Seed of the games, the random policy and the random encoder. Default: 0.")
+                        help="Seed of the games, the random policy and the random encoder. Default: 0. "
+                             "hubrl-transfer --method select ranks with its run's --seed, and the proxy's gaps between "
+                             "experts can be as small as its seed-to-seed spread: give the run's seed to see its choice.")
+    parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25, metavar="P",
+                        help="Repeat-action probability of the target game in [0, 1] (ALE v5's), as the transfer run's "
+                             "--sticky-actions: select ranks with its run's. Default: 0.25.")
     parser.add_argument(
         "--random-baseline", action="store_true",
         help="Also score a randomly initialised NatureCNN (seeded by --seed) on the same frames, shown as the row "
@@ -96,14 +101,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     hub.validate(OBSERVATION_SHAPE)  # experts the game's frames cannot feed: refused before any data are collected
     if args.json:
         prepare_json(args.json)
-    summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe, "data": None}
+    summary = {"game": game, "frames": args.frames, "seed": args.seed, "probe": args.probe,
+               "repeat_action_probability": args.repeat_action_probability, "data": None}
     reference = None
     if len(hub) == 1:
         rankings = rank_experts(hub, game)
         print(f"Only one expert ({rankings[0].name}): nothing to rank; fine-tune it."
               + (" (--random-baseline skipped: no data are collected for one expert.)" if args.random_baseline else ""))
     else:
-        data = collect_target_data(game, frames=args.frames, seed=args.seed, n_envs=args.n_envs)
+        data = collect_target_data(game, frames=args.frames, seed=args.seed, n_envs=args.n_envs,
+                                   repeat_action_probability=args.repeat_action_probability)
         summary["data"] = {**data.info, "episodes": data.n_episodes}
         print(
             f"{display_name(game)}: {data.info['steps']} random-policy agent steps in {data.info['seconds']:.1f}s, "
