@@ -46,9 +46,10 @@ Lite under PPO / A2C: SB3 collects rollouts in eval mode, so the agent acts (and
 log-probabilities and values) with the moving-average gate, while the update, in train mode, uses
 each minibatch's mean gate, which also depends on which samples share the minibatch. PPO's ratio
 is therefore not exactly 1 on the first minibatch, and the average lags the gate by about
-1 / (1 - momentum) = 100 minibatches. This follows the paper's temporal ensemble of batch-mean
-gates; with similar experts the first ratios stay near 1, with dissimilar ones they can move
-further (not measured on the shipped hub). The full (non-lite) method acts and updates with the same
+1 / (1 - momentum) = 10 minibatches (:data:`LITE_EMA_MOMENTUM`, 0.9, the official code's update
+weight ``m = 0.1``; 100 minibatches with the 0.99 used before). This follows the paper's temporal
+ensemble of batch-mean gates; with similar experts the first ratios stay near 1, with dissimilar
+ones they can move further (not measured on the shipped hub). The full (non-lite) method acts and updates with the same
 per-sample gates.
 
 **Gate usage**: forward passes in eval mode (rollouts) add the gates to per-expert counters;
@@ -74,7 +75,12 @@ from torch.nn import functional as F
 from hubrl.hub import Hub
 
 __all__ = ["AdaptiveConv2d", "AdaptiveLinear", "ZooTuningExtractor", "ZooTuningPolicy", "load_zoo_weights", "merge_lite",
-           "load_merged_lite"]
+           "load_merged_lite", "LITE_EMA_MOMENTUM"]
+
+#: Momentum of the lite moving average of the batch-mean gate: ``ema <- 0.9 ema + 0.1 batch mean``, the official
+#: implementation's update weight (``AdaAggLayer.m = 0.1``). The average is what the agent acts with, and it lags the
+#: gate the update trains by about 1 / (1 - momentum) minibatches: 10 here.
+LITE_EMA_MOMENTUM = 0.9
 
 # NatureCNN's convolutions: (out channels, kernel size, stride)
 NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
@@ -184,7 +190,7 @@ class AdaptiveConv2d(_AdaptiveLayer):
     """Convolution whose kernel is the gated, aligned aggregation of K experts' kernels."""
 
     def __init__(self, n_experts: int, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 gate_hidden: int | None = None, lite: bool = False, ema_momentum: float = 0.99) -> None:
+                 gate_hidden: int | None = None, lite: bool = False, ema_momentum: float = LITE_EMA_MOMENTUM) -> None:
         super().__init__(n_experts, in_channels, out_channels, (kernel_size, kernel_size), in_channels,
                          gate_hidden, lite, ema_momentum)
         self.stride = stride
@@ -215,7 +221,7 @@ class AdaptiveLinear(_AdaptiveLayer):
     """
 
     def __init__(self, n_experts: int, in_features: int, out_features: int, gate_in: int,
-                 gate_hidden: int | None = None, lite: bool = False, ema_momentum: float = 0.99) -> None:
+                 gate_hidden: int | None = None, lite: bool = False, ema_momentum: float = LITE_EMA_MOMENTUM) -> None:
         super().__init__(n_experts, in_features, out_features, (), gate_in, gate_hidden, lite, ema_momentum)
 
     def forward(self, x: th.Tensor, summary: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
@@ -252,7 +258,7 @@ class ZooTuningExtractor(BaseFeaturesExtractor):
         lite: bool = False,
         features_dim: int = 512,
         gate_hidden: int | None = None,
-        ema_momentum: float = 0.99,
+        ema_momentum: float = LITE_EMA_MOMENTUM,
     ) -> None:
         super().__init__(observation_space, features_dim)
         self.expert_names = list(expert_names)
@@ -420,7 +426,7 @@ class ZooTuningPolicy(ActorCriticPolicy):
         expert_names: list[str] | tuple[str, ...] = ("expert",),
         lite: bool = False,
         gate_hidden: int | None = None,
-        ema_momentum: float = 0.99,
+        ema_momentum: float = LITE_EMA_MOMENTUM,
         freeze_experts: bool = False,
         **kwargs: Any,
     ) -> None:

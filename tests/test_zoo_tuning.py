@@ -189,6 +189,20 @@ def test_the_saved_lite_policy_computes_what_the_trained_one_does(hub, policy_kw
     assert (probs[0] - probs[1]).abs().max() <= 1e-5 and (values[0] - values[1]).abs().max() <= 1e-4
 
 
+def test_the_lite_average_takes_the_official_codes_tenth_of_each_batch_mean():
+    """The agent acts with the lite moving average and trains the batch-mean gate: the official
+    code moves the average 0.1 of the way per batch (m = 0.1), a lag of about 10 minibatches;
+    hubrl's 0.99 made it 100."""
+    policy = ZooTuningPolicy(SPACE, gym.spaces.Discrete(6), lambda _: 1e-4, expert_names=["a", "b"], lite=True)
+    layer = policy.features_extractor.convs[0]
+    nn.init.normal_(layer.gate[-1].weight, std=1.0)  # a gate away from its even start
+    before, x = layer.ema_gate.clone(), _obs(8)
+    policy.features_extractor.train()(x)
+    with th.no_grad():
+        batch_mean = th.sigmoid(layer.gate(x.mean((2, 3)))).mean(0)
+    assert th.allclose(layer.ema_gate, 0.9 * before + 0.1 * batch_mean, atol=1e-6)
+
+
 def test_ema_updates_only_in_training_and_is_detached():
     ext = _extractor(lite=True, ema_momentum=0.9)
     first = ext.convs[0]
