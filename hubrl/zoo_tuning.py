@@ -242,7 +242,16 @@ class ZooTuningExtractor(BaseFeaturesExtractor):
     Use inside any ``ActorCriticPolicy`` (``features_extractor_class=ZooTuningExtractor``) or via
     :class:`ZooTuningPolicy`. Expert weights are copied in after construction
     (:func:`load_zoo_weights`), so a saved model holds them in its state_dict and rebuilds from
-    these plain kwargs.
+    these plain kwargs. SB3's policies re-initialise their modules after building them
+    (``ortho_init``), which overwrites the gates' 1/K start: :class:`ZooTuningPolicy` puts it back;
+    in another policy call :meth:`reset_gates` after it is built, or every layer starts scaled by
+    about K/2 (the features by (K/2)^4).
+
+    The first layer's gate reads 4 numbers (each stacked frame's mean brightness) through
+    ``4 // 4 + 1 = 2`` hidden ReLUs, the official code's width rule. Near-equal frames make those
+    inputs nearly alike, and with SB3's orthogonal start both units can be dead on every input
+    (about 14% of seeds, by a reviewer's simulation of 2,000 starts): that gate then learns only
+    its bias, one input-independent mix for the run. ``gate_hidden`` widens every gate.
 
     :param expert_names: one name per expert (the count fixes K; used for logging).
     :param lite: Zoo-Tuning lite (see module docstring).
