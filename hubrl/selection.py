@@ -62,6 +62,7 @@ Measured cost (seconds and memory per expert): BENCHMARKS.md, same section.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -592,4 +593,14 @@ def rank_experts(
         rankings.append(Ranking(expert.name, score, time.perf_counter() - t0))
         if on_ranked is not None:
             on_ranked(rankings[-1])
-    return sorted(rankings, key=lambda r: -r.proxy)
+    return sorted(rankings, key=_best_first)
+
+
+def _best_first(ranking: Ranking) -> tuple[bool, float]:
+    """Sort key, highest proxy first; a score that is not a number (features holding NaN or inf: a
+    damaged expert) ranks last, never first (``-nan`` in a sort key leaves the order arbitrary)."""
+    finite = ranking.proxy is not None and math.isfinite(ranking.proxy)
+    if not finite:
+        print(f"warning: expert {ranking.name} scored {ranking.proxy} on the selection proxy (its features are not "
+              "finite: a damaged expert?); it is ranked last", file=sys.stderr)
+    return (not finite, -ranking.proxy if finite else 0.0)

@@ -147,6 +147,17 @@ def test_rank_experts_scores_every_expert_best_first(tmp_path):
     assert all(r.seconds > 0 for r in rankings)
 
 
+def test_an_expert_whose_score_is_not_a_number_is_ranked_last(tmp_path, monkeypatch, capsys):
+    """Sorting on -proxy left a NaN score anywhere, first included: select would fine-tune a
+    damaged expert. It is ranked last now, with a warning."""
+    hub = load_hub(make_tiny_hub(tmp_path / "hub", names=("a-ppo", "b-ppo", "c-ppo")))
+    scores = {"a-ppo": float("nan"), "b-ppo": 0.2, "c-ppo": 0.3}
+    monkeypatch.setattr(selection, "proxy_score", lambda expert, data, probe="ridge": scores[expert.name])
+    rankings = rank_experts(hub, "Alien", frames=1500, seed=1, n_envs=3)
+    assert [r.name for r in rankings] == ["c-ppo", "b-ppo", "a-ppo"]
+    assert "a-ppo scored nan" in capsys.readouterr().err
+
+
 def test_rank_experts_hub_of_one_and_wrong_frame_stack(tmp_path):
     one = Hub([Expert("only", _random_state(0), "constructed")])
     rankings = rank_experts(one, "Alien")  # nothing to rank: no data are collected
