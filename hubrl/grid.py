@@ -35,6 +35,7 @@ from hubrl.plaintypes import fits_type
 from hubrl.stats import learning_curve_auc
 
 __all__ = [
+    "align_aucs",
     "trial_folder",
     "iter_trial_folders",
     "read_json_object",
@@ -598,6 +599,36 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
                 skipped[str(folder.relative_to(root))] = (
                     str(exc) if isinstance(exc, TrialUnreadable) else f"unreadable records ({type(exc).__name__}: {exc})")
     return trials
+
+
+def align_aucs(trials: Sequence[TrialResult]) -> dict[str, tuple[float, float]]:
+    """Average every finished trial's AUC of a game over the same steps, where the game's finished
+    trials were evaluated over different ranges (an arm given its own ``eval_freq`` or
+    ``early_eval``): from the latest first evaluation to the earliest last one, each curve
+    interpolated at those ends (:func:`hubrl.stats.learning_curve_auc`). A trial's own AUC, from
+    its first evaluation to its last, would otherwise average an arm evaluated early over more of
+    the low start of learning than the others, and their AUC differences would not be like for like.
+
+    Ranges within a rollout of each other count as the same (the step a run stops at depends on its
+    rollout). Unfinished trials keep their own AUC (they are in ``runs.csv`` only).
+
+    :returns: ``{game: (start, end)}`` for each game whose AUCs were put on a common range.
+    """
+    by_game: dict[str, list[TrialResult]] = {}
+    for t in trials:
+        if t.finished:
+            by_game.setdefault(t.game, []).append(t)
+    ranges: dict[str, tuple[float, float]] = {}
+    for game, group in sorted(by_game.items()):
+        tolerance = max(t.rollout for t in group)
+        firsts, lasts = [float(t.steps[0]) for t in group], [float(t.steps[-1]) for t in group]
+        start, end = max(firsts), min(lasts)
+        if (max(firsts) - min(firsts) <= tolerance and max(lasts) - min(lasts) <= tolerance) or start >= end:
+            continue
+        for t in group:
+            t.auc = learning_curve_auc(t.steps, t.means, start, end)
+        ranges[game] = (start, end)
+    return ranges
 
 
 def _load_trial(folder: Path, budget: int | None, stage: int | None = None) -> TrialResult:

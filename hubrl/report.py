@@ -38,6 +38,9 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 * **AUC** = trapezoid integral of the mean evaluation score over agent steps, divided by the
   step span between the first and the last evaluation: a time-averaged score in raw score units
   (a single evaluation gives its own score). It rewards learning early, which the final score ignores.
+  Where a game's finished trials were evaluated over different ranges (an arm's own ``eval_freq``
+  or ``early_eval``), every AUC of that game is taken over the range all of them cover
+  (:func:`hubrl.grid.align_aucs`), and the report says which.
 * **Head-to-head** (:func:`hubrl.tables.head_to_head`), one method (``hub-pathway``) against each other:
   per game, the difference of the mean final scores with a 95% Welch t interval (unequal
   variances; a percentile bootstrap of 2-5 seeds is far too narrow, a false verdict in 17-33% of
@@ -57,7 +60,6 @@ by :mod:`hubrl.stats` (which says how, and is checked against rliable):
 
 from __future__ import annotations
 
-import math
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,7 +67,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hubrl.atomic import atomic_write_text
-from hubrl.grid import TrialResult, iter_trial_folders, load_trials, read_grid, read_status, read_yaml_object
+from hubrl.grid import TrialResult, align_aucs, iter_trial_folders, load_trials, read_grid, read_status, read_yaml_object
 from hubrl.plots import plot_aggregate, plot_curves, plot_routing
 from hubrl.tables import (
     COLLAPSE_SHARE,
@@ -163,9 +165,9 @@ def write_report(
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
     settings = grid.get("settings")
     unfinished = unfinished_notice(trials, settings.get("eval_freq") if isinstance(settings, dict) else None)
-    auc_ranges = auc_range_notice(trials)
-    if notices is not None:
-        notices += [notice for notice in (unfinished, auc_ranges) if notice]
+    auc_ranges = auc_range_notice(align_aucs(trials))  # before the tables: every AUC they compare over one range
+    if notices is not None and unfinished:
+        notices.append(unfinished)
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -316,7 +318,8 @@ def _method_lines(confidence: float, stage: int | None = None) -> list[str]:
         counted + " A seed's final score is the mean raw score of its last",
         "evaluation's games; ± is the sample std over seeds. HNS = (score − random) / (human − random) with DQN Zoo",
         "references. AUC = trapezoid area under the evaluation curve divided by its step span (a time-averaged",
-        "score). IQM = mean of the middle 50% of per-run HNS pooled over games, every game weighing the same (where",
+        "score; over the steps all of a game's finished trials were evaluated in, where their ranges differ).",
+        "IQM = mean of the middle 50% of per-run HNS pooled over games, every game weighing the same (where",
         "games have different numbers of runs, each game's runs counted lcm / n times, so a game with more runs so far",
         f"does not weigh more); {100 * confidence:g}% CIs by stratified",
         "bootstrap (runs resampled within each game, rliable's `get_interval_estimates`, percentile method);",
@@ -332,25 +335,14 @@ def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
 
 
-def auc_range_notice(trials: Sequence[TrialResult]) -> str | None:
-    """The line to show when the finished trials of one game were first evaluated at different steps
-    (arms given their own ``eval_freq`` or ``early_eval``): a trial's AUC is its mean score from its
-    first evaluation to its last, so such arms' AUCs cover different ranges and their differences are
-    not like for like (the final scores are). ``None`` when every arm starts within a rollout."""
-    tolerance = max((t.rollout for t in trials), default=0)
-    first: dict[str, dict[str, float]] = {}  # game -> method -> its trials' earliest first evaluation
-    for t in trials:
-        if t.finished and t.steps.size:
-            by_method = first.setdefault(t.game, {})
-            by_method[t.method] = min(by_method.get(t.method, math.inf), float(t.steps[0]))
-    for game, starts in sorted(first.items()):
-        if len(starts) > 1 and max(starts.values()) - min(starts.values()) > tolerance:
-            early, late = min(starts, key=starts.get), max(starts, key=starts.get)
-            return (f"AUCs cover different step ranges: on {game}, {early} was first evaluated at {starts[early]:,.0f} "
-                    f"agent steps and {late} at {starts[late]:,.0f}; an AUC is a trial's mean score from its first "
-                    "evaluation to its last, so the AUC differences of such arms are not like for like (give every "
-                    "arm the same eval_freq and early_eval).")
-    return None
+def auc_range_notice(ranges: dict[str, tuple[float, float]]) -> str | None:
+    """The line saying over which steps the AUCs of games whose finished trials were evaluated over
+    different ranges are averaged (:func:`hubrl.grid.align_aucs`); ``None`` when there is none."""
+    if not ranges:
+        return None
+    spans = "; ".join(f"{game} from {start:,.0f} to {end:,.0f} agent steps" for game, (start, end) in ranges.items())
+    return (f"AUCs are averaged over the steps every finished trial of the game was evaluated in, as some arms were "
+            f"evaluated over other ranges (their own eval_freq or early_eval): {spans}.")
 
 
 def unfinished_notice(trials: Sequence[TrialResult], every: int | None = None) -> str | None:
@@ -392,10 +384,10 @@ def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence
     if figures.aggregate:
         lines += [f"![IQM]({figures.aggregate.name})", ""]
     lines += ["## Scores per game", "", score_markdown(tables.scores)]
+    if auc_ranges:
+        lines += [auc_ranges, ""]
     for rows in _by_focus(tables.versus):
         lines += [f"## Head-to-head: `{rows[0]['method']}` against each method", "", head_to_head_markdown(rows, confidence)]
-    if auc_ranges and tables.versus:
-        lines += [auc_ranges, ""]
     if tables.routing:
         lines += _routing_lines(tables.routing, figures.routing)
     lines += ["## Compute", "", compute_markdown(tables.compute, baseline)]

@@ -284,12 +284,24 @@ def bootstrap_curve_band(
     return low, high
 
 
-def learning_curve_auc(steps: Sequence[float], values: Sequence[float]) -> float:
-    """Trapezoid area under ``values`` over ``steps``, divided by the step span (a mean score)."""
+def learning_curve_auc(steps: Sequence[float], values: Sequence[float], start: float | None = None,
+                       end: float | None = None) -> float:
+    """Trapezoid area under ``values`` over ``steps``, divided by the step span (a mean score).
+
+    ``start`` / ``end`` restrict it to that range of steps, the curve linearly interpolated at
+    the ends (never extrapolated: they are clipped to the curve's own range), so that curves
+    evaluated at other steps are averaged over the same range (:func:`hubrl.grid.align_aucs`).
+    """
     x = np.asarray(steps, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     if x.size == 0 or x.size != y.size:
         raise ValueError("learning_curve_auc needs as many values as steps, at least one.")
+    if start is not None or end is not None:
+        lo = x[0] if start is None else min(max(float(start), x[0]), x[-1])
+        hi = x[-1] if end is None else max(min(float(end), x[-1]), lo)
+        inside = (x > lo) & (x < hi)
+        x, y = np.concatenate([[lo], x[inside], [hi]]), np.concatenate([[np.interp(lo, x, y)], y[inside],
+                                                                        [np.interp(hi, x, y)]])
     if x.size == 1 or x[-1] == x[0]:
         return float(y[-1])
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))

@@ -554,20 +554,31 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
 
-def test_arms_first_evaluated_at_different_steps_are_told_their_aucs_differ_in_range(grid):
+def test_arms_evaluated_over_other_ranges_have_their_aucs_taken_over_the_common_one(grid):
     """A trial's AUC is its mean score from its first evaluation to its last: an arm evaluated first
-    at 250 steps beside arms first evaluated at 500 covers more of the early, low part of the curve.
-    The report says so under the head-to-head and to the command's notices; arms alike say nothing."""
+    at 250 steps, beside arms first evaluated at 500, averaged more of the early, low part of the
+    curve, and its AUC differences were not like for like (the report only said so). Every AUC of
+    such a game is now taken over the steps all its finished trials cover, and the report says which."""
+    from hubrl.grid import align_aucs
     from hubrl.report import auc_range_notice
 
-    assert auc_range_notice(load_trials(grid)) is None
+    assert align_aucs(load_trials(grid)) == {}  # every arm evaluated at 500 and 1000: own AUCs, nothing to say
     _trial(grid, "Alien", "zoo-tuning", 0, [[0], [500], [800]], steps=(250, 500, 1000), status=_st(1000, 20, 800.0))
-    notice = auc_range_notice(load_trials(grid))
-    assert notice.startswith("AUCs cover different step ranges: on Alien, zoo-tuning was first evaluated at 250 agent "
-                             "steps and ")
+    trials = load_trials(grid)
+    zoo = next(t for t in trials if t.method == "zoo-tuning")
+    assert zoo.auc == pytest.approx((250 * 250 + 500 * 650) / 750)  # its own range, 250 to 1000
+    assert align_aucs(trials) == {"Alien": (500.0, 1000.0)}
+    assert zoo.auc == pytest.approx(650.0)  # 500 to 1000: (500 + 800) / 2, as the other arms' are
+    scratch = next(t for t in trials if t.method == "scratch" and t.seed == 1)
+    assert scratch.auc == pytest.approx((100 + 2000) / 2)  # already over 500 to 1000: unchanged
     notices: list[str] = []
-    report = write_report(grid, reps=200, notices=notices)
-    assert notices == [notice] and notice in report.read_text()
+    report = write_report(grid, reps=200, notices=notices).read_text()
+    assert notices == []  # said in the report, not a warning: the AUCs are like for like
+    assert auc_range_notice({"Alien": (500.0, 1000.0)}) in report and "Alien from 500 to 1,000 agent steps" in report
+    results = {(r["method"]): r for r in _rows(grid / "report" / "results.csv") if r["game"] == "Alien"}
+    assert float(results["zoo-tuning"]["auc_mean"]) == pytest.approx(650.0)
+    assert learning_curve_auc([0, 100, 200], [0, 10, 30], start=50, end=150) == pytest.approx((5 + 10) / 2 * 0.5
+                                                                                            + (10 + 20) / 2 * 0.5)
 
 
 def test_a_speed_ratio_timed_apart_from_the_baseline_is_marked(tmp_path):
