@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubrl.errors import UsageError
-from hubrl.grid import iter_trial_folders, read_grid, read_status
+from hubrl.grid import iter_trial_folders, read_evaluations, read_grid, read_status
 
-__all__ = ["SETTLED_STATES", "ArchiveSummary", "unsettled_reason", "archive_grid"]
+__all__ = ["SETTLED_STATES", "ArchiveSummary", "unsettled_reason", "archive_grid", "continues"]
 
 #: Trial states whose records are final for their stage.
 SETTLED_STATES = ("paused", "ok")
@@ -60,12 +60,18 @@ def unsettled_reason(folder: str | Path) -> str | None:
     return None
 
 
-def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) -> ArchiveSummary:
+def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False, replace: bool = False) -> ArchiveSummary:
     """Copy the records of every settled trial of the grid in ``root`` into ``dest`` (module docstring).
 
+    An archived trial is only ever brought up to date by the run it archived: its evaluations must
+    be the start of the grid trial's (:func:`continues`). Where they are not, ``dest`` archives
+    another run of that trial (another grid's archive, or the trial trained again from the start),
+    and nothing is written unless ``replace`` says to replace such copies.
+
     :raises UsageError: when ``root`` is no grid, ``dest`` is ``root`` or inside it, ``dest`` holds a trial's
-        weights (a grid, not an archive: its weights would be deleted) or archives a grid of another budget
-        (another grid: its trials' records would be replaced), before anything is written.
+        weights (a grid, not an archive: its weights would be deleted), archives a grid of another budget or
+        holds other runs of this grid's trials (without ``replace``): their records would be replaced. Before
+        anything is written.
     """
     root, dest = Path(root), Path(dest)
     if not root.is_dir() or not (root / "grid.json").is_file():
@@ -79,13 +85,22 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) 
     _refuse_another_grids_archive(root, dest)
     ignored = [*_WEIGHTS, ".lock", "learning_curve.png", "*.tmp", *([] if tensorboard else ["tb"])]
     summary = ArchiveSummary()
-    dest.mkdir(parents=True, exist_ok=True)
+    settled = []
     for folder in iter_trial_folders(root):
         name = folder.relative_to(root).as_posix()
         reason = unsettled_reason(folder)
         if reason is not None:
             summary.skipped[name] = reason
-            continue
+        else:
+            settled.append((folder, name))
+    others = [name for folder, name in settled if not continues(dest / name, folder)]
+    if others and not replace:
+        raise UsageError(
+            f"{dest} holds another run of {len(others)} of this grid's trials, e.g. {others[0]}: its evaluations are "
+            f"not the start of {root / others[0]}'s (the archive of another grid, or the trial trained again from the "
+            "start), and archiving would replace its records. Give another folder, or pass --replace to replace them.")
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder, name in settled:
         target = dest / name
         staging = target.with_name(f".{target.name}.archiving")
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,6 +119,15 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False) 
             shutil.copy2(root / record, dest / f".{record}.archiving")
             (dest / f".{record}.archiving").replace(dest / record)
     return summary
+
+
+def continues(archived: str | Path, trial: str | Path) -> bool:
+    """Whether the trial folder ``trial`` is the run archived in ``archived``, or its continuation: the
+    archived evaluations are the first ones of the trial, step and mean score alike (``True`` when
+    nothing is archived there yet)."""
+    old, new = read_evaluations(archived), read_evaluations(trial)
+    return len(old) <= len(new) and all(a.get("step") == b.get("step") and a.get("mean") == b.get("mean")
+                                        for a, b in zip(old, new))
 
 
 def _refuse_another_grids_archive(root: Path, dest: Path) -> None:

@@ -131,3 +131,34 @@ def test_an_archive_of_another_grid_is_refused_and_keeps_its_records(grid, tmp_p
     with pytest.raises(UsageError, match="archives another grid .1,000,000 agent steps per trial; .* trains '1M'"):
         archive_grid(other, archive)
     assert archive_grid(grid, archive).copied
+
+
+def _points(folder: Path, *means: float) -> None:
+    points = [{"step": 50_000 * (i + 1), "mean": mean} for i, mean in enumerate(means)]
+    (folder / "evaluations.json").write_text(json.dumps({"points": points}))
+
+
+def test_an_archive_of_another_run_with_the_same_budget_is_refused_unless_replaced(grid, tmp_path, capsys):
+    """Another grid of the same budget, archived into this grid's archive, used to replace the records
+    of every trial the two share by name, silently. An archived trial is now only brought up to date
+    by its own run: its evaluations must be the start of the grid trial's; --replace overrides."""
+    archive = tmp_path / "archive"
+    _points(grid / "Alien/scratch/s0", 10.0, 20.0)
+    os.utime(grid / "Alien/scratch/s0/status.json", None)  # still settled: status.json last
+    archive_grid(grid, archive)
+    _points(grid / "Alien/scratch/s0", 10.0, 20.0, 35.0)  # the same run, one stage on
+    os.utime(grid / "Alien/scratch/s0/status.json", None)
+    assert "Alien/scratch/s0" in archive_grid(grid, archive).copied
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grid.json").write_text('{"budget": 1000000}')
+    _points(_trial(other, "Alien/scratch/s0", "ok"), 12.0, 18.0, 40.0)  # another run of the same trial
+    os.utime(other / "Alien/scratch/s0/status.json", None)
+    before = {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match=r"holds another run of 1 of this grid's trials, e\.g\. Alien/scratch/s0: .*"
+                                         r"--replace"):
+        archive_grid(other, archive)
+    assert {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
+    assert main(["archive", str(other), str(archive), "--replace"]) == 0
+    means = [p["mean"] for p in json.loads((archive / "Alien/scratch/s0/evaluations.json").read_text())["points"]]
+    assert means == [12.0, 18.0, 40.0]
