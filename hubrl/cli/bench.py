@@ -173,6 +173,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     archive.add_argument("root", help="Grid folder (the --root of run).")
     archive.add_argument("dest", help="Archive folder (outside the grid); its copies of trials still training are kept.")
     archive.add_argument("--tensorboard", action="store_true", help="Also copy each trial's TensorBoard logs (tb/).")
+    archive.add_argument("--replace", action="store_true",
+                         help="Replace archived trials that another run of the same trial made (their evaluations are "
+                              "not the start of the grid's); without it, such an archive is refused.")
     return parser
 
 
@@ -359,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from hubrl.archive import archive_grid
 
-    summary = archive_grid(args.root, args.dest, tensorboard=args.tensorboard)
+    summary = archive_grid(args.root, args.dest, tensorboard=args.tensorboard, replace=args.replace)
     for name, why in summary.skipped.items():
         print(f"left out {name}: {why}")
     print(f"archived {len(summary.copied)} trial(s) of {args.root} into {args.dest} "
