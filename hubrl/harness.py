@@ -156,6 +156,10 @@ def check_resumable(folder: Path, has_force: bool = False) -> None:
     if not folder.exists() or not any(folder.iterdir()):
         raise UsageError(f"{nothing} (the folder {'is empty' if folder.exists() else 'does not exist'}). "
                          "Run without --resume to start a run there.")
+    if (folder / "model.zip").is_file():  # its checkpoints deleted (to save space, say): its trained model stays
+        raise UsageError(f"{nothing}, but its trained model.zip is there (its checkpoints were deleted?), and a run "
+                         f"continues only from a checkpoint. The model is kept: play it with hubrl-enjoy {folder}, or "
+                         "train a new run in another --out.")
     again = "with --force instead of --resume" if has_force else f"in another --out (or after deleting {folder})"
     raise UsageError(f"{nothing}: the run there stopped before its first checkpoint, so it cannot continue. "
                      f"Start it again {again}.")

@@ -176,6 +176,14 @@ def _run_without_checkpoint(tmp: Path, name: str = "run") -> Path:
     return folder
 
 
+def _finished_run_without_checkpoints(tmp: Path) -> Path:
+    """A finished run folder whose checkpoints were deleted (to save space): ``config.yaml`` and ``model.zip``."""
+    folder = _saved_run(tmp)
+    (folder / "checkpoint.pt").unlink()
+    (folder / "model.zip").write_bytes(b"a trained model")
+    return folder
+
+
 def _run_with_torn_config(tmp: Path) -> Path:
     """A run folder whose ``config.yaml`` was cut short mid-line."""
     folder = _saved_run(tmp)
@@ -312,6 +320,11 @@ CASES = [
      ["Nothing to resume in", "the folder does not exist", "without --resume"], _leaves_nothing("nowhere")),
     ("transfer-resume-a-run-without-checkpoint", T, lambda t, h: ["--resume", "--out", str(_run_without_checkpoint(t))],
      ["stopped before its first checkpoint", "in another --out (or after deleting"], None),
+    # a finished run whose checkpoints were deleted to save space: never advice that deletes its trained model
+    ("transfer-resume-a-finished-run-without-checkpoints", T,
+     lambda t, h: ["--resume", "--out", str(_finished_run_without_checkpoints(t))],
+     ["no checkpoint.pt, but its trained model.zip is there", "The model is kept: play it with hubrl-enjoy"],
+     _keeps("run/model.zip")),
     ("transfer-new-run-over-a-run-without-checkpoint", T,
      lambda t, h: ["--env", "Gopher", *FAST, "--timesteps", "256", "--out", str(_run_without_checkpoint(t))],
      ["holds no checkpoint.pt to continue from", "choose another --out (or delete"], None),
