@@ -189,7 +189,7 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
 
 
 def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
-    from hubrl.policies import HubPathwayPolicy, load_hub_weights
+    from hubrl.policies import DEFAULT_K1_WEIGHT, DEFAULT_NOISE_FLOOR, HubPathwayPolicy, load_hub_weights
 
     check_hub_serves(cfg, hub)
     notices = []
@@ -209,6 +209,12 @@ def _hub_pathway(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, A
             f"heads, which never act in this aggregation (the shared heads read the aggregated features), so at "
             f"--exploitation-coef {cfg.exploitation_coef:g} it costs time and changes nothing the agent does; use "
             f"--exploitation-coef 0, or --aggregation heads, where those heads act.")
+    if cfg.noise != "learned" and cfg.noise_floor != DEFAULT_NOISE_FLOOR:  # read only by the learned std (pathway)
+        notices.append(f"--noise-floor {cfg.noise_floor:g} is added to a learned noise std, and --noise {cfg.noise} is a "
+                       "fixed one: the floor is not read; drop it, or give --noise learned.")
+    if cfg.top_k > 1 and cfg.k1_weight != DEFAULT_K1_WEIGHT:  # above one expert the weights are the softmax of the k
+        notices.append(f"--k1-weight {cfg.k1_weight} sets the selected expert's weight at --top-k 1; at --top-k "
+                       f"{cfg.top_k} the selected experts are weighed by their softmax, so it is not read: drop it.")
     if cfg.noise == "learned":
         # the task loss never trains the std (pathway module docstring); only importance-load's load term does, and
         # that term has no noise in it when every expert is selected (losses.importance_load_loss)

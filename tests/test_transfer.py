@@ -535,6 +535,9 @@ def test_a_run_stopped_before_any_score_has_no_curve_yet(tmp_path, capsys):
     ({"freeze_experts": True, "exploitation_coef": 0.0}, None),
     ({"freeze_experts": True, "aggregation": "heads"}, None),  # the experts' heads are the acting policy
     ({"aggregation": "features"}, None),  # unfrozen: the loss trains the experts' encoders, which act
+    ({"noise_floor": 0.5}, "floor"),  # the floor is added to a learned std only: at the fixed default noise, not read
+    ({"top_k": 2, "exploration_loss": "importance-load", "k1_weight": "prob"}, "k1"),  # a k = 1 setting at k = 2
+    ({"top_k": 2, "exploration_loss": "importance-load"}, None),
 ])
 def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, warned):
     from hubrl.hub import load_hub
@@ -561,6 +564,12 @@ def test_settings_that_do_less_than_asked_warn_in_one_line(tmp_path, settings, w
         (notice,) = plan.warnings
         assert notice.startswith("--noise learned: only the importance-load") and "--top-k 2, every expert" in notice
         assert notice.endswith("use a --top-k below 2, or a fixed --noise 0.99.")  # softplus(0) + the default floor
+    elif warned == "floor":
+        (notice,) = plan.warnings
+        assert notice.startswith("--noise-floor 0.5 is added to a learned noise std") and "give --noise learned" in notice
+    elif warned == "k1":
+        (notice,) = plan.warnings
+        assert notice.startswith("--k1-weight prob sets the selected expert's weight at --top-k 1") and "drop it" in notice
     else:
         assert plan.warnings == []
 
