@@ -261,7 +261,13 @@ def writable_folder_problem(folder: Path) -> str | None:
 
 def resolve_run_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The preset with ``cfg``'s overrides (and ``n_envs``), as plain values and as agent kwargs;
-    sets ``cfg.n_envs`` to the number used."""
+    sets ``cfg.n_envs`` to the number used. ``n_envs`` given both ways with two values is refused
+    (the flag would win without a word)."""
+    given = cfg.hyperparams.get("n_envs") if isinstance(cfg.hyperparams, dict) else None
+    if cfg.n_envs and given is not None and given != cfg.n_envs:
+        flag = flag_name("n_envs", type(cfg).FLAGS)
+        raise UsageError(f"{flag} {cfg.n_envs} and the --hyperparams n_envs: {given!r} disagree: give the number of "
+                         f"parallel games once (drop one of them).")
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
     cfg.n_envs = int(plain["n_envs"])
     return plain, kwargs

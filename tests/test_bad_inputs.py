@@ -418,6 +418,9 @@ CASES = [
      ["hyper.yaml", "n_steps", "-64"], None),
     ("hyperparams-n-envs-huge", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "n_envs: 100000\n")],
      ["hyper.yaml", "n_envs", "100000", "up to 1,024"], None),  # the --n-envs cap, not bypassed by a file
+    ("hyperparams-n-envs-and-the-flag-disagree", T,
+     lambda t, h: ["--env", "Alien", "--method", "scratch", "--hyperparams", _yaml(t, "n_envs: 4\n"), *_tiny_run(t)],
+     ["--n-envs 1 and the --hyperparams n_envs: 4 disagree"], _leaves_nothing("run")),
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
     # bf16 reaches NatureCNN encoders only: Zoo-Tuning would train in fp32 while the run said bf16
