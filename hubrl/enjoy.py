@@ -185,6 +185,8 @@ def check_video_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".mp4", ".gif"):
         raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
+    if path.is_dir():  # the video could not be renamed over it: found out now, not after the play
+        raise UsageError(f"--video {path} is a folder: give a file name, e.g. {path / ('play' + path.suffix)}")
     gif = path.with_suffix(".gif")
     if path.suffix.lower() == ".mp4" and not mp4_available() and gif.exists():  # the fallback must not replace a file
         raise UsageError(f"--video {path}: without imageio-ffmpeg the video is written as {gif}, which exists and "

@@ -41,6 +41,7 @@ __all__ = [
     "read_json_object",
     "read_yaml_object",
     "read_grid",
+    "grid_json_damage",
     "read_status",
     "read_evaluations",
     "has_checkpoint",
@@ -95,8 +96,21 @@ def read_yaml_object(path: str | Path) -> dict[str, Any] | None:
 
 
 def read_grid(root: str | Path) -> dict[str, Any]:
-    """``<root>/grid.json`` (``{}`` when it is missing or damaged)."""
+    """``<root>/grid.json`` (``{}`` when it is missing or damaged: :func:`grid_json_damage` tells which)."""
     return read_json_object(Path(root) / "grid.json") or {}
+
+
+def grid_json_damage(root: str | Path) -> str | None:
+    """Why ``<root>/grid.json`` is there but cannot be read as a grid's record, e.g. ``"not JSON (...)"``;
+    ``None`` when it is missing or sound (a missing one is a grid not launched, or no grid)."""
+    path = Path(root) / "grid.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{path} is damaged ({type(exc).__name__}: {exc})"
+    return None if isinstance(data, dict) else f"{path} is damaged (not a JSON object)"
 
 
 def read_status(folder: str | Path) -> dict[str, Any]:

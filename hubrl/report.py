@@ -67,7 +67,16 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hubrl.atomic import atomic_write_text
-from hubrl.grid import TrialResult, align_aucs, iter_trial_folders, load_trials, read_grid, read_status, read_yaml_object
+from hubrl.grid import (
+    TrialResult,
+    align_aucs,
+    grid_json_damage,
+    iter_trial_folders,
+    load_trials,
+    read_grid,
+    read_status,
+    read_yaml_object,
+)
 from hubrl.plots import plot_aggregate, plot_curves, plot_routing
 from hubrl.tables import (
     COLLAPSE_SHARE,
@@ -166,8 +175,11 @@ def write_report(
     settings = grid.get("settings")
     unfinished = unfinished_notice(trials, settings.get("eval_freq") if isinstance(settings, dict) else None)
     auc_ranges = auc_range_notice(align_aucs(trials))  # before the tables: every AUC they compare over one range
-    if notices is not None and unfinished:
-        notices.append(unfinished)
+    damage = grid_json_damage(root)
+    damaged_grid = (f"{damage}: its budget, seeds and commit are unknown here, so each trial counts as finished at "
+                    "its own configured budget; mend the file (run --continue needs it too).") if damage else None
+    if notices is not None:
+        notices += [notice for notice in (unfinished, damaged_grid) if notice]
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -177,6 +189,7 @@ def write_report(
     )
     lines = [
         *_header_lines(root, grid, trials, budget, stage, baseline, reps, seed),
+        *([f"- **{damaged_grid}**"] if damaged_grid else []),
         "",
         *_method_lines(confidence, stage),
         "",
@@ -361,12 +374,19 @@ def unfinished_notice(trials: Sequence[TrialResult], every: int | None = None) -
              f"evaluated at {furthest:,}), so the tables below are empty")
     stage = furthest
     if isinstance(every, int) and not isinstance(every, bool) and every > 0:
-        stage = max((below for t in trials for below, step in ((int(s) // every * every, int(s)) for s in t.steps)
-                     if below > 0 and step - below <= t.rollout), default=0)
+        stage = evaluated_stage(trials, every)
         if not stage:
             return (f"{empty}; no trial has reached the grid's first stage ({step_label(every)}: it evaluates every "
                     f"{step_label(every)}) yet.")
     return f"{empty}: report the grid as it stood at an earlier step with --stages {step_label(stage)}."
+
+
+def evaluated_stage(trials: Sequence[TrialResult], every: int, up_to: int | None = None) -> int:
+    """The furthest stage of a grid evaluated every ``every`` agent steps (its ``eval_freq``) that
+    has a score: the furthest multiple of ``every``, up to ``up_to`` steps, that a trial of ``trials``
+    was evaluated at (up to a rollout past it, as a run's last evaluation is); 0 when there is none."""
+    return max((below for t in trials for below, step in ((int(s) // every * every, int(s)) for s in t.steps)
+                if below > 0 and step - below <= t.rollout and (up_to is None or below <= up_to)), default=0)
 
 
 def _section_lines(tables: _Tables, figures: _Figures, baseline: str, confidence: float,

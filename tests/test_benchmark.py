@@ -715,6 +715,10 @@ def test_run_continue_relaunches_the_grids_last_launch_from_its_grid_json(tmp_pa
     assert len(calls) == 2
     with pytest.raises(UsageError, match=r"--continue: .*new has no grid.json, so there is no launch to continue"):
         main(["run", "--root", str(tmp_path / "new"), "--continue"])
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "grid.json").write_text('{"games": ["Alien"], "budg')  # cut short: not "no grid.json"
+    with pytest.raises(UsageError, match=r"--continue: .*torn/grid.json is damaged \(JSONDecodeError.*mend the file"):
+        main(["run", "--root", str(tmp_path / "torn"), "--continue"])
     with pytest.raises(UsageError, match=r"required: --timesteps \(or --continue"):
         main(["run", "--root", str(root), "--env", "Alien"])
 
@@ -897,3 +901,20 @@ def test_a_started_trial_relaunched_with_the_presets_n_envs_is_not_refused(tmp_p
     assert summary.records[0]["status"] == "ok"
     with pytest.raises(GridError, match=r"Alien/scratch/s0 was started with other settings .*--n-envs 4 where it has 8"):
         run_grid(root, ["Alien"], ["scratch"], [0], 1000, settings={"n_envs": 4}, **launch)
+
+
+def test_every_bench_flag_takes_the_default_its_help_names():
+    """``routes --help`` said ``--play`` defaults to 0 (no play), and ``--play 0`` was refused as not
+    positive: the default of every flag is a value the flag takes."""
+    import argparse
+
+    from hubrl.cli.bench import build_parser, parse_args
+
+    assert parse_args(["routes", "g", "--play", "0"]).play == parse_args(["routes", "g"]).play == 0
+    with pytest.raises(UsageError, match="--play: -1 is out of range"):
+        parse_args(["routes", "g", "--play", "-1"])
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if callable(action.type) and action.default is not None and not isinstance(action.default, list):
+                assert action.type(str(action.default)) == action.default, (name, action.option_strings)

@@ -352,3 +352,24 @@ def test_the_help_epilog_never_breaks_a_name_at_its_hyphen_wherever_the_package_
     assert f"({hub}): riverraid-ppo, seaquest-ppo." in text
     for name, summary in catalog.METHOD_SUMMARIES.items():
         assert f"{name} {' '.join(summary.split())}" in text, name
+
+
+def test_a_file_where_a_folder_is_needed_is_named_as_such(tmp_path, capsys):
+    """A folder to make that is a file (``bench archive GRID FILE``, ``bench report --out FILE``) was
+    refused with "this already exists: choose another path", as if an existing folder were refused too."""
+    import json
+
+    from hubrl.cli.bench import main
+    from hubrl.cli.common import run_guarded
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    trial = tmp_path / "grid" / "Alien" / "scratch" / "s0"
+    trial.mkdir(parents=True)
+    (tmp_path / "grid" / "grid.json").write_text(json.dumps({"budget": 1000}))
+    (trial / "evaluations.json").write_text(json.dumps({"points": [{"step": 1000, "mean": 1.0, "scores": [1.0]}]}))
+    for argv in (["archive", str(tmp_path / "grid"), str(a_file)],
+                 ["report", str(tmp_path / "grid"), "--out", str(a_file), "--reps", "100"]):
+        assert run_guarded(main, argv) == 2
+        assert capsys.readouterr().err == f"error: {a_file}: this is a file where a folder is needed: choose another path\n"
+    assert a_file.read_text() == "x"

@@ -103,6 +103,23 @@ def test_a_wrong_video_name_is_refused_before_the_agent_is_loaded(monkeypatch, c
     assert capsys.readouterr().out == ""
 
 
+def test_a_video_path_that_is_a_folder_is_refused_before_the_agent_is_loaded(monkeypatch, capsys, tmp_path):
+    """``--video clip.mp4`` with clip.mp4 a folder played the whole game, then failed naming a hidden
+    temporary file, the scores never printed: it is refused first, by the name given."""
+    from hubrl.cli.enjoy import main
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the agent was loaded before --video was checked")
+
+    monkeypatch.setattr(enjoy, "load_player", loaded)
+    video = tmp_path / "clip.mp4"
+    video.mkdir()
+    with pytest.raises(UsageError) as refused:
+        main(["--expert", "Seaquest", "--timesteps", "5", "--video", str(video)])
+    assert str(refused.value) == f"--video {video} is a folder: give a file name, e.g. {video / 'play.mp4'}"
+    assert capsys.readouterr().out == "" and list(video.iterdir()) == []
+
+
 def test_the_gif_fallback_of_an_mp4_does_not_replace_an_existing_gif(monkeypatch, tmp_path):
     """Without imageio-ffmpeg ``--video clip.mp4`` is written as clip.gif: an existing clip.gif, which
     the user did not name, is refused rather than overwritten."""

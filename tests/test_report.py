@@ -554,6 +554,18 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
 
+def test_a_damaged_grid_json_is_said_not_passed_over(grid):
+    """A grid.json cut short was read as none at all: the report went on with each trial's own budget
+    and said nothing. It now says so, in the report and to the command's notices."""
+    (grid / "grid.json").write_text('{"budget": 10')
+    notices: list[str] = []
+    report = write_report(grid, reps=200, notices=notices).read_text()
+    assert len(notices) == 1 and "grid.json is damaged (JSONDecodeError" in notices[0] and "mend the file" in notices[0]
+    assert notices[0] in report
+    (grid / "grid.json").write_text('["not", "an", "object"]')
+    assert "grid.json is damaged (not a JSON object)" in write_report(grid, reps=200).read_text()
+
+
 def test_arms_evaluated_over_other_ranges_have_their_aucs_taken_over_the_common_one(grid):
     """A trial's AUC is its mean score from its first evaluation to its last: an arm evaluated first
     at 250 steps, beside arms first evaluated at 500, averaged more of the early, low part of the
@@ -794,3 +806,23 @@ def test_the_methods_paragraph_says_which_trials_a_stage_report_counts(grid):
     assert "Tables count the trials that reached the budget (" in write_report(grid, reps=200).read_text()
     assert "Tables count the trials evaluated at 500 agent steps, as they stood there (" in write_report(
         grid, reps=200, stage=500).read_text()
+
+
+def test_a_report_below_the_budget_advises_a_stage_the_report_takes(grid, capsys):
+    """``report --timesteps 20k`` on a grid evaluated every 30k advised ``--stages 20k``, which report
+    then refused (multiples of 30k only): it advises the furthest multiple of the grid's eval_freq up
+    to that step that a trial was evaluated at, or says there is none."""
+    from hubrl.cli.bench import main
+    from hubrl.cli.common import run_guarded
+
+    record = json.loads((grid / "grid.json").read_text())
+    (grid / "grid.json").write_text(json.dumps({**record, "settings": {"eval_freq": 500}}))  # evaluations at 500, 1000
+    assert run_guarded(main, ["report", str(grid), "--timesteps", "700", "--reps", "100"]) == 2
+    assert capsys.readouterr().err.endswith("give --stages 500 for the grid as it stood at 500, its last stage with "
+                                            "scores by 700 (it evaluates every 500, grid.json).\n")
+    assert not (grid / "report").exists()
+    assert run_guarded(main, ["report", str(grid), "--stages", "500", "--reps", "100"]) == 0  # the advice is taken
+    (grid / "grid.json").write_text(json.dumps({**record, "settings": {"eval_freq": 1000}}))  # no stage before 1k
+    assert run_guarded(main, ["report", str(grid), "--timesteps", "700", "--reps", "100"]) == 2
+    assert capsys.readouterr().err.endswith("no trial was evaluated at a stage up to 700 (the grid evaluates every 1k, "
+                                            "grid.json), so there is no earlier stage to report: drop --timesteps.\n")

@@ -40,6 +40,7 @@ from hubrl.cli.common import (
     env_count,
     main_guard,
     non_negative_float,
+    non_negative_int,
     parse_given,
     positive_int,
     refuse_flags_not_read_by,
@@ -164,7 +165,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     routes.add_argument("--states", type=positive_int, default=512, metavar="N",
                         help="States of each trial's own play to compare on. Default: 512.")
     routes.add_argument("--seed", type=seed, default=0, help="Seed of the play and of the acting noise. Default: 0.")
-    routes.add_argument("--play", type=positive_int, default=0, metavar="GAMES",
+    routes.add_argument("--play", type=non_negative_int, default=0, metavar="GAMES",
                         help="Also play GAMES whole games per trial noise-free and as many with the acting gate noise "
                              "(same game seeds) and compare the scores. Default: 0 (no play).")
 
@@ -226,8 +227,12 @@ def _continue_launch(args: argparse.Namespace, given: set[str]) -> dict:
     """``run --continue``: the grid's last launch from its grid.json (games, methods, seeds, budget,
     settings) into ``args``; returns its settings (flags that would change the launch were refused
     when parsing)."""
-    from hubrl.grid import read_grid
+    from hubrl.grid import grid_json_damage, read_grid
 
+    damage = grid_json_damage(args.root)
+    if damage:
+        raise UsageError(f"--continue: {damage}, so its launch cannot be read: mend the file, or give --env, --timesteps "
+                         "and the other flags of the grid.")
     launch = read_grid(args.root)
     needed = ("games", "methods", "seeds", "budget", "settings")
     if not all(key in launch for key in needed):
@@ -324,6 +329,8 @@ def _check_report_stages(args: argparse.Namespace) -> None:
 
     grid = read_grid(args.root)
     recorded = grid.get("budget")
+    settings = grid.get("settings")
+    every = settings.get("eval_freq") if isinstance(settings, dict) else None
     if isinstance(recorded, int) and args.budget is not None and args.budget > recorded:
         raise UsageError(f"--timesteps {step_label(args.budget)} is past the grid's budget of {recorded:,} agent steps "
                          f"({Path(args.root) / 'grid.json'}): no trial trains beyond it; drop --timesteps, or give "
@@ -331,15 +338,13 @@ def _check_report_stages(args: argparse.Namespace) -> None:
     if isinstance(recorded, int) and args.budget is not None and args.budget < recorded:  # scores past it would count
         raise UsageError(f"--timesteps {step_label(args.budget)} is below the grid's budget of {recorded:,} agent steps "
                          f"({Path(args.root) / 'grid.json'}): the report at a budget scores each trial by its last "
-                         f"evaluation, so trials further on would be counted at their later scores; give --stages "
-                         f"{step_label(args.budget)} for the grid as it stood at {step_label(args.budget)}.")
+                         f"evaluation, so trials further on would be counted at their later scores; "
+                         f"{_stage_advice(args.root, args.budget, every)}")
     budget = args.budget or recorded
     past = [stage for stage in args.stages or [] if isinstance(budget, int) and stage > budget]
     if past:
         raise UsageError(f"--stages {step_label(past[0])} is past the grid's budget of {budget:,} agent steps: give "
                          f"stages up to {step_label(budget)} (the report without --stages is the grid at its budget).")
-    settings = grid.get("settings")
-    every = settings.get("eval_freq") if isinstance(settings, dict) else None
     between = [stage for stage in args.stages or [] if isinstance(every, int) and every > 0 and stage % every
                and not (isinstance(budget, int) and stage >= budget)]
     if between:  # no trial has an evaluation there: every table would be empty
@@ -349,6 +354,27 @@ def _check_report_stages(args: argparse.Namespace) -> None:
         raise UsageError(f"--stages {step_label(stage)}: the grid evaluates every {step_label(every)} (grid.json), so "
                          f"no trial has a score at {step_label(stage)}; give multiples of {step_label(every)}"
                          f"{f', e.g. {near}' if near else ''}.")
+
+
+def _stage_advice(root: str, step: int, every: Any) -> str:
+    """The ``--stages`` that reports the grid in ``root`` as it stood at ``step`` agent steps, one
+    ``report`` takes and that has scores: ``step`` itself where the grid records no ``eval_freq``
+    (``every``), else the furthest multiple of ``every`` up to ``step`` that a trial was evaluated at
+    (:func:`hubrl.report.evaluated_stage`); or that there is none (yet)."""
+    from hubrl.grid import load_trials
+    from hubrl.report import evaluated_stage
+    from hubrl.tables import step_label
+
+    if not (isinstance(every, int) and every > 0):  # any stage is taken
+        return f"give --stages {step_label(step)} for the grid as it stood at {step_label(step)}."
+    stage = evaluated_stage(load_trials(root), every, up_to=step)
+    if stage == step:
+        return f"give --stages {step_label(step)} for the grid as it stood at {step_label(step)}."
+    if stage:
+        return (f"give --stages {step_label(stage)} for the grid as it stood at {step_label(stage)}, its last stage "
+                f"with scores by {step_label(step)} (it evaluates every {step_label(every)}, grid.json).")
+    return (f"no trial was evaluated at a stage up to {step_label(step)} (the grid evaluates every {step_label(every)}, "
+            f"grid.json), so there is no earlier stage to report: drop --timesteps.")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

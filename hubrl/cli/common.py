@@ -200,6 +200,11 @@ def positive_int(text: str) -> int:
     return _integer(_number(text, "a positive integer"), text, 1, MAX_STEPS, "a positive integer")
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (``0``, ``8``, ``1e3``): a count whose 0 means none; rejects inf, nan, fractions and overflow."""
+    return _integer(_number(text, "a whole number"), text, 0, MAX_STEPS, "a whole number")
+
+
 def env_count(text: str) -> int:
     """A number of parallel games, 1 .. :data:`hubrl.envs.MAX_ENVS` (``--n-envs``)."""
     from hubrl.envs import MAX_ENVS
@@ -291,7 +296,7 @@ _OS_ADVICE = {
     errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
     errno.EISDIR: "this is a folder, not a file: give a file name",
     errno.ENOENT: "no such file or folder: check the path",
-    errno.EEXIST: "this already exists: choose another path",
+    errno.EEXIST: "this is a file where a folder is needed: choose another path",  # mkdir(exist_ok=True) on a non-folder
 }
 
 
