@@ -262,7 +262,39 @@ def _validate(games: Sequence[str], methods: Sequence[str], settings: dict[str, 
     if bad:
         raise GridError(f"Unknown transfer setting(s) {', '.join(bad)}: the grid sets env/method/seed/timesteps/out itself; "
                         f"others are {', '.join(sorted(known))}.")
+    _check_setting_types(settings)  # before anything reads them: the hub of finetune's arms, each arm's config
     return names
+
+
+def _check_setting_types(values: dict[str, Any], token: str | None = None) -> None:
+    """Refuse a setting whose value is not of its :class:`~hubrl.transfer.TransferConfig` field's type
+    (``--set hyperparams=5``, ``--set sources=a.zip``, ``hub-pathway:hub=5``), as a run's saved
+    ``config.yaml`` is checked (:func:`hubrl.plaintypes.fits_type`), in one line naming it and what
+    to write: the flags' parsers never give one, and each trial would fail on it as it starts.
+    ``token``: the method whose options ``values`` are; None: the grid's settings, of which only
+    ``--set`` (any YAML) can give another type."""
+    import typing
+
+    from hubrl.plaintypes import fits_type, type_name
+    from hubrl.transfer import TransferConfig
+
+    hints = typing.get_type_hints(TransferConfig)
+    for name, value in values.items():
+        hint = hints[name]
+        if fits_type(value, hint):
+            continue
+        kinds = [k for k in typing.get_args(hint) or (hint,) if k is not type(None)]
+        if typing.get_origin(hint) is list:
+            fix = f"write a YAML list, e.g. --set {name}=[{value if isinstance(value, str) else 'a, b'}]"
+        elif typing.get_origin(hint) is dict:
+            fix = f"write a YAML mapping, e.g. --set {name}={{n_steps: 128}}"
+        elif str in kinds and token is None and isinstance(value, (int, float)):  # YAML read the text as a number
+            fix = f"quote it to keep it text, e.g. --set {name}=\"'{value}'\""
+        else:
+            kind = kinds[0] if len(kinds) == 1 else hint
+            fix = "give " + {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, f"a {type_name(kind)}")
+        given = f"--set {name}" if token is None else name  # an option: the caller names its method
+        raise GridError(f"{given}: {value!r} ({type(value).__name__}) is not {type_name(hint)}: {fix}.")
 
 
 def _refuse_settings_no_arm_reads(methods: Sequence[str], settings: dict[str, Any]) -> None:
@@ -288,6 +320,10 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
     A ``pause_at`` short of the budget must be a multiple of each arm's ``eval_freq``: the stage's
     report reads the evaluation at the stage's step, which the trials only make on that grid.
     """
+    import dataclasses
+
+    from hubrl.agents.presets import check_hyperparams
+    from hubrl.harness import resolve_run_hyperparams
     from hubrl.hub import HubError, resolve_hub
     from hubrl.methods import HUB_METHODS, check_hub_serves
     from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
@@ -299,7 +335,17 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
             refuse_options_of_other_methods(method, overrides)  # a method's own options; --set applies to all
             cfg = TransferConfig(env=games[0], method=method, seed=0, timesteps=budget,
                                  **{**trial_settings(method, settings), **overrides})
-            validate_config(cfg)
+            try:
+                validate_config(cfg)  # its messages name each option's flag: --top-k must be a whole number ...
+            except TypeError:  # ... but an option of another type that it only compares (noise_floor=x) fails here
+                _check_setting_types(overrides, token)
+                raise
+            _check_setting_types(overrides, token)  # one it does not read: hub-pathway:hub=5
+            # what --hyperparams and --n-envs check as they parse (and the trial as it starts), for --set values too
+            check_hyperparams(cfg.hyperparams, cfg.algo, where="hyperparams (--hyperparams or --set hyperparams)")
+            if cfg.n_envs is not None:
+                check_hyperparams({"n_envs": cfg.n_envs}, cfg.algo, where="--n-envs (or --set n_envs)")
+            resolve_run_hyperparams(dataclasses.replace(cfg))  # the rest of the trial's check: two n_envs, policy_kwargs
             _check_stage_is_evaluated(pause_at, budget, cfg.eval_freq)
             if method in HUB_METHODS:
                 key = (cfg.hub, tuple(cfg.sources))

@@ -334,6 +334,7 @@ def load_hub(path: str | Path) -> Hub:
         return Hub([load_expert_folder(path)])
     folders = sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
     if not folders:
+        _refuse_pretraining_runs(path, "--hub", "a hub")
         raise HubError(f"Hub folder {path} holds no finished expert (no */{MANIFEST_NAME}): "
                        f"train one with python -m hubrl pretrain --hub {shlex.quote(str(path))}.")
     return Hub([load_expert_folder(p) for p in folders])
@@ -425,12 +426,14 @@ def load_sources(paths: Iterable[str | Path]) -> Hub:
 
 def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
     """A ``--sources`` folder that is not an expert but holds what was meant: a hub (its experts'
-    folders) or a run (its ``model.zip``); says which flag or path takes it. Anything else falls
-    through to :func:`load_expert_folder`'s "not an expert folder"."""
+    folders), a run (its ``model.zip``) or pretraining runs (:func:`_refuse_pretraining_runs`); says
+    which flag or path takes it. Anything else falls through to :func:`load_expert_folder`'s "not an
+    expert folder"."""
     experts = sorted(q.name for q in folder.iterdir() if (q / MANIFEST_NAME).is_file())
     if experts:
         raise HubError(f"{folder} is a hub (a folder of experts: {', '.join(experts)}), not an expert: pass it as "
                        f"--hub {shlex.quote(str(folder))}, or give its experts' folders to --sources.")
+    _refuse_pretraining_runs(folder, "--sources", "an expert")
     if (folder / "model.zip").is_file():
         method = _run_method(folder)
         if method in ("hub-pathway", "zoo-tuning"):  # its model mixes several encoders: no one of them is an expert
@@ -445,14 +448,63 @@ def _refuse_a_folder_that_holds_the_source(folder: Path) -> None:
 def _run_method(folder: Path) -> str | None:
     """The ``method`` a run folder's ``config.yaml`` names, ``None`` where it names none or cannot
     be read (the caller then says what the folder is by its ``model.zip`` alone)."""
+    method = (_saved_run(folder) or {}).get("method")
+    return method if isinstance(method, str) else None
+
+
+def _saved_run(folder: Path) -> dict | None:
+    """The ``run`` section of a run folder's ``config.yaml``, ``None`` where it has none or it cannot be read."""
     from hubrl.errors import CheckpointError
     from hubrl.runconfig import read_saved_run
 
+    if not (folder / "config.yaml").is_file():
+        return None
     try:
-        method = read_saved_run(folder / "config.yaml").get("method")
+        return read_saved_run(folder / "config.yaml")
     except (CheckpointError, OSError):
         return None
-    return method if isinstance(method, str) else None
+
+
+def _is_pretraining_run(run: dict | None) -> bool:
+    """Whether ``run`` (a saved ``run`` section) is hubrl-pretrain's: a ``game`` and no ``env``, as hubrl-enjoy tells it."""
+    return run is not None and isinstance(run.get("game"), str) and "env" not in run
+
+
+def _refuse_pretraining_runs(folder: Path, flag: str, wanted: str) -> None:
+    """Refuse ``folder`` given to ``flag`` (where ``wanted`` was expected) when it is a pretraining run
+    or a folder of them (a pretrain ``--out``), saying what to give instead: the experts the runs
+    exported into their hub, or the command that exports them. Anything else returns."""
+    run = _saved_run(folder)
+    if _is_pretraining_run(run):
+        runs, what = [(folder, run)], f"{folder} is a pretraining run"
+    else:
+        found = [(q, _saved_run(q)) for q in sorted(folder.iterdir()) if q.is_dir()]
+        runs = [(q, r) for q, r in found if _is_pretraining_run(r)]
+        what = f"{folder} holds pretraining runs ({', '.join(q.name for q, _ in runs)})"
+    if runs:
+        raise HubError(f"{what}, not {wanted}: {_pretraining_runs_advice(runs, flag)}.")
+
+
+def _pretraining_runs_advice(runs: list[tuple[Path, dict]], flag: str) -> str:
+    """What to give ``flag`` instead of the pretraining ``runs`` (folder, saved ``run`` section), all
+    in one ``--out``: the experts they exported into their hub, or (not all exported yet) the
+    ``hubrl-pretrain --export`` that exports them first."""
+    saved = [str(run.get("hub") or "hub") for _, run in runs]  # each run's own hub, where it exports its expert
+    hub = saved[0] if len(set(saved)) == 1 else "HUB"  # runs exporting into several hubs: the user picks one
+    exported = all((Path(h) / folder.name / MANIFEST_NAME).is_file() for h, (folder, _) in zip(saved, runs))
+    experts = " ".join(shlex.quote(str(Path(h if exported else hub) / folder.name)) for h, (folder, _) in zip(saved, runs))
+    give = [f"--sources {experts}"] + ([f"--hub {shlex.quote(hub)}"] if hub != "HUB" or not exported else [])
+    give.sort(key=lambda option: not option.startswith(flag))  # the flag the user gave first
+    if exported:
+        return f"{'its expert is' if len(runs) == 1 else 'their experts are'} exported, pass {' or '.join(give)}"
+    games: dict[str, list[str]] = {}  # one --export per algorithm: it exports <out>/<game>-<algo>
+    for _, run in runs:
+        games.setdefault(str(run.get("algo") or "ppo").lower(), []).append(shlex.quote(str(run["game"])))
+    out = shlex.quote(str(runs[0][0].parent))
+    export = " and ".join(f"python -m hubrl pretrain --export --out {out} --env {' '.join(names)}"
+                          + ("" if algo == "ppo" else f" --algo {shlex.quote(algo)}") + f" --hub {shlex.quote(hub)}"
+                          for algo, names in games.items())
+    return f"export {'its expert' if len(runs) == 1 else 'their experts'} into a hub first ({export}), then pass {give[0]}"
 
 
 def default_hub_path() -> Path:

@@ -730,3 +730,18 @@ def test_a_foreign_pickle_is_refused_without_torch_warnings_before_the_error(tmp
         with pytest.raises(HubError, match="policy.pth"):
             load_sb3_zip(_zip(tmp_path / "foreign.zip", {"policy.pth": foreign}))
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("script", ["transfer", "rank"])
+@pytest.mark.parametrize("flag", ["--sources", "--hub"])
+def test_a_pretraining_run_given_as_sources_or_hub_says_so_in_one_line(tmp_path, script, flag):
+    """hubrl-transfer and hubrl-rank given a pretraining run folder: no longer "not an expert folder ... export it
+    again ... --force, or move it out of the hub" (--sources) or "train one with python -m hubrl pretrain" (--hub),
+    but what it is and the expert it exported, as hubrl-enjoy says of it."""
+    run = _saved_run(tmp_path, pretrain=True)  # tmp/runs/gopher-ppo, exporting into tmp/hub
+    make_tiny_hub(tmp_path / "hub", names=("gopher-ppo",))
+    code, err = call(script, "--env", "Alien", flag, str(run))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"{run} is a pretraining run, not {'an expert' if flag == '--sources' else 'a hub'}: its expert is exported" in err
+    assert f"--sources {tmp_path / 'hub' / 'gopher-ppo'}" in err and f"--hub {tmp_path / 'hub'}" in err, err
+    assert "damaged" not in err and "--force" not in err, err

@@ -918,3 +918,64 @@ def test_every_bench_flag_takes_the_default_its_help_names():
         for action in command._actions:
             if callable(action.type) and action.default is not None and not isinstance(action.default, list):
                 assert action.type(str(action.default)) == action.default, (name, action.option_strings)
+
+
+@pytest.mark.parametrize("methods, settings, message", [
+    (["scratch"], {"hyperparams": 5}, "--set hyperparams: 5 (int) is not dict[str, Any]: write a YAML mapping, e.g. "
+                                      "--set hyperparams={n_steps: 128}."),
+    (["scratch"], {"hyperparams": {"nsteps": 5}}, "scratch: Unknown hyperparameter(s) nsteps in hyperparams (--hyperparams "
+                                                  "or --set hyperparams) for ppo: known are "),
+    (["scratch:algo=a2c"], {"hyperparams": {"n_epochs": 4}}, "scratch-a2c: Unknown hyperparameter(s) n_epochs in "),
+    (["scratch"], {"n_envs": 5000}, "scratch: Hyperparameter n_envs: 5000 in --n-envs (or --set n_envs) is not valid: "
+                                    "expected a number of parallel games up to 1,024."),
+    (["scratch"], {"n_envs": 4, "hyperparams": {"n_envs": 8}}, "scratch: --n-envs 4 and the --hyperparams n_envs: 8 disagree"),
+    (["scratch"], {"tensorboard_log": 5}, "--set tensorboard_log: 5 (int) is not str | None: quote it to keep it text, "
+                                          "e.g. --set tensorboard_log=\"'5'\"."),
+    (["hub-pathway"], {"sources": "a.zip"}, "--set sources: 'a.zip' (str) is not list[str]: write a YAML list, e.g. "
+                                            "--set sources=[a.zip]."),
+    (["hub-pathway"], {"hub": 5}, "--set hub: 5 (int) is not str | None: quote it to keep it text"),
+    (["scratch"], {"repeat_action_probability": "x"},
+     "--set repeat_action_probability: 'x' (str) is not float: give a number."),
+    (["scratch", "hub-pathway:hub=5"], {}, "hub-pathway-5: hub: 5 (int) is not str | None: give a str."),
+    (["hub-pathway:noise_floor=x"], {}, "hub-pathway-x: noise_floor: 'x' (str) is not float: give a number."),
+], ids=["hyperparams-int", "hyperparams-typo", "hyperparams-of-another-algo", "n_envs-past-1024", "n_envs-twice",
+        "tensorboard_log-int", "sources-a-string", "hub-int", "sticky-actions-text", "option-hub-int",
+        "option-noise_floor-text"])
+def test_a_bad_set_value_is_refused_at_launch_as_its_flag_would_be(tmp_path, methods, settings, message):
+    """``--set KEY=VALUE`` (any YAML) skipped the checks of the flags: ``hyperparams=5`` made every trial fail with
+    "'int' object is not a mapping", a misspelt hyperparameter or ``n_envs=5000`` (--n-envs stops at 1024) each trial
+    as it started, ``sources=a.zip`` was read letter by letter, ``hub=5`` failed in os.fspath. Now the launch refuses
+    each, in one line naming the key and what to write, before any trial starts or anything is written."""
+    with pytest.raises(GridError) as refused:
+        run_grid(tmp_path / "g", ["Alien"], methods, [0], 1000, settings=settings, trial_fn=fake_trial, validate=True,
+                 log=None)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value), str(refused.value)
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("setting, named", [("hyperparams=5", "--set hyperparams: 5 (int) is not dict"),
+                                            ("hyperparams={nsteps: 5}", "Unknown hyperparameter(s) nsteps"),
+                                            ("n_envs=5000", "n_envs: 5000 in --n-envs (or --set n_envs)"),
+                                            ("sources=a.zip", "--set sources: 'a.zip' (str) is not list[str]"),
+                                            ("hub=5", "--set hub: 5 (int) is not str | None")],
+                         ids=["hyperparams-int", "hyperparams-typo", "n_envs-past-1024", "sources-a-string", "hub-int"])
+def test_bench_run_refuses_a_bad_set_value_in_one_line_before_any_trial(tmp_path, monkeypatch, setting, named):
+    """The command line's path: ``hubrl-bench run ... --set KEY=VALUE`` exits 2 with one line, and no grid folder."""
+    import contextlib
+    import io
+
+    from hubrl.cli import command_main
+    from hubrl.cli.common import main_guard
+
+    def run_transfer(cfg, **kwargs):  # the trials run in this process (--workers 0): none may train
+        raise _Built
+
+    monkeypatch.setattr("hubrl.transfer.run_transfer", run_transfer)
+    main, err = command_main("bench"), io.StringIO()
+    argv = ["run", "--root", str(tmp_path / "g"), "--env", "Alien", "--timesteps", "1k", "--method", "scratch",
+            "hub-pathway", "--workers", "0", "--set", setting]
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+        main_guard(lambda *_: main(argv))
+    assert exited.value.code == 2 and err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1, err.getvalue()
+    assert named in err.getvalue() and "Traceback" not in err.getvalue()
+    assert not (tmp_path / "g").exists()

@@ -313,3 +313,67 @@ def test_experts_keep_their_heads_to_play(tmp_path, tiny_hub):
     expert.heads = {**heads, "action_net.bias": th.full((18,), float("nan"))}  # a ValueError mid-play
     with pytest.raises(HubError, match="NaN or infinite"):
         expert.policy_state()
+
+
+def _pretraining_run(runs: Path, game: str, hub: Path, algo: str = "ppo") -> Path:
+    """A pretraining run folder ``runs/<game>-<algo>`` (hubrl-pretrain's config.yaml) that exports into ``hub``."""
+    import yaml
+
+    folder = runs / f"{game}-{algo}"
+    folder.mkdir(parents=True)
+    run = {"game": game, "algo": algo, "out": str(runs), "hub": str(hub)}
+    (folder / "config.yaml").write_text(yaml.safe_dump({"run": run}))
+    (folder / "checkpoint.pt").write_bytes(b"never read")
+    return folder
+
+
+def test_a_pretraining_run_as_an_expert_or_hub_names_the_experts_it_exported(tmp_path):
+    """A pretraining run folder (or the --out of several) given to --sources or --hub read as a damaged expert
+    of a hub ("export it again ... --force, or move it out of the hub") or an empty hub ("train one", hours):
+    now it is named for what it is, with the experts it exported into its hub."""
+    hub = make_tiny_hub(tmp_path / "hub")
+    runs = tmp_path / "runs"
+    seaquest, riverraid = _pretraining_run(runs, "seaquest", hub), _pretraining_run(runs, "riverraid", hub)
+    with pytest.raises(HubError) as refused:
+        load_sources([seaquest])
+    assert str(refused.value) == (f"{seaquest} is a pretraining run, not an expert: its expert is exported, pass "
+                                  f"--sources {hub / 'seaquest-ppo'} or --hub {hub}.")
+    with pytest.raises(HubError) as refused:
+        resolve_hub(hub=seaquest)
+    assert str(refused.value) == (f"{seaquest} is a pretraining run, not a hub: its expert is exported, pass "
+                                  f"--hub {hub} or --sources {hub / 'seaquest-ppo'}.")
+    with pytest.raises(HubError) as refused:
+        load_hub(runs)
+    assert str(refused.value) == (f"{runs} holds pretraining runs ({riverraid.name}, {seaquest.name}), not a hub: their "
+                                  f"experts are exported, pass --hub {hub} or --sources {hub / 'riverraid-ppo'} "
+                                  f"{hub / 'seaquest-ppo'}.")
+    with pytest.raises(HubError, match=f"^{runs} holds pretraining runs .*, not an expert: .* pass --sources "):
+        load_sources([runs])
+    # an expert damaged inside a hub keeps its advice: export it again from its run, or move it out of the hub
+    (hub / "seaquest-ppo" / "expert.json").unlink()
+    with pytest.raises(HubError, match="If it is damaged, export it again from its pretraining run"):
+        load_sources([hub / "seaquest-ppo"])
+
+
+def test_a_pretraining_run_not_exported_yet_names_the_export_that_the_pretrain_command_accepts(tmp_path):
+    from hubrl.cli.pretrain import parse_args
+
+    hub, runs = tmp_path / "my hub", tmp_path / "runs"  # nothing exported yet
+    seaquest = _pretraining_run(runs, "seaquest", hub, algo="a2c")
+    with pytest.raises(HubError) as refused:
+        load_sources([seaquest])
+    message = str(refused.value)
+    export = f"python -m hubrl pretrain --export --out {runs} --env seaquest --algo a2c --hub {shlex.quote(str(hub))}"
+    assert message == (f"{seaquest} is a pretraining run, not an expert: export its expert into a hub first ({export}), "
+                       f"then pass --sources {shlex.quote(str(hub / 'seaquest-a2c'))}.")
+    assert "--force" not in message and "move" not in message
+    args = parse_args(shlex.split(export)[4:])  # the command hubrl-pretrain accepts: it exports this run into that hub
+    assert (args.export, args.out, args.games, args.algo, args.hub) == (True, str(runs), ["seaquest"], "a2c", str(hub))
+    _pretraining_run(runs, "riverraid", hub)
+    with pytest.raises(HubError) as refused:
+        load_hub(runs)
+    assert str(refused.value) == (
+        f"{runs} holds pretraining runs (riverraid-ppo, seaquest-a2c), not a hub: export their experts into a hub first "
+        f"(python -m hubrl pretrain --export --out {runs} --env riverraid --hub {shlex.quote(str(hub))} and python -m hubrl "
+        f"pretrain --export --out {runs} --env seaquest --algo a2c --hub {shlex.quote(str(hub))}), then pass --hub "
+        f"{shlex.quote(str(hub))}.")
