@@ -258,6 +258,16 @@ def _keeps(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitSt
     return setup
 
 
+def _in_tmp_leaving_nothing(*names: str) -> Callable[[pytest.MonkeyPatch, Path, contextlib.ExitStack], None]:
+    """Run the command in the temporary folder (a default run folder would be made there, not in the
+    repository) and check it made none of ``names`` there."""
+    def setup(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+        monkeypatch.chdir(tmp)
+        _leaves_nothing(*names)(monkeypatch, tmp, stack)
+
+    return setup
+
+
 def _no_ranking(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
     """Fail the test if ``select`` ranks the experts: a refusal that needs no ranking comes first."""
     def rank(*args, **kwargs):
@@ -367,6 +377,18 @@ CASES = [
     ("bench-no-method-before-options", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k", "--method", ":top_k=2"],
      ["names no method", "hub-pathway:top_k=2"], None),
+    # an empty path (an unset shell variable) meant the default folder, or the current one, without a word
+    ("transfer-out-empty", T, lambda t, h: ["--env", "Alien", *FAST, "--timesteps", "256", "--no-early-eval", "--out", ""],
+     ["--out", "is empty: give a path"], _in_tmp_leaving_nothing("runs")),
+    ("bench-root-empty", "bench", lambda t, h: ["run", "--root", "", "--env", "Alien", "--method", "scratch", "--seed", "0",
+                                                "--timesteps", "256", "--n-envs", "1", "--eval-episodes", "1",
+                                                "--workers", "0"],
+     ["--root", "is empty: give a path"], _in_tmp_leaving_nothing("grid.json", "Alien")),
+    ("report-out-empty", "bench", lambda t, h: ["report", str(t), "--out", ""], ["--out", "is empty: give a path"], None),
+    # Ray's per-trial requests, given to the local pool, which would drop them unread
+    ("bench-cpus-per-trial-without-ray", "bench",
+     lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k", "--cpus-per-trial", "2"],
+     ["--cpus-per-trial is what each trial asks of a Ray cluster", "give --ray-address"], _leaves_nothing("g")),
     ("cpus-nan", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k", "--cpus-per-trial", "nan"],
      ["--cpus-per-trial"], None),

@@ -42,6 +42,7 @@ from hubrl.cli.common import (
     non_negative_float,
     non_negative_int,
     parse_given,
+    path_text,
     positive_int,
     refuse_flags_not_read_by,
     seed,
@@ -69,7 +70,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
     run = sub.add_parser("run", help="Run (or continue) a grid of transfer trials.", epilog=methods_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--root", required=True, metavar="DIR", help="Grid folder: trials go to DIR/<Game>/<method>/s<seed>/.")
+    run.add_argument("--root", required=True, type=path_text, metavar="DIR",
+                     help="Grid folder: trials go to DIR/<Game>/<method>/s<seed>/.")
     run.add_argument("--env", dest="games", nargs="+", default=None, metavar="GAME", aliases=("--games",),
                      help="Target games: Alien Gopher Jamesbond ... (required, but with --continue).")
     run.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD", aliases=("--methods",),
@@ -102,7 +104,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--gpus-per-trial", type=non_negative_float, default=0, metavar="N",
                      help="Ray: GPUs each trial asks for (fractions share one). Default: 0.")
     source = run.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR",
+    source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain, for the methods that use one (all but scratch). "
                              "Default: the shipped hub, named at the end.")
     source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
@@ -115,7 +117,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--device", type=device, default=None, metavar="DEVICE",
                      help="Torch device of each trial: auto, cpu, cuda, cuda:1, mps ... "
                           "Default: auto (CUDA when available, else the CPU).")
-    run.add_argument("--hyperparams", default=None, metavar="YAML",
+    run.add_argument("--hyperparams", type=path_text, default=None, metavar="YAML",
                      help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
                           "(keys as in agents/hyperparams/<algo>.yml).")
     run.add_argument("--eval-freq", type=steps, default=None, metavar="STEPS",
@@ -137,7 +139,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
     report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
     report.add_argument("root", help="Grid folder (the --root of run).")
-    report.add_argument("--out", default=None, metavar="DIR", help="Report folder. Default: <root>/report.")
+    report.add_argument("--out", type=path_text, default=None, metavar="DIR", help="Report folder. Default: <root>/report.")
     report.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
                         help="Budget: the tables count the trials evaluated at this many agent steps "
                              "(default: the grid's budget, from grid.json; for a grid that records it, only that "
@@ -158,7 +160,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                                            "hub-pathway trial's policy (each model.zip read as weights only, "
                                            "never unpickled).")
     routes.add_argument("root", help="Grid folder (the --root of run).")
-    routes.add_argument("--out", default=None, metavar="DIR",
+    routes.add_argument("--out", type=path_text, default=None, metavar="DIR",
                         help="Folder of routes.md and routes.csv. Default: <root>/report.")
     routes.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD",
                         help="Only these arms (labels). Default: every k=1 hub-pathway arm.")
@@ -252,6 +254,11 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     from hubrl.runconfig import check_device
 
     settings = _continue_launch(args, given) if args.continue_grid else _settings(args)
+    ray_only = [f"--{name.replace('_', '-')}" for name in ("cpus_per_trial", "gpus_per_trial") if name in given]
+    if ray_only and not args.ray_address:  # the local pool has --workers and --threads: it would drop them unread
+        raise UsageError(f"{' and '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} what each trial asks of a "
+                         "Ray cluster (--ray-address), not read by the local pool of --workers: drop "
+                         f"{'it' if len(ray_only) == 1 else 'them'}, or give --ray-address.")
     if settings.get("device") is not None:
         check_device(settings["device"])  # before the grid is locked and its folder made
 

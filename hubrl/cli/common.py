@@ -195,6 +195,14 @@ def _integer(value: float, text: str, low: int, high: int, what: str) -> int:
     return int(value)
 
 
+def path_text(text: str) -> str:
+    """A file or folder argument: refused when empty (``--out "$UNSET"``), which would otherwise mean the
+    default folder, or the current one, without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path")
+    return text
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (``8``, ``1e3``); rejects inf, nan, fractions and overflow."""
     return _integer(_number(text, "a positive integer"), text, 1, MAX_STEPS, "a positive integer")
@@ -277,9 +285,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                         help="Encoders' arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16; its "
                              "100k-step learning-curve check, 2 seeds, differed from fp32 in both directions, so not "
                              "the default: BENCHMARKS.md). Default: fp32.")
-    parser.add_argument("--tensorboard-log", default=None, metavar="DIR",
+    parser.add_argument("--tensorboard-log", type=path_text, default=None, metavar="DIR",
                         help="TensorBoard folder (default: tb/ inside the run folder).")
-    parser.add_argument("--hyperparams", default=None, metavar="YAML",
+    parser.add_argument("--hyperparams", type=path_text, default=None, metavar="YAML",
                         help="YAML file of hyperparameter overrides, e.g. n_steps: 64 "
                              "(keys as in agents/hyperparams/<algo>.yml).")
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the progress bar (e.g. in logs).")

@@ -25,6 +25,7 @@ from hubrl.cli.common import (
     command_prog,
     device,
     main_guard,
+    path_text,
     positive_int,
     probability,
     seed,
@@ -39,7 +40,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("model", nargs="?", default=None, help="A run folder (or its model.zip), or an SB3 .zip checkpoint.")
     parser.add_argument("--expert", default=None, metavar="NAME",
                         help="Play a hub expert: its name (seaquest-ppo) or its game (Seaquest).")
-    parser.add_argument("--hub", default=None, metavar="DIR", help="Hub folder for --expert (default: the shipped hub).")
+    parser.add_argument("--hub", type=path_text, default=None, metavar="DIR",
+                        help="Hub folder for --expert (default: the shipped hub).")
     parser.add_argument("--env", default=None, metavar="GAME",
                         help="Game to play (default: the run's or expert's own; needed for a plain .zip).")
     parser.add_argument("--episodes", type=positive_int, default=None, metavar="N",
@@ -47,7 +49,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "Default: 1, or no limit with --timesteps.")
     parser.add_argument("--timesteps", dest="steps", type=steps, default=None, metavar="STEPS", aliases=("--steps",),
                         help="Stop after STEPS agent steps (a game still running is reported as unfinished).")
-    parser.add_argument("--video", default=None, metavar="FILE",
+    parser.add_argument("--video", type=path_text, default=None, metavar="FILE",
                         help="Record to FILE (.mp4, or .gif; .mp4 falls back to .gif without [video]). A GIF keeps "
                              "every frame in memory until the end (a 210x160 palette image, 33.6 kB, per agent step): "
                              "use .mp4 for long plays.")

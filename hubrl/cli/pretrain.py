@@ -25,6 +25,7 @@ from hubrl.cli.common import (
     command_prog,
     main_guard,
     parse_given,
+    path_text,
     positive_int,
     probability,
     refuse_flags_not_read_by,
@@ -41,10 +42,10 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Source games. Default: Seaquest Riverraid.")
     parser.add_argument("--timesteps", type=steps, default=10_000_000, metavar="STEPS",
                         help="Agent steps per expert, e.g. 10M, 2e6, 500k. Default: 10M (RL Zoo's budget).")
-    parser.add_argument("--out", default="runs/pretrain", metavar="DIR",
+    parser.add_argument("--out", type=path_text, default="runs/pretrain", metavar="DIR",
                         help="Folder of the runs: each expert trains in DIR/<game>-<algo> (training state, "
                              "TensorBoard events, learning curve). Default: runs/pretrain.")
-    parser.add_argument("--hub", default=None, metavar="DIR",
+    parser.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder the finished experts are exported into (DIR/<game>-<algo>: expert.json + "
                              "weights.safetensors only). Default: ./hub for a new run; a resumed run or --export: "
                              "the hub the run was started with.")

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Sequence
 
 from hubrl.atomic import atomic_write_bytes, probe_writable
-from hubrl.cli.common import ArgumentParser, add_threads_flag, command_prog, env_count, main_guard, probability, seed, steps
+from hubrl.cli.common import (
+    ArgumentParser,
+    add_threads_flag,
+    command_prog,
+    env_count,
+    main_guard,
+    path_text,
+    probability,
+    seed,
+    steps,
+)
 from hubrl.errors import UsageError
 
 
@@ -34,7 +44,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, metavar="GAME", help="Target game: Alien, Gopher, Jamesbond, ALE/Alien-v5 ...")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR",
+    source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) or expert folders to rank.")
@@ -59,7 +69,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
              "beat a random encoder (random features already predict some of the return).",
     )
     add_threads_flag(parser)
-    parser.add_argument("--json", default=None, metavar="FILE",
+    parser.add_argument("--json", type=path_text, default=None, metavar="FILE",
                         help="Also write the ranking to this JSON file (replaced whole if it exists).")
     return parser
 

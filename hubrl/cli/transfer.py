@@ -35,6 +35,7 @@ from hubrl.cli.common import (
     main_guard,
     non_negative_float,
     parse_given,
+    path_text,
     positive_int,
     probability,
     refuse_flags_not_read_by,
@@ -70,13 +71,14 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="select: agent steps of the target game played by a random policy, on which the proxy "
                              "ranks the experts (as hubrl-rank --timesteps). Default: 20k.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--hub", default=None, metavar="DIR",
+    source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub, named at the end).")
     source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
                         help="Agent steps (the budget), e.g. 1M, 100k. Default: 1M.")
-    parser.add_argument("--out", default=None, metavar="DIR", help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
+    parser.add_argument("--out", type=path_text, default=None, metavar="DIR",
+                        help="Run folder. Default: runs/<game>-<method>-<algo>-s<seed>.")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --out from its checkpoint, with the settings it was started with "
                              "(a flag that contradicts them is refused; --timesteps, --device, --threads, "
