@@ -105,6 +105,7 @@ def _expert_policy(expert, game: str, device: str) -> Any:
 def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     from hubrl.agents import AGENT_CLASSES
     from hubrl.grid import read_yaml_object
+    from hubrl.runconfig import is_pretraining_run
 
     config = read_yaml_object(folder / "config.yaml")
     run = config.get("run") if config is not None else None
@@ -115,7 +116,7 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     if algo not in AGENT_CLASSES:
         raise UsageError(f"{folder / 'config.yaml'} names algo {algo!r}: expected one of {', '.join(AGENT_CLASSES)}.")
     if not (folder / "model.zip").is_file():
-        if "game" in run and "env" not in run:  # hubrl-pretrain's config: its expert goes to a hub, not to a model.zip
+        if is_pretraining_run(run):  # hubrl-pretrain's config: its expert goes to a hub, not to a model.zip
             hub = f" --hub {shlex.quote(str(run['hub']))}" if run.get("hub") else ""
             play_it = f"play the expert with --expert {folder.name}{hub}"
             if run.get("hub") and not (Path(str(run["hub"])) / folder.name / "expert.json").is_file():

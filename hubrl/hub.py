@@ -465,21 +465,18 @@ def _saved_run(folder: Path) -> dict | None:
         return None
 
 
-def _is_pretraining_run(run: dict | None) -> bool:
-    """Whether ``run`` (a saved ``run`` section) is hubrl-pretrain's: a ``game`` and no ``env``, as hubrl-enjoy tells it."""
-    return run is not None and isinstance(run.get("game"), str) and "env" not in run
-
-
 def _refuse_pretraining_runs(folder: Path, flag: str, wanted: str) -> None:
     """Refuse ``folder`` given to ``flag`` (where ``wanted`` was expected) when it is a pretraining run
     or a folder of them (a pretrain ``--out``), saying what to give instead: the experts the runs
     exported into their hub, or the command that exports them. Anything else returns."""
+    from hubrl.runconfig import is_pretraining_run
+
     run = _saved_run(folder)
-    if _is_pretraining_run(run):
+    if is_pretraining_run(run):
         runs, what = [(folder, run)], f"{folder} is a pretraining run"
     else:
         found = [(q, _saved_run(q)) for q in sorted(folder.iterdir()) if q.is_dir()]
-        runs = [(q, r) for q, r in found if _is_pretraining_run(r)]
+        runs = [(q, r) for q, r in found if is_pretraining_run(r)]
         what = f"{folder} holds pretraining runs ({', '.join(q.name for q, _ in runs)})"
     if runs:
         raise HubError(f"{what}, not {wanted}: {_pretraining_runs_advice(runs, flag)}.")

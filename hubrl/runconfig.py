@@ -28,7 +28,8 @@ from hubrl.errors import CheckpointError, UsageError
 from hubrl.plaintypes import fits_type, type_name
 
 __all__ = [
-    "read_saved_config", "read_saved_run", "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
+    "read_saved_config", "read_saved_run", "is_pretraining_run",
+    "resume_conflicts", "check_resume", "resume_config", "flag_name", "check_device",
     "check_device_name", "check_finite", "check_pause_at", "tensorboard_name",
 ]
 
@@ -57,6 +58,12 @@ def read_saved_config(config_path: str | Path) -> dict[str, Any]:
 def read_saved_run(config_path: str | Path) -> dict[str, Any]:
     """The ``run`` section of a run's ``config.yaml``; a missing or corrupt file names itself."""
     return read_saved_config(config_path)["run"]
+
+
+def is_pretraining_run(run: Mapping[str, Any] | None) -> bool:
+    """Whether ``run`` (a saved ``run`` section) is hubrl-pretrain's: it names a ``game`` and no ``env``
+    (a transfer run's), and exports its expert to a hub instead of writing a ``model.zip``."""
+    return run is not None and isinstance(run.get("game"), str) and "env" not in run
 
 
 def flag_name(name: str, flags: Mapping[str, str] | None = None) -> str:
