@@ -263,9 +263,10 @@ ROUTING_WARMUP = 2048
 
 
 def _as_shares(weights: np.ndarray) -> np.ndarray:
-    """Each rollout's row as shares of its sum: a soft gate's weights (Zoo-Tuning's sigmoids, one
-    per expert) need not sum to 1, so two experts at 0.96 each would both pass as "one expert
-    takes it all"; selection frequencies already sum to 1 and stay as they are."""
+    """Each rollout's row of a soft gate's mean weights as shares of its sum: they need not sum to 1
+    (Zoo-Tuning's sigmoids, one per expert), so two experts at 0.96 each would both pass as "one
+    expert takes it all". (Selection frequencies are not passed here: they sum to k, each state
+    selecting k experts, and a share of the states is what their collapse counts.)"""
     totals = np.nansum(weights, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, weights / totals, np.nan)
@@ -299,7 +300,8 @@ def routing_table(trials: Sequence[TrialResult], stage: int | None = None) -> li
         row: dict[str, Any] = {"game": t.game, "method": t.method, "seed": t.seed, "rollouts": len(history),
                                "last_step": int(history[-1]["step"]),
                                "share_of": "states" if statistic == "selection_freq" else "mean weight",
-                               "collapsed": float(np.mean(np.nanmax(_as_shares(shares), axis=1) >= COLLAPSE_SHARE))}
+                               "collapsed": float(np.mean(np.nanmax(shares if statistic == "selection_freq"
+                                                                    else _as_shares(shares), axis=1) >= COLLAPSE_SHARE))}
         for i, name in enumerate(experts):
             row[f"share/{name}"] = float(np.nanmean(shares[:, i]))
         for key in ("logit_spread", "logit_drift", "noise_std", "route_tv"):

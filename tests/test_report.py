@@ -550,6 +550,13 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
     (even,) = routing_table(load_trials(grid))
     assert even["collapsed"] == 0.0 and even["share/a"] == pytest.approx(0.96)
     (folder / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    # a top-2 gate's selection frequencies sum to 2 (each state selects two experts): a share of the states each,
+    # not shares of their sum; an expert selected for every state is what its collapse counts
+    top2 = _trial(grid, "Alien", "hub-pathway-k2", 0, [[500], [800]], status=_st(1000, 20, 800.0))
+    (top2 / "gates.jsonl").write_text(json.dumps({"step": 4096, "selection_freq/a": 1.0, "selection_freq/b": 0.97,
+                                                  "selection_freq/c": 0.03}))
+    k2 = next(r for r in routing_table(load_trials(grid)) if r["method"] == "hub-pathway-k2")
+    assert k2["collapsed"] == 1.0 and k2["share_of"] == "states"
     report = write_report(grid, reps=200)
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
