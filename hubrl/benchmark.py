@@ -323,7 +323,7 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
     import dataclasses
 
     from hubrl.agents.presets import check_hyperparams
-    from hubrl.harness import resolve_run_hyperparams
+    from hubrl.harness import check_n_envs_given_once, resolve_run_hyperparams
     from hubrl.hub import HubError, resolve_hub
     from hubrl.methods import HUB_METHODS, check_hub_serves
     from hubrl.transfer import TransferConfig, refuse_options_of_other_methods, validate_config
@@ -345,7 +345,8 @@ def _validate_trial_configs(games: Sequence[str], methods: Sequence[str], settin
             check_hyperparams(cfg.hyperparams, cfg.algo, where="hyperparams (--hyperparams or --set hyperparams)")
             if cfg.n_envs is not None:
                 check_hyperparams({"n_envs": cfg.n_envs}, cfg.algo, where="--n-envs (or --set n_envs)")
-            resolve_run_hyperparams(dataclasses.replace(cfg))  # the rest of the trial's check: two n_envs, policy_kwargs
+            check_n_envs_given_once(cfg)  # as a new trial's run refuses it
+            resolve_run_hyperparams(dataclasses.replace(cfg))  # the rest of the trial's check: policy_kwargs
             _check_stage_is_evaluated(pause_at, budget, cfg.eval_freq)
             if method in HUB_METHODS:
                 key = (cfg.hub, tuple(cfg.sources))

@@ -75,7 +75,8 @@ from hubrl.training import EvalHistory, TrainingOutcome, run_training
 __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RUN_LOCK_NAME", "RESUME_MAY_CHANGE", "FLAGS", "PATH_FIELDS", "RunConfig", "Run",
     "absolute_paths", "validate_run_settings", "check_resumable", "check_run_folder", "check_tensorboard_log",
-    "hold_run_folder", "resolve_run_hyperparams", "start_run", "draw_learning_curve", "writable_folder_problem",
+    "hold_run_folder", "check_n_envs_given_once", "resolve_run_hyperparams",
+    "start_run", "draw_learning_curve", "writable_folder_problem",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -259,15 +260,20 @@ def writable_folder_problem(folder: Path) -> str | None:
     return None
 
 
-def resolve_run_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The preset with ``cfg``'s overrides (and ``n_envs``), as plain values and as agent kwargs;
-    sets ``cfg.n_envs`` to the number used. ``n_envs`` given both ways with two values is refused
-    (the flag would win without a word)."""
+def check_n_envs_given_once(cfg: RunConfig) -> None:
+    """Refuse a new run given ``n_envs`` both as the flag and in its ``--hyperparams`` with two values
+    (the flag would win without a word). Not checked on resume: a run saved before this check ran
+    with the flag's number, and keeps it."""
     given = cfg.hyperparams.get("n_envs") if isinstance(cfg.hyperparams, dict) else None
     if cfg.n_envs and given is not None and given != cfg.n_envs:
         flag = flag_name("n_envs", type(cfg).FLAGS)
         raise UsageError(f"{flag} {cfg.n_envs} and the --hyperparams n_envs: {given!r} disagree: give the number of "
                          f"parallel games once (drop one of them).")
+
+
+def resolve_run_hyperparams(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The preset with ``cfg``'s overrides (and ``n_envs``, which wins over the overrides' own), as
+    plain values and as agent kwargs; sets ``cfg.n_envs`` to the number used."""
     plain, kwargs = resolve_hyperparams(cfg.algo, {**cfg.hyperparams, **({"n_envs": cfg.n_envs} if cfg.n_envs else {})})
     cfg.n_envs = int(plain["n_envs"])
     return plain, kwargs
@@ -471,6 +477,7 @@ def start_run(
     folder = Path(folder)
     flags = type(cfg).FLAGS
     if not resume:  # before the folder is looked at: a bad setting is named first
+        check_n_envs_given_once(cfg)
         check_tensorboard_log(cfg.tensorboard_log)
         check_pause_at(pause_at, int(cfg.timesteps), flags)
     if not resume and not force:

@@ -184,6 +184,15 @@ def _finished_run_without_checkpoints(tmp: Path) -> Path:
     return folder
 
 
+def _run_with_two_n_envs(tmp: Path) -> Path:
+    """A transfer run folder saved with ``--n-envs 2`` and ``--hyperparams`` ``n_envs: 4`` (trained with 2)."""
+    folder = _saved_run(tmp)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["run"]["hyperparams"] = {"n_envs": 4}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
 def _run_with_torn_config(tmp: Path) -> Path:
     """A run folder whose ``config.yaml`` was cut short mid-line."""
     folder = _saved_run(tmp)
@@ -443,6 +452,10 @@ CASES = [
     ("hyperparams-n-envs-and-the-flag-disagree", T,
      lambda t, h: ["--env", "Alien", "--method", "scratch", "--hyperparams", _yaml(t, "n_envs: 4\n"), *_tiny_run(t)],
      ["--n-envs 1 and the --hyperparams n_envs: 4 disagree"], _leaves_nothing("run")),
+    # a run saved before that check (both numbers in its config.yaml, the flag's trained) resumes: here it reaches its
+    # checkpoint, which the stand-in makes the refusal
+    ("transfer-resume-a-run-saved-with-two-n-envs", T, lambda t, h: ["--resume", "--out", str(_run_with_two_n_envs(t))],
+     ["checkpoint.pt is corrupt"], None),
     ("hyperparams-not-yaml", T, lambda t, h: ["--env", "Alien", "--hyperparams", _yaml(t, "a: [\n")],
      ["hyper.yaml", "YAML"], None),
     # bf16 reaches NatureCNN encoders only: Zoo-Tuning would train in fp32 while the run said bf16
