@@ -230,6 +230,19 @@ def test_an_update_ended_part_way_is_undone_before_the_checkpoint(tmp_path):
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {2}  # Adam: the first update's 2 steps
 
 
+def test_only_an_update_of_several_optimizer_steps_is_kept_to_undo():
+    """The copy an update is undone from costs little beside PPO's rollouts and update (1,024 steps, many
+    minibatches) but 10-20% of A2C's short ones, whose update is a single step: only the first is kept."""
+    from stable_baselines3 import A2C
+
+    from hubrl.training import _optimizer_steps_per_update
+
+    env = make_atari_vec_env("Gopher", 2, seed=0)
+    assert _optimizer_steps_per_update(A2C("CnnPolicy", env, n_steps=5, device="cpu")) == 1
+    assert _optimizer_steps_per_update(_model()) == 1  # 2 envs x 32 steps in one minibatch of 64, one epoch
+    assert _optimizer_steps_per_update(PPO("CnnPolicy", env, n_steps=32, batch_size=16, n_epochs=3, device="cpu")) == 12
+
+
 def test_checkpoints_are_read_as_weights_only(tmp_path):
     """A checkpoint carrying a pickled object is refused; its payload never runs."""
     marker = tmp_path / "payload-ran"
