@@ -615,7 +615,7 @@ def load_trials(root: str | Path, budget: int | None = None, stage: int | None =
     return trials
 
 
-def align_aucs(trials: Sequence[TrialResult]) -> dict[str, tuple[float, float]]:
+def align_aucs(trials: Sequence[TrialResult]) -> dict[str, tuple[float, float] | None]:
     """Average every finished trial's AUC of a game over the same steps, where the game's finished
     trials were evaluated over different ranges (an arm given its own ``eval_freq`` or
     ``early_eval``): from the latest first evaluation to the earliest last one, each curve
@@ -626,18 +626,23 @@ def align_aucs(trials: Sequence[TrialResult]) -> dict[str, tuple[float, float]]:
     Ranges within a rollout of each other count as the same (the step a run stops at depends on its
     rollout). Unfinished trials keep their own AUC (they are in ``runs.csv`` only).
 
-    :returns: ``{game: (start, end)}`` for each game whose AUCs were put on a common range.
+    :returns: ``{game: (start, end)}`` for each game whose AUCs were put on a common range, and
+        ``{game: None}`` for one whose trials' ranges differ but share no span (one arm evaluated
+        only after another's last evaluation, say): their own AUCs are kept, and they do not compare.
     """
     by_game: dict[str, list[TrialResult]] = {}
     for t in trials:
         if t.finished:
             by_game.setdefault(t.game, []).append(t)
-    ranges: dict[str, tuple[float, float]] = {}
+    ranges: dict[str, tuple[float, float] | None] = {}
     for game, group in sorted(by_game.items()):
         tolerance = max(t.rollout for t in group)
         firsts, lasts = [float(t.steps[0]) for t in group], [float(t.steps[-1]) for t in group]
         start, end = max(firsts), min(lasts)
-        if (max(firsts) - min(firsts) <= tolerance and max(lasts) - min(lasts) <= tolerance) or start >= end:
+        if max(firsts) - min(firsts) <= tolerance and max(lasts) - min(lasts) <= tolerance:
+            continue
+        if start >= end:
+            ranges[game] = None
             continue
         for t in group:
             t.auc = learning_curve_auc(t.steps, t.means, start, end)

@@ -174,12 +174,15 @@ def write_report(
     focus = [focus] if isinstance(focus, str) else list(dict.fromkeys(focus))
     settings = grid.get("settings")
     unfinished = unfinished_notice(trials, settings.get("eval_freq") if isinstance(settings, dict) else None)
-    auc_ranges = auc_range_notice(align_aucs(trials))  # before the tables: every AUC they compare over one range
+    ranges = align_aucs(trials)  # before the tables: every AUC they compare over one range, where there is one
+    auc_ranges = auc_range_notice(ranges)
     damage = grid_json_damage(root)
     damaged_grid = (f"{damage}: its budget, seeds and commit are unknown here, so each trial counts as finished at "
                     "its own configured budget; mend the file (run --continue needs it too).") if damage else None
     if notices is not None:
         notices += [notice for notice in (unfinished, damaged_grid) if notice]
+        if None in ranges.values():  # AUCs that do not compare: a warning, not only a line of the report
+            notices.append(auc_ranges)
     tables = _make_tables(trials, root, baseline, reps, confidence, seed, focus, stage)
     _write_tables(out, tables, baseline, confidence)
     figures = _Figures(
@@ -348,14 +351,21 @@ def _by_focus(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [[r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)]
 
 
-def auc_range_notice(ranges: dict[str, tuple[float, float]]) -> str | None:
+def auc_range_notice(ranges: dict[str, tuple[float, float] | None]) -> str | None:
     """The line saying over which steps the AUCs of games whose finished trials were evaluated over
-    different ranges are averaged (:func:`hubrl.grid.align_aucs`); ``None`` when there is none."""
+    different ranges are averaged (:func:`hubrl.grid.align_aucs`), and on which games they share no
+    span, so that their AUCs do not compare; ``None`` when there is none."""
     if not ranges:
         return None
-    spans = "; ".join(f"{game} from {start:,.0f} to {end:,.0f} agent steps" for game, (start, end) in ranges.items())
-    return (f"AUCs are averaged over the steps every finished trial of the game was evaluated in, as some arms were "
-            f"evaluated over other ranges (their own eval_freq or early_eval): {spans}.")
+    common = {game: span for game, span in ranges.items() if span is not None}
+    apart = [game for game, span in ranges.items() if span is None]
+    spans = "; ".join(f"{game} from {start:,.0f} to {end:,.0f} agent steps" for game, (start, end) in common.items())
+    return " ".join(part for part in (
+        (f"AUCs are averaged over the steps every finished trial of the game was evaluated in, as some arms were "
+         f"evaluated over other ranges (their own eval_freq or early_eval): {spans}.") if common else "",
+        (f"On {', '.join(apart)} the arms' evaluations share no span of steps, so their AUCs (each over its own range) "
+         "are not like for like; give every arm the same eval_freq and early_eval.") if apart else "",
+    ) if part)
 
 
 def unfinished_notice(trials: Sequence[TrialResult], every: int | None = None) -> str | None:

@@ -596,6 +596,14 @@ def test_arms_evaluated_over_other_ranges_have_their_aucs_taken_over_the_common_
     assert auc_range_notice({"Alien": (500.0, 1000.0)}) in report and "Alien from 500 to 1,000 agent steps" in report
     results = {(r["method"]): r for r in _rows(grid / "report" / "results.csv") if r["game"] == "Alien"}
     assert float(results["zoo-tuning"]["auc_mean"]) == pytest.approx(650.0)
+    # an arm evaluated only at the budget, beside one evaluated at 500 and 1000: no span in common (its AUC is its
+    # final score, the other's the mean of its curve), so the AUCs do not compare, and the command is told
+    late = _trial(grid, "Gopher", "zoo-tuning", 0, [[900]], steps=(1000,), status=_st(1000, 20, 800.0))
+    assert align_aucs(load_trials(grid))["Gopher"] is None
+    notices = []
+    write_report(grid, reps=200, notices=notices)
+    assert any("On Gopher the arms' evaluations share no span of steps" in notice for notice in notices)
+    late.joinpath("evaluations.json").unlink()
     assert learning_curve_auc([0, 100, 200], [0, 10, 30], start=50, end=150) == pytest.approx((5 + 10) / 2 * 0.5
                                                                                             + (10 + 20) / 2 * 0.5)
 
