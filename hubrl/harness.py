@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shlex
 import shutil
 import sys
 import warnings
@@ -159,8 +160,8 @@ def check_resumable(folder: Path, has_force: bool = False) -> None:
                          "Run without --resume to start a run there.")
     if (folder / "model.zip").is_file():  # its checkpoints deleted (to save space, say): its trained model stays
         raise UsageError(f"{nothing}, but its trained model.zip is there (its checkpoints were deleted?), and a run "
-                         f"continues only from a checkpoint. The model is kept: play it with hubrl-enjoy {folder}, or "
-                         "train a new run in another --out.")
+                         f"continues only from a checkpoint. The model is kept: play it with hubrl-enjoy "
+                         f"{shlex.quote(str(folder))}, or train a new run in another --out.")
     again = "with --force instead of --resume" if has_force else f"in another --out (or after deleting {folder})"
     raise UsageError(f"{nothing}: the run there stopped before its first checkpoint, so it cannot continue. "
                      f"Start it again {again}.")

@@ -394,6 +394,11 @@ CASES = [
                                                 "--workers", "0"],
      ["--root", "is empty: give a path"], _in_tmp_leaving_nothing("grid.json", "Alien")),
     ("report-out-empty", "bench", lambda t, h: ["report", str(t), "--out", ""], ["--out", "is empty: give a path"], None),
+    ("archive-dest-empty", "bench", lambda t, h: ["archive", str(t), ""], ["dest", "is empty: give a path"],
+     _in_tmp_leaving_nothing("grid.json")),
+    ("report-root-empty", "bench", lambda t, h: ["report", ""], ["root", "is empty: give a path"], None),
+    ("transfer-sources-empty", T, lambda t, h: ["--env", "Alien", "--sources", "a.zip", ""],
+     ["--sources", "is empty: give a path"], None),
     # Ray's per-trial requests, given to the local pool, which would drop them unread
     ("bench-cpus-per-trial-without-ray", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k", "--cpus-per-trial", "2"],

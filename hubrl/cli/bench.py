@@ -107,7 +107,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain, for the methods that use one (all but scratch). "
                              "Default: the shipped hub, named at the end.")
-    source.add_argument("--sources", nargs="+", default=None, metavar="ZIP",
+    source.add_argument("--sources", nargs="+", type=path_text, default=None, metavar="ZIP",
                         help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts "
                              "(by the methods that use a hub).")
     run.add_argument("--algo", choices=["ppo", "a2c"], default=None,
@@ -138,7 +138,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                      help="Write <root>/report/ when the grid is done (as the report command with its defaults).")
 
     report = sub.add_parser("report", help="Write <root>/report/ from the trials of a grid.")
-    report.add_argument("root", help="Grid folder (the --root of run).")
+    report.add_argument("root", type=path_text, help="Grid folder (the --root of run).")
     report.add_argument("--out", type=path_text, default=None, metavar="DIR", help="Report folder. Default: <root>/report.")
     report.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
                         help="Budget: the tables count the trials evaluated at this many agent steps "
@@ -159,7 +159,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     routes = sub.add_parser("routes", help="Write <root>/report/routes.md: what the route changes in each "
                                            "hub-pathway trial's policy (each model.zip read as weights only, "
                                            "never unpickled).")
-    routes.add_argument("root", help="Grid folder (the --root of run).")
+    routes.add_argument("root", type=path_text, help="Grid folder (the --root of run).")
     routes.add_argument("--out", type=path_text, default=None, metavar="DIR",
                         help="Folder of routes.md and routes.csv. Default: <root>/report.")
     routes.add_argument("--method", dest="methods", nargs="+", default=None, metavar="METHOD",
@@ -173,8 +173,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
     archive = sub.add_parser("archive", help="Copy the records of the stopped trials of a grid, without weights, "
                                              "into another folder.")
-    archive.add_argument("root", help="Grid folder (the --root of run).")
-    archive.add_argument("dest", help="Archive folder (outside the grid); its copies of trials still training are kept.")
+    archive.add_argument("root", type=path_text, help="Grid folder (the --root of run).")
+    archive.add_argument("dest", type=path_text,
+                         help="Archive folder (outside the grid); its copies of trials still training are kept.")
     archive.add_argument("--tensorboard", action="store_true", help="Also copy each trial's TensorBoard logs (tb/).")
     archive.add_argument("--replace", action="store_true",
                          help="Replace archived trials that another run of the same trial made (their evaluations are "

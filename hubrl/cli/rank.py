@@ -46,7 +46,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub).")
-    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
+    source.add_argument("--sources", nargs="+", type=path_text, default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip) or expert folders to rank.")
     parser.add_argument("--timesteps", dest="frames", type=steps, default=20_000, metavar="STEPS", aliases=("--frames",),
                         help="Random-policy agent steps of the target game, e.g. 20k. Default: 20k.")

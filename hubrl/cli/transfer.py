@@ -73,7 +73,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--hub", type=path_text, default=None, metavar="DIR",
                         help="Hub folder made by hubrl-pretrain (default: the shipped hub, named at the end).")
-    source.add_argument("--sources", nargs="+", default=[], metavar="ZIP",
+    source.add_argument("--sources", nargs="+", type=path_text, default=[], metavar="ZIP",
                         help="SB3 checkpoints (.zip), read as weights only, or expert folders, to use as experts.")
     parser.add_argument("--timesteps", type=steps, default=1_000_000, metavar="STEPS",
                         help="Agent steps (the budget), e.g. 1M, 100k. Default: 1M.")
