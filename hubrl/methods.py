@@ -162,7 +162,7 @@ def _select(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] |
 
 
 def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, Any] | None = None) -> MethodPlan:
-    from hubrl.zoo_tuning import ZooTuningPolicy, load_merged_lite, load_zoo_weights
+    from hubrl.zoo_tuning import LITE_EMA_MOMENTUM, ZooTuningPolicy, load_merged_lite, load_zoo_weights
 
     def finalize(model: BaseAlgorithm, make_agent: Callable[[type[BasePolicy]], BaseAlgorithm]) -> BaseAlgorithm:
         """Lite: save a plain NatureCNN ``CnnPolicy`` holding the merged experts (scratch's cost)."""
@@ -177,12 +177,14 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
         notices.append(f"The hub has one expert ({hub.names[0]}): Zoo-Tuning aggregates nothing, and its gates start at "
                        "0.9, so the encoder does not even start as the expert; --method finetune starts from it exactly, "
                        "or give a hub of two or more experts.")
+    # lite's moving-average momentum: the run's own on resume (before 8581b24 lite runs did not record it: 0.99 then)
+    momentum = LITE_EMA_MOMENTUM if previous is None else float(previous.get("ema_momentum", 0.99))
     return MethodPlan(
         ZooTuningPolicy,
-        policy_kwargs={"expert_names": hub.names, "lite": cfg.lite},
+        policy_kwargs={"expert_names": hub.names, "lite": cfg.lite, **({"ema_momentum": momentum} if cfg.lite else {})},
         init=lambda policy: load_zoo_weights(policy.features_extractor, hub),
         callbacks=[GateUsageCallback(prefix="zoo")],
-        notes={"lite": cfg.lite},
+        notes={"lite": cfg.lite, **({"ema_momentum": momentum} if cfg.lite else {})},
         finalize=finalize if cfg.lite else None,
         warnings=notices,
     )

@@ -586,6 +586,22 @@ def test_hub_pathway_on_a_one_expert_hub_says_it_is_a_fine_tune(tmp_path):
     assert plan_method(learned, hub, "gopher").warnings == [notice]  # not "use a --top-k below 1"
 
 
+def test_a_resumed_lite_run_keeps_the_moving_average_momentum_it_ran_with(tmp_path):
+    """Lite's momentum went from 0.99 to 0.9 (8581b24); a lite run resumed across that change kept
+    training at the new one, unrecorded. It is recorded in the method notes now, and a resumed run
+    keeps its own (0.99 for a run that recorded none)."""
+    from hubrl.hub import load_hub
+    from hubrl.methods import plan_method
+
+    hub = load_hub(make_tiny_hub(tmp_path / "hub"))
+    lite = _cfg(tmp_path, method="zoo-tuning", lite=True)
+    fresh = plan_method(lite, hub, "gopher")
+    assert fresh.policy_kwargs["ema_momentum"] == 0.9 and fresh.notes["ema_momentum"] == 0.9
+    assert plan_method(lite, hub, "gopher", previous={"lite": True}).policy_kwargs["ema_momentum"] == 0.99
+    assert plan_method(lite, hub, "gopher", previous=fresh.notes).policy_kwargs["ema_momentum"] == 0.9
+    assert "ema_momentum" not in plan_method(_cfg(tmp_path, method="zoo-tuning"), hub, "gopher").policy_kwargs
+
+
 def test_zoo_tuning_on_a_one_expert_hub_says_it_does_not_start_as_the_expert(tmp_path):
     from hubrl.hub import Hub, load_hub
     from hubrl.methods import plan_method
