@@ -97,8 +97,9 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False, 
     if others and not replace:
         raise UsageError(
             f"{dest} holds another run of {len(others)} of this grid's trials, e.g. {others[0]}: its evaluations are "
-            f"not the start of {root / others[0]}'s (the archive of another grid, or the trial trained again from the "
-            "start), and archiving would replace its records. Give another folder, or pass --replace to replace them.")
+            f"not the start of {root / others[0]}'s (the archive of another grid; the trial trained again from the "
+            "start, or resumed from an earlier checkpoint and evaluated again; or a damaged evaluations.json), and "
+            "archiving would replace its records. Give another folder, or pass --replace to replace them.")
     dest.mkdir(parents=True, exist_ok=True)
     for folder, name in settled:
         target = dest / name
@@ -126,8 +127,8 @@ def continues(archived: str | Path, trial: str | Path) -> bool:
     archived evaluations are the first ones of the trial, step and mean score alike (``True`` when
     nothing is archived there yet)."""
     old, new = read_evaluations(archived), read_evaluations(trial)
-    return len(old) <= len(new) and all(a.get("step") == b.get("step") and a.get("mean") == b.get("mean")
-                                        for a, b in zip(old, new))
+    return len(old) <= len(new) and all(isinstance(a, dict) and isinstance(b, dict) and a.get("step") == b.get("step")
+                                        and a.get("mean") == b.get("mean") for a, b in zip(old, new))
 
 
 def _refuse_another_grids_archive(root: Path, dest: Path) -> None:

@@ -159,6 +159,9 @@ def test_an_archive_of_another_run_with_the_same_budget_is_refused_unless_replac
                                          r"--replace"):
         archive_grid(other, archive)
     assert {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
+    (archive / "Alien/scratch/s0/evaluations.json").write_text('{"points": [1, 2]}')  # damaged: refused, not a traceback
+    with pytest.raises(UsageError, match="or a damaged evaluations.json"):
+        archive_grid(grid, archive)
     assert main(["archive", str(other), str(archive), "--replace"]) == 0
     means = [p["mean"] for p in json.loads((archive / "Alien/scratch/s0/evaluations.json").read_text())["points"]]
     assert means == [12.0, 18.0, 40.0]
