@@ -179,12 +179,13 @@ def _zoo_tuning(cfg: MethodSettings, hub: Hub, game: str, previous: dict[str, An
                        "or give a hub of two or more experts.")
     # lite's moving-average momentum: the run's own on resume (before 8581b24 lite runs did not record it: 0.99 then)
     momentum = LITE_EMA_MOMENTUM if previous is None else float(previous.get("ema_momentum", 0.99))
+    settings = {"lite": cfg.lite, **({"ema_momentum": momentum} if cfg.lite else {})}  # the policy's, and recorded
     return MethodPlan(
         ZooTuningPolicy,
-        policy_kwargs={"expert_names": hub.names, "lite": cfg.lite, **({"ema_momentum": momentum} if cfg.lite else {})},
+        policy_kwargs={"expert_names": hub.names, **settings},
         init=lambda policy: load_zoo_weights(policy.features_extractor, hub),
         callbacks=[GateUsageCallback(prefix="zoo")],
-        notes={"lite": cfg.lite, **({"ema_momentum": momentum} if cfg.lite else {})},
+        notes=settings,
         finalize=finalize if cfg.lite else None,
         warnings=notices,
     )

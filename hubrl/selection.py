@@ -591,16 +591,20 @@ def rank_experts(
         t0 = time.perf_counter()
         score = proxy_score(expert, data, probe=probe)
         rankings.append(Ranking(expert.name, score, time.perf_counter() - t0))
+        if not _finite(score):
+            print(f"warning: expert {expert.name} scored {score} on the selection proxy (its features are not "
+                  "finite: a damaged expert?); it is ranked last", file=sys.stderr)
         if on_ranked is not None:
             on_ranked(rankings[-1])
     return sorted(rankings, key=_best_first)
 
 
+def _finite(proxy: float | None) -> bool:
+    return proxy is not None and math.isfinite(proxy)
+
+
 def _best_first(ranking: Ranking) -> tuple[bool, float]:
     """Sort key, highest proxy first; a score that is not a number (features holding NaN or inf: a
     damaged expert) ranks last, never first (``-nan`` in a sort key leaves the order arbitrary)."""
-    finite = ranking.proxy is not None and math.isfinite(ranking.proxy)
-    if not finite:
-        print(f"warning: expert {ranking.name} scored {ranking.proxy} on the selection proxy (its features are not "
-              "finite: a damaged expert?); it is ranked last", file=sys.stderr)
+    finite = _finite(ranking.proxy)
     return (not finite, -ranking.proxy if finite else 0.0)

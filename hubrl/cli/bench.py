@@ -373,10 +373,8 @@ def _stage_advice(root: str, step: int, every: Any) -> str:
     from hubrl.report import evaluated_stage
     from hubrl.tables import step_label
 
-    if not (isinstance(every, int) and every > 0):  # any stage is taken
-        return f"give --stages {step_label(step)} for the grid as it stood at {step_label(step)}."
-    stage = evaluated_stage(load_trials(root), every, up_to=step)
-    if stage == step:
+    stage = evaluated_stage(load_trials(root), every, up_to=step) if isinstance(every, int) and every > 0 else step
+    if stage == step:  # (no eval_freq recorded: any stage is taken)
         return f"give --stages {step_label(step)} for the grid as it stood at {step_label(step)}."
     if stage:
         return (f"give --stages {step_label(stage)} for the grid as it stood at {step_label(stage)}, its last stage "
