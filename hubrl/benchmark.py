@@ -284,7 +284,12 @@ def _check_setting_types(values: dict[str, Any], token: str | None = None) -> No
         if fits_type(value, hint):
             continue
         kinds = [k for k in typing.get_args(hint) or (hint,) if k is not type(None)]
-        if typing.get_origin(hint) is list:
+        if token is not None and typing.get_origin(hint) in (list, dict):  # METHOD:KEY=VALUE gives one plain value
+            instead = f"name a hub folder instead ({parse_method(token)[1]}:hub=DIR), or " if name == "sources" else ""
+            shape = "[a, b]" if typing.get_origin(hint) is list else "{n_steps: 128}"
+            fix = (f"a method's option takes one plain value, not a {'list' if shape[0] == '[' else 'mapping'}: {instead}"
+                   f"give it to every arm with --set {name}={shape}")
+        elif typing.get_origin(hint) is list:
             fix = f"write a YAML list, e.g. --set {name}=[{value if isinstance(value, str) else 'a, b'}]"
         elif typing.get_origin(hint) is dict:
             fix = f"write a YAML mapping, e.g. --set {name}={{n_steps: 128}}"

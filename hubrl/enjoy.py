@@ -105,7 +105,7 @@ def _expert_policy(expert, game: str, device: str) -> Any:
 def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
     from hubrl.agents import AGENT_CLASSES
     from hubrl.grid import read_yaml_object
-    from hubrl.runconfig import is_pretraining_run
+    from hubrl.runconfig import export_command, is_pretraining_run
 
     config = read_yaml_object(folder / "config.yaml")
     run = config.get("run") if config is not None else None
@@ -121,9 +121,9 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
             play_it = f"play the expert with --expert {folder.name}{hub}"
             if run.get("hub") and not (Path(str(run["hub"])) / folder.name / "expert.json").is_file():
                 # paused or stopped before its budget: nothing exported yet, so --expert alone would not find it
+                export = export_command(folder.parent, [str(run["game"])], str(run.get("algo") or "ppo"))
                 raise UsageError(f"{folder} is a pretraining run whose expert is not exported yet: export its latest "
-                                 f"checkpoint with python -m hubrl pretrain --export --out "
-                                 f"{shlex.quote(str(folder.parent))} --env {shlex.quote(str(run['game']))}, then {play_it}.")
+                                 f"checkpoint with {export}, then {play_it}.")
             raise UsageError(f"{folder} is a pretraining run: it exports its expert to a hub instead of writing a "
                              f"model.zip; {play_it}.")
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
@@ -188,6 +188,9 @@ def check_video_path(path: str | Path) -> Path:
         raise UsageError(f"--video {path}: give a .mp4 or .gif file name.")
     if path.is_dir():  # the video could not be renamed over it: found out now, not after the play
         raise UsageError(f"--video {path} is a folder: give a file name, e.g. {path / ('play' + path.suffix)}")
+    above = next((p for p in path.absolute().parents if p.exists()), None)  # the nearest part that exists
+    if above is not None and not above.is_dir():  # no folder can be made inside a file: found out now, too
+        raise UsageError(f"--video {path}: {above} is a file, not a folder: give a path whose folders are folders.")
     gif = path.with_suffix(".gif")
     if path.suffix.lower() == ".mp4" and not mp4_available() and gif.exists():  # the fallback must not replace a file
         raise UsageError(f"--video {path}: without imageio-ffmpeg the video is written as {gif}, which exists and "

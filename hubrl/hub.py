@@ -494,13 +494,12 @@ def _pretraining_runs_advice(runs: list[tuple[Path, dict]], flag: str) -> str:
     give.sort(key=lambda option: not option.startswith(flag))  # the flag the user gave first
     if exported:
         return f"{'its expert is' if len(runs) == 1 else 'their experts are'} exported, pass {' or '.join(give)}"
+    from hubrl.runconfig import export_command
+
     games: dict[str, list[str]] = {}  # one --export per algorithm: it exports <out>/<game>-<algo>
     for _, run in runs:
-        games.setdefault(str(run.get("algo") or "ppo").lower(), []).append(shlex.quote(str(run["game"])))
-    out = shlex.quote(str(runs[0][0].parent))
-    export = " and ".join(f"python -m hubrl pretrain --export --out {out} --env {' '.join(names)}"
-                          + ("" if algo == "ppo" else f" --algo {shlex.quote(algo)}") + f" --hub {shlex.quote(hub)}"
-                          for algo, names in games.items())
+        games.setdefault(str(run.get("algo") or "ppo").lower(), []).append(str(run["game"]))
+    export = " and ".join(export_command(runs[0][0].parent, names, algo, hub) for algo, names in games.items())
     return f"export {'its expert' if len(runs) == 1 else 'their experts'} into a hub first ({export}), then pass {give[0]}"
 
 

@@ -66,6 +66,14 @@ def is_pretraining_run(run: Mapping[str, Any] | None) -> bool:
     return run is not None and isinstance(run.get("game"), str) and "env" not in run
 
 
+def export_command(out: str | Path, games: list[str], algo: str = "ppo", hub: str | Path | None = None) -> str:
+    """The ``python -m hubrl pretrain --export`` that exports the pretraining runs of ``games`` (all
+    trained with ``algo``) kept in ``out``; ``hub``: where to, default the hub each run was started with."""
+    return (f"python -m hubrl pretrain --export --out {shlex.quote(str(out))} --env {' '.join(map(shlex.quote, games))}"
+            + ("" if algo.lower() == "ppo" else f" --algo {shlex.quote(algo.lower())}")
+            + ("" if hub is None else f" --hub {shlex.quote(str(hub))}"))
+
+
 def flag_name(name: str, flags: Mapping[str, str] | None = None) -> str:
     """The command-line flag of setting ``name``: ``flags[name]``, else ``--name-with-dashes``."""
     return (flags or {}).get(name) or "--" + name.replace("_", "-")

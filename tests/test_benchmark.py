@@ -938,9 +938,14 @@ def test_every_bench_flag_takes_the_default_its_help_names():
      "--set repeat_action_probability: 'x' (str) is not float: give a number."),
     (["scratch", "hub-pathway:hub=5"], {}, "hub-pathway-5: hub: 5 (int) is not str | None: give a str."),
     (["hub-pathway:noise_floor=x"], {}, "hub-pathway-x: noise_floor: 'x' (str) is not float: give a number."),
+    (["hub-pathway:sources=a.zip"], {}, "hub-pathway-a.zip: sources: 'a.zip' (str) is not list[str]: a method's option takes "
+                                        "one plain value, not a list: name a hub folder instead (hub-pathway:hub=DIR), or "
+                                        "give it to every arm with --set sources=[a, b]."),
+    (["scratch:hyperparams=5"], {}, "scratch-5: hyperparams: 5 (int) is not dict[str, Any]: a method's option takes one "
+                                    "plain value, not a mapping: give it to every arm with --set hyperparams={n_steps: 128}."),
 ], ids=["hyperparams-int", "hyperparams-typo", "hyperparams-of-another-algo", "n_envs-past-1024", "n_envs-twice",
         "tensorboard_log-int", "sources-a-string", "hub-int", "sticky-actions-text", "option-hub-int",
-        "option-noise_floor-text"])
+        "option-noise_floor-text", "option-sources-a-string", "option-hyperparams-int"])
 def test_a_bad_set_value_is_refused_at_launch_as_its_flag_would_be(tmp_path, methods, settings, message):
     """``--set KEY=VALUE`` (any YAML) skipped the checks of the flags: ``hyperparams=5`` made every trial fail with
     "'int' object is not a mapping", a misspelt hyperparameter or ``n_envs=5000`` (--n-envs stops at 1024) each trial

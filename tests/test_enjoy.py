@@ -82,6 +82,12 @@ def test_a_pretraining_run_folder_names_the_expert_to_play(tmp_path):
             f"pretrain --export --out {tmp_path / 'runs'} --env riverraid, then play the expert with --expert riverraid-ppo "
             f"--hub '{hub}'.")):
         load_player(folder)
+    a2c = tmp_path / "runs" / "riverraid-a2c"  # an A2C run's export names its algorithm: without it, it would look
+    a2c.mkdir()  # for riverraid-ppo
+    (a2c / "config.yaml").write_text(yaml.safe_dump({"run": {"game": "riverraid", "algo": "a2c", "hub": str(hub)}}))
+    with pytest.raises(UsageError, match=re.escape(f"--out {tmp_path / 'runs'} --env riverraid --algo a2c, then play the "
+                                                   "expert with --expert riverraid-a2c")):
+        load_player(a2c)
     make_tiny_hub(hub, names=("riverraid-ppo",))  # exported
     with pytest.raises(UsageError, match=re.escape("is a pretraining run: it exports its expert to a hub instead of "
                                                    f"writing a model.zip; play the expert with --expert riverraid-ppo "
@@ -118,6 +124,25 @@ def test_a_video_path_that_is_a_folder_is_refused_before_the_agent_is_loaded(mon
         main(["--expert", "Seaquest", "--timesteps", "5", "--video", str(video)])
     assert str(refused.value) == f"--video {video} is a folder: give a file name, e.g. {video / 'play.mp4'}"
     assert capsys.readouterr().out == "" and list(video.iterdir()) == []
+
+
+@pytest.mark.parametrize("below", ["clip.mp4", "sub/clip.mp4"], ids=["in-a-file", "deeper-in-a-file"])
+def test_a_video_path_inside_a_file_is_refused_before_the_agent_is_loaded(monkeypatch, capsys, tmp_path, below):
+    """``--video notes.txt/clip.mp4`` (a "folder" that is a file) loaded the agent first, then failed making
+    the folder: it is refused first, naming the file in the way, and the file is left as it was."""
+    from hubrl.cli.enjoy import main
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the agent was loaded before --video was checked")
+
+    monkeypatch.setattr(enjoy, "load_player", loaded)
+    (tmp_path / "notes.txt").write_text("keep me")
+    video = tmp_path / "notes.txt" / below
+    with pytest.raises(UsageError) as refused:
+        main(["--expert", "Seaquest", "--timesteps", "5", "--video", str(video)])
+    assert str(refused.value) == (f"--video {video}: {tmp_path / 'notes.txt'} is a file, not a folder: "
+                                  "give a path whose folders are folders.")
+    assert capsys.readouterr().out == "" and (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_the_gif_fallback_of_an_mp4_does_not_replace_an_existing_gif(monkeypatch, tmp_path):
