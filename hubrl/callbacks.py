@@ -119,21 +119,23 @@ class GateUsageCallback(BaseCallback):
 
 
 def gate_shares(row: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The per-expert statistic a :class:`GateUsageCallback` row holds and its experts, in the row's order:
-    ``("selection_freq", ...)`` for a top-k gate (each expert's share of the states), else
-    ``("weight_mean", ...)`` for a soft gate (Zoo-Tuning: each expert's mean weight), with no
+    """The per-expert statistic that says where a :class:`GateUsageCallback` row's gate sent the
+    states, and its experts, in the row's order: ``("selection_freq", ...)`` for a top-1 gate (each
+    expert's share of the states), else ``("weight_mean", ...)``: a soft gate's (Zoo-Tuning: each
+    expert's mean weight) and a top-k gate's with k >= 2, whose selection frequencies sum to k and,
+    at k = K, are 1 for every expert whatever the gate does (its weights carry the routing); no
     experts when the row has neither."""
-    for statistic in ("selection_freq", "weight_mean"):
-        experts = [key.split("/", 1)[1] for key in row if key.startswith(f"{statistic}/")]
-        if experts:
-            return statistic, experts
-    return "selection_freq", []
+    selected = [key.split("/", 1)[1] for key in row if key.startswith("selection_freq/")]
+    weighted = [key.split("/", 1)[1] for key in row if key.startswith("weight_mean/")]
+    if selected and (not weighted or sum(float(row[f"selection_freq/{name}"]) for name in selected) <= 1 + 1e-6):
+        return "selection_freq", selected
+    return ("weight_mean", weighted) if weighted else ("selection_freq", [])
 
 
 def gate_summary(row: dict[str, Any]) -> str:
     """One line on what the gate did in a rollout, from a :class:`GateUsageCallback` row: each
-    expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning), its mean
-    weight; then how far the clean logits spread across states against the gate noise (routing by
+    expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning) or a top-k
+    gate with k >= 2, its mean weight (:func:`gate_shares`); then how far the clean logits spread across states against the gate noise (routing by
     state needs a spread comparable to the noise and no expert pinned at 0 or 1: the example is a
     gate collapsed onto one expert), e.g.
     ``[gate] step 100352: seaquest-ppo 1.00, riverraid-ppo 0.00 of the states; logit spread 7.39, noise std 1.00``.

@@ -111,7 +111,8 @@ def _save_step_plot(fig: Any, ax: Any, title: str, ylabel: str, path: Path, lege
 
 def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = None) -> list[Path]:
     """One PNG per game: each routed trial's selection share of each expert (but the last) per rollout
-    (a soft gate's, Zoo-Tuning's, mean weight)."""
+    (a soft gate's, Zoo-Tuning's, or a top-k gate's with k >= 2: its mean weight, see
+    :func:`hubrl.callbacks.gate_shares`)."""
     from matplotlib.figure import Figure
 
     from hubrl.callbacks import gate_shares, read_gate_history
@@ -128,7 +129,7 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
         soft = False
         for t, history in runs:
             statistic, experts = gate_shares(history[0])  # a soft gate (Zoo-Tuning): its mean weights
-            soft |= statistic != "selection_freq"
+            soft |= statistic != "selection_freq"  # a soft gate, or top-k at k >= 2 (selection 1.0 at k = K)
             steps = [r["step"] for r in history]
             for name in sorted(experts)[:-1]:
                 ax.plot(steps, [r.get(f"{statistic}/{name}", np.nan) for r in history], linewidth=0.8,
@@ -136,7 +137,7 @@ def plot_routing(trials: Sequence[TrialResult], out: Path, stage: int | None = N
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylim(-0.02, 1.02)
         paths.append(_save_step_plot(fig, ax, f"{game}: share of states routed to an expert, per rollout"
-                                     + (" (soft gates: mean weight)" if soft else ""),
+                                     + (" (marked weight: mean gate weight)" if soft else ""),
                                      "selection frequency" + (" / mean gate weight" if soft else ""),
                                      out / f"routing_{game}.png", "x-small"))
     return paths

@@ -434,6 +434,11 @@ def _with_ci(point: float, low: float, high: float) -> str:
 
 
 def _signed(value: float) -> str:
+    """``+19``, ``-1,204``; a value that rounds to 0 keeps a significant digit (``+0.2``, ``-0.04``):
+    an interval's bound printed ``+0`` beside **win** (or ``-0`` beside a tie) would look like the
+    verdict contradicts it."""
+    if value != 0 and round(value) == 0:
+        return f"{value:+.1g}"
     return f"{value:+,.0f}"
 
 

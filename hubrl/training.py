@@ -22,7 +22,10 @@ in ``train()``), with the weights and optimizer state the update started from
 (:class:`RolloutBoundary`). Resuming then collects that rollout again and makes its update: a run
 stopped and resumed any number of times makes its updates at the same step counts, with the same
 schedules, as one run in one go. The numbers are not bit for bit those of an uninterrupted run:
-the environments start new games and the random generators are not restored.
+the environments start new games, and the random generators (gate noise, sampled actions, the
+games' no-op starts and sticky actions) go on re-seeded from the run's seed and the step it resumes
+at (:func:`resume_seed`), not from where they stood: so a resumed part does not replay the random
+numbers of the run's first steps, and resuming at the same checkpoint twice gives the same run.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
@@ -82,6 +86,16 @@ def early_eval_step(budget: int, eval_freq: int) -> int | None:
     the first regular evaluation (``eval_freq``) would come no later, or the budget is tiny."""
     step = min(int(budget * EARLY_EVAL_FRACTION), EARLY_EVAL_MAX_STEP)
     return step if 0 < step < eval_freq else None
+
+
+def resume_seed(run_seed: int | None, step: int) -> int | None:
+    """The seed a run resumed at ``step`` re-seeds its generators and training games with (torch,
+    numpy, ``random``, the action space, the envs' next reset): rebuilt from the run's seed, they
+    would otherwise replay the gate noise, sampled actions and games of the run's first steps.
+    Drawn apart from the run's seed and from :func:`eval_seed`'s; ``None`` (an unseeded run): none."""
+    if run_seed is None:
+        return None
+    return int(np.random.SeedSequence([int(run_seed) % 2**63, int(step), 0x7E5]).generate_state(1)[0] % 2**31)
 
 
 def eval_seed(run_seed: int | None, step: int) -> int | None:
@@ -393,6 +407,8 @@ def run_training(
     history_path = Path(checkpoint_path).with_name("evaluations.json")
     if resume_state is not None:
         restore_training_state(model, resume_state)
+        if model.num_timesteps > 0:  # not the run's first steps again: fresh random numbers from here on
+            model.set_random_seed(resume_seed(model.seed, model.num_timesteps))
         # (a checkpoint of an older hubrl may hold an evaluation from a rollout it discarded: made again below)
         history.points = [p for p in resume_state.get("extra", {}).get("eval_history", [])
                           if int(p.get("step", 0)) <= model.num_timesteps]

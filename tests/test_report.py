@@ -557,6 +557,13 @@ def test_a_soft_gates_history_is_reported_by_its_mean_weights(grid):
                                                   "selection_freq/c": 0.03}))
     k2 = next(r for r in routing_table(load_trials(grid)) if r["method"] == "hub-pathway-k2")
     assert k2["collapsed"] == 1.0 and k2["share_of"] == "states"
+    # at k = K (top-2 of 2) every state selects every expert: 1.0 each said "collapsed" whatever the gate did; its
+    # mean weights (logged beside) are the routing, judged as a soft gate's: an even split, then one of 0.97
+    rows = [{"step": 4096 + 1024 * i, "selection_freq/a": 1.0, "selection_freq/b": 1.0, "weight_mean/a": a,
+             "weight_mean/b": 1 - a} for i, a in enumerate((0.49, 0.97))]
+    (top2 / "gates.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    k2 = next(r for r in routing_table(load_trials(grid)) if r["method"] == "hub-pathway-k2")
+    assert (k2["share_of"], k2["collapsed"], k2["share/a"]) == ("mean weight", 0.5, pytest.approx(0.73))
     report = write_report(grid, reps=200)
     assert "## Routing: what the gates did" in report.read_text() and (report.parent / "routing_Alien.png").is_file()
 
@@ -842,3 +849,16 @@ def test_a_report_below_the_budget_advises_a_stage_the_report_takes(grid, capsys
     assert run_guarded(main, ["report", str(grid), "--timesteps", "700", "--reps", "100"]) == 2
     assert capsys.readouterr().err.endswith("no trial was evaluated at a stage up to 700 (the grid evaluates every 1k, "
                                             "grid.json), so there is no earlier stage to report: drop --timesteps.\n")
+
+
+def test_a_head_to_head_bound_that_rounds_to_zero_keeps_its_sign_and_a_digit():
+    """Bounds were printed as whole numbers: a lower bound of 0.22 read ``+19 [+0, +38] **win**`` in the 1M grid's
+    report, and -0.4 would have read ``-0`` beside a tie, two cells alike with opposite verdicts."""
+    from hubrl.tables import head_to_head_markdown
+
+    def row(game, low, verdict):
+        return {"metric": "auc", "method": "a", "versus": "b", "game": game, "runs": "3 vs 3", "difference": 19.2,
+                "low": low, "high": 38.1, "verdict": verdict, "p_improvement": 0.9, "p_low": math.nan, "p_high": math.nan}
+
+    table = head_to_head_markdown([row("Alien", 0.2247, "win"), row("Gopher", -0.4, "tie")], 0.95)
+    assert "+19 [+0.2, +38] **win**" in table and "+19 [-0.4, +38] **tie**" in table, table

@@ -153,6 +153,38 @@ def test_a_resumed_run_starts_from_the_checkpoints_weights_and_optimizer_state(t
             assert th.equal(th.as_tensor(restored[index][name]), th.as_tensor(moments[name])), (index, name)
 
 
+class _RandomAtStart(BaseCallback):
+    """torch's and numpy's generator states as the first rollout of this learn() call starts."""
+
+    def _on_rollout_start(self) -> None:
+        if not hasattr(self, "torch"):
+            import numpy as np
+
+            self.torch, self.numpy = th.get_rng_state(), np.random.get_state()[1].copy()
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_a_resumed_run_does_not_replay_the_random_numbers_of_its_start(tmp_path):
+    """The resumed agent is rebuilt with the run's seed, which re-seeded every generator as at step 0:
+    the resumed part drew the gate noise, actions and games of the run's first steps again. It now
+    goes on re-seeded from the seed and the step it resumes at: not the start's numbers, and the same
+    for two resumes of one checkpoint."""
+    ckpt = tmp_path / "checkpoint.pt"
+    first = _RandomAtStart()
+    run_training(_model(seed=0), 256, ckpt, callbacks=[first], checkpoint_freq=10**9, progress_bar=False, verbose=0,
+                 pause_at=64)
+    resumed = []
+    for _ in range(2):
+        at = _RandomAtStart()
+        run_training(_model(seed=0), 256, tmp_path / "again" / "checkpoint.pt", resume_state=load_training_checkpoint(ckpt),
+                     callbacks=[at], checkpoint_freq=10**9, progress_bar=False, verbose=0, pause_at=128)
+        resumed.append(at)
+    assert not th.equal(resumed[0].torch, first.torch) and not (resumed[0].numpy == first.numpy).all()
+    assert th.equal(resumed[0].torch, resumed[1].torch) and (resumed[0].numpy == resumed[1].numpy).all()
+
+
 def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monkeypatch):
     """A budget of 100 with 64-step rollouts trains to 128: the bar's total is 128, not 100, and a
     resumed run's bar starts at the steps already done (64)."""

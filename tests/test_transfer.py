@@ -669,3 +669,6 @@ def test_the_gate_line_of_a_soft_gate_gives_mean_weights():
     row = {"step": 64, "selection_freq/a": 1.0, "selection_freq/b": 0.0, "weight_mean/a": 1.0, "logit_spread": 7.391,
            "noise_std": 1.0}
     assert gate_summary(row) == "[gate] step 64: a 1.00, b 0.00 of the states; logit spread 7.39, noise std 1.00"
+    # top-2 of 2 experts: every state selects both (1.00 each, whatever the gate does); its weights say where it routes
+    row = {"step": 64, "selection_freq/a": 1.0, "selection_freq/b": 1.0, "weight_mean/a": 0.8, "weight_mean/b": 0.2}
+    assert gate_summary(row) == "[gate] step 64: a 0.80, b 0.20 mean gate weight"
