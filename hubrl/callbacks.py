@@ -135,9 +135,9 @@ def gate_shares(row: Mapping[str, Any]) -> tuple[str, list[str]]:
 def gate_summary(row: dict[str, Any]) -> str:
     """One line on what the gate did in a rollout, from a :class:`GateUsageCallback` row: each
     expert's share of the states (``selection_freq``) or, for a soft gate (Zoo-Tuning) or a top-k
-    gate with k >= 2, its mean weight (:func:`gate_shares`); then how far the clean logits spread across states against the gate noise (routing by
-    state needs a spread comparable to the noise and no expert pinned at 0 or 1: the example is a
-    gate collapsed onto one expert), e.g.
+    gate with k >= 2, its mean weight (:func:`gate_shares`); then how far the clean logits spread
+    across states against the gate noise (routing by state needs a spread comparable to the noise
+    and no expert pinned at 0 or 1: the example is a gate collapsed onto one expert), e.g.
     ``[gate] step 100352: seaquest-ppo 1.00, riverraid-ppo 0.00 of the states; logit spread 7.39, noise std 1.00``.
     """
     statistic, experts = gate_shares(row)
