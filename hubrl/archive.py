@@ -15,7 +15,10 @@ finished and paused trials can land while the grid goes on:
   logs (large; ``tensorboard=True`` copies them, and a later archive without it keeps those it
   copied) or ``learning_curve.png`` (the report redraws curves from ``evaluations.json``);
 * **atomic per trial**: each trial is copied into a temporary folder beside its destination and
-  then swapped in, so an interrupted archive leaves every trial either as it was or complete.
+  then swapped in, so an interrupted archive leaves every trial either as it was or complete. The
+  swap is two renames (the archived copy aside to ``.<trial>.previous``, the new one in); a process
+  killed between them leaves the archived copy aside, and the next archive puts it back first, so it
+  is compared, kept and replaced as if the kill had not happened.
 
 ``grid.json`` (the latest launch) and ``trials.jsonl`` (every attempt) are copied as they are.
 ``hubrl-bench archive ROOT DEST`` is the command.
@@ -93,7 +96,7 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False, 
             summary.skipped[name] = reason
         else:
             settled.append((folder, name))
-    others = [name for folder, name in settled if not continues(dest / name, folder)]
+    others = [name for folder, name in settled if not continues(_archived_copy(dest / name), folder)]
     if others and not replace:
         raise UsageError(
             f"{dest} holds another run of {len(others)} of this grid's trials, e.g. {others[0]}: its evaluations are "
@@ -101,15 +104,17 @@ def archive_grid(root: str | Path, dest: str | Path, tensorboard: bool = False, 
             "start, or resumed from an earlier checkpoint and evaluated again; or a damaged evaluations.json), and "
             "archiving would replace its records. Give another folder, or pass --replace to replace them.")
     dest.mkdir(parents=True, exist_ok=True)
+    for name in [*summary.skipped, *(name for _, name in settled)]:  # a skipped trial's archived copy is kept too
+        _restore_swapped_out(dest / name)
     for folder, name in settled:
         target = dest / name
-        staging = target.with_name(f".{target.name}.archiving")
+        staging = _staging(target)
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(*ignored))
         if not tensorboard and (target / "tb").is_dir() and not (staging / "tb").exists():
             shutil.copytree(target / "tb", staging / "tb")  # archived by an earlier --tensorboard: kept, not dropped
-        previous = target.with_name(f".{target.name}.previous")
-        shutil.rmtree(previous, ignore_errors=True)
+        previous = _swapped_out(target)
+        shutil.rmtree(previous, ignore_errors=True)  # left by a kill after the swap: target is its replacement
         if target.exists():
             target.rename(previous)
         staging.rename(target)
@@ -129,6 +134,33 @@ def continues(archived: str | Path, trial: str | Path) -> bool:
     old, new = read_evaluations(archived), read_evaluations(trial)
     return len(old) <= len(new) and all(isinstance(a, dict) and isinstance(b, dict) and a.get("step") == b.get("step")
                                         and a.get("mean") == b.get("mean") for a, b in zip(old, new))
+
+
+def _staging(target: Path) -> Path:
+    """Where :func:`archive_grid` copies a trial's records before swapping them in at ``target``."""
+    return target.with_name(f".{target.name}.archiving")
+
+
+def _swapped_out(target: Path) -> Path:
+    """Where :func:`archive_grid` moves the archived copy ``target`` while it swaps the new one in."""
+    return target.with_name(f".{target.name}.previous")
+
+
+def _archived_copy(target: Path) -> Path:
+    """The archived copy of the trial archived at ``target``: ``target``, or the copy moved aside by an archive
+    killed between the two renames of its swap (``target`` missing), which :func:`_restore_swapped_out` puts back."""
+    previous = _swapped_out(target)
+    return previous if not target.exists() and previous.is_dir() else target
+
+
+def _restore_swapped_out(target: Path) -> None:
+    """Put back the archived copy of ``target`` that an archive killed between the two renames of its swap left
+    aside (``.<trial>.previous``, no ``target``), and remove that archive's staging folder: otherwise the trial
+    reads as never archived, and its copy, with TensorBoard logs maybe archived nowhere else, is deleted."""
+    previous = _swapped_out(target)
+    if not target.exists() and previous.is_dir():
+        previous.rename(target)
+        shutil.rmtree(_staging(target), ignore_errors=True)
 
 
 def _refuse_another_grids_archive(root: Path, dest: Path) -> None:

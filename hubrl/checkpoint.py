@@ -6,13 +6,16 @@ at any moment leaves either the previous checkpoint or the new one, never a torn
 replaces is kept as ``checkpoint.prev.pt`` (:func:`previous_checkpoint`), so a checkpoint
 damaged later (a bad disk, a partial copy) still has a fallback: :func:`load_resume_checkpoint`
 names the damaged file and continues from the previous one. It is read back with
-``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded. torch does not check
+the CRC-32 its zip stores for each member, so they are checked first: damage that keeps the file's
+size (a flipped bit, a bad sector) is refused as corrupt instead of loading as changed weights.
 """
 
 from __future__ import annotations
 
 import io
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +114,20 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}.")
     try:
-        state = load_weights_only(path)
+        data = path.read_bytes()  # read once: the CRC check and torch.load use the same bytes
     except (PermissionError, IsADirectoryError):
         raise
-    except Exception as exc:  # torch raises several types for truncated / empty / foreign files
-        size = path.stat().st_size
-        raise CheckpointError(f"Checkpoint {path} is corrupt ({'empty' if size == 0 else 'torn or not a torch file'}, "
-                              f"{size:,} bytes: {type(exc).__name__}).") from exc
+    except OSError as exc:  # a bad sector (EIO): damaged as a torn file is, so the previous checkpoint is used
+        raise CheckpointError(f"Checkpoint {path} is corrupt (unreadable: {exc}).") from exc
+    try:
+        damaged = _crc_mismatch(data)
+        state = None if damaged is not None else load_weights_only(io.BytesIO(data))
+    except Exception as exc:  # zipfile and torch raise several types for truncated / empty / foreign files
+        raise CheckpointError(f"Checkpoint {path} is corrupt ({'torn or not a torch file' if data else 'empty'}, "
+                              f"{len(data):,} bytes: {type(exc).__name__}).") from exc
+    if damaged is not None:
+        raise CheckpointError(f"Checkpoint {path} is corrupt (CRC mismatch in {damaged}): its bytes changed after it was "
+                              "written (a bad disk or copy).")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a hubrl training checkpoint.")
     if (not isinstance(state.get("policy"), dict) or not isinstance(state.get("num_timesteps"), int)
@@ -128,6 +138,16 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} holds weights that are not finite (NaN or inf in {bad}): its run "
                               "had diverged.")
     return state
+
+
+def _crc_mismatch(data: bytes) -> str | None:
+    """The first member of the zip ``data`` (a ``torch.save`` file) whose bytes do not match the CRC-32 stored
+    for them, else ``None``: ``torch.load`` does not check them, so a checkpoint damaged in place would load.
+
+    :raises zipfile.BadZipFile: when ``data`` is no zip (torn, empty or foreign).
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.testzip()
 
 
 #: What a run whose checkpoints are all damaged can do (:func:`load_resume_checkpoint`'s default).

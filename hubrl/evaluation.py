@@ -70,12 +70,15 @@ def seeded_actions(policy: Any, seed: int | None, gate_noise: bool = False) -> I
 def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
                    gate_noise: bool = False, seed: int | None = None) -> EvalResult:
     """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
-    statistics. ``seed`` and ``gate_noise``: see :func:`seeded_actions`; a seed scores the same
-    weights on the same ``env`` seed the same (seed ``env`` too), ``None`` draws from the caller's
-    generator (training's periodic evaluations pass a seed of their own:
-    :func:`hubrl.training.eval_seed`)."""
+    statistics. ``seed`` and ``gate_noise``: see :func:`seeded_actions`; a seed also seeds
+    ``env``'s games (their no-op starts and sticky actions, from the reset that starts the
+    evaluation), so it scores the same weights the same whatever ``env`` played before (a resumed
+    run's fresh env, or one that has evaluated earlier steps); ``None`` draws from the caller's
+    generators (training's periodic evaluations pass a seed of their own: :func:`hubrl.training.eval_seed`)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
+    if seed is not None:
+        env.seed(seed)  # applied by evaluate_policy's reset: the games, as the actions below, from this seed
     with seeded_actions(model, seed, gate_noise):
         scores, lengths = evaluate_policy(
             model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False

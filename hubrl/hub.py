@@ -28,6 +28,7 @@ import shlex
 import sys
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -225,8 +226,8 @@ def read_zip_member(archive: zipfile.ZipFile, name: str, where: str | Path, limi
     try:
         with archive.open(info) as member:
             data = member.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise HubError(f"{where} is corrupt: cannot read {name} ({exc}).") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:  # zlib: a
+        raise HubError(f"{where} is corrupt: cannot read {name} ({exc}).") from exc  # damaged deflated member
     if len(data) > limit:
         raise HubError(f"{where}: {name} inflates past {limit:,} bytes although its header says {info.file_size:,}: "
                        f"refusing it (a damaged or hostile file).")

@@ -260,7 +260,6 @@ def _write_expert(
     policy.set_training_mode(False)
     state = {k: v.detach().to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in policy.state_dict().items()}
     policy.load_state_dict(state)  # evaluate exactly what gets written
-    eval_env.seed(seed)
     result = evaluate_model(policy, eval_env, cfg.eval_episodes, seed=seed)  # the recorded seed repeats the score
     game = resolve_game(cfg.game)
     manifest = ExpertManifest(

@@ -142,6 +142,21 @@ class SignalStop:
         self.received: int | None = None
         self.then = then
         self._previous: dict[int, Any] = {}
+        self._finishing = self._insisted = False
+
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """While the caller saves what it keeps on the way out (its checkpoint), a second Ctrl-C or
+        SIGTERM waits: it raises :class:`KeyboardInterrupt` when the block has ended, not inside
+        the write, where it would cost the checkpoint being written (the run would go back to its
+        last periodic one). An exception of the block's own goes on up as it is."""
+        self._finishing, self._insisted = True, False
+        try:
+            yield
+        finally:
+            self._finishing = False
+        if self._insisted:
+            raise KeyboardInterrupt
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         if signum == STOP_REQUEST:  # the grid's request: a stop, never an abort, and said by the grid itself
@@ -151,6 +166,12 @@ class SignalStop:
         hangup = signum == _HANGUP
         if self.received is not None and self.received != STOP_REQUEST:  # second Ctrl-C: the user insists
             if hangup:  # a closing terminal may hang up twice
+                return
+            if self._finishing:  # ... but not in the middle of the checkpoint being written (see finishing())
+                if not self._insisted:
+                    print(f"\nReceived {signal.Signals(signum).name} again: aborting once the checkpoint is written.",
+                          flush=True)
+                self._insisted = True
                 return
             raise KeyboardInterrupt
         self.received = signum  # the first signal (the grid's request may have come first: SIGUSR1 < SIGTERM)

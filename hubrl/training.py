@@ -50,8 +50,9 @@ from hubrl.progress import StepProgressBar
 from hubrl.signals import SignalStop
 
 __all__ = [
-    "EvalHistory", "early_eval_step", "eval_seed", "RawScoreEvalCallback", "RolloutBoundary", "CheckpointEveryCallback",
-    "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome", "steps_at_end", "run_training",
+    "EvalHistory", "early_eval_step", "eval_seed", "resume_seed", "RawScoreEvalCallback", "RolloutBoundary",
+    "CheckpointEveryCallback", "PurgeLaterTensorBoardPoints", "StopOnSignal", "PauseAtStepCallback", "TrainingOutcome",
+    "steps_at_end", "run_training",
 ]
 
 
@@ -122,7 +123,8 @@ class RawScoreEvalCallback(BaseCallback):
     and the step (:func:`eval_seed`), not from training's: a run's training is then the same
     whatever its evaluation settings (``eval_freq``, games, an early evaluation), so two runs of
     one seed that differ only in those stay paired, and an evaluation is repeatable from its
-    weights.
+    weights: the games are seeded from it too, so a resumed run (a fresh eval env) scores the same
+    weights as the run it resumes would have.
     """
 
     def __init__(
@@ -304,6 +306,27 @@ class StopOnSignal(SignalStop, BaseCallback):
         return self.received is None
 
 
+class PurgeLaterTensorBoardPoints(BaseCallback):
+    """On a resumed run's start, have TensorBoard hide what the run's log holds past the step it
+    resumes at (TensorBoard's purge, ``SummaryWriter(purge_step=...)``): the run logged those steps
+    before it stopped (an evaluation inside the rollout the stop discarded; everything since the last
+    checkpoint after a kill) and logs them again from its checkpoint, which drew two values at each
+    such step, zigzagging the curve. Points up to the step resumed at are kept."""
+
+    def _on_training_start(self) -> None:
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+        from torch.utils.tensorboard import SummaryWriter
+
+        for output in self.model.logger.output_formats:
+            if isinstance(output, TensorBoardOutputFormat):
+                log_dir = output.writer.log_dir
+                output.writer.close()
+                output.writer = SummaryWriter(log_dir=log_dir, purge_step=int(self.model.num_timesteps) + 1)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class PauseAtStepCallback(BaseCallback):
     """Stop ``learn()`` at the first rollout boundary at or after ``pause_at`` agent steps,
     without touching the budget.
@@ -437,6 +460,8 @@ def run_training(
         boundary = RolloutBoundary()
         with StopOnSignal() as stopper:
             cbs: list[BaseCallback] = [boundary, stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
+            if model.num_timesteps > 0:  # resumed: one value per step in its TensorBoard log
+                cbs.append(PurgeLaterTensorBoardPoints())
             if pauser is not None:
                 cbs.append(pauser)
             if evaluator is not None:
@@ -456,21 +481,23 @@ def run_training(
                     progress_bar=False,
                 )
             finally:
-                # Whatever ended learn() — done, signal, or an exception — keep what was learned.
-                discarded = boundary.untrained and any(p["step"] > boundary.start_timesteps for p in history.points)
-                if boundary.untrained:  # stopped inside a rollout or its update: its steps are not trained on
-                    boundary.undo_update()  # an update ended part-way: the weights it started from
-                    model.num_timesteps = boundary.start_timesteps
-                    # and an evaluation made in it is made again at its step on resume: one point per step
-                    history.points = [p for p in history.points if p["step"] <= model.num_timesteps]
-                try:
-                    save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
-                except DivergedWeights as exc:  # the last sound checkpoint stays; whatever ended learn() goes on up
-                    print(f"warning: {exc}", file=sys.stderr)
-                if discarded and evaluator is not None:
-                    history.save(history_path)
-                if bar is not None:
-                    bar.close(final_step=model.num_timesteps)  # the count the pause or stop message gives
+                # Whatever ended learn() — done, signal, or an exception — keep what was learned (a second
+                # Ctrl-C meanwhile aborts once it is kept: stopper.finishing()).
+                with stopper.finishing():
+                    discarded = boundary.untrained and any(p["step"] > boundary.start_timesteps for p in history.points)
+                    if boundary.untrained:  # stopped inside a rollout or its update: its steps are not trained on
+                        boundary.undo_update()  # an update ended part-way: the weights it started from
+                        model.num_timesteps = boundary.start_timesteps
+                        # and an evaluation made in it is made again at its step on resume: one point per step
+                        history.points = [p for p in history.points if p["step"] <= model.num_timesteps]
+                    try:
+                        save_training_checkpoint(model, checkpoint_path, extra())  # first: nothing below may cost it
+                    except DivergedWeights as exc:  # the last sound checkpoint stays; whatever ended learn() goes on up
+                        print(f"warning: {exc}", file=sys.stderr)
+                    if discarded and evaluator is not None:
+                        history.save(history_path)
+                    if bar is not None:
+                        bar.close(final_step=model.num_timesteps)  # the count the pause or stop message gives
             interrupted_by = stopper.received
     completed = interrupted_by is None and model.num_timesteps >= total_timesteps
     paused = not completed and interrupted_by is None and pauser is not None and pauser.reached

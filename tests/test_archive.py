@@ -165,3 +165,49 @@ def test_an_archive_of_another_run_with_the_same_budget_is_refused_unless_replac
     assert main(["archive", str(other), str(archive), "--replace"]) == 0
     means = [p["mean"] for p in json.loads((archive / "Alien/scratch/s0/evaluations.json").read_text())["points"]]
     assert means == [12.0, 18.0, 40.0]
+
+
+def test_an_archive_killed_between_the_renames_of_its_swap_loses_nothing(grid, tmp_path, monkeypatch):
+    """A trial is swapped in by two renames: its archived copy aside to ``.s0.previous``, the new one in. An archive
+    killed between them left the trial only as ``.s0.previous``; the next archive saw nothing archived there (no
+    --replace protection, no archived tb/ to keep) and deleted it, TensorBoard logs and all. It is put back first."""
+    archive, trial = tmp_path / "archive", tmp_path / "archive" / "Alien/scratch/s0"
+    _points(grid / "Alien/scratch/s0", 10.0, 20.0)
+    os.utime(grid / "Alien/scratch/s0/status.json", None)  # still settled: status.json last
+    archive_grid(grid, archive, tensorboard=True)
+    _points(grid / "Alien/scratch/s0", 10.0, 20.0, 35.0)  # the same run, one stage on
+    os.utime(grid / "Alien/scratch/s0/status.json", None)
+    rename = Path.rename
+
+    def killed_before_the_new_copy_is_in(self: Path, target: Path) -> Path:
+        if self == trial.with_name(".s0.archiving"):
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_before_the_new_copy_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        archive_grid(grid, archive)
+    monkeypatch.undo()
+    assert not trial.exists() and (trial.with_name(".s0.previous") / "tb/events.out.tfevents.1").is_file()
+
+    def files() -> dict[str, bytes]:
+        return {p.relative_to(archive).as_posix(): p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grid.json").write_text('{"budget": 1000000}')
+    _points(_trial(other, "Alien/scratch/s0", "ok"), 12.0, 18.0, 40.0)  # another run of the same trial
+    os.utime(other / "Alien/scratch/s0/status.json", None)
+    before = files()
+    with pytest.raises(UsageError, match=r"holds another run of 1 of this grid's trials, e\.g\. Alien/scratch/s0"):
+        archive_grid(other, archive)
+    assert files() == before
+    _touch(grid / "Alien/scratch/s0/gates.jsonl")  # the trial trains again: its archived copy is kept as it was
+    assert "Alien/scratch/s0" in archive_grid(grid, archive).skipped
+    assert [p["mean"] for p in json.loads((trial / "evaluations.json").read_text())["points"]] == [10.0, 20.0]
+    time.sleep(0.01)
+    (grid / "Alien/scratch/s0/status.json").write_text('{"status": "paused"}')
+    assert "Alien/scratch/s0" in archive_grid(grid, archive).copied  # without --tensorboard: the archived logs stay
+    assert [p["mean"] for p in json.loads((trial / "evaluations.json").read_text())["points"]] == [10.0, 20.0, 35.0]
+    assert (trial / "tb/events.out.tfevents.1").is_file()
+    assert not [p for p in archive.rglob(".*")]  # no staging or set-aside folder left behind

@@ -169,6 +169,7 @@ def test_pickle_payload_is_refused_and_never_executed(tmp_path, monkeypatch):
         ("hub-pathway", r"is a hubrl Hub-Pathway model \(a gate and 2 expert encoders\), not a single-encoder CnnPolicy: "
                         "play it from its run folder"),
         ("encrypted", "policy.pth is encrypted; SB3 never writes encrypted zips"),  # was a RuntimeError traceback
+        ("deflated-damaged", r"is corrupt: cannot read policy.pth \(Error -3 while decompressing"),  # was zlib.error
     ],
 )
 def test_bad_checkpoints(tmp_path, content, message):
@@ -204,6 +205,14 @@ def test_bad_checkpoints(tmp_path, content, message):
         local, central = raw.find(b"PK\x03\x04"), raw.find(b"PK\x01\x02")
         raw[local + 6] |= 0x1  # general purpose flags: local file header at +6, central directory entry at +8
         raw[central + 8] |= 0x1
+        path.write_bytes(bytes(raw))
+    elif content == "deflated-damaged":  # a compressed policy.pth (hand-made zips) with its first data byte flipped
+        buf = io.BytesIO()
+        th.save({"w": th.arange(5000, dtype=th.float32)}, buf)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("policy.pth", buf.getvalue())
+        raw = bytearray(path.read_bytes())
+        raw[raw.find(b"PK\x03\x04") + 30 + len("policy.pth")] ^= 0xFF  # past the local header and the name
         path.write_bytes(bytes(raw))
     elif content == "mlp":
         buf = io.BytesIO()

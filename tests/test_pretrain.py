@@ -472,6 +472,50 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temp file left behind"
 
 
+def _flip_a_byte_of_the_largest_tensor(path: Path) -> str:
+    """Flip one byte in the middle of the largest tensor's data in the checkpoint ``path``, keeping its size
+    (bit rot, a bad sector); the name of the zip member damaged."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    local = info.header_offset  # local file header: 30 bytes, then its name and extra field, then the member's data
+    name_length, extra_length = (int.from_bytes(data[local + at:local + at + 2], "little") for at in (26, 28))
+    data[local + 30 + name_length + extra_length + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_a_checkpoint_damaged_in_place_is_refused_and_the_previous_one_used(tmp_path, capsys):
+    """torch.load does not check the CRC-32 stored in a checkpoint's zip: a byte flipped in its tensor data
+    (the file's size unchanged) loaded as changed weights, and --resume never fell back to checkpoint.prev.pt.
+    The CRCs are checked now; the damaged checkpoint does not take the sound previous one's place either."""
+    from stable_baselines3 import PPO
+
+    from hubrl.checkpoint import load_resume_checkpoint, previous_checkpoint
+    from hubrl.envs import make_atari_vec_env
+
+    model = PPO("CnnPolicy", make_atari_vec_env("Seaquest", 1), n_steps=8, batch_size=8, device="cpu")
+    path = tmp_path / "checkpoint.pt"
+    save_training_checkpoint(model, path)
+    model.num_timesteps = 64
+    save_training_checkpoint(model, path)  # the first one is kept as checkpoint.prev.pt
+    size = path.stat().st_size
+    member = _flip_a_byte_of_the_largest_tensor(path)
+    assert path.stat().st_size == size and "/data/" in member  # a tensor's bytes (torch names them <archive>/data/<n>)
+    with pytest.raises(CheckpointError, match=rf"checkpoint.pt is corrupt \(CRC mismatch in {re.escape(member)}\)"):
+        load_training_checkpoint(path)
+    capsys.readouterr()
+    assert load_resume_checkpoint(path)["num_timesteps"] == 0
+    assert re.search(rf"warning: .*checkpoint.pt is corrupt \(CRC mismatch in {re.escape(member)}\).* Using the previous "
+                     r"checkpoint .*checkpoint.prev.pt \(0 steps\) instead", capsys.readouterr().err)
+    model.num_timesteps = 128
+    save_training_checkpoint(model, path)  # the resumed run's next save: the damaged one is not kept
+    assert load_training_checkpoint(previous_checkpoint(path))["num_timesteps"] == 0
+    assert load_training_checkpoint(path)["num_timesteps"] == 128
+
+
 def test_corrupt_or_foreign_checkpoint(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -166,6 +166,7 @@ class _RandomAtStart(BaseCallback):
         return True
 
 
+@pytest.mark.slow
 def test_a_resumed_run_does_not_replay_the_random_numbers_of_its_start(tmp_path):
     """The resumed agent is rebuilt with the run's seed, which re-seeded every generator as at step 0:
     the resumed part drew the gate noise, actions and games of the run's first steps again. It now
@@ -183,6 +184,86 @@ def test_a_resumed_run_does_not_replay_the_random_numbers_of_its_start(tmp_path)
         resumed.append(at)
     assert not th.equal(resumed[0].torch, first.torch) and not (resumed[0].numpy == first.numpy).all()
     assert th.equal(resumed[0].torch, resumed[1].torch) and (resumed[0].numpy == resumed[1].numpy).all()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_the_checkpoint_on_the_way_out_aborts_after_it_is_written(tmp_path, monkeypatch, capsys):
+    """A first Ctrl-C stops the run, which saves its checkpoint on the way out; a second one that came during
+    that write raised KeyboardInterrupt inside it, so the run was left at its last periodic checkpoint. It now
+    aborts once the checkpoint is on disk."""
+    import os
+    import signal
+
+    class CtrlC(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 96 and not getattr(self, "sent", False):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # the first: stop after this step
+            return True
+
+    saved = []
+
+    def save_while_insisting(model, path, extra=None):
+        if int(model.num_timesteps) == 64 and not saved:
+            os.kill(os.getpid(), signal.SIGINT)  # the second, while the stop's checkpoint is being written
+        saved.append(int(model.num_timesteps))
+        return save_training_checkpoint(model, path, extra)
+
+    monkeypatch.setattr(hubrl.training, "save_training_checkpoint", save_while_insisting)
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_model(), 512, ckpt, callbacks=[CtrlC()], checkpoint_freq=10**9, progress_bar=False, verbose=0)
+    assert saved == [64] and load_training_checkpoint(ckpt)["num_timesteps"] == 64  # the stop's checkpoint, whole
+    assert "again: aborting once the checkpoint is written" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_evaluation_scores_the_same_weights_the_same_whatever_its_env_played_before():
+    """Each evaluation seeded its actions but not its games: an eval env that had played an earlier
+    evaluation gave other games (no-op starts, sticky actions) than a fresh one, so a resumed run, with a
+    fresh eval env, re-scored the same weights differently. The seed now starts the games too."""
+    from hubrl.evaluation import evaluate_model, make_eval_env
+
+    env = make_eval_env("Breakout", n_envs=2, seed=10_000)  # short games: a random policy loses in ~200 steps
+    model = PPO("CnnPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    try:
+        first = evaluate_model(model, env, 2, seed=7)
+        assert evaluate_model(model, env, 2, seed=7).scores == first.scores  # after it has played
+    finally:
+        env.close()
+    fresh = make_eval_env("Breakout", n_envs=2, seed=10_000)
+    try:
+        assert evaluate_model(model, fresh, 2, seed=7).scores == first.scores
+    finally:
+        fresh.close()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_hides_the_points_its_log_holds_past_its_checkpoint(tmp_path):
+    """What a run logged past its checkpoint before it stopped (an evaluation in the rollout a stop discards,
+    everything since the last checkpoint after a kill) is logged again after the resume: TensorBoard drew
+    two values at those steps. The resumed run's log now purges them; the points up to its checkpoint stay."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    def model() -> PPO:
+        env = make_atari_vec_env("Gopher", 2, seed=0)
+        return PPO("CnnPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
+                   tensorboard_log=str(tmp_path / "tb"))
+
+    ckpt = tmp_path / "checkpoint.pt"
+    run_training(model(), 256, ckpt, checkpoint_freq=10**9, progress_bar=False, verbose=0, pause_at=64)
+    (log,) = (tmp_path / "tb").iterdir()
+    orphan = SummaryWriter(str(log))  # what the stopped run logged past its checkpoint at 64
+    orphan.add_scalar("eval/mean_reward", 999.0, 100)
+    orphan.add_scalar("time/fps", -1.0, 128)
+    orphan.close()
+    run_training(model(), 256, ckpt, resume_state=load_training_checkpoint(ckpt), checkpoint_freq=10**9,
+                 progress_bar=False, verbose=0, pause_at=128)
+    events = EventAccumulator(str(log))
+    events.Reload()
+    assert "eval/mean_reward" not in events.Tags()["scalars"] or events.Scalars("eval/mean_reward") == []
+    assert [(e.step, e.value >= 0) for e in events.Scalars("time/fps")] == [(64, True), (128, True)]
 
 
 def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monkeypatch):
