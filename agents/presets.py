@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -78,7 +79,10 @@ def load_overrides(path: str | Path, algo: str | None = None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise UsageError(f"--hyperparams: cannot read the file {path}: {exc.strerror}.") from exc
+        pair = re.fullmatch(r"(\w+):(.+)", str(path))  # RL Zoo's -params n_steps:64, typed to our --hyperparams
+        zoo = (f" (RL Zoo's KEY:VALUE pairs are not taken here: write {pair[1]}: {pair[2]} in a YAML file, one key per "
+               "line, and give its path)" if pair and not Path(path).exists() else "")
+        raise UsageError(f"--hyperparams: cannot read the file {path}: {exc.strerror}{zoo}.") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"Hyperparameter file {path} is not valid YAML: {exc}.") from exc
     if data is None:

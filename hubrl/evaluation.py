@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -19,7 +19,12 @@ from stable_baselines3.common.policies import BasePolicy
 
 from hubrl.envs import make_atari_vec_env
 
-__all__ = ["EvalResult", "make_eval_env", "seeded_actions", "evaluate_model", "inference_steps_per_second"]
+__all__ = ["EvalResult", "EvaluationStopped", "make_eval_env", "seeded_actions", "evaluate_model",
+           "inference_steps_per_second"]
+
+
+class EvaluationStopped(Exception):
+    """:func:`evaluate_model` was asked to stop (its ``stop`` said so) before its games were played."""
 
 
 @dataclass
@@ -68,21 +73,29 @@ def seeded_actions(policy: Any, seed: int | None, gate_noise: bool = False) -> I
 
 
 def evaluate_model(model: BaseAlgorithm | BasePolicy, env, n_episodes: int = 10, deterministic: bool = False,
-                   gate_noise: bool = False, seed: int | None = None) -> EvalResult:
+                   gate_noise: bool = False, seed: int | None = None,
+                   stop: Callable[[], bool] | None = None) -> EvalResult:
     """Play ``n_episodes`` games with ``model`` (an agent or a bare policy) on ``env``; raw score
     statistics. ``seed`` and ``gate_noise``: see :func:`seeded_actions`; a seed also seeds
     ``env``'s games (their no-op starts and sticky actions, from the reset that starts the
     evaluation), so it scores the same weights the same whatever ``env`` played before (a resumed
     run's fresh env, or one that has evaluated earlier steps); ``None`` draws from the caller's
-    generators (training's periodic evaluations pass a seed of their own: :func:`hubrl.training.eval_seed`)."""
+    generators (training's periodic evaluations pass a seed of their own: :func:`hubrl.training.eval_seed`).
+
+    ``stop``: asked after every step; True ends the evaluation there with :class:`EvaluationStopped`
+    (a training run stopped by Ctrl-C does not play out the games of an evaluation it will discard)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}.")
     if seed is not None:
         env.seed(seed)  # applied by evaluate_policy's reset: the games, as the actions below, from this seed
+
+    def asked(_locals: dict[str, Any], _globals: dict[str, Any]) -> None:
+        if stop is not None and stop():
+            raise EvaluationStopped
+
     with seeded_actions(model, seed, gate_noise):
-        scores, lengths = evaluate_policy(
-            model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
-        )
+        scores, lengths = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=deterministic,
+                                          return_episode_rewards=True, warn=False, callback=asked)
     scores_arr = np.asarray(scores, dtype=np.float64)
     return EvalResult(
         mean=float(scores_arr.mean()),

@@ -558,9 +558,18 @@ def _refuse_another_run(cfg: RunConfig, folder: Path, has_force: bool) -> None:
         return
     if conflicts:
         flags = type(cfg).FLAGS
-        differ = "; ".join(f"{flag_name(n, flags)} {s!r} there, {w!r} here" for n, w, s in conflicts)
-        raise UsageError(f"Run folder {folder} already holds another run ({differ}): give this one another --out"
-                         + (", or --force to replace that one." if has_force else "."))
+        differ = "; ".join(f"{flag_name(n, flags)} {_said(n, s)} there, {_said(n, w)} here" for n, w, s in conflicts)
+        raise UsageError(f"Run folder {folder} already holds another run ({differ}): to continue that one, pass "
+                         f"--resume --out {shlex.quote(str(folder))} (its own settings); to start this one, give it "
+                         "another --out" + (", or --force to replace that one." if has_force else "."))
+
+
+def _said(name: str, value: Any) -> str:
+    """A setting's value as the conflict message says it: ``'x'``, or what ``None`` means for it
+    (``--hub``: the shipped hub; otherwise the default)."""
+    if value is None:
+        return "the shipped hub" if name == "hub" else "the default"
+    return repr(value)
 
 
 def _as_saved(plain: Mapping[str, Any]) -> Any:

@@ -45,7 +45,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from hubrl.atomic import atomic_write
 from hubrl.checkpoint import DivergedWeights, restore_training_state, save_training_checkpoint
-from hubrl.evaluation import EvalResult, evaluate_model
+from hubrl.evaluation import EvalResult, EvaluationStopped, evaluate_model
 from hubrl.progress import StepProgressBar
 from hubrl.signals import SignalStop
 
@@ -150,6 +150,9 @@ class RawScoreEvalCallback(BaseCallback):
         self.n_episodes = n_episodes
         self.history = history
         self._next = 0
+        #: The run's stop (:class:`StopOnSignal`), set by :func:`run_training`: once it has a signal no
+        #: evaluation starts, and one under way ends at its next step.
+        self.stop: SignalStop | None = None
 
     def _on_training_start(self) -> None:
         done = self.history.points[-1]["step"] if self.history.points else 0
@@ -158,22 +161,34 @@ class RawScoreEvalCallback(BaseCallback):
         due = early is not None and self.num_timesteps < early < min(self._next, self.budget or early + 1)
         self._early = early if due else None
 
-    def evaluate(self, n_episodes: int | None = None) -> EvalResult:
-        """Play ``n_episodes`` games (default: the run's), record and log their raw scores."""
-        result = evaluate_model(self.model, self.eval_env, n_episodes or self.n_episodes,
-                                seed=eval_seed(self.model.seed, self.num_timesteps))
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.received is not None
+
+    def evaluate(self, n_episodes: int | None = None) -> EvalResult | None:
+        """Play ``n_episodes`` games (default: the run's), record and log their raw scores; None when
+        the run was stopped meanwhile (:attr:`stop`): an evaluation inside the rollout a stop ends is
+        discarded with it (:class:`RolloutBoundary`) and made again on resume, so its games are not
+        played out."""
+        try:
+            result = evaluate_model(self.model, self.eval_env, n_episodes or self.n_episodes,
+                                    seed=eval_seed(self.model.seed, self.num_timesteps), stop=self._stopping)
+        except EvaluationStopped:
+            if self.verbose:
+                print(f"[eval] step {self.num_timesteps}: cut short by the stop; made again on resume", flush=True)
+            return None
         self.history.add(self.num_timesteps, result)
         if self.history_path is not None:
             self.history.save(self.history_path)
-        self.logger.record("eval/mean_reward", result.mean)
-        self.logger.record("eval/std_reward", result.std)
-        self.logger.record("eval/mean_ep_length", sum(result.lengths) / max(len(result.lengths), 1))
-        self.logger.dump(self.num_timesteps)
+        dump_alone(self.logger, self.num_timesteps, {
+            "eval/mean_reward": result.mean, "eval/std_reward": result.std,
+            "eval/mean_ep_length": sum(result.lengths) / max(len(result.lengths), 1)})
         if self.verbose:
             print(f"[eval] step {self.num_timesteps}: {result}", flush=True)
         return result
 
     def _on_step(self) -> bool:
+        if self._stopping():  # stopped: the rollout's evaluation would be discarded with it (see evaluate)
+            return True
         if self._early is not None and self.num_timesteps >= self._early:
             self._early = None
             self.evaluate(self.first_eval_episodes)
@@ -184,6 +199,21 @@ class RawScoreEvalCallback(BaseCallback):
                 self.evaluate()
                 self._next += self.eval_freq
         return True
+
+
+def dump_alone(logger: Any, step: int, values: dict[str, float]) -> None:
+    """Write ``values`` to ``logger`` at ``step`` on their own, keeping what it holds back for its
+    next dump: SB3 logs each update's ``train/*`` values at the next rollout's dump, and an
+    evaluation dumping them early wrote them at its step instead, and after the last update, at the
+    step the last rollout had already logged (two values at that step on every ``train/*`` curve)."""
+    held = (dict(logger.name_to_value), dict(logger.name_to_count), dict(logger.name_to_excluded))
+    for table in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
+        table.clear()
+    for key, value in values.items():
+        logger.record(key, value)
+    logger.dump(step)
+    for table, kept in zip((logger.name_to_value, logger.name_to_count, logger.name_to_excluded), held):
+        table.update(kept)
 
 
 class RolloutBoundary(BaseCallback):
@@ -460,6 +490,8 @@ def run_training(
         boundary = RolloutBoundary()
         with StopOnSignal() as stopper:
             cbs: list[BaseCallback] = [boundary, stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
+            if evaluator is not None:
+                evaluator.stop = stopper
             if model.num_timesteps > 0:  # resumed: one value per step in its TensorBoard log
                 cbs.append(PurgeLaterTensorBoardPoints())
             if pauser is not None:

@@ -32,8 +32,8 @@ def parse_steps(text: str) -> int:
     if not math.isfinite(number):
         raise ValueError(f"expected a step count like 10M, 500k or 2e6, got {text!r} (not a finite number)")
     number *= scale
-    if number < 1:
-        raise ValueError(f"must be positive, got {text}")
+    if number < 1:  # 0.5 is positive, but no step at all
+        raise ValueError(f"must be positive, got {text}" if number <= 0 else f"must be at least 1 step, got {text}")
     number = round(number)  # 1.5k is 1500; a fraction of a step rounds to the nearest one
     if number > MAX_STEPS:
         raise ValueError(f"{text} is out of range: expected a step count like 10M, 500k or 2e6 from 1 to {MAX_STEPS:,}")

@@ -420,6 +420,13 @@ CASES = [
     ("zoo-bench-run-n", "bench", lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k",
                                                "-n", "1k"],
      ["unrecognized arguments: -n 1k", "RL Zoo's -n: use --timesteps"], _leaves_nothing("g")),
+    ("zoo-params", T, lambda t, h: ["--env", "Alien", "-params", "n_steps:64", "--conf-file", "x.yml", "--num-threads",
+                                    "1"],
+     ["RL Zoo's -params: use --hyperparams FILE.yaml", "RL Zoo's --conf-file: use --hyperparams FILE.yaml",
+      "RL Zoo's --num-threads: use --threads N"], _leaves_nothing("runs")),
+    ("zoo-hyperparams-pair", T, lambda t, h: ["--env", "Alien", "--hyperparams", "n_steps:64"],
+     ["--hyperparams: cannot read the file n_steps:64", "RL Zoo's KEY:VALUE pairs are not taken here: write n_steps: 64 "
+      "in a YAML file"], _leaves_nothing("runs")),
     ("zoo-enjoy-stochastic", "enjoy", lambda t, h: ["--expert", "Seaquest", "--stochastic"],
      ["RL Zoo's --stochastic: actions are sampled by default (--deterministic for greedy ones)"], None),
     ("no-env", T, lambda t, h: ["--timesteps", "1k"], ["--env"], None),

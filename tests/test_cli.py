@@ -237,7 +237,7 @@ def test_one_parser_of_step_counts():
     assert [parse_steps(t) for t in ("250k", "1M", "1m", "2e6", "1.5k", "100000", "1.4")] == \
         [250_000, 1_000_000, 1_000_000, 2_000_000, 1_500, 100_000, 1]
     for bad, why in (("0", "positive"), ("-5", "positive"), ("inf", "finite"), ("nan", "finite"), ("10x", "step count"),
-                     ("2e15", "out of range")):
+                     ("2e15", "out of range"), ("0.5", "at least 1 step, got 0.5")):  # 0.5 is positive: not why
         with pytest.raises(ValueError, match=why):
             parse_steps(bad)
     assert [format_steps(n) for n in (250_000, 1_000_000, 1_500, 999)] == ["250k", "1M", "1500", "999"]

@@ -20,6 +20,7 @@ import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
+import hubrl.evaluation
 import hubrl.signals
 import hubrl.training
 from hubrl.checkpoint import (
@@ -264,6 +265,68 @@ def test_a_resumed_run_hides_the_points_its_log_holds_past_its_checkpoint(tmp_pa
     events.Reload()
     assert "eval/mean_reward" not in events.Tags()["scalars"] or events.Scalars("eval/mean_reward") == []
     assert [(e.step, e.value >= 0) for e in events.Scalars("time/fps")] == [(64, True), (128, True)]
+
+
+@pytest.mark.slow
+def test_a_log_holds_one_value_per_step_of_each_tag_through_the_final_evaluation(tmp_path):
+    """SB3 logs an update's train/* values at the next rollout's dump; the evaluations' dumps took them along:
+    the final one wrote the last update's values at the step the last rollout had logged, two values at that step
+    on every train/* curve. Each evaluation now dumps its own values alone; train/* stays on SB3's steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hubrl.evaluation import make_eval_env
+
+    env = make_atari_vec_env("Breakout", 2, seed=0)  # short games: the evaluations cost little
+    model = PPO("CnnPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu",
+                tensorboard_log=str(tmp_path / "tb"))
+    eval_env = make_eval_env("Breakout", n_envs=1, seed=10_000)
+    try:
+        run_training(model, 192, tmp_path / "checkpoint.pt", eval_env=eval_env, eval_freq=96, eval_episodes=1,
+                     checkpoint_freq=10**9, progress_bar=False, verbose=0)
+    finally:
+        eval_env.close()
+    (log,) = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(log))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert steps["eval/mean_reward"] == [96, 192] and steps["train/learning_rate"] == [128, 192]  # SB3's own steps
+    assert all(len(s) == len(set(s)) for s in steps.values()), steps
+
+
+@pytest.mark.slow
+def test_a_stop_during_an_evaluation_cuts_it_short_instead_of_playing_it_out(tmp_path, capsys):
+    """An evaluation under way when Ctrl-C came played all its games, printed their score, and was then discarded
+    with the unfinished rollout it was made in. It now ends at its next step, says it is made again on resume,
+    and the run stops with its checkpoint at the rollout's start."""
+    import os
+    import signal
+
+    from hubrl.evaluation import make_eval_env
+
+    played = []
+
+    def evaluate_and_signal(model, env, n_episodes, **kwargs):
+        stop = kwargs["stop"]
+
+        def counted() -> bool:
+            played.append(1)
+            if len(played) == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, five steps into the evaluation
+            return stop()
+
+        return hubrl.evaluation.evaluate_model(model, env, n_episodes, **{**kwargs, "stop": counted})
+
+    eval_env = make_eval_env("Gopher", n_envs=1, seed=10_000)  # long games: played out, the test would take minutes
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(hubrl.training, "evaluate_model", evaluate_and_signal)
+            outcome = run_training(_model(), 512, tmp_path / "checkpoint.pt", eval_env=eval_env, eval_freq=96,
+                                   eval_episodes=10, checkpoint_freq=10**9, progress_bar=False, verbose=1)
+    finally:
+        eval_env.close()
+    assert outcome.interrupted_by == signal.SIGINT and len(played) == 5  # stopped at the step the signal came
+    assert outcome.num_timesteps == 64 and outcome.history.points == []  # saved at the rollout's start, nothing kept
+    assert "[eval] step 96: cut short by the stop; made again on resume" in capsys.readouterr().out
 
 
 def test_the_progress_bar_counts_to_the_step_learn_really_ends_at(tmp_path, monkeypatch):

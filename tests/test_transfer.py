@@ -371,10 +371,11 @@ def test_a_runs_hub_sources_and_tensorboard_folder_are_saved_absolute(tmp_path, 
 
 def test_a_new_run_in_a_folder_holding_another_runs_settings_is_told_so(tmp_path):
     """The default run folder names the game, method, algorithm and seed, not --top-k: a second run
-    that differs there lands in the first one's folder. It is told what differs and to use another
-    --out, not to pass --resume (which would refuse it in turn), and so is one with other experts;
-    the same settings again are offered --resume, and settings a resume may change (the budget, the
-    device) are not a difference."""
+    that differs there lands in the first one's folder. It is told what differs, to use another --out
+    for itself, or ``--resume --out DIR`` alone (the saved settings; --resume with its own flags
+    would refuse them in turn) to continue the other (a rerun after Ctrl-C that forgot a flag), and
+    so is one with other experts (the shipped hub said so, not ``None``); the same settings again are
+    offered --resume, and settings a resume may change (the budget, the device) are not a difference."""
     from hubrl.harness import start_run
 
     with start_run(_cfg(tmp_path, top_k=1), tmp_path / "run", verbose=0) as run:
@@ -383,7 +384,10 @@ def test_a_new_run_in_a_folder_holding_another_runs_settings_is_told_so(tmp_path
     with pytest.raises(UsageError) as refused:
         start_run(_cfg(tmp_path, top_k=2), tmp_path / "run", verbose=0, force=False)
     assert str(refused.value) == (f"Run folder {tmp_path / 'run'} already holds another run (--top-k 1 there, 2 here): "
-                                  "give this one another --out, or --force to replace that one.")
+                                  f"to continue that one, pass --resume --out {tmp_path / 'run'} (its own settings); to "
+                                  "start this one, give it another --out, or --force to replace that one.")
+    with pytest.raises(UsageError, match=r"another run \(--hub the shipped hub there, '/.*/elsewhere' here\)"):
+        start_run(_cfg(tmp_path, top_k=1, hub=str(tmp_path / "elsewhere")), tmp_path / "run", verbose=0, force=False)
     with pytest.raises(UsageError, match=r"another run \(--sources \[\] there, \['/.*/a.zip'\] here\)"):
         start_run(_cfg(tmp_path, top_k=1, sources=["a.zip"]), tmp_path / "run", verbose=0, force=False)  # other experts
     with pytest.raises(UsageError, match=r"another run \(--hyperparams 'ent_coef: 0\.01' there, 'ent_coef: 0\.05' here\)"):
