@@ -14,11 +14,15 @@ same command continues the grid where it stopped, by the state of each trial fol
 * **paused** (``--pause-at``: its ``status.json`` records a pause at or past this call's
   ``pause_at``, and a ``checkpoint.pt``): skipped until a later stage is asked for;
 * **started** (a ``checkpoint.pt``): resumed from the checkpoint, with the same curves;
-* **refused**: a finished or paused trial whose checkpoint is gone is never retrained or deleted:
-  the grid says why (``trials.jsonl``, the log, exit code 1) and leaves its folder as it is. A
-  grid has one budget: a launch with a budget other than the one its started trials run their
-  schedules over is refused as a whole before anything is written (one line, exit code 2), so
-  ``grid.json`` keeps the budget the report reads;
+* **refused**: a finished or paused trial whose checkpoint is gone (or one an earlier attempt
+  paused, then a later one was interrupted or failed) is never retrained or deleted: the grid says
+  why (``trials.jsonl``, the log, exit code 1) and leaves its folder as it is. A grid has one
+  budget: a launch with a budget other than the one the grid's started trials run their schedules
+  over, this launch's or any other arm's, game's or seed's in the root, is refused as a whole
+  before anything is written (one line, exit code 2), so ``grid.json`` keeps the budget the report
+  reads; so is a launch whose grid-wide settings (``--eval-episodes``, ``--set``) differ from those
+  ``grid.json`` records while trials it does not train were started with them (an arm's own
+  ``METHOD:KEY=VALUE`` options may differ);
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
 
@@ -32,7 +36,9 @@ its ``status.json`` and to ``<root>/trials.jsonl``, one JSON line per trial and 
 the wall time, agent steps per second, peak resident memory (``resource.getrusage``) and the
 system it ran on (:func:`hubrl.provenance.system_info`: commit, CPU, package versions; earlier
 attempts keep theirs in ``history``). The next rerun retries it. ``<root>/grid.json`` records the
-grid, the code commit and the machine that launched it.
+grid, the code commit and the machine that launched it: every game, arm and seed launched into the
+root (each launch adds its own, so ``--continue`` continues them all), the budget, the settings and
+the last launch's ``pause_at``.
 
 Where trials run:
 
@@ -40,7 +46,8 @@ Where trials run:
   process's high-water mark so far, not the trial's: ``rss_isolated`` is false);
 * ``workers=1`` (default) .. N: a pool of N spawned processes, each trial in a fresh process
   (``max_tasks_per_child=1``), so peak memory is the trial's own and a crash costs one trial;
-  torch gets ``cpu_count // N`` threads per worker unless ``threads`` says otherwise;
+  torch gets ``cpus // N`` threads per worker unless ``threads`` says otherwise (the CPUs this
+  process may run on: its affinity mask, which ``taskset``, Slurm or a container's cpuset narrow);
 * ``ray_address`` (``"auto"``, ``"ray://host:10001"`` ...): each trial is a Ray task asking for
   ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, in a fresh worker process (``max_calls=1``).
   The grid root must be on a file system that every node sees. Needs ``pip install "hubrl[ray]"``.
@@ -67,6 +74,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -75,7 +83,10 @@ from hubrl.errors import CheckpointError, GridError, UsageError
 from hubrl.grid import (
     binding_budget,
     evaluations_around,
+    grid_json_damage,
     has_checkpoint,
+    iter_trial_folders,
+    read_grid,
     read_status,
     read_trial_records,
     refusal_reason,
@@ -389,6 +400,22 @@ def _expand_finetune(methods: Sequence[str], settings: dict[str, Any]) -> list[s
     return list(dict.fromkeys(out))
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, which ``taskset``, Slurm and a cgroup
+    cpuset (``docker --cpuset-cpus``) narrow, where the platform tells it; else the machine's count.
+    The pool's default threads divide these: threads for cores the process may not use would share
+    its cores and stall (:mod:`hubrl.runtime`)."""
+    count = getattr(os, "process_cpu_count", None)  # Python 3.13+: the affinity mask's size
+    if count is not None:
+        return count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
@@ -425,16 +452,118 @@ def _holding_grid_lock(run: Callable[..., GridSummary]) -> Callable[..., GridSum
 
 def _refuse_another_budget(root: Path, specs: Sequence[dict[str, Any]], budget: int) -> None:
     """A grid has one budget: refuse, before anything is written, a launch whose budget differs from
-    the one its started trials run their schedules over (else ``grid.json`` would record the new
-    budget and the report would read every earlier trial as unfinished)."""
-    conflicts = [(spec["folder"], started) for spec in specs
-                 if (started := binding_budget(spec["folder"])) is not None and started != int(budget)]
+    the one the grid's started trials run their schedules over: this launch's and every other trial
+    folder of the root (the arms, games and seeds this launch does not name: a new arm with another
+    budget would otherwise make ``grid.json`` record it, and the report would read every earlier
+    trial as unfinished)."""
+    folders = dict.fromkeys([Path(spec["folder"]) for spec in specs] + list(iter_trial_folders(root)))
+    conflicts = [(folder, started) for folder in folders
+                 if (started := binding_budget(folder)) is not None and started != int(budget)]
     if conflicts:
         folder, started = conflicts[0]
         raise GridError(f"{len(conflicts)} trial(s) of {root} were started with another budget, e.g. "
-                        f"{Path(folder).relative_to(root)} with {started:,} steps (its schedules run over it), not "
-                        f"{int(budget):,}: rerun with --timesteps {started}, or use another --root for the new budget. "
-                        "Nothing was written.")
+                        f"{folder.relative_to(root)} with {started:,} steps (its schedules run over it), not "
+                        f"{int(budget):,}, and a grid has one budget, at which its report reads every trial: rerun "
+                        f"with --timesteps {started}, or use another --root for the new budget. Nothing was written.")
+
+
+def _started_elsewhere(root: Path, specs: Sequence[dict[str, Any]]) -> list[Path]:
+    """The trial folders of the grid in ``root`` that this launch does not train (other arms, games or
+    seeds) and that hold a started trial: a checkpoint, or a budget its records bind it to."""
+    ours = {Path(spec["folder"]) for spec in specs}
+    return [folder for folder in iter_trial_folders(root)
+            if folder not in ours and (has_checkpoint(folder) or binding_budget(folder) is not None)]
+
+
+def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], methods: Sequence[str],
+                                settings: dict[str, Any], game: str, budget: int) -> None:
+    """Refuse, before anything is written, a launch whose grid-wide settings differ from those
+    ``grid.json`` records while trials this launch does not train were started with them
+    (``--method new=scratch --eval-episodes 10`` beside arms evaluated on 5 games): the new trials'
+    results would not compare with theirs, and ``--continue``, which gives every arm of the grid
+    ``grid.json``'s settings, would give the earlier arms settings their resumes refuse.
+
+    Compared as a resume compares a trial's settings (:func:`_refuse_changed_settings`: those a resume
+    may change, such as the device, may differ; ``n_envs`` resolved), for each arm of this launch on
+    what its method reads, but for its own ``METHOD:KEY=VALUE`` options, which differ between arms by
+    design. A ``grid.json`` that is missing, damaged or not of this version leaves the check to the
+    trials' own (:func:`_refuse_changed_settings`)."""
+    import dataclasses
+
+    from hubrl.harness import resolve_run_hyperparams
+    from hubrl.runconfig import resume_conflicts
+    from hubrl.transfer import METHOD_OPTIONS, TransferConfig
+
+    recorded = read_grid(root).get("settings")
+    if grid_json_damage(root) or not isinstance(recorded, dict):
+        return
+    elsewhere = _started_elsewhere(root, specs)
+    if not elsewhere:
+        return  # nothing started but what this launch trains: the grid takes this launch's settings
+    for token in methods:
+        label, method, overrides = parse_method(token)
+        compared = []
+        for values in (recorded, settings):
+            try:
+                cfg = TransferConfig(env=game, method=method, seed=0, timesteps=int(budget),
+                                     **{**trial_settings(method, values), **overrides})
+                resolve_run_hyperparams(cfg)  # n_envs None -> the preset's, as a trial's own resume resolves it
+            except (TypeError, ValueError, UsageError):  # a grid.json of another version or hand-edited: not comparable
+                return
+            compared.append({name: value for name, value in dataclasses.asdict(cfg).items()
+                             if name not in overrides and cfg.method in METHOD_OPTIONS.get(name, (cfg.method,))})
+        try:
+            conflicts = resume_conflicts(TransferConfig, compared[0], compared[1], root / "grid.json")
+        except (CheckpointError, UsageError):
+            return
+        if conflicts:
+            parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where the grid has {v!r}" for n, w, v in conflicts)
+            name, wanted, _ = conflicts[0]
+            arm = token if "=" in token.partition(":")[0] else f"{label}={token}"  # labelled: its folder stays
+            example = (f", e.g. {arm}{',' if ':' in token else ':'}{name}={wanted}"
+                       if isinstance(wanted, (bool, int, float, str)) else "")  # a list or mapping is --set's only
+            raise GridError(f"{label}: this launch's grid-wide settings differ from those of the grid {root} ({parts}; "
+                            f"{root / 'grid.json'} records them), which trials this launch does not train were started "
+                            f"with, e.g. {elsewhere[0].relative_to(root)}: their results would not compare. Give the "
+                            f"grid's settings (an arm may have its own as METHOD:KEY=VALUE{example}), or use another "
+                            "--root for the new ones. Nothing was written.")
+
+
+def _merged_grid(root: Path, games: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    """What ``grid.json`` records of the grid after this launch: the union of the games, arms and seeds
+    it recorded and this launch's (order kept; an arm given anew, by its label, takes this launch's
+    definition), so that ``--continue`` continues every arm launched into the root, not only the last
+    launch's; and this launch's settings, with those it recorded that none of this launch's arms
+    reads but one of the grid's does (a new scratch arm keeps the grid's ``--hub`` for its hub arms).
+    A missing or damaged ``grid.json`` records this launch alone."""
+    recorded = read_grid(root)
+
+    def listed(key: str, kind: type) -> list[Any]:
+        values = recorded.get(key)
+        return [v for v in values if isinstance(v, kind) and not isinstance(v, bool)] if isinstance(values, list) else []
+
+    arms: dict[str, str] = {}
+    for token in listed("methods", str):
+        try:
+            arms[parse_method(token)[0]] = token
+        except GridError:
+            continue  # a hand-edited arm: --continue would stop on it
+    arms.update({parse_method(token)[0]: token for token in methods})
+    merged = {"games": list(dict.fromkeys([*listed("games", str), *games])), "methods": list(arms.values()),
+              "seeds": list(dict.fromkeys([*listed("seeds", int), *(int(s) for s in seeds)])), "settings": dict(settings)}
+    kept = recorded.get("settings")
+    extra = {k: v for k, v in kept.items() if k not in settings} if isinstance(kept, dict) else {}
+    if extra:
+        from hubrl.transfer import METHOD_ONLY_SETTINGS, METHOD_OPTIONS
+
+        launched = {parse_method(token)[1] for token in methods}
+        grid = {parse_method(token)[1] for token in merged["methods"]}
+        for name, value in extra.items():
+            readers = set(METHOD_OPTIONS.get(name) or METHOD_ONLY_SETTINGS.get(name) or ())
+            if readers and not readers & launched and readers & grid:
+                merged["settings"][name] = value
+    return merged
 
 
 def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> None:
@@ -470,8 +599,8 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where it has {v!r}" for n, w, v in conflicts)
             raise GridError(f"{folder.relative_to(root)} was started with other settings than this launch gives it "
                             f"({parts}; saved in its config.yaml): relaunch with the settings the grid was started with "
-                            f"({root / 'grid.json'} records them: run --root {root} --continue), or use another --root "
-                            "for the new ones. Nothing was written.")
+                            f"({root / 'grid.json'} records them: run --root {shlex.quote(str(root))} --continue), or use "
+                            "another --root for the new ones. Nothing was written.")
 
 
 @_holding_grid_lock
@@ -503,7 +632,8 @@ def run_grid(
 
     :param settings: extra :class:`~hubrl.transfer.TransferConfig` fields for every trial.
     :param workers: 0 = in this process; N >= 1 = a pool of N spawned processes, one fresh process per trial.
-    :param threads: torch threads per trial (default: ``cpu_count // workers`` in the pool; untouched in-process).
+    :param threads: torch threads per trial (default: the CPUs this process may run on ``// workers`` in the pool;
+        untouched in-process).
     :param ray_address: run the trials as Ray tasks on this cluster (``"auto"``, an address, or ``"local"``
         for a fresh local instance); an already initialised Ray is used as it is.
     :param trial_fn: top-level function ``spec -> dict`` doing one trial (tests inject fakes).
@@ -534,19 +664,21 @@ def run_grid(
     else:
         game_names = _game_names(games)
     if ray_address is None and workers >= 1 and threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, _usable_cpus() // workers)
     if ray_address is not None:
         threads = threads or max(1, int(cpus_per_trial))
     specs = make_specs(root, game_names, methods, seeds, budget, settings, threads, pause_at)
     _refuse_another_budget(root, specs, budget)
     if check:
         _refuse_changed_settings(root, specs)
+        _refuse_other_grid_settings(root, specs, methods, settings, game_names[0], budget)
+    merged = _merged_grid(root, game_names, methods, seeds, settings)
     root.mkdir(parents=True, exist_ok=True)
     write_json(
         root / "grid.json",
-        {"games": game_names, "methods": list(methods), "seeds": [int(s) for s in seeds], "budget": int(budget),
-         "pause_at": pause_at, "settings": settings, "workers": workers, "ray_address": ray_address, "commit": git_commit(),
-         "machine": machine_info(), "updated": now()},
+        {"games": merged["games"], "methods": merged["methods"], "seeds": merged["seeds"], "budget": int(budget),
+         "pause_at": pause_at, "settings": merged["settings"], "workers": workers, "ray_address": ray_address,
+         "commit": git_commit(), "machine": machine_info(), "updated": now()},
     )
     summary = GridSummary(root)
     journal = root / "trials.jsonl"

@@ -2,8 +2,8 @@
 
 A grid folder ``<root>/`` made by :mod:`hubrl.benchmark` holds:
 
-* ``grid.json``: the grid as last launched (games, methods, seeds, budget, settings), the commit
-  and the machine (:func:`read_grid`);
+* ``grid.json``: the grid as launched (every game, method and seed launched into it, its budget
+  and settings, the last launch's ``pause_at``), the commit and the machine (:func:`read_grid`);
 * ``trials.jsonl``: the runner's journal, one JSON line per trial and attempt;
 * ``<Game>/<method>/s<seed>/`` (:func:`trial_folder`, :func:`iter_trial_folders`): one trial, a
   transfer run folder (``config.yaml``, ``evaluations.json``, ``gates.jsonl``, ``model.zip``,
@@ -221,7 +221,8 @@ def trial_state(folder: str | Path, budget: int, pause_at: int | None = None, re
     * ``resume``: it has a ``checkpoint.pt`` (which rewrites damaged records as it goes on);
     * ``refused``: it must not be trained to ``budget`` (:func:`refusal_reason` says why);
     * ``fresh``: none of these (nothing, or the leftovers of an attempt that died before its first
-      checkpoint: no ``model.zip``, and records that are sound and show no result).
+      checkpoint: no ``model.zip``, and records that are sound and show no result: no attempt, the
+      last or an earlier one in its ``history``, paused or finished it).
 
     ``records``: the folder's (:func:`read_trial_records`) when the caller has read them already.
     """
@@ -246,14 +247,28 @@ def _is_done(status: dict[str, Any]) -> bool:
     return status.get("status") in ("ok", "paused") and bool(status.get("completed") or status.get("status") == "paused")
 
 
+def _earlier_result(status: dict[str, Any]) -> tuple[str, int] | None:
+    """``(status, steps)`` of the furthest earlier attempt in ``status.json``'s ``history`` that paused
+    or finished the trial (None: none did). A later attempt interrupted or failed does not undo it:
+    ``evaluations.json`` still holds that stage's scores, and only the checkpoint continues from it."""
+    history = status.get("history")
+    attempts = history if isinstance(history, list) else []
+    held = [(int(a["num_timesteps"]) if fits_type(a.get("num_timesteps"), int) else 0, str(a["status"]))
+            for a in attempts if isinstance(a, dict) and a.get("status") in ("ok", "paused")]
+    if not held:
+        return None
+    steps, attempt = max(held)
+    return attempt, steps
+
+
 def binding_budget(folder: str | Path, status: dict[str, Any] | None = None) -> int | None:
-    """The budget a trial was started with when it binds its continuation (it finished, paused or
-    has a checkpoint: its schedules run over that budget); None for a trial that may start afresh.
-    ``status``: the folder's ``status.json`` when the caller has read it already."""
+    """The budget a trial was started with when it binds its continuation (it finished, paused, an
+    earlier attempt of it did, or it has a checkpoint: its schedules run over that budget); None for
+    a trial that may start afresh. ``status``: the folder's ``status.json`` when the caller has read it already."""
     folder = Path(folder)
     status = sound_status(folder) if status is None else status
     started_with = status.get("budget") or (status.get("num_timesteps") if status.get("completed") else None)
-    if started_with is None or not (_is_done(status) or has_checkpoint(folder)):
+    if started_with is None or not (_is_done(status) or _earlier_result(status) or has_checkpoint(folder)):
         return None
     return int(started_with)
 
@@ -263,7 +278,8 @@ def refusal_reason(folder: str | Path, budget: int, records: TrialRecords | None
 
     A trial's schedules (learning rate, clip range) run over the budget it was started with, so it
     continues only to that budget (:func:`binding_budget`); and a finished or paused trial is never
-    restarted from scratch, which would delete its recorded results. ``records``: the folder's
+    restarted from scratch, which would delete its recorded results, nor is one an earlier attempt
+    paused or finished, then a later one was interrupted or failed. ``records``: the folder's
     (:func:`read_trial_records`) when the caller has read them already.
     """
     folder = Path(folder)
@@ -280,6 +296,14 @@ def refusal_reason(folder: str | Path, budget: int, records: TrialRecords | None
     if done and not has_checkpoint(folder) and not status.get("completed"):
         return ("it was paused at {:,} steps but its checkpoint.pt is gone (archived?): restore the checkpoint to continue; "
                 "a fresh start would discard the recorded stage").format(int(status.get("num_timesteps") or 0))
+    earlier = None if done else _earlier_result(status)
+    if earlier and not has_checkpoint(folder):  # paused at a stage, then stopped later, archived: not leftovers
+        attempt, steps = earlier
+        stopped = int(status.get("num_timesteps") or 0)  # a failed attempt records none
+        last = f"its last attempt: {status.get('status') or 'unrecorded'}{f' at {stopped:,} steps' if stopped else ''}"
+        return (f"an earlier attempt {'paused' if attempt == 'paused' else 'finished'} it at {steps:,} steps ({last}) but its "
+                "checkpoint.pt is gone (archived?): restore the checkpoint to continue; a fresh start would discard the "
+                "recorded stage")
     if not has_checkpoint(folder) and (done or (folder / "model.zip").is_file()):  # not leftovers: a result
         held = "a model.zip" if (folder / "model.zip").is_file() else "a status.json recording a finished run"
         return (f"it holds {held} but no checkpoint, and its evaluations do not reach {int(budget):,} steps: a "

@@ -263,7 +263,11 @@ def test_grid_skips_finished_records_failures_and_retries(tmp_path):
     assert len(_journal(root)) == 24
 
     # A bigger budget: the finished trial's model.zip is a result, never cleared for a fresh start (a real run's
-    # status also records its budget, whose schedules bind it: refused either way).
+    # status also records its budget, whose schedules bind it: refused either way). The trial resumed from its
+    # checkpoint binds the grid's budget too, though this launch does not train it: first it refuses the launch.
+    with pytest.raises(GridError, match=r"e.g. Gopher/hub-pathway/s1 with 100 steps .*a grid has one budget"):
+        run_grid(root, ["Alien"], ["scratch"], [0], 200, **kw)
+    (failed / "checkpoint.pt").unlink()
     fourth = run_grid(root, ["Alien"], ["scratch"], [0], 200, **kw)
     assert fourth.count("refused") == 1 and "model.zip" in fourth.records[0]["error"]
     assert (trial_folder(root, "Alien", "scratch", 0) / "model.zip").read_bytes() == b"fake"
@@ -707,9 +711,9 @@ def test_run_continue_relaunches_the_grids_last_launch_from_its_grid_json(tmp_pa
     assert (games, methods, seeds, budget) == (["Alien", "Gopher"], ["scratch", "finetune:source=seaquest-ppo"], [2],
                                                1_000_000)
     assert kwargs["settings"] == launch["settings"] and kwargs["workers"] == 2 and kwargs["threads"] == 1
-    assert kwargs["pause_at"] == 500_000  # how far: as given now (none: to the budget)
+    assert kwargs["pause_at"] == 500_000  # how far: as given now (none: grid.json's)
     main(["run", "--root", str(root), "--continue", "--workers", "1"])
-    assert calls[-1][4]["workers"] == 1 and calls[-1][4]["pause_at"] is None
+    assert calls[-1][4]["workers"] == 1 and calls[-1][4]["pause_at"] == 250_000
     with pytest.raises(UsageError, match="--continue reads only .*; it does not read --seed"):  # it would change it
         main(["run", "--root", str(root), "--continue", "--seed", "0", "1", "2"])
     assert len(calls) == 2
@@ -984,3 +988,152 @@ def test_bench_run_refuses_a_bad_set_value_in_one_line_before_any_trial(tmp_path
     assert exited.value.code == 2 and err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1, err.getvalue()
     assert named in err.getvalue() and "Traceback" not in err.getvalue()
     assert not (tmp_path / "g").exists()
+
+
+def completed_trial(spec: dict) -> dict:
+    """:func:`fake_trial` recording a completed run, as the real one does: its budget binds the trial."""
+    return {**fake_trial(spec), "completed": True}
+
+
+def test_a_new_arm_with_another_budget_is_refused_and_grid_json_keeps_every_arm(tmp_path):
+    """A new arm (``--method new=scratch``) launched with another budget passed the budget check, which
+    read only this launch's trials: grid.json then recorded the new budget (the report read the earlier
+    arms as unfinished) and only the new arm (``--continue`` continued it alone). Now the launch is
+    refused as a whole, and a launch of the same budget adds its arms, games and seeds to grid.json's."""
+    root = tmp_path / "grid"
+    kw = dict(trial_fn=completed_trial, workers=0, log=None)
+    run_grid(root, ["Alien"], ["scratch"], [0], 64, **kw)
+    grid_json = (root / "grid.json").read_text()
+    with pytest.raises(GridError, match=r"^1 trial\(s\) of .* were started with another budget, e.g. Alien/scratch/s0 with "
+                                        r"64 steps .*not 128, and a grid has one budget.*rerun with --timesteps 64, or use "
+                                        r"another --root"):
+        run_grid(root, ["Alien"], ["new=scratch"], [0], 128, **kw)
+    assert (root / "grid.json").read_text() == grid_json and not (root / "Alien" / "new").exists()
+    assert run_grid(root, ["Gopher"], ["new=scratch"], [1], 64, **kw).count("ok") == 1  # the same budget: a new arm
+    grid = json.loads((root / "grid.json").read_text())
+    assert (grid["games"], grid["methods"], grid["seeds"], grid["budget"]) == (
+        ["Alien", "Gopher"], ["scratch", "new=scratch"], [0, 1], 64)
+    summary = run_grid(root, ["Alien"], ["scratch"], [0], 64, pause_at=32, **kw)  # a relaunch of one arm, a stage
+    assert summary.count("skipped") == 1
+    assert json.loads((root / "grid.json").read_text())["methods"] == ["scratch", "new=scratch"]  # still both arms
+
+
+def test_a_new_arm_with_other_grid_wide_settings_is_refused_but_its_own_options_are_not(tmp_path):
+    """``--method new=scratch --eval-episodes 10`` beside trials evaluated on 5 games: only this launch's
+    trials were compared with their settings, so the new arm ran with 10, grid.json recorded 10 for every
+    arm, and the results did not compare. Now it is refused in one line naming the setting and the fix; an
+    arm's own METHOD:KEY=VALUE may differ, where it runs (--device) may too, and a new scratch arm keeps the
+    grid's --hub in grid.json for its hub arms."""
+    hub = str(make_tiny_hub(tmp_path / "hub"))
+    root = tmp_path / "grid"
+    kw = dict(trial_fn=completed_trial, workers=0, log=None, validate=True)
+    run_grid(root, ["Alien"], ["scratch", "hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub}, **kw)
+    grid_json = (root / "grid.json").read_text()
+    with pytest.raises(GridError) as refused:
+        run_grid(root, ["Alien"], ["new=scratch"], [0], 64, settings={"eval_episodes": 10}, **kw)
+    message = str(refused.value)
+    assert message.startswith("new: this launch's grid-wide settings differ from those of the grid ") and "\n" not in message
+    assert "(--eval-episodes 10 where the grid has 5;" in message and "e.g. Alien/hub-pathway/s0" in message
+    assert "e.g. new=scratch:eval_episodes=10), or use another --root" in message
+    assert (root / "grid.json").read_text() == grid_json and not (root / "Alien" / "new").exists()
+    with pytest.raises(GridError, match=r"^new: .*\(--eval-episodes 10 where the grid has 5;"):  # left out: the default
+        run_grid(root, ["Alien"], ["new=scratch"], [0], 64, **kw)
+    run_grid(root, ["Alien"], ["new=scratch:eval_episodes=10"], [0], 64, settings={"eval_episodes": 5, "device": "cpu"},
+             **kw)
+    grid = json.loads((root / "grid.json").read_text())
+    assert grid["methods"] == ["scratch", "hub-pathway", "new=scratch:eval_episodes=10"]
+    assert grid["settings"] == {"eval_episodes": 5, "device": "cpu", "hub": hub}  # the hub arm's --hub is kept
+
+
+def test_continue_keeps_the_grids_pause_at_and_its_advice_quotes_the_root(tmp_path, monkeypatch, capsys):
+    """After Ctrl-C the grid said "run --root ROOT --continue", which trained every trial past the stage
+    the grid was launched to pause at, to the budget: --continue did not read grid.json's pause_at. Now
+    it does unless --pause-at is given, and the printed root is quoted for the shell."""
+    import hubrl.benchmark
+    from hubrl.benchmark import GridSummary
+    from hubrl.cli.bench import main
+
+    root = tmp_path / "my grid"
+    root.mkdir()
+    launch = {"games": ["Alien"], "methods": ["scratch"], "seeds": [0], "budget": 1_000_000, "pause_at": 250_000,
+              "settings": {}, "workers": 1, "ray_address": None}
+    (root / "grid.json").write_text(json.dumps(launch))
+    asked = []
+
+    def stopped_grid(root_, *args, **kwargs):
+        asked.append(kwargs["pause_at"])
+        return GridSummary(Path(root_), stopped_by=2)
+
+    monkeypatch.setattr(hubrl.benchmark, "run_grid", stopped_grid)
+    assert main(["run", "--root", str(root), "--continue"]) == 128 + 2
+    assert asked == [250_000]
+    assert f"run --root '{root}' --continue, to continue the grid." in capsys.readouterr().out
+    main(["run", "--root", str(root), "--continue", "--pause-at", "1M"])  # the budget: on to the end
+    assert asked[-1] == 1_000_000
+    (root / "grid.json").write_text(json.dumps({**launch, "pause_at": "250k"}))
+    with pytest.raises(UsageError, match=r"--continue: .*grid.json records the pause_at '250k', not a number of agent "
+                                         r"steps: give --pause-at STEPS"):
+        main(["run", "--root", str(root), "--continue"])
+
+
+def test_the_pools_default_threads_divide_the_cpus_this_process_may_run_on(tmp_path, monkeypatch):
+    """``taskset -c 0``, Slurm or ``docker --cpuset-cpus`` give the grid fewer CPUs than the machine has:
+    dividing os.cpu_count() gave each worker threads for cores it may not use, which stall."""
+    import hubrl.benchmark
+
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)  # Python 3.13+: the same mask
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pools = []
+    monkeypatch.setattr(hubrl.benchmark, "run_in_pool",
+                        lambda todo, trial_fn, workers, threads, record, say: pools.append((workers, threads)))
+    run_grid(tmp_path / "g", ["Alien"], ["scratch"], [0], 64, workers=2, trial_fn=fake_trial, log=None)
+    run_grid(tmp_path / "g", ["Alien"], ["scratch"], [0], 64, workers=1, trial_fn=fake_trial, log=None)
+    assert pools == [(2, 1), (1, 2)]
+
+
+def staged_trial(spec: dict) -> dict:
+    """Pauses at ``pause_at`` (evaluated there, checkpointed); without one, fails at 48 steps when
+    ``<root>/fail-later`` exists, else is interrupted there (checkpointed)."""
+    folder = Path(spec["folder"])
+    path = folder / "evaluations.json"
+    points = json.loads(path.read_text())["points"] if path.exists() else []
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    if spec.get("pause_at"):
+        path.write_text(json.dumps({"points": [*points, {"step": spec["pause_at"], "mean": 1.0, "scores": [1.0]}]}))
+        return {"steps": spec["pause_at"], "num_timesteps": spec["pause_at"], "paused": True}
+    if (_root_of(spec) / "fail-later").exists():
+        raise RuntimeError("out of memory at 48 steps")
+    return {"steps": 16, "num_timesteps": 48, "interrupted_by": 2}
+
+
+@pytest.mark.parametrize("later", ["interrupted", "failed"])
+def test_a_stage_paused_then_stopped_later_without_its_checkpoint_is_refused_not_cleared(tmp_path, later):
+    """A trial paused at a stage, then interrupted (or failed) past it, then archived without its
+    checkpoints, read as fresh: its start cleared the folder, and the stage's scores in evaluations.json
+    with it. Now it holds a result, as a paused trial does: refused with the advice to restore the
+    checkpoint, nothing deleted; its budget binds the grid's."""
+    root = tmp_path / "grid"
+    if later == "failed":
+        root.mkdir()
+        (root / "fail-later").touch()
+    kw = dict(trial_fn=staged_trial, workers=0, log=None)
+    assert run_grid(root, ["Alien"], ["scratch"], [0], 64, pause_at=32, **kw).count("paused") == 1
+    assert run_grid(root, ["Alien"], ["scratch"], [0], 64, **kw).records[0]["status"] == later
+    folder = trial_folder(root, "Alien", "scratch", 0)
+    (folder / "checkpoint.pt").unlink()  # archived without weights
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert trial_state(folder, 64) == "refused"
+
+    def must_not_run(spec: dict) -> dict:
+        raise AssertionError("a trial holding a stage was trained again")
+
+    summary = run_grid(root, ["Alien"], ["scratch"], [0], 64, trial_fn=must_not_run, workers=0, log=None)
+    assert summary.count("refused") == 1
+    last = "interrupted at 48 steps" if later == "interrupted" else "failed"  # a failed attempt records no step
+    assert summary.records[0]["error"] == (f"an earlier attempt paused it at 32 steps (its last attempt: {last}) but its "
+                                           "checkpoint.pt is gone (archived?): restore the checkpoint to continue; a fresh "
+                                           "start would discard the recorded stage")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept
+    with pytest.raises(GridError, match=r"Alien/scratch/s0 with 64 steps"):
+        run_grid(root, ["Alien"], ["scratch"], [0], 128, trial_fn=must_not_run, workers=0, log=None)

@@ -26,6 +26,7 @@ Entry point ``hubrl-bench``; also ``python -m hubrl bench`` and ``scripts/benchm
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,9 +84,11 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     run.add_argument("--timesteps", dest="budget", type=steps, default=None, metavar="STEPS", aliases=("--budget",),
                      help="Agent steps per trial (the budget), e.g. 1M, 100k (required, but with --continue).")
     run.add_argument("--continue", dest="continue_grid", action="store_true",
-                     help="Continue the grid's last launch as its grid.json records it (games, methods, seeds, budget "
-                          "and settings), without typing them again; --pause-at (default: none, to the budget), "
-                          "--workers or --ray-address, --threads, --verbose and --report may be given anew.")
+                     help="Continue the grid as its grid.json records it (every game, method and seed launched into "
+                          "it, its budget and settings, and the last launch's --pause-at), without typing them again; "
+                          "--pause-at (default: grid.json's, so a grid stopped mid-stage finishes that stage; give a "
+                          "later one, or the budget, to go further), --workers or --ray-address, --threads, --verbose "
+                          "and --report may be given anew.")
     run.add_argument("--pause-at", type=steps, default=None, metavar="STEPS",
                      help="Pause every trial at the first rollout boundary at or past STEPS agent steps, up to the "
                           "budget (schedules "
@@ -97,7 +100,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     where.add_argument("--ray-address", default=None, metavar="ADDRESS",
                        help="Run trials as Ray tasks: auto, ray://host:10001, or local (needs pip install \"hubrl[ray]\").")
     run.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                     help="Torch CPU threads per trial (default: CPU cores // --workers; with Ray, --cpus-per-trial; "
+                     help="Torch CPU threads per trial (default: the CPUs this process may run on // --workers; with "
+                          "Ray, --cpus-per-trial; "
                           "with --workers 0, torch's own).")
     run.add_argument("--cpus-per-trial", type=bounded_float(0.0, low_open=True), default=1, metavar="N",
                      help="Ray: CPUs each trial asks for. Default: 1.")
@@ -227,9 +231,10 @@ CONTINUE_READS = {"root", "pause_at", "workers", "ray_address", "threads", "cpus
 
 
 def _continue_launch(args: argparse.Namespace, given: set[str]) -> dict:
-    """``run --continue``: the grid's last launch from its grid.json (games, methods, seeds, budget,
-    settings) into ``args``; returns its settings (flags that would change the launch were refused
-    when parsing)."""
+    """``run --continue``: the grid from its grid.json (games, methods, seeds, budget, settings, and
+    the last launch's ``--pause-at`` unless one is given: a grid stopped by Ctrl-C mid-stage goes on
+    to that stage, not past it to the budget) into ``args``; returns its settings (flags that would
+    change the launch were refused when parsing)."""
     from hubrl.grid import grid_json_damage, read_grid
 
     damage = grid_json_damage(args.root)
@@ -244,6 +249,12 @@ def _continue_launch(args: argparse.Namespace, given: set[str]) -> dict:
         raise UsageError(f"--continue: {args.root} {what}, so there is no launch to continue: give --env, --timesteps "
                          "and the other flags of the grid.")
     args.games, args.methods, args.seeds, args.budget = (launch[key] for key in needed[:4])
+    if "pause_at" not in given:
+        pause_at = launch.get("pause_at")
+        if pause_at is not None and (isinstance(pause_at, bool) or not isinstance(pause_at, int) or pause_at < 1):
+            raise UsageError(f"--continue: {Path(args.root) / 'grid.json'} records the pause_at {pause_at!r}, not a number "
+                             "of agent steps: give --pause-at STEPS (or the budget, to train to it), or mend the file.")
+        args.pause_at = pause_at
     if "workers" not in given and "ray_address" not in given:
         args.workers = launch.get("workers", args.workers)
         args.ray_address = launch.get("ray_address")
@@ -272,7 +283,8 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     for rec in summary.failed:
         print(f"  failed: {rec['trial']}: {rec['error']}")
     if summary.stopped_by is not None:  # as a stopped run: 128 + the signal, and no report of a grid cut short
-        print(f"Stopped by a signal: rerun the same command, or run --root {args.root} --continue, to continue the grid"
+        print(f"Stopped by a signal: rerun the same command, or run --root {shlex.quote(str(args.root))} --continue, to "
+              "continue the grid"
               + (" (then --report)." if args.report else "."))
         return 128 + summary.stopped_by
     if args.report:  # with the stage this launch paused the grid at (the report at the budget would be empty)
