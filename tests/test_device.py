@@ -277,7 +277,7 @@ def test_every_torch_load_maps_to_the_cpu_and_reads_weights_only():
                     weights_only = keywords.get("weights_only")
                     assert isinstance(weights_only, ast.Constant) and weights_only.value is True, where
     assert calls, calls  # hubrl.hub.load_weights_only, which every reader of checkpoints and zips calls
-    assert "load_weights_only(path)" in (ROOT / "hubrl" / "checkpoint.py").read_text()
+    assert "load_weights_only(io.BytesIO(data))" in (ROOT / "hubrl" / "checkpoint.py").read_text()  # the bytes CRC-checked
 
 
 # ----------------------------------------------------------------------------- on a GPU (scripts/gpu_check.sh)

@@ -415,7 +415,7 @@ def played(monkeypatch):
 
     calls = []
 
-    def fake_evaluate(model, env, n_episodes=10, deterministic=False, seed=None):
+    def fake_evaluate(model, env, n_episodes=10, deterministic=False, seed=None, stop=None):
         calls.append((model.num_timesteps, n_episodes))
         return EvalResult(100.0 + len(calls), 10.0, n_episodes, [1.0] * n_episodes, [1] * n_episodes)
 
@@ -651,7 +651,7 @@ def test_the_console_says_what_the_gate_did_at_each_evaluation(tmp_path, tiny_hu
     from hubrl.evaluation import EvalResult
 
     monkeypatch.setattr(hubrl.training, "evaluate_model",
-                        lambda model, env, n, seed=None: EvalResult(1.0, 0.0, n, [1.0] * n, [1] * n))
+                        lambda model, env, n, seed=None, stop=None: EvalResult(1.0, 0.0, n, [1.0] * n, [1] * n))
     cfg = dict(hub=str(tiny_hub), timesteps=256, eval_freq=128)
     run_transfer(_cfg(tmp_path, **cfg), progress_bar=False, verbose=1, pause_at=128)
     run_transfer(_cfg(tmp_path, **cfg), resume=True, progress_bar=False, verbose=1)
