@@ -99,6 +99,7 @@ from hubrl.runconfig import check_pause_at, flag_name
 from hubrl.trial import (
     TrialFn,
     TrialSpec,
+    attempt_summary,
     execute_trial,
     make_record,
     now,
@@ -714,9 +715,7 @@ def run_grid(
             continue
         previous = records.status  # {} when damaged: the resumed run rewrites it
         if previous:
-            # num_timesteps: where the attempt stopped, which places it in a stage's report (hubrl.grid.attempt_ends)
-            keep = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
-            spec["history"] = [*previous.get("history", []), {k: previous.get(k) for k in keep}]
+            spec["history"] = [*previous.get("history", []), attempt_summary(previous)]
         todo.append(spec)
 
     if not todo:

@@ -206,13 +206,14 @@ def dump_alone(logger: Any, step: int, values: dict[str, float]) -> None:
     next dump: SB3 logs each update's ``train/*`` values at the next rollout's dump, and an
     evaluation dumping them early wrote them at its step instead, and after the last update, at the
     step the last rollout had already logged (two values at that step on every ``train/*`` curve)."""
-    held = (dict(logger.name_to_value), dict(logger.name_to_count), dict(logger.name_to_excluded))
-    for table in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
+    tables = (logger.name_to_value, logger.name_to_count, logger.name_to_excluded)
+    held = [dict(table) for table in tables]
+    for table in tables:
         table.clear()
     for key, value in values.items():
         logger.record(key, value)
     logger.dump(step)
-    for table, kept in zip((logger.name_to_value, logger.name_to_count, logger.name_to_excluded), held):
+    for table, kept in zip(tables, held):
         table.update(kept)
 
 
@@ -490,13 +491,12 @@ def run_training(
         boundary = RolloutBoundary()
         with StopOnSignal() as stopper:
             cbs: list[BaseCallback] = [boundary, stopper, CheckpointEveryCallback(checkpoint_path, checkpoint_freq, extra)]
-            if evaluator is not None:
-                evaluator.stop = stopper
             if model.num_timesteps > 0:  # resumed: one value per step in its TensorBoard log
                 cbs.append(PurgeLaterTensorBoardPoints())
             if pauser is not None:
                 cbs.append(pauser)
             if evaluator is not None:
+                evaluator.stop = stopper
                 cbs.append(evaluator)
             cbs.extend(callbacks or [])
             # SB3's bar counts this call's steps only, to the budget; this one all steps, to where learn() really ends

@@ -31,6 +31,7 @@ from hubrl.grid import count_parameters, has_checkpoint
 from hubrl.provenance import system_info
 
 __all__ = [
+    "HISTORY_FIELDS", "attempt_summary",
     "TrialSpec",
     "TrialFn",
     "trial_settings",
@@ -218,6 +219,16 @@ def failure_fields(exc: BaseException) -> dict[str, Any]:
     """A failure's record fields: the exception in one line and the tail of its traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-_TRACEBACK_TAIL:]}
+
+
+#: What ``status.json``'s ``history`` keeps of an earlier attempt (``num_timesteps``: where it stopped,
+#: which places it in a stage's report, :func:`hubrl.grid.attempt_ends`).
+HISTORY_FIELDS = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
+
+
+def attempt_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """An attempt's record as ``status.json``'s ``history`` keeps it (:data:`HISTORY_FIELDS`)."""
+    return {key: record.get(key) for key in HISTORY_FIELDS}
 
 
 def save_status(spec: TrialSpec, record: dict[str, Any]) -> None:

@@ -22,14 +22,21 @@ from typing import Any, Callable, Iterator, NamedTuple
 from hubrl.errors import GridError
 from hubrl.grid import read_status
 from hubrl.signals import SignalStop, defer_signals, deferred_signals, held_signals, pending_signal, request_stop
-from hubrl.trial import TrialFn, TrialSpec, execute_trial, failure_fields, make_record, now, save_status
+from hubrl.trial import (
+    TrialFn,
+    TrialSpec,
+    attempt_summary,
+    execute_trial,
+    failure_fields,
+    make_record,
+    now,
+    save_status,
+)
 
 __all__ = ["run_in_process", "run_in_pool", "run_on_ray"]
 
 _POLL_SECONDS = 1.0  # how often a waiting grid looks for a signal of its own, to pass on to its workers
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-#: What ``status.json``'s ``history`` keeps of an attempt (as :func:`hubrl.benchmark.run_grid` does for a rerun's).
-_HISTORY_FIELDS = ("status", "steps", "num_timesteps", "seconds", "peak_rss_mb", "rss_isolated", "finished", "system")
 _DIED = "The worker process died (killed by the OS, e.g. for memory, or crashed)"
 
 
@@ -224,7 +231,7 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, markers: P
                 journal(future, rec)
                 continue
             if rec is not None:  # the attempt the pool's SIGTERM stopped: its steps and time count in the trial's totals
-                task.spec["history"] = [*task.spec.get("history", []), {key: rec.get(key) for key in _HISTORY_FIELDS}]
+                task.spec["history"] = [*task.spec.get("history", []), attempt_summary(rec)]
             say(f"{task.spec['trial']}: {'stopped' if rec else 'not started'} when another worker died, which broke the "
                 f"pool; it runs again in a fresh one.")
             journalled.add(future)
