@@ -24,7 +24,8 @@ __all__ = ["EvalResult", "EvaluationStopped", "make_eval_env", "seeded_actions",
 
 
 class EvaluationStopped(Exception):
-    """:func:`evaluate_model` was asked to stop (its ``stop`` said so) before its games were played."""
+    """:func:`evaluate_model` was asked to stop (its ``stop`` said so) before all its games were played:
+    it has no result, and the games it did play are discarded."""
 
 
 @dataclass

@@ -15,10 +15,21 @@ of them::
   identity) mixes the output channels of expert k's kernel and bias before aggregation, so
   experts whose channels play the same role in a different order can be combined.
 
-Initialisation (a deviation from the official code, made for RL): the gate's output layer starts
+Initialisation (two deviations from the official code, made for RL): the gate's output layer starts
 at zero weights and bias ``logit(1/K)`` (``logit(0.9)`` for K = 1), so at the start every gate is
 1/K everywhere and the aggregated kernel is the mean of the experts' kernels. The official
 bias-0 start (gates ~ 0.5) would scale every layer by ~K/2, i.e. the features by (K/2)^4.
+The gate's hidden layer keeps the magnitudes of its initial weights (SB3's orthogonal ones in a
+policy) but not their signs, ``|W|``, and starts with bias 0 (the official hidden layer has no
+bias). Its inputs are never negative (frame means in [0, 1], means of ReLU outputs), so every
+hidden unit starts with a positive pre-activation on every input that is not all zeros, whatever
+the input's scale and the experts. With signed weights (SB3's orthogonal or the official Kaiming
+start) a unit whose weights point away from where the inputs lie is dead on all of them and gets
+no gradient, and a gate whose units are all dead learns one input-independent mix
+(:class:`ZooTuningExtractor` gives the frequencies). The price: every unit starts in the ReLU's
+linear part, so each gate's hidden layer starts linear in its input and bends only as training
+moves its weights and biases. Both starts are set by :meth:`ZooTuningExtractor.reset_gates`,
+which a policy must call after SB3's ``ortho_init``.
 
 **Applying per-sample kernels.** Convolution is linear in the kernel, so
 ``conv(x, sum_k a_k A_k W_k) = sum_k a_k A_k conv(x, W_k)``. For the convolutions this module
@@ -138,8 +149,17 @@ class _AdaptiveLayer(nn.Module):
         self.reset_gate()
 
     def reset_gate(self) -> None:
-        """Output layer of the gate: zero weights, bias logit(1/K), so every gate starts at 1/K."""
+        """Start the gate at 1/K with every hidden unit alive (module docstring, "Initialisation").
+
+        Output layer: zero weights, bias logit(1/K), so every gate is 1/K on every input. Hidden layer:
+        the weights lose their signs (``|W|``, the magnitudes of the init before, SB3's orthogonal
+        one in a policy) and the bias is zeroed: on the gate's inputs, which are never negative, every
+        hidden unit then has a positive pre-activation unless the input is all zeros.
+        """
         p0 = initial_gate(self.n_experts)
+        with th.no_grad():
+            self.gate[0].weight.abs_()
+            self.gate[0].bias.zero_()
         nn.init.zeros_(self.gate[-1].weight)
         nn.init.constant_(self.gate[-1].bias, math.log(p0 / (1 - p0)))
 
@@ -245,13 +265,18 @@ class ZooTuningExtractor(BaseFeaturesExtractor):
     these plain kwargs. SB3's policies re-initialise their modules after building them
     (``ortho_init``), which overwrites the gates' 1/K start: :class:`ZooTuningPolicy` puts it back;
     in another policy call :meth:`reset_gates` after it is built, or every layer starts scaled by
-    about K/2 (the features by (K/2)^4).
+    about K/2 (the features by (K/2)^4) and the gates' hidden units can start dead (below).
 
     The first layer's gate reads 4 numbers (each stacked frame's mean brightness) through
     ``4 // 4 + 1 = 2`` hidden ReLUs, the official code's width rule. Near-equal frames make those
-    inputs nearly alike, and with SB3's orthogonal start both units can be dead on every input
-    (about 14% of seeds, by a reviewer's simulation of 2,000 starts): that gate then learns only
-    its bias, one input-independent mix for the run. ``gate_hidden`` widens every gate.
+    inputs nearly alike, and with the signed hidden weights of SB3's orthogonal start both units
+    were dead on every input in about 14% of seeds by a reviewer's simulation of 2,000 starts, and
+    in 23% by ours on one game's frames (2,000 starts x 8 games, 32 frames of random play each; the
+    later gates, reading the shipped hub's experts, lost 33-42% of their hidden units): such a gate
+    learns only its output bias, one input-independent mix for the run. :meth:`reset_gates`
+    therefore also drops the signs of the gates' hidden weights and zeroes their biases (a
+    deviation from the official code, module docstring "Initialisation"): with it no hidden unit
+    of any gate started dead in the same starts. ``gate_hidden`` widens every gate.
 
     :param expert_names: one name per expert (the count fixes K; used for logging).
     :param lite: Zoo-Tuning lite (see module docstring).
@@ -297,7 +322,7 @@ class ZooTuningExtractor(BaseFeaturesExtractor):
         return [*self.convs, self.linear]
 
     def reset_gates(self) -> None:
-        """Restore the gates' 1/K start (call after SB3's orthogonal init has overwritten it)."""
+        """Restore the gates' start, 1/K with every hidden unit alive (call after SB3's orthogonal init has overwritten it)."""
         for layer in self.layers:
             layer.reset_gate()
 
@@ -455,7 +480,7 @@ class ZooTuningPolicy(ActorCriticPolicy):
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        self.extractor.reset_gates()  # SB3's orthogonal init overwrote the gates' 1/K start
+        self.extractor.reset_gates()  # SB3's orthogonal init overwrote the gates' start (1/K, hidden units alive)
         if self.freeze_experts:
             for param in self.extractor.expert_parameters():
                 param.requires_grad_(False)
