@@ -21,8 +21,9 @@ same command continues the grid where it stopped, by the state of each trial fol
   over, this launch's or any other arm's, game's or seed's in the root, is refused as a whole
   before anything is written (one line, exit code 2), so ``grid.json`` keeps the budget the report
   reads; so is a launch whose grid-wide settings (``--eval-episodes``, ``--set``) differ from those
-  ``grid.json`` records while trials it does not train were started with them (an arm's own
-  ``METHOD:KEY=VALUE`` options may differ);
+  ``grid.json`` records while trials it does not train were started with them and read them (an
+  arm's own ``METHOD:KEY=VALUE`` options may differ), and one whose hub (``--hub``, ``--sources``)
+  holds other experts than a started trial's (a hub moved elsewhere, holding the same experts, is taken);
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
   cleared first).
 
@@ -476,6 +477,46 @@ def _started_elsewhere(root: Path, specs: Sequence[dict[str, Any]]) -> list[Path
             if folder not in ours and (has_checkpoint(folder) or binding_budget(folder) is not None)]
 
 
+def _recorded_arms(recorded: dict[str, Any]) -> dict[str, str]:
+    """The arms a ``grid.json`` (read as ``recorded``) lists: label -> ``[LABEL=]NAME[:KEY=VALUE,...]``. One that
+    does not parse (hand-edited) is left out: ``--continue`` would stop on it."""
+    tokens = recorded.get("methods")
+    arms: dict[str, str] = {}
+    for token in tokens if isinstance(tokens, list) else []:
+        try:
+            if isinstance(token, str):
+                arms[parse_method(token)[0]] = token
+        except GridError:
+            continue
+    return arms
+
+
+def _method_reads(method: str | None, name: str) -> bool:
+    """Whether a trial of ``method`` reads the setting ``name``: all but the options and settings only other
+    methods take (:data:`~hubrl.transfer.METHOD_OPTIONS`, :data:`~hubrl.transfer.METHOD_ONLY_SETTINGS`). An
+    unknown method (None) is taken to read every one."""
+    from hubrl.transfer import METHOD_ONLY_SETTINGS, METHOD_OPTIONS
+
+    return method is None or all(method in table.get(name, (method,)) for table in (METHOD_OPTIONS, METHOD_ONLY_SETTINGS))
+
+
+def _started_methods(root: Path, folders: Sequence[Path]) -> dict[Path, str | None]:
+    """The method each trial of ``folders`` runs: its ``config.yaml``'s, else that of its arm (the folder's
+    label) in ``grid.json``; None where neither tells (damaged, or an arm no longer listed)."""
+    from hubrl.runconfig import read_saved_run
+
+    arms = _recorded_arms(read_grid(root))
+    methods: dict[Path, str | None] = {}
+    for folder in folders:
+        try:
+            method = read_saved_run(folder / "config.yaml").get("method")
+        except (CheckpointError, UsageError, OSError):
+            method = None
+        label = folder.parent.name
+        methods[folder] = method if isinstance(method, str) else parse_method(arms[label])[1] if label in arms else None
+    return methods
+
+
 def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], methods: Sequence[str],
                                 settings: dict[str, Any], game: str, budget: int) -> None:
     """Refuse, before anything is written, a launch whose grid-wide settings differ from those
@@ -487,13 +528,17 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
     Compared as a resume compares a trial's settings (:func:`_refuse_changed_settings`: those a resume
     may change, such as the device, may differ; ``n_envs`` resolved), for each arm of this launch on
     what its method reads, but for its own ``METHOD:KEY=VALUE`` options, which differ between arms by
-    design. A ``grid.json`` that is missing, damaged or not of this version leaves the check to the
-    trials' own (:func:`_refuse_changed_settings`)."""
+    design, and only on what the started trials' methods read too (:func:`_started_methods`): ``--set
+    top_k=2`` for a new hub-pathway arm beside started scratch trials alone changes none of them
+    (``--continue`` gives them a top-k they do not read), and their results compare as before. The
+    hub (``--hub``, ``--sources``), which a resume may move, is compared by its experts instead
+    (:func:`_refuse_other_experts`). A ``grid.json`` that is missing, damaged or not of this version
+    leaves the check to the trials' own (:func:`_refuse_changed_settings`)."""
     import dataclasses
 
     from hubrl.harness import resolve_run_hyperparams
     from hubrl.runconfig import resume_conflicts
-    from hubrl.transfer import METHOD_OPTIONS, TransferConfig
+    from hubrl.transfer import TransferConfig
 
     recorded = read_grid(root).get("settings")
     if grid_json_damage(root) or not isinstance(recorded, dict):
@@ -501,6 +546,7 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
     elsewhere = _started_elsewhere(root, specs)
     if not elsewhere:
         return  # nothing started but what this launch trains: the grid takes this launch's settings
+    started = _started_methods(root, elsewhere)
     for token in methods:
         label, method, overrides = parse_method(token)
         compared = []
@@ -512,7 +558,8 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
             except (TypeError, ValueError, UsageError):  # a grid.json of another version or hand-edited: not comparable
                 return
             compared.append({name: value for name, value in dataclasses.asdict(cfg).items()
-                             if name not in overrides and cfg.method in METHOD_OPTIONS.get(name, (cfg.method,))})
+                             if name not in overrides and _method_reads(cfg.method, name)
+                             and any(_method_reads(m, name) for m in started.values())})
         try:
             conflicts = resume_conflicts(TransferConfig, compared[0], compared[1], root / "grid.json")
         except (CheckpointError, UsageError):
@@ -520,13 +567,14 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
         if conflicts:
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where the grid has {v!r}" for n, w, v in conflicts)
             name, wanted, _ = conflicts[0]
+            example = next(folder for folder, m in started.items() if _method_reads(m, name)).relative_to(root)
             arm = token if "=" in token.partition(":")[0] else f"{label}={token}"  # labelled: its folder stays
-            example = (f", e.g. {arm}{',' if ':' in token else ':'}{name}={wanted}"
-                       if isinstance(wanted, (bool, int, float, str)) else "")  # a list or mapping is --set's only
+            option = (f", e.g. {arm}{',' if ':' in token else ':'}{name}={wanted}"
+                      if isinstance(wanted, (bool, int, float, str)) else "")  # a list or mapping is --set's only
             raise GridError(f"{label}: this launch's grid-wide settings differ from those of the grid {root} ({parts}; "
                             f"{root / 'grid.json'} records them), which trials this launch does not train were started "
-                            f"with, e.g. {elsewhere[0].relative_to(root)}: their results would not compare. Give the "
-                            f"grid's settings (an arm may have its own as METHOD:KEY=VALUE{example}), or use another "
+                            f"with, e.g. {example}: their results would not compare. Give the "
+                            f"grid's settings (an arm may have its own as METHOD:KEY=VALUE{option}), or use another "
                             "--root for the new ones. Nothing was written.")
 
 
@@ -544,12 +592,7 @@ def _merged_grid(root: Path, games: Sequence[str], methods: Sequence[str], seeds
         values = recorded.get(key)
         return [v for v in values if isinstance(v, kind) and not isinstance(v, bool)] if isinstance(values, list) else []
 
-    arms: dict[str, str] = {}
-    for token in listed("methods", str):
-        try:
-            arms[parse_method(token)[0]] = token
-        except GridError:
-            continue  # a hand-edited arm: --continue would stop on it
+    arms = _recorded_arms(recorded)
     arms.update({parse_method(token)[0]: token for token in methods})
     merged = {"games": list(dict.fromkeys([*listed("games", str), *games])), "methods": list(arms.values()),
               "seeds": list(dict.fromkeys([*listed("seeds", int), *(int(s) for s in seeds)])), "settings": dict(settings)}
@@ -567,6 +610,12 @@ def _merged_grid(root: Path, games: Sequence[str], methods: Sequence[str], seeds
     return merged
 
 
+def _is_started(folder: Path) -> bool:
+    """Whether ``folder`` holds a trial a launch would continue or skip rather than start afresh: a
+    checkpoint, or a record of a finished or paused run (archived without its checkpoint)."""
+    return has_checkpoint(folder) or read_status(folder).get("status") in ("ok", "paused")
+
+
 def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> None:
     """Refuse, before anything is written, a launch whose settings would change a started trial
     (``--n-envs 2`` for trials started with 1): each trial would otherwise fail on its own resume
@@ -581,8 +630,7 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
 
     for spec in specs:
         folder = Path(spec["folder"])
-        started = has_checkpoint(folder) or read_status(folder).get("status") in ("ok", "paused")
-        if not started or not (folder / "config.yaml").is_file():
+        if not _is_started(folder) or not (folder / "config.yaml").is_file():
             continue  # a trial that starts afresh takes this launch's settings
         try:
             saved = read_saved_run(folder / "config.yaml")
@@ -602,6 +650,103 @@ def _refuse_changed_settings(root: Path, specs: Sequence[dict[str, Any]]) -> Non
                             f"({parts}; saved in its config.yaml): relaunch with the settings the grid was started with "
                             f"({root / 'grid.json'} records them: run --root {shlex.quote(str(root))} --continue), or use "
                             "another --root for the new ones. Nothing was written.")
+
+
+def _saved_experts(folder: Path) -> tuple[list[Any], str]:
+    """The experts the trial in ``folder`` was started with, as its ``config.yaml`` describes them
+    (:func:`hubrl.transfer.hub_records`) but for where each was read from, as YAML reads them back: what
+    its resume compares (:func:`hubrl.transfer.resumed_hub`); and the hub it was started with
+    (:func:`_hub_place`). No experts where it records none (a method without a hub) or its file is
+    damaged (its own resume names it)."""
+    from hubrl.runconfig import read_saved_config
+
+    try:
+        saved = read_saved_config(folder / "config.yaml")
+    except (CheckpointError, UsageError, OSError):
+        return [], ""
+    run, records = saved["run"], saved.get("hub")
+    place = _hub_place(run.get("hub") if isinstance(run.get("hub"), str) else None,
+                       [str(s) for s in run.get("sources") or []] if isinstance(run.get("sources"), list) else [], {})
+    return _unplaced(records if isinstance(records, list) else []), place
+
+
+def _unplaced(records: Sequence[Any]) -> list[Any]:
+    """Expert records (:func:`hubrl.transfer.hub_records`) without where each was read from, as YAML reads them back."""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump([{k: v for k, v in e.items() if k != "source"} for e in records
+                                          if isinstance(e, dict)], sort_keys=False)) or []
+
+
+def _hubs_given(root: Path, specs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[Path, tuple[Any, ...]]:
+    """Each started trial of a hub method in ``root`` -> ``(hub, sources, how it is given)``: the hub it
+    resumes on after this launch. This launch's trials, their own (their arm's ``hub=`` or ``sources=``
+    option, else the grid-wide one); the other trials of the grid, where an arm of this launch reads a hub,
+    the grid-wide one, which ``grid.json`` then records for ``--continue`` to give them (where none reads
+    one, ``grid.json`` keeps the hub it recorded: nothing changes for them). A trial whose arm
+    ``grid.json`` does not list, or lists with a hub of its own, is left to its own resume."""
+    from hubrl.methods import HUB_METHODS
+
+    given: dict[Path, tuple[Any, ...]] = {}
+    for spec in specs:
+        if spec["base_method"] in HUB_METHODS and _is_started(Path(spec["folder"])):
+            cfg = trial_config(spec)
+            given[Path(spec["folder"])] = (cfg.hub, tuple(cfg.sources), _hub_place(cfg.hub, cfg.sources, spec["overrides"]))
+    if not any(spec["base_method"] in HUB_METHODS for spec in specs):
+        return given
+    arms = _recorded_arms(read_grid(root))
+    for folder in _started_elsewhere(root, specs):
+        _, method, overrides = parse_method(arms.get(folder.parent.name, "scratch"))
+        if method in HUB_METHODS and not {"hub", "sources"} & set(overrides):
+            hub, sources = settings.get("hub"), tuple(settings.get("sources") or ())
+            given[folder] = (hub, sources, _hub_place(hub, sources, {}))
+    return given
+
+
+def _hub_place(hub: str | None, sources: Sequence[str], overrides: dict[str, Any]) -> str:
+    """How a trial's hub is given, for messages: ``--hub DIR``, ``--sources ZIP ...``, the default hub, or
+    (``overrides`` naming it) its arm's own option."""
+    if "hub" in overrides or "sources" in overrides:
+        return f"its arm's own option {'hub' if 'hub' in overrides else 'sources'}={hub or ' '.join(sources)}"
+    if hub or sources:
+        return f"--hub {hub}" if hub else f"--sources {' '.join(sources)}"
+    return "the default hub (no --hub or --sources)"
+
+
+def _refuse_other_experts(root: Path, specs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a launch whose hub (``--hub``, ``--sources``) holds other experts
+    than a started trial of the grid was started with (:func:`_hubs_given`: this launch's own trials, and,
+    where this launch has a hub arm, the earlier arms ``--continue`` would then give its hub).
+
+    A trial's resume may take its hub from another place (``hub`` and ``sources`` are in
+    :attr:`hubrl.transfer.TransferConfig.RESUME_MAY_CHANGE`: a hub moved or copied elsewhere), which is why
+    :func:`_refuse_changed_settings` and :func:`_refuse_other_grid_settings` compare no hub path; but it
+    refuses a hub that holds other experts (:func:`hubrl.transfer.resumed_hub`). The grid refuses one too,
+    up front and by the same comparison: else this launch's started trials would fail one by one on their
+    resumes; a new arm would train on another expert set than the arms beside it, results of one grid
+    that do not compare; and ``grid.json`` would record its hub, which ``--continue`` gives the earlier arms
+    and their resumes refuse. A hub at a new place holding the same experts is taken (and recorded). An
+    arm's own ``hub=`` option may differ, as any arm's own option may."""
+    from hubrl.hub import HubError, resolve_hub
+    from hubrl.transfer import hub_records
+
+    experts: dict[tuple[Any, ...], list[Any]] = {}  # each hub resolved once
+    for folder, (hub, sources, place) in _hubs_given(root, specs, settings).items():
+        saved, started_with = _saved_experts(folder)
+        if not saved:
+            continue
+        if (hub, sources) not in experts:
+            try:
+                experts[hub, sources] = _unplaced(hub_records(resolve_hub(hub, list(sources))))
+            except HubError as exc:
+                raise GridError(f"{folder.relative_to(root)}: {exc}") from None
+        if experts[hub, sources] != saved:
+            names = [", ".join(str(e.get("name")) for e in found) for found in (saved, experts[hub, sources])]
+            raise GridError(f"{folder.relative_to(root)} was started with other experts ({names[0]}, described in its "
+                            f"config.yaml) than this launch's {place} holds ({names[1]}): a resume of it would refuse "
+                            "that hub, and the results of one grid on two expert sets would not compare. Give the hub "
+                            f"the grid was started with ({started_with}, or its new place if it moved: only its experts "
+                            "must be the same), or use another --root for the new experts. Nothing was written.")
 
 
 @_holding_grid_lock
@@ -672,6 +817,7 @@ def run_grid(
     _refuse_another_budget(root, specs, budget)
     if check:
         _refuse_changed_settings(root, specs)
+        _refuse_other_experts(root, specs, settings)
         _refuse_other_grid_settings(root, specs, methods, settings, game_names[0], budget)
     merged = _merged_grid(root, game_names, methods, seeds, settings)
     root.mkdir(parents=True, exist_ok=True)
@@ -687,8 +833,13 @@ def run_grid(
     total = len(specs)
 
     def record(rec: dict[str, Any]) -> None:
-        summary.records.append(rec)
+        """Journal an attempt; one that ends the trial in this launch (all but a ``requeued`` one, which a
+        broken pool stopped and runs again: :func:`~hubrl.trial_runners.run_in_pool`) also goes to the
+        summary and the log."""
         _append_line(journal, rec)
+        if rec.get("requeued"):
+            return
+        summary.records.append(rec)
         done = len(summary.records)
         if rec["status"] == "skipped":
             say(f"[{done}/{total}] {rec['trial']}: {rec.get('reason', 'finished already')}, skipped")

@@ -148,8 +148,9 @@ def run_in_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, threads:
     (:func:`_after_break`): the one whose worker died without a record is recorded as failed (the
     next rerun retries it); one whose worker wrote its record is journalled with it; but one the
     pool's SIGTERM stopped, or one no worker took, runs again in a fresh pool in this launch (unless
-    the grid is being stopped), its stopped attempt kept in its ``history``, not journalled (the
-    journal's records are the launch's, one per trial). Where no trial's worker died (a worker died
+    the grid is being stopped), its stopped attempt kept in its ``history`` and given to ``record``
+    marked ``requeued``, which the grid journals as every attempt but keeps out of the launch's
+    summary (one record per trial: the attempt that ends it). Where no trial's worker died (a worker died
     starting up), the trials no worker took fail instead: a worker that cannot start fails the
     grid's trials rather than breaking pool after pool.
 
@@ -230,12 +231,13 @@ def _run_pool(todo: list[TrialSpec], trial_fn: TrialFn, workers: int, markers: P
             if not requeue:
                 journal(future, rec)
                 continue
+            journalled.add(future)  # before its record: a second signal in between journals it once
+            del running[future]
             if rec is not None:  # the attempt the pool's SIGTERM stopped: its steps and time count in the trial's totals
                 task.spec["history"] = [*task.spec.get("history", []), attempt_summary(rec)]
+                record({**rec, "requeued": True})  # journalled as every attempt is, not as the trial's result
             say(f"{task.spec['trial']}: {'stopped' if rec else 'not started'} when another worker died, which broke the "
                 f"pool; it runs again in a fresh one.")
-            journalled.add(future)
-            del running[future]
             again.append(task.spec)
         pending[:0] = again
 

@@ -1045,6 +1045,95 @@ def test_a_new_arm_with_other_grid_wide_settings_is_refused_but_its_own_options_
     assert grid["settings"] == {"eval_episodes": 5, "device": "cpu", "hub": hub}  # the hub arm's --hub is kept
 
 
+def test_a_setting_only_methods_not_started_read_is_not_compared_with_the_grids(tmp_path):
+    """``--method xp=hub-pathway --set top_k=2`` beside started scratch trials alone was refused ("--top-k 2
+    where the grid has 1"): each arm of the launch was compared on all its method reads, though no started
+    trial reads a top-k (``--continue`` gives scratch one it ignores). Now only what the started trials'
+    methods read is compared: the arm runs, and once it has started, another top-k is refused, naming it."""
+    hub = str(make_tiny_hub(tmp_path / "hub"))
+    root = tmp_path / "grid"
+    kw = dict(trial_fn=completed_trial, workers=0, log=None, validate=True)
+    run_grid(root, ["Alien"], ["scratch"], [0], 64, settings={"eval_episodes": 5}, **kw)
+    summary = run_grid(root, ["Alien"], ["xp=hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub, "top_k": 2},
+                       **kw)
+    assert summary.count("ok") == 1
+    assert json.loads((root / "grid.json").read_text())["settings"] == {"eval_episodes": 5, "hub": hub, "top_k": 2}
+    with pytest.raises(GridError, match=r"^xp2: .*\(--top-k 1 where the grid has 2;.* e\.g\. Alien/xp/s0: their results"):
+        run_grid(root, ["Alien"], ["xp2=hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub}, **kw)
+    with pytest.raises(GridError, match=r"^xp2: .*\(--eval-episodes 10 where the grid has 5;.* e\.g\. Alien/scratch/s0:"):
+        run_grid(root, ["Alien"], ["xp2=hub-pathway"], [0], 64, settings={"eval_episodes": 10, "hub": hub, "top_k": 2}, **kw)
+
+
+def configured_trial(spec: dict) -> dict:
+    """:func:`completed_trial` saving its settings and its experts in ``config.yaml``, as a real run does."""
+    import dataclasses
+
+    import yaml
+
+    from hubrl.harness import resolve_run_hyperparams
+    from hubrl.hub import resolve_hub
+    from hubrl.methods import HUB_METHODS
+    from hubrl.transfer import hub_records
+    from hubrl.trial import trial_config
+
+    cfg = trial_config(spec)
+    resolve_run_hyperparams(cfg)
+    hub = hub_records(resolve_hub(cfg.hub, cfg.sources)) if cfg.method in HUB_METHODS else []
+    Path(spec["folder"], "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(cfg), "hub": hub}))
+    return completed_trial(spec)
+
+
+def test_a_launch_whose_hub_holds_other_experts_than_a_started_trials_is_refused(tmp_path):
+    """The grid's settings checks skipped --hub and --sources, which a resume may move: a new arm launched
+    on a hub of other experts trained beside the arms of the first (results that do not compare), and
+    grid.json recorded its hub, which --continue gave the earlier arms, whose resumes refuse it; a relaunch
+    of a started arm on it failed each trial on its own resume. Now both are refused before anything is
+    written, naming the experts and the hub the trial was started with; the same experts at a new place,
+    and an arm's own hub= option, are taken."""
+    import shutil
+
+    first, other = make_tiny_hub(tmp_path / "hub"), make_tiny_hub(tmp_path / "other", names=("seaquest-ppo",))
+    root = tmp_path / "grid"
+    kw = dict(trial_fn=configured_trial, workers=0, log=None, validate=True)
+    run_grid(root, ["Alien"], ["hub-pathway"], [0], 64, settings={"hub": str(first)}, **kw)
+    grid_json = (root / "grid.json").read_text()
+    for methods in (["new=hub-pathway"], ["hub-pathway"]):
+        with pytest.raises(GridError) as refused:
+            run_grid(root, ["Alien"], methods, [0], 64, settings={"hub": str(other)}, **kw)
+        message = str(refused.value)
+        assert message.startswith("Alien/hub-pathway/s0 was started with other experts (riverraid-ppo, seaquest-ppo, ")
+        assert f"than this launch's --hub {other} holds (seaquest-ppo): a resume of it would refuse" in message
+        assert f"Give the hub the grid was started with (--hub {first}, or its new place" in message
+        assert "another --root for the new experts. Nothing was written." in message and "\n" not in message
+        assert (root / "grid.json").read_text() == grid_json and not (root / "Alien" / "new").exists()
+    moved = shutil.copytree(first, tmp_path / "moved")
+    assert run_grid(root, ["Alien"], ["new=hub-pathway"], [0], 64, settings={"hub": str(moved)}, **kw).count("ok") == 1
+    assert json.loads((root / "grid.json").read_text())["settings"] == {"hub": str(moved)}
+    assert run_grid(root, ["Alien"], [f"own=hub-pathway:hub={other}"], [0], 64, settings={"hub": str(moved)},
+                    **kw).count("ok") == 1
+
+
+@pytest.mark.slow
+def test_an_attempt_a_broken_pool_stopped_and_runs_again_is_journalled(tmp_path):
+    """A trial whose worker the broken pool SIGTERMed runs again in a fresh pool: its stopped attempt was
+    in its status.json's history but not in trials.jsonl, which journals every other attempt. Now it is
+    journalled too, marked requeued, before the attempt that ends the trial; the launch's summary still
+    holds one record per trial."""
+    from hubrl.trial import HISTORY_FIELDS
+    from tests.test_trial_runners import one_worker_dies
+
+    root = tmp_path / "grid"
+    summary = run_grid(root, ["Alien"], ["scratch"], [0, 1, 2, 3], 64, workers=3, threads=1, trial_fn=one_worker_dies,
+                       log=None)
+    journal = _journal(root)
+    s0 = [r for r in journal if r["trial"] == "Alien/scratch/s0"]
+    assert [(r["status"], r.get("requeued")) for r in s0] == [("interrupted", True), ("ok", None)]
+    assert (s0[0]["interrupted_by"], s0[0]["steps"]) == (signal.SIGTERM, 32) and len(journal) == 5
+    status = json.loads((trial_folder(root, "Alien", "scratch", 0) / "status.json").read_text())
+    assert status["history"][-1] == {key: s0[0][key] for key in HISTORY_FIELDS}
+    assert sorted(r["trial"] for r in summary.records) == [f"Alien/scratch/s{seed}" for seed in range(4)]
+
+
 def test_continue_keeps_the_grids_pause_at_and_its_advice_quotes_the_root(tmp_path, monkeypatch, capsys):
     """After Ctrl-C the grid said "run --root ROOT --continue", which trained every trial past the stage
     the grid was launched to pause at, to the budget: --continue did not read grid.json's pause_at. Now
