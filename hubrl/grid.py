@@ -79,7 +79,7 @@ def read_json_object(path: str | Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return None
     return data if isinstance(data, dict) else None
 
@@ -90,7 +90,7 @@ def read_yaml_object(path: str | Path) -> dict[str, Any] | None:
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -108,7 +108,7 @@ def grid_json_damage(root: str | Path) -> str | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return f"{path} is damaged ({type(exc).__name__}: {exc})"
     return None if isinstance(data, dict) else f"{path} is damaged (not a JSON object)"
 

@@ -1226,3 +1226,16 @@ def test_a_stage_paused_then_stopped_later_without_its_checkpoint_is_refused_not
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept
     with pytest.raises(GridError, match=r"Alien/scratch/s0 with 64 steps"):
         run_grid(root, ["Alien"], ["scratch"], [0], 128, trial_fn=must_not_run, workers=0, log=None)
+
+
+def test_a_grid_record_nested_past_the_parsers_depth_reads_as_damaged_not_a_traceback(tmp_path):
+    """``[[[...]]]`` 200,000 deep in a grid's JSON or YAML raised RecursionError out of every reader (a
+    shared grid root is data): it now reads as damaged, as any other undecodable file does."""
+    from hubrl.grid import grid_json_damage, read_grid, read_json_object, read_yaml_object
+
+    deep = "[" * 200_000 + "]" * 200_000
+    (tmp_path / "grid.json").write_text(deep)
+    (tmp_path / "config.yaml").write_text("run: " + deep)
+    assert read_grid(tmp_path) == {} and read_json_object(tmp_path / "grid.json") is None
+    assert "is damaged (RecursionError" in grid_json_damage(tmp_path)
+    assert read_yaml_object(tmp_path / "config.yaml") is None
