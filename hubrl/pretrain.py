@@ -39,11 +39,11 @@ from hubrl.harness import (
     validate_run_settings,
     writable_folder_problem,
 )
-from hubrl.runconfig import resume_config
+from hubrl.runconfig import is_pretraining_run, read_saved_run, resume_config
 from hubrl.training import TrainingOutcome
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "run_folder", "expert_folder", "export_expert", "games_in",
-           "check_export_target", "pretrain_expert", "UsageError"]
+           "check_export_target", "check_new_run", "pretrain_expert", "UsageError"]
 
 
 @dataclass
@@ -108,13 +108,15 @@ def run_folder(out: str | Path, game: str, algo: str) -> Path:
 
 def games_in(out: str | Path, algo: str) -> list[str]:
     """The games of the ``algo`` pretraining runs in ``out`` (``<out>/<game>-<algo>/config.yaml``),
-    in folder order: what ``--resume``, ``--export`` and ``--plot`` work on when no ``--env`` is given."""
-    from hubrl.grid import read_yaml_object
+    in folder order: what ``--resume``, ``--export`` and ``--plot`` work on when no ``--env`` is given.
 
+    :raises CheckpointError: a ``config.yaml`` there that cannot be read (corrupt, or no ``run``
+        section), named as ``--env GAME`` names it: skipped, its run would be left out without a word.
+    """
     games = []
     for config in sorted(Path(out).glob(f"*-{algo.lower()}/{CONFIG_NAME}")):
-        run = (read_yaml_object(config) or {}).get("run")
-        if isinstance(run, dict) and isinstance(run.get("game"), str) and str(run.get("algo", "")).lower() == algo.lower():
+        run = read_saved_run(config)
+        if is_pretraining_run(run) and str(run.get("algo", "")).lower() == algo.lower():  # not a transfer run's folder
             games.append(run["game"])
     return games
 
@@ -196,6 +198,42 @@ def pretrain_expert(
     return PretrainResult(name, run.folder, outcome, manifest, expert, cfg.timesteps)
 
 
+def check_new_run(cfg: PretrainConfig, force: bool = False, pause_at: int | None = None) -> None:
+    """Refuse now a new run of ``cfg`` that :func:`pretrain_expert` would refuse only when its turn
+    came: a bad setting, a run folder that holds another run, is in use by another process or cannot
+    be written (:func:`hubrl.harness.start_run`'s checks), an expert in its hub that its export would
+    replace (without ``force``), a hub it cannot write in. A command over several games checks each
+    game first, so none is refused after hours of another's training. Writes nothing but the lock
+    file of a run folder already there (as the run itself would)."""
+    import dataclasses
+    from contextlib import ExitStack
+
+    from hubrl.harness import (
+        _refuse_another_run,
+        check_n_envs_given_once,
+        check_run_folder,
+        check_tensorboard_log,
+        hold_run_folder,
+    )
+    from hubrl.runconfig import check_pause_at
+
+    cfg = dataclasses.replace(cfg, algo=cfg.algo.lower())  # as pretrain_expert takes it; the caller's is left as it is
+    _validate(cfg)
+    check_n_envs_given_once(cfg)
+    check_tensorboard_log(cfg.tensorboard_log)
+    check_pause_at(pause_at, int(cfg.timesteps), cfg.FLAGS)
+    folder = run_folder(cfg.out, cfg.game, cfg.algo)
+    if not force:
+        _refuse_another_run(cfg, folder, has_force=True)
+    check_run_folder(folder, resume=False, force=force)
+    if folder.is_dir():  # a run there (replaced with --force) that another process is training
+        with ExitStack() as probe:
+            hold_run_folder(folder, probe)
+    if not force:
+        _refuse_replacing_an_expert(Path(cfg.hub) / expert_name(cfg.game, cfg.algo))
+    _check_writable(Path(cfg.hub), "--hub")
+
+
 def _refuse_replacing_an_expert(expert: Path, run: PretrainConfig | None = None,
                                 replace: str = "--force to replace it") -> None:
     """Refuse an export that would replace an expert of another run already in the hub: that expert
@@ -247,8 +285,8 @@ def _write_expert(
     folder: Path, cfg: PretrainConfig, plain: dict[str, Any], policy, num_timesteps: int, eval_env, seed: int,
     force: bool = False, replace: str = "--force to replace it",
 ) -> ExpertManifest:
-    """Round ``policy`` to the export dtype, evaluate that, and write weights + manifest into the
-    expert folder ``folder`` (nothing else).
+    """Round ``policy`` to the export dtype, evaluate that (in float32, as it runs once loaded), and
+    write weights + manifest into the expert folder ``folder`` (nothing else).
 
     Unless ``force``, the folder is looked at again under the expert's lock, just before the write:
     an expert another run exported there since this one started (two seeds of a game ending hours
@@ -258,8 +296,9 @@ def _write_expert(
 
     dtype = getattr(th, cfg.export_dtype)
     policy.set_training_mode(False)
-    state = {k: v.detach().to(dtype).to(v.dtype) if v.is_floating_point() else v for k, v in policy.state_dict().items()}
-    policy.load_state_dict(state)  # evaluate exactly what gets written
+    _round_in_place(policy, dtype)  # evaluate exactly what gets written ...
+    _in_float32(policy)  # ... as it runs wherever it is loaded (and --export scores it), whatever precision it trained in
+    state = policy.state_dict()  # SB3's pi_/vf_features_extractor aliases stay aliases: save_expert writes them once
     result = evaluate_model(policy, eval_env, cfg.eval_episodes, seed=seed)  # the recorded seed repeats the score
     game = resolve_game(cfg.game)
     manifest = ExpertManifest(
@@ -293,6 +332,38 @@ def _write_expert(
     return manifest
 
 
+def _round_in_place(policy, dtype: th.dtype) -> None:
+    """Round ``policy``'s floating-point weights and buffers to ``dtype`` and back, in place.
+
+    In place, so tensors that share memory keep sharing it: SB3 lists the shared encoder three
+    times in ``state_dict()`` (``features_extractor``, ``pi_`` and ``vf_features_extractor``), and
+    :func:`hubrl.experts.canonical_state_dict` drops the copies only where they are one tensor
+    (rounded copies, one per key, were all written: a float16 expert bigger than a float32 one).
+    Rounding a shared tensor once per name it has is harmless: a rounded value rounds to itself."""
+    if dtype == th.float32:
+        return
+    with th.no_grad():
+        for tensor in policy.state_dict().values():  # detached views of the policy's own tensors
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype))
+
+
+def _in_float32(policy) -> None:
+    """Undo :func:`hubrl.runtime.apply_precision` on ``policy``: its NatureCNN encoders run in float32
+    again, as the exported expert runs wherever it is loaded and as ``--export`` evaluates it, so a
+    run trained with ``--precision bf16`` records the score of the weights it writes, not a bf16 one.
+
+    ``apply_precision`` replaces ``forward`` on the instance alone (a :class:`functools.partial`), so
+    deleting that attribute gives the class's own ``forward`` back."""
+    import functools
+
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    for module in policy.modules():
+        if isinstance(module, NatureCNN) and isinstance(vars(module).get("forward"), functools.partial):
+            del module.forward
+
+
 def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path:
     """Where the run in ``run_folder`` exports its expert: ``<hub>/<name>``, by default into the
     hub the run was started with (its saved ``config.yaml``)."""
@@ -314,6 +385,7 @@ def export_expert(
 
     The exported weights are evaluated first (``eval_episodes`` whole games, sticky actions,
     stochastic policy); ``expert.json`` records the agent steps, the run's budget and that score.
+    ``dtype`` and ``eval_episodes`` None: the run's own (its ``--export-dtype`` and ``--eval-episodes``).
     A damaged ``checkpoint.pt`` gives way to the previous one kept beside it, said on stderr.
     """
     from stable_baselines3.common.policies import ActorCriticCnnPolicy

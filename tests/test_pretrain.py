@@ -353,7 +353,8 @@ def test_a_stop_names_the_games_not_started_yet(tmp_path, monkeypatch, capsys):
         return SimpleNamespace(name=hubrl.pretrain.expert_name(cfg.game, cfg.algo), outcome=outcome)
 
     monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", interrupted)
-    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", str(tmp_path / "runs"), "--no-progress-bar"]) == 130
+    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", str(tmp_path / "runs"), "--hub", str(tmp_path / "hub"),
+                 "--no-progress-bar"]) == 130
     assert capsys.readouterr().out == (
         "seaquest-ppo: stopped at 100 steps; checkpoint saved. Resume with --resume. Not started yet: Riverraid Gopher "
         "(--resume continues started runs only): start them afterwards with --env Riverraid Gopher, without --resume.\n")
@@ -384,7 +385,10 @@ def test_every_command_finds_a_run_where_run_folder_puts_it(tmp_path, monkeypatc
     (tmp_path / "runs" / "moved" / "riverraid-ppo" / "config.yaml").write_text("run: {game: riverraid, algo: ppo}\n")
     stopped = SimpleNamespace(already_done=False, interrupted_by=2, num_timesteps=1, paused=False)
     monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", lambda cfg, **kwargs: SimpleNamespace(name="x", outcome=stopped))
-    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", runs, "--no-progress-bar"]) == 130
+    hub = ["--hub", str(tmp_path / "hub")]
+    with pytest.raises(UsageError, match=f"Run folder {moved.replace('seaquest', 'riverraid')} already exists"):
+        main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", runs, *hub, "--no-progress-bar"])  # checked up front
+    assert main(["--env", "Seaquest", "Riverraid", "Gopher", "--out", runs, *hub, "--force", "--no-progress-bar"]) == 130
     assert "Not started yet: Gopher (" in capsys.readouterr().out  # Riverraid's run is where run_folder says
 
 
@@ -419,7 +423,7 @@ def test_a_game_named_twice_trains_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", pretrain)
     assert main(["--env", "Breakout", "breakout", "ALE/Breakout-v5", "Seaquest", "--force", "--out", str(tmp_path / "runs"),
-                 "--no-progress-bar"]) == 0
+                 "--hub", str(tmp_path / "hub"), "--no-progress-bar"]) == 0
     assert trained == ["breakout", "seaquest"]
 
 
@@ -602,17 +606,174 @@ def test_atomic_write_gives_normal_file_permissions(tmp_path):
 def test_resume_export_and_plot_find_the_games_already_in_out(tmp_path):
     """Without --env, --resume / --export / --plot work on the runs in --out (not the default
     Seaquest and Riverraid)."""
-    import pytest
-
     from hubrl.cli.pretrain import main
-    from hubrl.errors import UsageError
     from hubrl.pretrain import games_in
 
-    for name, game, algo in (("breakout-ppo", "breakout", "ppo"), ("pong-a2c", "pong", "a2c"), ("junk-ppo", None, "ppo")):
+    for name, run in (("breakout-ppo", "{game: breakout, algo: ppo}"), ("pong-a2c", "{game: pong, algo: a2c}"),
+                      ("gopher-ppo", "{env: Gopher, algo: ppo, method: scratch}")):  # a transfer run's: not pretraining
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.yaml").write_text(f"run: {{game: {game}, algo: {algo}}}\n" if game else "not: [yaml\n")
+        (tmp_path / name / "config.yaml").write_text(f"run: {run}\n")
     assert games_in(tmp_path, "ppo") == ["breakout"] and games_in(tmp_path, "a2c") == ["pong"]
     with pytest.raises(UsageError, match="Nothing to resume in .*breakout-ppo"):  # found, then checked as a run
         main(["--resume", "--out", str(tmp_path)])
     with pytest.raises(UsageError, match="No PPO pretraining run in .*: give the --out of a pretraining run, or --env"):
         main(["--resume", "--out", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("command", ["--resume", "--export", "--plot"])
+def test_a_run_whose_config_cannot_be_read_is_named_not_skipped(tmp_path, command):
+    """Without --env, a <game>-<algo> run whose config.yaml cannot be read was skipped without a word
+    (the other runs resumed or exported as if it were not there), and alone it was "No PPO pretraining
+    run (no <game>-ppo/config.yaml)" with the file right there. It is named as --env GAME names it."""
+    from hubrl.checkpoint import CheckpointError
+    from hubrl.cli.pretrain import main
+    from hubrl.pretrain import games_in
+
+    run = tmp_path / "seaquest-ppo"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"never read")
+    (run / "config.yaml").write_text("run: {game: seaquest, algo: ppo\n")  # cut short
+    corrupt = rf"{re.escape(str(run / 'config.yaml'))} is corrupt \(\w+\): the run's settings are unknown"
+    with pytest.raises(CheckpointError, match=corrupt):
+        games_in(tmp_path, "ppo")
+    with pytest.raises(CheckpointError, match=corrupt) as alone:
+        main([command, "--out", str(tmp_path)])
+    if command != "--plot":  # --plot --env reads the run's evaluations.json, not its config.yaml
+        with pytest.raises(CheckpointError) as named:
+            main([command, "--env", "Seaquest", "--out", str(tmp_path)])
+        assert str(alone.value) == str(named.value)
+    (tmp_path / "breakout-ppo").mkdir()  # beside a sound run: not left out while that one goes on
+    (tmp_path / "breakout-ppo" / "config.yaml").write_text("run: {game: breakout, algo: ppo}\n")
+    with pytest.raises(CheckpointError, match=corrupt):
+        main([command, "--out", str(tmp_path)])
+    (tmp_path / "seaquest-ppo" / "config.yaml").write_text("not: a run\n")  # YAML, but no run's settings
+    with pytest.raises(CheckpointError, match="seaquest-ppo/config.yaml has no 'run' section"):
+        main([command, "--out", str(tmp_path)])
+
+
+def _saved_run(tmp_path, **settings) -> Path:
+    """A pretraining run of Seaquest in ``tmp_path/runs`` as a run left it at 128 steps (``settings``
+    over the defaults in its config.yaml): the checkpoint of an untrained PPO, nothing trained."""
+    import dataclasses
+
+    from stable_baselines3 import PPO
+
+    from hubrl.envs import make_atari_vec_env
+
+    run = tmp_path / "runs" / "seaquest-ppo"
+    run.mkdir(parents=True)
+    cfg = PretrainConfig(game="Seaquest", timesteps=128, out=str(tmp_path / "runs"), hub=str(tmp_path / "hub"),
+                         run_id="a" * 32, **settings)
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": dataclasses.asdict(cfg), "resolved_hyperparams": {}}))
+    env = make_atari_vec_env("Seaquest", 1, seed=0)
+    model = PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu")
+    model.num_timesteps = 128
+    save_training_checkpoint(model, run / "checkpoint.pt")
+    env.close()
+    return run
+
+
+def _unplayed(monkeypatch) -> list[int]:
+    """Stand in for the export's evaluation (whole games, slow): each call's number of games, listed."""
+    import hubrl.pretrain
+    from hubrl.evaluation import EvalResult
+
+    games = []
+
+    def evaluate(policy, env, n_episodes, **kwargs):
+        games.append(n_episodes)
+        return EvalResult(mean=0.0, std=0.0, episodes=n_episodes, scores=[0.0] * n_episodes)
+
+    monkeypatch.setattr(hubrl.pretrain, "evaluate_model", evaluate)
+    return games
+
+
+def test_a_float16_export_keeps_one_copy_of_the_shared_encoder(tmp_path, monkeypatch):
+    """Rounding gave each state_dict key a tensor of its own, so SB3's pi_/vf_features_extractor
+    copies of the shared encoder no longer shared its memory and were all written: the float16 expert
+    (28 tensors, 10.1 MB) was bigger than the float32 one (12 tensors, 6.8 MB). Half of it now, with
+    the same tensors, each the float32 one rounded."""
+    run = _saved_run(tmp_path)
+    _unplayed(monkeypatch)
+    export_expert(run, dtype="float32", hub=tmp_path / "f32")
+    export_expert(run, dtype="float16", hub=tmp_path / "f16")
+    full, half = (tmp_path / hub / "seaquest-ppo" / "weights.safetensors" for hub in ("f32", "f16"))
+    weights32, weights16 = load_file(full), load_file(half)
+    assert sorted(weights16) == sorted(weights32) and len(weights32) == 12
+    assert not any(k.startswith(("pi_features_extractor", "vf_features_extractor")) for k in weights16)
+    assert all(weights16[k].dtype == th.float16 and th.equal(weights16[k], weights32[k].half()) for k in weights32)
+    assert half.stat().st_size < 0.51 * full.stat().st_size
+
+
+def test_export_keeps_the_runs_export_dtype_and_eval_episodes_unless_given(tmp_path, monkeypatch):
+    """``pretrain --export`` passed the flags' defaults (float32, 10 games) for a run started with
+    --export-dtype float16 --eval-episodes 3, so it exported float32 scored on 10 games. The run's own
+    settings now, unless the flags are given."""
+    from hubrl.cli.pretrain import main
+
+    _saved_run(tmp_path, export_dtype="float16", eval_episodes=3)
+    games = _unplayed(monkeypatch)
+    export = ["--export", "--env", "Seaquest", "--out", str(tmp_path / "runs")]
+    assert main(export) == 0
+    manifest = read_manifest(tmp_path / "hub" / "seaquest-ppo")
+    assert manifest.weights_dtype == "float16" and manifest.eval["episodes"] == 3 and games == [3]
+    assert main([*export, "--export-dtype", "float32", "--eval-episodes", "2"]) == 0  # given: they win
+    manifest = read_manifest(tmp_path / "hub" / "seaquest-ppo")
+    assert manifest.weights_dtype == "float32" and manifest.eval["episodes"] == 2 and games == [3, 2]
+
+
+def test_a_new_run_checks_every_games_folder_and_hub_before_training_the_first(tmp_path, monkeypatch):
+    """``pretrain --env Seaquest Riverraid`` checked Riverraid's run folder and hub only when its turn
+    came, after Seaquest's hours of training (only --resume checked every game first). Each new
+    game's refusals come before any training now."""
+    from types import SimpleNamespace
+
+    import hubrl.pretrain
+    from hubrl.cli.pretrain import main
+    from hubrl.harness import RUN_LOCK_NAME
+    from hubrl.locks import exclusive_lock
+
+    runs, hub = tmp_path / "runs", make_tiny_hub(tmp_path / "hub", names=("riverraid-ppo",))
+    trained = []
+
+    def pretrain(cfg, **kwargs):  # hours of training, and no refusal of its own
+        trained.append(cfg.game)
+        return SimpleNamespace(outcome=SimpleNamespace(already_done=True))
+
+    monkeypatch.setattr(hubrl.pretrain, "pretrain_expert", pretrain)
+    both = ["--env", "Seaquest", "Riverraid", "--out", str(runs), "--no-progress-bar"]
+    with pytest.raises(UsageError, match="already holds the expert riverraid-ppo .0 steps., which this new run would replace"):
+        main([*both, "--hub", str(hub)])  # an expert of another run in the hub
+    (runs / "riverraid-ppo").mkdir(parents=True)
+    (runs / "riverraid-ppo" / "config.yaml").write_text("run: {game: riverraid, algo: ppo}\n")
+    with pytest.raises(UsageError, match="Run folder .*riverraid-ppo already exists"):
+        main([*both, "--hub", str(tmp_path / "other")])  # a run in its run folder
+    with exclusive_lock(runs / "riverraid-ppo" / RUN_LOCK_NAME):  # ... that another process trains: --force waits for it
+        with pytest.raises(UsageError, match="Run folder .*riverraid-ppo is in use by another process"):
+            main([*both, "--hub", str(tmp_path / "other"), "--force"])
+    assert trained == [] and not (runs / "seaquest-ppo").exists()
+    assert main([*both, "--hub", str(hub), "--force"]) == 0 and trained == ["seaquest", "riverraid"]
+
+
+@pytest.mark.slow
+def test_a_bf16_run_scores_its_export_in_float32(tmp_path, tiny_ppo, monkeypatch):
+    """A run trained with --precision bf16 evaluated its end-of-budget export with the encoder still
+    under bfloat16 autocast, while the expert runs in float32 wherever it is loaded (and --export scores
+    it so): the same weights got two scores. The export's evaluation runs the float32 encoder."""
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    import hubrl.pretrain
+    from hubrl.evaluation import EvalResult
+
+    frames = th.randint(0, 256, (2, 4, 84, 84)).float()
+    same = []
+
+    def evaluate(policy, env, n_episodes, **kwargs):  # what the export's evaluation runs: the encoder as the class has it?
+        encoder = policy.features_extractor
+        with th.no_grad():
+            same.append(th.equal(encoder(frames), NatureCNN.forward(encoder, frames)))
+        return EvalResult(mean=0.0, std=0.0, episodes=n_episodes, scores=[0.0] * n_episodes)
+
+    monkeypatch.setattr(hubrl.pretrain, "evaluate_model", evaluate)
+    result = pretrain_expert(_cfg(tmp_path, tiny_ppo, timesteps=64, precision="bf16"), progress_bar=False, verbose=0)
+    assert result.outcome.completed and same == [True]

@@ -65,7 +65,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="Evaluate every STEPS agent steps. Default: 250k.")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, metavar="N",
                         help="Games per evaluation, also of --export (whole games, raw score, actions sampled as RL Zoo does "
-                             "for Atari). Default: 10.")
+                             "for Atari). Default: 10; --export: the run's own.")
     parser.add_argument("--checkpoint-freq", type=steps, default=100_000, metavar="STEPS",
                         help="Checkpoint every STEPS agent steps. Default: 100k.")
     parser.add_argument("--sticky-actions", dest="repeat_action_probability", type=probability, default=0.25, metavar="P",
@@ -76,7 +76,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--plot", action="store_true",
                         help="Do not train: write each run's learning_curve.png (training and evaluation scores).")
     parser.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
-                        help="Precision of the exported weights (weights.safetensors). Default: float32.")
+                        help="Precision of the exported weights (weights.safetensors). Default: float32; --export: "
+                             "the run's own.")
     add_common_flags(parser)
     return parser
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args, given = _check(parser, *parse_given(parser, argv))
     from hubrl.agents import load_overrides
     from hubrl.envs import resolve_games
-    from hubrl.pretrain import PretrainConfig, pretrain_expert
+    from hubrl.pretrain import pretrain_expert
 
     if "games" not in given and (args.resume or args.export or args.plot):  # the runs already in --out
         from hubrl.pretrain import games_in
@@ -143,12 +144,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 check_export_target(folder, args.hub)
         for game in games:
             folder = run_folder(args.out, game, args.algo)
-            manifest = export_expert(folder, dtype=args.export_dtype, eval_episodes=args.eval_episodes, device=export_device,
-                                     hub=args.hub, force=args.force)
+            # the run's own --export-dtype and --eval-episodes unless given now (not the flags' defaults)
+            manifest = export_expert(folder, dtype=args.export_dtype if "export_dtype" in given else None,
+                                     eval_episodes=args.eval_episodes if "eval_episodes" in given else None,
+                                     device=export_device, hub=args.hub, force=args.force)
             print(f"{manifest.name}: exported {manifest.timesteps} steps ({manifest.weights_dtype}); "
                   f"eval {manifest.eval['mean']:.1f} ± {manifest.eval['std']:.1f} over {manifest.eval['episodes']} games "
                   f"-> {expert_folder(folder, args.hub)}")
         return 0
+    configs = [_config(args, game, overrides) for game in games]
     if args.resume:  # every game's run is checked before the first one trains (for hours), not when its turn comes
         from hubrl.harness import check_resumable
         from hubrl.pretrain import check_export_target, run_folder
@@ -159,27 +163,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         for folder in folders:  # then whose expert each would replace (a missing config.yaml: the resume says so)
             if (folder / "config.yaml").is_file():
                 check_export_target(folder, args.hub, replace="move that expert away")
+    else:  # so is every new game's: its run folder and the hub its export goes to (what pretrain_expert refuses)
+        from hubrl.pretrain import check_new_run
+
+        for cfg in configs:
+            check_new_run(cfg, force=args.force, pause_at=args.pause_at)
     status = 0
-    for index, game in enumerate(games):
-        cfg = PretrainConfig(
-            game=game,
-            algo=args.algo,
-            timesteps=args.timesteps,
-            n_envs=args.n_envs,
-            seed=args.seed,
-            device=args.device,
-            threads=args.threads,
-            precision=args.precision,
-            out=args.out,
-            hub=args.hub or "hub",
-            tensorboard_log=args.tensorboard_log,
-            eval_freq=args.eval_freq,
-            eval_episodes=args.eval_episodes,
-            checkpoint_freq=args.checkpoint_freq,
-            repeat_action_probability=args.repeat_action_probability,
-            hyperparams=overrides,
-            export_dtype=args.export_dtype,
-        )
+    for index, cfg in enumerate(configs):
         result = pretrain_expert(cfg, resume=args.resume, force=args.force, progress_bar=not args.no_progress_bar,
                                  pause_at=args.pause_at,
                                  given=_requested(cfg, given) if args.resume else None)
@@ -205,6 +195,32 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
               f"{exported.get('episodes', len(exported.get('scores', [])))} new games {exported['mean']:.1f} ± "
               f"{exported['std']:.1f} -> {result.expert} (run: {result.folder})")
     return status
+
+
+def _config(args: argparse.Namespace, game: str, overrides: dict):
+    """The :class:`~hubrl.pretrain.PretrainConfig` of ``game``'s run as the command line asks for it
+    (``overrides``: the ``--hyperparams`` file's; a resumed run keeps its saved settings, :func:`_requested`)."""
+    from hubrl.pretrain import PretrainConfig
+
+    return PretrainConfig(
+        game=game,
+        algo=args.algo,
+        timesteps=args.timesteps,
+        n_envs=args.n_envs,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        precision=args.precision,
+        out=args.out,
+        hub=args.hub or "hub",
+        tensorboard_log=args.tensorboard_log,
+        eval_freq=args.eval_freq,
+        eval_episodes=args.eval_episodes,
+        checkpoint_freq=args.checkpoint_freq,
+        repeat_action_probability=args.repeat_action_probability,
+        hyperparams=overrides,
+        export_dtype=args.export_dtype,
+    )
 
 
 def _not_started(games: list[str], out: str, algo: str) -> str:
