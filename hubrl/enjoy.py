@@ -127,6 +127,8 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
             raise UsageError(f"{folder} is a pretraining run: it exports its expert to a hub instead of writing a "
                              f"model.zip; {play_it}.")
         raise UsageError(f"{folder} has no model.zip yet: the run saves it when it ends or is stopped.")
+    sticky = _saved_probability(run.get("repeat_action_probability", 0.25), folder / "config.yaml",
+                                "run.repeat_action_probability", UsageError)
     saved = load_saved_policy(folder / "model.zip", device=device)  # weights only: nothing in the zip runs
     if env is None and not run.get("env"):
         raise UsageError(f"{folder / 'config.yaml'} does not name the game: add --env GAME.")
@@ -139,7 +141,21 @@ def _run_folder_player(folder: Path, env: str | None, device: str) -> Player:
                          f"{wanted}: play it on a game with {n_actions} actions, e.g. its own (drop --env).")
     steps = "?" if saved.num_timesteps is None else f"{saved.num_timesteps:,}"
     label = f"{folder.name} ({run.get('method', '?')}, {algo}, {steps} steps)"
-    return Player(saved.policy, game, label, float(run.get("repeat_action_probability", 0.25)), saved.num_timesteps)
+    return Player(saved.policy, game, label, sticky, saved.num_timesteps)
+
+
+def _saved_probability(value: Any, path: str | Path, name: str, error: type[Exception]) -> float:
+    """``value``, the probability ``name`` as the file ``path`` saved it (sticky actions), as a float.
+
+    The file is untrusted: anything but a finite number in [0, 1] (a string, ``nan``, ``7``) raises
+    ``error`` naming the file and the field, instead of a ``ValueError`` traceback or a game played
+    with that number.
+    """
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not 0 <= number <= 1:  # nan fails every comparison; a huge int is compared exactly
+        raise error(f"{path}: {name} is {value!r}, not a probability in [0, 1]: the file is damaged or was not "
+                    "written by hubrl; mend the field (0.25 is the default), or play another run or expert.")
+    return float(number)
 
 
 def load_player(model: str | Path | None = None, *, expert: str | None = None, hub: str | Path | None = None,
@@ -156,7 +172,8 @@ def load_player(model: str | Path | None = None, *, expert: str | None = None, h
         found = resolve_hub(hub).get(expert)
         game = resolve_game(env or found.game or "")
         sticky = (found.meta.get("eval") or {}).get("sticky_actions", 0.25)  # as the expert was evaluated
-        return Player(_expert_policy(found, game, device), game, f"expert {found.name}", float(sticky))
+        sticky = _saved_probability(sticky, Path(found.source) / "expert.json", "eval.sticky_actions", HubError)
+        return Player(_expert_policy(found, game, device), game, f"expert {found.name}", sticky)
     path = Path(model)
     if path.is_dir() and (path / "config.yaml").is_file():
         return _run_folder_player(path, env, device)

@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import reprlib
+import stat
 import tempfile
 import typing
 from dataclasses import asdict, dataclass, field
@@ -26,7 +28,7 @@ import torch as th
 
 from hubrl.atomic import atomic_write, atomic_write_bytes, sha256_file
 from hubrl.errors import HubError
-from hubrl.locks import exclusive_lock
+from hubrl.locks import exclusive_lock, private_folder
 from hubrl.plaintypes import fits_type, type_name
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "canonical_state_dict",
     "save_expert",
     "read_manifest",
+    "MAX_JSON_DEPTH",
+    "nesting_depth",
 ]
 
 MANIFEST_NAME = "expert.json"
@@ -47,7 +51,12 @@ _DUPLICATE_PREFIXES = ("pi_features_extractor.", "vf_features_extractor.")
 
 @dataclass
 class ExpertManifest:
-    """What is known about one expert. ``weights_sha256`` pins the weights file."""
+    """What is known about one expert. ``weights_sha256`` pins the weights file.
+
+    ``name`` is the name it was exported as, which hubrl-pretrain also gives its folder; a hub names
+    the expert by its folder (:func:`hubrl.hub.expert_folder_name`), so a copied or renamed folder is
+    an expert of its new name.
+    """
 
     name: str
     game: str
@@ -128,11 +137,18 @@ def export_lock_path(folder: str | Path) -> Path:
     """The lock file exports into the expert folder ``folder`` take turns on: in the temporary folder
     (per user), named by a hash of the folder's absolute path, so a hub holds nothing but its expert
     folders (code that lists a hub need not skip lock files). Exports on one host exclude each
-    other, as ``flock`` does."""
+    other, as ``flock`` does.
+
+    Its name can be guessed, so the per-user folder is made private (mode 0700) and refused when
+    another user made it first or can write it (:func:`hubrl.locks.private_folder`); the temporary
+    folder, not a per-user cache under the home folder, because a home folder may be read-only or on
+    a network file system that does not forward ``flock``.
+
+    :raises hubrl.locks.LockRefused: that folder is another user's, or others can write it.
+    """
     key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:32]
     user = os.getuid() if hasattr(os, "getuid") else "user"
-    locks = Path(tempfile.gettempdir()) / f"hubrl-export-locks-{user}"
-    locks.mkdir(exist_ok=True)
+    locks = private_folder(Path(tempfile.gettempdir()) / f"hubrl-export-locks-{user}")
     return locks / f"{key}.lock"
 
 
@@ -169,13 +185,16 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise HubError(f"{path} is {path.stat().st_size:,} bytes: too big for a manifest (a damaged or hostile file).")
-        raw = json.loads(path.read_text())
+        raw = json.loads(_manifest_bytes(path))
     except FileNotFoundError as exc:
         raise HubError(f"{folder} is not an expert folder: no {MANIFEST_NAME}.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HubError(f"{path} is corrupt: not valid JSON ({getattr(exc, 'msg', exc)}).") from exc
+    except RecursionError:  # nested deeper than Python's stack: a damaged or hostile file
+        raise HubError(f"{path} is corrupt: its JSON is nested too deep to read (RecursionError).") from None
+    if nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise HubError(f"{path} nests lists and objects more than {MAX_JSON_DEPTH} deep (a manifest nests 3): "
+                       "a damaged or hostile file.")
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         raise HubError(f"{path} is not a hubrl expert manifest.")
     version = raw.get("format_version")
@@ -189,7 +208,8 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
         raise HubError(f"{path} is missing fields: {', '.join(missing)}.")
     for name, value in raw.items():
         if name in hints and not fits_type(value, hints[name]):
-            raise HubError(f"{path}: field {name} is {value!r} ({type(value).__name__}), expected {type_name(hints[name])}.")
+            raise HubError(f"{path}: field {name} is {reprlib.repr(value)} ({type(value).__name__}), "
+                           f"expected {type_name(hints[name])}.")  # reprlib: a hostile value may be megabytes long
     manifest = ExpertManifest(**{k: v for k, v in raw.items() if k in hints})
     shape = manifest.observation_shape
     if len(shape) != 3 or shape[1:] != [84, 84] or not 1 <= shape[0] <= 64:
@@ -204,5 +224,34 @@ def read_manifest(folder: str | Path) -> ExpertManifest:
     return manifest
 
 
+def _manifest_bytes(path: Path) -> bytes:
+    """The bytes of the manifest ``path``, read only from a regular file (a link to ``/dev/zero`` or a
+    pipe would never end) and no more than :data:`MAX_MANIFEST_BYTES`; :class:`HubError` otherwise."""
+    if not stat.S_ISREG(path.stat().st_mode):  # before opening it: opening a pipe waits for a writer
+        raise HubError(f"{path} is not a regular file (a device, a pipe or a folder): not a manifest; refusing to read it.")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)  # the size read, not the size stated: the file may grow meanwhile
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise HubError(f"{path} is over {MAX_MANIFEST_BYTES:,} bytes: too big for a manifest (a damaged or hostile file).")
+    return data
+
+
 #: Most bytes an ``expert.json`` may have (a real one is a few kB).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: Deepest nesting of lists and objects that an untrusted JSON file (a manifest, an SB3 zip's ``data``)
+#: may have: real ones nest 3 or 4 levels; code that walks a value recursively (``yaml.safe_dump`` of
+#: a run's records) overflows Python's stack near 1,000, which the JSON parser still reads.
+MAX_JSON_DEPTH = 32
+
+
+def nesting_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep lists and dicts nest in ``value`` (a scalar: 0, ``[1]``: 1), counted level by level
+    without recursion, and no further than ``limit + 1``."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [item for v in containers for item in (v.values() if isinstance(v, dict) else v)]
+    return depth

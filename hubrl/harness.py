@@ -51,7 +51,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from hubrl.agents import AGENT_CLASSES, resolve_hyperparams
 from hubrl.agents.presets import agent_kwargs, minibatch_warning
-from hubrl.atomic import atomic_write
+from hubrl.atomic import atomic_write, probe_writable
 from hubrl.checkpoint import load_resume_checkpoint
 from hubrl.envs import make_atari_vec_env
 from hubrl.errors import CheckpointError, UsageError
@@ -242,9 +242,7 @@ def writable_folder_problem(folder: Path) -> str | None:
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folders this check creates, deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".hubrl-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(folder / ".hubrl-write-test")  # a new file of a unique name: never one already there (a link)
     except OSError as exc:
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():

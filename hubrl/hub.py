@@ -24,6 +24,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import shlex
 import sys
 import warnings
@@ -122,7 +123,9 @@ class Hub:
         names = [e.name for e in self.experts]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise HubError(f"Two experts are named {', '.join(dupes)}: rename one (file or folder name).")
+            sources = " and ".join(e.source for e in self.experts if e.name == dupes[0])
+            raise HubError(f"Two experts are named {', '.join(dupes)} ({sources}): an expert is named by its folder or "
+                           "file, so rename one of these (or copy it under another name).")
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -272,7 +275,8 @@ def _encoder_from_state_dict(state: dict, where: str) -> dict[str, th.Tensor]:
 
 
 def load_expert_folder(folder: str | Path) -> Expert:
-    """Load one ``pretrain_sources.py`` expert folder, verifying the weights checksum.
+    """Load one ``pretrain_sources.py`` expert folder, verifying the weights checksum; the expert is
+    named by the folder (:func:`expert_folder_name`), not by its manifest's ``name``.
 
     :raises HubError: what is wrong with it, and what to do: export it again from its run, or take
         it out of the hub.
@@ -288,36 +292,46 @@ def load_expert_folder(folder: str | Path) -> Expert:
                        f"{shlex.quote(str(folder))} out of the hub.") from exc
 
 
+def expert_folder_name(folder: str | Path) -> str:
+    """The name of the expert in ``folder``: the folder's own name, which a user sees, lists and
+    renames (``seaquest-ppo`` copied to ``seaquest-ppo-s1`` is a second expert of that name), as an SB3
+    zip's is its file's. The manifest's ``name`` is what it was exported as: hubrl-pretrain writes
+    both alike, so a hub it made names its experts as before. ``.`` and ``..`` are named by the
+    folder they stand for."""
+    return Path(os.path.abspath(folder)).name
+
+
 def _load_expert_folder(folder: Path) -> Expert:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     manifest = read_manifest(folder)  # fields type-checked, weights_file inside the folder
+    name = expert_folder_name(folder)
     weights = folder / manifest.weights_file
     if not weights.is_file():
-        raise HubError(f"Expert {manifest.name}: weights file {weights} is missing.")
+        raise HubError(f"Expert {name}: weights file {weights} is missing.")
     if weights.stat().st_size > MAX_MEMBER_BYTES:
-        raise HubError(f"Expert {manifest.name}: {weights} is {weights.stat().st_size:,} bytes, more than the "
+        raise HubError(f"Expert {name}: {weights} is {weights.stat().st_size:,} bytes, more than the "
                        f"{MAX_MEMBER_BYTES:,} this reader allows (a NatureCNN policy is about 7 MB).")
     if manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
         kept = previous_weights(weights)  # an export killed between its weights and its manifest left these
         if not (kept.is_file() and sha256_file(kept) == manifest.weights_sha256):
-            raise HubError(f"Expert {manifest.name}: {weights.name} does not match the checksum in its manifest "
+            raise HubError(f"Expert {name}: {weights.name} does not match the checksum in its manifest "
                            "(corrupt or replaced).")
-        print(f"warning: expert {manifest.name}: {weights.name} is newer than its manifest (an export was stopped "
+        print(f"warning: expert {name}: {weights.name} is newer than its manifest (an export was stopped "
               f"between the two); loading the previous weights kept beside them ({kept.name}), which match it. "
               "Export the expert again to finish.", file=sys.stderr)
         weights = kept
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:
-        raise HubError(f"Expert {manifest.name}: cannot read {weights} ({exc}).") from exc
+        raise HubError(f"Expert {name}: cannot read {weights} ({exc}).") from exc
     meta = {"timesteps": manifest.timesteps, "algo": manifest.algo, "eval": manifest.eval, "format": "hubrl"}
     encoder = _encoder_from_state_dict(state, str(weights))
     if manifest.observation_shape[0] != encoder["cnn.0.weight"].shape[1]:
         raise HubError(f"{folder / MANIFEST_NAME}: observation_shape {manifest.observation_shape} does not match its weights, "
                        f"which read {encoder['cnn.0.weight'].shape[1]} stacked frames.")
-    return Expert(manifest.name, encoder, str(folder), manifest.game, list(manifest.action_meanings), meta,
+    return Expert(name, encoder, str(folder), manifest.game, list(manifest.action_meanings), meta,
                   _heads_from_state_dict(state))
 
 
@@ -350,10 +364,26 @@ def load_weights_only(source: str | Path | io.BytesIO) -> Any:
         return th.load(source, map_location="cpu", weights_only=True)
 
 
+def _torch_file_or_pickle(raw: bytes) -> bool:
+    """Whether ``raw`` is laid out as a file ``torch.load`` reads: a zip (``torch.save``'s format) or a
+    pickle stream (its legacy format, or a pickle of anything else, which the weights-only load
+    refuses), read by disassembling its first pickle (never running it). Anything else is no torch
+    file at all: damaged, or another kind of file."""
+    if raw.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return True
+    try:
+        for _ in pickletools.genops(raw):  # stops at the first pickle's STOP
+            pass
+    except Exception:  # noqa: BLE001  pickletools raises several types (ValueError too) for what is not a pickle
+        return False
+    return True
+
+
 def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
     """The ``policy.pth`` state_dict of an open SB3 zip, read with ``torch.load(weights_only=True)``;
     the zip's ``data`` entry (which can hold pickled code) is not touched. :class:`HubError` when the
-    member is missing, corrupt, too large (:func:`read_zip_member`) or holds pickled objects beyond tensors."""
+    member is missing, corrupt, too large (:func:`read_zip_member`), not a torch file at all, or holds
+    pickled objects beyond tensors."""
     names = archive.namelist()
     torch_file = any(n.endswith("/data.pkl") for n in names)  # torch.save's own zip format (also an SB3 zip cut short)
     if "policy.pth" not in names and torch_file and Path(str(where)).suffix in (".pt", ".pth"):
@@ -363,6 +393,9 @@ def read_policy_state(archive: zipfile.ZipFile, where: str | Path) -> dict:
         raise HubError(f"{where} is not an SB3 checkpoint, or is truncated: it has no policy.pth "
                        f"(entries: {', '.join(names[:4]) or 'none'}); save or download it again.")
     raw = read_zip_member(archive, "policy.pth", where)
+    if not _torch_file_or_pickle(raw):  # plain damage is not to be reported as a file that could run code
+        raise HubError(f"{where}: its policy.pth is not a PyTorch weights file (corrupt or foreign): save or download "
+                       "it again.")
     try:
         return load_weights_only(io.BytesIO(raw))
     except pickle.UnpicklingError as exc:
@@ -393,8 +426,8 @@ def load_sb3_zip(path: str | Path, name: str | None = None) -> Expert:
                 if shape is not None:
                     meta["observation_shape"] = list(shape)
                 meta["num_timesteps"] = data.get("num_timesteps")
-            except (ValueError, UnicodeDecodeError, TypeError, AttributeError):  # HubError is a ValueError
-                pass
+            except (ValueError, UnicodeDecodeError, TypeError, AttributeError, RecursionError, MemoryError):
+                pass  # optional metadata: unreadable (HubError is a ValueError; nested too deep for json) is left out
     encoder = _encoder_from_state_dict(state, str(path))
     return Expert(name or path.stem, encoder, str(path), None, None, meta, _heads_from_state_dict(state))
 

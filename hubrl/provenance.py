@@ -14,24 +14,51 @@ Only the standard library at import time; torch is imported inside :func:`machin
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["PACKAGES", "git_commit", "cpu_model", "package_versions", "machine_info", "system_info", "system_label"]
+__all__ = ["PACKAGES", "git_commit", "source_root", "installed_commit", "cpu_model", "package_versions", "machine_info",
+           "system_info", "system_label"]
 
 #: Distributions whose versions decide a run's numbers (hubrl itself included).
 PACKAGES = ("hubrl", "torch", "stable-baselines3", "gymnasium", "ale-py", "numpy")
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    """HEAD of the git checkout holding ``path`` (default: this package), ``+dirty`` if tracked
-    files are modified; ``None`` outside a checkout or without git."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
+    """HEAD of the git checkout holding ``path``, ``+dirty`` if tracked files are modified; ``None``
+    outside a checkout or without git.
+
+    Default: hubrl's own commit, which git knows only where hubrl runs from its own source checkout
+    (:func:`source_root`); hubrl installed inside another project's checkout (a ``.venv`` of it)
+    would otherwise record that project's HEAD. Installed from a git URL, the commit pip recorded
+    (:func:`installed_commit`); else ``None``.
+    """
+    if path is not None:
+        return _head(Path(path))
+    root = source_root()
+    if root is not None and _toplevel(root) == root:
+        return _head(root)
+    return installed_commit()  # an installed copy, or hubrl's folder inside another project's checkout
+
+
+def _toplevel(cwd: Path) -> Path | None:
+    """The top folder of the git checkout holding ``cwd``, or ``None`` (none, or no git)."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(top.stdout.strip()).resolve() if top.returncode == 0 and top.stdout.strip() else None
+
+
+def _head(cwd: Path) -> str | None:
+    """HEAD of the checkout holding ``cwd`` (``+dirty`` with modified tracked files), or ``None``."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -41,6 +68,33 @@ def git_commit(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def source_root() -> Path | None:
+    """The folder of hubrl's own source tree that holds this package, when it is one: the folder above
+    the package with the ``pyproject.toml`` of the ``hubrl`` project. ``None`` for an installed copy
+    (``site-packages`` holds no such file)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = (root / "pyproject.toml").read_text(errors="replace")
+    except OSError:
+        return None
+    return root if re.search(r'^name\s*=\s*"hubrl"\s*$', text, re.MULTILINE) else None
+
+
+def installed_commit() -> str | None:
+    """The commit pip recorded installing this hubrl from a git URL (``direct_url.json``'s
+    ``vcs_info``), when the installed distribution is the package imported; else ``None``."""
+    try:
+        dist = metadata.distribution("hubrl")
+        if Path(str(dist.locate_file("hubrl/provenance.py"))).resolve() != Path(__file__).resolve():
+            return None  # another copy of hubrl is installed: its record says nothing of this one
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    vcs = direct.get("vcs_info") if isinstance(direct, dict) else None
+    commit = vcs.get("commit_id") if isinstance(vcs, dict) else None
+    return commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{7,64}", commit) else None
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from hubrl.errors import CheckpointError, HubError
+from hubrl.experts import MAX_JSON_DEPTH, nesting_depth
 from hubrl.hub import MAX_DATA_BYTES, observation_shape, read_policy_state, read_zip_member
 
 __all__ = ["POLICY_CLASSES", "SavedPolicy", "load_saved_policy", "pickled_global", "read_model_data", "saved_model_steps"]
@@ -90,12 +91,17 @@ def _model_data(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:
         data = json.loads(read_zip_member(archive, "data", path, limit=MAX_DATA_BYTES))
     except (zipfile.BadZipFile, HubError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise CheckpointError(_unreadable(path, exc)) from None
+    except (RecursionError, MemoryError) as exc:  # nested deeper than Python's stack, or too big: damaged or hostile
+        why = "nested too deep to read" if isinstance(exc, RecursionError) else "too big to read into memory"
+        raise CheckpointError(_unreadable(path, f"its data entry is {why}: {type(exc).__name__}")) from None
+    if nesting_depth(data) > MAX_JSON_DEPTH:  # its readers below walk it recursively
+        raise CheckpointError(_unreadable(path, f"its data entry nests lists and objects more than {MAX_JSON_DEPTH} deep"))
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: its data entry is not a JSON object, so it is not an SB3 model.zip.")
     return data
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
+def _unreadable(path: Path, exc: Exception | str) -> str:
     return (f"{path} is not a readable SB3 model ({exc}): it may be truncated or not a model.zip; "
             "restore it from a copy, or run the training again.")
 

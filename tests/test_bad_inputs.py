@@ -106,6 +106,39 @@ def _played_folder(tmp: Path, config: str = "run: {env: Gopher, algo: ppo}\n", m
     return str(out)
 
 
+DEEP_JSON = b"[" * 200_000 + b"]" * 200_000  # nested past Python's stack: json.loads raises RecursionError
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    """The bytes of a zip holding ``members``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _hub_with_manifest(tmp: Path, text: bytes) -> Path:
+    """A one-expert tiny hub whose ``expert.json`` is ``text``."""
+    hub = make_tiny_hub(tmp / "hub", names=("a-ppo",))
+    (hub / "a-ppo" / "expert.json").write_bytes(text)
+    return hub
+
+
+def _run_with_linked_lock(tmp: Path) -> Path:
+    """A saved run (:func:`_saved_run`) in a shared folder, whose lock file someone replaced by a link to
+    ``tmp/victim.txt``: locking the run through it wrote "pid N on host" over that file."""
+    folder = _saved_run(tmp)
+    (tmp / "victim.txt").write_text("the user's own notes")
+    (folder / ".lock").symlink_to(tmp / "victim.txt")
+    return folder
+
+
+def _victim_kept(monkeypatch, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """Check, once the command has been refused, that ``tmp/victim.txt`` still holds what it held."""
+    stack.callback(lambda: (tmp / "victim.txt").read_text() == "the user's own notes" or pytest.fail("victim.txt overwritten"))
+
+
 def _routes_grid(tmp: Path) -> Path:
     """A grid folder with a hub-pathway and a scratch trial (empty: only their folder names are read)."""
     for method in ("hub-pathway", "scratch"):
@@ -530,6 +563,23 @@ CASES = [
      ["played/config.yaml", "not a run's config"], None),
     ("enjoy-config-unknown-algo", "enjoy", lambda t, h: [_played_folder(t, config="run: {env: Gopher, algo: dqn}\n")],
      ["played/config.yaml", "'dqn'"], None),
+    # a saved sticky-action probability that is none: a ValueError traceback ("abc"), or a game played with p=7
+    ("enjoy-config-sticky-not-a-number", "enjoy",
+     lambda t, h: [_played_folder(t, config="run: {env: Gopher, algo: ppo, repeat_action_probability: abc}\n")],
+     ["played/config.yaml", "run.repeat_action_probability is 'abc', not a probability in [0, 1]"], None),
+    ("enjoy-expert-sticky-7", "enjoy",
+     lambda t, h: ["--expert", "a-ppo", "--hub", str(_hub_with(t, eval={"sticky_actions": 7})), "--env", "Seaquest",
+                   "--timesteps", "5"],
+     ["a-ppo/expert.json", "eval.sticky_actions is 7, not a probability in [0, 1]"], None),
+    # JSON nested past Python's stack: a RecursionError traceback
+    ("enjoy-model-zip-data-nested-too-deep", "enjoy",
+     lambda t, h: [_played_folder(t, model=_zip_bytes({"data": DEEP_JSON, "policy.pth": b"never read"}))],
+     ["played/model.zip is not a readable SB3 model", "nested too deep to read: RecursionError"], None),
+    ("manifest-nested-too-deep", T, lambda t, h: ["--env", "Alien", "--hub", str(_hub_with_manifest(t, DEEP_JSON))],
+     ["a-ppo/expert.json is corrupt: its JSON is nested too deep to read"], None),
+    # a lock file planted as a link to another file: refused, that file kept
+    ("transfer-resume-a-run-whose-lock-is-a-link", T, lambda t, h: ["--resume", "--out", str(_run_with_linked_lock(t))],
+     ["run/.lock is a symbolic link: refusing to write it", "move it out of the way"], _victim_kept),
     ("grid-held-by-another-runner", "bench",
      lambda t, h: ["run", "--root", str(t / "g"), "--env", "Alien", "--timesteps", "1k"],
      ["Another runner", f"pid {os.getpid()}"], lambda mp, t, stack: _hold_grid_lock(t / "g", stack)),
@@ -541,6 +591,10 @@ CASES = [
     ("zip-bomb", T, lambda t, h: ["--env", "Alien", "--sources", str(_zip(t / "bomb.zip", {"policy.pth": bytes(2 << 20)}))],
      ["bomb.zip", "policy.pth", "inflate to 2,097,152 bytes"],
      lambda mp, t, stack: mp.setattr("hubrl.hub.MAX_MEMBER_BYTES", 1 << 20)),
+    # plain damage is not reported as a pickle that could run code
+    ("zip-policy-not-a-torch-file", T,
+     lambda t, h: ["--env", "Alien", "--sources", str(_zip(t / "g.zip", {"policy.pth": b"garbage"}))],
+     ["g.zip: its policy.pth is not a PyTorch weights file (corrupt or foreign)"], None),
     ("zip-wrong-conv-shape", T,
      lambda t, h: ["--env", "Alien", "--sources",
                    str(_policy_zip(t / "c.zip", _nature_cnn_state(cnn_2_weight=(64, 32, 3, 3))))],

@@ -341,3 +341,36 @@ def test_a_video_that_fails_to_finish_leaves_the_previous_one_and_no_partial_fil
     monkeypatch.undo()
     assert second.close() == path and path.read_bytes()[:3] == b"GIF"
     assert [p.name for p in tmp_path.iterdir()] == ["clip.gif"]
+
+
+@pytest.mark.parametrize("value", ["abc", 7, -0.5, float("nan"), float("inf"), None, True, 10**400],
+                         ids=["a-string", "7", "negative", "nan", "inf", "null", "true", "a-huge-int"])
+def test_a_saved_sticky_probability_that_is_not_one_is_refused_naming_the_file(tmp_path, tiny_hub, value):
+    """A run's ``config.yaml`` or an expert's ``expert.json`` is untrusted: its sticky-action probability
+    ("abc": a ValueError traceback; 7: a game played with p=7) must be a number in [0, 1]."""
+    import json
+
+    import yaml
+
+    from hubrl.hub import HubError
+
+    manifest = tiny_hub / "seaquest-ppo" / "expert.json"
+    raw = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**raw, "eval": {"sticky_actions": value}}))
+    with pytest.raises(HubError, match=r"seaquest-ppo/expert.json: eval.sticky_actions is .*, not a probability in \[0, 1\]"):
+        load_player(expert="seaquest-ppo", hub=tiny_hub)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": {"env": "Gopher", "algo": "ppo",
+                                                             "repeat_action_probability": value}}))
+    (run / "model.zip").write_bytes(b"never read: the config is refused first")
+    with pytest.raises(UsageError, match=r"run/config.yaml: run.repeat_action_probability is .*, not a probability"):
+        load_player(run)
+
+
+def test_a_saved_sticky_probability_in_range_is_played_with(tiny_hub):
+    import json
+
+    manifest = tiny_hub / "seaquest-ppo" / "expert.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "eval": {"sticky_actions": 0}}))
+    assert load_player(expert="seaquest-ppo", hub=tiny_hub).repeat_action_probability == 0.0

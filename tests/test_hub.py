@@ -386,3 +386,107 @@ def test_a_pretraining_run_not_exported_yet_names_the_export_that_the_pretrain_c
         f"(python -m hubrl pretrain --export --out {runs} --env riverraid --hub {shlex.quote(str(hub))} and python -m hubrl "
         f"pretrain --export --out {runs} --env seaquest --algo a2c --hub {shlex.quote(str(hub))}), then pass --hub "
         f"{shlex.quote(str(hub))}.")
+
+
+def _encoder_zip(path: Path, members: dict[str, bytes] | None = None) -> Path:
+    """An SB3-style zip of a NatureCNN encoder of zeros (``policy.pth``), with ``members`` beside it."""
+    from hubrl.hub import ENCODER_PREFIX, NATURE_CNN_SHAPES
+
+    buffer = io.BytesIO()
+    th.save({ENCODER_PREFIX + k: th.zeros([4 if d == "C" else d for d in shape]) for k, shape in NATURE_CNN_SHAPES.items()},
+            buffer)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("policy.pth", buffer.getvalue())
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+DEEP_JSON = "[" * 200_000 + "]" * 200_000  # nested past Python's stack: json.loads raises RecursionError
+
+
+def test_a_zip_whose_optional_data_is_nested_too_deep_loads_without_it(tmp_path):
+    """The ``data`` entry is read only for a few descriptive fields: one that cannot be read (here
+    nested past Python's stack, a RecursionError traceback) is left out, not the whole expert."""
+    expert = load_sb3_zip(_encoder_zip(tmp_path / "deep.zip", {"data": DEEP_JSON.encode()}))
+    assert expert.meta == {"format": "sb3-zip"} and expert.in_channels == 4
+
+
+@pytest.mark.parametrize("deep, message", [
+    (DEEP_JSON, r"expert.json is corrupt: its JSON is nested too deep to read \(RecursionError\)"),
+    # deep enough for the parser, too deep for what walks it after (config.yaml's hub records, safe_dump)
+    ("[" * 600 + "]" * 600, r"expert.json nests lists and objects more than 32 deep \(a manifest nests 3\)"),
+])
+def test_a_manifest_nested_too_deep_is_a_hub_error(tmp_path, deep, message):
+    hub = make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo",))
+    manifest = hub / "seaquest-ppo" / "expert.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"eval": {}', '"eval": {"scores": ' + deep + "}"))
+    with pytest.raises(HubError, match=message):
+        load_hub(hub)
+
+
+@pytest.mark.parametrize("kind", ["a-link-to-dev-zero", "a-pipe"])
+def test_a_manifest_that_is_no_regular_file_is_refused_unread(tmp_path, kind):
+    """``expert.json`` a link to ``/dev/zero`` was read until memory ran out; a pipe, until a writer came."""
+    hub = make_tiny_hub(tmp_path / "hub", names=("seaquest-ppo",))
+    manifest = hub / "seaquest-ppo" / "expert.json"
+    manifest.unlink()
+    if kind == "a-pipe":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    with pytest.raises(HubError, match=r"expert.json is not a regular file \(a device, a pipe or a folder\)"):
+        load_sources([hub / "seaquest-ppo"])
+
+
+def test_an_expert_folder_copied_under_another_name_is_an_expert_of_that_name(tmp_path):
+    """The folder names the expert, as the user sees and renames it: ``seaquest-ppo`` copied to
+    ``seaquest-ppo-s1`` (its manifest still says seaquest-ppo) was "Two experts are named
+    seaquest-ppo: rename one (file or folder name)", which is what the user had done."""
+    import shutil
+
+    from hubrl.experts import read_manifest
+
+    hub = make_tiny_hub(tmp_path / "hub")
+    shutil.copytree(hub / "seaquest-ppo", hub / "seaquest-ppo-s1")
+    assert read_manifest(hub / "seaquest-ppo-s1").name == "seaquest-ppo"
+    loaded = load_hub(hub)
+    assert loaded.names == ["riverraid-ppo", "seaquest-ppo", "seaquest-ppo-s1"]
+    assert loaded.get("seaquest-ppo-s1").source == str(hub / "seaquest-ppo-s1")
+    assert load_sources([hub / "seaquest-ppo-s1" / "."]).names == ["seaquest-ppo-s1"]  # "." names the folder it is
+    # one name twice across --sources: both named, and renaming either one (its file or folder) is the way out
+    other = make_tiny_hub(tmp_path / "other", names=("seaquest-ppo",))
+    with pytest.raises(HubError, match=rf"Two experts are named seaquest-ppo \({hub / 'seaquest-ppo'} and "
+                                       rf"{other / 'seaquest-ppo'}\): an expert is named by its folder or file, so "
+                                       r"rename one of these"):
+        load_sources([hub / "seaquest-ppo", other / "seaquest-ppo"])
+
+
+def test_the_shipped_experts_folders_and_manifests_agree_on_their_names():
+    """Naming experts by folder changes no name hubrl made: its exports (and the shipped hub) give both one."""
+    from hubrl.experts import read_manifest
+    from hubrl.hub import default_hub_path
+
+    for folder in sorted(default_hub_path().iterdir()):
+        if (folder / "expert.json").is_file():
+            assert read_manifest(folder).name == folder.name
+
+
+def test_a_policy_pth_that_is_no_torch_file_is_called_corrupt_not_code(tmp_path):
+    """Damage is not an attack: bytes that are neither a zip nor a pickle were reported as
+    "holds pickled objects beyond tensors ... (it could run code)"."""
+    for name, raw in (("garbage", b"garbage"), ("json", b'{"a": 1}'), ("empty", b""), ("random", bytes(range(7, 71)))):
+        path = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("policy.pth", raw)
+        with pytest.raises(HubError) as refused:
+            load_sb3_zip(path)
+        assert str(refused.value) == (f"{path}: its policy.pth is not a PyTorch weights file (corrupt or foreign): save "
+                                      "or download it again."), name
+    evil = tmp_path / "evil.zip"  # a pickle that would run code still says so
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("policy.pth", pickle.dumps(_Payload(tmp_path / "pwned"), protocol=0))
+    with pytest.raises(HubError, match="holds pickled objects beyond tensors; refusing to load it"):
+        load_sb3_zip(evil)
+    assert not (tmp_path / "pwned").exists()
