@@ -55,10 +55,14 @@ done; done
 if [ "$1" = 2 ]; then for s in 2 1 0; do
   trial Gopher finetune-seaquest-ppo $s --methods finetune:source=seaquest-ppo
 done; fi
-# Then, "as compute allows" (the issue), Zoo-Tuning at the same harness (f849f10), in both lanes: both
-# experts mixed per sample, about 1.9x a finetune's training time, so about 4 hours a trial here. Lane 2
-# (free first) takes the trials game-major from Jamesbond's seed 0, lane 1 from Gopher's seed 2, each
-# skipping one the other lane is training (its lane lock held), so they meet in the middle.
+# Then, "as compute allows" (the issue), Zoo-Tuning in both lanes: both experts mixed per sample, about
+# 1.9x a finetune's training time, so about 4 hours a trial here. Not at the finetunes' harness (f849f10):
+# its gates start with hidden units that can be dead for the whole run (fixed in 089b83a), so from a
+# worktree pinned at 089b83a. Lane 2 (free first) takes the trials game-major from Jamesbond's seed 0,
+# lane 1 from Gopher's seed 2, each skipping one the other lane is training (its lane lock held), so
+# they meet in the middle.
+{ flock 9; [ -d /work/wt-zoo1m ] || git -C "$REPO" worktree add -f --detach /work/wt-zoo1m 089b83a; } 9> /tmp/grid1m-worktrees.lock
+cd /work/wt-zoo1m
 # Select is not run: it ranks the experts (hubrl rank --env GAME --seed SEED: the ranking it does at its
 # start, 20k random-policy steps) and then fine-tunes the one ranked first with a finetune's code path and
 # seed, so each of its trials is the finetune trial of that expert (bit-identical at 100k for 8 of 9
