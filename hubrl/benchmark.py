@@ -21,7 +21,7 @@ same command continues the grid where it stopped, by the state of each trial fol
   over, this launch's or any other arm's, game's or seed's in the root, is refused as a whole
   before anything is written (one line, exit code 2), so ``grid.json`` keeps the budget the report
   reads; so is a launch whose grid-wide settings (``--eval-episodes``, ``--set``) differ from those
-  ``grid.json`` records while trials it does not train were started with them and read them (an
+  ``grid.json`` records while trials it does not train were started with them and would be given them (an
   arm's own ``METHOD:KEY=VALUE`` options may differ), and one whose hub (``--hub``, ``--sources``)
   holds other experts than a started trial's (a hub moved elsewhere, holding the same experts, is taken);
 * **fresh** otherwise: started (leftovers of an attempt that failed before its first checkpoint are
@@ -500,6 +500,14 @@ def _method_reads(method: str | None, name: str) -> bool:
     return method is None or all(method in table.get(name, (method,)) for table in (METHOD_OPTIONS, METHOD_ONLY_SETTINGS))
 
 
+def _given_to(method: str | None, name: str) -> bool:
+    """Whether ``--continue`` gives a trial of ``method`` the grid-wide setting ``name``: all but those only
+    other methods take (:func:`~hubrl.trial.trial_settings`). It then compares it on its resume, even one
+    its method does not read (scratch's ``top_k``): a grid-wide ``--set top_k=2`` beside started scratch
+    trials would make their resumes refuse ``--continue``. An unknown method (None) is given every one."""
+    return method is None or name in trial_settings(method, {name: None})
+
+
 def _started_methods(root: Path, folders: Sequence[Path]) -> dict[Path, str | None]:
     """The method each trial of ``folders`` runs: its ``config.yaml``'s, else that of its arm (the folder's
     label) in ``grid.json``; None where neither tells (damaged, or an arm no longer listed)."""
@@ -528,9 +536,10 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
     Compared as a resume compares a trial's settings (:func:`_refuse_changed_settings`: those a resume
     may change, such as the device, may differ; ``n_envs`` resolved), for each arm of this launch on
     what its method reads, but for its own ``METHOD:KEY=VALUE`` options, which differ between arms by
-    design, and only on what the started trials' methods read too (:func:`_started_methods`): ``--set
-    top_k=2`` for a new hub-pathway arm beside started scratch trials alone changes none of them
-    (``--continue`` gives them a top-k they do not read), and their results compare as before. The
+    design, and only on what ``--continue`` would give the started trials too (:func:`_started_methods`,
+    :func:`_given_to`): ``--set lite=true`` for a new zoo-tuning arm beside started scratch trials alone
+    changes none of them (``--continue`` gives them no ``lite``), but ``--set top_k=2`` is refused there,
+    since scratch's resumes would refuse the top-k ``--continue`` then gives them. The
     hub (``--hub``, ``--sources``), which a resume may move, is compared by its experts instead
     (:func:`_refuse_other_experts`). A ``grid.json`` that is missing, damaged or not of this version
     leaves the check to the trials' own (:func:`_refuse_changed_settings`)."""
@@ -559,7 +568,7 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
                 return
             compared.append({name: value for name, value in dataclasses.asdict(cfg).items()
                              if name not in overrides and _method_reads(cfg.method, name)
-                             and any(_method_reads(m, name) for m in started.values())})
+                             and any(_given_to(m, name) for m in started.values())})
         try:
             conflicts = resume_conflicts(TransferConfig, compared[0], compared[1], root / "grid.json")
         except (CheckpointError, UsageError):
@@ -567,7 +576,7 @@ def _refuse_other_grid_settings(root: Path, specs: Sequence[dict[str, Any]], met
         if conflicts:
             parts = "; ".join(f"{flag_name(n, TransferConfig.FLAGS)} {w!r} where the grid has {v!r}" for n, w, v in conflicts)
             name, wanted, _ = conflicts[0]
-            example = next(folder for folder, m in started.items() if _method_reads(m, name)).relative_to(root)
+            example = next(folder for folder, m in started.items() if _given_to(m, name)).relative_to(root)
             arm = token if "=" in token.partition(":")[0] else f"{label}={token}"  # labelled: its folder stays
             option = (f", e.g. {arm}{',' if ':' in token else ':'}{name}={wanted}"
                       if isinstance(wanted, (bool, int, float, str)) else "")  # a list or mapping is --set's only

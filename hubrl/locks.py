@@ -7,9 +7,12 @@ holds it. The kernel releases the lock when the holder exits, however it exits (
 do not forward ``flock``.
 
 A lock file may lie in a folder others can write (a shared run folder, the temporary folder), so
-it is opened without following a symbolic link and written only when it is a regular file of this
-user with no other name (:func:`_refuse_a_foreign_file`): a ``.lock`` planted as a link to another
-file, or as a hard link of it, would have that file overwritten with the holder's pid.
+it is opened without following a symbolic link and written only when it is a regular file with no
+other name (:func:`_refuse_a_foreign_file`): a ``.lock`` planted as a link to another file, or as a
+hard link of it, would have that file overwritten with the holder's pid. Its owner is not checked: a
+teammate's lock in a shared grid root, or a host user's in a container's mounted folder (on NFS with
+root squashing every file root makes belongs to nobody), is a lock like any other, and truncating a
+regular file with one name harms nothing but that file's own words.
 :func:`private_folder` makes a folder of lock files that only this user can write.
 """
 
@@ -44,7 +47,8 @@ class LockHeld(HubrlError):
 
 class LockRefused(HubrlError):
     """A lock file, or a folder of lock files, that this process will not write through: a symbolic
-    link, not a regular file (folder), another user's, or one others can write."""
+    link, not a regular file, a file with another name (hard link), or a folder of lock files that is
+    another user's."""
 
 
 @contextmanager
@@ -55,8 +59,8 @@ def exclusive_lock(path: str | Path, wait: bool = False) -> Iterator[Path]:
     held a moment, such as an expert's two writes).
 
     :raises LockHeld: when another process holds it and ``wait`` is False, with its pid and host.
-    :raises LockRefused: when ``path`` is a symbolic link, not a regular file, another user's, or
-        has another name (a hard link): writing it could overwrite a file that is not a lock.
+    :raises LockRefused: when ``path`` is a symbolic link, not a regular file, or has another name (a
+        hard link): writing it could overwrite a file that is not a lock.
     """
     path = Path(path)
     try:
@@ -87,15 +91,14 @@ def exclusive_lock(path: str | Path, wait: bool = False) -> Iterator[Path]:
 
 
 def _refuse_a_foreign_file(fd: int, path: Path) -> None:
-    """Raise :class:`LockRefused` unless the open file ``fd`` (at ``path``) is a regular file of this
-    user with one name: the only kind of file :func:`exclusive_lock` truncates and writes."""
+    """Raise :class:`LockRefused` unless the open file ``fd`` (at ``path``) is a regular file with one
+    name: the only kind of file :func:`exclusive_lock` truncates and writes (whoever owns it)."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise LockRefused(_refusal(path, "is not a regular file"))
-    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        raise LockRefused(_refusal(path, f"belongs to another user (uid {info.st_uid})"))
     if info.st_nlink > 1:
-        raise LockRefused(_refusal(path, f"has {info.st_nlink - 1} other name(s) (a hard link to another file)"))
+        raise LockRefused(_refusal(path, f"has {info.st_nlink - 1} other name(s) (a hard link to another file, "
+                                         "or a folder copied with cp -al)"))
 
 
 def _refusal(path: Path, problem: str) -> str:

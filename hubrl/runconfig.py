@@ -45,7 +45,7 @@ def read_saved_config(config_path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: the run's settings are unknown, so it cannot be resumed "
                               f"(start a new run with another --out).") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested past the parser's depth
         raise CheckpointError(f"{path} is corrupt ({type(exc).__name__}): the run's settings are unknown, "
                               f"so it cannot be resumed: mend the file by hand if you know them (its "
                               f"resolved_hyperparams and run sections), or start a new run with another --out.") from exc

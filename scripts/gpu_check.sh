@@ -140,6 +140,7 @@ run_grid() {
   && step grid-devices 30 $PY - "$W/grid/trials.jsonl" "$DEVICE" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
+rows = [r for r in rows if not r.get("requeued")]  # an attempt a broken pool stopped and ran again: not a result
 for r in rows:
     print(r["trial"], r["status"], r.get("device"), r.get("steps_per_s"), "steps/s, inference", r.get("inference_steps_per_s"))
 want = "cuda" if sys.argv[2] == "auto" else sys.argv[2]

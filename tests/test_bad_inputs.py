@@ -233,6 +233,13 @@ def _run_with_torn_config(tmp: Path) -> Path:
     return folder
 
 
+def _run_with_a_config_nested_too_deep(tmp: Path) -> Path:
+    """A run folder whose ``config.yaml`` nests deeper than the YAML parser goes (a stranger's file)."""
+    folder = _saved_run(tmp)
+    (folder / "config.yaml").write_text("run: " + "[" * 5000 + "]" * 5000 + "\n")
+    return folder
+
+
 def _hold_grid_lock(root: Path, stack: contextlib.ExitStack) -> None:
     """Hold the grid's lock as another runner would (a second flock conflicts even in one process)."""
     from hubrl.locks import exclusive_lock
@@ -385,6 +392,9 @@ CASES = [
      ["stopped before its first checkpoint", "with --force instead of --resume"], None),
     ("transfer-resume-a-run-with-a-torn-config", T, lambda t, h: ["--resume", "--out", str(_run_with_torn_config(t))],
      ["config.yaml is corrupt (ParserError)", "mend the file by hand", "or start a new run with another --out"], None),
+    ("transfer-resume-a-run-with-a-config-nested-too-deep", T,
+     lambda t, h: ["--resume", "--out", str(_run_with_a_config_nested_too_deep(t))],
+     ["config.yaml is corrupt (RecursionError)", "mend the file by hand"], None),
     ("transfer-resume-a-pretraining-run", T, lambda t, h: ["--resume", "--out", str(_saved_run(t, pretrain=True))],
      ["runs/gopher-ppo is a pretraining run", "pretrain --resume --out", "runs --env gopher"], None),
     ("pretrain-resume-a-transfer-run", "pretrain",

@@ -1045,23 +1045,26 @@ def test_a_new_arm_with_other_grid_wide_settings_is_refused_but_its_own_options_
     assert grid["settings"] == {"eval_episodes": 5, "device": "cpu", "hub": hub}  # the hub arm's --hub is kept
 
 
-def test_a_setting_only_methods_not_started_read_is_not_compared_with_the_grids(tmp_path):
-    """``--method xp=hub-pathway --set top_k=2`` beside started scratch trials alone was refused ("--top-k 2
-    where the grid has 1"): each arm of the launch was compared on all its method reads, though no started
-    trial reads a top-k (``--continue`` gives scratch one it ignores). Now only what the started trials'
-    methods read is compared: the arm runs, and once it has started, another top-k is refused, naming it."""
+def test_a_setting_continue_would_not_give_the_started_trials_is_not_compared_with_the_grids(tmp_path):
+    """``--method z=zoo-tuning --set lite=true`` beside started scratch trials alone was refused ("--lite
+    True where the grid has False"), though ``--continue`` gives scratch no ``lite`` (only zoo-tuning takes
+    it: :func:`hubrl.trial.trial_settings`) and their results compare as before. Now only what ``--continue``
+    would give the started trials is compared: that arm runs; a ``--set top_k=2``, which ``--continue`` would
+    give scratch and its resumes would refuse, is still refused, naming a scratch trial."""
     hub = str(make_tiny_hub(tmp_path / "hub"))
     root = tmp_path / "grid"
     kw = dict(trial_fn=completed_trial, workers=0, log=None, validate=True)
     run_grid(root, ["Alien"], ["scratch"], [0], 64, settings={"eval_episodes": 5}, **kw)
-    summary = run_grid(root, ["Alien"], ["xp=hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub, "top_k": 2},
+    with pytest.raises(GridError, match=r"^xp: .*\(--top-k 2 where the grid has 1;.* e\.g\. Alien/scratch/s0: their results"):
+        run_grid(root, ["Alien"], ["xp=hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub, "top_k": 2}, **kw)
+    summary = run_grid(root, ["Alien"], ["z=zoo-tuning"], [0], 64, settings={"eval_episodes": 5, "hub": hub, "lite": True},
                        **kw)
     assert summary.count("ok") == 1
-    assert json.loads((root / "grid.json").read_text())["settings"] == {"eval_episodes": 5, "hub": hub, "top_k": 2}
-    with pytest.raises(GridError, match=r"^xp2: .*\(--top-k 1 where the grid has 2;.* e\.g\. Alien/xp/s0: their results"):
-        run_grid(root, ["Alien"], ["xp2=hub-pathway"], [0], 64, settings={"eval_episodes": 5, "hub": hub}, **kw)
-    with pytest.raises(GridError, match=r"^xp2: .*\(--eval-episodes 10 where the grid has 5;.* e\.g\. Alien/scratch/s0:"):
-        run_grid(root, ["Alien"], ["xp2=hub-pathway"], [0], 64, settings={"eval_episodes": 10, "hub": hub, "top_k": 2}, **kw)
+    assert json.loads((root / "grid.json").read_text())["settings"] == {"eval_episodes": 5, "hub": hub, "lite": True}
+    with pytest.raises(GridError, match=r"^z2: .*\(--lite False where the grid has True;.* e\.g\. Alien/z/s0: their results"):
+        run_grid(root, ["Alien"], ["z2=zoo-tuning"], [0], 64, settings={"eval_episodes": 5, "hub": hub}, **kw)
+    with pytest.raises(GridError, match=r"^z2: .*\(--eval-episodes 10 where the grid has 5;.* e\.g\. Alien/scratch/s0:"):
+        run_grid(root, ["Alien"], ["z2=zoo-tuning"], [0], 64, settings={"eval_episodes": 10, "hub": hub, "lite": True}, **kw)
 
 
 def configured_trial(spec: dict) -> dict:
