@@ -110,7 +110,9 @@ class AtariVecEnv(VecEnv):
     # --- SB3 VecEnv API -------------------------------------------------------------------
     def reset(self) -> VecEnvObs:
         seeds = self._seeds
-        seed = None if seeds[0] is None else np.asarray(seeds, dtype=np.int64)
+        # ale-py takes int32 seeds only; a run's evaluation seeds (run seed x 1,000,003 + step) pass 2**31 from run
+        # seed 2148 on. Taken modulo 2**31 they stay as they were below it, so a seed's games are those of before.
+        seed = None if seeds[0] is None else np.asarray(seeds, dtype=np.int64) % 2**31
         obs, info = self._ale.reset(seed=seed)
         if self._screen is not None:
             self._screens = self._screen.reset(seed=seed)[0][:, -1]
