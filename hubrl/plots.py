@@ -73,7 +73,11 @@ def _curve_matrix(group: Sequence[TrialResult]) -> tuple[np.ndarray, np.ndarray]
 
 
 def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed: int = 0) -> list[Path]:
-    """One PNG per game: every method's mean curve over seeds with its bootstrap band (all trials with evaluations)."""
+    """One PNG per game: every method's mean curve over seeds with its bootstrap band (all trials with evaluations).
+
+    The band is a percentile bootstrap of the seeds at each step, nominally 95%: with 3 seeds it covers
+    less (resampling 3 values cannot show how far a 4th may fall; :func:`hubrl.stats.welch_difference_ci`),
+    so the title says so and the verdicts come from Welch intervals, not from the bands."""
     from matplotlib.figure import Figure  # object API: no pyplot state, renders with Agg
 
     by_game: dict[str, dict[str, list[TrialResult]]] = {}
@@ -93,7 +97,8 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
             low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
             if not np.all(np.isnan(low)):
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        paths.append(_save_step_plot(fig, ax, f"{game}: evaluation score (mean over seeds, 95% bootstrap CI)",
+        title = f"{game}: evaluation score\n(mean over seeds; percentile-bootstrap band, under 95% with few seeds)"
+        paths.append(_save_step_plot(fig, ax, title,
                                      "raw game score", out / f"curves_{game}.png", "small"))
     return paths
 
