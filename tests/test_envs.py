@@ -111,35 +111,28 @@ def test_truncation_flags_time_limit():
     env.close()
 
 
-def test_same_seed_same_trajectory():
-    def rollout():
-        env = make_atari_vec_env("Seaquest", 2, seed=7)
-        rng = np.random.default_rng(0)
-        frames = [env.reset()]
-        for _ in range(50):
-            frames.append(env.step(_random_actions(env, rng))[0])
-        env.close()
-        return np.stack(frames)
+def _seaquest_frames(seed: int, steps: int) -> np.ndarray:
+    """The observations of 2 Seaquest envs seeded ``seed`` under ``steps`` fixed random actions."""
+    env = make_atari_vec_env("Seaquest", 2, seed=seed)
+    rng = np.random.default_rng(0)
+    frames = [env.reset()]
+    for _ in range(steps):
+        frames.append(env.step(_random_actions(env, rng))[0])
+    env.close()
+    return np.stack(frames)
 
-    np.testing.assert_array_equal(rollout(), rollout())
+
+def test_same_seed_same_trajectory():
+    np.testing.assert_array_equal(_seaquest_frames(7, 50), _seaquest_frames(7, 50))
 
 
 def test_a_seed_past_int32_plays_the_games_of_that_seed_modulo_2_to_the_31():
     """ale-py takes int32 seeds only: a run's evaluation seed (run seed x 1,000,003 + step) passes 2**31 from
     run seed 2148 on, and ``--seed 2148`` crashed at its first evaluation (as any seed near 2**31 did at its
     first reset), on a resume too. Seeds are taken modulo 2**31: those below play the games they did."""
-    def first_frames(seed):
-        env = make_atari_vec_env("Seaquest", 2, seed=seed)
-        rng = np.random.default_rng(0)
-        frames = [env.reset()]
-        for _ in range(40):
-            frames.append(env.step(_random_actions(env, rng))[0])
-        env.close()
-        return np.stack(frames)
-
     big = 2148 * 1_000_003 + 50_000  # run seed 2148's evaluation at 50k
-    np.testing.assert_array_equal(first_frames(big), first_frames(big % 2**31))
-    np.testing.assert_array_equal(first_frames(2**31 + 7), first_frames(7))
+    np.testing.assert_array_equal(_seaquest_frames(big, 40), _seaquest_frames(big % 2**31, 40))
+    np.testing.assert_array_equal(_seaquest_frames(2**31 + 7, 40), _seaquest_frames(7, 40))
 
 
 @pytest.mark.parametrize("name", ["Alien", "alien", "ALE/Alien-v5", "AlienNoFrameskip-v4", "Alien-v5"])
