@@ -97,7 +97,7 @@ def plot_curves(trials: Sequence[TrialResult], out: Path, reps: int = 2000, seed
             low, high = bootstrap_curve_band(curves, reps=reps, seed=seed)
             if not np.all(np.isnan(low)):
                 ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        title = f"{game}: evaluation score\n(mean over seeds; percentile-bootstrap band, under 95% with few seeds)"
+        title = f"{game}: evaluation score, mean over seeds\n(band: percentile bootstrap, under 95% with few seeds)"
         paths.append(_save_step_plot(fig, ax, title,
                                      "raw game score", out / f"curves_{game}.png", "small"))
     return paths
