@@ -77,7 +77,7 @@ __all__ = [
     "CONFIG_NAME", "CHECKPOINT_NAME", "RUN_LOCK_NAME", "RESUME_MAY_CHANGE", "FLAGS", "PATH_FIELDS", "RunConfig", "Run",
     "absolute_paths", "validate_run_settings", "check_resumable", "check_run_folder", "check_tensorboard_log",
     "hold_run_folder", "check_n_envs_given_once", "resolve_run_hyperparams",
-    "start_run", "draw_learning_curve", "writable_folder_problem",
+    "check_fresh_start", "start_run", "draw_learning_curve", "writable_folder_problem",
 ]
 
 CONFIG_NAME = "config.yaml"
@@ -446,6 +446,20 @@ def _short_budget_warning(model: BaseAlgorithm, timesteps: int) -> str | None:
             f"{model.n_envs} envs): the run trains one whole rollout, {rollout:,} steps.")
 
 
+def check_fresh_start(cfg: Any, folder: Path, force: bool | None, pause_at: int | None) -> bool:
+    """What :func:`start_run` refuses of a new run (not a resume) of ``cfg`` in ``folder`` before its
+    lock is taken: its settings first (``n_envs`` given once, the TensorBoard folder, ``pause_at``
+    within the budget), then, unless ``force``, another run already in the folder, and the folder
+    itself (:func:`check_run_folder`). Writes nothing. Return whether the run replaces one there
+    (``force``). A command that starts several runs in turn checks each with this before the first."""
+    check_n_envs_given_once(cfg)
+    check_tensorboard_log(cfg.tensorboard_log)
+    check_pause_at(pause_at, int(cfg.timesteps), type(cfg).FLAGS)
+    if not force:
+        _refuse_another_run(cfg, folder, force is not None)
+    return check_run_folder(folder, False, force)
+
+
 def start_run(
     cfg: C,
     folder: str | Path,
@@ -475,13 +489,7 @@ def start_run(
     """
     folder = Path(folder)
     flags = type(cfg).FLAGS
-    if not resume:  # before the folder is looked at: a bad setting is named first
-        check_n_envs_given_once(cfg)
-        check_tensorboard_log(cfg.tensorboard_log)
-        check_pause_at(pause_at, int(cfg.timesteps), flags)
-    if not resume and not force:
-        _refuse_another_run(cfg, folder, force is not None)
-    replaces = check_run_folder(folder, resume, force)
+    replaces = check_run_folder(folder, resume, force) if resume else check_fresh_start(cfg, folder, force, pause_at)
     held = ExitStack() if resume or replaces else None  # a run is in the folder: locked before its files are read
     with ExitStack() as refused:  # a refusal below lets the lock go
         if held is not None:

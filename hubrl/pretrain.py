@@ -40,6 +40,7 @@ from hubrl.harness import (
     writable_folder_problem,
 )
 from hubrl.runconfig import is_pretraining_run, read_saved_run, resume_config
+from hubrl.runtime import apply_precision
 from hubrl.training import TrainingOutcome
 
 __all__ = ["PretrainConfig", "PretrainResult", "expert_name", "run_folder", "expert_folder", "export_expert", "games_in",
@@ -208,24 +209,12 @@ def check_new_run(cfg: PretrainConfig, force: bool = False, pause_at: int | None
     import dataclasses
     from contextlib import ExitStack
 
-    from hubrl.harness import (
-        _refuse_another_run,
-        check_n_envs_given_once,
-        check_run_folder,
-        check_tensorboard_log,
-        hold_run_folder,
-    )
-    from hubrl.runconfig import check_pause_at
+    from hubrl.harness import check_fresh_start, hold_run_folder
 
     cfg = dataclasses.replace(cfg, algo=cfg.algo.lower())  # as pretrain_expert takes it; the caller's is left as it is
     _validate(cfg)
-    check_n_envs_given_once(cfg)
-    check_tensorboard_log(cfg.tensorboard_log)
-    check_pause_at(pause_at, int(cfg.timesteps), cfg.FLAGS)
     folder = run_folder(cfg.out, cfg.game, cfg.algo)
-    if not force:
-        _refuse_another_run(cfg, folder, has_force=True)
-    check_run_folder(folder, resume=False, force=force)
+    check_fresh_start(cfg, folder, force, pause_at)
     if folder.is_dir():  # a run there (replaced with --force) that another process is training
         with ExitStack() as probe:
             hold_run_folder(folder, probe)
@@ -297,7 +286,7 @@ def _write_expert(
     dtype = getattr(th, cfg.export_dtype)
     policy.set_training_mode(False)
     _round_in_place(policy, dtype)  # evaluate exactly what gets written ...
-    _in_float32(policy)  # ... as it runs wherever it is loaded (and --export scores it), whatever precision it trained in
+    apply_precision(policy, "fp32")  # ... as it runs wherever it is loaded (and --export scores it), whatever it trained in
     state = policy.state_dict()  # SB3's pi_/vf_features_extractor aliases stay aliases: save_expert writes them once
     result = evaluate_model(policy, eval_env, cfg.eval_episodes, seed=seed)  # the recorded seed repeats the score
     game = resolve_game(cfg.game)
@@ -346,22 +335,6 @@ def _round_in_place(policy, dtype: th.dtype) -> None:
         for tensor in policy.state_dict().values():  # detached views of the policy's own tensors
             if tensor.is_floating_point():
                 tensor.copy_(tensor.to(dtype))
-
-
-def _in_float32(policy) -> None:
-    """Undo :func:`hubrl.runtime.apply_precision` on ``policy``: its NatureCNN encoders run in float32
-    again, as the exported expert runs wherever it is loaded and as ``--export`` evaluates it, so a
-    run trained with ``--precision bf16`` records the score of the weights it writes, not a bf16 one.
-
-    ``apply_precision`` replaces ``forward`` on the instance alone (a :class:`functools.partial`), so
-    deleting that attribute gives the class's own ``forward`` back."""
-    import functools
-
-    from stable_baselines3.common.torch_layers import NatureCNN
-
-    for module in policy.modules():
-        if isinstance(module, NatureCNN) and isinstance(vars(module).get("forward"), functools.partial):
-            del module.forward
 
 
 def expert_folder(run_folder: str | Path, hub: str | Path | None = None) -> Path:

@@ -85,16 +85,19 @@ def apply_precision(policy: nn.Module, precision: str = "fp32") -> int:
 
     ``bf16`` wraps each encoder's ``forward`` (on this instance only, so nothing of it is saved)
     in bfloat16 autocast on the device its input is on, and hands float32 features on. ``fp32``
-    changes nothing.
+    removes such a wrapper (the class's own ``forward`` runs again): a policy trained in bf16 is
+    scored as its float32 weights run wherever they are loaded; one never wrapped is left as it is.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "fp32":
-        return 0
     changed = 0
     for module in policy.modules():
-        if isinstance(module, NatureCNN) and not isinstance(module.forward, functools.partial):
-            module.forward = functools.partial(_autocast_forward, module.forward)  # type: ignore[method-assign]
+        wrapped = isinstance(vars(module).get("forward"), functools.partial)
+        if isinstance(module, NatureCNN) and wrapped != (precision == "bf16"):
+            if wrapped:
+                del module.forward
+            else:
+                module.forward = functools.partial(_autocast_forward, module.forward)  # type: ignore[method-assign]
             changed += 1
     return changed
 
