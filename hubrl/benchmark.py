@@ -668,6 +668,7 @@ def _saved_experts(folder: Path) -> tuple[list[Any], str]:
     (:func:`_hub_place`). No experts where it records none (a method without a hub) or its file is
     damaged (its own resume names it)."""
     from hubrl.runconfig import read_saved_config
+    from hubrl.transfer import unplaced_records
 
     try:
         saved = read_saved_config(folder / "config.yaml")
@@ -676,15 +677,7 @@ def _saved_experts(folder: Path) -> tuple[list[Any], str]:
     run, records = saved["run"], saved.get("hub")
     place = _hub_place(run.get("hub") if isinstance(run.get("hub"), str) else None,
                        [str(s) for s in run.get("sources") or []] if isinstance(run.get("sources"), list) else [], {})
-    return _unplaced(records if isinstance(records, list) else []), place
-
-
-def _unplaced(records: Sequence[Any]) -> list[Any]:
-    """Expert records (:func:`hubrl.transfer.hub_records`) without where each was read from, as YAML reads them back."""
-    import yaml
-
-    return yaml.safe_load(yaml.safe_dump([{k: v for k, v in e.items() if k != "source"} for e in records
-                                          if isinstance(e, dict)], sort_keys=False)) or []
+    return unplaced_records(records if isinstance(records, list) else []), place
 
 
 def _hubs_given(root: Path, specs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[Path, tuple[Any, ...]]:
@@ -737,7 +730,7 @@ def _refuse_other_experts(root: Path, specs: Sequence[dict[str, Any]], settings:
     and their resumes refuse. A hub at a new place holding the same experts is taken (and recorded). An
     arm's own ``hub=`` option may differ, as any arm's own option may."""
     from hubrl.hub import HubError, resolve_hub
-    from hubrl.transfer import hub_records
+    from hubrl.transfer import hub_records, unplaced_records
 
     experts: dict[tuple[Any, ...], list[Any]] = {}  # each hub resolved once
     for folder, (hub, sources, place) in _hubs_given(root, specs, settings).items():
@@ -746,7 +739,7 @@ def _refuse_other_experts(root: Path, specs: Sequence[dict[str, Any]], settings:
             continue
         if (hub, sources) not in experts:
             try:
-                experts[hub, sources] = _unplaced(hub_records(resolve_hub(hub, list(sources))))
+                experts[hub, sources] = unplaced_records(hub_records(resolve_hub(hub, list(sources))))
             except HubError as exc:
                 raise GridError(f"{folder.relative_to(root)}: {exc}") from None
         if experts[hub, sources] != saved:

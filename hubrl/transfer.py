@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from hubrl.atomic import atomic_write
 from hubrl.callbacks import GateUsageCallback
@@ -125,8 +125,6 @@ def resumed_hub(cfg: TransferConfig, folder: Path) -> Hub:
         message asks for its new place instead of offering to pretrain a new hub.
     :raises UsageError: when it holds other experts than the run's.
     """
-    import yaml
-
     from hubrl.errors import HubError
 
     check_resumable(folder)
@@ -139,15 +137,23 @@ def resumed_hub(cfg: TransferConfig, folder: Path) -> Hub:
         raise HubError(f"Resuming {folder}: its {flag} {missing[0]} is not there any more; give the new place of the "
                        f"experts it was started with ({names}) with --hub DIR or --sources ...")
     hub = resolve_hub(cfg.hub, cfg.sources)
-    unplaced = [{k: v for k, v in e.items() if k != "source"} for e in saved]
-    if saved and yaml.safe_load(yaml.safe_dump([{k: v for k, v in e.items() if k != "source"} for e in hub_records(hub)],
-                                               sort_keys=False)) != unplaced:
+    if saved and unplaced_records(hub_records(hub)) != unplaced_records(saved):
         other = "its experts in another order" if sorted(hub.names) == sorted(str(e.get("name")) for e in saved) else \
             "other experts"
         raise UsageError(f"Resuming {folder}: {flag} {' '.join(where)} holds {other} ({', '.join(hub.names)}) than "
                          f"the run was started with ({names}, described in {folder / CONFIG_NAME}): give the hub it was "
                          "started with, or its new place.")
     return hub
+
+
+def unplaced_records(records: Sequence[Any]) -> list[Any]:
+    """Expert records (:func:`hub_records`, or a ``config.yaml``'s ``hub`` section) without where each
+    was read from, as YAML reads them back: what a resume compares (:func:`resumed_hub`), so a hub
+    moved elsewhere holding the same experts is the same hub."""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump([{k: v for k, v in e.items() if k != "source"} for e in records
+                                          if isinstance(e, dict)], sort_keys=False)) or []
 
 
 def default_run_folder(cfg: TransferConfig) -> Path:
