@@ -491,13 +491,12 @@ def _recorded_arms(recorded: dict[str, Any]) -> dict[str, str]:
     return arms
 
 
-def _method_reads(method: str | None, name: str) -> bool:
+def _method_reads(method: str, name: str) -> bool:
     """Whether a trial of ``method`` reads the setting ``name``: all but the options and settings only other
-    methods take (:data:`~hubrl.transfer.METHOD_OPTIONS`, :data:`~hubrl.transfer.METHOD_ONLY_SETTINGS`). An
-    unknown method (None) is taken to read every one."""
+    methods take (:data:`~hubrl.transfer.METHOD_OPTIONS`, :data:`~hubrl.transfer.METHOD_ONLY_SETTINGS`)."""
     from hubrl.transfer import METHOD_ONLY_SETTINGS, METHOD_OPTIONS
 
-    return method is None or all(method in table.get(name, (method,)) for table in (METHOD_OPTIONS, METHOD_ONLY_SETTINGS))
+    return all(method in table.get(name, (method,)) for table in (METHOD_OPTIONS, METHOD_ONLY_SETTINGS))
 
 
 def _given_to(method: str | None, name: str) -> bool:
